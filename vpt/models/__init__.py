@@ -1,0 +1,1 @@
+"""Backends (one module or package each), autoencoders, and the shared building blocks."""

@@ -1,0 +1,182 @@
+"""Run directories: create or resume, atomic checkpoints, the metrics log.
+
+    runs/<name>/
+      config.yaml        the fully resolved config
+      checkpoints/       step_000500/ ... each written to a temp dir, fsynced, then renamed;
+                         `latest` (and `best`) name a finished one and move only after the rename
+      metrics.jsonl      one JSON object per logged step
+      samples/           what periodic sampling wrote
+
+A kill -9 at any instant leaves either the old `latest` or the new one, never a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpt.errors import UsageError
+from vpt.fsutil import atomic_write_text, fsync_dir, replace_dir
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+class Run:
+    """A run directory. Only the main process writes shared files; every process may read them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- layout -----------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    # --- create / resume --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, *, fresh: bool = False, force: bool = False, is_main: bool = True) -> Run:
+        """A new directory is created; an existing run is resumed; `fresh` wipes it (needs `force`)."""
+        run = cls(root)
+        if run.root.exists() and not run.root.is_dir():
+            raise UsageError(f"--run {run.root} exists and is not a directory")
+        if fresh and run.exists():
+            if not force:
+                raise UsageError(
+                    f"--fresh would delete the existing run {run.root} "
+                    f"(checkpoint step {run.latest_step()}); add --force to confirm"
+                )
+            if is_main:
+                shutil.rmtree(run.root)
+        if is_main:
+            run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            run.samples_dir.mkdir(parents=True, exist_ok=True)
+            run.clean_partial()
+        return run
+
+    def exists(self) -> bool:
+        return self.config_path.exists() or self.latest_checkpoint() is not None
+
+    def clean_partial(self) -> None:
+        """Remove checkpoint directories a crash left half written."""
+        if self.checkpoints_dir.is_dir():
+            for entry in self.checkpoints_dir.iterdir():
+                if entry.name.startswith(".") and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    # --- config -----------------------------------------------------------------------------------
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            raise UsageError(f"{self.root} is not a vpt run (no config.yaml)")
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def step_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / f"step_{step:06d}"
+
+    def finished_checkpoints(self) -> list[Path]:
+        """Checkpoint directories that were completely written, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint `latest` names; if that pointer is missing or stale, the newest finished one."""
+        pointer = self.checkpoints_dir / "latest"
+        if pointer.is_file():
+            target = self.checkpoints_dir / pointer.read_text().strip()
+            if target.is_dir() and STEP_DIR.match(target.name):
+                return target
+        finished = self.finished_checkpoints()
+        return finished[-1] if finished else None
+
+    def best_checkpoint(self) -> Path | None:
+        pointer = self.checkpoints_dir / "best"
+        if pointer.is_file():
+            target = self.checkpoints_dir / pointer.read_text().strip()
+            if target.is_dir():
+                return target
+        return None
+
+    def latest_step(self) -> int:
+        latest = self.latest_checkpoint()
+        return int(STEP_DIR.match(latest.name).group(1)) if latest else 0
+
+    def pending_dir(self, step: int) -> Path:
+        """Where every process writes its part of checkpoint `step` before it is committed."""
+        return self.checkpoints_dir / f".pending_step_{step:06d}"
+
+    def commit_checkpoint(self, step: int, *, keep_last: int, is_best: bool = False) -> Path:
+        """Rename the pending directory into place, then move `latest` (and `best`), then prune."""
+        final = self.step_dir(step)
+        replace_dir(self.pending_dir(step), final)
+        atomic_write_text(self.checkpoints_dir / "latest", final.name + "\n")
+        if is_best:
+            atomic_write_text(self.checkpoints_dir / "best", final.name + "\n")
+        self.prune(keep_last)
+        return final
+
+    def prune(self, keep_last: int) -> None:
+        """Keep the newest `keep_last` checkpoints plus the ones `latest` and `best` name."""
+        finished = self.finished_checkpoints()
+        keep = set(finished[-keep_last:]) if keep_last > 0 else set()
+        keep |= {p for p in (self.latest_checkpoint(), self.best_checkpoint()) if p is not None}
+        for path in finished:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        fsync_dir(self.checkpoints_dir)
+
+    # --- metrics ----------------------------------------------------------------------------------
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+        return records
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop records logged after the checkpoint: the resumed run logs them again."""
+        if not self.metrics_path.is_file():
+            return
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def newest_run(parent: str | Path = "runs") -> Path | None:
+    """The most recently modified run directory under `parent` (used when `--run` is omitted)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return None
+    runs = [p for p in parent.rglob("config.yaml") if (p.parent / "checkpoints").is_dir()]
+    if not runs:
+        return None
+    return max(runs, key=lambda p: p.stat().st_mtime).parent

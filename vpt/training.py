@@ -1,0 +1,504 @@
+"""The one training loop, on accelerate, shared by `vpt train-ae` and `vpt train <backend>`.
+
+A model only supplies `loss(batch) -> {"loss": scalar, ...}` (and optionally `param_groups()` when
+parts of it need their own learning rate). The loop never looks at what the model is.
+
+Exact resume: the data order is a pure function of (seed, global sample position), every sample gets
+its own seed from the sampler, the DataLoader has a private generator, and every RNG state is
+checkpointed, so N straight steps and N/2 + resume + N/2 steps produce the same losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vpt.console import console, info, warn
+from vpt.errors import TrainingDiverged
+from vpt.runs import Run
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section shared by every training command."""
+
+    max_steps: int = 1000
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    ema_decay: float = 0.0  # 0 turns EMA off
+    ema_start: int = 0  # EMA copies the weights until this step, then averages
+    compile: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 500
+    sample_every: int = 0  # 0 = never
+    val_every: int = 0  # 0 = never
+    best_metric: str = "val_loss"  # lower is better; the checkpoint with the lowest value is kept
+    keep_last: int = 3
+    seed: int = 0
+    num_workers: int = 0
+    log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (when installed)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas needs two values, got {self.betas}")
+
+
+class SampleKey(NamedTuple):
+    """What the training sampler hands a dataset: which item, and a seed for its random choices."""
+
+    index: int
+    seed: int
+
+
+class ResumableSampler(Sampler[SampleKey]):
+    """An endless, seeded shuffle; position `p` of the global stream is a pure function of the seed.
+
+    Process `rank` of `world` takes positions rank, rank + world, ...; resuming at `start` (a global
+    position) continues the same stream, so a resumed run sees exactly the samples it would have.
+    """
+
+    def __init__(self, num_items: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        if num_items < 1:
+            raise ValueError("the training set is empty")
+        self.num_items, self.seed, self.rank, self.world, self.start = num_items, seed, rank, world, start
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        position = self.start + (self.rank - self.start) % self.world
+        epoch, order = -1, None
+        while True:
+            if position // self.num_items != epoch:
+                epoch = position // self.num_items
+                order = self._order(epoch)
+            index = int(order[position % self.num_items])
+            yield SampleKey(index, (self.seed * 2_654_435_761 + position) % (2**63 - 1))
+            position += self.world
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+class EMA:
+    """Exponential moving average of the trainable weights, kept in float32."""
+
+    def __init__(self, model: nn.Module, decay: float, start: int = 0):
+        self.decay, self.start = decay, start
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = self.decay if step >= self.start else 0.0
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: nn.Module):
+        """Temporarily load the EMA weights into `model` (for sampling and validation)."""
+        backup = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.shadow:
+                    param.copy_(self.shadow[name])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in backup:
+                        param.copy_(backup[name])
+
+
+class _LossModule(nn.Module):
+    """Routes `forward` to `model.loss` so DDP's gradient sync and torch.compile see the real work."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch)
+
+
+@dataclass
+class Hooks:
+    """Optional periodic work the calling command provides; each receives the (EMA) model."""
+
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    sample: Callable[[nn.Module, int, Path], None] | None = None
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then constant or cosine decay to `min_lr_ratio`."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+
+
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks: Hooks | None = None) -> int:
+    """Train `model` on `dataset` until `cfg.max_steps`, resuming from the run's latest checkpoint.
+
+    Returns the final step. Raises TrainingDiverged (after keeping the last good checkpoint) when the
+    loss becomes NaN or infinite.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    hooks = hooks or Hooks()
+    accelerator = Accelerator(
+        mixed_precision=cfg.precision,
+        log_with=_available_trackers(cfg.log_with) or None,
+        project_dir=str(run.root),
+    )
+    set_seed(cfg.seed + accelerator.process_index)
+    device, is_main = accelerator.device, accelerator.is_main_process
+
+    model.to(device)
+    groups = model.param_groups() if hasattr(model, "param_groups") else [
+        {"params": [p for p in model.parameters() if p.requires_grad]}
+    ]
+    optimizer = torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda",
+    )
+    for group in optimizer.param_groups:
+        group.setdefault("lr_scale", 1.0)
+    base_lrs = [cfg.lr * g["lr_scale"] for g in optimizer.param_groups]
+    ema = EMA(model, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
+
+    step = 0
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        step = _load_checkpoint(latest, model, ema, optimizer, accelerator)
+        info(f"Resuming {run.root} from step {step} ({latest.name})")
+        if is_main:
+            run.truncate_metrics(after_step=step)
+    accelerator.wait_for_everyone()
+
+    loss_module = _LossModule(model)
+    if cfg.compile:
+        loss_module = torch.compile(loss_module)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+
+    world = accelerator.num_processes
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed, rank=accelerator.process_index,
+                               world=world, start=step * per_step)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        collate_fn=getattr(dataset, "collate", None), pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0, drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+    )
+    batches = iter(loader)
+    if latest is not None:
+        _restore_rng(latest, accelerator.process_index)
+
+    if cfg.log_with and is_main:
+        accelerator.init_trackers(run.root.name, config=dataclasses.asdict(cfg))
+    best = _read_best(run)
+    progress = _progress(is_main, cfg.max_steps, step)
+    started, started_step = time.perf_counter(), step
+    try:
+        while step < cfg.max_steps:
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * lr_factor(step, cfg)
+            totals: dict[str, torch.Tensor] = {}
+            for micro in range(cfg.grad_accum):
+                batch = _to_device(next(batches), device)
+                sync = micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
+                    with accelerator.autocast():
+                        losses = loss_module(batch)
+                    accelerator.backward(losses["loss"] / cfg.grad_accum)
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
+            reduced = {k: accelerator.reduce(v, reduction="mean") for k, v in totals.items()}
+            loss_value = reduced["loss"].item()
+            if not math.isfinite(loss_value):
+                kept = run.latest_checkpoint()
+                where = f"{kept}" if kept else "none was written yet"
+                raise TrainingDiverged(
+                    f"loss became {loss_value} at step {step + 1}; stopped before the update "
+                    f"(last good checkpoint: {where}). Lower train.lr or set train.grad_clip"
+                )
+            if cfg.grad_clip > 0 and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - started
+                record = {"step": step, **{k: v.item() for k, v in reduced.items()},
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "steps_per_s": (step - started_step) / max(elapsed, 1e-9)}
+                if is_main:
+                    run.log_metrics(record)
+                    if cfg.log_with:
+                        accelerator.log(record, step=step)
+            progress.advance(step, loss_value)
+
+            evaluated: dict[str, float] = {}
+            if hooks.validate and cfg.val_every and step % cfg.val_every == 0:
+                evaluated = _with_ema(ema, model, hooks.validate)
+                if is_main:
+                    run.log_metrics({"step": step, **evaluated})
+            if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and is_main:
+                _with_ema(ema, model, lambda m: hooks.sample(m, step, run.samples_dir))
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                score = evaluated.get(cfg.best_metric)
+                is_best = score is not None and (best is None or score < best)
+                best = score if is_best else best
+                _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, is_best)
+    finally:
+        progress.stop()
+        if cfg.log_with:
+            accelerator.end_training()
+    return step
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, is_best) -> None:
+    from safetensors.torch import save_file
+
+    pending = run.pending_dir(step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pending.mkdir(parents=True, exist_ok=False)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), pending / f"rng_state_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file(_contiguous(model.state_dict()), pending / "model.safetensors")
+        if ema is not None:
+            save_file(_contiguous(ema.shadow), pending / "ema.safetensors")
+        torch.save(optimizer.state_dict(), pending / "optimizer.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), pending / "scaler.pt")
+        state = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+                 "world_size": accelerator.num_processes, "best": best, "lr": optimizer.param_groups[0]["lr"]}
+        (pending / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.commit_checkpoint(step, keep_last=cfg.keep_last, is_best=is_best)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(path: Path, model, ema, optimizer, accelerator) -> int:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
+    model.to(accelerator.device)
+    if ema is not None and (path / "ema.safetensors").exists():
+        ema.shadow = {k: v.to(accelerator.device) for k, v in load_file(path / "ema.safetensors").items()}
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if accelerator.scaler is not None and (path / "scaler.pt").exists():
+        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("world_size", 1) != accelerator.num_processes:
+        warn(f"{path.name} was written by {state['world_size']} processes, resuming with "
+             f"{accelerator.num_processes}: the data order changes from here on")
+    return int(state["step"])
+
+
+def load_weights(run: Run, *, ema: bool = True, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
+    """The weights to use for inference: EMA when the run kept one, else the raw model weights."""
+    from safetensors.torch import load_file
+
+    path = checkpoint or run.latest_checkpoint()
+    if path is None:
+        from vpt.errors import UsageError
+
+        raise UsageError(f"{run.root} has no finished checkpoint yet")
+    weights = load_file(path / "model.safetensors")
+    if ema and (path / "ema.safetensors").exists():
+        weights.update(load_file(path / "ema.safetensors"))
+    return weights
+
+
+def _read_best(run: Run) -> float | None:
+    best = run.best_checkpoint()
+    if best is None:
+        return None
+    return json.loads((best / "trainer_state.json").read_text()).get("best")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(path: Path, rank: int) -> None:
+    file = path / f"rng_state_{rank}.pt"
+    if not file.exists():
+        file = path / "rng_state_0.pt"
+    state = torch.load(file, weights_only=False)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; a copy per tensor makes every entry standalone.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (ema.swapped_in(model) if ema is not None else contextlib.nullcontext()):
+            return fn(model)
+    finally:
+        model.train(was_training)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _available_trackers(names: list[str]) -> list[str]:
+    import importlib.util
+
+    module_of = {"tensorboard": "tensorboard", "wandb": "wandb"}
+    available = []
+    for name in names:
+        if name not in module_of:
+            warn(f"train.log_with: unknown tracker {name!r} (known: tensorboard, wandb); ignored")
+        elif importlib.util.find_spec(module_of[name]) is None:
+            warn(f"train.log_with: {name} is not installed (pip install {name}); logging to metrics.jsonl only")
+        else:
+            available.append(name)
+    return available
+
+
+class _progress:
+    """A rich progress bar with it/s, loss and ETA on the main process; silent elsewhere."""
+
+    def __init__(self, enabled: bool, total: int, completed: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} it/s"), TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.task = self.bar.add_task("train", total=total, completed=completed, rate="-", loss="-")
+        self.start, self.first = time.perf_counter(), completed
+        self.bar.start()
+
+    def advance(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            rate = (step - self.first) / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, completed=step, rate=f"{rate:.2f}", loss=f"{loss:.4f}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def start_run(
+    schema: type,
+    *,
+    run_dir: Path,
+    config_file: Path | None,
+    overrides: list[str],
+    max_steps: int | None = None,
+    log_every: int | None = None,
+    fresh: bool = False,
+    force: bool = False,
+    defaults: dict | None = None,
+) -> tuple[Run, Any]:
+    """Open (create / resume / restart) a run directory and resolve its config.
+
+    A new run takes defaults <- `config_file` <- `--set` overrides. A resumed run keeps its own
+    config.yaml (a different `--config` is reported and ignored) and applies only the overrides, so
+    `--max-steps` extends a finished run. The resolved config is written into the run.
+    """
+    from vpt.config import config_to_dict, load_config
+    from vpt.console import is_main_process
+
+    overrides = list(overrides)
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    if log_every is not None:
+        overrides.append(f"train.log_every={log_every}")
+    run = Run.open(run_dir, fresh=fresh, force=force, is_main=is_main_process())
+    if run.config_path.exists():
+        stored = run.read_config()
+        if config_file is not None:
+            requested = config_to_dict(load_config(schema, config_file, defaults=defaults))
+            changed = _changed_keys(stored, requested)
+            if changed:
+                warn(f"{run.root} resumes with its own config.yaml; {config_file} differs in "
+                     f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} (use --set to change a value)")
+        cfg = load_config(schema, run.config_path, overrides)
+    else:
+        if config_file is None and defaults is None:
+            from vpt.errors import UsageError
+
+            raise UsageError(f"--config is required to start the new run {run_dir}")
+        cfg = load_config(schema, config_file, overrides, defaults=defaults)
+    if is_main_process():
+        run.write_config(config_to_dict(cfg))
+    return run, cfg
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
