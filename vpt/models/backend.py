@@ -5,25 +5,31 @@
         context: (B, T_ctx, C, H, W) in [-1, 1]  ->  (B, num_frames, C, H, W) in [-1, 1]
     Config                                              dataclass of the `model:` config section
     takes_text                                          whether `prompt` is used
+
+A run of `vpt train <name>` stores `backend: <name>` and the `model:` section in its config.yaml,
+which is all `Backend.from_run` needs to rebuild the model.
 """
 
 from __future__ import annotations
 
+import abc
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 
-class Backend(nn.Module):
+class Backend(nn.Module, abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     takes_text: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # every concrete backend defines its objective
+        """The training objective; the value under "loss" is what the optimiser minimises."""
 
-    @torch.no_grad()
+    @abc.abstractmethod
     def predict(
         self,
         context: torch.Tensor,
@@ -33,4 +39,25 @@ class Backend(nn.Module):
         steps: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        raise NotImplementedError  # every concrete backend defines its sampler
+        """(B, T_ctx, C, H, W) context in [-1, 1] -> (B, num_frames, C, H, W) predicted frames."""
+
+    @staticmethod
+    def from_run(run_dir: str | Path, *, checkpoint: Path | None = None, ema: bool = True) -> Backend:
+        """Rebuild the backend a `vpt train` run trained, with its EMA weights when it kept them."""
+        from vpt.config import validate
+        from vpt.errors import UsageError
+        from vpt.models.registry import get_backend
+        from vpt.runs import Run
+        from vpt.training import load_weights
+
+        run = Run(run_dir)
+        raw = run.read_config()
+        if "backend" not in raw:
+            raise UsageError(f"{run.root} is not a backend run (config.yaml names no backend)")
+        backend_cls = get_backend(raw["backend"])
+        model_cfg = validate(backend_cls.Config, raw.get("model", {}), source=str(run.config_path), prefix="model.")
+        model = backend_cls(model_cfg)
+        missing, unexpected = model.load_state_dict(load_weights(run, ema=ema, checkpoint=checkpoint), strict=False)
+        if unexpected or [k for k in missing if not k.startswith(getattr(model, "frozen_prefixes", ()))]:
+            raise UsageError(f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model.eval()
