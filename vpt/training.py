@@ -179,6 +179,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
 
     hooks = hooks or Hooks()
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run gloo on CPUs
         mixed_precision=cfg.precision,
         log_with=_available_trackers(cfg.log_with) or None,
         project_dir=str(run.root),

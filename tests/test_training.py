@@ -1,0 +1,158 @@
+"""The shared training loop: exact resume, crash-safe checkpoints, divergence, multi-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_training import TinyDataset, TinyModel, tiny_config
+from vpt.errors import TrainingDiverged
+from vpt.runs import Run
+from vpt.training import ResumableSampler, lr_factor, train
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in Run(run_dir).read_metrics() if "loss" in r]
+
+
+def _train(run_dir: Path, max_steps: int, *, kill_at: int | None = None, **overrides) -> int:
+    torch.manual_seed(0)  # the model init must be the same for every run
+    model = TinyModel(kill_at=kill_at)
+    return train(model, TinyDataset(), tiny_config(max_steps=max_steps, **overrides), Run.open(run_dir))
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_is_exact(tmp_path, grad_accum):
+    """8 steps straight == killed during step 5 (after the step-4 checkpoint) + resume to 8."""
+    _train(tmp_path / "straight", 8, grad_accum=grad_accum)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "split", 8, grad_accum=grad_accum, kill_at=4 * grad_accum + 1)
+    assert Run(tmp_path / "split").latest_step() == 4
+    torch.manual_seed(999)  # a resumed process starts with unrelated RNG state
+    assert _train(tmp_path / "split", 8, grad_accum=grad_accum) == 8
+    straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+    assert [s for s, _ in straight] == list(range(1, 9))
+    assert split == straight  # identical losses, step for step, no duplicated steps
+    # the final weights are identical as well
+    a = Run(tmp_path / "straight").latest_checkpoint() / "model.safetensors"
+    b = Run(tmp_path / "split").latest_checkpoint() / "model.safetensors"
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_checkpoints_are_pruned_and_latest_points_to_newest(tmp_path):
+    _train(tmp_path / "run", 8)
+    run = Run(tmp_path / "run")
+    names = [p.name for p in run.finished_checkpoints()]
+    assert names == ["step_000006", "step_000008"]  # keep_last=2
+    assert (run.checkpoints_dir / "latest").read_text().strip() == "step_000008"
+    ckpt = run.latest_checkpoint()
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pt"):
+        assert (ckpt / name).is_file(), name
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 8 and state["samples_seen"] == 8 * 4
+
+
+def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    """A crash in the middle of writing step 6 leaves step 4 as `latest`, and the run resumes from it."""
+    import vpt.training as training
+
+    real_save = torch.save
+
+    def crashing_save(obj, path, *args, **kwargs):
+        if "step_000006" in str(path) and str(path).endswith("optimizer.pt"):
+            raise KeyboardInterrupt("simulated kill while writing the checkpoint")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(training.torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "run", 8)
+    monkeypatch.setattr(training.torch, "save", real_save)
+    run = Run(tmp_path / "run")
+    assert run.latest_checkpoint().name == "step_000004"
+    assert any(p.name.startswith(".pending") for p in run.checkpoints_dir.iterdir())
+    assert _train(tmp_path / "run", 8) == 8
+    assert not any(p.name.startswith(".pending") for p in run.checkpoints_dir.iterdir())
+    _train(tmp_path / "straight", 8)
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+def test_stale_latest_pointer_falls_back_to_newest_finished(tmp_path):
+    _train(tmp_path / "run", 4)
+    run = Run(tmp_path / "run")
+    (run.checkpoints_dir / "latest").write_text("step_999999\n")  # names a dir that is gone
+    assert run.latest_checkpoint().name == "step_000004"
+    (run.checkpoints_dir / "latest").unlink()
+    assert run.latest_step() == 4
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good(tmp_path):
+    torch.manual_seed(0)
+    run = Run.open(tmp_path / "run")
+    model = TinyModel(poison_at=5)  # the 5th loss call (step 5) is NaN
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5.*step_000004"):
+        train(model, TinyDataset(), tiny_config(max_steps=8), run)
+    assert run.latest_checkpoint().name == "step_000004"
+    assert max(step for step, _ in _losses(tmp_path / "run")) == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # stopped before the update
+
+
+def test_ema_tracks_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    _train(tmp_path / "run", 8, ema_decay=0.5)
+    ckpt = Run(tmp_path / "run").latest_checkpoint()
+    raw, ema = load_file(ckpt / "model.safetensors"), load_file(ckpt / "ema.safetensors")
+    assert set(ema) == set(raw)
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # averaged, not a copy
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = tiny_config(max_steps=12, warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.5)
+    assert lr_factor(1, cfg) == pytest.approx(1.0)
+    assert lr_factor(2, cfg) == pytest.approx(1.0)
+    assert lr_factor(7, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert lr_factor(12, cfg) == pytest.approx(0.1)
+    assert lr_factor(5, tiny_config(lr_schedule="constant", warmup_steps=0)) == 1.0
+
+
+def test_sampler_shards_and_resumes_the_same_stream():
+    full = ResumableSampler(10, seed=3)
+    stream = [next(it) for it in [iter(full)] for _ in range(25)]
+    assert sorted(k.index for k in stream[:10]) == list(range(10))  # each epoch is a permutation
+    ranks = [ResumableSampler(10, seed=3, rank=r, world=2) for r in range(2)]
+    taken = [[k for k, _ in zip(iter(s), range(12))] for s in ranks]
+    assert taken[0] == stream[0:24:2] and taken[1] == stream[1:24:2]
+    resumed = ResumableSampler(10, seed=3, rank=1, world=2, start=8)
+    assert [k for k, _ in zip(iter(resumed), range(4))] == stream[9:17:2]
+
+
+def test_accelerate_launch_two_processes_trains_and_resumes(tmp_path):
+    script = Path(__file__).parent / "tiny_training.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+
+    def launch(run_dir: Path, steps: int, kill_at: int | None = None, expect_rc: int = 0) -> None:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(script), "--run", str(run_dir), "--max-steps", str(steps)]
+        cmd += ["--kill-at", str(kill_at)] if kill_at else []
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert (result.returncode == 0) == (expect_rc == 0), result.stderr[-3000:]
+
+    launch(tmp_path / "straight", 6)
+    launch(tmp_path / "split", 6, kill_at=4, expect_rc=130)  # both ranks die during step 4
+    assert Run(tmp_path / "split").latest_step() == 2
+    launch(tmp_path / "split", 6)
+    straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+    assert [s for s, _ in straight] == list(range(1, 7))
+    assert split == straight
+    ckpt = Run(tmp_path / "split").latest_checkpoint()
+    assert {p.name for p in ckpt.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
+    assert json.loads((ckpt / "trainer_state.json").read_text())["samples_seen"] == 6 * 4 * 2
