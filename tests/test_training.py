@@ -156,3 +156,17 @@ def test_accelerate_launch_two_processes_trains_and_resumes(tmp_path):
     ckpt = Run(tmp_path / "split").latest_checkpoint()
     assert {p.name for p in ckpt.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
     assert json.loads((ckpt / "trainer_state.json").read_text())["samples_seen"] == 6 * 4 * 2
+
+
+def test_bf16_precision_runs_the_loss_under_autocast(tmp_path):
+    seen = []
+
+    class Probe(TinyModel):
+        def loss(self, batch):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return super().loss(batch)
+
+    torch.manual_seed(0)
+    train(Probe(), TinyDataset(), tiny_config(max_steps=2, precision="bf16"), Run.open(tmp_path / "run"))
+    assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
+    assert all(r["loss"] == r["loss"] for r in Run(tmp_path / "run").read_metrics())  # finite, logged
