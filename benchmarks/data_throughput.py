@@ -1,0 +1,215 @@
+"""Data pipeline throughput: extract-frames, convert-h5 (vpt vs RIVER layout) and the training loader.
+
+    python benchmarks/data_throughput.py [--videos 24] [--frames 32] [--sizes 64,128,256] [--workers N]
+
+Source: synthetic 256x256 H.264 clips with texture (a panned smooth random field plus noise, so PNG
+and LZF have real work to do). For every size S the script times, in frames/s:
+  extract-frames   mp4 -> PNG frame folders at S (all workers)
+  convert-h5       PNG frame folders -> shards at S: vpt layout (lzf, and uncompressed), RIVER layout (all workers), and two
+                   single-process baselines: upstream RIVER's loop (Pillow, img.getdata(), one LZF dataset per
+                   frame) and a lean Pillow loop (np.asarray, one dataset per video)
+  loader           ClipDataset clips of 16 frames, batch 8, DataLoader with `--workers` processes, from the
+                   vpt shards, the RIVER shards and the PNG folders; upstream's reader pattern (open the shard
+                   file for every item, read frames one by one) single-process; and the ceiling of the DataLoader
+                   itself (a dataset returning a constant float32 / uint8 clip: worker -> main shared memory)
+It prints one table and the machine it ran on. Targets (issue 3): convert-h5 >= 3x the single-process
+Pillow loop; loader >= 5,000 frames/s of 128x128 clips on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+
+from vpt.data.convert import convert_h5
+from vpt.data.datasets import ClipDataset, DataConfig
+from vpt.data.extract import extract_frames
+from vpt.data.parallel import default_workers
+from vpt.data.sources import discover_videos, frame_files
+from vpt.data.video import write_video
+from vpt.training import SampleKey
+
+CLIP_FRAMES, BATCH = 16, 8
+
+
+def textured_clip(frames: int, size: int, seed: int) -> np.ndarray:
+    """uint8 (T, size, size, 3): a camera panning over a smooth random field, with sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((2 * size, 2 * size), Image.Resampling.BICUBIC), dtype=np.int16)
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        x, y = (3 * t) % size, (2 * t) % size
+        noise = rng.integers(-6, 7, (size, size, 3), dtype=np.int16)
+        video[t] = np.clip(field[y:y + size, x:x + size] + noise, 0, 255)
+    return video
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import av
+    import decord
+
+    return (f"{cpu}, {default_workers()} usable cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, h5py {h5py.__version__}, PyAV {av.__version__}, "
+            f"decord {decord.__version__}")
+
+
+def timed(fn, out: Path, repeats: int = 2) -> float:
+    """Best of `repeats` runs of fn(out) into a fresh folder (shared machines are noisy)."""
+    best = float("inf")
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        fn(out)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def upstream_loop(frames_root: Path, out: Path, size: int) -> None:
+    """RIVER's converter loop re-expressed: Pillow per frame, getdata(), one LZF dataset per frame."""
+    for split_dir in sorted(p for p in frames_root.iterdir() if p.is_dir()):
+        (out / split_dir.name).mkdir(parents=True)
+        with h5py.File(out / split_dir.name / "shard_0001.hdf5", "w") as f:
+            f.create_group("len")
+            f.create_group("videos")
+            for index, video in enumerate(sorted(p for p in split_dir.iterdir() if p.is_dir())):
+                images = [Image.open(p).convert("RGB").resize((size, size)) for p in sorted(video.glob("*.png"))]
+                seq = [np.array(img.getdata()).reshape(img.size[1], img.size[0], 3) for img in images]
+                f["len"].create_dataset(str(index), data=len(seq))
+                group = f.create_group(str(index))
+                for j, frame in enumerate(seq):
+                    group.create_dataset(str(j), data=frame, dtype="uint8", compression="lzf")
+
+
+def lean_pillow_loop(frames_root: Path, out: Path, size: int) -> None:
+    """The same single-process Pillow decode, with np.asarray and one chunked dataset per video."""
+    for split_dir in sorted(p for p in frames_root.iterdir() if p.is_dir()):
+        (out / split_dir.name).mkdir(parents=True)
+        with h5py.File(out / split_dir.name / "shard_0001.hdf5", "w") as f:
+            for index, video in enumerate(sorted(p for p in split_dir.iterdir() if p.is_dir())):
+                clip = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in frame_files(video)])
+                f.create_dataset(f"videos/{index}", data=clip, chunks=(1, size, size, 3), compression="lzf")
+
+
+class _Constant(torch.utils.data.Dataset):
+    """Returns the same clip every time: what the DataLoader itself can move between processes."""
+
+    def __init__(self, size: int, dtype: torch.dtype):
+        self.clip = torch.zeros(CLIP_FRAMES, 3, size, size, dtype=dtype)
+
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, key):
+        return {"video": self.clip.clone(), "index": 0}
+
+
+def loader_rate(path: Path | None, workers: int, seconds: float, dataset=None) -> float:
+    dataset = dataset or ClipDataset(DataConfig(path=str(path), frames=CLIP_FRAMES))
+    keys = [SampleKey(i % len(dataset), i) for i in range(10**6)]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=keys, num_workers=workers,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    batches = iter(loader)
+    for _ in range(3):  # warm-up: worker start, file opening
+        next(batches)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        count += next(batches)["video"].shape[0]
+    return count * CLIP_FRAMES / (time.perf_counter() - start)
+
+
+def upstream_reader_rate(path: Path, seconds: float) -> float:
+    """Upstream's HDF5Dataset pattern: open the shard for every item, read each frame dataset separately."""
+    shard = path / "shard_0001.hdf5"
+    with h5py.File(shard, "r") as f:
+        lengths = [int(f["len"][str(i)][()]) for i in range(len(f["len"]))]
+    rng = np.random.default_rng(0)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        index = int(rng.integers(len(lengths)))
+        first = int(rng.integers(0, lengths[index] - CLIP_FRAMES))
+        with h5py.File(shard, "r") as f:
+            clip = np.stack([f[str(index)][str(j)][()] for j in range(first, first + CLIP_FRAMES)])
+        video = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1
+        count += len(video)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=24, help="source clips (train split; 2 more go to val and test)")
+    parser.add_argument("--frames", type=int, default=32, help="frames per source clip")
+    parser.add_argument("--sizes", default="64,128,256", help="comma-separated output sizes")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes for the vpt paths")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per loader row")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to put the data (default: a temp dir, removed)")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vpt-bench-"))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        src = work / "videos"
+        for offset, (split, count) in enumerate((("train", args.videos), ("val", 1), ("test", 1))):
+            for k in range(count):
+                write_video(src / split / f"{k:04d}.mp4", textured_clip(args.frames, 256, 1000 * offset + k), 25, crf=18)
+        total = sum(1 for _ in discover_videos(src)) * args.frames
+        rows: list[tuple[str, int, float, str]] = []
+        for size in sizes:
+            frames_dir = work / f"frames{size}"
+            t = timed(lambda out: extract_frames(src, out, size=size, workers=args.workers), frames_dir)
+            rows.append(("extract-frames mp4 -> png", size, total / t, f"{args.workers} workers"))
+            t_vpt = timed(lambda out: convert_h5(frames_dir, out, image_size=size, workers=args.workers), work / f"vpt{size}")
+            t_raw = timed(lambda out: convert_h5(frames_dir, out, image_size=size, workers=args.workers, compression="none"),
+                          work / f"raw{size}")
+            t_river = timed(lambda out: convert_h5(frames_dir, out, image_size=size, layout="river", workers=args.workers),
+                            work / f"river{size}")
+            t_upstream = timed(lambda out: upstream_loop(frames_dir, out, size), work / f"upstream{size}")
+            t_lean = timed(lambda out: lean_pillow_loop(frames_dir, out, size), work / f"lean{size}")
+            rows += [
+                ("convert-h5 png -> vpt layout (lzf)", size, total / t_vpt,
+                 f"{t_lean / t_vpt:.1f}x Pillow loop, {t_upstream / t_vpt:.1f}x upstream loop"),
+                ("convert-h5 png -> vpt layout (no compression)", size, total / t_raw,
+                 f"{t_lean / t_raw:.1f}x Pillow loop, {t_upstream / t_raw:.1f}x upstream loop"),
+                ("convert-h5 png -> river layout", size, total / t_river, f"{t_upstream / t_river:.1f}x upstream loop"),
+                ("  baseline: upstream RIVER loop (1 process)", size, total / t_upstream, "getdata(), dataset per frame"),
+                ("  baseline: Pillow loop (1 process)", size, total / t_lean, "np.asarray, lzf dataset per video"),
+            ]
+            note = f"{CLIP_FRAMES}-frame clips, batch {BATCH}, {args.workers} workers"
+            for name, path in (("vpt shards", work / f"vpt{size}"), ("river shards", work / f"river{size}"),
+                               ("png folders", frames_dir)):
+                rows.append((f"loader {name}", size, loader_rate(path, args.workers, args.seconds), note))
+            rows.append(("  baseline: upstream reader (1 process)", size,
+                         upstream_reader_rate(work / f"river{size}" / "train", args.seconds), "open file per item"))
+            for dtype in (torch.float32, torch.uint8):
+                rows.append((f"  ceiling: DataLoader moving {str(dtype)[6:]} clips", size,
+                             loader_rate(None, args.workers, args.seconds, _Constant(size, dtype)), "constant clip, no I/O"))
+        print(f"\nmachine: {machine()}")
+        print(f"source: {args.videos + 2} clips x {args.frames} frames, 256x256 H.264\n")
+        print(f"| {'stage':<44} | {'size':>4} | {'frames/s':>9} | notes")
+        print(f"|{'-' * 46}|{'-' * 6}|{'-' * 11}|{'-' * 50}")
+        for name, size, rate, note in rows:
+            print(f"| {name:<44} | {size:>4} | {rate:>9,.0f} | {note}")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""`vpt convert-h5`: a train/val/test tree of frame folders or video files -> HDF5 shards per split.
+
+Worker processes decode and resize whole videos; the main process appends them, in source order,
+to the shard being written. Shards are the unit of resume: each is written to a hidden temp file
+and renamed when complete, and `DST/.vpt-convert.json` records the settings (a resumed run must use
+the same ones, or shard boundaries would move) and which videos of finished shards failed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpt.data.extract import RunSummary, write_failures
+from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_name
+from vpt.data.parallel import MediaProgress, parallel_map
+from vpt.data.sources import assign_split, caption_for, discover_videos, frame_files, load_captions, split_dirs
+from vpt.data.video import ResizeMode, VideoReadError, iter_frames, read_image
+from vpt.errors import UsageError
+from vpt.fsutil import atomic_write_text
+
+STATE_FILE = ".vpt-convert.json"
+DEFAULT_VIDEOS_PER_SHARD = {"vpt": 1000, "river": 100_000}  # river: upstream's value
+
+
+@dataclass(frozen=True)
+class _Job:
+    shard: str  # "train/shard_0001.hdf5"
+    name: str  # relative to the split folder
+    text: str | None
+    path: Path
+    kind: str  # "video" | "frames"
+    size: int | None
+    resize: ResizeMode
+    fps: float | None
+    ext: str
+    compression: str | None  # vpt layout: compress chunks in the worker ("none" too); None for the RIVER layout
+
+
+def _load(job: _Job) -> tuple[_Job, np.ndarray | CompressedChunks | None, str | None]:
+    """Decode, resize and (vpt layout) compress one video in a worker.
+
+    Returns (job, video, error): video is uint8 (T, H, W, 3) for the RIVER layout, compressed chunks
+    for the vpt layout, None when the video failed (error says why).
+    """
+    try:
+        if job.kind == "video":
+            frames = list(iter_frames(job.path, size=job.size, resize=job.resize, fps=job.fps))
+        else:
+            frames = [read_image(f, job.size, job.resize) for f in frame_files(job.path, job.ext)]
+        if not frames:
+            raise VideoReadError("no decodable frames")
+        if any(f.shape != frames[0].shape for f in frames):
+            raise VideoReadError("frames differ in size (pass --image-size)")
+        video = np.stack(frames)
+        return job, video if job.compression is None else compress_chunks(video, job.compression), None
+    except (VideoReadError, OSError, ValueError) as exc:
+        text = str(exc).replace(f"{job.path}: ", "").strip()
+        return job, None, (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _split_entries(src: Path, ext: str, splits: tuple[float, float, float] | None) -> dict[str, list[tuple[str, Path, str]]]:
+    present = split_dirs(src)
+    if splits is not None:
+        if present:
+            raise UsageError(f"{src} already has {'/'.join(present)} folders; --splits is for a flat folder")
+        grouped: dict[str, list] = {"train": [], "val": [], "test": []}
+        for name, path, kind in discover_videos(src, ext):
+            grouped[assign_split(name, splits)].append((name, path, kind))
+        return grouped
+    if not present:
+        raise UsageError(f"{src} has no train/val/test folders; pass --splits 0.9,0.05,0.05 to split a flat folder")
+    return {split: discover_videos(folder, ext) for split, folder in present.items()}
+
+
+def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64, resize: ResizeMode = "squash",
+               extension: str = "png", layout: Layout = "vpt", fps: float | None = None,
+               videos_per_shard: int | None = None, compression: str = "lzf", workers: int = 1,
+               splits: tuple[float, float, float] | None = None) -> RunSummary:
+    """Convert `src` into `dst/<split>/shard_NNNN.hdf5`; resumable; returns what was done and what failed."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise UsageError(f"--data-dir {src}: not a directory")
+    if layout == "river" and image_size is None:
+        raise UsageError("--layout river stores square frames: give --image-size")
+    videos_per_shard = videos_per_shard or DEFAULT_VIDEOS_PER_SHARD[layout]
+    entries = _split_entries(src, extension, splits)
+    if not any(entries.values()):
+        raise UsageError(f"{src}: no videos or frame folders (*.{extension}) found")
+
+    settings = {"layout": layout, "image_size": image_size, "resize": resize, "extension": extension, "fps": fps,
+                "videos_per_shard": videos_per_shard, "compression": compression,
+                "videos": {split: len(found) for split, found in entries.items()}}
+    state = _load_state(dst, settings)
+
+    captions = load_captions(src, *(src / split for split in entries))
+    jobs: list[_Job] = []
+    shard_sizes: dict[str, int] = {}
+    summary = RunSummary(total=sum(len(found) for found in entries.values()))
+    for split, found in entries.items():
+        (dst / split).mkdir(parents=True, exist_ok=True)
+        for stale in (dst / split).glob(".shard_*.tmp"):  # temp files of a killed run
+            stale.unlink()
+        for first in range(0, max(len(found), 1), videos_per_shard):
+            shard = f"{split}/{shard_name(first // videos_per_shard + 1)}"
+            members = found[first:first + videos_per_shard]
+            if (dst / shard).is_file() and shard in state["shards"]:
+                summary.skipped += len(members)
+                continue
+            shard_sizes[shard] = len(members)
+            jobs += [_Job(shard, name, caption_for(captions, name, split), path, kind, image_size, resize, fps, extension,
+                          compression if layout == "vpt" else None)
+                     for name, path, kind in members]
+    attrs = {"source": str(src.resolve()), "resize": resize} | ({"image_size": image_size} if image_size else {})
+
+    writer: ShardWriter | None = None
+    with MediaProgress(len(jobs), f"convert-h5 ({layout} layout)") as progress:
+        try:
+            for shard in [s for s, n in shard_sizes.items() if n == 0]:  # an empty split still gets its shard, as upstream
+                _new_writer(dst / shard, layout, attrs, compression).close()
+                state["shards"][shard] = []
+            remaining = dict(shard_sizes)
+            for job, video, error in parallel_map(_load, jobs, workers):
+                if writer is None:
+                    writer, failures = _new_writer(dst / job.shard, layout, attrs, compression), []
+                if error is None:
+                    writer.add(video, text=job.text, name=job.name)
+                    summary.done += 1
+                    summary.frames += len(video)
+                else:
+                    failures.append((f"{job.shard.split('/')[0]}/{job.name}", error))
+                progress.advance(1, 0 if video is None else len(video))
+                remaining[job.shard] -= 1
+                if remaining[job.shard] == 0:
+                    writer.close()
+                    writer = None
+                    state["shards"][job.shard] = failures
+                    _save_state(dst, state)
+        finally:
+            if writer is not None:
+                writer.discard()
+        summary.seconds = progress.elapsed
+    summary.failed = [tuple(f) for failures in state["shards"].values() for f in failures]
+    write_failures(dst, summary.failed)
+    return summary
+
+
+def _new_writer(path: Path, layout: Layout, attrs: dict, compression: str) -> ShardWriter:
+    if layout == "river":
+        return ShardWriter(path, layout="river")
+    return ShardWriter(path, layout="vpt", kind="frames", attrs=attrs, compression=compression)
+
+
+def _load_state(dst: Path, settings: dict) -> dict:
+    path = dst / STATE_FILE
+    if not path.is_file():
+        if dst.is_dir() and any(p for p in dst.iterdir() if p.name != STATE_FILE):
+            raise UsageError(f"--out-dir {dst} exists and was not written by convert-h5; choose a new one")
+        state = {"settings": settings, "shards": {}}
+        _save_state(dst, state)
+        return state
+    state = json.loads(path.read_text())
+    if state.get("settings") != settings:
+        changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+        raise UsageError(f"{dst} was converted with different {', '.join(changed)} (or the source changed); "
+                         "use the same options to resume, or a new --out-dir")
+    return state
+
+
+def _save_state(dst: Path, state: dict) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dst / STATE_FILE, json.dumps(state, indent=1) + "\n")
+
+
+__all__ = ["convert_h5", "DEFAULT_VIDEOS_PER_SHARD", "STATE_FILE"]

@@ -1,0 +1,223 @@
+"""Clip datasets over HDF5 shards (frames or latents), frame folders, video files and SSv2/Bridge/Epic.
+
+`ClipDataset[key]`: `key` is an int (deterministic: clip from frame 0, no flip - for evaluation) or
+a `vpt.training.SampleKey(index, seed)` (clip start, flip drawn from a generator seeded by
+`key.seed`, never from global RNG, so every worker and every resumed run draws the same clips).
+Sources are opened lazily inside each worker (see `VideoH5`), so datasets pickle cheaply.
+
+Item: {"video": float32 (T, C, H, W) - frames in [-1, 1], latents as stored -, "index": int,
+       "text": str (only when the data has captions; "" for a video without one)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset
+
+from vpt.console import warn
+from vpt.data.h5 import VideoH5, find_split_dir, is_h5_data
+from vpt.data.sources import bridge_source, epic_source, folder_source, split_dirs, ssv2_source
+from vpt.data.video import resize_frames
+from vpt.errors import ConfigError, UsageError, VptError
+
+DataFormat = Literal["auto", "h5", "frames", "ssv2", "bridge", "epic"]
+
+
+@dataclass
+class DataConfig:
+    """The `data:` section: where clips come from and how they are cut."""
+
+    path: str = ""  # HDF5 root or split dir (frames or latents), train/val/test tree of videos or frame folders, or an SSv2/Bridge/Epic root
+    format: DataFormat = "auto"  # "frames" = video files and/or frame folders; auto detects HDF5, SSv2, Bridge, Epic
+    split: str = "train"
+    frames: int = 16  # frames per clip
+    frame_skip: int = 0  # frames skipped between clip frames (stride = frame_skip + 1), upstream's skip_frames
+    clip_sampling: Literal["random", "uniform", "trilinear"] = "random"  # random window | whole video at T evenly spaced frames | Seer's trilinear blend of the whole video
+    image_size: Optional[int] = None  # resize frames to S x S; None keeps the stored size (ignored for latents)
+    resize: Literal["squash", "crop"] = "squash"  # squash to S x S (RIVER) or short side + centre crop (Seer)
+    hflip: bool = False  # flip each training clip horizontally with probability 1/2
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"data.frames must be >= 1, got {self.frames}")
+        if self.frame_skip < 0:
+            raise ValueError(f"data.frame_skip must be >= 0, got {self.frame_skip}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"data.image_size must be >= 1, got {self.image_size}")
+
+    @property
+    def span(self) -> int:
+        """Source frames one random clip covers: (skip + 1)(T - 1) + 1."""
+        return (self.frame_skip + 1) * (self.frames - 1) + 1
+
+
+def detect_format(path: str | Path) -> str:
+    path = Path(path)
+    if is_h5_data(path):
+        return "h5"
+    if (path / "annotations").is_dir() and any((path / "annotations" / f).is_file() for f in ("train.json", "validation.json")):
+        return "ssv2"
+    if any(p.is_file() for p in (path / "path_id_bridgedata.txt", path / "dataset" / "path_id_bridgedata.txt")):
+        return "bridge"
+    if any(path.glob("EPIC_100_*.csv")) or any(path.glob("*/EPIC_100_*.csv")):
+        return "epic"
+    return "frames"
+
+
+def open_source(path: str | Path, split: str = "train", format: str = "auto"):
+    """The video source (`VideoH5` or `EntrySource`) for one split of the data at `path`."""
+    if not str(path):
+        raise ConfigError("data.path is empty: point it at HDF5 shards, a folder of videos/frame folders, or use --data")
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"data path not found: {path}")
+    kind = detect_format(path) if format == "auto" else format
+    if kind == "h5":
+        return VideoH5(find_split_dir(path, split))
+    if kind == "ssv2":
+        return ssv2_source(path, split)
+    if kind == "bridge":
+        return bridge_source(path, split)
+    if kind == "epic":
+        return epic_source(path, split)
+    if kind != "frames":
+        raise ConfigError(f"data.format: unknown format {format!r}")
+    splits = split_dirs(path)
+    if split in splits:
+        return folder_source(splits[split], split=split, caption_dirs=[path])
+    if splits:
+        raise UsageError(f"{path}: no '{split}' folder (found: {', '.join(sorted(splits))})")
+    return folder_source(path)  # a flat folder is one split
+
+
+def clip_indices(length: int, frames: int, frame_skip: int, start: int) -> np.ndarray:
+    """Source frame numbers of a strided clip beginning at `start`."""
+    return start + np.arange(frames) * (frame_skip + 1)
+
+
+def clip_start(length: int, span: int, generator: np.random.Generator | None) -> int:
+    """Random start uniform over 0 ... length - span inclusive (upstream RIVER stops one short)."""
+    if length < span:
+        raise VptError(f"a video of {length} frames is shorter than the clip span {span}")
+    return 0 if generator is None else int(generator.integers(0, length - span + 1))
+
+
+def whole_video_indices(length: int, frames: int) -> np.ndarray:
+    """`frames` source frames evenly spread over the whole video (nearest, no blending)."""
+    return np.minimum(np.floor((np.arange(frames) + 0.5) * length / frames).astype(np.int64), length - 1)
+
+
+def trilinear_resample(video: torch.Tensor, frames: int) -> torch.Tensor:
+    """Seer upstream: linear blend along time to `frames` frames (align_corners=False). (N, C, H, W) -> (T, C, H, W)."""
+    stacked = rearrange(video, "n c h w -> 1 c n h w")
+    resampled = torch.nn.functional.interpolate(stacked, size=(frames, *video.shape[-2:]), mode="trilinear", align_corners=False)
+    return rearrange(resampled, "1 c t h w -> t c h w")
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1], i.e. x / 127.5 - 1 (one pass; ~2x torch's float().div().sub())."""
+    out = np.empty((frames.shape[0], frames.shape[3], frames.shape[1], frames.shape[2]), dtype=np.float32)  # (T, C, H, W)
+    np.multiply(rearrange(frames, "t h w c -> t c h w"), np.float32(1 / 127.5), out=out, dtype=np.float32)
+    out -= 1.0
+    return torch.from_numpy(out)
+
+
+class _SourceDataset(Dataset):
+    """Shared plumbing: open the source, decide frames vs latents, turn raw arrays into tensors."""
+
+    def __init__(self, config: DataConfig, source=None):
+        self.config = config
+        self.source = source if source is not None else open_source(config.path, config.split, config.format)
+        self.is_latent = getattr(self.source, "kind", "frames") == "latents"
+        self.has_text = bool(self.source.has_text)
+        if self.is_latent and config.hflip:
+            raise ConfigError("data.hflip cannot be used with latent HDF5 (a flipped latent is not the latent of the flipped frames)")
+
+    def _to_tensor(self, raw: np.ndarray) -> torch.Tensor:
+        if self.is_latent:
+            return torch.from_numpy(np.ascontiguousarray(raw)).float()  # (T, c, h, w)
+        return frames_to_tensor(resize_frames(raw, self.config.image_size, self.config.resize))  # (T, 3, H, W)
+
+    def _item(self, index: int, video: torch.Tensor) -> dict[str, Any]:
+        item: dict[str, Any] = {"video": video, "index": index}
+        if self.has_text:
+            item["text"] = self.source.text(self._source_index(index)) or ""
+        return item
+
+    def _source_index(self, index: int) -> int:
+        return index
+
+
+class ClipDataset(_SourceDataset):
+    """Fixed-length clips for training: T frames every `frame_skip + 1` from a random start.
+
+    HDF5 videos shorter than one clip are left out (with a warning); for folders and video files,
+    whose lengths are only known when read, a short video is an error naming it.
+    """
+
+    def __init__(self, config: DataConfig, source=None):
+        super().__init__(config, source)
+        self._usable = np.arange(len(self.source))
+        if config.clip_sampling == "random" and isinstance(self.source, VideoH5):
+            long_enough = self.source.lengths >= config.span
+            if not long_enough.all():
+                warn(f"{self.source.path}: {int((~long_enough).sum())} of {len(long_enough)} videos are shorter than "
+                     f"the clip span ({config.span} frames) and are left out")
+            self._usable = np.flatnonzero(long_enough)
+        if len(self._usable) == 0:
+            raise UsageError(f"{config.path}: no video is long enough for {config.frames} frames with frame_skip {config.frame_skip}")
+
+    def __len__(self) -> int:
+        return len(self._usable)
+
+    def _source_index(self, index: int) -> int:
+        return int(self._usable[index])
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        index, seed = (int(key.index), int(key.seed)) if hasattr(key, "seed") else (int(key), None)
+        generator = None if seed is None else np.random.default_rng(seed)
+        source_index = self._source_index(index)
+        length = self.source.num_frames(source_index)
+        cfg = self.config
+        if cfg.clip_sampling == "random":
+            try:
+                start = clip_start(length, cfg.span, generator)
+            except VptError as exc:
+                raise VptError(f"{self.source.name(source_index) or source_index}: {exc}") from None
+            video = self._to_tensor(self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start)))
+        elif cfg.clip_sampling == "uniform":
+            video = self._to_tensor(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
+        else:
+            video = trilinear_resample(self._to_tensor(self.source.read(source_index)), cfg.frames)
+        if cfg.hflip and generator is not None and generator.random() < 0.5:
+            video = video.flip(-1)
+        return self._item(index, video)
+
+
+class VideoDataset(_SourceDataset):
+    """Whole videos for evaluation: item i is every frame of video i (at most `max_frames`), in order."""
+
+    def __init__(self, config: DataConfig, source=None, *, max_frames: int | None = None):
+        super().__init__(config, source)
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        index = int(key.index) if hasattr(key, "index") else int(key)
+        length = self.source.num_frames(index)
+        count = length if self.max_frames is None else min(length, self.max_frames)
+        return self._item(index, self._to_tensor(self.source.read(index, np.arange(count))))
+
+
+__all__ = [
+    "DataConfig", "ClipDataset", "VideoDataset", "open_source", "detect_format", "clip_start", "clip_indices",
+    "whole_video_indices", "trilinear_resample", "frames_to_tensor",
+]

@@ -1,0 +1,105 @@
+"""Process-pool plumbing and the progress bar shared by make-data, extract-frames and convert-h5."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from vpt.console import console
+
+
+def default_workers() -> int:
+    """All cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork starts workers in milliseconds and these commands never touch CUDA or threads before it.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, *, ordered: bool = True) -> Iterator[Any]:
+    """`map(fn, items)` over `workers` processes (in-process when workers <= 1).
+
+    At most 4 x workers tasks are in flight, so results that the caller consumes slowly (a shard
+    writer) never pile up in memory. `ordered=False` yields results as they finish.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending: deque[Future] = deque()
+    items = iter(items)
+    window = 4 * workers
+    with _pool(workers) as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield from _drain(pending, ordered, until=window - 1)
+            yield from _drain(pending, ordered, until=0)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _drain(pending: deque[Future], ordered: bool, until: int) -> Iterator[Any]:
+    while len(pending) > until:
+        if ordered:
+            yield pending.popleft().result()
+        else:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.remove(future)
+                yield future.result()
+
+
+class _FramesPerSecond(ProgressColumn):
+    """frames/s since the bar started (the field `frames` counts them)."""
+
+    def render(self, task) -> Text:
+        elapsed = task.elapsed or 0.0
+        frames = task.fields.get("frames", 0)
+        rate = frames / elapsed if elapsed > 0 else 0.0
+        return Text(f"{frames:,} frames  {rate:,.0f} frames/s", style="progress.data.speed")
+
+
+class MediaProgress:
+    """A rich progress bar counting videos, with frames and frames/s beside it."""
+
+    def __init__(self, total: int, description: str):
+        self.frames = 0
+        self.started = time.perf_counter()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+            TaskProgressColumn(), _FramesPerSecond(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total, frames=0)
+
+    def advance(self, videos: int = 1, frames: int = 0) -> None:
+        self.frames += frames
+        self._progress.update(self._task, advance=videos, frames=self.frames)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def __enter__(self) -> MediaProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
