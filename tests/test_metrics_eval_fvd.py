@@ -1,0 +1,213 @@
+"""`vpt eval-fvd` end to end: videos mode and run mode (a tiny copy-last backend registered here), the
+numbers against direct computations, and the protocol recorded in metrics.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from metrics_helpers import moving_videos, write_backbone, write_frame_folders, write_heads, write_tiny_detector
+from vpt.cli import app
+from vpt.errors import UsageError
+from vpt.metrics.frames import psnr, ssim
+from vpt.metrics.lpips import load_lpips
+from vpt.models.backend import Backend
+from vpt.models.registry import BACKENDS
+
+
+@dataclass
+class CopyLastConfig:
+    noise: float = 0.0  # > 0 makes the predictor stochastic (noise drawn from the given generator)
+
+
+class CopyLastBackend(Backend):
+    """Predicts the last context frame for every future frame, times a gain stored in the checkpoint."""
+
+    name = "copy-last-test"
+    Config = CopyLastConfig
+
+    def __init__(self, cfg: CopyLastConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gain = nn.Parameter(torch.tensor(0.5))  # the checkpoint holds 1.0: wrong loading shows in PSNR
+
+    def loss(self, batch):
+        return {"loss": self.gain * 0}
+
+    def predict(self, context, num_frames, *, prompt=None, steps=None, generator=None):
+        frames = (context[:, -1:] * self.gain).expand(-1, num_frames, -1, -1, -1)  # (B, T, C, H, W)
+        if self.cfg.noise:
+            frames = frames + self.cfg.noise * torch.randn(frames.shape, generator=generator)
+        return frames.clamp(-1, 1)
+
+
+def _invoke(args: list[str]):
+    return CliRunner().invoke(app, ["eval-fvd", *args])
+
+
+@pytest.fixture()
+def detector(tmp_path):
+    return write_tiny_detector(tmp_path / "i3d_torchscript.pt")
+
+
+@pytest.fixture()
+def alex(tmp_path):
+    write_backbone(tmp_path / "alexnet.pth", "alex")
+    write_heads(tmp_path / "alex_heads.pth", "alex")
+    return tmp_path / "alexnet.pth", tmp_path / "alex_heads.pth"
+
+
+def test_videos_mode_scores_pairs_and_records_the_protocol(tmp_path, detector, alex, monkeypatch):
+    real = (moving_videos(4, 10, 32, seed=0).astype(np.int64) * 200 // 255).astype(np.uint8)  # values 0..200
+    fake = real + 10  # every pixel off by 10/255: PSNR = 20 log10(25.5) per frame
+    write_frame_folders(tmp_path / "real", real)
+    write_frame_folders(tmp_path / "fake", fake)
+    backbone, heads = alex
+    monkeypatch.setattr("vpt.metrics.lpips.lpips_heads_path", lambda net: heads)
+    out = tmp_path / "metrics.json"
+    result = _invoke(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--i3d", str(detector),
+                      "--frames", "10", "--paired", "--lpips-net", "alex", "--lpips-weights", str(backbone),
+                      "--batch-size", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report) == {"fvd", "kvd", "psnr", "ssim", "lpips", "details", "timing", "protocol"}
+    assert report["psnr"] == pytest.approx(20 * np.log10(25.5), abs=1e-6)
+    truth, pred = (torch.from_numpy(v).permute(0, 1, 4, 2, 3).flatten(0, 1) for v in (real, fake))  # (N*T, 3, H, W)
+    assert report["ssim"] == pytest.approx(float(np.mean(ssim(pred / 255.0, truth / 255.0))), rel=1e-9)
+    lpips = load_lpips("alex", backbone_path=backbone, heads_path=heads)
+    with torch.no_grad():
+        expected_lpips = lpips(pred.float() / 127.5 - 1, truth.float() / 127.5 - 1).double().mean().item()
+    assert report["lpips"] == pytest.approx(expected_lpips, rel=1e-5)
+    assert report["fvd"] > 0 and np.isfinite(report["kvd"])
+    protocol = report["protocol"]
+    assert protocol["preset"] == "tf" and protocol["resolution"] == 224 and protocol["covariance"] == "unbiased"
+    assert protocol["detector"]["sha256"] == hashlib.sha256(detector.read_bytes()).hexdigest()
+    assert protocol["detector"]["format"] == "torchscript"
+    assert protocol["clip_length"] == 10 and protocol["frame_stride"] == 1
+    assert protocol["counts"] == {"real": 4, "fake": 4, "real_skipped_short": 0, "fake_skipped_short": 0}
+    assert protocol["seeds"] == {"clip_offset": 0, "sampling": 0, "kvd_subsets": 0}
+    assert protocol["kvd"]["variant"] == "full" and protocol["frame_metrics"]["lpips"]["net"] == "alex"
+
+
+def test_identical_sets_have_zero_fvd_and_short_videos_are_counted(tmp_path, detector):
+    videos = moving_videos(5, 12, 16, seed=3)
+    write_frame_folders(tmp_path / "a", videos)
+    write_frame_folders(tmp_path / "b", videos[:, :9])  # 9 frames: too short for 10-frame clips
+    out = tmp_path / "m.json"
+    same = _invoke(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "a"), "--i3d", str(detector),
+                    "--frames", "10", "--clip-offset", "random", "--seed", "4", "--out", str(out)])
+    assert same.exit_code == 0, same.output
+    report = json.loads(out.read_text())
+    assert abs(report["fvd"]) < 1e-4
+    assert report["protocol"]["clip_offset"] == "random" and report["protocol"]["seeds"]["clip_offset"] == 4
+    short = _invoke(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "b"), "--i3d", str(detector),
+                     "--frames", "10", "--out", str(out)])
+    assert isinstance(short.exception, UsageError) and "(5 too short)" in str(short.exception)
+
+
+def test_fewer_than_nine_frames_are_refused(tmp_path, detector):
+    write_frame_folders(tmp_path / "v", moving_videos(3, 8, 16, seed=0))
+    result = _invoke(["--real", str(tmp_path / "v"), "--fake", str(tmp_path / "v"), "--i3d", str(detector),
+                      "--frames", "8", "--out", str(tmp_path / "m.json")])
+    assert isinstance(result.exception, UsageError) and "at least 9 frames" in str(result.exception)
+    assert not (tmp_path / "m.json").exists()
+    run = _invoke(["--run", str(tmp_path), "--data", str(tmp_path / "v"), "--context-frames", "2", "--pred-frames", "7",
+                   "--no-context-in-fvd"])  # refused before any backend is loaded or predicts
+    assert isinstance(run.exception, UsageError) and "these clips have 7" in str(run.exception)
+    usage = _invoke(["--real", str(tmp_path / "v")])
+    assert isinstance(usage.exception, UsageError) and "--real and --fake go together" in str(usage.exception)
+
+
+def _write_run(root, noise: float, data: dict | None = None):
+    from safetensors.torch import save_file
+
+    from vpt.runs import Run
+
+    run = Run.open(root)
+    run.write_config({"backend": CopyLastBackend.name, "model": {"noise": noise}, "data": data or {"image_size": None}})
+    pending = run.pending_dir(1)
+    pending.mkdir(parents=True)
+    save_file({"gain": torch.tensor(1.0)}, pending / "model.safetensors")
+    run.commit_checkpoint(1, keep_last=1)
+    return root
+
+
+def _write_h5(root, videos: np.ndarray):
+    from vpt.data.h5 import ShardWriter, shard_name
+
+    with ShardWriter(root / "test" / shard_name(1)) as shard:
+        for video in videos:
+            shard.add(video)
+    return root
+
+
+def test_run_mode_predicts_and_scores_against_the_truth(tmp_path, detector, monkeypatch):
+    monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
+    monkeypatch.delenv("VPT_LPIPS_VGG", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no VGG weights: LPIPS is skipped
+    videos = moving_videos(5, 10, 16, seed=1)
+    data = _write_h5(tmp_path / "data", videos)
+    run = _write_run(tmp_path / "run", noise=0.0)
+    out = tmp_path / "m.json"
+    result = _invoke(["--run", str(run), "--data", str(data), "--split", "test", "--i3d", str(detector),
+                      "--context-frames", "2", "--pred-frames", "8", "--batch-size", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    last = torch.from_numpy(videos[:, 1:2]).permute(0, 1, 4, 2, 3).expand(-1, 8, -1, -1, -1).flatten(0, 1).double() / 255
+    future = torch.from_numpy(videos[:, 2:]).permute(0, 1, 4, 2, 3).flatten(0, 1).double() / 255
+    assert report["psnr"] == pytest.approx(float(np.mean(psnr(last, future))), abs=1e-9)
+    assert report["ssim"] == pytest.approx(float(np.mean(ssim(last, future))), abs=1e-9)
+    assert "lpips" not in report and "VPT_LPIPS_VGG" in report["protocol"]["frame_metrics"]["lpips"]["skipped"]
+    assert len(report["details"]["psnr"]["per_frame"]) == 8
+    protocol = report["protocol"]
+    assert protocol["mode"] == "run" and protocol["backend"] == "copy-last-test" and protocol["checkpoint"] == "step_000001"
+    assert protocol["context_frames"] == 2 and protocol["predicted_frames"] == 8 and protocol["samples_per_sequence"] == 1
+    assert protocol["context_in_fvd_clips"] is True and protocol["clip_length"] == 10
+    assert protocol["counts"] == {"sequences": 5, "skipped_short": 0, "real_clips": 5, "fake_clips": 5}
+
+
+def test_run_mode_cuts_clips_like_the_runs_data_section(tmp_path, detector, monkeypatch):
+    from vpt.data.video import resize_frames
+
+    monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
+    videos = moving_videos(3, 20, 16, seed=4)
+    data = _write_h5(tmp_path / "data", videos)
+    run = _write_run(tmp_path / "run", noise=0.0, data={"frame_skip": 1, "image_size": 12, "resize": "squash"})
+    out = tmp_path / "m.json"
+    result = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "2",
+                      "--pred-frames", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"]["frame_stride"] == 2 and report["protocol"]["source_image_size"] == 12
+    clips = np.stack([resize_frames(video[0:20:2], 12) for video in videos])  # (3, 10, 12, 12, 3)
+    as_unit = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3).flatten(0, 1).double() / 255  # noqa: E731
+    expected = psnr(as_unit(np.repeat(clips[:, 1:2], 8, axis=1)), as_unit(clips[:, 2:]))
+    assert report["psnr"] == pytest.approx(float(np.mean(expected)), abs=1e-9)
+
+
+def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, detector, monkeypatch):
+    monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
+    data = _write_h5(tmp_path / "data", moving_videos(4, 10, 16, seed=2))
+    run = _write_run(tmp_path / "run", noise=0.3)
+    common = ["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "1",
+              "--pred-frames", "9", "--samples", "3", "--seed", "5", "--batch-size", "3"]
+    reports = []
+    for name, extra in (("a", []), ("b", []), ("c", ["--no-context-in-fvd", "--fvd-pooling", "per-sample"])):
+        result = _invoke(common + extra + ["--out", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    a, b, c = reports
+    assert a["psnr"] == b["psnr"] and a["fvd"] == b["fvd"]  # seeded sampling: the same numbers again
+    assert a["psnr"] > a["details"]["psnr"]["mean_over_samples"]  # best of 3 beats the average sample
+    assert a["ssim"] > a["details"]["ssim"]["mean_over_samples"]
+    assert a["protocol"]["counts"]["fake_clips"] == 12 and a["protocol"]["sampling_seed"] == 5
+    assert c["protocol"]["context_in_fvd_clips"] is False and c["protocol"]["fvd_pooling"] == "per-sample"
+    assert len(c["details"]["fvd_per_sample"]) == 3 and c["fvd"] == pytest.approx(np.mean(c["details"]["fvd_per_sample"]))
+    assert c["fvd"] != a["fvd"]
