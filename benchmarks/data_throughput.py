@@ -122,8 +122,10 @@ class _Constant(torch.utils.data.Dataset):
         return {"video": self.clip.clone(), "index": 0}
 
 
-def loader_rate(path: Path | None, workers: int, seconds: float, dataset=None) -> float:
-    dataset = dataset or ClipDataset(DataConfig(path=str(path), frames=CLIP_FRAMES))
+def loader_rate(path: Path | None, workers: int, seconds: float, dataset=None, uint8: bool = False) -> float:
+    """Frames/s the training loop receives, including the dataset's `on_device` float conversion."""
+    dataset = dataset or ClipDataset(DataConfig(path=str(path), frames=CLIP_FRAMES), uint8_frames=uint8)
+    on_device = getattr(dataset, "on_device", lambda batch: batch)
     keys = [SampleKey(i % len(dataset), i) for i in range(10**6)]
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=keys, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
@@ -132,7 +134,7 @@ def loader_rate(path: Path | None, workers: int, seconds: float, dataset=None) -
         next(batches)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        count += next(batches)["video"].shape[0]
+        count += on_device(next(batches))["video"].shape[0]
     return count * CLIP_FRAMES / (time.perf_counter() - start)
 
 
@@ -195,6 +197,8 @@ def main() -> None:
             for name, path in (("vpt shards", work / f"vpt{size}"), ("river shards", work / f"river{size}"),
                                ("png folders", frames_dir)):
                 rows.append((f"loader {name}", size, loader_rate(path, args.workers, args.seconds), note))
+                rows.append((f"loader {name}, uint8 + on_device", size,
+                             loader_rate(path, args.workers, args.seconds, uint8=True), note + " (training path)"))
             rows.append(("  baseline: upstream reader (1 process)", size,
                          upstream_reader_rate(work / f"river{size}" / "train", args.seconds), "open file per item"))
             for dtype in (torch.float32, torch.uint8):

@@ -30,6 +30,7 @@ def test_every_command_and_option_has_help():
         for param in command.params:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"vpt {' '.join(path)} {param.opts[0]} has no help text"
+                assert param.show_default is not False, f"vpt {' '.join(path)} {param.opts[0]} hides its default"
     assert "info" in names
 
 

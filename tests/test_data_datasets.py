@@ -204,3 +204,15 @@ def test_config_errors_are_clear(tmp_path):
         ClipDataset(DataConfig(path=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="frames"):
         DataConfig(frames=0)
+
+
+def test_uint8_frames_then_on_device_equal_the_float_items(numbered_h5):
+    cfg = DataConfig(path=str(numbered_h5), frames=4, frame_skip=1, image_size=32, hflip=True)
+    floats, raw = ClipDataset(cfg), ClipDataset(cfg, uint8_frames=True)
+    keys = [SampleKey(i % len(floats), 100 + i) for i in range(6)]
+    expected = torch.stack([floats[k]["video"] for k in keys])  # (B, T, C, H, W) float32
+    batch = torch.utils.data.default_collate([raw[k] for k in keys])
+    assert batch["video"].dtype == torch.uint8
+    converted = raw.on_device(batch)["video"]
+    assert converted.dtype == torch.float32
+    torch.testing.assert_close(converted, expected, atol=1e-6, rtol=0)

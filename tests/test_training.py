@@ -170,3 +170,25 @@ def test_bf16_precision_runs_the_loss_under_autocast(tmp_path):
     train(Probe(), TinyDataset(), tiny_config(max_steps=2, precision="bf16"), Run.open(tmp_path / "run"))
     assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
     assert all(r["loss"] == r["loss"] for r in Run(tmp_path / "run").read_metrics())  # finite, logged
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resumes(tmp_path):
+    assert _train(tmp_path / "run", 8, max_minutes=1e-9) == 1  # budget spent after the first step
+    run = Run(tmp_path / "run")
+    assert run.latest_step() == 1
+    assert _train(tmp_path / "run", 8) == 8
+    assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 9))
+
+
+def test_dataset_on_device_hook_is_applied_before_the_loss(tmp_path):
+    class Zeroing(TinyDataset):
+        def on_device(self, batch):
+            return {**batch, "x": batch["x"] * 0.0, "y": batch["y"] * 0.0}
+
+    class Probe(TinyModel):
+        def loss(self, batch):
+            assert torch.count_nonzero(batch["x"]) == 0
+            return super().loss(batch)
+
+    torch.manual_seed(0)
+    assert train(Probe(), Zeroing(), tiny_config(max_steps=2), Run.open(tmp_path / "run")) == 2

@@ -36,14 +36,16 @@ class TrainConfig:
     """The `train:` section shared by every training command."""
 
     max_steps: int = 1000
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time in one invocation; 0 = no limit
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
+    lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: Literal["no", "bf16", "fp16"] = "no"
     ema_decay: float = 0.0  # 0 turns EMA off
@@ -158,12 +160,14 @@ class Hooks:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then constant or cosine decay to `min_lr_ratio`."""
+    """Linear warmup, then constant, cosine or polynomial decay to `min_lr_ratio`."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "polynomial":  # as transformers' get_polynomial_decay_schedule_with_warmup
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - min(1.0, progress)) ** cfg.lr_power
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
@@ -225,6 +229,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
     batches = iter(loader)
+    on_device = getattr(dataset, "on_device", lambda batch: batch)  # e.g. uint8 -> float on the GPU
     if latest is not None:
         _restore_rng(latest, accelerator.process_index)
 
@@ -239,7 +244,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                 group["lr"] = base_lr * lr_factor(step, cfg)
             totals: dict[str, torch.Tensor] = {}
             for micro in range(cfg.grad_accum):
-                batch = _to_device(next(batches), device)
+                batch = on_device(_to_device(next(batches), device))
                 sync = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
                     with accelerator.autocast():
@@ -282,11 +287,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                     run.log_metrics({"step": step, **evaluated})
             if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and is_main:
                 _with_ema(ema, model, lambda m: hooks.sample(m, step, run.samples_dir))
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            out_of_time = cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, accelerator)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
                 score = evaluated.get(cfg.best_metric)
                 is_best = score is not None and (best is None or score < best)
                 best = score if is_best else best
                 _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, is_best)
+            if out_of_time:
+                info(f"train.max_minutes={cfg.max_minutes:g} reached at step {step}; the checkpoint is kept "
+                     f"(run the same command again to continue)")
+                break
     finally:
         progress.stop()
         if cfg.log_with:
@@ -386,6 +396,16 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _out_of_time(started: float, max_minutes: float, accelerator) -> bool:
+    """Whether the time budget is spent; every process takes rank 0's answer, so all stop together."""
+    spent = time.perf_counter() - started >= 60.0 * max_minutes
+    if accelerator.num_processes == 1:
+        return spent
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([float(spent)], device=accelerator.device), from_process=0).item())
 
 
 def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:

@@ -7,6 +7,10 @@ Sources are opened lazily inside each worker (see `VideoH5`), so datasets pickle
 
 Item: {"video": float32 (T, C, H, W) - frames in [-1, 1], latents as stored -, "index": int,
        "text": str (only when the data has captions; "" for a video without one)}
+
+With `uint8_frames=True` (what the training commands use) frames stay uint8 (T, C, H, W) through
+the DataLoader and `on_device(batch)` turns them into [-1, 1] floats on the training device: a
+quarter of the bytes through worker queues, pinned memory and the host-to-device copy.
 """
 
 from __future__ import annotations
@@ -131,8 +135,9 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 class _SourceDataset(Dataset):
     """Shared plumbing: open the source, decide frames vs latents, turn raw arrays into tensors."""
 
-    def __init__(self, config: DataConfig, source=None):
+    def __init__(self, config: DataConfig, source=None, *, uint8_frames: bool = False):
         self.config = config
+        self.uint8_frames = uint8_frames
         self.source = source if source is not None else open_source(config.path, config.split, config.format)
         self.is_latent = getattr(self.source, "kind", "frames") == "latents"
         self.has_text = bool(self.source.has_text)
@@ -142,7 +147,18 @@ class _SourceDataset(Dataset):
     def _to_tensor(self, raw: np.ndarray) -> torch.Tensor:
         if self.is_latent:
             return torch.from_numpy(np.ascontiguousarray(raw)).float()  # (T, c, h, w)
+        if self.uint8_frames and self.config.clip_sampling != "trilinear":  # the blend needs floats
+            frames = resize_frames(raw, self.config.image_size, self.config.resize)
+            return torch.from_numpy(np.ascontiguousarray(rearrange(frames, "t h w c -> t c h w")))  # (T, 3, H, W) uint8
         return frames_to_tensor(resize_frames(raw, self.config.image_size, self.config.resize))  # (T, 3, H, W)
+
+    @staticmethod
+    def on_device(batch: dict[str, Any]) -> dict[str, Any]:
+        """uint8 frames (B, T, C, H, W) -> float32 in [-1, 1], on whatever device the batch is on."""
+        video = batch["video"]
+        if video.dtype == torch.uint8:
+            batch = {**batch, "video": video.float().div_(127.5).sub_(1.0)}
+        return batch
 
     def _item(self, index: int, video: torch.Tensor) -> dict[str, Any]:
         item: dict[str, Any] = {"video": video, "index": index}
@@ -161,8 +177,8 @@ class ClipDataset(_SourceDataset):
     whose lengths are only known when read, a short video is an error naming it.
     """
 
-    def __init__(self, config: DataConfig, source=None):
-        super().__init__(config, source)
+    def __init__(self, config: DataConfig, source=None, *, uint8_frames: bool = False):
+        super().__init__(config, source, uint8_frames=uint8_frames)
         self._usable = np.arange(len(self.source))
         if config.clip_sampling == "random" and isinstance(self.source, VideoH5):
             long_enough = self.source.lengths >= config.span

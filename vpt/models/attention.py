@@ -36,11 +36,18 @@ def backend_name() -> str:
     return "xformers" if _backend == "xformers" and xformers_available() else "sdpa"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax(q k^T / sqrt(d)) v for q, k, v of shape (B, heads, N, d) -> (B, heads, N, d)."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
+              dropout: float = 0.0, causal: bool = False) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(d)) v for q, k, v of shape (B, heads, N, d) -> (B, heads, N, d).
+
+    `dropout` drops attention probabilities (pass 0 outside training). `causal` lets query i see
+    keys j <= i only (lower-triangular mask, without materialising it).
+    """
     if backend_name() == "xformers" and mask is None and q.is_cuda:
         import xformers.ops as xops
 
-        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        bias = xops.LowerTriangularMask() if causal else None
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              attn_bias=bias, p=dropout)
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
