@@ -52,7 +52,7 @@ def test_file_and_overrides_are_typed(tmp_path):
     "text, overrides, message",
     [
         ("train:\n  batch_sise: 1\n", [], r"cfg.yaml: unknown key 'train.batch_sise' \(did you mean 'train.batch_size'\?\)"),
-        ("train:\n  lerning_rate: 1\n", [], r"cfg.yaml: unknown key 'train.lerning_rate' \(valid keys: max_steps, batch_size, .*\blr\b"),
+        ("train:\n  lerning_rate: 1\n", [], r"cfg.yaml: unknown key 'train.lerning_rate' \(valid keys: max_steps, .*\blr\b"),
         ("modle:\n  depth: 1\n", [], r"unknown key 'modle' \(did you mean 'model'\?\)"),
         ("model:\n  depth: two\n", [], r"cfg.yaml: 'model.depth' expects int, got 'two' \(str\)"),
         ("model:\n  sampler: rk5\n", [], r"'model.sampler' expects one of \['euler', 'heun', 'rk4'\], got 'rk5' \(did you mean 'rk4'\?\)"),

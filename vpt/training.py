@@ -181,7 +181,12 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from accelerate.state import AcceleratorState
+
     hooks = hooks or Hooks()
+    # One process may train several models in turn (quickstart: autoencoder, then predictor) with
+    # different precisions; keep the distributed state, forget the previous run's settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run gloo on CPUs
         mixed_precision=cfg.precision,
