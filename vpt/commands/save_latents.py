@@ -1,0 +1,299 @@
+"""`vpt save-latents`: encode every video of every split once, so latent backends train without the encoder.
+
+    DATA/<split>/<shard>.hdf5  (frames)  ->  OUT/<split>/<shard>.hdf5  (latents, `kind = "latents"`)
+
+The output mirrors the input shard by shard and video by video, so video i of a split is video i of
+its latents (names and captions are copied). Each latent video is `autoencoder.encode(frames)`:
+(T // k, *latent_dims), continuous and already scaled. Root attributes name the autoencoder
+(`autoencoder_path`, `autoencoder_type`, `autoencoder` (JSON identity: type, arch, scale, shift),
+`autoencoder_sha256`, `latent_scale`, `latent_shift`, `frames_per_latent`) and the source shard.
+
+Resumable at the level of videos: each finished video is kept as OUT/.partial/<split>/<shard>/<i>.npy
+(written atomically) until its shard is complete; the shard file is then written atomically and the
+partial files removed. A rerun skips finished shards and finished videos. OUT/latents.json records the
+autoencoder and settings; a rerun with a different autoencoder or settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+
+MANIFEST = "latents.json"
+PARTIAL = ".partial"
+
+
+def save_latents(
+    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
+    data: Annotated[Path, typer.Option("--data", help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")] = 64,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage type of the latents: float32 or float16.")] = "float32",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Resize frames to S x S before encoding (default: as stored).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="taming preset a bare VQGAN checkpoint must match: f8_small, f8 or f16 (default: read off the weights).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available, bf16 autocast), cpu or cuda[:N].")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Processes reading and resizing frames.")] = 2,
+) -> None:
+    """Encode every video of every split into latent HDF5 with the same indexing (resumable)."""
+    from vpt.console import info
+    from vpt.errors import UsageError
+
+    if dtype not in ("float32", "float16"):
+        raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
+    summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype, image_size=image_size,
+                             preset=preset, device=device, workers=workers)
+    info(f"Latents of {summary['videos']} videos ({summary['encoded_videos']} encoded now, the rest were done) "
+         f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`")
+
+
+def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_frames: int = 64,
+                   dtype: Literal["float32", "float16"] = "float32", image_size: int | None = None,
+                   preset: str | None = None, device: str = "auto", workers: int = 0,
+                   autoencoder: Any = None) -> dict[str, Any]:
+    """The library form of `vpt save-latents` (`autoencoder` skips loading `ae` again when given)."""
+    import torch
+
+    from vpt.data.h5 import VideoH5
+    from vpt.models.autoencoders import load_autoencoder
+
+    data, out = Path(data), Path(out)
+    splits = _splits(data)
+    model = autoencoder if autoencoder is not None else load_autoencoder(ae, preset=preset)
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    model = model.to(target).eval()
+    manifest = _manifest(model, data, dtype, image_size)
+    _claim(out, manifest)
+
+    sources = {name: VideoH5(path) for name, path in splits}
+    jobs = [(name, shard, source) for name, source in sources.items() for shard in range(len(source.shard_paths))]
+    todo = [(name, shard, source) for name, shard, source in jobs if not _finished(_out_shard(out, name, source, shard), manifest)]
+    remaining = sum(int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo)
+    encoded = 0
+    with _Progress(remaining) as progress:
+        for name, shard, source in todo:
+            encoded += _encode_shard(model, source, shard, out, name, manifest, progress, batch_frames=batch_frames,
+                                     dtype=dtype, image_size=image_size, device=target, workers=workers)
+    first = next(iter(sources.values()))
+    height, width = (image_size, image_size) if image_size else first.frame_shape()[:2]
+    return {"videos": sum(len(s) for s in sources.values()), "encoded_videos": encoded, "splits": [n for n, _ in splits],
+            "latent_shape": model.latent_dims(height, width)}
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+
+def _splits(data: Path) -> list[tuple[str, Path]]:
+    """[(split name, split dir)]: every sub-folder holding shards, or `data` itself as the one split ("")."""
+    from vpt.data.h5 import list_shards
+    from vpt.errors import UsageError
+
+    if not data.exists():
+        raise UsageError(f"--data {data} does not exist")
+    if list_shards(data):
+        return [("", data)]
+    found = sorted((p.name, p) for p in data.iterdir() if p.is_dir() and not p.name.startswith(".") and list_shards(p))
+    if not found:
+        raise UsageError(f"--data {data}: no HDF5 shards in it or in its split folders (run `vpt convert-h5` first)")
+    return found
+
+
+def _out_shard(out: Path, split: str, source, shard: int) -> Path:
+    return out / split / source.shard_paths[shard].name
+
+
+def _partial_dir(out: Path, split: str, source, shard: int) -> Path:
+    return out / PARTIAL / (split or "_") / source.shard_paths[shard].stem
+
+
+def _unfinished(out: Path, split: str, source, shard: int) -> list[int]:
+    """Videos of an unfinished shard that have no partial result yet."""
+    partial, indices = _partial_dir(out, split, source, shard), source.shard_range(shard)
+    return [i for i in indices if not (partial / f"{i - indices.start}.npy").is_file()]
+
+
+def _manifest(model, data: Path, dtype: str, image_size: int | None) -> dict[str, Any]:
+    identity = model.identity()
+    provenance = getattr(model, "provenance", {})
+    return {"autoencoder": identity, "autoencoder_path": provenance.get("source", ""),
+            "autoencoder_sha256": provenance.get("sha256", ""), "autoencoder_format": provenance.get("format", ""),
+            "data": str(data.resolve()), "dtype": dtype, "image_size": image_size}
+
+
+def _claim(out: Path, manifest: dict[str, Any]) -> None:
+    """Write OUT/latents.json, or check that an existing one describes the same encoding."""
+    from vpt.errors import VptError
+    from vpt.fsutil import atomic_write_text
+
+    path = out / MANIFEST
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size") if existing.get(k) != manifest[k]]
+        if differing:
+            raise VptError(f"{out} already holds latents made with a different {', '.join(differing)} "
+                           f"(from {existing.get('autoencoder_path') or 'another autoencoder'}); choose another --out or delete it")
+        return
+    if out.exists() and any(p for p in out.iterdir() if p.name != PARTIAL):
+        raise VptError(f"{out} exists and is not a save-latents output (no {MANIFEST}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _finished(path: Path, manifest: dict[str, Any]) -> bool:
+    """A shard file exists only once complete (atomic writer); check it came from this autoencoder."""
+    import h5py
+
+    from vpt.errors import VptError
+
+    if not path.is_file():
+        return False
+    with h5py.File(path, "r") as handle:
+        sha = handle.attrs.get("autoencoder_sha256", "")
+    if sha != manifest["autoencoder_sha256"]:
+        raise VptError(f"{path} was written by another autoencoder; delete it or choose another --out")
+    return True
+
+
+def _shard_attrs(manifest: dict[str, Any], source, shard: int) -> dict[str, Any]:
+    identity = manifest["autoencoder"]
+    return {
+        "autoencoder_path": manifest["autoencoder_path"], "autoencoder_type": identity["type"],
+        "autoencoder": json.dumps(identity), "autoencoder_sha256": manifest["autoencoder_sha256"],
+        "autoencoder_format": manifest["autoencoder_format"], "latent_scale": identity["latent_scale"],
+        "latent_shift": identity["latent_shift"], "frames_per_latent": identity["frames_per_latent"],
+        "source_shard": str(source.shard_paths[shard].resolve()), "source_layout": source.layout,
+        "image_size": manifest["image_size"] or 0,
+    }
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def _encode_shard(model, source, shard: int, out: Path, split: str, manifest: dict[str, Any], progress, *,
+                  batch_frames: int, dtype: str, image_size: int | None, device, workers: int) -> int:
+    """Encode the unfinished videos of one input shard, then assemble the output shard. Returns videos encoded."""
+    import numpy as np
+
+    from vpt.data.h5 import ShardWriter
+
+    partial = _partial_dir(out, split, source, shard)
+    partial.mkdir(parents=True, exist_ok=True)
+    indices = source.shard_range(shard)
+    first = indices.start
+    todo = _unfinished(out, split, source, shard)
+    storage = np.float16 if dtype == "float16" else np.float32
+    for index, latents in _encode_videos(model, _read_videos(source, todo, image_size, workers), batch_frames, device):
+        _save_npy(partial / f"{index - first}.npy", latents.astype(storage))
+        progress.advance(int(source.lengths[index]))
+
+    with ShardWriter(_out_shard(out, split, source, shard), kind="latents", attrs=_shard_attrs(manifest, source, shard)) as writer:
+        for i in indices:
+            writer.add(np.load(partial / f"{i - first}.npy"), name=source.name(i), text=source.text(i))
+    shutil.rmtree(partial, ignore_errors=True)
+    return len(todo)
+
+
+def _read_videos(source, indices: list[int], image_size: int | None, workers: int) -> Iterator[tuple[int, Any]]:
+    """(index, frames (T, 3, H, W) float in [-1, 1]) for each video, read and resized in worker processes."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.video import resize_frames
+
+    class Videos(Dataset):
+        def __len__(self) -> int:
+            return len(indices)
+
+        def __getitem__(self, position: int):
+            index = indices[position]
+            return index, frames_to_tensor(resize_frames(source.read(index), image_size))
+
+    loader = DataLoader(Videos(), batch_size=None, num_workers=workers if len(indices) > 1 else 0,
+                        pin_memory=torch.cuda.is_available())
+    yield from loader
+
+
+def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, device) -> Iterator[tuple[int, Any]]:
+    """Pack frames of consecutive videos into encoder batches of about `batch_frames` frames (whole
+    clips of k frames), encode, and hand back each video's latents (T // k, *dims) as float32 numpy."""
+    import torch
+
+    from vpt.models.autoencoders.base import autocast_for
+
+    k = model.frames_per_latent
+    per_batch = max(k, batch_frames // k * k)
+    pending: list[tuple[int, Any]] = []  # (video index, frames piece (n*k, C, H, W))
+    pieces: dict[int, list[Any]] = {}
+    expected: dict[int, int] = {}  # video index -> number of pieces still to come back
+
+    def flush():
+        frames = torch.cat([piece for _, piece in pending]).to(device, non_blocking=True)
+        with torch.inference_mode(), autocast_for(device):
+            latents = model.encode(frames[None])[0].float().cpu()  # (n_total / k, *dims)
+        offset = 0
+        for index, piece in pending:
+            steps = len(piece) // k
+            pieces[index].append(latents[offset:offset + steps])
+            offset += steps
+        pending.clear()
+
+    def ready():
+        for index in [i for i, n in expected.items() if len(pieces[i]) == n]:
+            del expected[index]
+            yield index, torch.cat(pieces.pop(index)).numpy()
+
+    for index, video in videos:
+        usable = len(video) // k * k
+        chunks = [video[start:start + per_batch] for start in range(0, usable, per_batch)]
+        if not chunks:  # shorter than one clip: no latent steps
+            yield index, torch.zeros((0, *model.latent_dims(*video.shape[-2:]))).numpy()
+            continue
+        pieces[index], expected[index] = [], len(chunks)
+        for chunk in chunks:
+            pending.append((index, chunk))
+            if sum(len(p) for _, p in pending) >= per_batch:
+                flush()
+                yield from ready()
+    if pending:
+        flush()
+    yield from ready()
+
+
+def _save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    from vpt.fsutil import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+class _Progress:
+    """Frames encoded, with frames/s and ETA (rich, on stderr)."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from vpt.console import console
+
+        self.bar = Progress(TextColumn("[bold]save-latents"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                            TextColumn("{task.fields[rate]} frames/s"), TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("encode", total=total, rate="-")
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def advance(self, frames: int) -> None:
+        self.bar.advance(self.task, frames)
+        speed = self.bar.tasks[0].speed
+        self.bar.update(self.task, rate=f"{speed:.0f}" if speed else "-")

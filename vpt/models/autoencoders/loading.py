@@ -1,0 +1,352 @@
+"""Build autoencoders by name and load them from anything a user is likely to have.
+
+`load_autoencoder(path)` accepts
+- a `vpt train-ae` run directory (config.yaml + checkpoints/; EMA weights when the run kept them),
+- a diffusers `AutoencoderKL` folder (config.json + weights), or a pipeline folder with a `vae/` inside,
+- RIVER's `vqvae.ckpt` (a taming-transformers Lightning checkpoint: `["state_dict"]`, `loss.*` ignored),
+  RIVER's `vqvae.pth` (`["model"]`, the "ours" VQVAE) and RIVER's `model.pth` (its `ae.*` part),
+- a bare state dict (`.pth`/`.pt`/`.bin`/`.safetensors`) of a taming VQGAN, RIVER VQVAE or
+  VideoGeneration-PyTorch VAE (`vae_autoencoder_ckpt.pth`).
+The architecture of a bare checkpoint is read off its tensor shapes; `preset` names the taming
+configuration to check it against (f8_small / f8 / f16), `arch` supplies what shapes cannot tell
+(the Latte VAE's GroupNorm groups and attention heads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vpt.errors import ConfigError, UsageError, VptError
+
+AUTOENCODERS: dict[str, str] = {
+    "vqgan": "vpt.models.autoencoders.vqgan:VQGAN",
+    "river-vqvae": "vpt.models.autoencoders.river_vqvae:RiverVQVAE",
+    "kl-vae": "vpt.models.autoencoders.kl:KLVAE",
+    "latte-vae": "vpt.models.autoencoders.latte_vae:LatteVAE",
+}
+ALIASES = {"ldm-vq": "vqgan", "ours": "river-vqvae"}  # RIVER's `autoencoder.type` names
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "vqgan": {},  # filled from vqgan.VQGAN_PRESETS on first use (keeps this module import-light)
+    "kl-vae": {
+        "sd": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, scaling_factor=0.18215),
+    },
+    "latte-vae": {  # VideoGeneration-PyTorch config/ucf.yaml and config/mnist.yaml
+        "vg-ucf": dict(in_channels=3, down_channels=[128, 256, 384, 512], mid_channels=[512], down_sample=[True, True, True],
+                       attn_down=[False, False, False], num_heads=4, num_down_layers=2, num_mid_layers=2, num_up_layers=2),
+        "vg-mnist": dict(in_channels=1, down_channels=[32, 64, 128], mid_channels=[128], down_sample=[True, True],
+                         attn_down=[False, False], num_heads=16, num_down_layers=1, num_mid_layers=1, num_up_layers=1),
+    },
+}
+
+_DOWNLOAD_HINTS = {
+    "vqvae.ckpt": "RIVER's taming VQGAN: download vqvae.ckpt from the Hugging Face repo cvg-unibe/river_bair_64 "
+                  "(or river_bair_256 / river_kth_64)",
+    "vqvae.pth": "RIVER's CLEVRER VQVAE: download vqvae.pth from the Hugging Face repo cvg-unibe/river_clevrer_128",
+    "model.pth": "a RIVER model: download model.pth from the Hugging Face repo cvg-unibe/river_<dataset>",
+    "vae_autoencoder_ckpt.pth": "the VideoGeneration-PyTorch VAE: train it upstream (tools/train_vae.py) or use `vpt train-ae`",
+}
+
+
+def autoencoder_class(name: str) -> type:
+    name = ALIASES.get(name, name)
+    if name not in AUTOENCODERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*AUTOENCODERS, *ALIASES], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"autoencoder.type: unknown autoencoder '{name}'{hint}; available: {', '.join(sorted(AUTOENCODERS))}")
+    module_name, class_name = AUTOENCODERS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def presets(name: str) -> dict[str, dict]:
+    name = ALIASES.get(name, name)
+    if name == "vqgan" and not PRESETS["vqgan"]:
+        from vpt.models.autoencoders.vqgan import VQGAN_PRESETS
+
+        PRESETS["vqgan"].update(VQGAN_PRESETS)
+    return PRESETS.get(name, {})
+
+
+def resolve_arch(name: str, arch: dict[str, Any], *, source: str = "autoencoder.arch"):
+    """`arch` (optionally with `preset: <name>`, whose values the other keys override) -> the type's Config."""
+    from vpt.config import validate
+
+    cls = autoencoder_class(name)
+    arch = dict(arch or {})
+    preset = arch.pop("preset", None)
+    if preset is not None:
+        table = presets(name)
+        if preset not in table:
+            raise ConfigError(f"{source}.preset: unknown preset '{preset}' for {cls.type}; available: {', '.join(table) or 'none'}")
+        arch = {**table[preset], **arch}
+    return validate(cls.Config, arch, source=source, prefix="autoencoder.arch.")
+
+
+def build_autoencoder(name: str, arch: dict[str, Any] | None = None, *, source: str = "autoencoder.arch"):
+    """A randomly initialised autoencoder of type `name` with architecture `arch`."""
+    return autoencoder_class(name)(resolve_arch(name, arch or {}, source=source))
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def load_autoencoder(path: str | Path, *, preset: str | None = None, arch: dict[str, Any] | None = None,
+                     ema: bool = True):
+    """The autoencoder stored at `path`, in eval mode, with `.provenance` (source, format, sha256)."""
+    path = Path(path)
+    if not path.exists():
+        hint = _DOWNLOAD_HINTS.get(path.name, "a `vpt train-ae` run directory, a diffusers AutoencoderKL folder "
+                                              "(e.g. stabilityai/sd-vae-ft-ema downloaded there), or a taming/RIVER/"
+                                              "VideoGeneration-PyTorch checkpoint file")
+        raise VptError(f"autoencoder weights not found: {path} — expected {hint}; put it at that path")
+    if path.is_dir():
+        model, provenance = _load_directory(path, ema=ema)
+    else:
+        model, provenance = _load_file(path, preset=preset, arch=arch)
+    model.provenance = provenance
+    return model.eval().requires_grad_(False)
+
+
+def _load_directory(path: Path, *, ema: bool):
+    from vpt.runs import Run
+
+    run = Run(path)
+    if run.config_path.is_file():
+        raw = run.read_config()
+        if "autoencoder" not in raw:
+            raise UsageError(f"{path} is a vpt run but not an autoencoder run (config.yaml has no 'autoencoder' section)")
+        return _load_run(run, raw["autoencoder"], ema=ema)
+    for folder in (path, path / "vae"):
+        config = folder / "config.json"
+        if config.is_file() and '"AutoencoderKL"' in config.read_text():
+            from vpt.models.autoencoders.kl import KLVAE
+
+            weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(folder.glob("diffusion_pytorch_model*.bin"))
+            if not weights:
+                raise VptError(f"{folder}: config.json but no diffusion_pytorch_model.safetensors/.bin; download the weights there")
+            model = KLVAE.from_diffusers(folder)
+            return model, {"source": str(folder.resolve()), "format": "diffusers", "sha256": _sha256_files(weights)}
+    raise UsageError(f"{path}: not an autoencoder directory (expected a `vpt train-ae` run with config.yaml, "
+                     "or a diffusers AutoencoderKL folder with config.json)")
+
+
+def _load_run(run, section: dict, *, ema: bool):
+    from vpt.training import load_weights
+
+    name = section.get("type", "")
+    model = build_autoencoder(name, section.get("arch", {}), source=str(run.config_path))
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise UsageError(f"{run.root} has no finished checkpoint yet (train it with `vpt train-ae --run {run.root}`)")
+    weights = load_weights(run, ema=ema, checkpoint=checkpoint)
+    state = {k.removeprefix("autoencoder."): v for k, v in weights.items() if k.startswith("autoencoder.")}
+    _load_strict(model, state, run.root)
+    files = [checkpoint / "model.safetensors"] + ([checkpoint / "ema.safetensors"] if ema and (checkpoint / "ema.safetensors").exists() else [])
+    return model, {"source": str(run.root.resolve()), "format": "vpt-run", "checkpoint": checkpoint.name,
+                   "ema": len(files) > 1, "sha256": _sha256_files(files)}
+
+
+def _load_file(path: Path, *, preset: str | None, arch: dict[str, Any] | None):
+    state, container = _unwrap(_read_state(path), path)
+    model = _from_state(state, preset=preset, arch=arch, where=path)
+    return model, {"source": str(path.resolve()), "format": container, "sha256": _sha256_files([path])}
+
+
+def autoencoder_from_upstream_state(state: dict[str, torch.Tensor], *, preset: str | None = None,
+                                    arch: dict[str, Any] | None = None, where: str = "autoencoder state dict"):
+    """An autoencoder from upstream weights already in memory (e.g. the `ae.*` part of RIVER's model.pth)."""
+    state, _ = _unwrap(dict(state), where)
+    return _from_state(state, preset=preset, arch=arch, where=where).eval().requires_grad_(False)
+
+
+def _from_state(state: dict[str, torch.Tensor], *, preset: str | None, arch: dict[str, Any] | None, where):
+    name = _detect_type(state, where)
+    inferred = _infer_arch(name, state)
+    if preset is not None:
+        table = presets(name)
+        if preset not in table:
+            raise UsageError(f"--preset {preset}: unknown for {name}; available: {', '.join(table) or 'none'}")
+        expected = {**table[preset], **(arch or {})}
+        clash = sorted(k for k, v in inferred.items() if k in expected and expected[k] != v)
+        if clash:
+            raise VptError(f"{where}: the weights do not match preset {preset} "
+                           f"({', '.join(f'{k}={inferred[k]} vs {expected[k]}' for k in clash[:3])})")
+        arch_values = {**inferred, **expected}
+    else:
+        arch_values = {**inferred, **(arch or {})}
+    model = autoencoder_class(name)(resolve_arch(name, arch_values, source=str(where)))
+    _load_strict(model, state, where)
+    return model
+
+
+def _load_strict(model, state: dict[str, torch.Tensor], where) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {keys[:3]}" for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                          ("wrong shape", wrong)) if keys]
+        raise VptError(f"{where}: the weights do not fit a {model.type} ({'; '.join(parts)})")
+    model.load_state_dict({k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
+
+
+# --- reading checkpoint files ---------------------------------------------------------------------
+
+
+class _Ignored:
+    """Stands in for any non-tensor object inside a checkpoint (Lightning callbacks, hparams...)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds tensors and containers; every other class becomes `_Ignored` (never imported, never run).
+    This reads Lightning checkpoints that `weights_only=True` refuses, without trusting their pickles."""
+
+    def find_class(self, module: str, name: str):
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        if module == "torch._utils" and name.startswith("_rebuild"):
+            return getattr(torch._utils, name)
+        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
+                                  or name in ("Size", "device")):
+            return getattr(torch, name)
+        if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
+            return getattr(torch.storage, name)
+        return _Ignored
+
+
+class _TensorsOnlyPickle:
+    Unpickler = _TensorsOnlyUnpickler
+    load = pickle.load  # torch.load only uses Unpickler; these keep its interface checks happy
+    __name__ = "vpt_tensors_only_pickle"
+
+
+def _read_state(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # e.g. a Lightning checkpoint with pickled callbacks: read the tensors, ignore the rest
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise VptError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyPickle)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+        raise VptError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The autoencoder's own state dict inside whatever container the file is."""
+    if not isinstance(raw, dict):
+        raise VptError(f"{path}: expected a state dict or a checkpoint dict, found {type(raw).__name__}")
+    container = "state-dict"
+    if isinstance(raw.get("state_dict"), dict):
+        raw, container = raw["state_dict"], "lightning"  # taming / RIVER vqvae.ckpt
+    elif isinstance(raw.get("model"), dict):
+        raw, container = raw["model"], "river"  # RIVER vqvae.pth / model.pth
+    state = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("ae.") for k in state):  # RIVER model.pth: regressor + autoencoder
+        state = {k.removeprefix("ae."): v for k, v in state.items() if k.startswith("ae.")}
+    if any(k.startswith("backbone.") for k in state):  # RIVER wraps "ours" in a SequenceConverter
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    # taming keeps the discriminator and LPIPS under loss.*; they are not part of the autoencoder
+    return {k: v for k, v in state.items() if not k.startswith("loss.")}, container
+
+
+def _detect_type(state: dict[str, torch.Tensor], path: Path) -> str:
+    if "quantize.embedding.weight" in state and "encoder.conv_in.weight" in state:
+        return "vqgan"
+    if "vector_quantizer.embedding.weight" in state:
+        return "river-vqvae"
+    if "encoder_conv_in.weight" in state and "pre_quant_conv.weight" in state:
+        return "latte-vae"
+    if any(k.startswith("encoder.down_blocks.") for k in state):
+        raise VptError(f"{path}: a diffusers AutoencoderKL state dict; pass its folder (config.json + weights) instead")
+    if any(k.startswith("autoencoder.") for k in state):
+        raise VptError(f"{path}: weights from a vpt run; pass the run directory (it holds the architecture)")
+    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE or "
+                   f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})")
+
+
+def _count(state: dict, pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := regex.match(k))})
+
+
+def _infer_arch(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The architecture the tensor shapes imply (what they cannot tell is left to defaults/`arch`)."""
+    if name == "vqgan":
+        ch = state["encoder.conv_in.weight"].shape[0]
+        levels = _count(state, r"encoder\.down\.(\d+)\.")
+        attn_levels = [i for i in range(levels) if f"encoder.down.{i}.attn.0.norm.weight" in state]
+        inferred = dict(
+            ch=ch, in_channels=state["encoder.conv_in.weight"].shape[1], out_ch=state["decoder.conv_out.weight"].shape[0],
+            ch_mult=[state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
+            num_res_blocks=_count(state, r"encoder\.down\.0\.block\.(\d+)\."),
+            z_channels=state["encoder.conv_out.weight"].shape[0], embed_dim=state["quant_conv.weight"].shape[0],
+            n_embed=state["quantize.embedding.weight"].shape[0],
+        )
+        # Attention placement is what `resolution`/`attn_resolutions` encode: pick a matching preset's
+        # values, else an equivalent pair (any resolution with the same levels gives the same network).
+        for values in presets("vqgan").values():
+            if all(values[k] == inferred[k] for k in values if k in inferred) and \
+                    [i for i in range(levels) if values["resolution"] >> i in values["attn_resolutions"]] == attn_levels:
+                return {**inferred, "resolution": values["resolution"], "attn_resolutions": values["attn_resolutions"]}
+        resolution = 2 ** (levels + 4)
+        return {**inferred, "resolution": resolution, "attn_resolutions": [resolution >> i for i in attn_levels]}
+    if name == "river-vqvae":
+        return dict(in_channels=state["encoder.conv_in.weight"].shape[1], latent_channels=state["encoder.out_conv.weight"].shape[0],
+                    num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
+                    encoder_width=state["encoder.conv_in.weight"].shape[0], decoder_width=state["decoder.conv_in.weight"].shape[0])
+    # latte-vae
+    levels = _count(state, r"encoder_layers\.(\d+)\.")
+    mids = _count(state, r"encoder_mids\.(\d+)\.")
+    down = [state["encoder_conv_in.weight"].shape[0]] + [
+        state[f"encoder_layers.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(levels)]
+    inferred = dict(
+        in_channels=state["encoder_conv_in.weight"].shape[1], z_channels=state["post_quant_conv.weight"].shape[0],
+        down_channels=down,
+        mid_channels=[down[-1]] + [state[f"encoder_mids.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(mids)],
+        down_sample=[f"encoder_layers.{i}.down_sample_conv.weight" in state for i in range(levels)],
+        attn_down=[f"encoder_layers.{i}.attentions.0.in_proj_weight" in state for i in range(levels)],
+        num_down_layers=_count(state, r"encoder_layers\.0\.resnet_conv_first\.(\d+)\."),
+        num_up_layers=_count(state, r"decoder_layers\.0\.resnet_conv_first\.(\d+)\."),
+    )
+    if mids:
+        inferred["num_mid_layers"] = _count(state, r"encoder_mids\.0\.attentions\.(\d+)\.")
+    return inferred
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
