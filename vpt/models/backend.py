@@ -5,6 +5,12 @@
         context: (B, T_ctx, C, H, W) in [-1, 1]  ->  (B, num_frames, C, H, W) in [-1, 1]
     Config                                              dataclass of the `model:` config section
     takes_text                                          whether `prompt` is used
+    from_checkpoint(path, autoencoder=)                 optional: published upstream weights
+    Config.context_frames                               optional: frames its evaluation protocol gives
+                                                        `predict` (default of `vpt sample` and of the
+                                                        periodic samples of `vpt train`)
+    Extra keyword arguments of a backend's `predict` (e.g. `guidance_scale`) are its sampling options;
+    `vpt sample` passes them only to backends whose `predict` signature names them.
 
 A run of `vpt train <name>` stores `backend: <name>` and the `model:` section in its config.yaml,
 which is all `Backend.from_run` needs to rebuild the model.
@@ -41,6 +47,18 @@ class Backend(nn.Module, abc.ABC):
     ) -> torch.Tensor:
         """(B, T_ctx, C, H, W) context in [-1, 1] -> (B, num_frames, C, H, W) predicted frames."""
 
+    @classmethod
+    def recognizes_checkpoint(cls, path: Path) -> bool:
+        """Whether `path` is a published checkpoint this backend can load (`vpt sample --checkpoint`)."""
+        return False
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, *, autoencoder: Path | None = None) -> Backend:
+        """Build the backend from a published (upstream) checkpoint; backends with a converter override this."""
+        from vpt.errors import UsageError
+
+        raise UsageError(f"backend '{cls.name}' cannot load published checkpoints; sample from a run with --run")
+
     @staticmethod
     def from_run(run_dir: str | Path, *, checkpoint: Path | None = None, ema: bool = True) -> Backend:
         """Rebuild the backend a `vpt train` run trained, with its EMA weights when it kept them."""
@@ -61,3 +79,12 @@ class Backend(nn.Module, abc.ABC):
         if unexpected or [k for k in missing if not k.startswith(getattr(model, "frozen_prefixes", ()))]:
             raise UsageError(f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model.eval()
+
+
+def inference_autocast(device: torch.device):
+    """bf16 autocast for sampling on CUDA devices that support it; a no-op context elsewhere."""
+    import contextlib
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,164 @@
+"""`vpt train` (generic) and `vpt sample` on a tiny RIVER run: contexts from images, a video, an HDF5
+index and a published checkpoint; the settings record; errors that name the backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vpt.cli import app
+
+SIZE, FRAMES = 16, 8
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """Built-in shapes at 16 px -> HDF5 -> `vpt train river` on 2x2 pixel patches for 3 steps."""
+    from vpt.data.convert import convert_h5
+    from vpt.data.shapes import make_shapes
+
+    root = tmp_path_factory.mktemp("sample")
+    make_shapes(root / "shapes", num_videos=20, frames=FRAMES, size=SIZE, workers=1)
+    convert_h5(root / "shapes", root / "h5", image_size=SIZE)
+    config = root / "river.yaml"
+    config.write_text(
+        "backend: river\n"
+        "model: {autoencoder: 'pixels:2', latent_channels: 12, inner_dim: 32, depth: 1, mid_depth: 1, heads: 4,"
+        " context_frames: 2, sampler: euler, steps: 2}\n"
+        f"data: {{frames: {FRAMES}}}\n"
+        "train: {max_steps: 3, batch_size: 4, log_every: 1, checkpoint_every: 3, val_every: 3, sample_every: 3}\n"
+    )
+    result = _invoke("train", "river", "--config", config, "--data", root / "h5", "--run", root / "runs" / "tiny")
+    assert result.exit_code == 0, result.output
+    return {"root": root, "run": root / "runs" / "tiny", "h5": root / "h5", "shapes": root / "shapes"}
+
+
+def test_train_writes_checkpoint_metrics_and_samples(tiny_run):
+    run = tiny_run["run"]
+    assert (run / "checkpoints" / "step_000003" / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r and np.isfinite(r["val_loss"]) for r in records)
+    strip = np.asarray(Image.open(run / "samples" / "step_000003.png"))
+    assert strip.shape[0] > SIZE and strip.shape[1] >= FRAMES * SIZE  # truth/prediction rows, all frames
+    assert (run / "samples" / "step_000003.gif").is_file()
+
+
+def test_sample_from_hdf5_index_records_settings(tiny_run, tmp_path):
+    out = tmp_path / "pred.png"
+    result = _invoke("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 1, "--frames", 3,
+                     "--num-samples", 2, "--seed", 7, "--out", out)
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(out))
+    # truth row + 2 samples, each 2 context + 3 predicted frames, 2 px gaps
+    assert image.shape == (3 * SIZE + 2 * 2, 5 * SIZE + 4 * 2, 3)
+    assert tuple(image[0, 0]) == (220, 40, 40)  # context frames carry the red border
+    record = json.loads((tmp_path / "pred.png.json").read_text())
+    assert record["backend"] == "river" and record["context"]["index"] == 1 and record["context"]["split"] == "test"
+    assert record["context_frames"] == 2 and record["frames"] == 3 and record["seed"] == 7
+    assert record["model_config"]["sampler"] == "euler" and record["run"] == str(tiny_run["run"].resolve())
+
+    again = tmp_path / "again.png"
+    assert _invoke("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 1, "--frames", 3,
+                   "--num-samples", 2, "--seed", 7, "--out", again).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(again)), image)  # the record is enough to redo it
+
+
+def test_sample_from_images_and_a_video(tiny_run, tmp_path):
+    frames = [tiny_run["shapes"] / "test" / "00000.mp4"]
+    from vpt.data.video import read_video
+
+    clip = read_video(frames[0])
+    images = []
+    for i in range(2):
+        path = tmp_path / f"frame{i}.png"
+        Image.fromarray(clip[i]).save(path)
+        images.append(path)
+    out = tmp_path / "from_images.gif"
+    result = _invoke("sample", "--run", tiny_run["run"], "--image", images[0], "--image", images[1], "--frames", 2,
+                     "--out", out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as gif:
+        assert gif.n_frames == 4 and gif.size == (SIZE, SIZE)
+    assert json.loads((tmp_path / "from_images.gif.json").read_text())["context"]["images"] == [str(p.resolve()) for p in images]
+
+    out = tmp_path / "from_video.mp4"
+    result = _invoke("sample", "--run", tiny_run["run"], "--video", frames[0], "--context-frames", 3, "--frames", 2,
+                     "--option", "sampler=heun", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(read_video(out)) == 5
+    record = json.loads((tmp_path / "from_video.mp4.json").read_text())
+    assert record["context_frames"] == 3 and record["options"] == {"sampler": "heun"}
+
+
+def test_sample_uses_newest_run_and_says_so(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_run["root"])
+    result = _invoke("sample", "--data", "h5", "--frames", 1, "--out", tmp_path / "newest.png")
+    assert result.exit_code == 0, result.output
+    assert "newest run" in result.output and "tiny" in result.output
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--prompt", "go left"], "backend 'river' takes no text prompt", 2),
+    (["--guidance-scale", "3"], "backend 'river' has no guidance scale", 2),
+    (["--option", "eta=1"], "backend 'river' has no such sampling option (it has: past_horizon, sampler, warm_start)", 2),
+    (["--video", "x.mp4"], "exactly one of --image FILE..., --video FILE or --data DIR --index I", 2),
+    (["--out", "x.avi"], "use a .mp4, .gif or .png file", 2),
+    (["--index", "999"], "--index 999 is out of range", 2),
+])
+def test_sample_errors_are_one_line(tiny_run, tmp_path, capsys, args, message, code):
+    from vpt.cli import main
+
+    argv = ["sample", "--run", str(tiny_run["run"]), "--data", str(tiny_run["h5"]), "--out", str(tmp_path / "x.png"), *args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code
+    assert message in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_train_rejects_a_config_of_another_backend(tiny_run, tmp_path, capsys):
+    from vpt.cli import main
+
+    config = tmp_path / "other.yaml"
+    config.write_text("backend: seer\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "river", "--config", str(config), "--data", str(tiny_run["h5"]), "--run", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "'backend' expects one of ['river'], got 'seer'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_train_on_frames_needs_an_autoencoder(tiny_run, tmp_path, capsys):
+    from vpt.cli import main
+
+    config = tmp_path / "no_ae.yaml"
+    config.write_text("backend: river\nmodel: {inner_dim: 32, depth: 1, mid_depth: 1}\ndata: {frames: 4}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "river", "--config", str(config), "--data", str(tiny_run["h5"]), "--run", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "needs a frozen autoencoder: pass --ae" in " ".join(capsys.readouterr().err.split())
+
+
+def test_sample_from_published_checkpoint(tmp_path):
+    """`vpt sample --checkpoint model.pth` recognises RIVER's upstream file and predicts from it."""
+    from test_river import _published_checkpoint
+
+    checkpoint = _published_checkpoint(tmp_path / "model.pth")
+    image = tmp_path / "ctx.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+    result = _invoke("sample", "--checkpoint", checkpoint, "--image", image, "--frames", 2, "--steps", 3,
+                     "--out", tmp_path / "published.png")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "published.png.json").read_text())
+    assert record["backend"] == "river" and record["checkpoint"] == str(checkpoint.resolve())
+    assert np.asarray(Image.open(tmp_path / "published.png")).shape == (32, 3 * 32 + 2 * 2, 3)

@@ -1,0 +1,286 @@
+"""`vpt sample`: predict frames with any backend through `Backend.predict`.
+
+The model comes from a training run (`--run`, default the newest under ./runs) or from published
+upstream weights (`--checkpoint`, for backends with a converter). The context comes from images, a
+video, or one video of an HDF5/video dataset. Backend-specific sampling options are keyword arguments
+of that backend's `predict` (e.g. `guidance_scale`, `warm_start`): `--guidance-scale` and
+`--option NAME=VALUE` reach only backends whose `predict` names them, anything else is an error
+that names the backend. Next to the output, `<out>.json` records every setting needed to redo it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+BASE_PREDICT_ARGS = {"self", "context", "num_frames", "prompt", "steps", "generator"}
+
+
+def sample(
+    run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth).")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically.")] = None,
+    ae: Annotated[Optional[Path], typer.Option("--ae", help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="Context image(s), in order (repeat the option for several frames).")] = None,
+    video: Annotated[Optional[Path], typer.Option("--video", help="Context video file; its first --context-frames frames are the context.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset (HDF5 shards or video tree); with --index, its first frames are the context and the rest the truth.")] = None,
+    index: Annotated[int, typer.Option("--index", help="Video number in --data.", min=0)] = 0,
+    split: Annotated[str, typer.Option("--split", help="Split of --data.")] = "test",
+    context_frames: Annotated[Optional[int], typer.Option("--context-frames", help="Frames of --video/--data given as context. Default: the model's context_frames (the whole --video when it names none).", min=1)] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to predict. Default: the training clip length minus the context (15 without a run config).", min=1)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps. Default: the model's own setting.", min=1)] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", help="Predictions from the same context (different noise).", min=1)] = 1,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per forward pass. Default: all at once.", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (noise of every sample).")] = 0,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption.")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale, for backends that use it. Default: the model's own.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river); repeatable.")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).", min=8)] = None,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Predict the next frames of a context with a trained (or published) model."""
+    import torch
+
+    from vpt.console import info
+    from vpt.errors import UsageError
+
+    started = time.perf_counter()
+    sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
+    if len(sources) != 1:
+        raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
+                         + (f" (got {', '.join(sources)})" if sources else ""))
+    if out.suffix.lower() not in (".mp4", ".gif", ".png", ".mov", ".mkv"):
+        raise UsageError(f"--out {out}: use a .mp4, .gif or .png file")
+    torch_device = _device(device)
+
+    model, origin, run_config = _load_model(run, checkpoint, backend, ae)
+    name = type(model).name
+    predict_kwargs = _predict_kwargs(model, prompt, guidance_scale, option or [])
+    model.to(torch_device).eval()
+
+    model_section, data_section = run_config.get("model", {}), run_config.get("data", {})
+    # A published checkpoint has no run config; a backend may name the frame size and resize it was trained with.
+    size = size or data_section.get("image_size") or getattr(model, "image_size", None)
+    resize = data_section.get("resize", getattr(model, "resize", "squash"))
+    wanted_context = context_frames or model_section.get("context_frames")
+    context, truth, context_record, caption = _read_context(image, video, data, index, split, wanted_context, size, resize)
+    if caption and prompt is None and model.takes_text:
+        predict_kwargs["prompt"] = caption
+    num_context = context.shape[0]
+    if frames is None:
+        frames = max(1, data_section.get("frames", num_context + 15) - num_context)
+
+    predictions = _predict(model, context.to(torch_device), frames, num_samples=num_samples,
+                           batch_size=batch_size or num_samples, steps=steps, seed=seed, kwargs=predict_kwargs)
+
+    from vpt.data.video import to_uint8_frames
+    from vpt.visualize import save_prediction
+
+    rows = [to_uint8_frames(torch.cat([context, p])) for p in predictions]
+    truth_row = to_uint8_frames(truth[:num_context + frames]) if truth is not None else None
+    save_prediction(out, rows, num_context, fps=fps, truth=truth_row)
+    record = {
+        "command": "vpt sample", "argv": sys.argv[1:], "backend": name, **origin,
+        "context": context_record, "context_frames": num_context, "image_size": size, "resize": resize,
+        "frames": frames, "steps": steps, "num_samples": num_samples, "batch_size": batch_size or num_samples,
+        "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale,
+        "options": {k: v for k, v in predict_kwargs.items() if k != "prompt"},
+        "device": str(torch_device), "precision": _precision(torch_device),
+        "fps": fps, "out": str(out.resolve()), "model_config": _model_config(model, model_section),
+        "versions": _versions(), "seconds": round(time.perf_counter() - started, 2),
+    }
+    from vpt.fsutil import atomic_write_text
+
+    record_path = out.with_name(out.name + ".json")
+    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
+    info(f"Wrote {out} ({num_samples} sample(s): {num_context} context + {frames} predicted frames) and {record_path}")
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+
+def _load_model(run: Path | None, checkpoint: Path | None, backend: str | None, ae: Path | None):
+    """(model, where it came from, the run's config or {})."""
+    from vpt.console import info
+    from vpt.errors import UsageError
+    from vpt.models.backend import Backend
+    from vpt.models.registry import backend_names, get_backend
+    from vpt.runs import Run, newest_run
+
+    if checkpoint is not None:
+        if run is not None:
+            raise UsageError("give either --run or --checkpoint, not both")
+        if not checkpoint.exists():
+            raise UsageError(f"--checkpoint not found: {checkpoint}")
+        if backend is not None:
+            backend_cls = get_backend(backend)
+        else:
+            claimed = [n for n in backend_names() if get_backend(n).recognizes_checkpoint(checkpoint)]
+            if len(claimed) != 1:
+                raise UsageError(f"{checkpoint}: cannot tell which backend it belongs to"
+                                 + (f" ({', '.join(claimed)} all accept it)" if claimed else "") + "; pass --backend NAME")
+            backend_cls = get_backend(claimed[0])
+        model = backend_cls.from_checkpoint(checkpoint, autoencoder=ae)
+        origin = {"checkpoint": str(checkpoint.resolve()), "autoencoder": str(ae.resolve()) if ae else None}
+        return model, origin, {}
+    if ae is not None or backend is not None:
+        raise UsageError("--ae and --backend go with --checkpoint; a run names its own backend and autoencoder")
+    if run is None:
+        run = newest_run("runs")
+        if run is None:
+            raise UsageError("no run found under ./runs; pass --run DIR (a `vpt train` run) or --checkpoint FILE")
+        info(f"Using the newest run under ./runs: {run}")
+    handle = Run(run)
+    step_dir = handle.latest_checkpoint()
+    model = Backend.from_run(run)
+    return model, {"run": str(Path(run).resolve()), "checkpoint_dir": str(step_dir) if step_dir else None}, handle.read_config()
+
+
+def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None, options: list[str]) -> dict[str, Any]:
+    """Keyword arguments for `model.predict`, checked against what this backend's predict accepts."""
+    import yaml
+
+    from vpt.errors import UsageError
+
+    name = type(model).name
+    accepted = set(inspect.signature(model.predict).parameters) - BASE_PREDICT_ARGS
+    kwargs: dict[str, Any] = {}
+    if prompt is not None:
+        if not model.takes_text:
+            raise UsageError(f"backend '{name}' takes no text prompt; drop --prompt")
+        kwargs["prompt"] = prompt
+    if guidance_scale is not None:
+        if "guidance_scale" not in accepted:
+            raise UsageError(f"backend '{name}' has no guidance scale; drop --guidance-scale")
+        kwargs["guidance_scale"] = guidance_scale
+    for text in options:
+        key, sep, raw = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--option {text!r}: expected NAME=VALUE")
+        if key not in accepted:
+            known = ", ".join(sorted(accepted)) or "none"
+            raise UsageError(f"--option {key}: backend '{name}' has no such sampling option (it has: {known})")
+        kwargs[key] = yaml.safe_load(raw)
+    return kwargs
+
+
+def _model_config(model: Any, section: dict) -> dict:
+    from vpt.config import config_to_dict
+
+    cfg = getattr(model, "cfg", None)
+    return config_to_dict(cfg) if cfg is not None else section
+
+
+# --- context ------------------------------------------------------------------------------------------
+
+
+def _read_context(image, video, data, index, split, wanted, size, resize):
+    """(context (n, 3, H, W) in [-1, 1], truth (T, 3, H, W) or None, a record of the source, caption or None)."""
+    import numpy as np
+
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.video import read_image, read_video
+    from vpt.errors import UsageError
+
+    if image:
+        frames = [read_image(path, size, resize) for path in image]
+        if len({f.shape for f in frames}) > 1:
+            raise UsageError("the --image files differ in size; pass --size S to resize them to S x S")
+        context = frames_to_tensor(np.stack(frames))
+        return context, None, {"images": [str(p.resolve()) for p in image]}, None
+    if video is not None:
+        if not video.is_file():
+            raise UsageError(f"--video not found: {video}")
+        clip = frames_to_tensor(read_video(video, size=size, resize=resize, num_frames=wanted))
+        if wanted is not None and len(clip) < wanted:
+            raise UsageError(f"{video} has {len(clip)} frames, fewer than the {wanted} context frames asked for")
+        return clip, None, {"video": str(video.resolve())}, None
+    return _context_from_data(data, index, split, wanted or 1, size, resize)
+
+
+def _context_from_data(data: Path, index: int, split: str, wanted: int, size, resize):
+    from vpt.data.datasets import DataConfig, VideoDataset
+    from vpt.errors import UsageError
+
+    dataset = VideoDataset(DataConfig(path=str(data), split=split, image_size=size, resize=resize))
+    if dataset.is_latent:
+        raise UsageError(f"{data} holds latents; sample from frame data (the HDF5 that save-latents read)")
+    if index >= len(dataset):
+        raise UsageError(f"--index {index} is out of range: split '{split}' of {data} has {len(dataset)} videos")
+    item = dataset[index]
+    clip = item["video"]  # (T, 3, H, W)
+    if len(clip) < wanted:
+        raise UsageError(f"video {index} of {data} has {len(clip)} frames, fewer than the {wanted} context frames")
+    record = {"data": str(data.resolve()), "split": split, "index": index}
+    return clip[:wanted], clip, record, item.get("text") or None
+
+
+# --- prediction ---------------------------------------------------------------------------------------
+
+
+def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs):
+    """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vpt.console import console
+    from vpt.models.backend import inference_autocast
+
+    device = context.device
+    generator = torch.Generator(device).manual_seed(seed)
+    results = []
+    with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("sample", total=num_samples)
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            batch = context[None].expand(count, *context.shape)  # (B, n, 3, H, W)
+            prompt = kwargs.get("prompt")
+            extra = {k: v for k, v in kwargs.items() if k != "prompt"}
+            with torch.no_grad(), inference_autocast(device):
+                predicted = model.predict(batch, frames, prompt=[prompt] * count if prompt else None, steps=steps,
+                                          generator=generator, **extra)
+            results.extend(predicted.float().clamp(-1, 1).cpu())
+            progress.advance(task, count)
+    return results
+
+
+def _device(name: str):
+    import torch
+
+    from vpt.errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return device
+
+
+def _precision(device) -> str:
+    import contextlib
+
+    from vpt.models.backend import inference_autocast
+
+    return "fp32" if isinstance(inference_autocast(device), contextlib.nullcontext) else "bf16 autocast"
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    import vpt
+
+    return {"vpt": vpt.__version__, "torch": torch.__version__}

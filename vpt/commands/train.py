@@ -1,0 +1,227 @@
+"""`vpt train BACKEND`: train any registered backend on the shared loop.
+
+Nothing here knows a backend by name. The config schema is built per backend:
+`{backend, model: <Backend>.Config, data: DataConfig, train: TrainConfig}`. Batches carry the clip
+under "video" (frames in [-1, 1]) or, for latent HDF5 written by `vpt save-latents`, under "latents";
+a backend with a frozen autoencoder (a `model.autoencoder` field) encodes frames itself and only needs
+the autoencoder for sampling when it trains on latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+
+from vpt.models.registry import backend_names
+
+from vpt.commands.options import (
+    ConfigOption,
+    FreshOption,
+    ForceOption,
+    LogEveryOption,
+    MaxStepsOption,
+    RunOption,
+    SetOption,
+)
+
+VALIDATION_CLIPS = 64  # clips scored by the periodic validation loss
+SAMPLE_CLIPS = 4  # val clips predicted by the periodic sampling
+
+
+def train_schema(backend_cls: type) -> type:
+    """The config schema of `vpt train <backend>`: backend name, model, data and train sections."""
+    from vpt.data.datasets import DataConfig
+    from vpt.training import TrainConfig
+
+    return dataclasses.make_dataclass(
+        f"{backend_cls.__name__}TrainSchema",
+        [
+            ("backend", Literal[backend_cls.name], dataclasses.field(default=backend_cls.name)),
+            ("model", backend_cls.Config, dataclasses.field(default_factory=backend_cls.Config)),
+            ("data", DataConfig, dataclasses.field(default_factory=DataConfig)),
+            ("train", TrainConfig, dataclasses.field(default_factory=TrainConfig)),
+        ],
+    )
+
+
+def _quoted(path: Path) -> str:
+    return json.dumps(str(path.resolve()))  # YAML reads a JSON string as that exact string
+
+
+def train(
+    backend: Annotated[str, typer.Argument(help=f"Backend to train: {', '.join(backend_names())}.")],
+    run: RunOption,
+    config: ConfigOption = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Training data (sets data.path): HDF5 shards of frames or of latents from `vpt save-latents`, or a train/val/test tree of videos.")] = None,
+    ae: Annotated[Optional[Path], typer.Option("--ae", help="Frozen autoencoder for backends that use one (sets model.autoencoder): a `vpt train-ae` run or published AE weights. Default for latent data: the autoencoder that wrote them.")] = None,
+    set_: SetOption = None,
+    max_steps: MaxStepsOption = None,
+    log_every: LogEveryOption = None,
+    fresh: FreshOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Train a backend on the shared loop; the run directory resumes where it stopped."""
+    from vpt.models.registry import get_backend
+    from vpt.training import start_run
+
+    backend_cls = get_backend(backend)
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides.append(f"data.path={_quoted(data)}")
+    if ae is not None:
+        if not _has_field(backend_cls.Config, "autoencoder"):
+            from vpt.errors import UsageError
+
+            raise UsageError(f"backend '{backend}' has no autoencoder to set; drop --ae")
+        overrides.append(f"model.autoencoder={_quoted(ae)}")
+    run_dir, cfg = start_run(train_schema(backend_cls), run_dir=run, config_file=config, overrides=overrides,
+                             max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
+    train_backend(backend_cls, cfg, run_dir)
+
+
+def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
+    """Build the datasets and the model of a resolved config, then run the shared loop. Returns the final step."""
+    from vpt.config import config_to_dict
+    from vpt.console import info, is_main_process
+    from vpt.data.datasets import ClipDataset
+    from vpt.training import train as train_loop
+
+    dataset = ClipDataset(cfg.data, uint8_frames=True)  # frames become floats on the training device
+    if _resolve_autoencoder(cfg, dataset) and is_main_process():
+        run.write_config(config_to_dict(cfg))
+    model = backend_cls(cfg.model)
+    validation = _validation_data(cfg)
+    hooks = _hooks(cfg, validation) if validation is not None else None
+    kind = "latents" if dataset.is_latent else "frames"
+    info(f"Training {backend_cls.name} on {len(dataset)} {kind} videos from {cfg.data.path} -> {run.root}")
+    step = train_loop(model, TrainingData(dataset), cfg.train, run, hooks)
+    info(f"{run.root}: step {step}. Predict with: vpt sample --run {run.root} --video CLIP.mp4 --out prediction.mp4")
+    return step
+
+
+def _has_field(config_cls: type, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(config_cls))
+
+
+def _resolve_autoencoder(cfg: Any, dataset: Any) -> bool:
+    """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames.
+
+    Returns True when the config changed.
+    """
+    from vpt.errors import UsageError
+
+    if not _has_field(type(cfg.model), "autoencoder"):
+        return False
+    if dataset.is_latent:
+        recorded = dataset.source.attrs.get("autoencoder_path") or None
+        if cfg.model.autoencoder is None and recorded is not None:
+            cfg.model.autoencoder = str(recorded)
+            return True
+        if recorded is not None and Path(cfg.model.autoencoder).resolve() != Path(recorded).resolve():
+            from vpt.console import warn
+
+            warn(f"{cfg.data.path} was encoded by {recorded} but model.autoencoder is {cfg.model.autoencoder}; "
+                 f"samples are only right if both are the same autoencoder")
+        return False
+    if cfg.model.autoencoder is None:
+        raise UsageError(f"{cfg.backend} on frame data needs a frozen autoencoder: pass --ae RUN "
+                         f"(a `vpt train-ae` run), or train on latents written by `vpt save-latents`")
+    return False
+
+
+class TrainingData:
+    """Hands the loop the dataset's items, with a latent clip under "latents" instead of "video"."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.collate = getattr(dataset, "collate", None)
+        if not dataset.is_latent and hasattr(dataset, "on_device"):
+            self.on_device = dataset.on_device  # e.g. uint8 frames -> [-1, 1] floats on the device
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        item = self.dataset[key]
+        if self.dataset.is_latent:
+            item = {("latents" if k == "video" else k): v for k, v in item.items()}
+        return item
+
+
+def _validation_data(cfg: Any) -> Any:
+    """The val split as clips, or None (with a warning) when the data have no val split."""
+    from vpt.console import warn
+    from vpt.data.datasets import ClipDataset
+    from vpt.errors import UsageError
+
+    try:
+        return TrainingData(ClipDataset(dataclasses.replace(cfg.data, split="val", hflip=False)))
+    except UsageError as exc:
+        warn(f"no validation or periodic samples: {exc}")
+        return None
+
+
+def _hooks(cfg: Any, validation: TrainingData) -> Any:
+    """Periodic validation loss on fixed val clips and sample strips of `predict` on val clips."""
+    import torch
+
+    from vpt.training import Hooks
+
+    def batches(count: int):
+        from torch.utils.data import default_collate
+
+        indices = list(range(min(count, len(validation))))
+        for start in range(0, len(indices), cfg.train.batch_size):
+            items = [validation[i] for i in indices[start:start + cfg.train.batch_size]]
+            yield (validation.collate or default_collate)(items)
+
+    def validate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        losses = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.train.seed)  # the same draws at every validation
+            for batch in batches(VALIDATION_CLIPS):
+                losses.append(float(model.loss(_to(batch, device))["loss"]))
+        return {"val_loss": sum(losses) / max(1, len(losses))}
+
+    def sample(model, step: int, out_dir: Path) -> None:
+        if validation.dataset.is_latent and (not hasattr(model, "decode") or getattr(model, "autoencoder", 1) is None):
+            return  # latents without an autoencoder cannot be shown as frames
+        from vpt.data.video import to_uint8_frames
+        from vpt.models.backend import inference_autocast
+        from vpt.visualize import save_prediction
+
+        device = next(model.parameters()).device
+        clips = next(batches(SAMPLE_CLIPS))
+        video = _as_frames(model, clips, validation.dataset.is_latent, device)  # (B, T, 3, H, W)
+        num_context = min(max(1, getattr(cfg.model, "context_frames", 1)), video.shape[1] - 1)
+        prompt = clips.get("text") if getattr(model, "takes_text", False) else None
+        generator = torch.Generator(device).manual_seed(cfg.train.seed)
+        with inference_autocast(device):
+            predicted = model.predict(video[:, :num_context], video.shape[1] - num_context, prompt=prompt,
+                                      generator=generator)
+        rows = [to_uint8_frames(torch.cat([video[i, :num_context], predicted[i].float()])) for i in range(len(video))]
+        truth = [to_uint8_frames(v) for v in video]
+        name = out_dir / f"step_{step:06d}"
+        save_prediction(name.with_suffix(".png"), [frame for pair in zip(truth, rows) for frame in pair], num_context)
+        save_prediction(name.with_suffix(".gif"), rows, num_context, truth=None)
+
+    return Hooks(validate=validate, sample=sample)
+
+
+def _as_frames(model: Any, clips: dict, is_latent: bool, device) -> Any:
+    """Val clips as frames in [-1, 1]: latent clips are decoded with the backend's autoencoder."""
+    if is_latent:
+        return model.decode(clips["latents"].to(device)).float()
+    return clips["video"].to(device)
+
+
+def _to(batch: Any, device) -> Any:
+    if isinstance(batch, dict):
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return batch.to(device)
+

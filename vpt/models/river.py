@@ -1,0 +1,548 @@
+"""RIVER: random-frame conditioned flow integration for video prediction (Davtyan et al., ICCV 2023).
+
+One file, top to bottom in reading order: config and sizes, the U-ViT vector-field regressor (position
+and distance embeddings, transformer layer, head), the RIVER backend (flow-matching loss,
+autoregressive ODE sampler) and the converter for the published checkpoints. Spec: specs/river.md.
+
+The model works on the continuous (pre-quantisation) latents of a frozen autoencoder. To predict
+frame k it sees the newest latent z_{k-1} (the "reference") and ONE earlier latent z_j drawn at
+random (the sparse context), told apart by ln(k-1-j); a new latent comes from integrating the learned
+velocity field from noise (t = 0) to data (t = 1), with a fresh random context at every evaluation.
+Cost per frame is therefore constant, and a rollout can be any length.
+
+Upstream defects fixed here (specs/river.md §9): the context window `past_horizon` works (upstream's
+bound never restricted anything); training targets are computed as z1 - (1 - σ)ε, which equals
+upstream's (z1 - (1 - σ)x_t) / (1 - (1 - σ)t) without its division by ~σ as t -> 1; the solver grid
+counts solver steps (`time_grid: uniform`), with upstream's truncated grid-point rule one setting away
+(`time_grid: upstream`); checkpoints load with or without DDP's `module.` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vpt.errors import ConfigError, UsageError
+from vpt.models.attention import attention
+from vpt.models.backend import Backend
+from vpt.models.embeddings import sinusoidal_embedding
+from vpt.models.integrators import integrate, time_grid
+
+# --- config and sizes -------------------------------------------------------------------------------
+
+#: Regressor sizes. "paper" is every released RIVER model (98M parameters, 13 transformer layers).
+RIVER_SIZES: dict[str, dict[str, int]] = {
+    "paper": {"inner_dim": 768, "depth": 4, "mid_depth": 5},
+    "small": {"inner_dim": 256, "depth": 2, "mid_depth": 2},
+    "tiny": {"inner_dim": 64, "depth": 2, "mid_depth": 1},
+}
+
+
+@dataclass
+class RiverConfig:
+    """The `model:` section of a RIVER run."""
+
+    # Frozen autoencoder: a `vpt train-ae` run directory or published AE weights; "pixels:P" models
+    # P x P pixel patches directly (tests, toy data). `vpt train` fills it from --ae or the latents.
+    autoencoder: Optional[str] = None
+    size: Optional[Literal["paper", "small", "tiny"]] = None  # sets inner_dim, depth, mid_depth
+    latent_channels: int = 4  # c of the autoencoder's latents (upstream: state_size)
+    inner_dim: int = 768
+    depth: int = 4  # U-ViT in-blocks (and as many out-blocks with skip connections)
+    mid_depth: int = 5
+    heads: int = 8
+    out_norm: Literal["ln", "bn"] = "ln"  # head: LayerNorm (BAIR64, KTH, CLEVRER) or BatchNorm (BAIR256)
+    dropout: float = 0.05
+    sigma_min: float = 1e-7
+    # Evaluation protocol: frames given to `predict` (BAIR 1, KTH 10, CLEVRER 2); used by the periodic
+    # samples of `vpt train`, `vpt sample --data` and the quickstart.
+    context_frames: int = 1
+    # Sampling defaults of `predict`; `vpt sample --steps/--option` override them per call.
+    sampler: Literal["rk4", "heun", "euler"] = "rk4"  # "rk4" is the 3/8 rule, as upstream
+    steps: int = 100
+    time_grid: Literal["uniform", "upstream"] = "uniform"  # see vpt.models.integrators.time_grid
+    warm_start: float = 0.0  # start the flow at this time from the noisy previous latent
+    past_horizon: int = 0  # context drawn from the newest N latents (incl. the reference); 0 = all
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            for key, value in RIVER_SIZES[self.size].items():
+                setattr(self, key, value)
+        if self.inner_dim % self.heads or self.inner_dim % 2:
+            raise ValueError(f"model.inner_dim ({self.inner_dim}) must be even and divisible by model.heads ({self.heads})")
+        if not 0.0 <= self.warm_start < 1.0:
+            raise ValueError(f"model.warm_start must be in [0, 1), got {self.warm_start}")
+        if self.past_horizon == 1 or self.past_horizon < 0:
+            raise ValueError("model.past_horizon must be 0 (all frames) or >= 2 (reference + one earlier frame)")
+        if self.context_frames < 1:
+            raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
+        if self.steps < 1:
+            raise ValueError(f"model.steps must be >= 1, got {self.steps}")
+
+
+# --- the vector-field regressor ----------------------------------------------------------------------
+
+
+class PositionEmbedding2d(nn.Module):
+    """Learned absolute 2-D positions: cell (y, x) -> concat(col[x], row[y]) (column half first)."""
+
+    def __init__(self, dim: int, max_size: int = 512):
+        super().__init__()
+        self.row = nn.Embedding(max_size, dim // 2)
+        self.col = nn.Embedding(max_size, dim // 2)
+        nn.init.uniform_(self.row.weight, -1.0, 1.0)
+        nn.init.uniform_(self.col.weight, -1.0, 1.0)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        cols = self.col.weight[:width]  # (W, D/2)
+        rows = self.row.weight[:height]  # (H, D/2)
+        grid = torch.cat([cols[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)  # (H, W, D)
+        return rearrange(grid, "h w d -> (h w) d")  # (N, D), token n = y * W + x
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a packed q/k/v projection (rows q, k, v as torch's MHA)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        out = attention(q, k, v, dropout=self.dropout if self.training else 0.0)  # (B, heads, N, d)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, N, D)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm encoder layer, same maths as torch's TransformerEncoderLayer(norm_first, GELU).
+
+    Dropout on attention probabilities, after attention, after the FFN activation and after the FFN.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
+        x = x + self.dropout(self.attn(self.norm1(x)))
+        hidden = self.dropout(F.gelu(self.fc1(self.norm2(x))))  # (B, N, 4D)
+        return x + self.dropout(self.fc2(hidden))
+
+
+class SkipLayer(nn.Module):
+    """U-ViT out-block: fuse the matching in-block output (first) with the stream, then a layer."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.skip_proj = nn.Linear(2 * dim, dim)
+        self.layer = TransformerLayer(dim, heads, dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # (B, N, D) each
+        return self.layer(self.skip_proj(torch.cat([skip, x], dim=-1)))
+
+
+class RegressorHead(nn.Module):
+    """Tokens -> velocity grid. "ln": Linear, GELU, LayerNorm, conv; "bn": Linear, GELU, BatchNorm2d, conv."""
+
+    def __init__(self, dim: int, out_channels: int, out_norm: str):
+        super().__init__()
+        self.out_norm = out_norm
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim) if out_norm == "ln" else nn.BatchNorm2d(dim)
+        self.conv = nn.Conv2d(dim, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, tokens: torch.Tensor, height: int) -> torch.Tensor:  # (B, N, D)
+        x = F.gelu(self.proj(tokens))
+        if self.out_norm == "ln":
+            x = rearrange(self.norm(x), "b (h w) d -> b d h w", h=height)
+        else:
+            x = self.norm(rearrange(x, "b (h w) d -> b d h w", h=height))
+        return self.conv(x)  # (B, c, h, w)
+
+
+class VectorFieldRegressor(nn.Module):
+    """U-ViT over the latent grid plus one time token: v(x_t, reference, context, Δ, t) -> velocity.
+
+    Tokens = Linear([x_t, reference, context] per cell) + 2-D position + MLP(ln Δ); a sinusoidal
+    token of t (scale 200, no position term) is prepended. In-blocks keep their outputs, out-block i
+    fuses the (depth-1-i)-th of them. Works on any grid up to 512 x 512 cells.
+    """
+
+    def __init__(self, latent_channels: int, inner_dim: int, depth: int, mid_depth: int, heads: int = 8,
+                 out_norm: str = "ln", dropout: float = 0.05):
+        super().__init__()
+        self.inner_dim = inner_dim
+        self.pos_embed = PositionEmbedding2d(inner_dim)
+        self.token_proj = nn.Linear(3 * latent_channels, inner_dim)
+        self.distance_embed = nn.Sequential(nn.Linear(1, 256), nn.ReLU(), nn.Linear(256, inner_dim))
+        self.in_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(depth))
+        self.mid_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(mid_depth))
+        self.out_blocks = nn.ModuleList(SkipLayer(inner_dim, heads, dropout) for _ in range(depth))
+        self.head = RegressorHead(inner_dim, latent_channels, out_norm)
+        self._init_attention()
+
+    def _init_attention(self) -> None:
+        # Linear, LayerNorm, BatchNorm and conv keep torch's defaults, as upstream. Upstream's
+        # nn.MultiheadAttention initialises the packed q/k/v matrix with Xavier-uniform over its full
+        # (3D, D) shape and zeroes both attention biases; mirror that.
+        for module in self.modules():
+            if isinstance(module, SelfAttention):
+                nn.init.xavier_uniform_(module.qkv.weight)
+                nn.init.zeros_(module.qkv.bias)
+                nn.init.zeros_(module.proj.bias)
+
+    def forward(self, noisy: torch.Tensor, reference: torch.Tensor, context: torch.Tensor,
+                distance: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """noisy/reference/context (B, c, h, w), distance (B,) int >= 1, t (B,) in [0, 1] -> (B, c, h, w)."""
+        height, width = noisy.shape[-2:]
+        time_token = sinusoidal_embedding(t, self.inner_dim, scale=200.0)[:, None]  # (B, 1, D)
+        cells = rearrange(torch.cat([noisy, reference, context], dim=1), "b c h w -> b (h w) c")  # (B, N, 3c)
+        log_distance = torch.log(distance.float())[:, None]  # (B, 1)
+        tokens = self.token_proj(cells) + self.pos_embed(height, width) + self.distance_embed(log_distance)[:, None]
+        x = torch.cat([time_token.to(tokens.dtype), tokens], dim=1)  # (B, 1 + N, D)
+
+        skips = []
+        for block in self.in_blocks:
+            x = block(x)
+            skips.append(x)
+        for block in self.mid_blocks:
+            x = block(x)
+        for block in self.out_blocks:
+            x = block(x, skips.pop())
+        return self.head(x[:, 1:], height)  # (B, c, h, w)
+
+
+# --- autoencoder access -------------------------------------------------------------------------------
+
+
+class PixelAutoencoder(nn.Module):
+    """`autoencoder: pixels[:P]`: no learned autoencoder; the "latents" are the frames cut into P x P
+    patches stacked on channels (3P^2 channels at 1/P resolution; P = 1 is the identity). Lossless,
+    so toy data and tests can train RIVER on pixels without training an autoencoder first."""
+
+    def __init__(self, patch: int = 1):
+        super().__init__()
+        self.patch = patch
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> (B, T, C P^2, H/P, W/P)
+        return rearrange(video, "b t c (h p) (w q) -> b t (c p q) h w", p=self.patch, q=self.patch)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # (B, T, C P^2, h, w) -> (B, T, C, hP, wP)
+        return rearrange(latents, "b t (c p q) h w -> b t c (h p) (w q)", p=self.patch, q=self.patch)
+
+
+def build_autoencoder(spec: str | None) -> nn.Module | None:
+    """The frozen autoencoder a config names, in eval mode with gradients off (None when unset)."""
+    if spec is None:
+        return None
+    if spec == "pixels" or spec.startswith("pixels:"):
+        patch = spec.partition(":")[2] or "1"
+        if not patch.isdigit() or int(patch) < 1:
+            raise ConfigError(f"model.autoencoder: '{spec}' should be pixels or pixels:P with a patch size P >= 1")
+        autoencoder = PixelAutoencoder(int(patch))
+    else:
+        from vpt.models.autoencoders import load_autoencoder
+
+        autoencoder = load_autoencoder(spec)
+    autoencoder.eval()
+    autoencoder.requires_grad_(False)
+    return autoencoder
+
+
+# --- the backend ---------------------------------------------------------------------------------------
+
+
+class River(Backend):
+    """RIVER on the shared backend surface: `loss` (flow matching) and `predict` (ODE rollout)."""
+
+    name = "river"
+    Config = RiverConfig
+    takes_text = False
+    frozen_prefixes = ("autoencoder.",)
+
+    def __init__(self, cfg: RiverConfig, autoencoder: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.regressor = VectorFieldRegressor(
+            cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm, cfg.dropout,
+        )
+        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg.autoencoder)
+
+    def train(self, mode: bool = True) -> River:
+        super().train(mode)
+        if self.autoencoder is not None:
+            self.autoencoder.eval()  # frozen: BatchNorm statistics and dropout never change
+        return self
+
+    # --- autoencoder --------------------------------------------------------------------------------
+    def _require_autoencoder(self) -> nn.Module:
+        if self.autoencoder is None:
+            raise UsageError("this RIVER model has no autoencoder (model.autoencoder is empty); pass --ae")
+        return self.autoencoder
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) frames in [-1, 1] -> (B, T, c, h, w) continuous latents."""
+        latents = self._require_autoencoder().encode(video)
+        self._check_latents(latents)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T, c, h, w) latents -> (B, T, 3, H, W) frames, clamped to [-1, 1] (VQ decoders overshoot)."""
+        return self._require_autoencoder().decode(latents).clamp(-1.0, 1.0)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if latents.shape[-3] != self.cfg.latent_channels:
+            raise ConfigError(
+                f"the autoencoder gives {latents.shape[-3]}-channel latents but model.latent_channels is "
+                f"{self.cfg.latent_channels}; set model.latent_channels={latents.shape[-3]}"
+            )
+
+    # --- training -----------------------------------------------------------------------------------
+    def loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Conditional flow matching on one random (target, reference, context) triple per clip.
+
+        Target k ~ U{2..T-1}, reference k-1, context j ~ U{0..k-2}; x_t = (1-(1-σ)t)ε + t z_k and the
+        regressor learns u = z_k - (1-σ)ε. Draws come from the global RNG (checkpointed by the loop)
+        in upstream's order, so a seeded call reproduces upstream's training forward.
+        """
+        clip, is_latent = _clip_from_batch(batch)  # (B, T, C, H, W)
+        batch_size, num_frames = clip.shape[:2]
+        if num_frames < 3:
+            raise ConfigError(f"RIVER trains on clips of at least 3 frames, got {num_frames} (data.frames)")
+        target_index = torch.randint(2, num_frames, (batch_size,))
+        context_index = torch.cat([torch.randint(0, int(k) - 1, (1,)) for k in target_index])
+        rows = torch.arange(batch_size)
+        picked = torch.stack([clip[rows, target_index], clip[rows, target_index - 1], clip[rows, context_index]], dim=1)
+        if is_latent:
+            self._check_latents(picked)
+            latents = picked
+        else:
+            latents = self.encode(picked)  # (B, 3, c, h, w)
+        target, reference, context = latents.float().unbind(dim=1)
+
+        noise = torch.randn_like(target)
+        t = torch.rand(batch_size, 1, 1, 1).to(target.device)
+        sigma = self.cfg.sigma_min
+        noisy = (1 - (1 - sigma) * t) * noise + t * target
+        velocity = target - (1 - sigma) * noise
+        distance = (target_index - 1 - context_index).to(target.device)
+        predicted = self.regressor(noisy, reference, context, distance, t.flatten())
+        return {"loss": F.mse_loss(predicted.float(), velocity)}
+
+    # --- sampling -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        context: torch.Tensor,
+        num_frames: int,
+        *,
+        prompt: list[str] | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        warm_start: float | None = None,
+        sampler: str | None = None,
+        past_horizon: int | None = None,
+    ) -> torch.Tensor:
+        """(B, n, 3, H, W) context in [-1, 1] -> (B, num_frames, 3, H, W) predicted frames.
+
+        Keyword options default to the config: `steps` (solver steps, see `time_grid`), `sampler`
+        (rk4 | heun | euler), `warm_start` (flow time to start from, noisy previous latent) and
+        `past_horizon` (how many newest latents the random context comes from; 0 = all).
+        """
+        if prompt is not None:
+            raise UsageError("backend 'river' takes no text prompt")
+        context_latents = self.encode(context)  # (B, n, c, h, w)
+        latents = self.rollout(context_latents, num_frames, steps=steps, generator=generator,
+                               warm_start=warm_start, sampler=sampler, past_horizon=past_horizon)
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context_latents: torch.Tensor,
+        num_frames: int,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        warm_start: float | None = None,
+        sampler: str | None = None,
+        past_horizon: int | None = None,
+    ) -> torch.Tensor:
+        """Autoregressive latent rollout: (B, n, c, h, w) -> (B, num_frames, c, h, w).
+
+        Each new latent integrates the velocity field from y(s) = (1-(1-σ)s)ε + s z_last to t = 1,
+        and every evaluation draws a fresh context j per sample. With one context frame it is used
+        twice (reference and context, Δ = 1), as upstream. Random draws: one normal ε per frame, then
+        one integer draw per evaluation, from `generator` (or the global RNG when None).
+        """
+        cfg = self.cfg
+        steps = cfg.steps if steps is None else steps
+        warm_start = cfg.warm_start if warm_start is None else warm_start
+        sampler = sampler or cfg.sampler
+        past_horizon = cfg.past_horizon if past_horizon is None else past_horizon
+        if num_frames < 1:
+            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+        try:
+            grid = time_grid(warm_start, steps, rule=cfg.time_grid, device=context_latents.device)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+        batch_size, num_context = context_latents.shape[:2]
+        if num_context == 1:
+            context_latents = context_latents[:, [0, 0]]
+        known = context_latents.shape[1]
+        history = context_latents.new_empty(batch_size, known + num_frames, *context_latents.shape[2:])
+        history[:, :known] = context_latents  # (B, n' + F, c, h, w)
+        rows = torch.arange(batch_size, device=history.device)
+        draw_device = generator.device if generator is not None else history.device
+        sigma = cfg.sigma_min
+        self.regressor.eval()
+
+        for length in range(known, known + num_frames):
+            newest = length - 1
+            oldest = max(0, length - past_horizon) if past_horizon else 0
+            reference = history[:, newest]  # (B, c, h, w)
+
+            def velocity(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                index = torch.randint(oldest, newest, (batch_size,), generator=generator, device=draw_device)
+                index = index.to(history.device)
+                distance = newest - index  # (B,) >= 1
+                return self.regressor(y, reference, history[rows, index], distance, t.expand(batch_size))
+
+            noise = torch.randn(reference.shape, generator=generator, device=draw_device).to(reference)
+            start = (1 - (1 - sigma) * warm_start) * noise + warm_start * reference
+            history[:, length] = integrate(velocity, start, grid, method=sampler)
+        return history[:, known:]
+
+    # --- published checkpoints ----------------------------------------------------------------------
+    @classmethod
+    def recognizes_checkpoint(cls, path: Path) -> bool:
+        """True for an upstream RIVER `model.pth` (a dict whose "model" holds vector_field_regressor.*)."""
+        try:
+            state = _load_upstream_state(path)
+        except Exception:  # not a torch file, or not RIVER's layout
+            return False
+        return any(key.startswith("vector_field_regressor.") for key in state)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, **overrides: Any) -> River:
+        """Build RIVER from a published `model.pth`; the AE comes from `autoencoder` (e.g. vqvae.ckpt)
+        or, when omitted, from the `ae.*` weights the same file carries."""
+        state = _load_upstream_state(path)
+        regressor_state = convert_upstream_regressor(state)
+        cfg = RiverConfig(**{**config_from_regressor_state(regressor_state), "time_grid": "upstream", **overrides})
+        if autoencoder is not None:
+            ae = build_autoencoder(str(autoencoder))
+        else:
+            ae = _autoencoder_from_upstream_state(state, path)
+        model = cls(cfg, autoencoder=ae)
+        model.regressor.load_state_dict(regressor_state)
+        return model.eval()
+
+
+def _clip_from_batch(batch: Any) -> tuple[torch.Tensor, bool]:
+    """A training batch -> ((B, T, C, H, W) clip, whether it holds latents rather than frames)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, False
+    if isinstance(batch, dict):
+        if "latents" in batch:
+            return batch["latents"], True
+        for key in ("video", "frames"):
+            if key in batch:
+                return batch[key], False
+    raise ConfigError("RIVER expects batches with 'video' frames or 'latents'; the dataset gave something else")
+
+
+# --- converter for the published checkpoints --------------------------------------------------------------
+
+#: upstream regressor key -> vpt key (regex, replacement), applied in order.
+_REGRESSOR_RENAMES: list[tuple[str, str]] = [
+    (r"^position_encoding\.row_embed\.", "pos_embed.row."),
+    (r"^position_encoding\.col_embed\.", "pos_embed.col."),
+    (r"^project_in\.1\.", "token_proj."),
+    (r"^time_projection\.", "distance_embed."),
+    (r"^out_blocks\.(\d+)\.0\.", r"out_blocks.\1.skip_proj."),
+    (r"^out_blocks\.(\d+)\.1\.", r"out_blocks.\1.layer."),
+    (r"\.self_attn\.in_proj_weight$", ".attn.qkv.weight"),
+    (r"\.self_attn\.in_proj_bias$", ".attn.qkv.bias"),
+    (r"\.self_attn\.out_proj\.", ".attn.proj."),
+    (r"\.linear1\.", ".fc1."),
+    (r"\.linear2\.", ".fc2."),
+    (r"^project_out\.0\.", "head.proj."),
+    (r"^project_out\.[23]\.", "head.norm."),  # 2: LayerNorm ("ln" head), 3: BatchNorm2d ("bn" head)
+    (r"^project_out\.4\.", "head.conv."),
+]
+
+
+def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove one leading `module.` (DDP) from every key that has it; other keys pass unchanged."""
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def convert_upstream_regressor(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Upstream regressor weights (bare, `vector_field_regressor.`- or `module.`-prefixed) -> vpt names."""
+    state = strip_ddp_prefix(state)
+    if any(key.startswith("vector_field_regressor.") for key in state):
+        state = {key.removeprefix("vector_field_regressor."): value
+                 for key, value in state.items() if key.startswith("vector_field_regressor.")}
+    converted = {}
+    for key, value in state.items():
+        for pattern, replacement in _REGRESSOR_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value.float() if value.is_floating_point() else value
+    return converted
+
+
+def config_from_regressor_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture fields of RiverConfig read off converted regressor weights (heads: 8, as upstream)."""
+    inner_dim, three_c = state["token_proj.weight"].shape
+    count = lambda prefix: len({k.split(".")[1] for k in state if k.startswith(prefix)})  # noqa: E731
+    return {
+        "latent_channels": three_c // 3, "inner_dim": inner_dim, "depth": count("in_blocks."),
+        "mid_depth": count("mid_blocks."), "heads": 8,
+        "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
+    }
+
+
+def _load_upstream_state(path: Path) -> dict[str, torch.Tensor]:
+    """The full-model state dict of an upstream `model.pth` (`module.` prefixes removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}")
+    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+        raise UsageError(f"{path} is not an upstream RIVER checkpoint (no 'model' state dict inside)")
+    return strip_ddp_prefix(loaded["model"])
+
+
+def _autoencoder_from_upstream_state(state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """The frozen AE stored under `ae.*` in an upstream model.pth."""
+    ae_state = {key.removeprefix("ae."): value for key, value in state.items() if key.startswith("ae.")}
+    if not ae_state:
+        raise UsageError(f"{path} holds no autoencoder weights (ae.*); pass --ae with the AE checkpoint")
+    from vpt.models.autoencoders import autoencoder_from_upstream_state
+
+    autoencoder = autoencoder_from_upstream_state(ae_state)
+    autoencoder.eval()
+    autoencoder.requires_grad_(False)
+    return autoencoder
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
