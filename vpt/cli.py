@@ -24,9 +24,22 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from vpt.commands import info
+    from vpt.commands import convert_h5, eval_fvd, extract_frames, info, make_data
 
     app.command("info", help="Versions, devices, attention backend and optional packages.")(info.info)
+    app.add_typer(make_data.app, name="make-data")
+    app.command("extract-frames", help="Videos -> folders of numbered frames (parallel, resumable).")(extract_frames.extract_frames)
+    app.command("convert-h5", help="Frame folders or videos -> HDF5 shards (parallel, resumable; vpt or RIVER layout).")(convert_h5.convert_h5)
+    app.command("eval-fvd", help="FVD/KVD (I3D, published presets) and PSNR/SSIM/LPIPS of videos or of a run's predictions, with the protocol recorded.")(eval_fvd.eval_fvd)
+    from vpt.commands import quickstart, sample, train
+
+    app.command("train", help="Train a backend (river, seer, ...) on the shared loop; resumes a run.")(train.train)
+    app.command("sample", help="Predict frames from images, a video or a dataset item with a trained or published model.")(sample.sample)
+    app.command("quickstart", help="Built-in data -> autoencoder -> RIVER -> scored predictions and a report, on a CPU in minutes.")(quickstart.quickstart)
+    from vpt.commands import save_latents, train_ae
+
+    app.command("train-ae", help="Train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE) on the shared loop; resumes a run.")(train_ae.train_ae)
+    app.command("save-latents", help="Encode every video of every split with an autoencoder into latent HDF5 (same indexing, resumable).")(save_latents.save_latents)
 
 
 _register()

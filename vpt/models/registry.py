@@ -9,7 +9,10 @@ import importlib
 
 from vpt.errors import UsageError
 
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {
+    "river": "vpt.models.river:River",
+    "seer": "vpt.models.seer:Seer",
+}
 
 
 def backend_names() -> list[str]:
