@@ -69,7 +69,8 @@ def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, capsys):
     records = _val_records(run)
     assert [r["step"] for r in records] == [100, 200, 300]
     baseline = _background_psnr(shapes_h5)  # about 17.7 dB: the flat background alone
-    assert records[-1]["val_psnr"] > 23.0 > baseline + 4, (records, baseline)
+    # measured 23.5-23.9 dB at step 300 (1 or 2 threads); the bound keeps ~1 dB of room
+    assert records[-1]["val_psnr"] > 22.5 > baseline + 4, (records, baseline)
     assert records[-1]["val_ssim"] > 0.85
     assert (run / "samples" / "step_000300.png").is_file()
 

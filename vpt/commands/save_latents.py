@@ -47,15 +47,15 @@ def save_latents(
         raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
     summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype, image_size=image_size,
                              preset=preset, device=device, workers=workers)
-    info(f"Latents of {summary['videos']} videos ({summary['encoded_videos']} encoded now, the rest were done) "
+    done = summary["videos"] - summary["encoded_videos"]
+    info(f"Latents of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
          f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`")
 
 
 def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_frames: int = 64,
                    dtype: Literal["float32", "float16"] = "float32", image_size: int | None = None,
-                   preset: str | None = None, device: str = "auto", workers: int = 0,
-                   autoencoder: Any = None) -> dict[str, Any]:
-    """The library form of `vpt save-latents` (`autoencoder` skips loading `ae` again when given)."""
+                   preset: str | None = None, device: str = "auto", workers: int = 0) -> dict[str, Any]:
+    """The library form of `vpt save-latents`; returns counts and the latent shape."""
     import torch
 
     from vpt.data.h5 import VideoH5
@@ -63,7 +63,7 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
 
     data, out = Path(data), Path(out)
     splits = _splits(data)
-    model = autoencoder if autoencoder is not None else load_autoencoder(ae, preset=preset)
+    model = load_autoencoder(ae, preset=preset)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model = model.to(target).eval()
     manifest = _manifest(model, data, dtype, image_size)
