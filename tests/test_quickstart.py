@@ -27,7 +27,6 @@ def test_quickstart_end_to_end(tmp_path):
         assert isinstance(metrics[key], float)
     assert metrics["beats_baseline"] == (metrics["psnr"] > metrics["baseline_psnr"])
     assert metrics["context_frames"] == 2 and metrics["predicted_frames"] == 14 and metrics["test_clips"] == 4
-    assert metrics["minutes"] < 4  # the budget roughly holds: 1 minute plus imports and evaluation
     assert metrics["river_step"] >= 1 and sum(metrics["stage_seconds"].values()) <= metrics["minutes"] * 60 + 1
     for run in ("ae", "river"):
         assert (out / "runs" / run / "checkpoints" / "latest").is_file()
