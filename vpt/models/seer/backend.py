@@ -316,6 +316,9 @@ class Seer(Backend):
 
         clip = self.clip_text(list(prompts))
         context = self.fstext(clip, frames)  # (B, F, L, D)
+        losses = {}
+        if cfg.text_loss:  # FSText's initialisation objective: its frames average back to the CLIP embedding
+            losses["text_loss"] = F.mse_loss(context.float().mean(1), clip.float())
         if cfg.cond_drop_prob > 0:
             dropped = torch.rand(batch_size, device=latents.device) < cfg.cond_drop_prob
             context = torch.where(dropped[:, None, None, None], self.null_context(batch_size, frames).to(context.dtype), context)
@@ -326,10 +329,7 @@ class Seer(Backend):
         prediction = self.unet(torch.cat([reference_latents, noisy], dim=1), timesteps, context, reference_frames=reference)
         objective = noise if cfg.prediction_type == "epsilon" else self.train_noise.get_velocity(target, noise, timesteps)
         mse = F.mse_loss(prediction[:, reference:].float(), objective.float())
-        losses = {"loss": mse, "mse": mse.detach()}
-        if cfg.text_loss:
-            losses["text_loss"] = F.mse_loss(context.float().mean(1), clip.float())
-            losses["loss"] = mse + losses["text_loss"]
+        losses.update(loss=mse + losses.get("text_loss", 0.0), mse=mse.detach())
         return losses
 
     @torch.no_grad()
