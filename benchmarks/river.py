@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import machine  # noqa: E402
 from vpt.commands.train import train_schema  # noqa: E402
 from vpt.config import load_config  # noqa: E402
 from vpt.models.river import River, count_parameters  # noqa: E402
@@ -37,20 +37,6 @@ PATHS = {
     "bf16 autocast SDPA": dict(dtype=torch.bfloat16, kernel="sdpa", compile=False),
     "bf16 SDPA torch.compile": dict(dtype=torch.bfloat16, kernel="sdpa", compile=True),
 }
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def kernel_context(kernel: str):

@@ -16,7 +16,6 @@ trainable part) with batch `--batch`. On CUDA both run under bf16 autocast.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from common import machine
 from vpt.config import validate
 from vpt.models import attention
 from vpt.models.seer import Seer, SeerConfig
@@ -99,11 +99,10 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Seer {args.preset}: {frames} frames ({args.context} reference) at {resolution}px, batch {args.batch}, "
           f"{args.steps} DDIM steps requested ({model.sampling_settings(args.steps)['ddim_steps_run']} run), "
-          f"{trainable / 1e6:.1f} M trained params; {name}, torch {torch.__version__}")
+          f"{trainable / 1e6:.1f} M trained params; {machine(device)}")
     print(f"{'attention':<10} {'s / sampled video':>18} {'s / train step':>15}")
     for backend in args.attention.split(","):
         if backend == "xformers" and not (attention.xformers_available() and device.type == "cuda"):

@@ -1,8 +1,34 @@
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
+
+import pytest
 
 # Tests run on CPU with few threads; keep them deterministic and quiet.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+class Result(NamedTuple):
+    exit_code: int
+    output: str
+
+
+@pytest.fixture()
+def invoke(capsys):
+    """Run `vpt ARGS` through the real entry point (one-line errors, exit codes) and capture what it printed."""
+    from vpt.cli import main
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out + captured.err)
+
+    return run

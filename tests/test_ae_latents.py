@@ -125,28 +125,15 @@ def test_existing_output_of_another_autoencoder_or_setting_is_refused(frames_h5,
         encode_dataset(other, frames_h5 / "val", out)
 
 
-def vpt(capsys, *args) -> tuple[int, str]:
-    from vpt.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
-def test_cli_writes_float16_latents_and_rejects_bad_options(frames_h5, vqvae_ckpt, tmp_path, capsys):
+def test_cli_writes_float16_latents_and_rejects_bad_options(frames_h5, vqvae_ckpt, tmp_path, invoke):
     out = tmp_path / "latents"
-    code, output = vpt(capsys, "save-latents", "--ae", vqvae_ckpt, "--data", frames_h5 / "val", "--out", out,
-                       "--dtype", "float16", "--workers", "0")
+    code, output = invoke("save-latents", "--ae", vqvae_ckpt, "--data", frames_h5 / "val", "--out", out,
+                          "--dtype", "float16", "--workers", "0")
     assert code == 0, output
     assert VideoH5(out).read(0).dtype == np.float16
     assert yaml.safe_load((out / "latents.json").read_text())["dtype"] == "float16"
-    code, output = vpt(capsys, "save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", tmp_path / "x",
-                       "--dtype", "int8")
+    code, output = invoke("save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", tmp_path / "x",
+                          "--dtype", "int8")
     assert code == 2 and "--dtype must be float32 or float16" in output
-    code, output = vpt(capsys, "save-latents", "--ae", tmp_path / "vqvae.pth", "--data", frames_h5, "--out", tmp_path / "y")
+    code, output = invoke("save-latents", "--ae", tmp_path / "vqvae.pth", "--data", frames_h5, "--out", tmp_path / "y")
     assert code == 1 and "cvg-unibe/river_clevrer_128" in output and "Traceback" not in output

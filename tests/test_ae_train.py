@@ -17,19 +17,6 @@ TINY = ["--set", "autoencoder.arch.ch=8", "--set", "autoencoder.arch.ch_mult=[1,
         "--set", "autoencoder.arch.n_embed=64", "--set", "autoencoder.arch.norm_groups=4", "--set", "train.batch_size=8"]
 
 
-def vpt(capsys, *args) -> tuple[int, str]:
-    from vpt.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 @pytest.fixture(scope="module")
 def shapes_h5(tmp_path_factory) -> Path:
     """`make-data shapes` (40 videos of 8 frames at 32x32) converted to HDF5."""
@@ -60,11 +47,11 @@ def _background_psnr(h5: Path) -> float:
 
 
 @pytest.mark.slow
-def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, capsys):
+def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, invoke):
     run = tmp_path / "run"
-    code, output = vpt(capsys, "train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, *TINY,
-                       "--set", "loss.discriminator=none", "--set", "train.lr=6e-3", "--set", "train.lr_schedule=constant",
-                       "--set", "train.val_every=100", "--set", "train.sample_every=300", "--max-steps", "300")
+    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, *TINY,
+                          "--set", "loss.discriminator=none", "--set", "train.lr=6e-3", "--set", "train.lr_schedule=constant",
+                          "--set", "train.val_every=100", "--set", "train.sample_every=300", "--max-steps", "300")
     assert code == 0, output
     records = _val_records(run)
     assert [r["step"] for r in records] == [100, 200, 300]
@@ -75,13 +62,13 @@ def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, capsys):
     assert (run / "samples" / "step_000300.png").is_file()
 
 
-def test_train_ae_run_resumes_records_missing_lpips_and_loads(shapes_h5, tmp_path, capsys):
+def test_train_ae_run_resumes_records_missing_lpips_and_loads(shapes_h5, tmp_path, invoke):
     run = tmp_path / "run"
     common = ["--data", shapes_h5, "--run", run, *TINY, "--set", "train.batch_size=2", "--set", "train.checkpoint_every=2",
               "--set", "train.val_every=2", "--set", "train.sample_every=2", "--set", "train.log_every=1",
               "--set", "loss.disc_start=0", "--set", "loss.disc_channels=8",
               "--set", "loss.perceptual_weight=1.0", "--set", f"loss.lpips_backbone={tmp_path / 'vgg16.pth'}"]
-    code, output = vpt(capsys, "train-ae", "--config", CONFIG, *common, "--max-steps", "2")
+    code, output = invoke("train-ae", "--config", CONFIG, *common, "--max-steps", "2")
     assert code == 0, output
     assert "training without LPIPS" in output and "vgg16.pth" in output
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -93,7 +80,7 @@ def test_train_ae_run_resumes_records_missing_lpips_and_loads(shapes_h5, tmp_pat
     assert losses[-1]["gan_weight"] > 0 and "g_loss" in losses[-1] and "d_loss" in losses[-1]  # GAN on from step 0
     assert (run / "samples" / "step_000002.png").is_file() and _val_records(run)[-1]["step"] == 2
 
-    code, output = vpt(capsys, "train-ae", "--config", CONFIG, *common, "--max-steps", "4")
+    code, output = invoke("train-ae", "--config", CONFIG, *common, "--max-steps", "4")
     assert code == 0, output
     assert "Resuming" in output and "from step 2" in output
     assert Run(run).latest_step() == 4
@@ -107,7 +94,7 @@ def test_train_ae_run_resumes_records_missing_lpips_and_loads(shapes_h5, tmp_pat
     assert not any(k.startswith("discriminator") for k in ae.state_dict())
 
 
-def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, capsys):
+def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, invoke):
     from safetensors.torch import save_file
 
     from vpt.models.autoencoders import build_autoencoder
@@ -117,10 +104,10 @@ def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, capsys):
     weights = tmp_path / "vqvae.safetensors"
     save_file(source.state_dict(), weights)
     run = tmp_path / "run"
-    code, output = vpt(capsys, "train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, "--init-from", weights,
-                       "--set", "autoencoder.type=ours", "--set", "autoencoder.arch={}", "--set", "train.lr=0.0",
-                       "--set", "train.batch_size=1", "--set", "loss.discriminator=none", "--set", "train.val_every=0",
-                       "--set", "train.sample_every=0", "--max-steps", "1")
+    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, "--init-from", weights,
+                          "--set", "autoencoder.type=ours", "--set", "autoencoder.arch={}", "--set", "train.lr=0.0",
+                          "--set", "train.batch_size=1", "--set", "loss.discriminator=none", "--set", "train.val_every=0",
+                          "--set", "train.sample_every=0", "--max-steps", "1")
     assert code == 0, output
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["autoencoder"]["type"] == "river-vqvae" and config["autoencoder"]["arch"]["num_embeddings"] == 32
@@ -137,7 +124,7 @@ def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, capsys):
     ("autoencoder.arch.preset=f32", "unknown preset 'f32'"),
     ("loss.gan_loss=wasserstein", "loss.gan_loss"),
 ])
-def test_config_mistakes_are_one_line_with_exit_code_2(shapes_h5, tmp_path, capsys, setting, needle):
-    code, output = vpt(capsys, "train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", tmp_path / "run",
-                       "--set", setting, "--max-steps", "1")
+def test_config_mistakes_are_one_line_with_exit_code_2(shapes_h5, tmp_path, invoke, setting, needle):
+    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", tmp_path / "run",
+                          "--set", setting, "--max-steps", "1")
     assert code == 2 and needle in output and "Traceback" not in output, output

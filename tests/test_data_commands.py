@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -12,32 +11,9 @@ from data_helpers import write_clip
 
 import vpt.data.convert as convert_module
 import vpt.data.extract as extract_module
-from vpt.cli import main
 from vpt.data.h5 import VideoH5
 from vpt.data.sources import frame_files
 from vpt.data.video import read_image, read_video
-
-
-class Result(NamedTuple):
-    exit_code: int
-    output: str
-
-
-@pytest.fixture()
-def invoke(capsys):
-    """Run `vpt ARGS` through the real entry point (one-line errors, exit codes) and capture what it printed."""
-
-    def run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out + captured.err)
-
-    return run
 
 
 @pytest.fixture()

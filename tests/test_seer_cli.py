@@ -8,24 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpt.cli import main
-
 TINY = Path(__file__).resolve().parents[1] / "configs" / "seer" / "tiny.yaml"
 # configs/seer/tiny.yaml shrunk further so the whole round trip stays within seconds.
 SMALL = ["--set", "model.frames=3", "--set", "data.frames=3", "--set", "data.image_size=16",
          "--set", "model.unet.block_out_channels=[32,32,64]", "--set", "train.batch_size=2",
          "--set", "train.checkpoint_every=2", "--set", "model.sampler.steps=2"]
-
-
-def vpt(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +24,13 @@ def shapes(tmp_path_factory) -> Path:
     return out
 
 
-def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, capsys, shapes):
+def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, invoke, shapes):
     from PIL import Image
 
     from vpt.models.backend import Backend
 
     run = tmp_path / "run"
-    code, output = vpt(capsys, "train", "seer", "--config", TINY, "--data", shapes, "--run", run, "--max-steps", 2, *SMALL)
+    code, output = invoke("train", "seer", "--config", TINY, "--data", shapes, "--run", run, "--max-steps", 2, *SMALL)
     assert code == 0, output
     assert (run / "checkpoints" / "step_000002" / "model.safetensors").is_file()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
@@ -51,8 +38,8 @@ def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, capsys, sh
     book = tmp_path / "book.jpg"
     Image.new("RGB", (48, 40), (200, 120, 40)).save(book)
     out = tmp_path / "pred.gif"
-    code, output = vpt(capsys, "sample", "--run", run, "--image", book, "--prompt", "close book",
-                       "--guidance-scale", 2.5, "--num-samples", 2, "--seed", 3, "--out", out)
+    code, output = invoke("sample", "--run", run, "--image", book, "--prompt", "close book",
+                          "--guidance-scale", 2.5, "--num-samples", 2, "--seed", 3, "--out", out)
     assert code == 0, output
     record = json.loads(out.with_name("pred.gif.json").read_text())
     assert (record["prompt"], record["guidance_scale"], record["frames"], record["image_size"]) == ("close book", 2.5, 2, 16)
@@ -67,8 +54,8 @@ def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, capsys, sh
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
 
 
-def test_missing_sd_folder_is_a_one_line_error(tmp_path, capsys, shapes):
-    code, output = vpt(capsys, "train", "seer", "--config", TINY, "--data", shapes, "--run", tmp_path / "run",
-                       "--set", "model.vae=pretrained", "--set", f"model.pretrained={tmp_path / 'no_sd'}", *SMALL)
+def test_missing_sd_folder_is_a_one_line_error(tmp_path, invoke, shapes):
+    code, output = invoke("train", "seer", "--config", TINY, "--data", shapes, "--run", tmp_path / "run",
+                          "--set", "model.vae=pretrained", "--set", f"model.pretrained={tmp_path / 'no_sd'}", *SMALL)
     assert code == 1
     assert "Stable Diffusion folder not found" in output and "Traceback" not in output

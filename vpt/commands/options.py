@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,3 +16,8 @@ MaxStepsOption = Annotated[Optional[int], typer.Option("--max-steps", help="Trai
 LogEveryOption = Annotated[Optional[int], typer.Option("--log-every", help="Log to metrics.jsonl every N steps (same as --set train.log_every=N).", min=1)]
 FreshOption = Annotated[bool, typer.Option("--fresh", help="Start the run over instead of resuming it (needs --force when it has checkpoints).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Allow --fresh to delete an existing run.")]
+
+
+def path_setting(key: str, path: Path) -> str:
+    """A `--set` override giving `key` the absolute `path`, quoted so YAML reads it back as that exact string."""
+    return f"{key}={json.dumps(str(path.resolve()))}"

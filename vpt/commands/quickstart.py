@@ -96,11 +96,12 @@ def _config_file(*parts: str) -> Path:
 
 
 def _train_autoencoder(out: Path, data: Path, minutes: float) -> Path:
+    from vpt.commands.options import path_setting
     from vpt.commands.train_ae import _schema, train_autoencoder
     from vpt.training import start_run
 
     run_dir = out / "runs" / "ae"
-    overrides = [f"data.path={json.dumps(str(data.resolve()))}", f"train.max_minutes={minutes}",
+    overrides = [path_setting("data.path", data), f"train.max_minutes={minutes}",
                  *_quiet_overrides()]
     run, cfg = start_run(_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides)
     train_autoencoder(cfg, run)
@@ -121,12 +122,13 @@ def _save_latents(ae_run: Path, data: Path, out: Path) -> Path:
 
 
 def _train_river(out: Path, latents: Path, ae_run: Path, minutes: float):
+    from vpt.commands.options import path_setting
     from vpt.commands.train import train_backend, train_schema
     from vpt.models.river import River
     from vpt.training import start_run
 
     run_dir = out / "runs" / "river"
-    overrides = [f"data.path={json.dumps(str(latents.resolve()))}", f"model.autoencoder={json.dumps(str(ae_run.resolve()))}",
+    overrides = [path_setting("data.path", latents), path_setting("model.autoencoder", ae_run),
                  f"train.max_minutes={minutes}", *_quiet_overrides()]
     run, cfg = start_run(train_schema(River), run_dir=run_dir, config_file=_config_file("river", "shapes.yaml"),
                          overrides=overrides)

@@ -233,7 +233,7 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vpt.console import console
-    from vpt.models.backend import inference_autocast
+    from vpt.models.precision import inference_autocast
 
     device = context.device
     generator = torch.Generator(device).manual_seed(seed)
@@ -273,7 +273,7 @@ def _device(name: str):
 def _precision(device) -> str:
     import contextlib
 
-    from vpt.models.backend import inference_autocast
+    from vpt.models.precision import inference_autocast
 
     return "fp32" if isinstance(inference_autocast(device), contextlib.nullcontext) else "bf16 autocast"
 

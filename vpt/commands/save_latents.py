@@ -223,7 +223,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
     clips of k frames), encode, and hand back each video's latents (T // k, *dims) as float32 numpy."""
     import torch
 
-    from vpt.models.autoencoders.base import autocast_for
+    from vpt.models.precision import inference_autocast
 
     k = model.frames_per_latent
     per_batch = max(k, batch_frames // k * k)
@@ -233,7 +233,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
 
     def flush():
         frames = torch.cat([piece for _, piece in pending]).to(device, non_blocking=True)
-        with torch.inference_mode(), autocast_for(device):
+        with torch.inference_mode(), inference_autocast(device):
             latents = model.encode(frames[None])[0].float().cpu()  # (n_total / k, *dims)
         offset = 0
         for index, piece in pending:

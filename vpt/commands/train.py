@@ -10,7 +10,6 @@ the autoencoder for sampling when it trains on latents.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -26,6 +25,7 @@ from vpt.commands.options import (
     MaxStepsOption,
     RunOption,
     SetOption,
+    path_setting,
 )
 
 VALIDATION_CLIPS = 64  # clips scored by the periodic validation loss
@@ -48,10 +48,6 @@ def train_schema(backend_cls: type) -> type:
     )
 
 
-def _quoted(path: Path) -> str:
-    return json.dumps(str(path.resolve()))  # YAML reads a JSON string as that exact string
-
-
 def train(
     backend: Annotated[str, typer.Argument(help=f"Backend to train: {', '.join(backend_names())}.")],
     run: RunOption,
@@ -71,13 +67,13 @@ def train(
     backend_cls = get_backend(backend)
     overrides = list(set_ or [])
     if data is not None:
-        overrides.append(f"data.path={_quoted(data)}")
+        overrides.append(path_setting("data.path", data))
     if ae is not None:
         if not _has_field(backend_cls.Config, "autoencoder"):
             from vpt.errors import UsageError
 
             raise UsageError(f"backend '{backend}' has no autoencoder to set; drop --ae")
-        overrides.append(f"model.autoencoder={_quoted(ae)}")
+        overrides.append(path_setting("model.autoencoder", ae))
     run_dir, cfg = start_run(train_schema(backend_cls), run_dir=run, config_file=config, overrides=overrides,
                              max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
     train_backend(backend_cls, cfg, run_dir)
@@ -192,7 +188,7 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
         if validation.dataset.is_latent and (not hasattr(model, "decode") or getattr(model, "autoencoder", 1) is None):
             return  # latents without an autoencoder cannot be shown as frames
         from vpt.data.video import to_uint8_frames
-        from vpt.models.backend import inference_autocast
+        from vpt.models.precision import inference_autocast
         from vpt.visualize import save_prediction
 
         device = next(model.parameters()).device

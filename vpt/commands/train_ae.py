@@ -13,7 +13,6 @@ val split; `train.sample_every` writes a PNG grid (originals above reconstructio
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -28,6 +27,7 @@ from vpt.commands.options import (
     MaxStepsOption,
     RunOption,
     SetOption,
+    path_setting,
 )
 
 VALIDATION_CLIPS = 32  # val clips whose reconstructions are scored
@@ -72,9 +72,9 @@ def train_ae(
 
     overrides = list(set_ or [])
     if data is not None:
-        overrides.append(f"data.path={json.dumps(str(data.resolve()))}")
+        overrides.append(path_setting("data.path", data))
     if init_from is not None:
-        overrides.append(f"autoencoder.init_from={json.dumps(str(init_from.resolve()))}")
+        overrides.append(path_setting("autoencoder.init_from", init_from))
     run_dir, cfg = start_run(_schema(), run_dir=run, config_file=config, overrides=overrides,
                              max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
     train_autoencoder(cfg, run_dir)
@@ -167,7 +167,7 @@ def _hooks(cfg: Any, validation: Any):
 
     from vpt.data.video import to_uint8_frames
     from vpt.metrics.frames import psnr, ssim
-    from vpt.models.autoencoders.base import autocast_for
+    from vpt.models.precision import inference_autocast
     from vpt.training import Hooks
     from vpt.visualize import save_image, strip
 
@@ -180,7 +180,7 @@ def _hooks(cfg: Any, validation: Any):
         """(B, T, C, H, W) -> originals and reconstructions as (N, C, H, W) in [-1, 1]."""
         device = next(autoencoder.parameters()).device
         video = video.to(device)
-        with autocast_for(device):
+        with inference_autocast(device):
             reconstruction = autoencoder.reconstruct(video).float().clamp(-1.0, 1.0)
         flat = lambda v: rearrange(autoencoder.to_clips(v), "n k c h w -> (n k) c h w")  # noqa: E731
         return flat(video), flat(reconstruction)

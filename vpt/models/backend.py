@@ -79,12 +79,3 @@ class Backend(nn.Module, abc.ABC):
         if unexpected or [k for k in missing if not k.startswith(getattr(model, "frozen_prefixes", ()))]:
             raise UsageError(f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model.eval()
-
-
-def inference_autocast(device: torch.device):
-    """bf16 autocast for sampling on CUDA devices that support it; a no-op context elsewhere."""
-    import contextlib
-
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -21,7 +21,6 @@ A subclass implements four things on clips of k frames, with unscaled latents:
 from __future__ import annotations
 
 import abc
-import contextlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -165,10 +164,3 @@ class FrameAutoencoder(Autoencoder):
     def forward_train(self, clips: torch.Tensor) -> TrainOutput:
         reconstruction, regularizers = self.forward_train_images(clips[:, 0])
         return TrainOutput(reconstruction[:, None], regularizers)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast for inference on CUDA (where supported); full precision elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

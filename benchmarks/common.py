@@ -1,0 +1,42 @@
+"""What every benchmark shares: the line naming the machine a figure came from, and textured test clips."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else whatever `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device | None = None) -> str:
+    """One line for a result table: the GPU on CUDA, else the CPU and torch's thread count; torch version."""
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def textured_video(frames: int, size: int, seed: int, *, grid: int = 24, noise: int = 6) -> np.ndarray:
+    """uint8 (T, size, size, 3): a camera panning over a smooth random field (a `grid`^2 colour grid scaled up
+    bicubically), plus +-`noise` sensor noise, so codecs, PNG and LZF have real work to do."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (grid, grid, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((2 * size, 2 * size), Image.Resampling.BICUBIC), dtype=np.int16)
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        x, y = (3 * t) % size, (2 * t) % size
+        video[t] = np.clip(field[y:y + size, x:x + size] + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255)
+    return video
