@@ -34,6 +34,7 @@ def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, invoke, sh
     assert code == 0, output
     assert (run / "checkpoints" / "step_000002" / "model.safetensors").is_file()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    assert f'vpt sample --run {run} --image FRAME.png --prompt "INSTRUCTION"' in " ".join(output.split())  # the hint fits text models
 
     book = tmp_path / "book.jpg"
     Image.new("RGB", (48, 40), (200, 120, 40)).save(book)

@@ -95,7 +95,8 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     kind = "latents" if dataset.is_latent else "frames"
     info(f"Training {backend_cls.name} on {len(dataset)} {kind} videos from {cfg.data.path} -> {run.root}")
     step = train_loop(model, TrainingData(dataset), cfg.train, run, hooks)
-    info(f"{run.root}: step {step}. Predict with: vpt sample --run {run.root} --video CLIP.mp4 --out prediction.mp4")
+    context = '--image FRAME.png --prompt "INSTRUCTION"' if backend_cls.takes_text else "--video CLIP.mp4"
+    info(f"{run.root}: step {step}. Predict with: vpt sample --run {run.root} {context} --out prediction.mp4")
     return step
 
 
