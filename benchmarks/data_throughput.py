@@ -186,10 +186,10 @@ def main() -> None:
                              loader_rate(None, args.workers, args.seconds, _Constant(size, dtype)), "constant clip, no I/O"))
         print(f"\nmachine: {machine_line()}")
         print(f"source: {args.videos + 2} clips x {args.frames} frames, 256x256 H.264\n")
-        print(f"| {'stage':<44} | {'size':>4} | {'frames/s':>9} | notes")
-        print(f"|{'-' * 46}|{'-' * 6}|{'-' * 11}|{'-' * 50}")
+        print(f"| {'stage':<46} | {'size':>4} | {'frames/s':>9} | notes")
+        print(f"|{'-' * 48}|{'-' * 6}|{'-' * 11}|{'-' * 50}")
         for name, size, rate, note in rows:
-            print(f"| {name:<44} | {size:>4} | {rate:>9,.0f} | {note}")
+            print(f"| {name:<46} | {size:>4} | {rate:>9,.0f} | {note}")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
