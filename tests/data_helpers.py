@@ -1,4 +1,4 @@
-"""Small media builders shared by the tests/test_data_*.py files."""
+"""Small media builders shared by the tests."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def frame_folder(folder: Path, video: np.ndarray, ext: str = "png", pattern: str
 def numbered_video(frames: int, size: int = 8) -> np.ndarray:
     """Frame t is filled with the value t, so a read clip tells which source frames it holds."""
     return np.broadcast_to(np.arange(frames, dtype=np.uint8)[:, None, None, None], (frames, size, size, 3)).copy()
+
+
+def shapes_h5(root: Path, *, num_videos: int, frames: int, size: int = 32, seed: int = 0) -> Path:
+    """`vpt make-data shapes` videos under root/videos converted to HDF5 shards under root/h5 (returned)."""
+    from vpt.data.convert import convert_h5
+    from vpt.data.shapes import make_shapes
+
+    make_shapes(root / "videos", num_videos=num_videos, frames=frames, size=size, seed=seed, workers=1)
+    convert_h5(root / "videos", root / "h5", image_size=size, workers=1)
+    return root / "h5"

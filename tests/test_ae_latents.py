@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from data_helpers import shapes_h5
 from safetensors.torch import load_file
 
 from vpt.commands import save_latents as save_latents_module
@@ -25,13 +26,7 @@ FIXTURES = Path("/work/shared/fixtures") if Path("/work/shared/fixtures").is_dir
 @pytest.fixture(scope="module")
 def frames_h5(tmp_path_factory) -> Path:
     """`vpt make-data shapes` output converted to HDF5: 10 videos of 4 frames, 32x32."""
-    from vpt.data.convert import convert_h5
-    from vpt.data.shapes import make_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root / "videos", num_videos=10, frames=4, size=32, seed=3, workers=1)
-    convert_h5(root / "videos", root / "h5", image_size=32, workers=1)
-    return root / "h5"
+    return shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=10, frames=4, seed=3)
 
 
 @pytest.fixture(scope="module")

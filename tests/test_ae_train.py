@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from data_helpers import shapes_h5 as make_shapes_h5
 
 from vpt.runs import Run
 
@@ -20,13 +21,7 @@ TINY = ["--set", "autoencoder.arch.ch=8", "--set", "autoencoder.arch.ch_mult=[1,
 @pytest.fixture(scope="module")
 def shapes_h5(tmp_path_factory) -> Path:
     """`make-data shapes` (40 videos of 8 frames at 32x32) converted to HDF5."""
-    from vpt.data.convert import convert_h5
-    from vpt.data.shapes import make_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root / "videos", num_videos=40, frames=8, size=32, seed=0, workers=1)
-    convert_h5(root / "videos", root / "h5", image_size=32, workers=1)
-    return root / "h5"
+    return make_shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=40, frames=8)
 
 
 def _val_records(run: Path) -> list[dict]:

@@ -127,26 +127,16 @@ def test_sample_errors_are_one_line(tiny_run, tmp_path, capsys, args, message, c
     assert message in " ".join(err.split()) and "Traceback" not in err
 
 
-def test_train_rejects_a_config_of_another_backend(tiny_run, tmp_path, capsys):
-    from vpt.cli import main
-
-    config = tmp_path / "other.yaml"
-    config.write_text("backend: seer\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "river", "--config", str(config), "--data", str(tiny_run["h5"]), "--run", str(tmp_path / "run")])
-    assert exit_info.value.code == 2
-    assert "'backend' expects one of ['river'], got 'seer'" in " ".join(capsys.readouterr().err.split())
-
-
-def test_train_on_frames_needs_an_autoencoder(tiny_run, tmp_path, capsys):
-    from vpt.cli import main
-
-    config = tmp_path / "no_ae.yaml"
-    config.write_text("backend: river\nmodel: {inner_dim: 32, depth: 1, mid_depth: 1}\ndata: {frames: 4}\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "river", "--config", str(config), "--data", str(tiny_run["h5"]), "--run", str(tmp_path / "run")])
-    assert exit_info.value.code == 2
-    assert "needs a frozen autoencoder: pass --ae" in " ".join(capsys.readouterr().err.split())
+@pytest.mark.parametrize("config_text, message", [
+    ("backend: seer\n", "'backend' expects one of ['river'], got 'seer'"),
+    ("backend: river\nmodel: {inner_dim: 32, depth: 1, mid_depth: 1}\ndata: {frames: 4}\n", "needs a frozen autoencoder: pass --ae"),
+], ids=["config of another backend", "frames without an autoencoder"])
+def test_train_config_mistakes_exit_2(tiny_run, tmp_path, invoke, config_text, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    code, output = invoke("train", "river", "--config", config, "--data", tiny_run["h5"], "--run", tmp_path / "run")
+    assert code == 2
+    assert message in " ".join(output.split()) and "Traceback" not in output
 
 
 def test_sample_from_published_checkpoint(tmp_path):
