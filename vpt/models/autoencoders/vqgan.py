@@ -156,14 +156,20 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)  # (N, ch, H, W)
         for stage in self.down:
-            for index, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[index](h)
+            h = _resnet_stage(stage, h)
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(swish(self.norm_out(h)))  # (N, z_channels, H/f, W/f)
+
+
+def _resnet_stage(stage: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One resolution level: its ResNet blocks, each followed by its attention block where the level has them."""
+    for index, block in enumerate(stage.block):
+        h = block(h)
+        if len(stage.attn):
+            h = stage.attn[index](h)
+    return h
 
 
 class Decoder(nn.Module):
@@ -200,10 +206,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for stage in reversed(self.up):
-            for index, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[index](h)
+            h = _resnet_stage(stage, h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))  # unbounded, no tanh (as upstream)
