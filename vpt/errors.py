@@ -23,3 +23,9 @@ class TrainingDiverged(VptError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class Interrupted(VptError):
+    """The user pressed Ctrl-C; what was finished is kept and the same command continues."""
+
+    exit_code = 130

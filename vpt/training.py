@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpt.console import console, info, warn
-from vpt.errors import TrainingDiverged
+from vpt.errors import Interrupted, TrainingDiverged
 from vpt.runs import Run
 
 
@@ -116,6 +116,12 @@ class EMA:
         self.decay, self.start = decay, start
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
+    def load(self, path: Path, device: torch.device) -> None:
+        """Take the averaged weights a checkpoint kept (ema.safetensors)."""
+        from safetensors.torch import load_file
+
+        self.shadow = {k: v.to(device) for k, v in load_file(path).items()}
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = self.decay if step >= self.start else 0.0
@@ -172,20 +178,98 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device). Call it before building a model: its random
+    initialisation is then a function of the config's seed, so two fresh runs are identical."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+@dataclass
+class TrainingState:
+    """What one training run steps and what its checkpoints hold (apart from the weights' layout)."""
+
+    model: nn.Module
+    optimizer: Any
+    accelerator: Any
+    cfg: TrainConfig
+    run: Run
+    ema: EMA | None = None
+    step: int = 0
+    best: float | None = None  # lowest `cfg.best_metric` so far
+
+
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks: Hooks | None = None) -> int:
     """Train `model` on `dataset` until `cfg.max_steps`, resuming from the run's latest checkpoint.
 
     Returns the final step. Raises TrainingDiverged (after keeping the last good checkpoint) when the
-    loss becomes NaN or infinite.
+    loss or the gradient becomes NaN or infinite, and Interrupted after writing a checkpoint when the
+    user pressed Ctrl-C (a second Ctrl-C aborts at once).
     """
+    hooks = hooks or Hooks()
+    accelerator = _accelerator(cfg, run)
+    state = TrainingState(model, None, accelerator, cfg, run, best=_read_best(run))
+    model.to(accelerator.device)
+    state.optimizer = _optimizer(model, cfg, accelerator.device)
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        state.step = _load_checkpoint(latest, state)
+        info(f"Resuming {run.root} from step {state.step} ({latest.name})")
+        if accelerator.is_main_process:
+            run.truncate_metrics(after_step=state.step)
+    # The EMA starts from the loaded weights (or the checkpoint's own EMA), never from the random init.
+    if cfg.ema_decay > 0:
+        state.ema = EMA(model, cfg.ema_decay, cfg.ema_start)
+        if latest is not None and (latest / "ema.safetensors").exists():
+            state.ema.load(latest / "ema.safetensors", accelerator.device)
+    accelerator.wait_for_everyone()
+
+    loss_module = torch.compile(_LossModule(model)) if cfg.compile else _LossModule(model)
+    loss_module, state.optimizer = accelerator.prepare(loss_module, state.optimizer)
+    batches = _batches(dataset, cfg, accelerator, start_step=state.step)
+    if latest is not None:
+        _restore_rng(latest, accelerator.process_index)
+    if cfg.log_with and accelerator.is_main_process:
+        accelerator.init_trackers(run.root.name, config=dataclasses.asdict(cfg))
+
+    progress = _progress(accelerator.is_main_process, cfg, state.step)
+    started, started_step = time.perf_counter(), state.step
+    try:
+        with _StopRequests() as ctrl_c:
+            while state.step < cfg.max_steps:
+                reduced = _optimizer_step(state, loss_module, batches)
+                state.step += 1
+                if state.ema is not None:
+                    state.ema.update(model, state.step)
+                _log(state, reduced, (state.step - started_step) / max(time.perf_counter() - started, 1e-9))
+                progress.advance(state.step, reduced["loss"].item())
+                evaluated = _periodic_work(state, hooks, progress)
+                out_of_time, interrupted = _stop_votes(cfg, started, ctrl_c.requested, accelerator)
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or out_of_time or interrupted:
+                    _save_checkpoint(state, evaluated.get(cfg.best_metric))
+                if interrupted:
+                    raise Interrupted(f"stopped at step {state.step} (Ctrl-C); checkpoint "
+                                      f"{run.latest_checkpoint()} is kept: run the same command to continue")
+                if out_of_time:
+                    info(f"train.max_minutes={cfg.max_minutes:g} reached at step {state.step}; the checkpoint is "
+                         f"kept (run the same command to continue)")
+                    break
+    finally:
+        progress.stop()
+        if cfg.log_with:
+            accelerator.end_training()
+    return state.step
+
+
+def _accelerator(cfg: TrainConfig, run: Run):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from accelerate.state import AcceleratorState
-
-    hooks = hooks or Hooks()
     # One process may train several models in turn (quickstart: autoencoder, then predictor) with
-    # different precisions; keep the distributed state, forget the previous run's settings.
+    # different precisions. Accelerate keeps its settings in a process-wide singleton and has no public
+    # call to change them, so the previous run's settings are dropped here (the distributed state stays).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run gloo on CPUs
@@ -193,128 +277,179 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
         log_with=_available_trackers(cfg.log_with) or None,
         project_dir=str(run.root),
     )
-    set_seed(cfg.seed + accelerator.process_index)
-    device, is_main = accelerator.device, accelerator.is_main_process
+    set_seed(cfg.seed + accelerator.process_index)  # the loss's own draws differ per process
+    return accelerator
 
-    model.to(device)
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW over the model's parameter groups (one per player for a GAN: each is clipped on its own)."""
     groups = model.param_groups() if hasattr(model, "param_groups") else [
         {"params": [p for p in model.parameters() if p.requires_grad]}
     ]
-    optimizer = torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", 1.0)
-    base_lrs = [cfg.lr * g["lr_scale"] for g in optimizer.param_groups]
-    ema = EMA(model, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
+        group["base_lr"] = cfg.lr * group["lr_scale"]
+    return optimizer
 
-    step = 0
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        step = _load_checkpoint(latest, model, ema, optimizer, accelerator)
-        info(f"Resuming {run.root} from step {step} ({latest.name})")
-        if is_main:
-            run.truncate_metrics(after_step=step)
-    accelerator.wait_for_everyone()
 
-    loss_module = _LossModule(model)
-    if cfg.compile:
-        loss_module = torch.compile(loss_module)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+def _batches(dataset: Dataset, cfg: TrainConfig, accelerator, *, start_step: int) -> Iterator[Any]:
+    """The endless stream of this process's micro-batches from global position `start_step`, on the device."""
+    from accelerate.utils import send_to_device
 
-    world = accelerator.num_processes
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    sampler = ResumableSampler(len(dataset), seed=cfg.seed, rank=accelerator.process_index,
-                               world=world, start=step * per_step)
+    device, world = accelerator.device, accelerator.num_processes
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed, rank=accelerator.process_index, world=world,
+                               start=start_step * cfg.batch_size * cfg.grad_accum * world)
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         collate_fn=getattr(dataset, "collate", None), pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0, drop_last=True,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
-    batches = iter(loader)
     on_device = getattr(dataset, "on_device", lambda batch: batch)  # e.g. uint8 -> float on the GPU
-    if latest is not None:
-        _restore_rng(latest, accelerator.process_index)
+    for batch in loader:
+        yield on_device(send_to_device(batch, device, non_blocking=True))
 
-    if cfg.log_with and is_main:
-        accelerator.init_trackers(run.root.name, config=dataclasses.asdict(cfg))
-    best = _read_best(run)
-    progress = _progress(is_main, cfg.max_steps, step)
-    started, started_step = time.perf_counter(), step
-    try:
-        while step < cfg.max_steps:
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * lr_factor(step, cfg)
-            totals: dict[str, torch.Tensor] = {}
-            for micro in range(cfg.grad_accum):
-                batch = on_device(_to_device(next(batches), device))
-                sync = micro == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
-                    with accelerator.autocast():
-                        losses = loss_module(batch)
-                    accelerator.backward(losses["loss"] / cfg.grad_accum)
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
-            reduced = {k: accelerator.reduce(v, reduction="mean") for k, v in totals.items()}
-            loss_value = reduced["loss"].item()
-            if not math.isfinite(loss_value):
-                kept = run.latest_checkpoint()
-                where = f"{kept}" if kept else "none was written yet"
-                raise TrainingDiverged(
-                    f"loss became {loss_value} at step {step + 1}; stopped before the update "
-                    f"(last good checkpoint: {where}). Lower train.lr or set train.grad_clip"
-                )
-            if cfg.grad_clip > 0 and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if ema is not None:
-                ema.update(model, step)
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                elapsed = time.perf_counter() - started
-                record = {"step": step, **{k: v.item() for k, v in reduced.items()},
-                          "lr": optimizer.param_groups[0]["lr"],
-                          "steps_per_s": (step - started_step) / max(elapsed, 1e-9)}
-                if is_main:
-                    run.log_metrics(record)
-                    if cfg.log_with:
-                        accelerator.log(record, step=step)
-            progress.advance(step, loss_value)
+def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Iterator[Any]) -> dict[str, torch.Tensor]:
+    """Accumulate `grad_accum` micro-batches, check loss and gradients, clip each group, step.
 
-            evaluated: dict[str, float] = {}
-            if hooks.validate and cfg.val_every and step % cfg.val_every == 0:
-                evaluated = _with_ema(ema, model, hooks.validate)
-                if is_main:
-                    run.log_metrics({"step": step, **evaluated})
-            if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and is_main:
-                _with_ema(ema, model, lambda m: hooks.sample(m, step, run.samples_dir))
-            out_of_time = cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, accelerator)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
-                score = evaluated.get(cfg.best_metric)
-                is_best = score is not None and (best is None or score < best)
-                best = score if is_best else best
-                _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, is_best)
-            if out_of_time:
-                info(f"train.max_minutes={cfg.max_minutes:g} reached at step {step}; the checkpoint is kept "
-                     f"(run the same command again to continue)")
-                break
-    finally:
-        progress.stop()
+    Returns the losses averaged over micro-batches and processes. Raises TrainingDiverged before the
+    update when the loss or a gradient is not finite (fp16 excepted: its grad scaler skips such steps).
+    """
+    cfg, accelerator, optimizer = state.cfg, state.accelerator, state.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * lr_factor(state.step, cfg)
+    totals: dict[str, torch.Tensor] = {}
+    for micro in range(cfg.grad_accum):
+        batch = next(batches)
+        sync = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
+            with accelerator.autocast():
+                losses = loss_module(batch)
+            accelerator.backward(losses["loss"] / cfg.grad_accum)
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
+    reduced = {k: accelerator.reduce(v, reduction="mean") for k, v in totals.items()}
+    loss_value = reduced["loss"].item()
+    if not math.isfinite(loss_value):
+        raise _diverged(state, f"loss became {loss_value}")
+    norms = _clip_per_group(state)
+    if cfg.precision != "fp16" and not all(math.isfinite(n) for n in norms):
+        raise _diverged(state, f"loss is finite ({loss_value:.4g}) but the gradient norm became "
+                               f"{next(n for n in norms if not math.isfinite(n))}")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return reduced
+
+
+def _clip_per_group(state: TrainingState) -> list[float]:
+    """Gradient norm of each parameter group, clipped to `train.grad_clip` group by group.
+
+    A group is one player: for a GAN, the autoencoder's step size must not depend on the
+    discriminator's gradient (or the other way round), so each is clipped against its own norm.
+    """
+    state.accelerator.unscale_gradients()  # fp16: true gradients before measuring them
+    limit = state.cfg.grad_clip if state.cfg.grad_clip > 0 else math.inf
+    norms = []
+    for group in state.optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)))
+    return norms
+
+
+def _diverged(state: TrainingState, what: str) -> TrainingDiverged:
+    kept = state.run.latest_checkpoint()
+    return TrainingDiverged(
+        f"{what} at step {state.step + 1}; stopped before the update (last good checkpoint: "
+        f"{kept if kept else 'none was written yet'}). Lower train.lr or set train.grad_clip"
+    )
+
+
+def _log(state: TrainingState, reduced: dict[str, torch.Tensor], steps_per_s: float) -> None:
+    cfg = state.cfg
+    if state.step % cfg.log_every and state.step != cfg.max_steps:
+        return
+    record = {"step": state.step, **{k: v.item() for k, v in reduced.items()},
+              "lr": state.optimizer.param_groups[0]["lr"], "steps_per_s": steps_per_s}
+    if state.accelerator.is_main_process:
+        state.run.log_metrics(record)
         if cfg.log_with:
-            accelerator.end_training()
-    return step
+            state.accelerator.log(record, step=state.step)
+
+
+def _periodic_work(state: TrainingState, hooks: Hooks, progress: _progress) -> dict[str, float]:
+    """Validation (every process) and sample strips (main process) with the EMA weights when kept."""
+    cfg, step, run = state.cfg, state.step, state.run
+    evaluated: dict[str, float] = {}
+    if hooks.validate and cfg.val_every and step % cfg.val_every == 0:
+        with progress.paused("validating"):
+            evaluated = _with_ema(state.ema, state.model, hooks.validate)
+        if state.accelerator.is_main_process:
+            run.log_metrics({"step": step, **evaluated})
+    if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and state.accelerator.is_main_process:
+        with progress.paused("sampling"):
+            _with_ema(state.ema, state.model, lambda m: hooks.sample(m, step, run.samples_dir))
+    return evaluated
+
+
+class _StopRequests:
+    """The first Ctrl-C (SIGINT) asks the loop to finish its step and write a checkpoint; the second
+    aborts at once (KeyboardInterrupt). Only the main thread can own the signal; elsewhere this is inert."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        warn("Ctrl-C: finishing this step and writing a checkpoint (press Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> _StopRequests:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _stop_votes(cfg: TrainConfig, started: float, interrupted: bool, accelerator) -> tuple[bool, bool]:
+    """(time budget spent, Ctrl-C pressed) agreed by every process, so all stop at the same step."""
+    out_of_time = cfg.max_minutes > 0 and time.perf_counter() - started >= 60.0 * cfg.max_minutes
+    if accelerator.num_processes == 1:
+        return out_of_time, interrupted
+    votes = torch.tensor([float(out_of_time), float(interrupted)], device=accelerator.device)
+    votes = accelerator.reduce(votes, reduction="sum")
+    return bool(votes[0] > 0), bool(votes[1] > 0)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, is_best) -> None:
+def _save_checkpoint(state: TrainingState, score: float | None) -> None:
+    """Write checkpoint `state.step` into a pending directory on every process, then commit it.
+
+    Weights that are not finite are never written: the last checkpoint is always one to go back to.
+    """
     from safetensors.torch import save_file
 
+    run, accelerator, model, step = state.run, state.accelerator, state.model, state.step
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise _diverged(state, f"weights became non-finite ({bad[0]}, ...)")
+    is_best = score is not None and (state.best is None or score < state.best)
+    state.best = score if is_best else state.best
     pending = run.pending_dir(step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -323,35 +458,39 @@ def _save_checkpoint(run, step, model, ema, optimizer, accelerator, cfg, best, i
     torch.save(_rng_state(), pending / f"rng_state_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_file(_contiguous(model.state_dict()), pending / "model.safetensors")
-        if ema is not None:
-            save_file(_contiguous(ema.shadow), pending / "ema.safetensors")
-        torch.save(optimizer.state_dict(), pending / "optimizer.pt")
+        if state.ema is not None:
+            save_file(_contiguous(state.ema.shadow), pending / "ema.safetensors")
+        torch.save(state.optimizer.state_dict(), pending / "optimizer.pt")
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), pending / "scaler.pt")
-        state = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-                 "world_size": accelerator.num_processes, "best": best, "lr": optimizer.param_groups[0]["lr"]}
-        (pending / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        cfg = state.cfg
+        record = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+                  "world_size": accelerator.num_processes, "best": state.best,
+                  "lr": state.optimizer.param_groups[0]["lr"]}
+        (pending / "trainer_state.json").write_text(json.dumps(record, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        run.commit_checkpoint(step, keep_last=cfg.keep_last, is_best=is_best)
+        run.commit_checkpoint(step, keep_last=state.cfg.keep_last, is_best=is_best)
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(path: Path, model, ema, optimizer, accelerator) -> int:
+def _load_checkpoint(path: Path, state: TrainingState) -> int:
+    """Load weights, optimizer and grad-scaler state of checkpoint `path`; returns its step."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
-    model.to(accelerator.device)
-    if ema is not None and (path / "ema.safetensors").exists():
-        ema.shadow = {k: v.to(accelerator.device) for k, v in load_file(path / "ema.safetensors").items()}
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    accelerator = state.accelerator
+    state.model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
+    state.model.to(accelerator.device)
+    state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    for group in state.optimizer.param_groups:  # the schedule is recomputed from this run's config
+        group["base_lr"] = state.cfg.lr * group.get("lr_scale", 1.0)
     if accelerator.scaler is not None and (path / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state.get("world_size", 1) != accelerator.num_processes:
-        warn(f"{path.name} was written by {state['world_size']} processes, resuming with "
+    record = json.loads((path / "trainer_state.json").read_text())
+    if record.get("world_size", 1) != accelerator.num_processes:
+        warn(f"{path.name} was written by {record['world_size']} processes, resuming with "
              f"{accelerator.num_processes}: the data order changes from here on")
-    return int(state["step"])
+    return int(record["step"])
 
 
 def load_weights(run: Run, *, ema: bool = True, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
@@ -403,16 +542,6 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _out_of_time(started: float, max_minutes: float, accelerator) -> bool:
-    """Whether the time budget is spent; every process takes rank 0's answer, so all stop together."""
-    spent = time.perf_counter() - started >= 60.0 * max_minutes
-    if accelerator.num_processes == 1:
-        return spent
-    from accelerate.utils import broadcast
-
-    return bool(broadcast(torch.tensor([float(spent)], device=accelerator.device), from_process=0).item())
-
-
 def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
     was_training = model.training
     model.eval()
@@ -421,16 +550,6 @@ def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any])
             return fn(model)
     finally:
         model.train(was_training)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def _available_trackers(names: list[str]) -> list[str]:
@@ -449,27 +568,48 @@ def _available_trackers(names: list[str]) -> list[str]:
 
 
 class _progress:
-    """A rich progress bar with it/s, loss and ETA on the main process; silent elsewhere."""
+    """A rich progress bar on the main process (silent elsewhere): it/s, loss, and the ETA of
+    `max_steps` - or, with a `max_minutes` budget, the time left of the budget."""
 
-    def __init__(self, enabled: bool, total: int, completed: int):
+    def __init__(self, enabled: bool, cfg: TrainConfig, completed: int):
         self.bar = None
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        remaining = (TextColumn("budget {task.fields[budget]}") if cfg.max_minutes > 0
+                     else TimeRemainingColumn())
         self.bar = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} it/s"), TextColumn("loss {task.fields[loss]}"),
-            TimeRemainingColumn(), console=console, transient=False,
+            remaining, console=console, transient=False,
         )
-        self.task = self.bar.add_task("train", total=total, completed=completed, rate="-", loss="-")
+        self.budget = 60.0 * cfg.max_minutes
+        self.task = self.bar.add_task("train", total=cfg.max_steps, completed=completed, rate="-", loss="-",
+                                      budget=self._budget_left(0.0))
         self.start, self.first = time.perf_counter(), completed
         self.bar.start()
 
+    def _budget_left(self, elapsed: float) -> str:
+        left = max(0.0, self.budget - elapsed)
+        return f"{int(left // 60)}:{int(left % 60):02d} left of {self.budget / 60:g} min"
+
     def advance(self, step: int, loss: float) -> None:
         if self.bar is not None:
-            rate = (step - self.first) / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, completed=step, rate=f"{rate:.2f}", loss=f"{loss:.4f}")
+            elapsed = time.perf_counter() - self.start
+            self.bar.update(self.task, completed=step, rate=f"{(step - self.first) / max(elapsed, 1e-9):.2f}",
+                            loss=f"{loss:.4f}", budget=self._budget_left(elapsed))
+
+    @contextlib.contextmanager
+    def paused(self, what: str):
+        """Say what the loop is doing while the step counter stands still (validation, sampling)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"train ({what})")
+        try:
+            yield
+        finally:
+            if self.bar is not None:
+                self.bar.update(self.task, description="train")
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -84,8 +84,9 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     from vpt.config import config_to_dict
     from vpt.console import info, is_main_process
     from vpt.data.datasets import ClipDataset
-    from vpt.training import train as train_loop
+    from vpt.training import seed_everything, train as train_loop
 
+    seed_everything(cfg.train.seed)  # the model's initialisation follows the config's seed
     dataset = ClipDataset(cfg.data, uint8_frames=True)  # frames become floats on the training device
     if _resolve_autoencoder(cfg, dataset) and is_main_process():
         run.write_config(config_to_dict(cfg))

@@ -30,25 +30,50 @@ tap fridge cupboard bag paper pen phone laptop block blocks toy robot gripper ha
 def builtin_tokenizer(max_length: int):
     """A `CLIPTokenizer` (byte-level BPE, CLIP's normaliser and specials) needing no vocabulary files.
 
-    Its merges are learned here by `tokenizers`' BPE trainer on `BUILTIN_WORDS` (deterministic), so
-    each of those words is one token; every byte symbol, alone and word-final, is in the vocabulary.
+    Its merges are learned here from `BUILTIN_WORDS` (`learn_merges`), so each of those words is one
+    token; every byte symbol, alone and word-final, is in the vocabulary.
     """
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    bpe.train_from_iterator(BUILTIN_WORDS, trainers.BpeTrainer(vocab_size=100_000, initial_alphabet=symbols,
-                                                               end_of_word_suffix="</w>", show_progress=False))
-    learned = json.loads(bpe.to_str())["model"]
     vocab = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
+    merges = learn_merges(BUILTIN_WORDS)
     known = set(vocab)
-    vocab += [token for token in sorted(learned["vocab"], key=learned["vocab"].get) if token not in known]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    for left, right in merges:
+        if left + right not in known:
+            vocab.append(left + right)
+            known.add(left + right)
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=max_length)
+
+
+def learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn every word into one token: repeatedly merge the most frequent adjacent
+    pair, ties broken by the pair itself. Deterministic (a trainer that breaks ties by hash order gives
+    a different vocabulary per process, and with it different text embeddings for the same seed)."""
+    from collections import Counter
+
+    spelled = [[*word[:-1], word[-1] + "</w>"] for word in dict.fromkeys(words)]  # ASCII: bytes are chars
+    merges = []
+    while True:
+        pairs = Counter(pair for parts in spelled for pair in zip(parts, parts[1:]))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        spelled = [_merge(parts, best) for parts in spelled]
+
+
+def _merge(parts: list[str], pair: tuple[str, str]) -> list[str]:
+    merged, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+            merged.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged
 
 
 def builtin_text_encoder(vocab_size: int, hidden_size: int, layers: int, heads: int, max_length: int):
