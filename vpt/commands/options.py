@@ -1,9 +1,9 @@
-"""Options shared by every training command (`train`, `train-ae`), declared once."""
+"""Options shared by several commands, declared once."""
 
 from __future__ import annotations
 
+import enum
 import json
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,3 +21,10 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Allow --fresh to del
 def path_setting(key: str, path: Path) -> str:
     """A `--set` override giving `key` the absolute `path`, quoted so YAML reads it back as that exact string."""
     return f"{key}={json.dumps(str(path.resolve()))}"
+
+
+class Precision(str, enum.Enum):
+    """Numeric mode of inference (`--precision`): listed by `--help` and shell completion."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"

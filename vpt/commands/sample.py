@@ -10,7 +10,6 @@ that names the backend. Next to the output, `<out>.json` records every setting n
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
@@ -19,8 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-BASE_PREDICT_ARGS = {"self", "context", "num_frames", "prompt", "steps", "generator"}
-
+from vpt.commands.options import Precision
 
 def sample(
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
@@ -45,41 +43,48 @@ def sample(
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).")] = None,
 ) -> None:
     """Predict the next frames of a context with a trained (or published) model."""
     import torch
 
+    from vpt.config import config_to_dict
     from vpt.console import info
     from vpt.errors import UsageError
+    from vpt.fsutil import atomic_write_text, ensure_writable
+    from vpt.models.backend import run_protocol
+    from vpt.models.precision import default_precision, resolve_device
 
     started = time.perf_counter()
-    sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
-    if len(sources) != 1:
-        raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
-                         + (f" (got {', '.join(sources)})" if sources else ""))
     if out.suffix.lower() not in (".mp4", ".gif", ".png", ".mov", ".mkv"):
         raise UsageError(f"--out {out}: use a .mp4, .gif or .png file")
-    torch_device = _device(device)
+    ensure_writable(out.parent, "--out")
+    torch_device = resolve_device(device)
+    precision_name = (precision.value if precision else None) or default_precision(torch_device)
 
     model, origin, run_config = _load_model(run, checkpoint, backend, ae)
-    name = type(model).name
+    sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
+    if len(sources) > 1 or (not sources and not model.generates_without_context):
+        raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
+                         + (f" (got {', '.join(sources)})" if sources else ""))
     predict_kwargs = _predict_kwargs(model, prompt, guidance_scale, option or [])
     model.to(torch_device).eval()
+    protocol = run_protocol(run_config, model)
+    info(f"{type(model).name} on {torch_device} ({precision_name}); protocol: {protocol['context_frames']} context -> "
+         f"{protocol['predicted_frames']} predicted frames at {protocol['image_size'] or 'the input size'}")
 
-    model_section, data_section = run_config.get("model", {}), run_config.get("data", {})
-    # A published checkpoint has no run config; a backend may name the frame size and resize it was trained with.
-    size = size or data_section.get("image_size") or getattr(model, "image_size", None)
-    resize = data_section.get("resize", getattr(model, "resize", "squash"))
-    wanted_context = context_frames or model_section.get("context_frames")
-    context, truth, context_record, caption = _read_context(image, video, data, index, split, wanted_context, size, resize)
+    size = size or protocol["image_size"]
+    wanted_context = context_frames or protocol["context_frames"]
+    context, truth, context_record, caption = _read_context(image, video, data, index, split, wanted_context, size,
+                                                            model.resize, blank=None if sources else size)
     if caption and prompt is None and model.takes_text:
         predict_kwargs["prompt"] = caption
     num_context = context.shape[0]
-    if frames is None:
-        frames = max(1, data_section.get("frames", num_context + 15) - num_context)
+    frames = frames or protocol["predicted_frames"]
 
     predictions = _predict(model, context.to(torch_device), frames, num_samples=num_samples,
-                           batch_size=batch_size or num_samples, steps=steps, seed=seed, kwargs=predict_kwargs)
+                           batch_size=batch_size or num_samples, steps=steps, seed=seed, kwargs=predict_kwargs,
+                           precision=precision_name)
 
     from vpt.data.video import to_uint8_frames
     from vpt.visualize import save_prediction
@@ -87,18 +92,17 @@ def sample(
     rows = [to_uint8_frames(torch.cat([context, p])) for p in predictions]
     truth_row = to_uint8_frames(truth[:num_context + frames]) if truth is not None else None
     save_prediction(out, rows, num_context, fps=fps, truth=truth_row)
+    options = {k: v for k, v in predict_kwargs.items() if k != "prompt"}
     record = {
-        "command": "vpt sample", "argv": sys.argv[1:], "backend": name, **origin,
-        "context": context_record, "context_frames": num_context, "image_size": size, "resize": resize,
+        "command": "vpt sample", "argv": sys.argv[1:], "backend": type(model).name, **origin,
+        "context": context_record, "context_frames": num_context, "image_size": size, "resize": model.resize,
         "frames": frames, "steps": steps, "num_samples": num_samples, "batch_size": batch_size or num_samples,
-        "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale,
-        "options": {k: v for k, v in predict_kwargs.items() if k != "prompt"},
-        "device": str(torch_device), "precision": _precision(torch_device),
-        "fps": fps, "out": str(out.resolve()), "model_config": _model_config(model, model_section),
+        "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale, "options": options,
+        "sampler": model.sample_record(steps=steps, **options), "protocol": protocol,
+        "device": str(torch_device), "precision": precision_name,
+        "fps": fps, "out": str(out.resolve()), "model_config": config_to_dict(model.cfg),
         "versions": _versions(), "seconds": round(time.perf_counter() - started, 2),
     }
-    from vpt.fsutil import atomic_write_text
-
     record_path = out.with_name(out.name + ".json")
     atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
     info(f"Wrote {out} ({num_samples} sample(s): {num_context} context + {frames} predicted frames) and {record_path}")
@@ -151,7 +155,7 @@ def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None
     from vpt.errors import UsageError
 
     name = type(model).name
-    accepted = set(inspect.signature(model.predict).parameters) - BASE_PREDICT_ARGS
+    accepted = model.sampling_options()
     kwargs: dict[str, Any] = {}
     if prompt is not None:
         if not model.takes_text:
@@ -173,24 +177,24 @@ def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None
     return kwargs
 
 
-def _model_config(model: Any, section: dict) -> dict:
-    from vpt.config import config_to_dict
-
-    cfg = getattr(model, "cfg", None)
-    return config_to_dict(cfg) if cfg is not None else section
-
-
 # --- context ------------------------------------------------------------------------------------------
 
 
-def _read_context(image, video, data, index, split, wanted, size, resize):
-    """(context (n, 3, H, W) in [-1, 1], truth (T, 3, H, W) or None, a record of the source, caption or None)."""
+def _read_context(image, video, data, index, split, wanted, size, resize, *, blank: int | None = None):
+    """(context (n, 3, H, W) in [-1, 1], truth (T, 3, H, W) or None, a record of the source, caption or None).
+
+    Without a source (a backend that generates from nothing) the context is empty: (0, 3, S, S)."""
     import numpy as np
+    import torch
 
     from vpt.data.datasets import frames_to_tensor
     from vpt.data.video import read_image, read_video
     from vpt.errors import UsageError
 
+    if not (image or video or data):
+        if blank is None:
+            raise UsageError("this backend generates without context: give --size (the run's frame size is unknown)")
+        return torch.zeros(0, 3, blank, blank), None, {"generated": True}, None
     if image:
         frames = [read_image(path, size, resize) for path in image]
         if len({f.shape for f in frames}) > 1:
@@ -227,7 +231,7 @@ def _context_from_data(data: Path, index: int, split: str, wanted: int, size, re
 # --- prediction ---------------------------------------------------------------------------------------
 
 
-def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs):
+def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs, precision):
     """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -246,36 +250,12 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
             batch = context[None].expand(count, *context.shape)  # (B, n, 3, H, W)
             prompt = kwargs.get("prompt")
             extra = {k: v for k, v in kwargs.items() if k != "prompt"}
-            with torch.no_grad(), inference_autocast(device):
+            with torch.no_grad(), inference_autocast(device, precision):
                 predicted = model.predict(batch, frames, prompt=[prompt] * count if prompt else None, steps=steps,
                                           generator=generator, **extra)
             results.extend(predicted.float().clamp(-1, 1).cpu())
             progress.advance(task, count)
     return results
-
-
-def _device(name: str):
-    import torch
-
-    from vpt.errors import UsageError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    return device
-
-
-def _precision(device) -> str:
-    import contextlib
-
-    from vpt.models.precision import inference_autocast
-
-    return "fp32" if isinstance(inference_autocast(device), contextlib.nullcontext) else "bf16 autocast"
 
 
 def _versions() -> dict[str, str]:

@@ -56,15 +56,14 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
                    dtype: Literal["float32", "float16"] = "float32", image_size: int | None = None,
                    preset: str | None = None, device: str = "auto", workers: int = 0) -> dict[str, Any]:
     """The library form of `vpt save-latents`; returns counts and the latent shape."""
-    import torch
-
     from vpt.data.h5 import VideoH5
     from vpt.models.autoencoders import load_autoencoder
+    from vpt.models.precision import resolve_device
 
     data, out = Path(data), Path(out)
     splits = _splits(data)
     model = load_autoencoder(ae, preset=preset)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = resolve_device(device)
     model = model.to(target).eval()
     manifest = _manifest(model, data, dtype, image_size)
     _claim(out, manifest)

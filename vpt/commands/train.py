@@ -33,8 +33,9 @@ SAMPLE_CLIPS = 4  # val clips predicted by the periodic sampling
 
 
 def train_schema(backend_cls: type) -> type:
-    """The config schema of `vpt train <backend>`: backend name, model, data and train sections."""
+    """The config schema of `vpt train <backend>`: backend name, model, data, train and eval sections."""
     from vpt.data.datasets import DataConfig
+    from vpt.models.backend import EvalProtocol
     from vpt.training import TrainConfig
 
     return dataclasses.make_dataclass(
@@ -44,6 +45,7 @@ def train_schema(backend_cls: type) -> type:
             ("model", backend_cls.Config, dataclasses.field(default_factory=backend_cls.Config)),
             ("data", DataConfig, dataclasses.field(default_factory=DataConfig)),
             ("train", TrainConfig, dataclasses.field(default_factory=TrainConfig)),
+            ("eval", EvalProtocol, dataclasses.field(default_factory=EvalProtocol)),
         ],
     )
 
@@ -69,7 +71,7 @@ def train(
     if data is not None:
         overrides.append(path_setting("data.path", data))
     if ae is not None:
-        if not _has_field(backend_cls.Config, "autoencoder"):
+        if not backend_cls.uses_autoencoder:
             from vpt.errors import UsageError
 
             raise UsageError(f"backend '{backend}' has no autoencoder to set; drop --ae")
@@ -88,7 +90,7 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
 
     seed_everything(cfg.train.seed)  # the model's initialisation follows the config's seed
     dataset = ClipDataset(cfg.data, uint8_frames=True)  # frames become floats on the training device
-    if _resolve_autoencoder(cfg, dataset) and is_main_process():
+    if _resolve_autoencoder(backend_cls, cfg, dataset) and is_main_process():
         run.write_config(config_to_dict(cfg))
     model = backend_cls(cfg.model)
     validation = _validation_data(cfg)
@@ -101,18 +103,14 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     return step
 
 
-def _has_field(config_cls: type, name: str) -> bool:
-    return any(f.name == name for f in dataclasses.fields(config_cls))
-
-
-def _resolve_autoencoder(cfg: Any, dataset: Any) -> bool:
+def _resolve_autoencoder(backend_cls: type, cfg: Any, dataset: Any) -> bool:
     """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames.
 
     Returns True when the config changed.
     """
     from vpt.errors import UsageError
 
-    if not _has_field(type(cfg.model), "autoencoder"):
+    if not backend_cls.uses_autoencoder:
         return False
     if dataset.is_latent:
         recorded = dataset.source.attrs.get("autoencoder_path") or None
@@ -178,16 +176,18 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
             yield (validation.collate or default_collate)(items)
 
     def validate(model) -> dict[str, float]:
+        from accelerate.utils import send_to_device
+
         device = next(model.parameters()).device
         losses = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.train.seed)  # the same draws at every validation
             for batch in batches(VALIDATION_CLIPS):
-                losses.append(float(model.loss(_to(batch, device))["loss"]))
+                losses.append(float(model.loss(send_to_device(batch, device))["loss"]))
         return {"val_loss": sum(losses) / max(1, len(losses))}
 
     def sample(model, step: int, out_dir: Path) -> None:
-        if validation.dataset.is_latent and (not hasattr(model, "decode") or getattr(model, "autoencoder", 1) is None):
+        if validation.dataset.is_latent and not model.can_show_latents:
             return  # latents without an autoencoder cannot be shown as frames
         from vpt.data.video import to_uint8_frames
         from vpt.models.precision import inference_autocast
@@ -196,8 +196,8 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
         device = next(model.parameters()).device
         clips = next(batches(SAMPLE_CLIPS))
         video = _as_frames(model, clips, validation.dataset.is_latent, device)  # (B, T, 3, H, W)
-        num_context = min(max(1, getattr(cfg.model, "context_frames", 1)), video.shape[1] - 1)
-        prompt = clips.get("text") if getattr(model, "takes_text", False) else None
+        num_context = min(model.context_frames, video.shape[1] - 1)
+        prompt = clips.get("text") if model.takes_text else None
         generator = torch.Generator(device).manual_seed(cfg.train.seed)
         with inference_autocast(device):
             predicted = model.predict(video[:, :num_context], video.shape[1] - num_context, prompt=prompt,
@@ -216,10 +216,3 @@ def _as_frames(model: Any, clips: dict, is_latent: bool, device) -> Any:
     if is_latent:
         return model.decode(clips["latents"].to(device)).float()
     return clips["video"].to(device)
-
-
-def _to(batch: Any, device) -> Any:
-    if isinstance(batch, dict):
-        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-    return batch.to(device)
-

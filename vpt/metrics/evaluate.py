@@ -22,6 +22,7 @@ from vpt.metrics.fvd import (ExtractionTimes, FvdPreset, batch_loader, batch_pla
 from vpt.metrics.frames import BestOfN, gray_uint8, mse_per_frame, ssim, to_unit
 from vpt.metrics.i3d import Detector
 from vpt.metrics.lpips import LPIPS
+from vpt.models.precision import inference_autocast
 
 ClipOffset = Literal["start", "random"]
 
@@ -264,12 +265,14 @@ class PredictionProtocol:
     steps: int | None = None  # sampler steps passed to `predict`
     seed: int = 0
     batch_size: int = 16
+    precision: Literal["fp32", "bf16"] = "fp32"  # numeric mode of `predict` (bf16: autocast)
 
     def record(self) -> dict:
         return {"context_frames": self.context_frames, "predicted_frames": self.predicted_frames,
                 "samples_per_sequence": self.samples, "context_in_fvd_clips": self.context_in_fvd,
                 "fvd_pooling": self.fvd_pooling, "psnr_reduction": self.psnr_reduction, "sampler_steps": self.steps,
-                "sampling_seed": self.seed, "generated_frames": "quantised to uint8 ((x+1)*127.5, rounded) before scoring"}
+                "sampling_seed": self.seed, "precision": self.precision,
+                "generated_frames": "quantised to uint8 ((x+1)*127.5, rounded) before scoring"}
 
 
 def sample_seed(seed: int, first_index: int, sample: int) -> int:
@@ -337,7 +340,9 @@ def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: Predict
         out["real"] = detector_features(fvd.detector, rearrange(real_clip, "b t c h w -> b t h w c"), fvd.preset, times)
     for k in range(p.samples):
         generator = torch.Generator(device=truth.device).manual_seed(sample_seed(p.seed, first, k))
-        predicted = backend.predict(context, p.predicted_frames, prompt=prompts, steps=p.steps, generator=generator)
+        with inference_autocast(truth.device, p.precision):
+            predicted = backend.predict(context, p.predicted_frames, prompt=prompts, steps=p.steps, generator=generator)
+        predicted = predicted.float()
         expected = (len(truth), p.predicted_frames)
         if tuple(predicted.shape[:2]) != expected or predicted.shape[-2:] != truth.shape[-2:]:
             raise UsageError(f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, *truth.shape[-2:])}")

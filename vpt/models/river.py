@@ -271,7 +271,7 @@ class River(Backend):
 
     name = "river"
     Config = RiverConfig
-    takes_text = False
+    uses_autoencoder = True
     frozen_prefixes = ("autoencoder.",)
 
     def __init__(self, cfg: RiverConfig, autoencoder: nn.Module | None = None):
@@ -289,6 +289,10 @@ class River(Backend):
         return self
 
     # --- autoencoder --------------------------------------------------------------------------------
+    @property
+    def can_show_latents(self) -> bool:
+        return self.autoencoder is not None
+
     def _require_autoencoder(self) -> nn.Module:
         if self.autoencoder is None:
             raise UsageError("this RIVER model has no autoencoder (model.autoencoder is empty); pass --ae")

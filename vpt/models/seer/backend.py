@@ -116,6 +116,10 @@ class Seer(Backend):
     Config = SeerConfig
     takes_text = True
 
+    @property
+    def can_show_latents(self) -> bool:
+        return True  # `decode` maps latents (or pixels) back to frames
+
     def __init__(self, config: SeerConfig):
         super().__init__()
         self.cfg = config  # `cfg`: what `vpt sample` records as the model config
@@ -225,13 +229,13 @@ class Seer(Backend):
                             sampler=SamplerSection(steps=30, guidance_scale=7.5, schedule="upstream",
                                                    reference_ff_skip=False, precision="fp16"))
         model = cls(config).eval()
-        model.image_size, model.resize = 256, "crop"  # what the release was trained on (Resize + CenterCrop 256)
+        model.frame_size, model.resize = 256, "crop"  # what the release was trained on (Resize + CenterCrop 256)
         return model
 
     # --- checkpoints: leave out what `pretrained` supplies ---------------------------------------------
     def state_dict(self, *args, keep_all: bool = False, **kwargs):
         state = super().state_dict(*args, **kwargs)
-        frozen = getattr(self, "frozen_prefixes", ())
+        frozen = self.frozen_prefixes
         if keep_all or not frozen:
             return state
         prefix = kwargs.get("prefix", "")
@@ -369,8 +373,8 @@ class Seer(Backend):
                 latents = torch.cat([latents, window], dim=1)[:, -reference:]
         return self.decode(torch.cat(produced, dim=1)[:, :num_frames].float())
 
-    def sampling_settings(self, steps: int | None = None, guidance_scale: float | None = None) -> dict:
-        """What a sample run actually does (P4: the DDIM step count that really runs)."""
+    def sample_record(self, steps: int | None = None, guidance_scale: float | None = None, **options) -> dict:
+        """What a sample run actually does (with upstream's rule, 30 requested DDIM steps run 31)."""
         sampler = self.cfg.sampler
         requested = steps or sampler.steps
         return {"ddim_steps_requested": requested, "ddim_steps_run": len(upstream_timesteps(requested)),
