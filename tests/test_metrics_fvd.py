@@ -73,6 +73,17 @@ def test_kvd_matches_direct_quadratic_computation():
     assert kernel_distance(real[:7], fake, subsets=3, subset_size=50) == pytest.approx(kernel_distance(real[:7], fake), rel=1e-12)
 
 
+def test_kvd_in_blocks_equals_the_whole_kernel_matrix():
+    from vpt.metrics.fvd import _mmd2_unbiased
+
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(23, 5)), rng.normal(0.3, 1.0, size=(17, 5))
+    whole = _mmd2_unbiased(real, fake, block=10_000)
+    for block in (1, 4, 7, 16):  # uneven last blocks, blocks on and off the diagonal
+        assert _mmd2_unbiased(real, fake, block=block) == pytest.approx(whole, rel=1e-12)
+    assert PRESETS["stylegan-v"].kvd_subsets == 100 and PRESETS["tf"].kvd_subsets == 0
+
+
 def test_presets_carry_each_implementations_settings():
     assert (PRESETS["tf"].resize, PRESETS["tf"].bn_eps, PRESETS["tf"].covariance) == ("tf-bilinear", 1e-3, "unbiased")
     assert (PRESETS["stylegan-v"].covariance, PRESETS["stylegan-v"].sqrt) == ("population", "sqrtm")

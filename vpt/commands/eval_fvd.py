@@ -38,8 +38,8 @@ def eval_fvd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per I3D batch (and per predict call with --run).")] = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes decoding clips beside the detector (0: decode in the main process).")] = 0,
     kvd: Annotated[bool, typer.Option("--kvd/--no-kvd", help="Also compute KVD (polynomial-kernel MMD^2 on the same I3D features).")] = True,
-    kvd_subsets: Annotated[int, typer.Option("--kvd-subsets", min=0, help="0: KVD on all clips at once; N: mean over N random subsets (StyleGAN-V KID style).")] = 0,
-    kvd_subset_size: Annotated[int, typer.Option("--kvd-subset-size", min=2, help="Clips per KVD subset when --kvd-subsets > 0.")] = 1000,
+    kvd_subsets: Annotated[Optional[int], typer.Option("--kvd-subsets", min=0, help="0: KVD on all clips at once (kernel sums in blocks: flat memory); N: mean over N random subsets (StyleGAN-V KID style). Default: the preset's convention (stylegan-v: 100, others: 0).")] = None,
+    kvd_subset_size: Annotated[Optional[int], typer.Option("--kvd-subset-size", min=2, help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).")] = None,
     fvd: Annotated[bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")] = True,
     paired: Annotated[bool, typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake).")] = False,
     lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: vgg or alex (video-prediction papers mostly report alex).")] = "vgg",
@@ -107,8 +107,9 @@ def eval_fvd(
     detector = _load_detector(i3d, fvd_preset, device_) if fvd else None
     lpips, lpips_note = _load_lpips(lpips_net, lpips_weights, device_) if want_frames else (None, None)
     fvd_settings = None if detector is None else ev.FvdSettings(
-        detector, fvd_preset, batch_size=batch_size, kvd=kvd, kvd_subsets=kvd_subsets,
-        kvd_subset_size=kvd_subset_size, seed=seed)
+        detector, fvd_preset, batch_size=batch_size, kvd=kvd,
+        kvd_subsets=fvd_preset.kvd_subsets if kvd_subsets is None else kvd_subsets,
+        kvd_subset_size=kvd_subset_size or fvd_preset.kvd_subset_size, seed=seed)
     scorer = ev.FrameScorer(lpips=lpips, gray_ssim=ssim_gray) if want_frames else None
 
     if videos_mode:

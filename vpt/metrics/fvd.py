@@ -41,11 +41,14 @@ class FvdPreset:
     covariance: Literal["unbiased", "population"]  # N-1 or N normaliser
     sqrt: Literal["eigh", "sqrtm"]  # how Tr((S_r S_f)^1/2) is computed
     reproduces: str
+    kvd_subsets: int = 0  # the preset's KVD convention: 0 = all clips at once, N = mean over N random subsets
+    kvd_subset_size: int = 1000
 
 
 PRESETS: dict[str, FvdPreset] = {
     "tf": FvdPreset("tf", "tf-bilinear", 1e-3, "unbiased", "eigh", "google-research frechet_video_distance (TF-Hub I3D, tf-gan)"),
-    "stylegan-v": FvdPreset("stylegan-v", "bilinear", 1e-3, "population", "sqrtm", "StyleGAN-V src/metrics/frechet_video_distance.py"),
+    "stylegan-v": FvdPreset("stylegan-v", "bilinear", 1e-3, "population", "sqrtm", "StyleGAN-V src/metrics/frechet_video_distance.py",
+                            kvd_subsets=100, kvd_subset_size=1000),  # its KID code: 100 subsets of <= 1000
     "videogpt": FvdPreset("videogpt", "short-side-crop", 1e-5, "unbiased", "eigh", "VideoGPT videogpt/fvd (also TATS, PVDM)"),
     "cd-fvd": FvdPreset("cd-fvd", "bilinear", 1e-5, "population", "sqrtm", "cd-fvd 0.1.1, model='i3d'"),
 }
@@ -167,24 +170,40 @@ def fvd_from_stats(real: FeatureStats, fake: FeatureStats, preset: FvdPreset) ->
                             fake.mean(), fake.covariance(preset.covariance), preset.sqrt)
 
 
+KVD_BLOCK = 2048  # rows per kernel block: peak memory ~ 2 x 2048^2 float64 = 64 MB whatever the clip count
+
+
 def _polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """k(x, y) = (x.y / d + 1)^3, sklearn's polynomial_kernel defaults as TATS/Seer use them."""
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    m, n = len(x), len(y)
-    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
-    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    return float(within_x + within_y - 2.0 * k_xy.mean())
+def _kernel_sum(a: np.ndarray, b: np.ndarray, *, symmetric: bool = False, block: int = KVD_BLOCK) -> float:
+    """Sum of k(a_i, b_j) over all pairs, one (block x block) piece of the kernel matrix at a time.
+
+    `symmetric` (a is b): only blocks on or above the diagonal are computed, the others counted twice."""
+    total = 0.0
+    for i in range(0, len(a), block):
+        for j in range(i if symmetric else 0, len(b), block):
+            piece = float(_polynomial_kernel(a[i:i + block], b[j:j + block]).sum())
+            total += piece if not symmetric or i == j else 2.0 * piece
+    return total
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray, block: int = KVD_BLOCK) -> float:
+    m, n, dim = len(x), len(y), x.shape[1]
+    diagonal_x = float((((x * x).sum(1) / dim + 1.0) ** 3).sum())  # k(x_i, x_i), left out of the unbiased sums
+    diagonal_y = float((((y * y).sum(1) / dim + 1.0) ** 3).sum())
+    within_x = (_kernel_sum(x, x, symmetric=True, block=block) - diagonal_x) / (m * (m - 1))
+    within_y = (_kernel_sum(y, y, symmetric=True, block=block) - diagonal_y) / (n * (n - 1))
+    return float(within_x + within_y - 2.0 * _kernel_sum(x, y, block=block) / (m * n))
 
 
 def kernel_distance(real: np.ndarray, fake: np.ndarray, *, subsets: int = 0, subset_size: int = 1000,
                     seed: int = 0) -> float:
-    """KVD: unbiased MMD^2 with the cubic polynomial kernel. `subsets=0`: on all clips at once;
-    otherwise the mean over `subsets` random subsets of `subset_size` (StyleGAN-V's KID variant).
-    Reported unscaled (StyleGAN-V multiplies KID by 1000)."""
+    """KVD: unbiased MMD^2 with the cubic polynomial kernel. `subsets=0`: on all clips at once (kernel
+    sums in blocks, so memory stays flat for any count); otherwise the mean over `subsets` random subsets
+    of `subset_size` (StyleGAN-V's KID variant). Reported unscaled (StyleGAN-V multiplies KID by 1000)."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if len(real) < 2 or len(fake) < 2:
         raise UsageError("KVD needs at least 2 clips per set")
