@@ -101,7 +101,7 @@ def main() -> None:
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Seer {args.preset}: {frames} frames ({args.context} reference) at {resolution}px, batch {args.batch}, "
-          f"{args.steps} DDIM steps requested ({model.sampling_settings(args.steps)['ddim_steps_run']} run), "
+          f"{args.steps} DDIM steps requested ({model.sample_record(args.steps)['ddim_steps_run']} run), "
           f"{trainable / 1e6:.1f} M trained params; {machine(device)}")
     print(f"{'attention':<10} {'s / sampled video':>18} {'s / train step':>15}")
     for backend in args.attention.split(","):

@@ -137,7 +137,7 @@ def test_sampler_switches_change_the_samples():
         m = open_text_path(Seer(toy_config(sampler=sampler))).eval()
         outputs.append(m.predict(context, 2, prompt="x", generator=torch.Generator().manual_seed(0)))
     assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
-    settings = Seer(toy_config(sampler=SamplerSection(steps=30))).sampling_settings()
+    settings = Seer(toy_config(sampler=SamplerSection(steps=30))).sample_record()
     assert (settings["ddim_steps_requested"], settings["ddim_steps_run"]) == (30, 31)
 
 

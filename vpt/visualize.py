@@ -87,3 +87,39 @@ def save_prediction(path: str | os.PathLike, samples: list[np.ndarray], num_cont
     if suffix in (".mp4", ".gif", ".mov", ".mkv"):
         return write_video(path, side_by_side(rows, num_context), fps=fps)
     raise UsageError(f"{path}: unknown output format '{suffix}' (use .mp4, .gif or .png)")
+
+
+CHART_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+
+
+def line_charts(panels: dict[str, dict[str, list[float]]], *, x_label: str = "predicted frame",
+                width: int = 320, height: int = 200) -> np.ndarray:
+    """Small line charts side by side as one uint8 image: per panel title, {series label: y values}
+    (x = 1, 2, ...). Drawn with Pillow alone, so reports need no plotting library."""
+    from PIL import Image, ImageDraw
+
+    margin_left, margin_right, margin_top, margin_bottom = 44, 10, 22, 34
+    image = Image.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(image)
+    for p, (title, series) in enumerate(panels.items()):
+        left, right = p * width + margin_left, (p + 1) * width - margin_right
+        top, bottom = margin_top, height - margin_bottom
+        values = [v for ys in series.values() for v in ys if np.isfinite(v)]
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        count = max(len(ys) for ys in series.values())
+        to_x = lambda i: left + (right - left) * (i / max(1, count - 1))  # noqa: E731
+        to_y = lambda v: bottom - (bottom - top) * ((v - low) / (high - low))  # noqa: E731
+        draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+        draw.text((left, 4), title, fill="black")
+        draw.text((p * width + 2, top), f"{high:.3g}", fill="black")
+        draw.text((p * width + 2, bottom - 10), f"{low:.3g}", fill="black")
+        draw.text((left, bottom + 4), f"1 ... {count}  {x_label}", fill="black")
+        for k, (label, ys) in enumerate(series.items()):
+            colour = CHART_COLOURS[k % len(CHART_COLOURS)]
+            points = [(to_x(i), to_y(v)) for i, v in enumerate(ys) if np.isfinite(v)]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            draw.text((left + 4 + 110 * k, bottom + 18), label, fill=colour)
+    return np.asarray(image)

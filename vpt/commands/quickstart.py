@@ -1,11 +1,11 @@
 """`vpt quickstart`: the whole path on a CPU in minutes, with no downloads.
 
 make-data shapes -> convert-h5 -> train-ae -> save-latents -> train river -> predict the test clips ->
-PSNR/SSIM next to copying the last context frame -> an HTML report with GIFs. Every stage writes into
-`--out` and skips or resumes what an earlier call finished: running it again continues training RIVER
-(the autoencoder is frozen once its latents are cached). The time budget is split between the two
-training stages by wall clock (`train.max_minutes`): the autoencoder gets a fixed share, RIVER whatever
-is left after a reserve for the evaluation.
+PSNR/SSIM and the object's position error next to copying the last context frame -> an HTML report
+with GIFs and per-frame charts. Every stage writes into `--out` and skips or resumes what an earlier
+call finished. Training runs fixed step counts (`train.max_steps` of configs/ae/quickstart.yaml and
+configs/river/shapes.yaml), so the result does not depend on how busy the machine is; `--minutes`
+is an optional cap that says so when it cut training short.
 """
 
 from __future__ import annotations
@@ -13,19 +13,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-AE_SHARE, EVAL_SHARE = 0.35, 0.12  # of --minutes; RIVER trains until only the evaluation share is left
+AE_SHARE, EVAL_SHARE = 0.35, 0.12  # of a --minutes cap; RIVER may train until only the evaluation share is left
 NUM_VIDEOS, VIDEO_FRAMES, IMAGE_SIZE = 500, 16, 64
 EVAL_CLIPS, REPORT_CLIPS = 50, 8
+MISSING_ERROR = IMAGE_SIZE / 2  # position error (px) of a frame whose object the prediction lost
+KEPT_FRACTION = 0.3  # the object is kept when >= 30 % of its true pixel count has its colour
 
 
 def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Working folder: data/, runs/ae, runs/river, report.html, metrics.json.")] = Path("quickstart"),
-    minutes: Annotated[float, typer.Option("--minutes", help="Time budget: 35% trains the autoencoder, RIVER trains until 12% is left for the evaluation.", min=0.2)] = 10.0,
+    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (about 10 minutes on 2 quiet cores).", min=0.2)] = None,
     num_videos: Annotated[int, typer.Option("--num-videos", help="Built-in shapes videos to make (80/10/10 train/val/test).", min=20)] = NUM_VIDEOS,
+    ae_steps: Annotated[Optional[int], typer.Option("--ae-steps", help="Autoencoder training steps. Default: configs/ae/quickstart.yaml's train.max_steps.", min=1)] = None,
+    river_steps: Annotated[Optional[int], typer.Option("--river-steps", help="RIVER training steps. Default: configs/river/shapes.yaml's train.max_steps (more continues an earlier run).", min=1)] = None,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine 1 is often faster.", min=0)] = 0,
 ) -> None:
     """Make data, train a small autoencoder and RIVER on it, and score predictions against a baseline."""
@@ -52,24 +56,30 @@ def quickstart(
         ae_run = out / "runs" / "ae"
         info(f"quickstart: autoencoder {ae_run} kept as is (its latents are in {latents})")
     else:
-        ae_run = stage("autoencoder", _train_autoencoder, out, frames_h5, AE_SHARE * minutes)
+        ae_run = stage("autoencoder", _train_autoencoder, out, frames_h5, ae_steps, minutes and AE_SHARE * minutes)
     stage("latents", _save_latents, ae_run, frames_h5, latents)
-    river_minutes = max(0.1 * minutes, (1 - EVAL_SHARE) * minutes - (time.perf_counter() - started) / 60)
-    river_run, cfg = stage("river", _train_river, out, latents, ae_run, river_minutes)
+    river_minutes = minutes and max(0.1 * minutes, (1 - EVAL_SHARE) * minutes - (time.perf_counter() - started) / 60)
+    river_run, cfg = stage("river", _train_river, out, latents, ae_run, river_steps, river_minutes)
     metrics = stage("evaluation", _evaluate, river_run, frames_h5, cfg, out)
 
+    truncated = _truncated(ae_run, river_run)
+    if truncated and minutes:
+        warn(f"--minutes {minutes:g} cut training short ({truncated}): these scores depend on this machine's speed; "
+             f"run without --minutes (or again: training continues) for the reference result")
     metrics.update({"minutes": round((time.perf_counter() - started) / 60, 2), "stage_seconds": timings,
-                    "ae_run": str(ae_run), "river_run": str(river_run)})
+                    "ae_run": str(ae_run), "river_run": str(river_run), "truncated_by_minutes": truncated or None})
     from vpt.fsutil import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _print_table(metrics)
     if metrics["beats_baseline"]:
-        info(f"RIVER beats copying the last frame by {metrics['psnr'] - metrics['baseline_psnr']:.2f} dB PSNR. "
+        info(f"RIVER beats copying the last frame: {metrics['psnr'] - metrics['baseline_psnr']:.2f} dB PSNR, object "
+             f"position error {metrics['position_error']:.2f} vs {metrics['baseline_position_error']:.2f} px. "
              f"Report: {out / 'report.html'}")
     else:
-        warn(f"RIVER did NOT beat copying the last frame (PSNR {metrics['psnr']:.2f} vs {metrics['baseline_psnr']:.2f} dB): "
-             f"it needs more training. `vpt quickstart --out {out} --minutes {minutes:g}` continues RIVER's run.")
+        warn(f"RIVER did NOT beat copying the last frame (PSNR {metrics['psnr']:.2f} vs {metrics['baseline_psnr']:.2f} dB, "
+             f"position error {metrics['position_error']:.2f} vs {metrics['baseline_position_error']:.2f} px): it needs "
+             f"more training (`--set train.max_steps` in the run, then `vpt quickstart --out {out}` continues it).")
     info(f"Finished in {metrics['minutes']:.1f} min; metrics in {out / 'metrics.json'}")
 
 
@@ -95,14 +105,13 @@ def _config_file(*parts: str) -> Path:
     return path
 
 
-def _train_autoencoder(out: Path, data: Path, minutes: float) -> Path:
+def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float | None) -> Path:
     from vpt.commands.options import path_setting
     from vpt.commands.train_ae import _schema, train_autoencoder
     from vpt.training import start_run
 
     run_dir = out / "runs" / "ae"
-    overrides = [path_setting("data.path", data), f"train.max_minutes={minutes}",
-                 *_quiet_overrides()]
+    overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides()]
     run, cfg = start_run(_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides)
     train_autoencoder(cfg, run)
     return run_dir
@@ -121,7 +130,7 @@ def _save_latents(ae_run: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def _train_river(out: Path, latents: Path, ae_run: Path, minutes: float):
+def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minutes: float | None):
     from vpt.commands.options import path_setting
     from vpt.commands.train import train_backend, train_schema
     from vpt.models.river import River
@@ -129,11 +138,29 @@ def _train_river(out: Path, latents: Path, ae_run: Path, minutes: float):
 
     run_dir = out / "runs" / "river"
     overrides = [path_setting("data.path", latents), path_setting("model.autoencoder", ae_run),
-                 f"train.max_minutes={minutes}", *_quiet_overrides()]
+                 *_budget(steps, minutes), *_quiet_overrides()]
     run, cfg = start_run(train_schema(River), run_dir=run_dir, config_file=_config_file("river", "shapes.yaml"),
                          overrides=overrides)
     train_backend(River, cfg, run)
     return run_dir, cfg
+
+
+def _budget(steps: int | None, minutes: float | None) -> list[str]:
+    """Step count (None: the config's) and wall-clock cap (None: no cap) of one training stage."""
+    return [f"train.max_minutes={minutes or 0}"] + ([f"train.max_steps={steps}"] if steps else [])
+
+
+def _truncated(*runs: Path) -> str:
+    """'ae 312/500 steps, ...' for the runs that stopped before their configured step count."""
+    from vpt.runs import Run
+
+    short = []
+    for run_dir in runs:
+        run = Run(run_dir)
+        target = int(run.read_config()["train"]["max_steps"])
+        if run.latest_step() < target:
+            short.append(f"{run_dir.name} {run.latest_step()}/{target} steps")
+    return ", ".join(short)
 
 
 def _quiet_overrides() -> list[str]:
@@ -142,18 +169,23 @@ def _quiet_overrides() -> list[str]:
 
 
 def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any]:
-    """Predict every whole test video from its first frames (a rollout twice the training clip length);
-    PSNR/SSIM over the predicted frames vs copying the last context frame."""
+    """Predict every whole test video from its first frames (a rollout longer than the training clips)
+    and score it next to copying the last context frame: PSNR/SSIM, and where the object is (its
+    colour's centroid against the generator's true centre) and whether it is still there."""
+    import numpy as np
     import torch
 
-    from vpt.data.datasets import ClipDataset, DataConfig
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.h5 import VideoH5, find_split_dir
     from vpt.metrics.frames import psnr, ssim
     from vpt.models.backend import Backend
 
     model = Backend.from_run(river_run)
-    test = ClipDataset(DataConfig(path=str(data), split="test", frames=VIDEO_FRAMES, image_size=cfg.data.image_size))
-    video = torch.stack([test[i]["video"] for i in range(min(EVAL_CLIPS, len(test)))])  # (N, T, 3, H, W), from frame 0
-    num_context = cfg.model.context_frames
+    source = VideoH5(find_split_dir(data, "test"))
+    count = min(EVAL_CLIPS, len(source))
+    video = torch.stack([frames_to_tensor(source.read(i)[:VIDEO_FRAMES]) for i in range(count)])  # (N, T, 3, H, W)
+    truth_positions = _true_positions(data, [source.name(i) for i in range(count)])
+    num_context = cfg.eval.context_frames or cfg.model.context_frames
     truth = video[:, num_context:]
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -161,21 +193,63 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
                                for chunk in video[:, :num_context].split(25)])
     baseline = video[:, num_context - 1:num_context].expand_as(truth)
 
-    def unit(frames):  # (N, T, 3, H, W) in [-1, 1] -> (N*T, 3, H, W) in [0, 1]
-        return ((frames.flatten(0, 1).float() + 1) / 2).clamp(0, 1)
+    def unit(frames):  # (N, T, 3, H, W) in [-1, 1] -> (N, T, 3, H, W) in [0, 1]
+        return ((frames.float() + 1) / 2).clamp(0, 1)
 
-    scores = {
-        "psnr": float(psnr(unit(predicted), unit(truth)).mean()), "ssim": float(ssim(unit(predicted), unit(truth)).mean()),
-        "baseline_psnr": float(psnr(unit(baseline), unit(truth)).mean()),
-        "baseline_ssim": float(ssim(unit(baseline), unit(truth)).mean()),
-    }
+    def per_frame(metric, frames):  # (T,) mean over clips
+        return metric(unit(frames).flatten(0, 1), unit(truth).flatten(0, 1)).reshape(count, -1).double().mean(0).numpy()
+
+    curves = {"psnr": per_frame(psnr, predicted), "baseline_psnr": per_frame(psnr, baseline),
+              "ssim": per_frame(ssim, predicted), "baseline_ssim": per_frame(ssim, baseline)}
+    errors, kept = _position_scores(predicted, truth, truth_positions, num_context)
+    baseline_errors, _ = _position_scores(baseline, truth, truth_positions, num_context)
+    curves.update(position_error=errors.mean(0), baseline_position_error=baseline_errors.mean(0))
+    scores = {name: float(np.mean(values)) for name, values in curves.items()}
+    scores["object_kept"] = float(kept.mean())
     scores["beats_baseline"] = scores["psnr"] > scores["baseline_psnr"]
-    scores.update({"test_clips": len(video), "context_frames": num_context, "predicted_frames": truth.shape[1],
+    scores.update({"test_clips": count, "context_frames": num_context, "predicted_frames": truth.shape[1],
                    "river_step": _step(river_run), "baseline": "copy the last context frame",
-                   "metric_protocol": "mean over test clips and predicted frames; frames in [0, 1]; "
-                                      "SSIM 11x11 Gaussian (sigma 1.5)"})
+                   "per_frame": {name: [round(float(v), 4) for v in values] for name, values in curves.items()},
+                   "metric_protocol": "mean over test clips and predicted frames; frames in [0, 1]; SSIM 11x11 "
+                                      "Gaussian (sigma 1.5); position error: distance (px) between the centroid of "
+                                      "the object's colour and the generator's true centre, "
+                                      f"{MISSING_ERROR:g} px where the object is lost; object_kept: fraction of "
+                                      f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels"})
     _write_report(out, video, predicted, num_context, scores)
     return scores
+
+
+def _true_positions(data: Path, names: list[str | None]) -> list[dict]:
+    """The generator's record (colour, true centre per frame) of each test video, from positions.json."""
+    import json
+
+    from vpt.errors import VptError
+
+    record = data.parent / "shapes" / "positions.json"
+    if not record.is_file():
+        raise VptError(f"{record} is missing: the quickstart data predates position records; delete {data.parent} "
+                       "and run the quickstart again")
+    positions = json.loads(record.read_text())
+    return [positions[f"test/{name}"] for name in names]
+
+
+def _position_scores(frames, truth, records: list[dict], num_context: int):
+    """Per clip and predicted frame: position error (px) of the object's colour centroid, and whether the
+    object is kept (its colour covers at least KEPT_FRACTION of the pixels it covers in the truth)."""
+    import numpy as np
+
+    from vpt.data.shapes import colour_centroid
+
+    errors, kept = [], []
+    for clip, true_clip, record in zip(frames, truth, records):
+        centre, pixels = colour_centroid(clip, record["colour"])  # (T, 2), (T,)
+        _, true_pixels = colour_centroid(true_clip, record["colour"])
+        target = np.asarray(record["centre"])[num_context:num_context + len(clip)]
+        distance = np.linalg.norm(centre - target, axis=1)
+        present = pixels >= KEPT_FRACTION * np.maximum(true_pixels, 1)
+        errors.append(np.where(present & np.isfinite(distance), distance, MISSING_ERROR))
+        kept.append(present)
+    return np.stack(errors), np.stack(kept)
 
 
 def _step(run_dir: Path) -> int:
@@ -195,7 +269,7 @@ def _write_report(out: Path, video, predicted, num_context: int, scores: dict[st
 
     from vpt.data.video import to_uint8_frames, write_video
     from vpt.fsutil import atomic_write_text
-    from vpt.visualize import side_by_side
+    from vpt.visualize import line_charts, save_image, side_by_side
 
     gifs = out / "report"
     gifs.mkdir(exist_ok=True)
@@ -206,12 +280,19 @@ def _write_report(out: Path, video, predicted, num_context: int, scores: dict[st
         prediction = to_uint8_frames(torch.cat([video[i, :num_context], predicted[i].float()]))
         write_video(gifs / f"clip_{i:02d}.gif", side_by_side([context, truth, prediction], num_context), fps=4)
         rows.append(f'<tr><td>{i}</td><td><img src="report/clip_{i:02d}.gif" width="{3 * 160}"></td></tr>')
+    curves = scores["per_frame"]
+    save_image(gifs / "per_frame.png", line_charts({
+        metric: {"RIVER": curves[metric], "copy last frame": curves[f"baseline_{metric}"]}
+        for metric in ("psnr", "ssim", "position_error")}))
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" if isinstance(v, float)
-                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in scores.items())
+                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                    for k, v in scores.items() if k != "per_frame")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vpt quickstart</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}} img{{image-rendering:pixelated}}</style></head>
 <body><h1>vpt quickstart: RIVER on the built-in shapes</h1>
 <table>{table}</table>
+<h2>Per predicted frame (mean over test clips)</h2>
+<p><img src="report/per_frame.png" alt="PSNR, SSIM and position error per predicted frame"></p>
 <h2>Test clips: context | truth | prediction</h2>
 <p>Red borders mark the {num_context} context frames the model was given; the rest is predicted.</p>
 <table>{''.join(rows)}</table></body></html>
@@ -228,6 +309,10 @@ def _print_table(metrics: dict[str, Any]) -> None:
     table.add_column("prediction")
     table.add_column("PSNR (dB)", justify="right")
     table.add_column("SSIM", justify="right")
-    table.add_row(f"RIVER (step {metrics['river_step']})", f"{metrics['psnr']:.2f}", f"{metrics['ssim']:.3f}")
-    table.add_row("copy last frame", f"{metrics['baseline_psnr']:.2f}", f"{metrics['baseline_ssim']:.3f}")
+    table.add_column("position error (px)", justify="right")
+    table.add_column("object kept", justify="right")
+    table.add_row(f"RIVER (step {metrics['river_step']})", f"{metrics['psnr']:.2f}", f"{metrics['ssim']:.3f}",
+                  f"{metrics['position_error']:.2f}", f"{metrics['object_kept']:.0%}")
+    table.add_row("copy last frame", f"{metrics['baseline_psnr']:.2f}", f"{metrics['baseline_ssim']:.3f}",
+                  f"{metrics['baseline_position_error']:.2f}", "100%")
     console.print(table)

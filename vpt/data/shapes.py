@@ -162,6 +162,25 @@ def shape_centroid(frames: np.ndarray, threshold: float = 40.0) -> np.ndarray:
     return np.stack([cx, cy], axis=1)
 
 
+def colour_centroid(frames: np.ndarray, colour: str, threshold: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+    """Where the object of `colour` is in each frame: (x, y) centroid (T, 2), NaN where absent, and how
+    many pixels are close to that colour (T,), so a faded or vanished object shows as a small count.
+
+    `frames` as in `shape_centroid`. A pixel counts when its summed |RGB - colour| is below `threshold`.
+    """
+    frames = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
+    if frames.dtype != np.uint8:
+        frames = np.clip((frames.transpose(0, 2, 3, 1) + 1) * 127.5, 0, 255)
+    distance = np.abs(frames.astype(np.float32) - np.asarray(COLOURS[colour], np.float32)).sum(axis=-1)  # (T, H, W)
+    mask = distance < threshold
+    count = mask.sum(axis=(1, 2))
+    ys, xs = np.arange(frames.shape[1]) + 0.5, np.arange(frames.shape[2]) + 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = (mask.sum(axis=1) * xs).sum(axis=1) / count
+        cy = (mask.sum(axis=2) * ys).sum(axis=1) / count
+    return np.stack([cx, cy], axis=1), count
+
+
 # --- the dataset on disk --------------------------------------------------------------------------
 
 
@@ -185,7 +204,8 @@ def _make_one(task: tuple[Path, int, int, int, int, float]) -> int:
 
 def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, size: int = 64, seed: int = 0,
                 fps: float = 8.0, workers: int | None = None) -> dict[str, str]:
-    """Write `out/{train,val,test}/NNNNN.mp4`, `out/captions.json` and `out/shapes.json` (the settings).
+    """Write `out/{train,val,test}/NNNNN.mp4`, `out/captions.json`, `out/positions.json` (per video: the
+    shape, colour and true centre (x, y) of the object in every frame) and `out/shapes.json` (the settings).
 
     Re-running with the same settings only writes the videos that are missing. Returns the captions.
     """
@@ -201,11 +221,14 @@ def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, si
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(settings, indent=2) + "\n")
 
-    captions, tasks, number = {}, [], 0
+    captions, positions, tasks, number = {}, {}, [], 0
     for split, count in split_counts(num_videos).items():
         for k in range(count):
             name = f"{split}/{k:05d}.mp4"
-            captions[name] = _clip_for(seed, number, size, frames).instruction
+            clip = _clip_for(seed, number, size, frames)
+            captions[name] = clip.instruction
+            positions[name] = {"shape": clip.shape, "colour": clip.colour, "motion": clip.motion,
+                               "centre": np.round(trajectory(clip, frames, size), 3).tolist()}
             if not (out / name).is_file():
                 tasks.append((out / name, seed, number, size, frames, fps))
             number += 1
@@ -214,8 +237,9 @@ def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, si
         for written in parallel_map(_make_one, tasks, min(workers, max(1, len(tasks) // 16)), ordered=False):
             progress.advance(1, written)
     atomic_write_text(out / "captions.json", json.dumps(captions, indent=1) + "\n")
+    atomic_write_text(out / "positions.json", json.dumps(positions) + "\n")
     return captions
 
 
-__all__ = ["ShapeClip", "sample_clip", "trajectory", "render", "shape_centroid", "make_shapes", "split_counts",
+__all__ = ["ShapeClip", "sample_clip", "trajectory", "render", "shape_centroid", "colour_centroid", "make_shapes", "split_counts",
            "COLOURS", "SHAPES", "MOTIONS", "BACKGROUND"]
