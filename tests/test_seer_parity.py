@@ -70,7 +70,7 @@ def test_ddim_tables_match_upstream_sampler():
     tables = _load("ddim_schedule_30.pt")
     scheduler = sampling_scheduler(30, "upstream")
     timesteps = scheduler.timesteps.flip(0)
-    assert len(timesteps) == 31  # "30 steps" run 31 (P4)
+    assert len(timesteps) == 31  # "30 steps" run 31, as upstream
     assert torch.equal(timesteps, tables["ddim_timesteps"])
     assert torch.allclose(scheduler.alphas_cumprod.double(), tables["sampler_alphas_cumprod"], atol=1e-6)
     assert torch.allclose(scheduler.alphas_cumprod[timesteps], tables["ddim_alphas"], atol=1e-6)
