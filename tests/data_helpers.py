@@ -9,10 +9,6 @@ from PIL import Image
 
 from vpt.data.video import write_video
 
-FIXTURE_H5 = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "river" / "h5_layout"
-if not FIXTURE_H5.is_dir():
-    FIXTURE_H5 = Path("/work/shared/fixtures/river/h5_layout")
-
 
 def moving_clip(frames: int = 12, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
     """uint8 (T, H, W, 3): a textured square drifting over a gradient, so every frame differs."""

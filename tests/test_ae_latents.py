@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from data_helpers import shapes_h5
+from fixture_paths import fixture
 from safetensors.torch import load_file
 
 from vpt.commands import save_latents as save_latents_module
@@ -19,8 +20,6 @@ from vpt.data.datasets import frames_to_tensor
 from vpt.data.h5 import VideoH5
 from vpt.errors import VptError
 from vpt.models.autoencoders import load_autoencoder
-
-FIXTURES = Path("/work/shared/fixtures") if Path("/work/shared/fixtures").is_dir() else Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def frames_h5(tmp_path_factory) -> Path:
 def vqvae_ckpt(tmp_path_factory) -> Path:
     """The tiny taming VQGAN of the RIVER fixtures as a Lightning-style vqvae.ckpt (32x32 -> 4x16x16)."""
     path = tmp_path_factory.mktemp("ae") / "vqvae.ckpt"
-    torch.save({"state_dict": load_file(FIXTURES / "river" / "ldmvq_tiny.weights.safetensors")}, path)
+    torch.save({"state_dict": load_file(fixture("river", "ldmvq_tiny.weights.safetensors"))}, path)
     return path
 
 
@@ -113,7 +112,7 @@ def test_existing_output_of_another_autoencoder_or_setting_is_refused(frames_h5,
     with pytest.raises(VptError, match="different dtype"):
         encode_dataset(vqvae_ckpt, frames_h5 / "val", out, dtype="float16")
     other = tmp_path / "other.ckpt"
-    state = load_file(FIXTURES / "river" / "ldmvq_tiny.weights.safetensors")
+    state = load_file(fixture("river", "ldmvq_tiny.weights.safetensors"))
     state["quant_conv.bias"] = state["quant_conv.bias"] + 1
     torch.save({"state_dict": state}, other)
     with pytest.raises(VptError, match="different autoencoder_sha256"):

@@ -8,38 +8,35 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fixture_paths import fixture
 from safetensors.torch import load_file
 
 from vpt.errors import VptError
 from vpt.models.autoencoders import autoencoder_from_upstream_state, build_autoencoder, load_autoencoder
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
-RIVER, LATTE = FIXTURES / "river", FIXTURES / "latte"
 ATOL = 1e-5
 
 
 def _ldmvq_arch() -> dict:
-    ddconfig = yaml.safe_load((RIVER / "ldmvq_tiny.config.yaml").read_text())["ddconfig"]
+    ddconfig = yaml.safe_load((fixture("river", "ldmvq_tiny.config.yaml")).read_text())["ddconfig"]
     return {k: v for k, v in ddconfig.items() if k != "double_z"}
 
 
 def _ldmvq():
     model = build_autoencoder("vqgan", _ldmvq_arch()).eval()
-    model.load_state_dict(load_file(RIVER / "ldmvq_tiny.weights.safetensors"))
+    model.load_state_dict(load_file(fixture("river", "ldmvq_tiny.weights.safetensors")))
     return model
 
 
 def _ours_state() -> dict[str, torch.Tensor]:
     state = {}
     for i in range(5):
-        state.update(load_file(RIVER / f"ours_vqvae.weights-0{i}-of-05.safetensors"))
+        state.update(load_file(fixture("river", f"ours_vqvae.weights-0{i}-of-05.safetensors")))
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _latte_arch(name: str) -> dict:
-    entry = yaml.safe_load((LATTE / "config_tiny.yaml").read_text())[name]
+    entry = yaml.safe_load((fixture("latte", "config_tiny.yaml")).read_text())[name]
     arch = {k: v for k, v in entry["autoencoder_params"].items() if k != "codebook_size"}
     return {**arch, "in_channels": entry["im_channels"]}
 
@@ -65,10 +62,10 @@ def _model_keys(model) -> list[tuple[str, tuple[int, ...]]]:
 @torch.no_grad()
 def test_ldmvq_tiny_matches_upstream():
     model = _ldmvq()
-    assert [k for k, _ in _model_keys(model)] == [k for k, _ in _keys(RIVER / "ldmvq_tiny.keys.txt")]
+    assert [k for k, _ in _model_keys(model)] == [k for k, _ in _keys(fixture("river", "ldmvq_tiny.keys.txt"))]
     assert sum(p.numel() for p in model.parameters()) == 706_575
-    images = torch.load(RIVER / "ldmvq_tiny.inputs.pt")["images"]
-    expected = torch.load(RIVER / "ldmvq_tiny.outputs.pt")
+    images = torch.load(fixture("river", "ldmvq_tiny.inputs.pt"))["images"]
+    expected = torch.load(fixture("river", "ldmvq_tiny.outputs.pt"))
     latents = model.encode_images(images)
     quantized = model.quantize(latents)
     torch.testing.assert_close(latents, expected["encode"], atol=ATOL, rtol=0)
@@ -86,10 +83,10 @@ def test_ldmvq_tiny_matches_upstream():
 def test_river_vqvae_matches_upstream():
     model = build_autoencoder("river-vqvae", {}).eval()
     state = _ours_state()
-    assert [k for k, _ in _model_keys(model)] == [k for k, _ in _keys(RIVER / "ours_vqvae.keys.txt")]
+    assert [k for k, _ in _model_keys(model)] == [k for k, _ in _keys(fixture("river", "ours_vqvae.keys.txt"))]
     model.load_state_dict(state)
-    images = torch.load(RIVER / "ours_vqvae.inputs.pt")["images"]
-    expected = torch.load(RIVER / "ours_vqvae.outputs.pt")
+    images = torch.load(fixture("river", "ours_vqvae.inputs.pt"))["images"]
+    expected = torch.load(fixture("river", "ours_vqvae.outputs.pt"))
     latents = model.encode_images(images)
     quantized = model.vector_quantizer(latents)
     torch.testing.assert_close(latents, expected["latents"], atol=ATOL, rtol=0)
@@ -104,10 +101,10 @@ def test_river_vqvae_matches_upstream():
 @torch.no_grad()
 def test_latte_vae_matches_upstream(name):
     model = build_autoencoder("latte-vae", _latte_arch(name)).eval()
-    state = torch.load(LATTE / f"{name}_state_dict.pt")
+    state = torch.load(fixture("latte", f"{name}_state_dict.pt"))
     assert list(model.state_dict()) == list(state)
     model.load_state_dict(state)
-    io = torch.load(LATTE / f"{name}_io.pt")
+    io = torch.load(fixture("latte", f"{name}_io.pt"))
     inputs, expected = io["inputs"], io["outputs"]
     moments = model.moments(inputs["image"])
     torch.testing.assert_close(moments, expected["encoder_output"], atol=ATOL, rtol=1e-4)
@@ -121,10 +118,10 @@ def test_latte_discriminator_matches_upstream():
     from vpt.models.autoencoders.discriminators import LatteDiscriminator
 
     disc = LatteDiscriminator(3, (8, 16, 32))
-    state = torch.load(LATTE / "disc_tiny_state_dict.pt")
+    state = torch.load(fixture("latte", "disc_tiny_state_dict.pt"))
     assert list(disc.state_dict()) == list(state)
     disc.load_state_dict(state)
-    io = torch.load(LATTE / "disc_tiny_io.pt")
+    io = torch.load(fixture("latte", "disc_tiny_io.pt"))
     image = io["inputs"]["image"]
     torch.testing.assert_close(disc.eval()(image), io["outputs"]["logits_eval_mode"], atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(disc.train()(image), io["outputs"]["logits_train_mode"], atol=ATOL, rtol=1e-4)
@@ -141,7 +138,7 @@ def test_latte_discriminator_matches_upstream():
 def test_full_size_river_autoencoders_match_key_lists(keys_file, kind, arch, prefix, params):
     with torch.device("meta"):
         model = build_autoencoder(kind, arch)
-    assert _model_keys(model) == _keys(RIVER / keys_file, prefix)
+    assert _model_keys(model) == _keys(fixture("river", keys_file), prefix)
     assert sum(p.numel() for p in model.parameters()) == params
 
 
@@ -157,7 +154,7 @@ def test_f8_preset_size():
 def test_full_size_latte_vae_matches_key_lists(keys_file, preset, elements):
     with torch.device("meta"):
         model = build_autoencoder("latte-vae", {"preset": preset})
-    assert _model_keys(model) == _keys(LATTE / keys_file)
+    assert _model_keys(model) == _keys(fixture("latte", keys_file))
     assert sum(v.numel() for v in model.state_dict().values()) == elements
 
 
@@ -181,7 +178,7 @@ def test_taming_lightning_ckpt_loads_with_loss_keys_ignored(tmp_path):
     model = load_autoencoder(path)
     assert model.type == "vqgan" and model.provenance["format"] == "lightning" and len(model.provenance["sha256"]) == 64
     assert model.config.ch_mult == [1, 2] and model.config.n_embed == 64
-    images = torch.load(RIVER / "ldmvq_tiny.inputs.pt")["images"]
+    images = torch.load(fixture("river", "ldmvq_tiny.inputs.pt"))["images"]
     torch.testing.assert_close(model.encode_images(images), reference.encode_images(images), atol=0, rtol=0)
 
 
@@ -204,8 +201,8 @@ def test_river_vqvae_pth_and_model_pth_load(tmp_path):
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "optimizer": {}}, pth)
     model = load_autoencoder(pth)
     assert model.type == "river-vqvae" and model.provenance["format"] == "river"
-    images = torch.load(RIVER / "ours_vqvae.inputs.pt")["images"]
-    expected = torch.load(RIVER / "ours_vqvae.outputs.pt")
+    images = torch.load(fixture("river", "ours_vqvae.inputs.pt"))["images"]
+    expected = torch.load(fixture("river", "ours_vqvae.outputs.pt"))
     torch.testing.assert_close(model.encode_images(images), expected["latents"], atol=ATOL, rtol=0)
     # RIVER's model.pth keeps the same weights under ae.backbone.* next to the regressor
     from_model = autoencoder_from_upstream_state({"vector_field_regressor.x": torch.zeros(1),
@@ -217,11 +214,11 @@ def test_river_vqvae_pth_and_model_pth_load(tmp_path):
 def test_vg_vae_state_dict_loads_with_arch_for_what_shapes_cannot_tell(tmp_path):
     name = "vae_tiny_attn"
     path = tmp_path / "vae_autoencoder_ckpt.pth"
-    torch.save(torch.load(LATTE / f"{name}_state_dict.pt"), path)
+    torch.save(torch.load(fixture("latte", f"{name}_state_dict.pt")), path)
     model = load_autoencoder(path, arch={"norm_channels": 4, "num_heads": 2})
     assert model.config.down_sample == [True, False] and model.config.attn_down == [False, True]
     assert model.config.num_down_layers == 2 and model.config.mid_channels == [16, 16]
-    io = torch.load(LATTE / f"{name}_io.pt")
+    io = torch.load(fixture("latte", f"{name}_io.pt"))
     torch.testing.assert_close(model.moments(io["inputs"]["image"]), io["outputs"]["encoder_output"], atol=ATOL, rtol=1e-4)
 
 

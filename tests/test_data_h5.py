@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from data_helpers import FIXTURE_H5, numbered_video
+from data_helpers import numbered_video
+from fixture_paths import fixture
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,28 +37,34 @@ def _tree(path):
     return entries
 
 
-def test_reads_fixture_river_shards_as_specified():
+@pytest.fixture()
+def river_h5() -> Path:
+    """Tiny frame folders (frames/) and what upstream RIVER's converter wrote for them (h5/)."""
+    return fixture("river", "h5_layout")
+
+
+def test_reads_fixture_river_shards_as_specified(river_h5):
     for split, lengths in {"train": [5, 6, 7], "val": [5], "test": [6]}.items():
-        videos = VideoH5(find_split_dir(FIXTURE_H5 / "h5", split))
+        videos = VideoH5(find_split_dir(river_h5 / "h5", split))
         assert videos.layout == "river" and videos.kind == "frames" and videos.attrs == {}
         assert len(videos) == len(lengths) and [videos.num_frames(i) for i in range(len(videos))] == lengths
         assert videos.text(0) is None and not videos.has_text
-    train = VideoH5(FIXTURE_H5 / "h5" / "train")
+    train = VideoH5(river_h5 / "h5" / "train")
     # layout.txt: train video 1 frame 3 equals PIL .resize((8, 8)) of the source PNG
-    png = Image.open(FIXTURE_H5 / "frames" / "train" / "00001" / "00003.png").convert("RGB").resize((8, 8))
+    png = Image.open(river_h5 / "frames" / "train" / "00001" / "00003.png").convert("RGB").resize((8, 8))
     assert np.array_equal(train.read(1, [3])[0], np.asarray(png))
-    with h5py.File(FIXTURE_H5 / "h5" / "train" / "shard_0001.hdf5", "r") as f:
+    with h5py.File(river_h5 / "h5" / "train" / "shard_0001.hdf5", "r") as f:
         assert np.array_equal(train.read(2, [6, 0, 6]), np.stack([f["2/6"][()], f["2/0"][()], f["2/6"][()]]))
 
 
-def test_convert_river_layout_matches_fixture_exactly(tmp_path):
+def test_convert_river_layout_matches_fixture_exactly(river_h5, tmp_path):
     out = tmp_path / "h5"
-    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(FIXTURE_H5 / "frames"), "--out-dir", str(out),
+    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(river_h5 / "frames"), "--out-dir", str(out),
                                       "--image-size", "8", "--extension", "png", "--layout", "river", "--workers", "2"])
     assert result.exit_code == 0, result.output
     for split in SPLITS:
         assert [p.name for p in list_shards(out / split)] == ["shard_0001.hdf5"]
-        written, expected = out / split / "shard_0001.hdf5", FIXTURE_H5 / "h5" / split / "shard_0001.hdf5"
+        written, expected = out / split / "shard_0001.hdf5", river_h5 / "h5" / split / "shard_0001.hdf5"
         assert _tree(written) == _tree(expected)
         with h5py.File(written, "r") as a, h5py.File(expected, "r") as b:
             for name in b["len"]:
@@ -64,11 +72,11 @@ def test_convert_river_layout_matches_fixture_exactly(tmp_path):
                     assert np.array_equal(a[f"{name}/{frame}"][()], b[f"{name}/{frame}"][()]), f"{split} {name}/{frame}"
 
 
-def test_vpt_layout_holds_the_same_frames_as_river(tmp_path):
-    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(FIXTURE_H5 / "frames"), "--out-dir", str(tmp_path),
+def test_vpt_layout_holds_the_same_frames_as_river(river_h5, tmp_path):
+    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(river_h5 / "frames"), "--out-dir", str(tmp_path),
                                       "--image-size", "8", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    ours, theirs = VideoH5(tmp_path / "train"), VideoH5(FIXTURE_H5 / "h5" / "train")
+    ours, theirs = VideoH5(tmp_path / "train"), VideoH5(river_h5 / "h5" / "train")
     assert ours.layout == "vpt" and ours.attrs["vpt_layout_version"] == 1 and ours.attrs["image_size"] == 8
     assert ours.lengths.tolist() == theirs.lengths.tolist()
     assert [ours.name(i) for i in range(3)] == ["00000", "00001", "00002"]

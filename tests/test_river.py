@@ -1,4 +1,4 @@
-"""RIVER parity with the upstream fixtures (specs/river.md, fixtures/river/README.md) and its maths."""
+"""RIVER parity with the upstream fixtures (tests/fixtures/river/README.md) and its maths."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixture_paths import fixture
 from safetensors.torch import load_file
 
 from vpt.models.integrators import integrate, time_grid
@@ -18,14 +19,11 @@ from vpt.models.river import (
     count_parameters,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "river"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/river")
 ATOL = 1e-5
 
 
 def _tiny_river(head: str = "ln", **overrides) -> River:
-    state = convert_upstream_regressor(load_file(FIXTURES / f"vfr_tiny_{head}.weights.safetensors"))
+    state = convert_upstream_regressor(load_file(fixture("river", f"vfr_tiny_{head}.weights.safetensors")))
     model = River(RiverConfig(**{**config_from_regressor_state(state), **overrides}))
     model.regressor.load_state_dict(state)
     return model.eval()
@@ -34,8 +32,8 @@ def _tiny_river(head: str = "ln", **overrides) -> River:
 @pytest.mark.parametrize("head", ["ln", "bn"])
 def test_regressor_matches_upstream(head):
     model = _tiny_river(head)
-    inputs = torch.load(FIXTURES / f"vfr_tiny_{head}.inputs.pt")
-    expected = torch.load(FIXTURES / f"vfr_tiny_{head}.outputs.pt")["output"]
+    inputs = torch.load(fixture("river", f"vfr_tiny_{head}.inputs.pt"))
+    expected = torch.load(fixture("river", f"vfr_tiny_{head}.outputs.pt"))["output"]
     with torch.no_grad():
         output = model.regressor(inputs["input_latents"], inputs["reference_latents"], inputs["conditioning_latents"],
                                  inputs["index_distances"], inputs["timestamps"])
@@ -44,7 +42,7 @@ def test_regressor_matches_upstream(head):
 
 
 def test_converter_accepts_ddp_prefix():
-    upstream = load_file(FIXTURES / "vfr_tiny_ln.weights.safetensors")
+    upstream = load_file(fixture("river", "vfr_tiny_ln.weights.safetensors"))
     prefixed = {f"module.vector_field_regressor.{k}": v for k, v in upstream.items()}
     assert convert_upstream_regressor(prefixed).keys() == convert_upstream_regressor(upstream).keys()
 
@@ -66,7 +64,7 @@ def test_fullsize_key_lists_convert_onto_published_configs(name, params):
     the same shape, and the config read off the weights is the published configs/river/ one."""
     import yaml
 
-    upstream = _read_key_list(FIXTURES / f"fullsize_keys_{name}.txt")
+    upstream = _read_key_list(fixture("river", f"fullsize_keys_{name}.txt"))
     fake = {f"module.{k}": torch.empty(shape, device="meta") for k, shape in upstream.items()}
     converted = convert_upstream_regressor(fake)
     assert len(converted) == sum(k.startswith("vector_field_regressor.") for k in upstream)
@@ -103,7 +101,7 @@ _RUNS = {"ws0_steps6": 5, "ws05_steps6": 4, "single_context_steps4": 3}
 @pytest.mark.parametrize("run_name", list(_RUNS))
 def test_sampler_trace_matches_upstream(rule, run_name):
     """Latent rollout vs upstream `generate_frames`: same draws in the same order, same latents."""
-    outputs = torch.load(FIXTURES / "sampler_tiny.outputs.pt")
+    outputs = torch.load(fixture("river", "sampler_tiny.outputs.pt"))
     run = outputs["runs"][run_name]
     model = _tiny_river("ln", sigma_min=1e-7, time_grid=rule)
     recorder = _DistanceRecorder(model.regressor)
@@ -146,7 +144,7 @@ def test_integrators_reach_their_order(method, order):
 def _ldmvq_tiny():
     from vpt.models.autoencoders import autoencoder_from_upstream_state
 
-    return autoencoder_from_upstream_state(load_file(FIXTURES / "ldmvq_tiny.weights.safetensors"))
+    return autoencoder_from_upstream_state(load_file(fixture("river", "ldmvq_tiny.weights.safetensors")))
 
 
 def test_training_objective_matches_upstream():
@@ -154,8 +152,8 @@ def test_training_objective_matches_upstream():
     model = River(_tiny_river("ln", sigma_min=1e-7).cfg, autoencoder=_ldmvq_tiny())
     model.regressor.load_state_dict(_tiny_river("ln").regressor.state_dict())
     model.eval()
-    observations = torch.load(FIXTURES / "train_forward_tiny.inputs.pt")["observations"]
-    expected = torch.load(FIXTURES / "train_forward_tiny.outputs.pt")
+    observations = torch.load(fixture("river", "train_forward_tiny.inputs.pt"))["observations"]
+    expected = torch.load(fixture("river", "train_forward_tiny.outputs.pt"))
     torch.manual_seed(expected["torch_seed"])
     with torch.no_grad():
         loss = model.loss({"video": observations})["loss"]
@@ -170,8 +168,8 @@ def test_training_objective_matches_upstream():
 def _published_checkpoint(path: Path, *, ddp: bool = True) -> Path:
     """An upstream-format model.pth holding the tiny fixture weights (regressor + ldm-vq AE)."""
     prefix = "module." if ddp else ""
-    state = {f"{prefix}vector_field_regressor.{k}": v for k, v in load_file(FIXTURES / "vfr_tiny_ln.weights.safetensors").items()}
-    state |= {f"{prefix}ae.{k}": v for k, v in load_file(FIXTURES / "ldmvq_tiny.weights.safetensors").items()}
+    state = {f"{prefix}vector_field_regressor.{k}": v for k, v in load_file(fixture("river", "vfr_tiny_ln.weights.safetensors")).items()}
+    state |= {f"{prefix}ae.{k}": v for k, v in load_file(fixture("river", "ldmvq_tiny.weights.safetensors")).items()}
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "global_step": 300000}, path)
     return path
 
@@ -183,8 +181,8 @@ def test_published_checkpoint_reproduces_upstream_sampler_output(tmp_path, ddp):
     assert River.recognizes_checkpoint(checkpoint)
     model = River.from_checkpoint(checkpoint, sigma_min=1e-7)
     assert model.cfg.time_grid == "upstream" and model.cfg.inner_dim == 64
-    observations = torch.load(FIXTURES / "sampler_tiny.inputs.pt")["observations"]
-    run = torch.load(FIXTURES / "sampler_tiny.outputs.pt")["runs"]["ws05_steps6"]
+    observations = torch.load(fixture("river", "sampler_tiny.inputs.pt"))["observations"]
+    run = torch.load(fixture("river", "sampler_tiny.outputs.pt"))["runs"]["ws05_steps6"]
     torch.manual_seed(run["torch_seed"])
     predicted = model.predict(observations, 2, steps=6, warm_start=0.5)
     torch.testing.assert_close(predicted, run["output"][:, 2:].clamp(-1, 1), atol=1e-4, rtol=0)
@@ -193,12 +191,12 @@ def test_published_checkpoint_reproduces_upstream_sampler_output(tmp_path, ddp):
 def test_published_autoencoder_file_is_used_when_given(tmp_path):
     """`--ae vqvae.ckpt`: a taming Lightning checkpoint (state_dict + loss.* keys) replaces the embedded AE."""
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
-    ae_state = dict(load_file(FIXTURES / "ldmvq_tiny.weights.safetensors"))
+    ae_state = dict(load_file(fixture("river", "ldmvq_tiny.weights.safetensors")))
     ae_state["loss.discriminator.main.0.weight"] = torch.zeros(1)
     torch.save({"state_dict": ae_state, "global_step": 1}, tmp_path / "vqvae.ckpt")
     model = River.from_checkpoint(checkpoint, autoencoder=tmp_path / "vqvae.ckpt")
-    images = torch.load(FIXTURES / "ldmvq_tiny.inputs.pt")["images"]
-    expected = torch.load(FIXTURES / "ldmvq_tiny.outputs.pt")["encode"]
+    images = torch.load(fixture("river", "ldmvq_tiny.inputs.pt"))["images"]
+    expected = torch.load(fixture("river", "ldmvq_tiny.outputs.pt"))["encode"]
     torch.testing.assert_close(model.encode(images[:, None])[:, 0], expected, atol=ATOL, rtol=0)
 
 

@@ -1,33 +1,28 @@
-"""Seer against the upstream fixtures (shared/fixtures/seer): tiny UNet and FSText outputs, DDIM tables,
+"""Seer against the upstream fixtures (tests/fixtures/seer): tiny UNet and FSText outputs, DDIM tables,
 full-size key lists (built on the meta device, nothing allocated)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from fixture_paths import fixture
 
 from vpt.models.seer.fstext import FSText
 from vpt.models.seer.layers import FrameGroupNorm, RotaryEmbedding, SAWTAttention, sawt_window
 from vpt.models.seer.schedule import sampling_scheduler, training_scheduler, upstream_timesteps
 from vpt.models.seer.unet import SeerUNet, UNetSize
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seer"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/seer")
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="Seer fixtures not available")
-
 
 def _load(name: str) -> dict:
-    return torch.load(FIXTURES / name, weights_only=True)
+    return torch.load(fixture("seer", name), weights_only=True)
 
 
 def _tiny_config() -> dict:
-    return json.loads((FIXTURES / "config_tiny.json").read_text())
+    return json.loads((fixture("seer", "config_tiny.json")).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +70,7 @@ def test_ddim_tables_match_upstream_sampler():
     tables = _load("ddim_schedule_30.pt")
     scheduler = sampling_scheduler(30, "upstream")
     timesteps = scheduler.timesteps.flip(0)
-    assert len(timesteps) == 31  # "30 steps" run 31 (P4)
+    assert len(timesteps) == 31  # "30 steps" run 31, as upstream
     assert torch.equal(timesteps, tables["ddim_timesteps"])
     assert torch.allclose(scheduler.alphas_cumprod.double(), tables["sampler_alphas_cumprod"], atol=1e-6)
     assert torch.allclose(scheduler.alphas_cumprod[timesteps], tables["ddim_alphas"], atol=1e-6)
@@ -108,7 +103,7 @@ def test_upstream_timesteps_rule():
 
 def _key_table(name: str) -> dict:
     rows = {}
-    for line in (FIXTURES / name).read_text().splitlines():
+    for line in (fixture("seer", name)).read_text().splitlines():
         if line.startswith("#"):
             continue
         key, shape, kind, trained = line.split("\t")

@@ -237,7 +237,7 @@ def test_vpt_sample_with_a_released_checkpoint(tmp_path, capsys, sd_dir):
     release = _write_release(tmp_path / "bridge_seer" / "learned_sdunet-steps-80000", unet,
                              _tiny_fstext(heads=8, layers=8, pos_frames=16))
     image = tmp_path / "book.png"
-    Image.new("RGBA", (50, 40), (10, 200, 30, 255)).save(image)  # RGBA and not square (P14)
+    Image.new("RGBA", (50, 40), (10, 200, 30, 255)).save(image)  # RGBA and not square (upstream needed RGB)
     out = tmp_path / "pred.png"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

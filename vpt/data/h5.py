@@ -10,7 +10,7 @@ vpt layout (root attr `vpt_layout = "vpt"`, `vpt_layout_version = 1`), one file 
     /text         (N,) str, caption per video ("" when none), only when the data had captions
     root attrs    vpt_layout, vpt_layout_version, kind, and what the writer adds (size, AE identity...)
 
-RIVER layout (river.md §2.2, written by `--layout river`): `/len/<i>` scalar int64, an empty
+RIVER layout (upstream's converter; written by `--layout river`): `/len/<i>` scalar int64, an empty
 `/videos` group, `/<i>/<j>` one (S, S, 3) uint8 LZF dataset per frame, no root attributes.
 
 Both name their shards `shard_0001.hdf5`, ... and index videos from 0 in each shard; a split is a

@@ -1,6 +1,6 @@
 """Fréchet Video Distance and Kernel Video Distance on I3D logits, with the published protocols as presets.
 
-Four implementations report "FVD" and disagree (evaluation spec §1.7). A preset fixes everything that
+Four implementations report "FVD" and disagree (docs/upstream-differences.md). A preset fixes everything that
 moves the number apart from the protocol itself:
 
     preset      resize to 224x224                     BN eps  covariance  matrix sqrt       reproduces

@@ -2,7 +2,7 @@
 
 One file, top to bottom in reading order: config and sizes, the U-ViT vector-field regressor (position
 and distance embeddings, transformer layer, head), the RIVER backend (flow-matching loss,
-autoregressive ODE sampler) and the converter for the published checkpoints. Spec: specs/river.md.
+autoregressive ODE sampler) and the converter for the published checkpoints.
 
 The model works on the continuous (pre-quantisation) latents of a frozen autoencoder. To predict
 frame k it sees the newest latent z_{k-1} (the "reference") and ONE earlier latent z_j drawn at
@@ -10,7 +10,7 @@ random (the sparse context), told apart by ln(k-1-j); a new latent comes from in
 velocity field from noise (t = 0) to data (t = 1), with a fresh random context at every evaluation.
 Cost per frame is therefore constant, and a rollout can be any length.
 
-Upstream defects fixed here (specs/river.md §9): the context window `past_horizon` works (upstream's
+Upstream defects fixed here (docs/upstream-differences.md): the context window `past_horizon` works (upstream's
 bound never restricted anything); training targets are computed as z1 - (1 - σ)ε, which equals
 upstream's (z1 - (1 - σ)x_t) / (1 - (1 - σ)t) without its division by ~σ as t -> 1; the solver grid
 counts solver steps (`time_grid: uniform`), with upstream's truncated grid-point rule one setting away

@@ -1,4 +1,4 @@
-"""The frame VAE of the Latte re-implementation VideoGeneration-PyTorch (latte.md 4), with its
+"""The frame VAE of the Latte re-implementation VideoGeneration-PyTorch, with its
 parameter names, so its `vae_autoencoder_ckpt.pth` (a bare state dict) loads as it is.
 
 A KL-regularised conv autoencoder applied per frame. Encoder: conv_in, DownBlocks (ResNet layers,

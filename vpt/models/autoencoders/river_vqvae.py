@@ -1,4 +1,4 @@
-"""RIVER's own VQVAE (`autoencoder.type: ours`, the CLEVRER autoencoder; river.md 3.2), with RIVER's
+"""RIVER's own VQVAE (`autoencoder.type: ours`, the CLEVRER autoencoder), with RIVER's
 parameter names so `vqvae.pth` (`["model"]`) and the `ae.backbone.*` part of `model.pth` load as they are.
 
 Widths are RIVER's fixed defaults (encoder 32 -> 256, decoder 256 -> 32: the minimum GroupNorm(32)

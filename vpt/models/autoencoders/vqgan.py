@@ -4,7 +4,7 @@ taming `vqvae.ckpt` files and the `ae.*` part of RIVER's `model.pth` load withou
     encode: quant_conv(encoder(x))                         continuous latent (what RIVER models)
     decode: decoder(post_quant_conv(quantize(h)))         quantisation happens only here
 
-Sizes (`VQGAN_PRESETS`, river.md 3.1): f8_small 63,777,455 parameters, f8 67,717,295, f16 69,593,371.
+Sizes (`VQGAN_PRESETS`): f8_small 63,777,455 parameters, f8 67,717,295, f16 69,593,371.
 `resolution` only decides at which levels attention sits; the network is otherwise fully convolutional.
 """
 

@@ -1,16 +1,16 @@
-"""The `seer` backend: language-instructed video prediction with an inflated SD v1.5 UNet (spec seer.md).
+"""The `seer` backend: language-instructed video prediction with an inflated SD v1.5 UNet.
 
-Training (section 2.5): the first R frames of a clip are clean reference latents, the other F - R are
+Training: the first R frames of a clip are clean reference latents, the other F - R are
 noised with SD's DDPM schedule; the UNet sees [reference, noisy] along the frame axis with FSText's
 per-frame text and is scored by the MSE of its noise prediction on the target frames.
-Sampling (section 6.2): DDIM with classifier-free guidance, the null branch being CLIP("") repeated
+Sampling: DDIM with classifier-free guidance, the null branch being CLIP("") repeated
 over frames without FSText.
 
-Differences from upstream that change results are switches (spec section 14):
-  sampler.schedule          "upstream" = the released sampler's betas (P2), "train" = training betas
-  sampler.reference_ff_skip false = upstream sampling (FF skip off, P3), true = as in training
-  cond_drop_prob            text dropout for CFG training (P5; upstream 0)
-  vae_latent                "sample" = upstream's VAE sample (P20), "mode" = posterior mode
+Differences from upstream that change results are switches (docs/upstream-differences.md):
+  sampler.schedule          "upstream" = the released sampler's betas, "train" = training betas
+  sampler.reference_ff_skip false = upstream sampling (FF skip off), true = as in training
+  cond_drop_prob            text dropout for CFG training (upstream 0)
+  vae_latent                "sample" = upstream's VAE sample, "mode" = posterior mode
   rotary_fp16_angles        upstream's fp16-rounded rotary angles under fp16 autocast
 """
 
@@ -216,7 +216,7 @@ class Seer(Backend):
         """A released Seer model: the step folder (or its parent) + an SD v1.5 folder for VAE, CLIP, tokenizer.
 
         R and F are not stored in the weights; they follow the release's folder name (sthv2_seer:
-        2 + 10 frames, the others 1 + 15). Sampling defaults to the released sampler (spec 6.3, P2/P3).
+        2 + 10 frames, the others 1 + 15). Sampling defaults to the released sampler (its betas, no reference FF skip).
         """
         folder = weights.released_step_folder(Path(path))
         if folder is None:
@@ -296,7 +296,7 @@ class Seer(Backend):
         return rearrange(frames.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0]).float()
 
     def clip_text(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP last hidden state (B, L, D), with the padding mask (P19)."""
+        """CLIP last hidden state (B, L, D), with the padding mask, as upstream."""
         return encode_text(self.tokenizer, self.text_encoder, prompts, self.device)
 
     def null_context(self, batch: int, frames: int) -> torch.Tensor:

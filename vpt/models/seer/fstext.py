@@ -1,4 +1,4 @@
-"""FSText: decomposes one CLIP text embedding into one sub-instruction embedding per frame (spec section 3).
+"""FSText: decomposes one CLIP text embedding into one sub-instruction embedding per frame.
 
 A learnable query plus a (frames x tokens) position table is refined by layers of
 [self-attention within each frame -> cross-attention to the CLIP tokens -> FF] and

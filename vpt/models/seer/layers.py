@@ -1,4 +1,4 @@
-"""Frame-aware building blocks of the Seer video UNet and FSText (spec seer.md sections 2-3).
+"""Frame-aware building blocks of the Seer video UNet and FSText.
 
 Every 2D layer runs frame by frame on a folded `(B*F, C, H, W)` batch, with two exceptions that make
 this more than "diffusers' 2D blocks on a bigger batch":
@@ -104,7 +104,7 @@ def sawt_window(height: int, width: int) -> int | None:
 
 
 class SAWTAttention(nn.Module):
-    """Scaled autoregressive window temporal attention (spec 2.4).
+    """Scaled autoregressive window temporal attention.
 
     Rotary positions are applied on the flattened clip (p = f*h*w + y*w + x) *before* the plane is
     cut into windows; every window then holds its tokens from all frames, ordered (frame, row, col),
@@ -139,7 +139,7 @@ class CausalTemporalBlock(nn.Module):
     """LN -> SAWT self-attention -> residual; LN -> GEGLU FF -> residual, skipped for reference tokens.
 
     `reference_frames` R > 0 leaves the first R frames' tokens out of the feed-forward (upstream's
-    training call); upstream sampling passes R = 0 (pitfall P3).
+    training call); upstream sampling passes R = 0 (`sampler.reference_ff_skip: false`).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int):

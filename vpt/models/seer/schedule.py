@@ -1,8 +1,8 @@
-"""Seer's noise schedules on diffusers schedulers (spec section 6).
+"""Seer's noise schedules on diffusers schedulers.
 
 Training noises with SD's DDPM schedule (scaled-linear betas 0.00085 -> 0.012). The released sampler
 used a *different* schedule (scaled-linear 1e-4 -> 0.02, LDM's defaults) and LDM's uniform DDIM
-timesteps {0, c, 2c, ...} + 1 with c = 1000 // steps, so "30 steps" are 31 (pitfalls P2, P4).
+timesteps {0, c, 2c, ...} + 1 with c = 1000 // steps, so "30 steps" are 31.
 `schedule="upstream"` reproduces that sampler; `schedule="train"` samples with the training betas.
 """
 

@@ -1,4 +1,4 @@
-"""Seer's text path: CLIP tokenizer + CLIPTextModel, run with the padding attention mask (spec section 4, P19).
+"""Seer's text path: CLIP tokenizer + CLIPTextModel, run with the padding attention mask, as upstream.
 
 With Stable Diffusion weights both come from the SD folder. Without them (tests, the tiny config) a
 small random `CLIPTextModel` is built from a `CLIPTextConfig` and the tokenizer is a real
@@ -87,7 +87,7 @@ def builtin_text_encoder(vocab_size: int, hidden_size: int, layers: int, heads: 
 
 
 def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> torch.Tensor:
-    """prompts -> CLIP last hidden state (B, L, D), padded to the tokenizer's max length, mask passed (P19)."""
+    """prompts -> CLIP last hidden state (B, L, D), padded to the tokenizer's max length, mask passed."""
     tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                        truncation=True, return_tensors="pt")
     with torch.no_grad(), torch.autocast(device.type, enabled=False):

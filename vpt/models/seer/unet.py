@@ -1,4 +1,4 @@
-"""SeerUNet: Stable Diffusion v1.5's UNet inflated to video (spec seer.md section 2).
+"""SeerUNet: Stable Diffusion v1.5's UNet inflated to video.
 
 Frames are folded into the batch for every convolution and spatial attention; GroupNorm spans the
 clip; after every spatial transformer sits a trained SAWT temporal transformer. Block types are

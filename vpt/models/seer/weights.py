@@ -1,7 +1,7 @@
 """Loading weights into Seer: a local SD v1.5 folder, an FSText initialisation, released Seer checkpoints.
 
 Every path is checked and every key set compared: a missing file, folder or key is a `VptError`
-naming what was tried, never a silently random model (upstream issue #14, pitfalls P9/P10).
+naming what was tried, never a silently random model (upstream issue #14; upstream sampled with untrained weights).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `module.` prefix a DDP-wrapped save adds (spec section 12)."""
+    """Drop the `module.` prefix a DDP-wrapped save adds."""
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
@@ -89,7 +89,7 @@ def load_sd_unet(unet: nn.Module, folder: Path) -> None:
 
 
 def load_fstext_init(fstext: nn.Module, path: str | Path, *, allow_partial: bool = False) -> None:
-    """Upstream's `fstext_init/pytorch_model.bin` (or any FSText state dict); strict unless `allow_partial` (P10)."""
+    """Upstream's `fstext_init/pytorch_model.bin` (or any FSText state dict); strict unless `allow_partial`."""
     state = strip_module_prefix(read_state_dict(Path(path).expanduser()))
     state = {k: v for k, v in state.items() if not k.endswith(ROTARY_BUFFER)}  # recomputed, never trained
     rotary = {k for k in fstext.state_dict() if k.endswith(ROTARY_BUFFER)}
@@ -122,7 +122,7 @@ def _check_rotary(module: nn.Module, state: dict[str, torch.Tensor], source: Pat
                 raise VptError(f"{source}: rotary frequencies of {key} differ from Seer's (not a Seer checkpoint?)")
 
 
-# Released folders and the clip layout (R reference frames, F total) each was trained with (spec section 1).
+# Released folders and the clip layout (R reference frames, F total) each was trained with.
 RELEASED_LAYOUTS = {"sthv2bridge_seer": (1, 16), "sthv2_seer": (2, 12), "bridge_seer": (1, 16), "epickitchen_seer": (1, 16)}
 
 
