@@ -12,7 +12,9 @@ import torch
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo, else whatever `platform` knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        with open("/proc/cpuinfo") as handle:  # Linux only; elsewhere `platform` answers
+            lines = handle.read().splitlines()
+        for line in lines:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
