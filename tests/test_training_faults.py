@@ -4,7 +4,6 @@ weights, and one GAN player's gradient never changes the other's step."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
