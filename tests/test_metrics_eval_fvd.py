@@ -149,8 +149,8 @@ def _write_h5(root, videos: np.ndarray):
 
 def test_run_mode_predicts_and_scores_against_the_truth(tmp_path, detector, monkeypatch):
     monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
-    monkeypatch.delenv("VPT_LPIPS_VGG", raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no VGG weights: LPIPS is skipped
+    monkeypatch.delenv("VPT_LPIPS_ALEX", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no AlexNet weights: LPIPS (alex by default) is skipped
     videos = moving_videos(5, 10, 16, seed=1)
     data = _write_h5(tmp_path / "data", videos)
     run = _write_run(tmp_path / "run", noise=0.0)
@@ -163,7 +163,7 @@ def test_run_mode_predicts_and_scores_against_the_truth(tmp_path, detector, monk
     future = torch.from_numpy(videos[:, 2:]).permute(0, 1, 4, 2, 3).flatten(0, 1).double() / 255
     assert report["psnr"] == pytest.approx(float(np.mean(psnr(last, future))), abs=1e-9)
     assert report["ssim"] == pytest.approx(float(np.mean(ssim(last, future))), abs=1e-9)
-    assert "lpips" not in report and "VPT_LPIPS_VGG" in report["protocol"]["frame_metrics"]["lpips"]["skipped"]
+    assert "lpips" not in report and "VPT_LPIPS_ALEX" in report["protocol"]["frame_metrics"]["lpips"]["skipped"]
     assert len(report["details"]["psnr"]["per_frame"]) == 8
     protocol = report["protocol"]
     assert protocol["mode"] == "run" and protocol["backend"] == "copy-last-test" and protocol["checkpoint"] == "step_000001"

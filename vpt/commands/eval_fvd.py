@@ -42,7 +42,7 @@ def eval_fvd(
     kvd_subset_size: Annotated[Optional[int], typer.Option("--kvd-subset-size", min=2, help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).")] = None,
     fvd: Annotated[bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")] = True,
     paired: Annotated[bool, typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake).")] = False,
-    lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: vgg or alex (video-prediction papers mostly report alex).")] = "vgg",
+    lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.")] = "alex",
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.")] = None,
     ssim_gray: Annotated[bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")] = False,
     psnr_reduction: Annotated[str, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = "frame",
