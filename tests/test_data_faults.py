@@ -411,3 +411,28 @@ def test_save_latents_on_a_full_disk_stops_cleanly_and_continues_after_space_is_
     result = invoke(*args, "--out", point / "latents")
     assert result.exit_code == 0, result.output
     _assert_same_h5(point / "latents", tmp_path / "reference")
+
+
+def test_run_lock_survives_fresh_force_and_does_not_disturb_the_run_layout(tmp_path):
+    from vpt.runs import Run, newest_run
+
+    def other_process_can_lock(directory: Path) -> bool:
+        code = "import sys; from vpt.fsutil import exclusive_lock\nwith exclusive_lock(sys.argv[1]): pass"
+        return subprocess.run([sys.executable, "-c", code, str(directory)], env=ENV, capture_output=True).returncode == 0
+
+    root = tmp_path / "runs" / "r"
+    run = Run.open(root)
+    assert (root / LOCK_FILE).read_text().startswith(f"{os.getpid()} ")
+    assert not run.exists() and newest_run(tmp_path / "runs") is None  # the lock file alone is not a run
+    run.write_config({"train": {}})
+    (run.checkpoints_dir / ".pending_step_000002").mkdir()
+    (run.checkpoints_dir / "step_000001").mkdir()
+    again = Run.open(root)  # the same process may reopen its own run
+    assert again.latest_step() == 1 and not (run.checkpoints_dir / ".pending_step_000002").exists()
+    inode = (root / LOCK_FILE).stat().st_ino
+    fresh = Run.open(root, fresh=True, force=True)
+    assert not fresh.exists() and sorted(p.name for p in root.iterdir()) == [LOCK_FILE, "checkpoints", "samples"]
+    assert (root / LOCK_FILE).stat().st_ino == inode and not other_process_can_lock(root)  # still the held lock
+    for handle in (run, again, fresh):
+        handle.release()
+    assert not (root / LOCK_FILE).exists() and other_process_can_lock(root)
