@@ -1,13 +1,30 @@
-"""Atomic file and directory writes: a reader (or a resumed run) never sees half a file."""
+"""Atomic file and directory writes: a reader (or a resumed run) never sees half a file.
+
+Also the guards every command that writes a folder shares: one process per folder at a time
+(`exclusive_lock`), a writability probe before the work starts (`ensure_writable`), and a full disk
+reported as one line (`disk_full_is_an_error`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from vpt.errors import VptError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, folders go unguarded
+    fcntl = None
+
+LOCK_FILE = ".vpt.lock"
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -54,6 +71,15 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temp files `atomic_path` made for `path` in processes that were killed mid-write
+    (call it only while holding the folder's lock, so no live writer owns them)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -118,3 +144,123 @@ def ensure_writable(directory: str | os.PathLike, what: str) -> None:
             os.unlink(probe)
     except OSError as exc:
         raise VptError(f"{what}: cannot write to {directory} ({exc.strerror or exc})") from None
+
+
+# --- one writer per folder ------------------------------------------------------------------------
+
+
+class _Held:
+    """A lock this process holds: the open lock file and how many `DirectoryLock`s share it."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path, self.pid, self.count = fd, path, os.getpid(), 1
+
+
+_HELD: dict[str, _Held] = {}  # real path of the folder -> its lock
+
+
+class DirectoryLock:
+    """An exclusive `flock` on DIR/.vpt.lock that holds the holder's pid and command line.
+
+    A second process is refused with one line naming the holder. The kernel drops the lock when its
+    holder dies (even by kill -9), so a stale lock file never blocks. Re-entrant within one process
+    (a resumed run opened twice by the same process is not a conflict); forked children inherit the
+    lock but never release it.
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "the output folder"):
+        self.directory, self.what = Path(directory), what
+        self._key: str | None = None
+
+    def acquire(self) -> DirectoryLock:
+        if fcntl is None:
+            return self
+        key = os.path.realpath(self.directory)
+        held = _HELD.get(key)
+        if held is not None and held.pid == os.getpid():
+            held.count += 1
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / LOCK_FILE
+            fd = self._lock_file(path)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {_command_line()}\n".encode())
+            _HELD[key] = _Held(fd, path)
+        self._key = key
+        return self
+
+    def _lock_file(self, path: Path) -> int:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise VptError(f"another vpt process ({_holder(path)}) is using {self.what} {self.directory}; "
+                               "wait for it or stop it") from None
+            # The previous holder removes the file on release: a lock on that unlinked file guards nothing.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            os.close(fd)
+
+    def release(self) -> None:
+        key, self._key = self._key, None
+        held = _HELD.get(key) if key else None
+        if held is None or held.pid != os.getpid():
+            return
+        held.count -= 1
+        if held.count == 0:
+            del _HELD[key]
+            with contextlib.suppress(OSError):
+                held.path.unlink()  # while still locked, so nobody locks the file being removed
+            os.close(held.fd)
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def exclusive_lock(directory: str | os.PathLike, what: str = "the output folder") -> DirectoryLock:
+    """`with exclusive_lock(out_dir):` - refuse to run while another vpt process works in `out_dir`."""
+    return DirectoryLock(directory, what)
+
+
+def _command_line() -> str:
+    program = Path(sys.argv[0] if sys.argv else "python")
+    is_vpt = program.name == "vpt" or (program.name == "__main__.py" and program.parent.name == "vpt")  # python -m vpt
+    return " ".join(["vpt" if is_vpt else program.name, *sys.argv[1:]])[:300]
+
+
+def _holder(path: Path) -> str:
+    """'pid 1234: vpt convert-h5 ...' from a lock file (its holder may still be writing it)."""
+    for _ in range(20):
+        with contextlib.suppress(OSError):
+            pid, _, command = path.read_text().strip().partition(" ")
+            if pid:
+                return f"pid {pid}: {command}" if command else f"pid {pid}"
+        time.sleep(0.02)
+    return "pid unknown"
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """A full disk or quota. h5py drops the errno but keeps the system's message."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
+                                         or "Disk quota exceeded" in str(exc))
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(where: str | os.PathLike, kept: str = "shards") -> Iterator[None]:
+    """Turn a full disk during the work into one line; the caller's own cleanup has already run."""
+    try:
+        yield
+    except OSError as exc:
+        if not out_of_space(exc):
+            raise
+        raise VptError(f"disk full while writing {exc.filename or where}; finished {kept} are kept, "
+                       "free space and run the same command to continue") from None

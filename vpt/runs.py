@@ -8,6 +8,8 @@
       samples/           what periodic sampling wrote
 
 A kill -9 at any instant leaves either the old `latest` or the new one, never a half checkpoint.
+The process that opens a run for training holds `runs/<name>/.vpt.lock` while it lives, so a second
+command on the same run is refused instead of interleaving checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import yaml
 
+from vpt.console import is_main_process
 from vpt.errors import UsageError
-from vpt.fsutil import atomic_write_text, fsync_dir, replace_dir
+from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -31,6 +34,7 @@ class Run:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._lock: DirectoryLock | None = None
 
     # --- layout -----------------------------------------------------------------------------------
     @property
@@ -51,24 +55,54 @@ class Run:
 
     # --- create / resume --------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path, *, fresh: bool = False, force: bool = False, is_main: bool = True) -> Run:
-        """A new directory is created; an existing run is resumed; `fresh` wipes it (needs `force`)."""
+    def open(cls, root: str | Path, *, fresh: bool = False, force: bool = False, is_main: bool = True,
+             lock: bool = True) -> Run:
+        """A new directory is created; an existing run is resumed; `fresh` wipes it (needs `force`).
+
+        The main process takes the run's lock (`lock`) and holds it until `release()` or its end;
+        another process that opens the same run meanwhile is refused with one line.
+        """
         run = cls(root)
         if run.root.exists() and not run.root.is_dir():
             raise UsageError(f"--run {run.root} exists and is not a directory")
+        if is_main and lock and is_main_process():  # under `accelerate launch` rank 0 holds it for all ranks
+            run._lock = DirectoryLock(run.root, "the run").acquire()
         if fresh and run.exists():
             if not force:
+                run.release()
                 raise UsageError(
                     f"--fresh would delete the existing run {run.root} "
                     f"(checkpoint step {run.latest_step()}); add --force to confirm"
                 )
             if is_main:
-                shutil.rmtree(run.root)
+                run._wipe()
         if is_main:
             run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             run.samples_dir.mkdir(parents=True, exist_ok=True)
             run.clean_partial()
         return run
+
+    def release(self) -> None:
+        """Let other processes open this run (also happens when this object or the process goes)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: the process's end releases the lock anyway
+            pass
+
+    def _wipe(self) -> None:
+        """Delete everything in the run but its lock file, which must stay the one this process holds."""
+        for entry in self.root.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def exists(self) -> bool:
         return self.config_path.exists() or self.latest_checkpoint() is not None

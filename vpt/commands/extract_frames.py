@@ -26,6 +26,8 @@ def report(summary, dst: Path, skip_bad: bool, unit: str) -> None:
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     info(f"{summary.done} videos {unit} ({summary.frames:,} frames, {rate:,.0f} frames/s), "
          f"{summary.skipped} already done, {len(summary.failed)} failed - {dst}")
+    if summary.redone:
+        warn(f"{summary.redone} of them had an incomplete output folder (an interrupted run or a hand edit) and were {unit} again")
     if summary.failed:
         for name, reason in summary.failed[:10]:
             console.print(f"  [red]failed[/] {escape(name)}: {escape(reason)}", highlight=False)

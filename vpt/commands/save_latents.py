@@ -11,7 +11,9 @@ its latents (names and captions are copied). Each latent video is `autoencoder.e
 Resumable at the level of videos: each finished video is kept as OUT/.partial/<split>/<shard>/<i>.npy
 (written atomically) until its shard is complete; the shard file is then written atomically and the
 partial files removed. A rerun skips finished shards and finished videos. OUT/latents.json records the
-autoencoder and settings; a rerun with a different autoencoder or settings is refused.
+autoencoder and settings (a rerun with a different autoencoder or settings is refused) and the size
+of every finished shard: a rerun re-checks each one and encodes a damaged one (truncated, unreadable)
+again.
 """
 
 from __future__ import annotations
@@ -57,26 +59,28 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
                    preset: str | None = None, device: str = "auto", workers: int = 0) -> dict[str, Any]:
     """The library form of `vpt save-latents`; returns counts and the latent shape."""
     from vpt.data.h5 import VideoH5
+    from vpt.fsutil import disk_full_is_an_error, ensure_writable, exclusive_lock
     from vpt.models.autoencoders import load_autoencoder
     from vpt.models.precision import resolve_device
 
     data, out = Path(data), Path(out)
     splits = _splits(data)
-    model = load_autoencoder(ae, preset=preset)
-    target = resolve_device(device)
-    model = model.to(target).eval()
-    manifest = _manifest(model, data, dtype, image_size)
-    _claim(out, manifest)
+    ensure_writable(out, "--out")
+    with exclusive_lock(out), disk_full_is_an_error(out):
+        model = load_autoencoder(ae, preset=preset)
+        target = resolve_device(device)
+        model = model.to(target).eval()
+        manifest = _claim(out, _manifest(model, data, dtype, image_size))
 
-    sources = {name: VideoH5(path) for name, path in splits}
-    jobs = [(name, shard, source) for name, source in sources.items() for shard in range(len(source.shard_paths))]
-    todo = [(name, shard, source) for name, shard, source in jobs if not _finished(_out_shard(out, name, source, shard), manifest)]
-    remaining = sum(int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo)
-    encoded = 0
-    with _Progress(remaining) as progress:
-        for name, shard, source in todo:
-            encoded += _encode_shard(model, source, shard, out, name, manifest, progress, batch_frames=batch_frames,
-                                     dtype=dtype, image_size=image_size, device=target, workers=workers)
+        sources = {name: VideoH5(path) for name, path in splits}
+        jobs = [(name, shard, source) for name, source in sources.items() for shard in range(len(source.shard_paths))]
+        todo = [(name, shard, source) for name, shard, source in jobs if not _finished(out, name, source, shard, manifest)]
+        remaining = sum(int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo)
+        encoded = 0
+        with _Progress(remaining) as progress:
+            for name, shard, source in todo:
+                encoded += _encode_shard(model, source, shard, out, name, manifest, progress, batch_frames=batch_frames,
+                                         dtype=dtype, image_size=image_size, device=target, workers=workers)
     first = next(iter(sources.values()))
     height, width = (image_size, image_size) if image_size else first.frame_shape()[:2]
     return {"videos": sum(len(s) for s in sources.values()), "encoded_videos": encoded, "splits": [n for n, _ in splits],
@@ -123,37 +127,70 @@ def _manifest(model, data: Path, dtype: str, image_size: int | None) -> dict[str
             "data": str(data.resolve()), "dtype": dtype, "image_size": image_size}
 
 
-def _claim(out: Path, manifest: dict[str, Any]) -> None:
-    """Write OUT/latents.json, or check that an existing one describes the same encoding."""
+def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write OUT/latents.json, or check that an existing one describes the same encoding.
+
+    Returns the manifest to keep up to date, with the finished shards an earlier run recorded.
+    """
     from vpt.errors import VptError
-    from vpt.fsutil import atomic_write_text
+    from vpt.fsutil import LOCK_FILE, remove_stale_temps
 
     path = out / MANIFEST
+    remove_stale_temps(path)
     if path.is_file():
         existing = json.loads(path.read_text())
         differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size") if existing.get(k) != manifest[k]]
         if differing:
             raise VptError(f"{out} already holds latents made with a different {', '.join(differing)} "
                            f"(from {existing.get('autoencoder_path') or 'another autoencoder'}); choose another --out or delete it")
-        return
-    if out.exists() and any(p for p in out.iterdir() if p.name != PARTIAL):
+        return manifest | {"shards": existing.get("shards", {})}
+    if out.exists() and any(p for p in out.iterdir() if p.name not in (PARTIAL, LOCK_FILE)):
         raise VptError(f"{out} exists and is not a save-latents output (no {MANIFEST}); choose another --out")
+    manifest = manifest | {"shards": {}}
+    _save_manifest(out, manifest)
+    return manifest
+
+
+def _save_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    from vpt.fsutil import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
-def _finished(path: Path, manifest: dict[str, Any]) -> bool:
-    """A shard file exists only once complete (atomic writer); check it came from this autoencoder."""
+def _record_shard(out: Path, path: Path, manifest: dict[str, Any]) -> None:
+    """Note a finished output shard's size in the manifest, so a rerun can tell it was cut short."""
+    manifest["shards"][path.relative_to(out).as_posix()] = {"size": path.stat().st_size}
+    _save_manifest(out, manifest)
+
+
+def _finished(out: Path, split: str, source, shard: int, manifest: dict[str, Any]) -> bool:
+    """True when the output shard exists, is what was written and came from this autoencoder.
+
+    A damaged one (another size than recorded, unreadable, wrong video count) is removed, to be encoded again.
+    """
     import h5py
 
+    from vpt.console import warn
+    from vpt.data.h5 import shard_damage
     from vpt.errors import VptError
 
+    path = _out_shard(out, split, source, shard)
     if not path.is_file():
+        return False
+    key = path.relative_to(out).as_posix()
+    damage = shard_damage(path, size=manifest["shards"].get(key, {}).get("size"), videos=len(source.shard_range(shard)))
+    if damage is not None:
+        warn(f"shard {key} is damaged ({damage}), encoding it again")
+        path.unlink()
+        manifest["shards"].pop(key, None)
         return False
     with h5py.File(path, "r") as handle:
         sha = handle.attrs.get("autoencoder_sha256", "")
     if sha != manifest["autoencoder_sha256"]:
         raise VptError(f"{path} was written by another autoencoder; delete it or choose another --out")
+    if key not in manifest["shards"]:  # the run that wrote it stopped before recording it
+        _record_shard(out, path, manifest)
     return True
 
 
@@ -189,9 +226,11 @@ def _encode_shard(model, source, shard: int, out: Path, split: str, manifest: di
         _save_npy(partial / f"{index - first}.npy", latents.astype(storage))
         progress.advance(int(source.lengths[index]))
 
-    with ShardWriter(_out_shard(out, split, source, shard), kind="latents", attrs=_shard_attrs(manifest, source, shard)) as writer:
+    path = _out_shard(out, split, source, shard)
+    with ShardWriter(path, kind="latents", attrs=_shard_attrs(manifest, source, shard)) as writer:
         for i in indices:
             writer.add(np.load(partial / f"{i - first}.npy"), name=source.name(i), text=source.text(i))
+    _record_shard(out, path, manifest)
     shutil.rmtree(partial, ignore_errors=True)
     return len(todo)
 

@@ -3,7 +3,9 @@
 Worker processes decode and resize whole videos; the main process appends them, in source order,
 to the shard being written. Shards are the unit of resume: each is written to a hidden temp file
 and renamed when complete, and `DST/.vpt-convert.json` records the settings (a resumed run must use
-the same ones, or shard boundaries would move) and which videos of finished shards failed.
+the same ones, or shard boundaries would move) and, per finished shard, its size, video count and
+which of its videos failed. A resumed run re-checks every finished shard against that record and
+converts a damaged one (truncated, unreadable) again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from vpt.data.extract import RunSummary, write_failures
-from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_name
+from vpt.console import warn
+from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_damage, shard_name
 from vpt.data.parallel import MediaProgress, parallel_map
 from vpt.data.sources import assign_split, caption_for, discover_videos, frame_files, load_captions, split_dirs
 from vpt.data.video import ResizeMode, VideoReadError, iter_frames, read_image
 from vpt.errors import UsageError
-from vpt.fsutil import atomic_write_text
+from vpt.fsutil import LOCK_FILE, atomic_write_text, disk_full_is_an_error, ensure_writable, exclusive_lock, remove_stale_temps
 
 STATE_FILE = ".vpt-convert.json"
 DEFAULT_VIDEOS_PER_SHARD = {"vpt": 1000, "river": 100_000}  # river: upstream's value
@@ -94,34 +97,43 @@ def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64,
     settings = {"layout": layout, "image_size": image_size, "resize": resize, "extension": extension, "fps": fps,
                 "videos_per_shard": videos_per_shard, "compression": compression,
                 "videos": {split: len(found) for split, found in entries.items()}}
-    state = _load_state(dst, settings)
+    ensure_writable(dst, "--out-dir")
+    with exclusive_lock(dst), disk_full_is_an_error(dst):
+        state = _load_state(dst, settings)
+        captions = load_captions(src, *(src / split for split in entries))
+        jobs: list[_Job] = []
+        shard_sizes: dict[str, int] = {}
+        summary = RunSummary(total=sum(len(found) for found in entries.values()))
+        for split, found in entries.items():
+            (dst / split).mkdir(parents=True, exist_ok=True)
+            for stale in (dst / split).glob(".shard_*.tmp"):  # temp files of a killed run
+                stale.unlink()
+            for first in range(0, max(len(found), 1), videos_per_shard):
+                shard = f"{split}/{shard_name(first // videos_per_shard + 1)}"
+                members = found[first:first + videos_per_shard]
+                if _finished(dst, shard, state, len(members)):
+                    summary.skipped += len(members)
+                    continue
+                shard_sizes[shard] = len(members)
+                jobs += [_Job(shard, name, caption_for(captions, name, split), path, kind, image_size, resize, fps, extension,
+                              compression if layout == "vpt" else None)
+                         for name, path, kind in members]
+        attrs = {"source": str(src.resolve()), "resize": resize} | ({"image_size": image_size} if image_size else {})
+        _convert(jobs, shard_sizes, dst, state, summary, layout=layout, attrs=attrs, compression=compression, workers=workers)
+        summary.failed = [tuple(f) for record in state["shards"].values() for f in _record(record)["failed"]]
+        write_failures(dst, summary.failed)
+    return summary
 
-    captions = load_captions(src, *(src / split for split in entries))
-    jobs: list[_Job] = []
-    shard_sizes: dict[str, int] = {}
-    summary = RunSummary(total=sum(len(found) for found in entries.values()))
-    for split, found in entries.items():
-        (dst / split).mkdir(parents=True, exist_ok=True)
-        for stale in (dst / split).glob(".shard_*.tmp"):  # temp files of a killed run
-            stale.unlink()
-        for first in range(0, max(len(found), 1), videos_per_shard):
-            shard = f"{split}/{shard_name(first // videos_per_shard + 1)}"
-            members = found[first:first + videos_per_shard]
-            if (dst / shard).is_file() and shard in state["shards"]:
-                summary.skipped += len(members)
-                continue
-            shard_sizes[shard] = len(members)
-            jobs += [_Job(shard, name, caption_for(captions, name, split), path, kind, image_size, resize, fps, extension,
-                          compression if layout == "vpt" else None)
-                     for name, path, kind in members]
-    attrs = {"source": str(src.resolve()), "resize": resize} | ({"image_size": image_size} if image_size else {})
 
+def _convert(jobs: list[_Job], shard_sizes: dict[str, int], dst: Path, state: dict, summary: RunSummary, *,
+             layout: Layout, attrs: dict, compression: str, workers: int) -> None:
+    """Decode `jobs` in workers and write them, shard by shard, recording each finished shard in `state`."""
     writer: ShardWriter | None = None
     with MediaProgress(len(jobs), f"convert-h5 ({layout} layout)") as progress:
         try:
             for shard in [s for s, n in shard_sizes.items() if n == 0]:  # an empty split still gets its shard, as upstream
                 _new_writer(dst / shard, layout, attrs, compression).close()
-                state["shards"][shard] = []
+                _commit(dst, state, shard, [], videos=0)
             remaining = dict(shard_sizes)
             for job, video, error in parallel_map(_load, jobs, workers):
                 if writer is None:
@@ -136,16 +148,40 @@ def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64,
                 remaining[job.shard] -= 1
                 if remaining[job.shard] == 0:
                     writer.close()
+                    _commit(dst, state, job.shard, failures, videos=len(writer))
                     writer = None
-                    state["shards"][job.shard] = failures
-                    _save_state(dst, state)
         finally:
             if writer is not None:
                 writer.discard()
         summary.seconds = progress.elapsed
-    summary.failed = [tuple(f) for failures in state["shards"].values() for f in failures]
-    write_failures(dst, summary.failed)
-    return summary
+
+
+def _commit(dst: Path, state: dict, shard: str, failures: list, *, videos: int) -> None:
+    state["shards"][shard] = {"size": (dst / shard).stat().st_size, "videos": videos, "failed": failures}
+    _save_state(dst, state)
+
+
+def _record(value: dict | list) -> dict:
+    """A shard's entry in the state file; state files of older versions kept only the failures."""
+    return value if isinstance(value, dict) else {"size": None, "videos": None, "failed": value}
+
+
+def _finished(dst: Path, shard: str, state: dict, members: int) -> bool:
+    """True when `shard` was finished by an earlier run and still is what that run wrote."""
+    if shard not in state["shards"]:
+        return False
+    if not (dst / shard).is_file():
+        del state["shards"][shard]
+        return False
+    record = _record(state["shards"][shard])
+    damage = shard_damage(dst / shard, size=record["size"], videos=members - len(record["failed"]))
+    if damage is None:
+        return True
+    warn(f"shard {shard} is damaged ({damage}), converting it again")
+    (dst / shard).unlink()
+    del state["shards"][shard]
+    _save_state(dst, state)
+    return False
 
 
 def _new_writer(path: Path, layout: Layout, attrs: dict, compression: str) -> ShardWriter:
@@ -156,8 +192,9 @@ def _new_writer(path: Path, layout: Layout, attrs: dict, compression: str) -> Sh
 
 def _load_state(dst: Path, settings: dict) -> dict:
     path = dst / STATE_FILE
+    remove_stale_temps(path)
     if not path.is_file():
-        if dst.is_dir() and any(p for p in dst.iterdir() if p.name != STATE_FILE):
+        if dst.is_dir() and any(p for p in dst.iterdir() if p.name not in (STATE_FILE, LOCK_FILE)):
             raise UsageError(f"--out-dir {dst} exists and was not written by convert-h5; choose a new one")
         state = {"settings": settings, "shards": {}}
         _save_state(dst, state)

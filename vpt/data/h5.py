@@ -19,6 +19,8 @@ directory of shards, read in file-name order.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ VERSION_ATTR = "vpt_layout_version"
 LAYOUT_VERSION = 1
 SHARD_SUFFIXES = (".hdf5", ".h5")
 SPLIT_ALIASES = {"val": ("val", "validation", "valid"), "test": ("test", "testing"), "train": ("train", "training")}
+# Free space a shard writer keeps in reserve for HDF5's own metadata: a base, plus per video written
+# (its object header and chunk index, cached until the file is closed) and per frame (index entries).
+SPACE_RESERVE, SPACE_PER_VIDEO, SPACE_PER_FRAME = 256 << 10, 8 << 10, 1 << 10
 
 
 def shard_name(number: int) -> str:
@@ -145,6 +150,8 @@ class ShardWriter:
             video = np.asarray(video)
             shape, dtype = video.shape, video.dtype
         index = len(self._lengths)
+        self._ensure_space((sum(len(c) for _, c in compressed.chunks) if compressed is not None else video.nbytes)
+                           + SPACE_PER_FRAME * shape[0])
         if self.kind == "frames" and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3):
             raise ValueError(f"frames must be uint8 (T, H, W, 3), got {dtype} {shape}")
         if self.kind == "latents" and (len(shape) != 4 or dtype not in (np.float16, np.float32)):
@@ -178,22 +185,45 @@ class ShardWriter:
         """Write the index datasets, close the file and move it into place."""
         import h5py
 
-        if self.layout == "vpt":
-            strings = h5py.string_dtype("utf-8")
-            self._file.create_dataset("lengths", data=np.asarray(self._lengths, dtype=np.int64))
-            self._file.create_dataset("names", data=self._names, dtype=strings)
-            if any(text is not None for text in self._texts):
-                self._file.create_dataset("text", data=[t or "" for t in self._texts], dtype=strings)
-        self._file.close()
-        with open(self._tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
+        try:
+            self._ensure_space(sum(len(n) + len(t or "") + 8 for n, t in zip(self._names, self._texts)))
+            if self.layout == "vpt":
+                strings = h5py.string_dtype("utf-8")
+                self._file.create_dataset("lengths", data=np.asarray(self._lengths, dtype=np.int64))
+                self._file.create_dataset("names", data=self._names, dtype=strings)
+                if any(text is not None for text in self._texts):
+                    self._file.create_dataset("text", data=[t or "" for t in self._texts], dtype=strings)
+            self._file.close()
+            with open(self._tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self._tmp, self.path)
+        except BaseException:  # e.g. the disk filled up while HDF5 flushed its buffers
+            self.discard()
+            raise
         fsync_dir(self.path.parent)
         return self.path
 
+    def _ensure_space(self, nbytes: int) -> None:
+        """Raise the ENOSPC a plain write would, before HDF5 meets a full disk.
+
+        HDF5 cannot fail a write cleanly: the error surfaces in destructors (printed, not raised), the
+        file is left inconsistent and the process may crash. So the writer checks first.
+        """
+        stats = os.statvfs(self._tmp.parent)
+        needed = nbytes + SPACE_RESERVE + SPACE_PER_VIDEO * (len(self._lengths) + 1)
+        if stats.f_bavail * stats.f_frsize < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
     def discard(self) -> None:
         """Drop everything written so far; no shard file appears."""
-        self._file.close()
+        # Emptying the file first frees the space a full disk lacked, so HDF5 can flush and close it
+        # (otherwise it retries, and prints errors, whenever an object of the file is collected).
+        with contextlib.suppress(OSError):
+            os.truncate(self._tmp, 0)
+        try:
+            self._file.close()
+        except Exception:  # it may still refuse; the temp file goes anyway
+            pass
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
@@ -233,6 +263,27 @@ def compress_chunks(video: np.ndarray, compression: str | None = "lzf") -> Compr
         origin = (0,) * (video.ndim - 1)
         chunks = [dataset.id.read_direct_chunk((t, *origin)) for t in range(len(video))]
     return CompressedChunks(compression, tuple(video.shape), video.dtype.str, chunks)
+
+
+def shard_damage(path: str | os.PathLike, *, size: int | None, videos: int) -> str | None:
+    """Why a finished shard cannot be trusted, or None when it looks intact.
+
+    Cheap checks a resumed run can afford on every shard: the size recorded when the shard was
+    written (None: not recorded), HDF5 can open it, and it holds `videos` videos.
+    """
+    import h5py
+
+    actual = os.path.getsize(path)
+    if size is not None and actual != size:
+        return f"size {actual:,} bytes, {size:,} when written"
+    try:
+        with h5py.File(path, "r") as handle:
+            count = len(handle["lengths"]) if "lengths" in handle else len(handle["len"])
+    except (OSError, KeyError) as exc:
+        return f"unreadable: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    if count != videos:
+        return f"{count} videos, {videos} expected"
+    return None
 
 
 # --- reading --------------------------------------------------------------------------------------
