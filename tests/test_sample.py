@@ -152,3 +152,18 @@ def test_sample_from_published_checkpoint(tmp_path):
     record = json.loads((tmp_path / "published.png.json").read_text())
     assert record["backend"] == "river" and record["checkpoint"] == str(checkpoint.resolve())
     assert np.asarray(Image.open(tmp_path / "published.png")).shape == (32, 3 * 32 + 2 * 2, 3)
+
+
+def test_predict_reports_every_frame_it_makes(tiny_run):
+    """`vpt sample`'s bar ticks per predicted frame: a backend reports each frame of each sample."""
+    import torch
+
+    from vpt.models.backend import Backend
+
+    model = Backend.from_run(tiny_run["run"])
+    reported = []
+    with model.reporting_frames(reported.append):
+        model.predict(torch.zeros(3, 2, 3, SIZE, SIZE), 4, generator=torch.Generator().manual_seed(0))
+    assert reported == [3, 3, 3, 3]  # one call per frame, counting the 3 samples of the batch
+    model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), 1)  # outside the context nothing is called
+    assert len(reported) == 4

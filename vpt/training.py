@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vpt.console import console, info, warn
+from vpt.console import info, warn
 from vpt.errors import Interrupted, TrainingDiverged
+from vpt.progress import ProgressBar
 from vpt.runs import Run
 
 
@@ -233,17 +234,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
     if cfg.log_with and accelerator.is_main_process:
         accelerator.init_trackers(run.root.name, config=dataclasses.asdict(cfg))
 
-    progress = _progress(accelerator.is_main_process, cfg, state.step)
     started, started_step = time.perf_counter(), state.step
     try:
-        with _StopRequests() as ctrl_c:
+        with _TrainingBar(accelerator.is_main_process, cfg, state.step) as progress, _StopRequests() as ctrl_c:
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
                 if state.ema is not None:
                     state.ema.update(model, state.step)
                 _log(state, reduced, (state.step - started_step) / max(time.perf_counter() - started, 1e-9))
-                progress.advance(state.step, reduced["loss"].item())
+                progress.step(state.step, reduced["loss"].item())
                 evaluated = _periodic_work(state, hooks, progress)
                 out_of_time, interrupted = _stop_votes(cfg, started, ctrl_c.requested, accelerator)
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or out_of_time or interrupted:
@@ -256,7 +256,6 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                          f"kept (run the same command to continue)")
                     break
     finally:
-        progress.stop()
         if cfg.log_with:
             accelerator.end_training()
     return state.step
@@ -380,7 +379,7 @@ def _log(state: TrainingState, reduced: dict[str, torch.Tensor], steps_per_s: fl
             state.accelerator.log(record, step=state.step)
 
 
-def _periodic_work(state: TrainingState, hooks: Hooks, progress: _progress) -> dict[str, float]:
+def _periodic_work(state: TrainingState, hooks: Hooks, progress: ProgressBar) -> dict[str, float]:
     """Validation (every process) and sample strips (main process) with the EMA weights when kept."""
     cfg, step, run = state.cfg, state.step, state.run
     evaluated: dict[str, float] = {}
@@ -567,53 +566,24 @@ def _available_trackers(names: list[str]) -> list[str]:
     return available
 
 
-class _progress:
-    """A rich progress bar on the main process (silent elsewhere): it/s, loss, and the ETA of
-    `max_steps` - or, with a `max_minutes` budget, the time left of the budget."""
+class _TrainingBar(ProgressBar):
+    """Steps with it/s and loss, and the time left: of `max_steps`, or of a `max_minutes` budget."""
 
     def __init__(self, enabled: bool, cfg: TrainConfig, completed: int):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        remaining = (TextColumn("budget {task.fields[budget]}") if cfg.max_minutes > 0
-                     else TimeRemainingColumn())
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} it/s"), TextColumn("loss {task.fields[loss]}"),
-            remaining, console=console, transient=False,
-        )
         self.budget = 60.0 * cfg.max_minutes
-        self.task = self.bar.add_task("train", total=cfg.max_steps, completed=completed, rate="-", loss="-",
-                                      budget=self._budget_left(0.0))
-        self.start, self.first = time.perf_counter(), completed
-        self.bar.start()
+        fields = {"rate": "- it/s", "loss": "loss -"} | ({"budget": self._budget_left(0.0)} if self.budget else {})
+        super().__init__("train", cfg.max_steps, completed=completed, fields=fields, eta=not self.budget,
+                         enabled=enabled)
 
     def _budget_left(self, elapsed: float) -> str:
         left = max(0.0, self.budget - elapsed)
-        return f"{int(left // 60)}:{int(left % 60):02d} left of {self.budget / 60:g} min"
+        return f"{int(left // 60)}:{int(left % 60):02d} left of the {self.budget / 60:g} min budget"
 
-    def advance(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            elapsed = time.perf_counter() - self.start
-            self.bar.update(self.task, completed=step, rate=f"{(step - self.first) / max(elapsed, 1e-9):.2f}",
-                            loss=f"{loss:.4f}", budget=self._budget_left(elapsed))
-
-    @contextlib.contextmanager
-    def paused(self, what: str):
-        """Say what the loop is doing while the step counter stands still (validation, sampling)."""
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"train ({what})")
-        try:
-            yield
-        finally:
-            if self.bar is not None:
-                self.bar.update(self.task, description="train")
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def step(self, step: int, loss: float) -> None:
+        fields = {"rate": f"{self.rate(step - self.first):.2f} it/s", "loss": f"loss {loss:.4f}"}
+        if self.budget:
+            fields["budget"] = self._budget_left(self.elapsed)
+        self.update(completed=step, **fields)
 
 
 def start_run(

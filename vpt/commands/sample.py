@@ -232,29 +232,27 @@ def _context_from_data(data: Path, index: int, split: str, wanted: int, size, re
 
 
 def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs, precision):
-    """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run."""
+    """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run; the bar
+    ticks per predicted frame."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vpt.console import console
     from vpt.models.precision import inference_autocast
+    from vpt.progress import ProgressBar
 
     device = context.device
     generator = torch.Generator(device).manual_seed(seed)
+    prompt = kwargs.get("prompt")
+    extra = {k: v for k, v in kwargs.items() if k != "prompt"}
     results = []
-    with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("sample", total=num_samples)
+    with ProgressBar("sample", num_samples * frames, unit="frames", transient=True) as bar, \
+            model.reporting_frames(bar.advance):
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
             batch = context[None].expand(count, *context.shape)  # (B, n, 3, H, W)
-            prompt = kwargs.get("prompt")
-            extra = {k: v for k, v in kwargs.items() if k != "prompt"}
             with torch.no_grad(), inference_autocast(device, precision):
                 predicted = model.predict(batch, frames, prompt=[prompt] * count if prompt else None, steps=steps,
                                           generator=generator, **extra)
             results.extend(predicted.float().clamp(-1, 1).cpu())
-            progress.advance(task, count)
     return results
 
 

@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
+from vpt.progress import ProgressBar
+
 MANIFEST = "latents.json"
 PARTIAL = ".partial"
 
@@ -312,26 +314,11 @@ def _save_npy(path: Path, array) -> None:
             np.save(handle, array)
 
 
-class _Progress:
-    """Frames encoded, with frames/s and ETA (rich, on stderr)."""
+class _Progress(ProgressBar):
+    """Frames encoded, with frames/s and the time left."""
 
     def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from vpt.console import console
-
-        self.bar = Progress(TextColumn("[bold]save-latents"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-                            TextColumn("{task.fields[rate]} frames/s"), TimeRemainingColumn(), console=console)
-        self.task = self.bar.add_task("encode", total=total, rate="-")
-
-    def __enter__(self) -> _Progress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        super().__init__("save-latents", total, unit="frames", fields={"rate": "- frames/s"})
 
     def advance(self, frames: int) -> None:
-        self.bar.advance(self.task, frames)
-        speed = self.bar.tasks[0].speed
-        self.bar.update(self.task, rate=f"{speed:.0f}" if speed else "-")
+        super().advance(frames, rate=f"{self.rate():.0f} frames/s")

@@ -14,10 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
-
-from vpt.console import console
+from vpt.progress import ProgressBar
 
 
 def default_workers() -> int:
@@ -102,39 +99,13 @@ def _drain(pending: deque[Future], ordered: bool, until: int) -> Iterator[Any]:
                 yield future.result()
 
 
-class _FramesPerSecond(ProgressColumn):
-    """frames/s since the bar started (the field `frames` counts them)."""
-
-    def render(self, task) -> Text:
-        elapsed = task.elapsed or 0.0
-        frames = task.fields.get("frames", 0)
-        rate = frames / elapsed if elapsed > 0 else 0.0
-        return Text(f"{frames:,} frames  {rate:,.0f} frames/s", style="progress.data.speed")
-
-
-class MediaProgress:
-    """A rich progress bar counting videos, with frames and frames/s beside it."""
+class MediaProgress(ProgressBar):
+    """A progress bar counting videos, with frames and frames/s beside it."""
 
     def __init__(self, total: int, description: str):
+        super().__init__(description, total, unit="videos", fields={"frames": "0 frames"})
         self.frames = 0
-        self.started = time.perf_counter()
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-            TaskProgressColumn(), _FramesPerSecond(), TimeRemainingColumn(), console=console, transient=False,
-        )
-        self._task = self._progress.add_task(description, total=total, frames=0)
 
     def advance(self, videos: int = 1, frames: int = 0) -> None:
         self.frames += frames
-        self._progress.update(self._task, advance=videos, frames=self.frames)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def __enter__(self) -> MediaProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._progress.stop()
+        super().advance(videos, frames=f"{self.frames:,} frames  {self.rate(self.frames):,.0f} frames/s")

@@ -23,6 +23,8 @@ May declare (defaults in brackets)
     can_show_latents             [False] whether `decode` turns latent clips into frames
     sampling_options()           [predict's extra keyword arguments] backend-specific `--option`s
     sample_record(**options)     [{}] what the sampler really does (written next to each sample)
+    frames_done(count)           called by `predict` as frames come out, so commands can show progress
+                                 per frame (`reporting_frames(callback)` routes the calls)
     recognizes_checkpoint(path), from_checkpoint(path, autoencoder=)
                                  [False / error] published upstream weights (`vpt sample --checkpoint`)
 
@@ -33,7 +35,9 @@ its config.yaml, which is all `Backend.from_run` needs to rebuild the model.
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
@@ -114,6 +118,21 @@ class Backend(nn.Module, abc.ABC):
     def sample_record(self, **options: Any) -> dict[str, Any]:
         """What a sampling call with these options really does, for the record beside each sample."""
         return {}
+
+    def frames_done(self, count: int) -> None:
+        """`predict` calls this as it finishes frames (every sample of a batch counts)."""
+        callback = self.__dict__.get("_frames_callback")
+        if callback is not None:
+            callback(count)
+
+    @contextlib.contextmanager
+    def reporting_frames(self, callback: Callable[[int], None]):
+        """Within this context, `frames_done(n)` calls `callback(n)` (e.g. to advance a progress bar)."""
+        self.__dict__["_frames_callback"] = callback
+        try:
+            yield self
+        finally:
+            self.__dict__.pop("_frames_callback", None)
 
     @classmethod
     def recognizes_checkpoint(cls, path: Path) -> bool:

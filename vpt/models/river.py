@@ -432,6 +432,7 @@ class River(Backend):
             noise = torch.randn(reference.shape, generator=generator, device=draw_device).to(reference)
             start = (1 - (1 - sigma) * warm_start) * noise + warm_start * reference
             history[:, length] = integrate(velocity, start, grid, method=sampler)
+            self.frames_done(batch_size)
         return history[:, known:]
 
     # --- published checkpoints ----------------------------------------------------------------------

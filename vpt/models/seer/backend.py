@@ -370,6 +370,7 @@ class Seer(Backend):
             while sum(p.shape[1] for p in produced) < num_frames:
                 window = self._sample_window(latents, text, null, steps, scale, generator)  # (B, F - R, c, h, w)
                 produced.append(window)
+                self.frames_done(batch * window.shape[1])
                 latents = torch.cat([latents, window], dim=1)[:, -reference:]
         return self.decode(torch.cat(produced, dim=1)[:, :num_frames].float())
 
