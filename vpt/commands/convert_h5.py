@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vpt.commands.options import Compression, Layout, Resize
+
 from vpt.commands.extract_frames import FpsOption, ResizeOption, SkipBadOption, SplitsOption, WorkersOption, report
 
 
@@ -14,12 +16,12 @@ def convert_h5(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="train/val/test folders of frame folders and/or video files (or a flat folder with --splits).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Output: OUT_DIR/<split>/shard_0001.hdf5 ...")],
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=0, help="Resize frames to SIZE x SIZE; 0 keeps the stored size (vpt layout only).")] = 64,
-    resize: ResizeOption = "squash",
+    resize: ResizeOption = Resize.squash,
     extension: Annotated[str, typer.Option("--extension", help="Extension of the frame files in frame folders (case-sensitive, as upstream).")] = "png",
-    layout: Annotated[str, typer.Option("--layout", help="vpt: one chunked dataset per video (fast); river: upstream RIVER/NeuralSDE layout, one dataset per frame.")] = "vpt",
+    layout: Annotated[Layout, typer.Option("--layout", help="vpt: one chunked dataset per video (fast); river: upstream RIVER/NeuralSDE layout, one dataset per frame.")] = Layout.vpt,
     fps: FpsOption = None,
     videos_per_shard: Annotated[Optional[int], typer.Option("--videos-per-shard", min=1, help="Videos per shard file; a shard is the unit of resume (default: 1000 for vpt, 100000 for river as upstream).")] = None,
-    compression: Annotated[str, typer.Option("--compression", help="vpt layout frame compression: lzf (fast), gzip (smaller) or none.")] = "lzf",
+    compression: Annotated[Compression, typer.Option("--compression", help="vpt layout frame compression: lzf (fast), gzip (smaller) or none.")] = Compression.lzf,
     workers: WorkersOption = None,
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
@@ -28,15 +30,8 @@ def convert_h5(
     from vpt.data.convert import convert_h5 as run
     from vpt.data.parallel import default_workers
     from vpt.data.sources import parse_splits
-    from vpt.errors import UsageError
 
-    if layout not in ("vpt", "river"):
-        raise UsageError(f"--layout must be vpt or river, got {layout!r}")
-    if resize not in ("squash", "crop"):
-        raise UsageError(f"--resize must be squash or crop, got {resize!r}")
-    if compression not in ("lzf", "gzip", "none"):
-        raise UsageError(f"--compression must be lzf, gzip or none, got {compression!r}")
-    summary = run(data_dir, out_dir, image_size=image_size or None, resize=resize, extension=extension.lstrip("."),
-                  layout=layout, fps=fps, videos_per_shard=videos_per_shard, compression=compression,
+    summary = run(data_dir, out_dir, image_size=image_size or None, resize=resize.value, extension=extension.lstrip("."),
+                  layout=layout.value, fps=fps, videos_per_shard=videos_per_shard, compression=compression.value,
                   workers=workers or default_workers(), splits=parse_splits(splits))
     report(summary, out_dir, skip_bad, "converted")

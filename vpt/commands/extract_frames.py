@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from vpt.commands.options import FrameFormat, Resize
+
 from vpt.errors import VptError
 
 SizeOption = Annotated[Optional[int], typer.Option("--size", min=1, help="Resize frames to SIZE x SIZE (default: keep the video's size).")]
-ResizeOption = Annotated[str, typer.Option("--resize", help="squash: stretch to SIZE x SIZE as RIVER does; crop: short side to SIZE, centre crop.")]
+ResizeOption = Annotated[Resize, typer.Option("--resize", help="squash: stretch to SIZE x SIZE as RIVER does; crop: short side to SIZE, centre crop.")]
 FpsOption = Annotated[Optional[float], typer.Option("--fps", min=0.01, help="Resample to this frame rate (default: keep every frame).")]
 WorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding processes (default: all cores).")]
 SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Exit 0 even when some videos could not be read (they are still listed in failed.txt).")]
@@ -44,9 +46,9 @@ def extract_frames(
     video_dir: Annotated[Path, typer.Option("--video-dir", help="Folder searched recursively for videos (mp4, avi, mkv, webm, mov, mpg, m4v, gif, ...).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Output: OUT_DIR/<relative path without extension>/00000.<ext>.")],
     size: SizeOption = None,
-    resize: ResizeOption = "squash",
+    resize: ResizeOption = Resize.squash,
     fps: FpsOption = None,
-    ext: Annotated[str, typer.Option("--ext", help="Frame image format: png (lossless) or jpg (quality 95).")] = "png",
+    ext: Annotated[FrameFormat, typer.Option("--ext", help="Frame image format: png (lossless) or jpg (quality 95).")] = FrameFormat.png,
     workers: WorkersOption = None,
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
@@ -55,10 +57,7 @@ def extract_frames(
     from vpt.data.extract import extract_frames as run
     from vpt.data.parallel import default_workers
     from vpt.data.sources import parse_splits
-    from vpt.errors import UsageError
 
-    if resize not in ("squash", "crop"):
-        raise UsageError(f"--resize must be squash or crop, got {resize!r}")
-    summary = run(video_dir, out_dir, size=size, resize=resize, fps=fps, ext=ext,
+    summary = run(video_dir, out_dir, size=size, resize=resize.value, fps=fps, ext=ext.value,
                   workers=workers or default_workers(), splits=parse_splits(splits))
     report(summary, out_dir, skip_bad, "extracted")

@@ -28,3 +28,31 @@ class Precision(str, enum.Enum):
 
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class Resize(str, enum.Enum):
+    """How frames reach SIZE x SIZE (`--resize`)."""
+
+    squash = "squash"  # stretch, as RIVER does
+    crop = "crop"  # short side to SIZE, centre crop
+
+
+class Layout(str, enum.Enum):
+    vpt = "vpt"
+    river = "river"
+
+
+class Compression(str, enum.Enum):
+    lzf = "lzf"
+    gzip = "gzip"
+    none = "none"
+
+
+class FrameFormat(str, enum.Enum):
+    png = "png"
+    jpg = "jpg"
+
+
+class LatentDtype(str, enum.Enum):
+    float32 = "float32"
+    float16 = "float16"

@@ -197,7 +197,8 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
         return ((frames.float() + 1) / 2).clamp(0, 1)
 
     def per_frame(metric, frames):  # (T,) mean over clips
-        return metric(unit(frames).flatten(0, 1), unit(truth).flatten(0, 1)).reshape(count, -1).double().mean(0).numpy()
+        scores = metric(unit(frames).flatten(0, 1), unit(truth).flatten(0, 1))
+        return np.asarray(scores, dtype=np.float64).reshape(count, -1).mean(0)
 
     curves = {"psnr": per_frame(psnr, predicted), "baseline_psnr": per_frame(psnr, baseline),
               "ssim": per_frame(ssim, predicted), "baseline_ssim": per_frame(ssim, baseline)}

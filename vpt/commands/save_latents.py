@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
+from vpt.commands.options import LatentDtype
 from vpt.progress import ProgressBar
 
 MANIFEST = "latents.json"
@@ -37,7 +38,7 @@ def save_latents(
     data: Annotated[Path, typer.Option("--data", help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")] = 64,
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage type of the latents: float32 or float16.")] = "float32",
+    dtype: Annotated[LatentDtype, typer.Option("--dtype", help="Storage type of the latents: float32 or float16.")] = LatentDtype.float32,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Resize frames to S x S before encoding (default: as stored).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="taming preset a bare VQGAN checkpoint must match: f8_small, f8 or f16 (default: read off the weights).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available, bf16 autocast), cpu or cuda[:N].")] = "auto",
@@ -45,11 +46,8 @@ def save_latents(
 ) -> None:
     """Encode every video of every split into latent HDF5 with the same indexing (resumable)."""
     from vpt.console import info
-    from vpt.errors import UsageError
 
-    if dtype not in ("float32", "float16"):
-        raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
-    summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype, image_size=image_size,
+    summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype.value, image_size=image_size,
                              preset=preset, device=device, workers=workers)
     done = summary["videos"] - summary["encoded_videos"]
     info(f"Latents of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
