@@ -167,3 +167,21 @@ def test_predict_reports_every_frame_it_makes(tiny_run):
     assert reported == [3, 3, 3, 3]  # one call per frame, counting the 3 samples of the batch
     model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), 1)  # outside the context nothing is called
     assert len(reported) == 4
+
+
+def test_requests_beyond_the_training_range_are_flagged(tiny_run, tmp_path, capsys):
+    """A rollout whose context distances exceed the training clips says so once; within range it is quiet."""
+    import torch
+
+    from vpt.models.backend import Backend
+
+    model = Backend.from_run(tiny_run["run"])
+    trained = model.trained_frames
+    assert trained == FRAMES  # the run's data.frames
+    capsys.readouterr()
+    model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), trained - 2)  # distances up to T - 2: trained range
+    assert "extrapolates" not in capsys.readouterr().err
+    model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), trained + 3)
+    assert f"--option past_horizon={trained - 1}" in " ".join(capsys.readouterr().err.split())
+    model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), trained + 3, past_horizon=trained - 1)
+    assert "extrapolates" not in capsys.readouterr().err

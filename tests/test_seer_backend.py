@@ -121,10 +121,13 @@ def test_predict_shapes_determinism_and_prompts(model):
     assert torch.allclose(run("moves left", guidance_scale=0.0), run("moves right", guidance_scale=0.0), atol=1e-6)
 
 
-def test_predict_more_frames_than_a_window_continues_autoregressively(model):
+def test_predict_more_frames_than_a_window_continues_autoregressively(model, capsys):
     context = _batch()["video"][:1, :1]
+    capsys.readouterr()
     one_window = model.predict(context, 2, prompt="x", generator=torch.Generator().manual_seed(1))
+    assert "autoregressively" not in capsys.readouterr().err
     longer = model.predict(context, 5, prompt="x", generator=torch.Generator().manual_seed(1))
+    assert "5 frames asked, one window predicts 2" in capsys.readouterr().err  # leaving the trained window is flagged
     assert longer.shape[1] == 5
     assert torch.allclose(longer[:, :2], one_window, atol=1e-6)
 

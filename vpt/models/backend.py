@@ -16,6 +16,7 @@ May declare (defaults in brackets)
     uses_autoencoder             [False] the config has `autoencoder` (a frozen AE the backend encodes with)
     frozen_prefixes              [()] state-dict keys read from elsewhere and left out of run checkpoints
     context_frames               [cfg.context_frames] frames its evaluation protocol gives `predict`
+    trained_frames               [None] clip length it was trained on, to warn when a request leaves it
     frame_size / resize          [None / "squash"] the frame size it works at and how inputs are resized
                                  to it (a run's `data:` section says it for trained models; a published
                                  checkpoint sets them from what it is known to be trained on)
@@ -78,6 +79,7 @@ class Backend(nn.Module, abc.ABC):
     frozen_prefixes: tuple[str, ...] = ()
     frame_size: int | None = None
     resize: str = "squash"
+    trained_frames: int | None = None  # clip length it was trained on (a run's data.frames), when known
 
     @abc.abstractmethod
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -170,6 +172,7 @@ class Backend(nn.Module, abc.ABC):
         data = raw.get("data") or {}
         model.frame_size = data.get("image_size") or model.frame_size
         model.resize = data.get("resize") or model.resize
+        model.trained_frames = data.get("frames") or model.trained_frames
         return model.eval()
 
 

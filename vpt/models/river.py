@@ -371,10 +371,24 @@ class River(Backend):
         """
         if prompt is not None:
             raise UsageError("backend 'river' takes no text prompt")
+        self._warn_outside_training(context.shape[1], num_frames, past_horizon)
         context_latents = self.encode(context)  # (B, n, c, h, w)
         latents = self.rollout(context_latents, num_frames, steps=steps, generator=generator,
                                warm_start=warm_start, sampler=sampler, past_horizon=past_horizon)
         return self.decode(latents)
+
+    def _warn_outside_training(self, num_context: int, num_frames: int, past_horizon: int | None) -> None:
+        """One line when the random context may sit further back than any distance seen in training."""
+        horizon = self.cfg.past_horizon if past_horizon is None else past_horizon
+        # largest reference-to-context distance the rollout draws (one context frame is used twice)
+        reach = horizon - 1 if horizon else max(num_context, 2) + num_frames - 2
+        trained = self.trained_frames - 2 if self.trained_frames else None  # training: target k <= T-1, context >= 0
+        if trained and reach > trained:
+            from vpt.console import warn
+
+            warn(f"river: frame distances up to {reach}, but training clips of {self.trained_frames} frames only "
+                 f"showed distances up to {trained}; the distance embedding extrapolates - pass "
+                 f"--option past_horizon={trained + 1} to keep the context within the trained range")
 
     @torch.no_grad()
     def rollout(
