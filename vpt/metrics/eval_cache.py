@@ -25,6 +25,9 @@ from vpt.fsutil import atomic_path, atomic_write_text
 
 CACHE_FORMAT = 1  # bump when what a batch file holds changes
 DEFAULT_FOLDER = ".vpt-eval-cache"
+# the `PredictionProtocol` fields that change a batch's arrays (pooling and reductions come after them)
+SAMPLING_FIELDS = ("context_frames", "predicted_frames", "samples", "context_in_fvd", "steps", "seed", "batch_size",
+                   "precision")
 
 
 def digest(description: dict) -> str:
@@ -96,14 +99,14 @@ class EvalCache:
         return record
 
 
-def open_cache(root: Path, batches: dict, real: dict | None) -> EvalCache:
-    """Stores under `root` for the descriptions `batches` (everything that changes a batch's arrays)
-    and `real` (everything that changes the real clips' features)."""
-    def store(kind: str, description: dict) -> BatchStore:
-        description = {"cache_format": CACHE_FORMAT, "kind": kind, **description}
-        return BatchStore(Path(root) / f"{kind}-{digest(description)}", description)
+def open_cache(root: Path, kind: str, batches: dict, real: dict | None) -> EvalCache:
+    """Stores under `root` for the descriptions `batches` (everything that changes a batch's arrays; its
+    folder is named `<kind>-<hash>`) and `real` (everything that changes the real clips' features)."""
+    def store(name: str, description: dict) -> BatchStore:
+        description = {"cache_format": CACHE_FORMAT, "kind": name, **description}
+        return BatchStore(Path(root) / f"{name}-{digest(description)}", description)
 
-    return EvalCache(store(batches.pop("kind"), batches), store("features", real) if real is not None else None)
+    return EvalCache(store(kind, batches), store("features", real) if real is not None else None)
 
 
 # --- what a key holds -------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def videos_cache(root: Path, real: Path, fake: Path, real_clips, fake_clips, spl
     features = features_description(fvd, device_type)
     window = (0, real_clips.spec.frames)
     fake_set = _set_description(source_fingerprint(fake, split), fake_clips, window, features)
-    return open_cache(root, {"kind": "features", **fake_set},
+    return open_cache(root, "features", fake_set,
                       _set_description(source_fingerprint(real, split), real_clips, window, features))
 
 
@@ -175,13 +178,12 @@ def run_cache(root: Path, run_dir: Path, data: Path, split: str, clips, protocol
 
     run = Run(run_dir)
     source, cut = source_fingerprint(data, split), clips_description(clips)
-    sampling = {name: getattr(protocol, name) for name in ("context_frames", "predicted_frames", "samples",
-                                                           "context_in_fvd", "steps", "seed", "batch_size", "precision")}
+    sampling = {name: getattr(protocol, name) for name in SAMPLING_FIELDS}
     features = features_description(fvd, device_type) if fvd is not None else None
-    batches = {"kind": "run", "model": checkpoint_fingerprint(run.root, run.latest_checkpoint(), run.read_config()),
+    batches = {"model": checkpoint_fingerprint(run.root, run.latest_checkpoint(), run.read_config()),
                "source": source, "clips": cut, "sampling": sampling, "features": features,
                "frame_scores": frame_scores, "device": device_type}
     if fvd is None:
-        return open_cache(root, batches, None)
+        return open_cache(root, "run", batches, None)
     window = (0 if protocol.context_in_fvd else protocol.context_frames, clips.spec.frames)
-    return open_cache(root, batches, _set_description(source, clips, window, features))
+    return open_cache(root, "run", batches, _set_description(source, clips, window, features))

@@ -205,8 +205,8 @@ def evaluate_videos(real: SourceClips, fake: SourceClips, *, fvd: FvdSettings | 
     if fvd is not None:
         features = []
         for clips, store in ((real, cache and cache.real), (fake, cache and cache.batches)):
-            values, times = extract_features(fvd.detector, clips, fvd.preset, batch_size=fvd.batch_size, workers=workers,
-                                             accelerator=accelerator, progress=progress, store=store)
+            values, times = extract_features(fvd.detector, clips, fvd.preset, batch_size=fvd.batch_size,
+                                             workers=workers, accelerator=accelerator, progress=progress, store=store)
             features.append(values)
             _add_times(result.times, times)
         result.metrics.update(_distances(*features, fvd))

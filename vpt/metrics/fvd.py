@@ -310,7 +310,8 @@ def detector_features(detector: Detector, videos: torch.Tensor | list[torch.Tens
 
 
 def extract_features(detector: Detector, clips: ClipSet, preset: FvdPreset, *, batch_size: int = 16,
-                     workers: int = 0, accelerator=None, progress=None, store: BatchStore | None = None) -> tuple[np.ndarray, ExtractionTimes]:
+                     workers: int = 0, accelerator=None, progress=None,
+                     store: BatchStore | None = None) -> tuple[np.ndarray, ExtractionTimes]:
     """I3D logits (N, 400) float32 of every clip, in input order, whatever the number of processes.
 
     Under accelerate every process computes its share of batches (`batch_plan`) and the pieces are
