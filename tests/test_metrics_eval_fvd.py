@@ -196,7 +196,7 @@ def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, dete
     data = _write_h5(tmp_path / "data", moving_videos(4, 10, 16, seed=2))
     run = _write_run(tmp_path / "run", noise=0.3)
     common = ["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "1",
-              "--pred-frames", "9", "--samples", "3", "--seed", "5", "--batch-size", "3"]
+              "--pred-frames", "9", "--samples", "3", "--seed", "5", "--batch-size", "3", "--no-cache"]
     reports = []
     for name, extra in (("a", []), ("b", []), ("c", ["--no-context-in-fvd", "--fvd-pooling", "per-sample"])):
         result = _invoke(common + extra + ["--out", str(tmp_path / f"{name}.json")])

@@ -133,14 +133,15 @@ def test_batch_plan_is_independent_of_world_size_and_gathers_in_order():
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_numbers_as_one(tmp_path):
-    """`accelerate launch` with 2 CPU processes vs one process: bit-identical FVD/KVD."""
+    """`accelerate launch` with 2 CPU processes vs one process: bit-identical FVD/KVD; the batches the two
+    processes cached are all found by a single process afterwards."""
     detector = write_tiny_detector(tmp_path / "tiny_i3d.pt")
     write_frame_folders(tmp_path / "real", moving_videos(5, 10, 16, seed=0))
     write_frame_folders(tmp_path / "fake", moving_videos(5, 10, 16, seed=1)[:, ::-1])
     args = ["eval-fvd", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--i3d", str(detector),
             "--frames", "10", "--batch-size", "2"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}  # same threads in both
-    single = subprocess.run([sys.executable, "-m", "vpt", *args, "--out", str(tmp_path / "one.json")],
+    single = subprocess.run([sys.executable, "-m", "vpt", *args, "--no-cache", "--out", str(tmp_path / "one.json")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -152,3 +153,11 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path):
     assert two["fvd"] == one["fvd"] and two["kvd"] == one["kvd"]
     assert two["protocol"]["counts"] == one["protocol"]["counts"] == {
         "real": 5, "fake": 5, "real_skipped_short": 0, "fake_skipped_short": 0}
+    cache = two["protocol"]["cache"]  # counts summed over both processes: 3 batches of 2 clips per set
+    assert (cache["computed_batches"], cache["real"]["computed_batches"]) == (3, 3)
+    again = subprocess.run([sys.executable, "-m", "vpt", *args, "--out", str(tmp_path / "again.json")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "again.json").read_text())
+    assert (resumed["protocol"]["cache"]["reused_batches"], resumed["protocol"]["cache"]["real"]["reused_batches"]) == (3, 3)
+    assert resumed["protocol"]["cache"]["computed_batches"] == 0 and resumed["fvd"] == one["fvd"]

@@ -55,7 +55,7 @@ def _register() -> None:
     app.add_typer(make_data.app, name="make-data")
     app.command("extract-frames", help="Videos -> folders of numbered frames (parallel, resumable).")(_interruptible(extract_frames.extract_frames, "finished videos are kept; run the same command to continue"))
     app.command("convert-h5", help="Frame folders or videos -> HDF5 shards (parallel, resumable; vpt or RIVER layout).")(_interruptible(convert_h5.convert_h5, "finished shards are kept; run the same command to continue"))
-    app.command("eval-fvd", help="FVD/KVD (I3D, published presets) and PSNR/SSIM/LPIPS of videos or of a run's predictions, with the protocol recorded.")(_interruptible(eval_fvd.eval_fvd, NOTHING_WRITTEN))
+    app.command("eval-fvd", help="FVD/KVD (I3D, published presets) and PSNR/SSIM/LPIPS of videos or of a run's predictions, with the protocol recorded.")(_interruptible(eval_fvd.eval_fvd, "finished batches stay in the eval cache (unless --no-cache); run the same command to resume"))
     from vpt.commands import quickstart, sample, train
 
     app.command("train", help="Train a backend (river, seer, ...) on the shared loop; resumes a run.")(_interruptible(train.train, TRAINING_ABORTED))

@@ -5,6 +5,10 @@
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
 computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers.
+
+Finished batches are kept in a cache folder (default .vpt-eval-cache beside --out): the same command after
+a kill resumes where it stopped, and the real set's I3D features are reused by later evaluations of the
+same data with the same detector and preset.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def eval_fvd(
     fvd_pooling: Annotated[str, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = "pooled",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own).")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.")] = Precision.fp32,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping finished batches (sampled clips' scores, I3D features): the same command after a kill resumes from it, and real-set features are shared by evaluations of the same data, detector and preset. Default: .vpt-eval-cache beside --out.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep nothing on disk: a killed evaluation starts over.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (under accelerate launch: each process's own GPU).")] = "auto",
 ) -> None:
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
@@ -61,6 +67,7 @@ def eval_fvd(
     from vpt.console import info
     from vpt.errors import UsageError
     from vpt.fsutil import atomic_write_text, ensure_writable
+    from vpt.metrics import eval_cache as ec
     from vpt.metrics import evaluate as ev
     from vpt.models.backend import run_protocol
     from vpt.metrics.fvd import get_preset
@@ -80,7 +87,12 @@ def eval_fvd(
     want_frames = run_mode or paired
     if not fvd and not want_frames:
         raise UsageError("--no-fvd leaves nothing to compute; add --paired for frame metrics")
+    if cache is not None and no_cache:
+        raise UsageError("--cache and --no-cache contradict each other")
     ensure_writable(out.parent, "--out")
+    cache_root = None if no_cache else cache or out.parent / ec.DEFAULT_FOLDER
+    if cache_root is not None:
+        ensure_writable(cache_root, "--cache")
     accelerator = _accelerator(device)
     device_ = accelerator.device
 
@@ -116,11 +128,13 @@ def eval_fvd(
         spec = ev.ClipSpec(frames, stride or 1, clip_offset, seed, image_size)
         real_clips = ev.open_clips(real, spec, split=split, max_videos=max_videos)
         fake_clips = ev.open_clips(fake, spec, split=split, max_videos=max_videos)
+        eval_cache = None if cache_root is None or fvd_settings is None else ec.videos_cache(
+            cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)
         total = (len(real_clips) + len(fake_clips)) * bool(fvd) + len(real_clips) * paired
         with _progress(accelerator, total) as advance:
             result = ev.evaluate_videos(real_clips, fake_clips, fvd=fvd_settings, scorer=scorer,
                                         psnr_reduction=psnr_reduction, workers=workers, accelerator=accelerator,
-                                        progress=advance)
+                                        progress=advance, cache=eval_cache)
         protocol = {"mode": "videos", "real": str(real), "fake": str(fake), "split": split,
                     "paired_frame_metrics": paired}
     else:
@@ -129,18 +143,27 @@ def eval_fvd(
                                              psnr_reduction, steps, seed, batch_size, precision.value)
         spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, backend.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
+        frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None}
+        eval_cache = None if cache_root is None else ec.run_cache(
+            cache_root, run, data, split, clips, protocol_run, fvd_settings, frame_scores, device_.type)
         with _progress(accelerator, len(clips)) as advance:
             result = ev.evaluate_predictions(backend, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
-                                             device=device_, workers=workers, accelerator=accelerator, progress=advance)
+                                             device=device_, workers=workers, accelerator=accelerator, progress=advance,
+                                             cache=eval_cache)
         protocol = {"mode": "run", **run_record, "data": str(data), "split": split, **protocol_run.record()}
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
+    protocol["cache"] = eval_cache.record(accelerator) if eval_cache is not None else None
     protocol["frame_metrics"] = _frame_protocol(scorer, lpips_net, lpips_note, psnr_reduction) if scorer else None
     report = {**{k: result.metrics[k] for k in ("fvd", "kvd", "psnr", "ssim", "lpips") if k in result.metrics},
               "details": result.details, "timing": _timing(result), "protocol": protocol}
     if accelerator.is_main_process:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         _print_table(report)
+        if eval_cache is not None:
+            record = protocol["cache"]
+            info(f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
+                 f"{record['computed_batches']} computed")
         info(f"wrote {out}")
 
 

@@ -3,7 +3,7 @@ between two sets of videos, and a backend's predictions scored against the truth
 
 Work is split over accelerate processes in fixed batches (`vpt.metrics.fvd.batch_plan`) and gathered in
 input order, and every random choice is seeded per clip / per batch, so 1 and N processes give the same
-numbers.
+numbers. With an `EvalCache`, finished batches are kept on disk and a rerun loads them instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from einops import rearrange
 
 from vpt.errors import UsageError
+from vpt.metrics.eval_cache import BatchStore, EvalCache, split_plan
 from vpt.metrics.fvd import (ExtractionTimes, FvdPreset, batch_loader, batch_plan, detector_features, extract_features,
                              fvd_from_stats, gather_in_order, kernel_distance, stats_of)
 from vpt.metrics.frames import BestOfN, gray_uint8, mse_per_frame, ssim, to_unit
@@ -196,18 +197,19 @@ def _add_times(total: ExtractionTimes, part: ExtractionTimes) -> None:
 
 def evaluate_videos(real: SourceClips, fake: SourceClips, *, fvd: FvdSettings | None, scorer: FrameScorer | None,
                     psnr_reduction: Literal["frame", "video"] = "frame", workers: int = 0, accelerator=None,
-                    progress=None) -> Evaluation:
-    """FVD/KVD between two sets of clips; with `scorer`, also frame metrics of clip pairs (same order)."""
+                    progress=None, cache: EvalCache | None = None) -> Evaluation:
+    """FVD/KVD between two sets of clips; with `scorer`, also frame metrics of clip pairs (same order).
+    With `cache`, the real features go to `cache.real` and the fake ones to `cache.batches`."""
     result = Evaluation(counts={"real": len(real), "fake": len(fake), "real_skipped_short": real.skipped,
                                 "fake_skipped_short": fake.skipped})
     if fvd is not None:
-        real_features, real_times = extract_features(fvd.detector, real, fvd.preset, batch_size=fvd.batch_size,
-                                                     workers=workers, accelerator=accelerator, progress=progress)
-        fake_features, fake_times = extract_features(fvd.detector, fake, fvd.preset, batch_size=fvd.batch_size,
-                                                     workers=workers, accelerator=accelerator, progress=progress)
-        _add_times(result.times, real_times)
-        _add_times(result.times, fake_times)
-        result.metrics.update(_distances(real_features, fake_features, fvd))
+        features = []
+        for clips, store in ((real, cache and cache.real), (fake, cache and cache.batches)):
+            values, times = extract_features(fvd.detector, clips, fvd.preset, batch_size=fvd.batch_size,
+                                             workers=workers, accelerator=accelerator, progress=progress, store=store)
+            features.append(values)
+            _add_times(result.times, times)
+        result.metrics.update(_distances(*features, fvd))
     if scorer is not None:
         if len(real) != len(fake):
             raise UsageError(f"--paired needs as many fake as real videos (got {len(fake)} and {len(real)})")
@@ -288,23 +290,36 @@ def quantise(frames: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtocol, *, fvd: FvdSettings | None,
                          scorer: FrameScorer, device: torch.device, workers: int = 0, accelerator=None,
-                         progress=None) -> Evaluation:
+                         progress=None, cache: EvalCache | None = None) -> Evaluation:
     """Predict `predicted_frames` from the first `context_frames` of every clip, `samples` times, and
-    score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`)."""
+    score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`).
+
+    With `cache`, every finished batch is saved to `cache.batches` (and its real features to `cache.real`)
+    before the next one starts, and batches found there are loaded instead of predicted."""
     p = protocol
     if clips.spec.frames != p.context_frames + p.predicted_frames:
         raise ValueError("clips must hold context + predicted frames")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    plan = batch_plan(len(clips), p.batch_size, rank, world)
     result = Evaluation(counts={"sequences": len(clips), "skipped_short": clips.skipped,
                                 "real_clips": len(clips), "fake_clips": len(clips) * p.samples})
-    pieces, started = [], time.perf_counter()
-    for first, videos, decode_seconds in batch_loader(clips, plan, workers=workers, device=device):
+    pieces, todo = split_plan(cache and cache.batches, batch_plan(len(clips), p.batch_size, rank, world))
+    if progress is not None and pieces:
+        progress(sum(len(arrays["psnr"]) for _, arrays in pieces) * world)
+    real_store = cache.real if cache is not None and fvd is not None else None
+    started = time.perf_counter()
+    for first, videos, decode_seconds in batch_loader(clips, todo, workers=workers, device=device):
         if isinstance(videos, list):
             raise UsageError("the test videos differ in size; set --image-size so the backend gets one size")
+        first, batch = int(first), list(range(int(first), int(first) + len(videos)))
         result.times.decode += decode_seconds
-        prompts = [clips.text(k) or "" for k in range(first, first + len(videos))] if backend.takes_text else None
-        pieces.append((int(first), _predict_batch(backend, videos.to(device), prompts, int(first), p, fvd, scorer, result.times)))
+        prompts = [clips.text(k) or "" for k in batch] if backend.takes_text else None
+        real = _stored_features(real_store, batch)
+        payload = _predict_batch(backend, videos.to(device), prompts, first, p, fvd, scorer, result.times, real)
+        if real_store is not None and real is None:
+            real_store.save(first, {"features": payload["real"]})
+        if cache is not None:
+            cache.batches.save(first, payload)
+        pieces.append((first, payload))
         if progress is not None:
             progress(len(videos) * world)
     merged = gather_in_order(pieces, accelerator)
@@ -328,16 +343,25 @@ def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtoc
     return result
 
 
+def _stored_features(store: BatchStore | None, batch: list[int]) -> np.ndarray | None:
+    arrays = store.load(batch) if store is not None else None
+    return None if arrays is None else arrays["features"]
+
+
 def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: PredictionProtocol,
-                   fvd: FvdSettings | None, scorer: FrameScorer, times: ExtractionTimes) -> dict[str, np.ndarray]:
-    """One batch of test clips -> per-frame scores (B, N, T_pred) and I3D features of real/fake clips."""
+                   fvd: FvdSettings | None, scorer: FrameScorer, times: ExtractionTimes,
+                   real: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One batch of test clips -> per-frame scores (B, N, T_pred) and I3D features of real/fake clips
+    (`real`: the real clips' features when they are already known)."""
     truth = rearrange(truth, "b t h w c -> b t c h w")  # uint8
     context_u8, future_u8 = truth[:, :p.context_frames], truth[:, p.context_frames:]
     context = context_u8.float() / 127.5 - 1.0  # (B, T_ctx, 3, H, W) in [-1, 1]
     out: dict[str, list] = {}
     if fvd is not None:
-        real_clip = truth if p.context_in_fvd else future_u8
-        out["real"] = detector_features(fvd.detector, rearrange(real_clip, "b t c h w -> b t h w c"), fvd.preset, times)
+        if real is None:
+            real_clip = truth if p.context_in_fvd else future_u8
+            real = detector_features(fvd.detector, rearrange(real_clip, "b t c h w -> b t h w c"), fvd.preset, times)
+        out["real"] = real
     for k in range(p.samples):
         generator = torch.Generator(device=truth.device).manual_seed(sample_seed(p.seed, first, k))
         with inference_autocast(truth.device, p.precision):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vpt.errors import UsageError
+from vpt.metrics.eval_cache import BatchStore, split_plan
 from vpt.metrics.i3d import INPUT_SIZE, MIN_FRAMES, Detector
 
 ResizeMode = Literal["tf-bilinear", "bilinear", "short-side-crop"]
@@ -309,19 +310,26 @@ def detector_features(detector: Detector, videos: torch.Tensor | list[torch.Tens
 
 
 def extract_features(detector: Detector, clips: ClipSet, preset: FvdPreset, *, batch_size: int = 16,
-                     workers: int = 0, accelerator=None, progress=None) -> tuple[np.ndarray, ExtractionTimes]:
+                     workers: int = 0, accelerator=None, progress=None,
+                     store: BatchStore | None = None) -> tuple[np.ndarray, ExtractionTimes]:
     """I3D logits (N, 400) float32 of every clip, in input order, whatever the number of processes.
 
     Under accelerate every process computes its share of batches (`batch_plan`) and the pieces are
     gathered to all processes. `progress(n)` is called with the number of clips finished (all ranks).
+    With a `vpt.metrics.eval_cache.BatchStore`, batches it holds are loaded and the others saved to it.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    plan = batch_plan(len(clips), batch_size, rank, world)
-    times, pieces = ExtractionTimes(), []
+    done, todo = split_plan(store, batch_plan(len(clips), batch_size, rank, world))
+    pieces = [(first, arrays["features"]) for first, arrays in done]
+    times = ExtractionTimes()
+    if progress is not None and pieces:
+        progress(sum(len(features) for _, features in pieces) * world)
     started = time.perf_counter()
-    for first, videos, decode_seconds in batch_loader(clips, plan, workers=workers, device=detector_device(detector)):
+    for first, videos, decode_seconds in batch_loader(clips, todo, workers=workers, device=detector_device(detector)):
         times.decode += decode_seconds
         features = detector_features(detector, videos, preset, times)
+        if store is not None:
+            store.save(int(first), {"features": features})
         pieces.append((int(first), features))
         if progress is not None:
             progress(len(features) * world)
