@@ -58,8 +58,7 @@ def read_weights(path: str | Path, *, lenient: bool = False, mmap: bool = False)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         if not lenient:
-            raise UnsafeWeightsError(f"{path}: refusing to load: {_what_torch_refused(exc)}; "
-                                     "vpt reads only tensors and plain data from weight files") from None
+            raise _torch_refusal(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file: one line
         raise _unreadable(path, exc) from None
     return read_restricted(path)
@@ -145,9 +144,15 @@ def _unreadable(path: Path, exc: BaseException) -> VptError:
     return VptError(f"{path}: not a readable weights file ({detail})")
 
 
-def _what_torch_refused(exc: pickle.UnpicklingError) -> str:
-    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", str(exc))
-    return f"it pickles {found.group(1)}" if found else "it pickles objects other than tensors"
+def _torch_refusal(path: Path, exc: pickle.UnpicklingError) -> VptError:
+    """torch's weights_only refusal as one line: unsafe when it names a pickled global, else unreadable."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", text)
+    if found:
+        return UnsafeWeightsError(f"{path}: refusing to load: it pickles {found.group(1)}; "
+                                  "vpt reads only tensors and plain data from weight files")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return VptError(f"{path}: not a readable weights file ({detail.group(1)[:160] if detail else 'not a torch.save file'})")
 
 
 # --- the restricted unpickler ---------------------------------------------------------------------
