@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pickle
 import shlex
 import shutil
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,36 @@ def test_malicious_pickles_are_refused(tmp_path, marker, fmt, payload, lenient):
     with pytest.raises(UnsafeWeightsError):
         read_restricted(path)  # vpt's own reader of both formats, without torch's weights_only pass first
     assert not marker.exists()
+
+
+def hand_written(payload: bytes, fmt: str, path: Path) -> Path:
+    """An object pickle written by hand, framed as a torch.save file of format `fmt`."""
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("archive/data.pkl", payload)
+            archive.writestr("archive/byteorder", "little")
+            archive.writestr("archive/version", "3\n")
+    else:
+        header = (weights.LEGACY_MAGIC, weights.LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True})
+        path.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in header) + payload + pickle.dumps([], protocol=2))
+    return path
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("payload, verdict", [
+    (b"(S'touch pwned'\nios\nsystem\n.", "call os.system"),  # protocol-0 INST
+    (b"cbuiltins\neval\n(S'1+1'\ntR.", "call builtins.eval"),
+    (b"ccopyreg\n_reconstructor\n(ccollections\nOrderedDict\nc__builtin__\nobject\nNtR.", "through copyreg"),
+    # BUILD with slot state on an allowed function would set its __defaults__ for every later load
+    (b"ctorch._utils\n_rebuild_tensor_v2\n(N(dS'__defaults__'\n(I1\nI2\ntstb.", "modify torch._utils._rebuild_tensor_v2"),
+    (b"ctorch\nFloatStorage\n(dS'dtype'\nI1\nsb.", "modify torch.FloatStorage"),
+], ids=["inst", "reduce", "copyreg", "build-function", "build-storage"])
+def test_hand_written_pickles_can_neither_call_nor_modify(tmp_path, fmt, payload, verdict):
+    defaults = weights._tensor.__defaults__
+    path = hand_written(payload, fmt, tmp_path / "crafted.pt")
+    with pytest.raises(UnsafeWeightsError, match=verdict):
+        read_weights(path, lenient=True)
+    assert weights._tensor.__defaults__ == defaults
 
 
 def _plain_checkpoint() -> dict:

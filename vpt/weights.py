@@ -73,7 +73,7 @@ def read_restricted(path: str | Path) -> Any:
         with open(path, "rb") as handle:
             return _read_legacy(handle, size=path.stat().st_size)
     except _Refused as exc:
-        raise UnsafeWeightsError(f"{path}: refusing to load: its pickle calls {exc}, which could run code; "
+        raise UnsafeWeightsError(f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
                                  "vpt reads only tensors and plain data from weight files") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means a corrupt or foreign file
         raise _unreadable(path, exc) from None
@@ -159,7 +159,7 @@ def _torch_refusal(path: Path, exc: pickle.UnpicklingError) -> VptError:
 
 
 class _Refused(Exception):
-    """The pickle asks to call something outside the allowed set (its text: the global's name)."""
+    """The pickle asks for something outside the allowed set (its text: what, e.g. "call posix.system")."""
 
 
 class _NoCalls(type):
@@ -167,7 +167,7 @@ class _NoCalls(type):
     pickle that calls the class, as a code-running pickle calls its function, is refused."""
 
     def __call__(cls, *args, **kwargs):
-        raise _Refused(cls.qualified_name)
+        raise _Refused(f"call {cls.qualified_name}")
 
 
 class Placeholder(metaclass=_NoCalls):
@@ -195,11 +195,35 @@ class Placeholder(metaclass=_NoCalls):
         return f"<{self.qualified_name}, not loaded>"
 
 
-class _StorageType:
+class _Sealed:
+    """Objects the unpickler hands out for allowed globals: a pickle may use them but not change them
+    (BUILD would otherwise set attributes such as a function's defaults, for every later load)."""
+
+    __slots__ = ("name",)
+
+    def __setstate__(self, state):
+        raise _Refused(f"modify {self.name}")
+
+
+class _StorageType(_Sealed):
     """What a `torch.<Dtype>Storage` global becomes: only its dtype is used."""
 
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+    __slots__ = ("dtype",)
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name, self.dtype = name, dtype
+
+
+class _Allowed(_Sealed):
+    """An allowed callable (a rebuild function, a container type)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, name: str, function):
+        self.name, self.function = name, function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
 
 
 @functools.cache
@@ -271,7 +295,7 @@ def _latin1_bytes(text, encoding="latin1") -> bytes:
 def _placeholder_from_class(cls, *args):
     """`copyreg._reconstructor` / `copyreg.__newobj__` (protocol 0/1 objects), allowed for placeholders only."""
     if not isinstance(cls, _NoCalls):
-        raise _Refused(f"copyreg on {getattr(cls, '__name__', type(cls).__name__)}")
+        raise _Refused(f"rebuild {getattr(cls, 'name', type(cls).__name__)} through copyreg")
     return object.__new__(cls)
 
 
@@ -305,13 +329,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles use Python 2's name
         if module == "torch" and name in _storage_dtypes():
-            return _StorageType(_storage_dtypes()[name])
+            return _StorageType(f"torch.{name}", _storage_dtypes()[name])
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            return _Allowed(f"{module}.{name}", _ALLOWED[(module, name)])
         if module == "torch" and name in _torch_dtypes():
             return _torch_dtypes()[name]
         if (module, name) in _INERT_VALUES:
-            return functools.partial(_placeholder_from_class, self._placeholder_class(module, name))
+            placeholder = self._placeholder_class(module, name)
+            return _Allowed(f"{module}.{name}", functools.partial(_placeholder_from_class, placeholder))
         return self._placeholder_class(module, name)
 
     def _placeholder_class(self, module: str, name: str) -> type:
