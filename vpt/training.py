@@ -541,7 +541,7 @@ def _restore_rng(path: Path, rank: int) -> None:
         bit_generator, keys, position, has_gauss, cached_gaussian = state["numpy"]
         np.random.set_state((bit_generator, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
         torch.set_rng_state(state["torch"])
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         from vpt.errors import VptError
 
         raise VptError(f"{file}: not a vpt random-generator state ({type(exc).__name__}: {exc})") from None

@@ -156,7 +156,7 @@ def _load_run(run, section: dict, *, ema: bool):
 
 
 def _load_file(path: Path, *, preset: str | None, arch: dict[str, Any] | None):
-    # lenient: taming/Lightning .ckpt files pickle callbacks and hparams next to the weights
+    # lenient: taming/Lightning .ckpt files also hold callback and hparams objects next to the weights
     state, container = _unwrap(read_weights(path, lenient=True), path)
     model = _from_state(state, preset=preset, arch=arch, where=path)
     return model, {"source": str(path.resolve()), "format": container, "sha256": _sha256_files([path])}
