@@ -29,9 +29,6 @@ from vpt.errors import VptError
 from vpt.weights import Placeholder, UnsafeWeightsError, read_restricted, read_state_dict, read_weights
 
 FORMATS = ["zip", "legacy"]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 TINY_VQGAN = {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 32,
               "z_channels": 4, "embed_dim": 4, "n_embed": 16, "norm_groups": 4}
 
@@ -281,9 +278,7 @@ def test_train_ae_init_from(tmp_path, marker, invoke, frames_h5, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sample_published_checkpoint_with_ae(tmp_path, marker, invoke, image, fmt):
-    if not (FIXTURES / "river").is_dir():
-        pytest.skip("needs the RIVER fixtures")
-    from test_river import _published_checkpoint
+    from test_river import _published_checkpoint  # the tiny upstream-format model.pth of the RIVER fixtures
 
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
     evil = evil_checkpoint(tmp_path / "vqvae.ckpt", fmt, marker, tiny_vqgan_state())
