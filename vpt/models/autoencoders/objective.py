@@ -97,9 +97,12 @@ def load_perceptual(cfg: LossConfig) -> tuple[nn.Module | None, str]:
         return None, "loss.perceptual_weight is 0"
     from vpt.errors import VptError
     from vpt.metrics.lpips import load_lpips
+    from vpt.weights import UnsafeWeightsError
 
     try:
         network = load_lpips("vgg", backbone_path=cfg.lpips_backbone or None)
+    except UnsafeWeightsError:
+        raise  # a file that would run code stops the run; a missing one only turns LPIPS off
     except VptError as exc:
         return None, str(exc)
     return network.eval().requires_grad_(False), ""

@@ -6,13 +6,13 @@ naming what was tried, never a silently random model (upstream issue #14; upstre
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vpt.errors import VptError
+from vpt.weights import read_state_dict
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
 UNET_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
@@ -31,34 +31,6 @@ def check_sd_folder(path: str | Path) -> Path:
         raise VptError(f"pretrained: {root} is not a diffusers Stable Diffusion folder (missing "
                        f"{', '.join(f'{m}/' for m in missing)}); expected vae/, unet/, text_encoder/, tokenizer/")
     return root
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, .bin/.pt/.pth (tensors only) or a sharded `*.index.json`."""
-    path = Path(path)
-    if not path.is_file():
-        raise VptError(f"weights file not found: {path}")
-    if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in read_state_dict(path.parent / shard).items()}
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or not a weights file: one line, not a traceback
-        raise VptError(f"cannot read weights from {path}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VptError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
-def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `module.` prefix a DDP-wrapped save adds."""
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str, *,
@@ -90,7 +62,7 @@ def load_sd_unet(unet: nn.Module, folder: Path) -> None:
 
 def load_fstext_init(fstext: nn.Module, path: str | Path, *, allow_partial: bool = False) -> None:
     """Upstream's `fstext_init/pytorch_model.bin` (or any FSText state dict); strict unless `allow_partial`."""
-    state = strip_module_prefix(read_state_dict(Path(path).expanduser()))
+    state = read_state_dict(Path(path).expanduser())
     state = {k: v for k, v in state.items() if not k.endswith(ROTARY_BUFFER)}  # recomputed, never trained
     rotary = {k for k in fstext.state_dict() if k.endswith(ROTARY_BUFFER)}
     if allow_partial:
@@ -106,7 +78,7 @@ def load_released(unet: nn.Module, fstext: nn.Module, folder: str | Path) -> Non
             raise VptError(f"seer_checkpoint: {folder / name} not found (a released step folder holds "
                            f"{RELEASED_UNET} and {RELEASED_FSTEXT})")
     for module, name in ((unet, RELEASED_UNET), (fstext, RELEASED_FSTEXT)):
-        state = strip_module_prefix(read_state_dict(folder / name))
+        state = read_state_dict(folder / name)
         _check_rotary(module, state, folder / name)
         state = {k: v for k, v in state.items() if not k.endswith(ROTARY_BUFFER)}
         rotary = {k for k in module.state_dict() if k.endswith(ROTARY_BUFFER)}
