@@ -119,9 +119,9 @@ class EMA:
 
     def load(self, path: Path, device: torch.device) -> None:
         """Take the averaged weights a checkpoint kept (ema.safetensors)."""
-        from safetensors.torch import load_file
+        from vpt.weights import read_weights
 
-        self.shadow = {k: v.to(device) for k, v in load_file(path).items()}
+        self.shadow = {k: v.to(device) for k, v in read_weights(path).items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
@@ -475,12 +475,10 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
 
 def _load_checkpoint(path: Path, state: TrainingState) -> int:
     """Load weights, optimizer and grad-scaler state of checkpoint `path`; returns its step."""
-    from safetensors.torch import load_file
-
     from vpt.weights import read_weights
 
     accelerator = state.accelerator
-    state.model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
+    state.model.load_state_dict(read_weights(path / "model.safetensors"))
     state.model.to(accelerator.device)
     state.optimizer.load_state_dict(read_weights(path / "optimizer.pt"))
     for group in state.optimizer.param_groups:  # the schedule is recomputed from this run's config
@@ -496,16 +494,16 @@ def _load_checkpoint(path: Path, state: TrainingState) -> int:
 
 def load_weights(run: Run, *, ema: bool = True, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
     """The weights to use for inference: EMA when the run kept one, else the raw model weights."""
-    from safetensors.torch import load_file
+    from vpt.weights import read_weights
 
     path = checkpoint or run.latest_checkpoint()
     if path is None:
         from vpt.errors import UsageError
 
         raise UsageError(f"{run.root} has no finished checkpoint yet")
-    weights = load_file(path / "model.safetensors")
+    weights = read_weights(path / "model.safetensors")
     if ema and (path / "ema.safetensors").exists():
-        weights.update(load_file(path / "ema.safetensors"))
+        weights.update(read_weights(path / "ema.safetensors"))
     return weights
 
 
