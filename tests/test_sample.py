@@ -140,7 +140,8 @@ def test_train_config_mistakes_exit_2(tiny_run, tmp_path, invoke, config_text, m
 
 
 def test_sample_from_published_checkpoint(tmp_path):
-    """`vpt sample --checkpoint model.pth` recognises RIVER's upstream file and predicts from it."""
+    """`vpt sample --checkpoint model.pth` recognises RIVER's upstream file, says which release it assumes,
+    resizes the input to that release's frame size and predicts with its protocol."""
     from test_river import _published_checkpoint
 
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
@@ -149,9 +150,20 @@ def test_sample_from_published_checkpoint(tmp_path):
     result = _invoke("sample", "--checkpoint", checkpoint, "--image", image, "--frames", 2, "--steps", 3,
                      "--out", tmp_path / "published.png")
     assert result.exit_code == 0, result.output
+    assert "RIVER bair64 (64 px frames, 1 -> 15 frames) assumed" in " ".join(result.output.split())
+    assert "--preset kth" in result.output
     record = json.loads((tmp_path / "published.png.json").read_text())
     assert record["backend"] == "river" and record["checkpoint"] == str(checkpoint.resolve())
-    assert np.asarray(Image.open(tmp_path / "published.png")).shape == (32, 3 * 32 + 2 * 2, 3)
+    assert record["image_size"] == 64 and record["protocol"]["predicted_frames"] == 15  # a 32 px input is resized
+    assert np.asarray(Image.open(tmp_path / "published.png")).shape == (64, 3 * 64 + 2 * 2, 3)
+
+    kth = _invoke("sample", "--checkpoint", checkpoint, "--preset", "kth", "--image", image, "--frames", 1,
+                  "--steps", 2, "--out", tmp_path / "kth.png")
+    assert kth.exit_code == 0, kth.output
+    assert json.loads((tmp_path / "kth.png.json").read_text())["protocol"]["context_frames"] == 10
+    wrong = _invoke("sample", "--checkpoint", checkpoint, "--preset", "clevrer", "--image", image,
+                    "--out", tmp_path / "x.png")
+    assert "does not fit" in str(wrong.exception)  # a UsageError: one line, exit 2 through `vpt`
 
 
 def test_predict_reports_every_frame_it_makes(tiny_run):

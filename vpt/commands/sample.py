@@ -24,6 +24,7 @@ def sample(
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth).")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth); sets its frame size and protocol.")] = None,
     ae: Annotated[Optional[Path], typer.Option("--ae", help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.")] = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", help="Context image(s), in order (repeat the option for several frames).")] = None,
     video: Annotated[Optional[Path], typer.Option("--video", help="Context video file; its first --context-frames frames are the context.")] = None,
@@ -62,7 +63,7 @@ def sample(
     torch_device = resolve_device(device)
     precision_name = (precision.value if precision else None) or default_precision(torch_device)
 
-    model, origin, run_config = _load_model(run, checkpoint, backend, ae)
+    model, origin, run_config = _load_model(run, checkpoint, backend, ae, preset)
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
         raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
@@ -111,7 +112,7 @@ def sample(
 # --- model ------------------------------------------------------------------------------------------
 
 
-def _load_model(run: Path | None, checkpoint: Path | None, backend: str | None, ae: Path | None):
+def _load_model(run: Path | None, checkpoint: Path | None, backend: str | None, ae: Path | None, preset: str | None):
     """(model, where it came from, the run's config or {})."""
     from vpt.console import info
     from vpt.errors import UsageError
@@ -132,11 +133,13 @@ def _load_model(run: Path | None, checkpoint: Path | None, backend: str | None, 
                 raise UsageError(f"{checkpoint}: cannot tell which backend it belongs to"
                                  + (f" ({', '.join(claimed)} all accept it)" if claimed else "") + "; pass --backend NAME")
             backend_cls = get_backend(claimed[0])
-        model = backend_cls.from_checkpoint(checkpoint, autoencoder=ae)
-        origin = {"checkpoint": str(checkpoint.resolve()), "autoencoder": str(ae.resolve()) if ae else None}
+        model = backend_cls.from_checkpoint(checkpoint, autoencoder=ae, preset=preset)
+        origin = {"checkpoint": str(checkpoint.resolve()), "autoencoder": str(ae.resolve()) if ae else None,
+                  "preset": preset}
         return model, origin, {}
-    if ae is not None or backend is not None:
-        raise UsageError("--ae and --backend go with --checkpoint; a run names its own backend and autoencoder")
+    if ae is not None or backend is not None or preset is not None:
+        raise UsageError("--ae, --backend and --preset go with --checkpoint; a run names its own backend, "
+                         "autoencoder and protocol")
     if run is None:
         run = newest_run("runs")
         if run is None:

@@ -26,7 +26,7 @@ May declare (defaults in brackets)
     sample_record(**options)     [{}] what the sampler really does (written next to each sample)
     frames_done(count)           called by `predict` as frames come out, so commands can show progress
                                  per frame (`reporting_frames(callback)` routes the calls)
-    recognizes_checkpoint(path), from_checkpoint(path, autoencoder=)
+    recognizes_checkpoint(path), from_checkpoint(path, autoencoder=, preset=)
                                  [False / error] published upstream weights (`vpt sample --checkpoint`)
 
 A run of `vpt train <name>` stores `backend: <name>`, the `model:` section and the `eval:` protocol in
@@ -142,8 +142,11 @@ class Backend(nn.Module, abc.ABC):
         return False
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, autoencoder: Path | None = None) -> Backend:
-        """Build the backend from a published (upstream) checkpoint; backends with a converter override this."""
+    def from_checkpoint(cls, path: Path, *, autoencoder: Path | None = None, preset: str | None = None) -> Backend:
+        """Build the backend from a published (upstream) checkpoint; backends with a converter override this.
+
+        `preset` names the release where the weights alone cannot tell; the model then declares its
+        `frame_size`/`resize` and `default_protocol()`."""
         from vpt.errors import UsageError
 
         raise UsageError(f"backend '{cls.name}' cannot load published checkpoints; sample from a run with --run")

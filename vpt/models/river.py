@@ -31,7 +31,7 @@ from torch import nn
 
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
-from vpt.models.backend import Backend
+from vpt.models.backend import Backend, EvalProtocol
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.integrators import integrate, time_grid
 from vpt.weights import UnsafeWeightsError, read_weights, strip_module_prefix
@@ -463,9 +463,14 @@ class River(Backend):
         return any(key.startswith("vector_field_regressor.") for key in state)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, **overrides: Any) -> River:
+    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None,
+                        **overrides: Any) -> River:
         """Build RIVER from a published `model.pth`; the AE comes from `autoencoder` (e.g. vqvae.ckpt)
-        or, when omitted, from the `ae.*` weights the same file carries."""
+        or, when omitted, from the `ae.*` weights the same file carries.
+
+        The release it is (`PUBLISHED`) decides the frame size inputs are resized to and the evaluation
+        protocol: read off the weights where they tell (BAIR256: 8 latent channels; CLEVRER: RIVER's own
+        VQVAE), else `preset` (BAIR64 and KTH have identical shapes; BAIR64 is assumed, and said)."""
         state = _load_upstream_state(path)
         regressor_state = convert_upstream_regressor(state)
         cfg = RiverConfig(**{**config_from_regressor_state(regressor_state), "time_grid": "upstream", **overrides})
@@ -475,7 +480,50 @@ class River(Backend):
             ae = _autoencoder_from_upstream_state(state, path)
         model = cls(cfg, autoencoder=ae)
         model.regressor.load_state_dict(regressor_state)
+        model.release = _published_release(cfg, ae, preset, path)
+        model.frame_size = PUBLISHED[model.release]["frame_size"]
         return model.eval()
+
+    def default_protocol(self) -> EvalProtocol | None:
+        release = getattr(self, "release", None)  # set only on published checkpoints
+        return EvalProtocol(**PUBLISHED[release]["protocol"]) if release else None
+
+
+#: The released RIVER models: frame size and the paper's evaluation protocol.
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "bair64": {"frame_size": 64, "protocol": dict(context_frames=1, predicted_frames=15, samples=100, clips=256)},
+    "kth": {"frame_size": 64, "protocol": dict(context_frames=10, predicted_frames=30, samples=100)},
+    "clevrer": {"frame_size": 128, "protocol": dict(context_frames=2, predicted_frames=14)},
+    "bair256": {"frame_size": 256, "protocol": dict(context_frames=1, predicted_frames=15, samples=100, clips=256)},
+}
+
+
+def _published_release(cfg: RiverConfig, autoencoder: Any, preset: str | None, path: Path) -> str:
+    """Which released model `path` is (see `PUBLISHED`); `preset` names it where the weights cannot."""
+    from vpt.console import info, warn
+
+    if cfg.latent_channels == 8:
+        candidates = ["bair256"]
+    elif getattr(autoencoder, "type", None) == "river-vqvae":
+        candidates = ["clevrer"]
+    else:
+        candidates = ["bair64", "kth"]
+    if preset is not None:
+        if preset not in PUBLISHED:
+            raise UsageError(f"--preset {preset}: unknown RIVER release; choose one of {', '.join(PUBLISHED)}")
+        if preset not in candidates:
+            raise UsageError(f"--preset {preset} does not fit {path} (its weights are those of {' or '.join(candidates)})")
+        return preset
+    release = candidates[0]
+    protocol = PUBLISHED[release]["protocol"]
+    message = (f"{path.name}: RIVER {release} ({PUBLISHED[release]['frame_size']} px frames, "
+               f"{protocol['context_frames']} -> {protocol['predicted_frames']} frames)")
+    if len(candidates) > 1:
+        warn(f"{message} assumed: {' and '.join(candidates)} have the same weights' shapes; "
+             f"pass --preset {candidates[1]} for the other")
+    else:
+        info(message)
+    return release
 
 
 def _clip_from_batch(batch: Any) -> tuple[torch.Tensor, bool]:

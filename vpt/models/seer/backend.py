@@ -27,7 +27,7 @@ from einops import rearrange
 from torch.nn.modules.module import _IncompatibleKeys
 
 from vpt.errors import ConfigError, UsageError, VptError
-from vpt.models.backend import Backend
+from vpt.models.backend import Backend, EvalProtocol
 from vpt.models.seer.fstext import FSText
 from vpt.models.seer.layers import RotaryEmbedding, sawt_window
 from vpt.models.seer.schedule import TRAIN_TIMESTEPS, sampling_scheduler, training_scheduler, upstream_timesteps
@@ -212,7 +212,7 @@ class Seer(Backend):
         return weights.released_step_folder(Path(path)) is not None
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, autoencoder: Path | None = None) -> Seer:
+    def from_checkpoint(cls, path: Path, *, autoencoder: Path | None = None, preset: str | None = None) -> Seer:
         """A released Seer model: the step folder (or its parent) + an SD v1.5 folder for VAE, CLIP, tokenizer.
 
         R and F are not stored in the weights; they follow the release's folder name (sthv2_seer:
@@ -229,8 +229,15 @@ class Seer(Backend):
                             sampler=SamplerSection(steps=30, guidance_scale=7.5, schedule="upstream",
                                                    reference_ff_skip=False, precision="fp16"))
         model = cls(config).eval()
+        if preset is not None:
+            raise UsageError("a released Seer folder names its own setup (sthv2/bridge/epic); drop --preset")
         model.frame_size, model.resize = 256, "crop"  # what the release was trained on (Resize + CenterCrop 256)
         return model
+
+    def default_protocol(self) -> EvalProtocol:
+        """The paper's protocol of one window: R reference frames -> F - R predicted, FVD on I3D logits."""
+        return EvalProtocol(context_frames=self.cfg.context_frames, predicted_frames=self.cfg.frames - self.cfg.context_frames,
+                            fvd_preset="videogpt")
 
     # --- checkpoints: leave out what `pretrained` supplies ---------------------------------------------
     def state_dict(self, *args, keep_all: bool = False, **kwargs):
