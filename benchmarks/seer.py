@@ -7,6 +7,13 @@
 a CLIP-L-shaped text encoder, SD's VAE) with random weights - speed does not depend on the values.
 `tiny` is configs/seer/tiny.yaml (pixel space), for machines without a GPU.
 
+    python benchmarks/seer.py --norm [--repeats 10]
+
+times the clip-wide GroupNorm alone (one clip of 16 frames x 320 channels x 32 x 32, SD's first level,
+and the parity fixture's tiny first level, 2 clips x 5 frames x 32 ch x 32 x 32) and the forward of
+the parity fixture's tiny UNet, in ms (min over repeats, after a warm-up). For a before/after, run it
+once per checkout: the script times whatever `vpt` is first on PYTHONPATH.
+
 Sampling: one reference frame -> F - R frames at `--steps` requested DDIM steps (31 run for 30) with
 classifier-free guidance (two UNet passes per step), VAE encode + decode included; reported per video.
 Training: one optimiser step of `loss` (VAE encode, CLIP, FSText, UNet forward/backward on the
@@ -16,6 +23,7 @@ trainable part) with batch `--batch`. On CUDA both run under bf16 autocast.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +35,12 @@ from common import machine
 from vpt.config import validate
 from vpt.models import attention
 from vpt.models.seer import Seer, SeerConfig
+from vpt.models.seer.layers import FrameGroupNorm
+from vpt.models.seer.unet import SeerUNet, UNetSize
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "seer" / "tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "seer" / "tiny.yaml"
+FIXTURE_TINY = ROOT / "tests" / "fixtures" / "seer" / "config_tiny.json"
 
 
 def full_config(vae_dir: Path, frames: int, context: int) -> SeerConfig:
@@ -63,6 +75,32 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return min(times)
 
 
+def norm_rows(device: torch.device, repeats: int) -> None:
+    """ms per call of FrameGroupNorm at two clip shapes, and of the parity fixture's tiny UNet forward."""
+    fixture = json.loads(FIXTURE_TINY.read_text())
+    unet_cfg, batch, frames = fixture["unet"], fixture["batch"], fixture["frames_total"]
+    print(f"Seer GroupNorm over the clip, ms per forward (min of {repeats}); {machine(device)}")
+    with torch.no_grad():
+        for label, (clips, clip_frames, channels, side) in {
+            "norm 1 x 16 frames x 320 ch x 32^2": (1, 16, 320, 32),
+            f"norm {batch} x {frames} frames x 32 ch x 32^2 (tiny)": (batch, frames, 32, 32),
+        }.items():
+            norm = FrameGroupNorm(32, channels, eps=1e-6).to(device)
+            folded = torch.randn(clips * clip_frames, channels, side, side, device=device)  # (B*F, C, H, W)
+            print(f"{label:<45} {timed(lambda: norm(folded, clip_frames), device, repeats) * 1e3:>9.2f}")
+        size = UNetSize(in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
+                        block_out_channels=unet_cfg["block_out_channels"], layers_per_block=unet_cfg["layers_per_block"],
+                        heads=unet_cfg["attention_head_dim"], cross_attention_dim=unet_cfg["cross_attention_dim"],
+                        norm_eps=unet_cfg["norm_eps"])
+        unet = SeerUNet(size).to(device).eval()
+        side = unet_cfg["sample_size"]
+        sample = torch.randn(batch, frames, size.in_channels, side, side, device=device)  # (B, F, C, h, w)
+        context = torch.randn(batch, frames, fixture["text_tokens"], size.cross_attention_dim, device=device)
+        reference = fixture["reference_frames"]
+        forward_ms = timed(lambda: unet(sample, 250, context, reference_frames=reference), device, repeats) * 1e3
+        print(f"{'tiny UNet forward (parity fixture shape)':<45} {forward_ms:>9.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=("full", "tiny"), default="full" if torch.cuda.is_available() else "tiny")
@@ -73,8 +111,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--attention", default="sdpa,xformers")
+    parser.add_argument("--norm", action="store_true", help="time the clip GroupNorm and the tiny UNet forward only")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.norm:
+        norm_rows(device, args.repeats)
+        return
     frames = args.frames or (16 if args.preset == "full" else 8)
     resolution = args.resolution or (256 if args.preset == "full" else 32)
 

@@ -74,6 +74,24 @@ def test_sample_from_hdf5_index_records_settings(tiny_run, tmp_path):
     assert np.array_equal(np.asarray(Image.open(again)), image)  # the record is enough to redo it
 
 
+def test_sample_compile_compiles_the_sampler_and_changes_no_pixel(tiny_run, tmp_path, monkeypatch):
+    """`--compile` reaches RIVER's sampler (dynamo's eager backend here: inductor takes minutes on a CPU)."""
+    import torch
+
+    import vpt.models.river as river
+
+    modes = []
+    monkeypatch.setattr(river, "compile_network",
+                        lambda network, mode: modes.append(mode) or torch.compile(network, backend="eager", dynamic=False))
+    args = ("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 0, "--frames", 2, "--seed", 3)
+    assert _invoke(*args, "--out", tmp_path / "eager.png").exit_code == 0
+    result = _invoke(*args, "--compile", "--out", tmp_path / "compiled.png")
+    assert result.exit_code == 0, result.output
+    assert modes == ["default"]
+    assert json.loads((tmp_path / "compiled.png.json").read_text())["model_config"]["compile_sampler"] is True
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "compiled.png")), np.asarray(Image.open(tmp_path / "eager.png")))
+
+
 def test_sample_from_images_and_a_video(tiny_run, tmp_path):
     frames = [tiny_run["shapes"] / "test" / "00000.mp4"]
     from vpt.data.video import read_video

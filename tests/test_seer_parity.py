@@ -137,13 +137,34 @@ def test_full_size_fstext_keys_match_released_checkpoint():
 # --- the pieces the parity rests on, against closed forms -------------------------------------------
 
 
+def _clip_group_norm_by_hand(clip: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """float64 closed form: each group's mean and biased variance over (frames, its channels, H, W)."""
+    b, f, c, h, w = clip.shape
+    grouped = clip.double().reshape(b, f, groups, c // groups, h, w)
+    mean = grouped.mean(dim=(1, 3, 4, 5), keepdim=True)
+    var = ((grouped - mean) ** 2).mean(dim=(1, 3, 4, 5), keepdim=True)
+    normed = ((grouped - mean) / torch.sqrt(var + 1e-6)).reshape(b, f, c, h, w)
+    return normed * weight.double()[:, None, None] + bias.double()[:, None, None]
+
+
 def test_frame_group_norm_is_group_norm_over_the_clip():
     norm = FrameGroupNorm(4, 8, eps=1e-6)
     torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
-    clip = torch.randn(2, 3, 8, 5, 5)  # (B, F, C, H, W)
-    expected = F.group_norm(rearrange(clip, "b f c h w -> b c f h w"), 4, norm.weight, norm.bias, 1e-6)
+    clip = torch.randn(2, 3, 8, 5, 5) * 3 + 1  # (B, F, C, H, W)
+    expected = _clip_group_norm_by_hand(clip, 4, norm.weight.detach(), norm.bias.detach())
     out = norm(rearrange(clip, "b f c h w -> (b f) c h w"), 3)
-    assert torch.allclose(out, rearrange(expected, "b c f h w -> (b f) c h w"), atol=1e-5)
+    assert out.shape == (6, 8, 5, 5) and out.dtype == torch.float32
+    assert (out.double() - rearrange(expected, "b f c h w -> (b f) c h w")).abs().max() < 1e-5
+    single = norm(rearrange(clip, "b f c h w -> (b f) c h w")[:2], 1)  # one frame: plain per-image GroupNorm
+    assert torch.allclose(single, F.group_norm(clip[0, :2], 4, norm.weight, norm.bias, 1e-6), atol=1e-5)
+
+
+def test_frame_group_norm_normalises_reduced_precision_in_float32():
+    norm = FrameGroupNorm(4, 8, eps=1e-6)
+    folded = (torch.randn(6, 8, 5, 5) * 3 + 1).bfloat16()  # (B*F, C, H, W)
+    out = norm(folded, 3)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, norm(folded.float(), 3).bfloat16())  # fp32 maths, one rounding at the end
 
 
 def test_rotary_rotates_interleaved_pairs_of_the_first_channels():

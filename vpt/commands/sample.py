@@ -45,6 +45,7 @@ def sample(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).")] = None,
+    compile_sampler: Annotated[bool, typer.Option("--compile", help="torch.compile the sampler's network call (CUDA graphs on CUDA); pays off on long rollouts. Backends with `model.compile_sampler`.")] = False,
 ) -> None:
     """Predict the next frames of a context with a trained (or published) model."""
     import torch
@@ -69,6 +70,10 @@ def sample(
         raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
                          + (f" (got {', '.join(sources)})" if sources else ""))
     predict_kwargs = _predict_kwargs(model, prompt, guidance_scale, option or [])
+    if compile_sampler:
+        if not hasattr(model.cfg, "compile_sampler"):
+            raise UsageError(f"backend '{type(model).name}' has no compiled sampler (--compile)")
+        model.cfg.compile_sampler = True
     model.to(torch_device).eval()
     protocol = run_protocol(run_config, model)
     info(f"{type(model).name} on {torch_device} ({precision_name}); protocol: {protocol['context_frames']} context -> "

@@ -29,19 +29,19 @@ from vpt.models.attention import attention
 class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm whose statistics are taken over (C/G channels x all frames x H x W) of each clip.
 
-    Input is the folded batch `(B*F, C, H, W)`; computed in float32 and returned in the input dtype
-    (upstream normalises in float32 under fp16 autocast as well).
+    Input is the folded batch `(B*F, C, H, W)`. Seen as `(B, C, F, H*W)` (a transposed view, no copy) the
+    clip is what native `group_norm` expects, so one kernel computes the statistics and the affine map;
+    it returns that layout transposed back, which the next conv or reshape consumes as it is.
+    Computed in float32 and returned in the input dtype: a no-op in fp32, and what CUDA autocast does to
+    `group_norm` anyway (CPU autocast would keep bf16 in and out; upstream normalised in float32).
     """
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # (B*F, C, H, W)
         folded, channels, height, width = x.shape
-        groups = x.float().view(folded // num_frames, num_frames, self.num_groups, channels // self.num_groups,
-                                height, width)
-        var, mean = torch.var_mean(groups, dim=(1, 3, 4, 5), keepdim=True, correction=0)
-        normed = ((groups - mean) * torch.rsqrt(var + self.eps)).view(folded, channels, height, width)
-        if self.affine:
-            normed = normed * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
-        return normed.to(x.dtype)
+        clip = x.reshape(folded // num_frames, num_frames, channels, height * width).transpose(1, 2)  # (B, C, F, H*W)
+        weight, bias = (None, None) if not self.affine else (self.weight.float(), self.bias.float())
+        normed = F.group_norm(clip.float(), self.num_groups, weight, bias, self.eps)
+        return normed.transpose(1, 2).reshape(folded, channels, height, width).to(x.dtype)
 
 
 # --- attention ------------------------------------------------------------------------------------
