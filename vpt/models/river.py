@@ -180,19 +180,22 @@ class VectorFieldRegressor(nn.Module):
     Tokens = Linear([x_t, reference, context] per cell) + 2-D position + MLP(ln Δ); a sinusoidal
     token of t (scale 200, no position term) is prepended. In-blocks keep their outputs, out-block i
     fuses the (depth-1-i)-th of them. Works on any grid up to 512 x 512 cells.
+
+    `input_grids` latent grids are stacked per cell and the head emits `output_grids` of them (RIVER:
+    3 in, 1 out); other backends on the same trunk (NeuralSDE) change these and call `transform`.
     """
 
     def __init__(self, latent_channels: int, inner_dim: int, depth: int, mid_depth: int, heads: int = 8,
-                 out_norm: str = "ln", dropout: float = 0.05):
+                 out_norm: str = "ln", dropout: float = 0.05, *, input_grids: int = 3, output_grids: int = 1):
         super().__init__()
         self.inner_dim = inner_dim
         self.pos_embed = PositionEmbedding2d(inner_dim)
-        self.token_proj = nn.Linear(3 * latent_channels, inner_dim)
+        self.token_proj = nn.Linear(input_grids * latent_channels, inner_dim)
         self.distance_embed = nn.Sequential(nn.Linear(1, 256), nn.ReLU(), nn.Linear(256, inner_dim))
         self.in_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(depth))
         self.mid_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(mid_depth))
         self.out_blocks = nn.ModuleList(SkipLayer(inner_dim, heads, dropout) for _ in range(depth))
-        self.head = RegressorHead(inner_dim, latent_channels, out_norm)
+        self.head = RegressorHead(inner_dim, output_grids * latent_channels, out_norm)
         self._init_attention()
 
     def _init_attention(self) -> None:
@@ -214,7 +217,10 @@ class VectorFieldRegressor(nn.Module):
         log_distance = torch.log(distance.float())[:, None]  # (B, 1)
         tokens = self.token_proj(cells) + self.pos_embed(height, width) + self.distance_embed(log_distance)[:, None]
         x = torch.cat([time_token.to(tokens.dtype), tokens], dim=1)  # (B, 1 + N, D)
+        return self.head(self.transform(x)[:, 1:], height)  # (B, c, h, w)
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-ViT body on a token sequence (B, N, D): in-blocks, mid-blocks, out-blocks with long skips."""
         skips = []
         for block in self.in_blocks:
             x = block(x)
@@ -223,7 +229,7 @@ class VectorFieldRegressor(nn.Module):
             x = block(x)
         for block in self.out_blocks:
             x = block(x, skips.pop())
-        return self.head(x[:, 1:], height)  # (B, c, h, w)
+        return x
 
 
 # --- autoencoder access -------------------------------------------------------------------------------
@@ -466,7 +472,7 @@ def _clip_from_batch(batch: Any) -> tuple[torch.Tensor, bool]:
         for key in ("video", "frames"):
             if key in batch:
                 return batch[key], False
-    raise ConfigError("RIVER expects batches with 'video' frames or 'latents'; the dataset gave something else")
+    raise ConfigError("expected batches with 'video' frames or 'latents'; the dataset gave something else")
 
 
 # --- converter for the published checkpoints --------------------------------------------------------------
