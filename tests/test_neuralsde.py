@@ -265,3 +265,15 @@ def test_adaptive_sampler_without_torchsde_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torchsde)
     with pytest.raises(UsageError, match="pip install torchsde"):
         _pixel_model().predict(torch.zeros(1, 4, 3, 8, 8), 1, sampler="adaptive")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_configs_load(path):
+    """Every shipped config passes the `vpt train neuralsde` schema; stage g names its f (and d) run."""
+    from vpt.commands.train import train_schema
+    from vpt.config import load_config
+
+    cfg = load_config(train_schema(NeuralSDE), path, [])
+    assert cfg.model.stage == path.stem.rsplit("_", 1)[1]
+    assert (cfg.model.f_run is not None) == (cfg.model.stage == "g")
+    assert cfg.data.frames > cfg.model.window
