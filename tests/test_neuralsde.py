@@ -277,3 +277,28 @@ def test_configs_load(path):
     assert cfg.model.stage == path.stem.rsplit("_", 1)[1]
     assert (cfg.model.f_run is not None) == (cfg.model.stage == "g")
     assert cfg.data.frames > cfg.model.window
+
+
+def test_sample_command_records_upsampling_and_drift_evaluations(tmp_path, invoke):
+    """`vpt sample --run` on a NeuralSDE run: U x the predicted frames at U x the frame rate, and the
+    `.json` records the upsampling factor and the drift evaluations per frame."""
+    import json
+
+    from data_helpers import shapes_h5
+
+    data = shapes_h5(tmp_path, num_videos=10, frames=6, size=16)
+    (tmp_path / "f.yaml").write_text(
+        "backend: neuralsde\nmodel: {stage: f, autoencoder: 'pixels:4', latent_channels: 48, inner_dim: 32, depth: 1,"
+        " mid_depth: 1, heads: 4}\ndata: {frames: 6}\ntrain: {max_steps: 2, batch_size: 2}\n")
+    assert invoke("train", "neuralsde", "--config", tmp_path / "f.yaml", "--data", data, "--run", tmp_path / "f").exit_code == 0
+    out = tmp_path / "prediction.mp4"
+    result = invoke("sample", "--run", tmp_path / "f", "--data", data, "--frames", 2, "--steps", 3,
+                    "--option", "upsample=4", "--out", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["upsample"] == 4 and record["fps"] == 16.0
+    assert record["sampling_stats"]["drift_evaluations_per_frame"] == 3
+
+    from vpt.data.video import read_video
+
+    assert len(read_video(out)) == (4 + 2) * 4  # 4 context frames shown 4 times each, 2 x 4 predicted

@@ -84,9 +84,14 @@ def sample(
     from vpt.data.video import to_uint8_frames
     from vpt.visualize import save_prediction
 
-    rows = [to_uint8_frames(torch.cat([context, p])) for p in predictions]
-    truth_row = to_uint8_frames(truth[:num_context + frames]) if truth is not None else None
-    save_prediction(out, rows, num_context, fps=fps, truth=truth_row)
+    # A backend's `upsample` option gives U frames per predicted frame (states in between); the known
+    # frames are repeated U times so the whole video keeps one frame rate, U times the requested one.
+    upsample = int(predict_kwargs.get("upsample", 1))
+    context_shown = context.repeat_interleave(upsample, dim=0)
+    rows = [to_uint8_frames(torch.cat([context_shown, p])) for p in predictions]
+    truth_row = (to_uint8_frames(truth[:num_context + frames].repeat_interleave(upsample, dim=0))
+                 if truth is not None else None)
+    save_prediction(out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row)
     record = {
         "command": "vpt sample", "argv": sys.argv[1:], "backend": name, **origin,
         "context": context_record, "context_frames": num_context, "image_size": size, "resize": resize,
@@ -94,7 +99,8 @@ def sample(
         "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale,
         "options": {k: v for k, v in predict_kwargs.items() if k != "prompt"},
         "device": str(torch_device), "precision": _precision(torch_device),
-        "fps": fps, "out": str(out.resolve()), "model_config": _model_config(model, model_section),
+        "fps": fps * upsample, "upsample": upsample, "sampling_stats": getattr(model, "sampling_stats", None),
+        "out": str(out.resolve()), "model_config": _model_config(model, model_section),
         "versions": _versions(), "seconds": round(time.perf_counter() - started, 2),
     }
     from vpt.fsutil import atomic_write_text
