@@ -18,7 +18,7 @@ from vpt.models.neuralsde import (
     config_from_state,
     convert_upstream_state,
 )
-from vpt.models.river import convert_upstream_regressor, count_parameters
+from vpt.models.river import River, convert_upstream_regressor, count_parameters
 
 FIXTURES = Path(__file__).parent / "fixtures" / "neuralsde"
 RIVER_FIXTURES = Path(__file__).parent / "fixtures" / "river"
@@ -302,3 +302,27 @@ def test_sample_command_records_upsampling_and_drift_evaluations(tmp_path, invok
     from vpt.data.video import read_video
 
     assert len(read_video(out)) == (4 + 2) * 4  # 4 context frames shown 4 times each, 2 x 4 predicted
+
+
+def test_upstream_g_checkpoint_with_ddp_prefix_loads_and_samples(tmp_path):
+    """An upstream-layout g checkpoint (`module.`-prefixed, as DDP saves it; upstream itself would load
+    nothing from it) is recognised, carries its frozen f and d, and reproduces the recorded rollout."""
+    pytest.importorskip("torchsde")
+    state = {f"vector_field_regressor.{k}": v for k, v in load_file(FIXTURES / "g_tiny.weights.safetensors").items()}
+    for prefix, net in (("f.", "f"), ("d.", "d")):
+        state.update({f"{prefix}vector_field_regressor.{k}": v
+                      for k, v in load_file(FIXTURES / f"{net}_tiny.weights.safetensors").items()})
+    state.update({f"ae.{k}": v for k, v in load_file(RIVER_FIXTURES / "ldmvq_tiny.weights.safetensors").items()})
+    path = tmp_path / "final_step_300000.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "global_step": 300000}, path)
+
+    assert NeuralSDE.recognizes_checkpoint(path) and not River.recognizes_checkpoint(path)
+    river_like = {**state, "vector_field_regressor.project_in.1.weight": state["vector_field_regressor.project_in.1.weight"][:, :12]}
+    torch.save({"model": river_like}, tmp_path / "river.pth")
+    assert River.recognizes_checkpoint(tmp_path / "river.pth") and not NeuralSDE.recognizes_checkpoint(tmp_path / "river.pth")
+    model = NeuralSDE.from_checkpoint(path)
+    assert model.cfg.stage == "g" and model.denoiser is not None
+    recorded = _load("sampler_tiny.outputs.pt")
+    run = recorded["runs"]["g"]
+    latents = model.rollout(recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"])
+    torch.testing.assert_close(latents, run["latents_before_decode"][:, 4:], atol=ATOL, rtol=0)

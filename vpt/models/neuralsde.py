@@ -517,7 +517,7 @@ class NeuralSDE(Backend):
         `ae.*` weights the same file carries."""
         from vpt.models.river import _autoencoder_from_upstream_state
 
-        state = _load_upstream_model(path)
+        state = strip_ddp_prefix(_load_upstream_model(path))
         parts = convert_upstream_state(state)
         if not parts["net"]:
             raise UsageError(f"{path} holds no vector_field_regressor.* weights; not an upstream NeuralSDE checkpoint")

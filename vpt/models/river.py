@@ -439,12 +439,15 @@ class River(Backend):
     # --- published checkpoints ----------------------------------------------------------------------
     @classmethod
     def recognizes_checkpoint(cls, path: Path) -> bool:
-        """True for an upstream RIVER `model.pth` (a dict whose "model" holds vector_field_regressor.*)."""
+        """True for an upstream RIVER `model.pth`: its "model" holds a vector_field_regressor.* that reads
+        three latents per cell and emits one (NeuralSDE's regressors, same names, read four)."""
         try:
             state = _load_upstream_state(path)
+            token_proj = state["vector_field_regressor.project_in.1.weight"]  # (D, 3c)
+            head = state["vector_field_regressor.project_out.4.weight"]  # (c, D, 3, 3)
         except Exception:  # not a torch file, or not RIVER's layout
             return False
-        return any(key.startswith("vector_field_regressor.") for key in state)
+        return token_proj.shape[1] == 3 * head.shape[0]
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, **overrides: Any) -> River:
