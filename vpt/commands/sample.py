@@ -40,7 +40,7 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (noise of every sample).")] = 0,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption.")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale, for backends that use it. Default: the model's own.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river); repeatable.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river; upsample=4 for neuralsde: 4 frames per predicted frame, the in-between ones decoded from the SDE state, linear between accepted steps of the adaptive solver); repeatable.")] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).", min=8)] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),

@@ -571,9 +571,14 @@ def _copy_stage_weights(run_dir: Path, stage: str, target: nn.Module) -> str | N
     run = Run(run_dir)
     if not run.config_path.is_file() or run.latest_checkpoint() is None:
         return f"model.{key}: {run_dir} has no finished checkpoint; {train_first}"
-    recorded = run.read_config().get("model", {}).get("stage", "f")
-    if run.read_config().get("backend") != NeuralSDE.name or recorded != stage:
+    config = run.read_config()
+    if config.get("backend") != NeuralSDE.name or config.get("model", {}).get("stage", "f") != stage:
         return f"model.{key}: {run_dir} is not a NeuralSDE stage-{stage} run ({what}); {train_first}"
+    planned = config.get("train", {}).get("max_steps", 0)
+    if run.latest_step() < planned:
+        from vpt.console import warn
+
+        warn(f"model.{key}: {run_dir} stopped at step {run.latest_step()} of {planned}; using that {what}")
     weights = load_weights(run)
     state = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
     try:
