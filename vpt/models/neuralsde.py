@@ -43,7 +43,6 @@ Differences from upstream (NeuralSDE/NeuralSDE, folder video/):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -209,11 +208,6 @@ class WindowSDE:
         return self.diffusion_net is not None
 
 
-def output_times(upsample: int) -> list[tuple[int, int]]:
-    """Times m / upsample, m = 1..upsample, as exact fractions (numerator, denominator)."""
-    return [(m, upsample) for m in range(1, upsample + 1)]
-
-
 def euler_maruyama(sde: WindowSDE, y0: torch.Tensor, steps: int, upsample: int,
                    generator: torch.Generator | None) -> torch.Tensor:
     """Fixed steps of length 1/steps over [0, 1]: y += F(y) h + G(y) ⊙ √h ε with ε from `generator`.
@@ -222,23 +216,22 @@ def euler_maruyama(sde: WindowSDE, y0: torch.Tensor, steps: int, upsample: int,
     points is the straight line between them (exact on the grid, e.g. when upsample divides steps).
     """
     h = 1.0 / steps
-    draw_device = generator.device if generator is not None else y0.device
     path = [y0]
     y = y0
     for _ in range(steps):
         if sde.is_stochastic:
-            brownian_step = torch.randn(y0.shape, generator=generator, device=draw_device).to(y0) * h**0.5
+            brownian_step = standard_normal(y0, generator) * h**0.5
             y = y + sde.f(None, y) * h + sde.g(None, y) * brownian_step
         else:
             y = y + sde.f(None, y) * h
         path.append(y)
     states = []
-    for m, n in output_times(upsample):
-        index, rest = divmod(m * steps, n)  # t * steps = index + rest / n
+    for m in range(1, upsample + 1):
+        index, rest = divmod(m * steps, upsample)  # t = m / upsample lies at grid point index + rest / upsample
         if rest == 0:
             states.append(path[index])
         else:
-            weight = rest / n
+            weight = rest / upsample
             states.append(path[index] * (1 - weight) + path[index + 1] * weight)
     return torch.stack(states)
 
@@ -264,6 +257,12 @@ def _import_torchsde():
         raise UsageError("the adaptive NeuralSDE sampler needs torchsde: pip install torchsde "
                          "(or use sampler=euler)") from None
     return torchsde
+
+
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, 1) draws shaped like `like`, from `generator` on its own device, then moved to `like`."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device).to(like)
 
 
 def draw_entropy(generator: torch.Generator | None) -> int:
@@ -477,8 +476,7 @@ class NeuralSDE(Backend):
                             logit_range=cfg.logit_range)
             y0 = window.flatten(1)  # (B, W c h w), frame-major as the state's channel blocks
             if drift is None:  # denoiser only: start from a noised window, as the d stage trains
-                y0 = y0 + cfg.noise_std * torch.randn(y0.shape, generator=generator,
-                                                      device=generator.device if generator else y0.device).to(y0)
+                y0 = y0 + cfg.noise_std * standard_normal(y0, generator)
             if sampler == "euler":
                 states = euler_maruyama(sde, y0, steps, upsample, generator)
             else:
