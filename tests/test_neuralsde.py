@@ -279,9 +279,10 @@ def test_configs_load(path):
     assert cfg.data.frames > cfg.model.window
 
 
-def test_sample_command_records_upsampling_and_drift_evaluations(tmp_path, invoke):
+def test_sample_and_eval_commands_on_a_run(tmp_path, invoke):
     """`vpt sample --run` on a NeuralSDE run: U x the predicted frames at U x the frame rate, and the
-    `.json` records the upsampling factor and the drift evaluations per frame."""
+    `.json` records the upsampling factor and the drift evaluations per frame; `vpt eval-fvd --run` uses
+    the run's evaluation protocol."""
     import json
 
     from data_helpers import shapes_h5
@@ -302,6 +303,13 @@ def test_sample_command_records_upsampling_and_drift_evaluations(tmp_path, invok
     from vpt.data.video import read_video
 
     assert len(read_video(out)) == (4 + 2) * 4  # 4 context frames shown 4 times each, 2 x 4 predicted
+
+    # eval-fvd --run follows the run's protocol: model.context_frames in, the rest of data.frames out
+    metrics = tmp_path / "metrics.json"
+    result = invoke("eval-fvd", "--run", tmp_path / "f", "--data", data, "--no-fvd", "--out", metrics)
+    assert result.exit_code == 0, result.output
+    protocol = json.loads(metrics.read_text())["protocol"]
+    assert (protocol["context_frames"], protocol["predicted_frames"]) == (4, 2)
 
 
 def test_upstream_g_checkpoint_with_ddp_prefix_loads_and_samples(tmp_path):

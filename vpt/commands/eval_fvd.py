@@ -44,8 +44,8 @@ def eval_fvd(
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.")] = None,
     ssim_gray: Annotated[bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")] = False,
     psnr_reduction: Annotated[str, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = "frame",
-    context_frames: Annotated[int, typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend.")] = 1,
-    pred_frames: Annotated[int, typer.Option("--pred-frames", min=1, help="--run: frames to predict.")] = 15,
+    context_frames: Annotated[Optional[int], typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend (default: the run's model.context_frames, else 1).")] = None,
+    pred_frames: Annotated[Optional[int], typer.Option("--pred-frames", min=1, help="--run: frames to predict (default: the run's data.frames minus the context, else 15).")] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers).")] = 1,
     context_in_fvd: Annotated[bool, typer.Option("--context-in-fvd/--no-context-in-fvd", help="--run: FVD clips are context + future (MCVD, Seer) or the future only.")] = True,
     fvd_pooling: Annotated[str, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = "pooled",
@@ -73,6 +73,8 @@ def eval_fvd(
     _check_choice("--fvd-pooling", fvd_pooling, ("pooled", "per-sample"))
     _check_choice("--lpips-net", lpips_net, ("vgg", "alex"))
     fvd_preset = get_preset(preset, covariance=cov_norm)
+    if run_mode:
+        context_frames, pred_frames = _run_protocol(run, context_frames, pred_frames)
     want_frames = run_mode or paired
     if not fvd and not want_frames:
         raise UsageError("--no-fvd leaves nothing to compute; add --paired for frame metrics")
@@ -153,6 +155,17 @@ def _load_lpips(net: str, weights: Path | None, device):
         warn(f"LPIPS skipped: {note}")
         return None, note
     return load_lpips(net, backbone_path=weights, device=device), None
+
+
+def _run_protocol(run: Path, context_frames: int | None, pred_frames: int | None) -> tuple[int, int]:
+    """Context and predicted frames: the options when given, else the evaluation protocol the run's
+    config names (model.context_frames; the rest of a data.frames clip is predicted)."""
+    from vpt.runs import Run
+
+    config = Run(run).read_config() if Run(run).config_path.is_file() else {}
+    context = context_frames or (config.get("model") or {}).get("context_frames") or 1
+    rest = (config.get("data") or {}).get("frames", 0) - context
+    return context, pred_frames or (rest if rest > 0 else 15)
 
 
 def _load_backend(run: Path, device):
