@@ -334,3 +334,14 @@ def test_upstream_g_checkpoint_with_ddp_prefix_loads_and_samples(tmp_path):
     run = recorded["runs"]["g"]
     latents = model.rollout(recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"])
     torch.testing.assert_close(latents, run["latents_before_decode"][:, 4:], atol=ATOL, rtol=0)
+
+
+def test_only_used_parameters_train():
+    """The unused distance MLP (kept for upstream's state-dict layout) and a g run's frozen f and d get
+    no optimiser slot: unused trainable parameters would stall DDP."""
+    model = _tiny("g")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("net.") and ".distance_embed." not in name for name in trainable)
+    batch = {"latents": torch.randn(2, 6, 4, 16, 16)}
+    model.train().loss(batch)["loss"].backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad)

@@ -135,12 +135,13 @@ class NeuralSDEConfig:
 
 class StateRegressor(VectorFieldRegressor):
     """RIVER's U-ViT on the window state alone: (B, W c, h, w) -> (B, c, h, w), or (B, W c, h, w) for
-    the denoiser. No time token and no distance term; the distance MLP stays (unused) so state dicts
-    keep upstream's layout."""
+    the denoiser. No time token and no distance term; the distance MLP stays so state dicts keep
+    upstream's layout, frozen because it is never used (DDP would wait for its gradients)."""
 
     def __init__(self, cfg: NeuralSDEConfig, *, whole_window: bool):
         super().__init__(cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm,
                          cfg.dropout, input_grids=cfg.window, output_grids=cfg.window if whole_window else 1)
+        self.distance_embed.requires_grad_(False)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:  # (B, W c, h, w)
         height, width = state.shape[-2:]
