@@ -241,7 +241,8 @@ def adaptive_solve(sde: WindowSDE, y0: torch.Tensor, upsample: int, *, entropy: 
                    initial_dt: float, dt_min: float) -> torch.Tensor:
     """Upstream's solver: torchsde's adaptive step doubling ("milstein", Euler–Maruyama here) over [0, 1]
     on the Brownian path of `entropy`. Returns the states at t = m/upsample, (upsample, B, D); between
-    accepted solver points torchsde interpolates linearly."""
+    accepted solver points torchsde interpolates linearly. The error is pooled over the whole batch, so
+    the steps (and a sample's path) depend on the other samples; fixed-step Euler–Maruyama does not."""
     torchsde = _import_torchsde()
     ts = torch.linspace(0, 1, upsample + 1, dtype=y0.dtype, device=y0.device)
     brownian = torchsde.BrownianInterval(t0=ts[0], t1=ts[-1], size=tuple(y0.shape), dtype=y0.dtype,
