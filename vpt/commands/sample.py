@@ -39,7 +39,7 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (noise of every sample).")] = 0,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption.")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale, for backends that use it. Default: the model's own.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river); repeatable.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river; upsample=4 for neuralsde: 4 frames per predicted frame, the in-between ones decoded from the SDE state, linear between accepted steps of the adaptive solver); repeatable.")] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).", min=8)] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),
@@ -95,9 +95,14 @@ def sample(
     from vpt.data.video import to_uint8_frames
     from vpt.visualize import save_prediction
 
-    rows = [to_uint8_frames(torch.cat([context, p])) for p in predictions]
-    truth_row = to_uint8_frames(truth[:num_context + frames]) if truth is not None else None
-    save_prediction(out, rows, num_context, fps=fps, truth=truth_row)
+    # A backend may return U frames per requested one (e.g. NeuralSDE's `upsample`: states in between);
+    # the known frames are then repeated U times so the video keeps one frame rate, U times --fps.
+    upsample = max(1, len(predictions[0]) // frames)
+    context_shown = context.repeat_interleave(upsample, dim=0)
+    rows = [to_uint8_frames(torch.cat([context_shown, p])) for p in predictions]
+    truth_row = (to_uint8_frames(truth[:num_context + frames].repeat_interleave(upsample, dim=0))
+                 if truth is not None else None)
+    save_prediction(out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row)
     options = {k: v for k, v in predict_kwargs.items() if k != "prompt"}
     record = {
         "command": "vpt sample", "argv": sys.argv[1:], "backend": type(model).name, **origin,
@@ -105,8 +110,8 @@ def sample(
         "frames": frames, "steps": steps, "num_samples": num_samples, "batch_size": batch_size or num_samples,
         "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale, "options": options,
         "sampler": model.sample_record(steps=steps, **options), "protocol": protocol,
-        "device": str(torch_device), "precision": precision_name,
-        "fps": fps, "out": str(out.resolve()), "model_config": config_to_dict(model.cfg),
+        "device": str(torch_device), "precision": precision_name, "fps": fps * upsample, "upsample": upsample,
+        "out": str(out.resolve()), "model_config": config_to_dict(model.cfg),
         "versions": _versions(), "seconds": round(time.perf_counter() - started, 2),
     }
     record_path = out.with_name(out.name + ".json")

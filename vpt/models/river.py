@@ -184,19 +184,22 @@ class VectorFieldRegressor(nn.Module):
     Tokens = Linear([x_t, reference, context] per cell) + 2-D position + MLP(ln Δ); a sinusoidal
     token of t (scale 200, no position term) is prepended. In-blocks keep their outputs, out-block i
     fuses the (depth-1-i)-th of them. Works on any grid up to 512 x 512 cells.
+
+    `input_grids` latent grids are stacked per cell and the head emits `output_grids` of them (RIVER:
+    3 in, 1 out); other backends on the same trunk (NeuralSDE) change these and call `transform`.
     """
 
     def __init__(self, latent_channels: int, inner_dim: int, depth: int, mid_depth: int, heads: int = 8,
-                 out_norm: str = "ln", dropout: float = 0.05):
+                 out_norm: str = "ln", dropout: float = 0.05, *, input_grids: int = 3, output_grids: int = 1):
         super().__init__()
         self.inner_dim = inner_dim
         self.pos_embed = PositionEmbedding2d(inner_dim)
-        self.token_proj = nn.Linear(3 * latent_channels, inner_dim)
+        self.token_proj = nn.Linear(input_grids * latent_channels, inner_dim)
         self.distance_embed = nn.Sequential(nn.Linear(1, 256), nn.ReLU(), nn.Linear(256, inner_dim))
         self.in_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(depth))
         self.mid_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(mid_depth))
         self.out_blocks = nn.ModuleList(SkipLayer(inner_dim, heads, dropout) for _ in range(depth))
-        self.head = RegressorHead(inner_dim, latent_channels, out_norm)
+        self.head = RegressorHead(inner_dim, output_grids * latent_channels, out_norm)
         self._init_attention()
 
     def _init_attention(self) -> None:
@@ -218,7 +221,10 @@ class VectorFieldRegressor(nn.Module):
         log_distance = torch.log(distance.float())[:, None]  # (B, 1)
         tokens = self.token_proj(cells) + self.pos_embed(height, width) + self.distance_embed(log_distance)[:, None]
         x = torch.cat([time_token.to(tokens.dtype), tokens], dim=1)  # (B, 1 + N, D)
+        return self.head(self.transform(x)[:, 1:], height)  # (B, c, h, w)
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-ViT body on a token sequence (B, N, D): in-blocks, mid-blocks, out-blocks with long skips."""
         skips = []
         for block in self.in_blocks:
             x = block(x)
@@ -227,7 +233,7 @@ class VectorFieldRegressor(nn.Module):
             x = block(x)
         for block in self.out_blocks:
             x = block(x, skips.pop())
-        return self.head(x[:, 1:], height)  # (B, c, h, w)
+        return x
 
 
 # --- autoencoder access -------------------------------------------------------------------------------
@@ -473,14 +479,17 @@ class River(Backend):
     # --- published checkpoints ----------------------------------------------------------------------
     @classmethod
     def recognizes_checkpoint(cls, path: Path) -> bool:
-        """True for an upstream RIVER `model.pth` (a dict whose "model" holds vector_field_regressor.*)."""
+        """True for an upstream RIVER `model.pth`: its "model" holds a vector_field_regressor.* that reads
+        three latents per cell and emits one (NeuralSDE's regressors, same names, read four)."""
         try:
             state = _load_upstream_state(path)
+            token_proj = state["vector_field_regressor.project_in.1.weight"]  # (D, 3c)
+            head = state["vector_field_regressor.project_out.4.weight"]  # (c, D, 3, 3)
         except UnsafeWeightsError:
             raise  # a file that would run code is reported, not passed on to the next backend
         except Exception:  # not a torch file, or not RIVER's layout
             return False
-        return any(key.startswith("vector_field_regressor.") for key in state)
+        return token_proj.shape[1] == 3 * head.shape[0]
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None,
@@ -556,7 +565,7 @@ def _clip_from_batch(batch: Any) -> tuple[torch.Tensor, bool]:
         for key in ("video", "frames"):
             if key in batch:
                 return batch[key], False
-    raise ConfigError("RIVER expects batches with 'video' frames or 'latents'; the dataset gave something else")
+    raise ConfigError("expected batches with 'video' frames or 'latents'; the dataset gave something else")
 
 
 # --- converter for the published checkpoints --------------------------------------------------------------
