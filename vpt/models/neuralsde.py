@@ -53,15 +53,16 @@ from einops import rearrange
 from torch import nn
 
 from vpt.errors import ConfigError, UsageError
-from vpt.models.backend import Backend
 from vpt.models.river import (
     RIVER_SIZES,
+    LatentBackend,
     VectorFieldRegressor,
     _clip_from_batch,
+    _load_upstream_state,
     build_autoencoder,
     convert_upstream_regressor,
-    strip_ddp_prefix,
 )
+from vpt.weights import UnsafeWeightsError, strip_module_prefix
 
 Stage = Literal["f", "d", "g"]
 STAGE_NAMES = {"f": "drift", "d": "denoiser", "g": "diffusion"}
@@ -276,7 +277,7 @@ def draw_entropy(generator: torch.Generator | None) -> int:
 # --- the backend ---------------------------------------------------------------------------------------
 
 
-class NeuralSDE(Backend):
+class NeuralSDE(LatentBackend):
     """NeuralSDE on the shared surface: `loss` (the stage's objective) and `predict` (SDE rollout).
 
     `net` is the network this run trains (f, d or g); a g run also holds the frozen `drift` and, when
@@ -286,8 +287,6 @@ class NeuralSDE(Backend):
 
     name = "neuralsde"
     Config = NeuralSDEConfig
-    takes_text = False
-    frozen_prefixes = ("autoencoder.",)
 
     def __init__(self, cfg: NeuralSDEConfig, autoencoder: nn.Module | None = None, *,
                  frozen_weights: dict[str, dict[str, torch.Tensor]] | None = None):
@@ -305,13 +304,12 @@ class NeuralSDE(Backend):
             # f/d runs here, or loaded back from this run's checkpoint).
             self.register_buffer("frozen_loaded", torch.tensor(False))
             self._frozen_problem = self._load_frozen_networks(frozen_weights)
-        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg.autoencoder)
+        self._attach_autoencoder(autoencoder)
 
     def train(self, mode: bool = True) -> NeuralSDE:
-        super().train(mode)
-        for frozen in (self.autoencoder, self.denoiser):
-            if frozen is not None:
-                frozen.eval()
+        super().train(mode)  # the autoencoder stays frozen (LatentBackend)
+        if self.denoiser is not None:
+            self.denoiser.eval()
         if self.drift is not None and not self.cfg.frozen_drift_dropout:
             self.drift.eval()
         return self
@@ -335,29 +333,6 @@ class NeuralSDE(Backend):
     def _require_frozen(self) -> None:
         if self.drift is not None and not bool(self.frozen_loaded):
             raise UsageError(self._frozen_problem or "stage g has no trained drift; set model.f_run to a finished f run")
-
-    # --- autoencoder --------------------------------------------------------------------------------
-    def _require_autoencoder(self) -> nn.Module:
-        if self.autoencoder is None:
-            raise UsageError("this NeuralSDE model has no autoencoder (model.autoencoder is empty); pass --ae")
-        return self.autoencoder
-
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) frames in [-1, 1] -> (B, T, c, h, w) continuous latents."""
-        latents = self._require_autoencoder().encode(video)
-        self._check_latents(latents)
-        return latents
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, T, c, h, w) latents -> (B, T, 3, H, W) frames in [-1, 1] (VQ autoencoders quantise here)."""
-        return self._require_autoencoder().decode(latents).clamp(-1.0, 1.0)
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.shape[-3] != self.cfg.latent_channels:
-            raise ConfigError(f"the autoencoder gives {latents.shape[-3]}-channel latents but model.latent_channels "
-                              f"is {self.cfg.latent_channels}; set model.latent_channels={latents.shape[-3]}")
 
     # --- training -----------------------------------------------------------------------------------
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -510,7 +485,9 @@ class NeuralSDE(Backend):
     def recognizes_checkpoint(cls, path: Path) -> bool:
         """True for an upstream NeuralSDE `.pth` (its regressor reads a window of W c channels, W >= 4)."""
         try:
-            parts = convert_upstream_state(_load_upstream_model(path))
+            parts = convert_upstream_state(_load_upstream_state(path))
+        except UnsafeWeightsError:
+            raise  # a file that would run code is reported, not passed on to the next backend
         except Exception:  # not a torch file, or not this layout
             return False
         return bool(parts["net"]) and config_from_state(parts["net"])["window"] >= 4
@@ -524,7 +501,7 @@ class NeuralSDE(Backend):
 
         if preset is not None:
             raise UsageError("NeuralSDE checkpoints need no --preset (the weights say which network they are)")
-        state = strip_ddp_prefix(_load_upstream_model(path))
+        state = _load_upstream_state(path)  # `module.` prefixes removed
         parts = convert_upstream_state(state)
         if not parts["net"]:
             raise UsageError(f"{path} holds no vector_field_regressor.* weights; not an upstream NeuralSDE checkpoint")
@@ -605,7 +582,7 @@ _UPSTREAM_PARTS = {"net": "vector_field_regressor.", "drift": "f.vector_field_re
 def convert_upstream_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """Upstream `Model.state_dict()` (f, d or g run; `module.`-prefixed or not) -> vpt weights of the
     trained network ("net") and, for a g run, the frozen "drift" and "denoiser" (empty when absent)."""
-    state = strip_ddp_prefix(state)
+    state = strip_module_prefix(state)
     return {
         part: convert_upstream_regressor({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         for part, prefix in _UPSTREAM_PARTS.items()
@@ -629,12 +606,3 @@ def config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
     }
 
-
-def _load_upstream_model(path: Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
-    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-        raise UsageError(f"{path} is not an upstream checkpoint (no 'model' state dict inside)")
-    return loaded["model"]

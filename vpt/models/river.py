@@ -276,36 +276,29 @@ def build_autoencoder(spec: str | None) -> nn.Module | None:
 # --- the backend ---------------------------------------------------------------------------------------
 
 
-class River(Backend):
-    """RIVER on the shared backend surface: `loss` (flow matching) and `predict` (ODE rollout)."""
+class LatentBackend(Backend):
+    """A backend that models the latents of a frozen autoencoder (`model.autoencoder`, a config's
+    `latent_channels`): RIVER and NeuralSDE. It builds, freezes and applies the autoencoder."""
 
-    name = "river"
-    Config = RiverConfig
     uses_autoencoder = True
     frozen_prefixes = ("autoencoder.",)
 
-    def __init__(self, cfg: RiverConfig, autoencoder: nn.Module | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.regressor = VectorFieldRegressor(
-            cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm, cfg.dropout,
-        )
-        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg.autoencoder)
+    def _attach_autoencoder(self, autoencoder: nn.Module | None) -> None:
+        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(self.cfg.autoencoder)
 
-    def train(self, mode: bool = True) -> River:
+    def train(self, mode: bool = True) -> LatentBackend:
         super().train(mode)
         if self.autoencoder is not None:
             self.autoencoder.eval()  # frozen: BatchNorm statistics and dropout never change
         return self
 
-    # --- autoencoder --------------------------------------------------------------------------------
     @property
     def can_show_latents(self) -> bool:
         return self.autoencoder is not None
 
     def _require_autoencoder(self) -> nn.Module:
         if self.autoencoder is None:
-            raise UsageError("this RIVER model has no autoencoder (model.autoencoder is empty); pass --ae")
+            raise UsageError(f"this {self.name} model has no autoencoder (model.autoencoder is empty); pass --ae")
         return self.autoencoder
 
     @torch.no_grad()
@@ -326,6 +319,21 @@ class River(Backend):
                 f"the autoencoder gives {latents.shape[-3]}-channel latents but model.latent_channels is "
                 f"{self.cfg.latent_channels}; set model.latent_channels={latents.shape[-3]}"
             )
+
+
+class River(LatentBackend):
+    """RIVER on the shared backend surface: `loss` (flow matching) and `predict` (ODE rollout)."""
+
+    name = "river"
+    Config = RiverConfig
+
+    def __init__(self, cfg: RiverConfig, autoencoder: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.regressor = VectorFieldRegressor(
+            cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm, cfg.dropout,
+        )
+        self._attach_autoencoder(autoencoder)
 
     # --- training -----------------------------------------------------------------------------------
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
