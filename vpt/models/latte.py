@@ -1,0 +1,432 @@
+"""Latte: a latent diffusion transformer for video (Ma et al., "Latte: Latent Diffusion Transformer for
+Video Generation", 2024), in the flavour of the compact VideoGeneration-PyTorch re-implementation.
+
+One file, in reading order: config and sizes, the video DiT (patch embedding, fixed sinusoidal
+tables, adaLN-Zero blocks alternating spatial and temporal attention, final layer), the converter
+for that re-implementation's state dicts, and the `latte` backend (ε-prediction DDPM training,
+generation and frame-conditioned prediction through diffusers' schedulers).
+
+The model works on the latents of a frozen per-frame autoencoder, `(B, F, c, h, w)`. Every frame is
+cut into p x p patches; a spatial block attends over the patches of one frame, the next temporal
+block over the frames of one patch position, and so on. The diffusion step (and, when
+`num_classes > 0`, a class label) modulates every block through adaLN-Zero.
+
+What is here and what is not: the VG flavour (Linear patch embedding, row-first position table,
+`[sin | cos]` timestep features, attention width independent of the model width, ε output with fixed
+variance, image-video joint frames) plus class conditioning with label dropout and classifier-free
+guidance. The official model's Conv patch embedding, column-first tables and learned variance
+(`learn_sigma`) are not implemented, so its checkpoints do not load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from vpt.errors import ConfigError, UsageError
+from vpt.models.attention import attention
+from vpt.models.embeddings import sinusoidal_embedding
+from vpt.models.river import LatentBackend, _clip_from_batch
+
+# --- config and sizes -------------------------------------------------------------------------------
+
+#: DiT's sizes (depth counts spatial and temporal blocks together); head width = hidden / heads.
+LATTE_WIDTHS: dict[str, dict[str, int]] = {
+    "S": {"num_layers": 12, "hidden_size": 384, "num_heads": 6},
+    "B": {"num_layers": 12, "hidden_size": 768, "num_heads": 12},
+    "L": {"num_layers": 24, "hidden_size": 1024, "num_heads": 16},
+    "XL": {"num_layers": 28, "hidden_size": 1152, "num_heads": 16},
+}
+LATTE_SIZES: dict[str, dict[str, int]] = {
+    f"{width}/{patch}": {**values, "head_dim": values["hidden_size"] // values["num_heads"], "patch_size": patch}
+    for width, values in LATTE_WIDTHS.items() for patch in (2, 4, 8)
+}
+
+
+@dataclass
+class LatteConfig:
+    """The `model:` section of a Latte run."""
+
+    # Frozen per-frame autoencoder: a `vpt train-ae` run, published AE weights or "pixels:P" (toy data).
+    autoencoder: Optional[str] = None
+    size: Optional[str] = None  # "S/2" ... "XL/8": sets num_layers, hidden_size, num_heads, head_dim, patch_size
+    latent_channels: int = 4
+    num_frames: int = 16  # clip length the model is trained on (frames given to one denoiser call)
+    patch_size: int = 2
+    num_layers: int = 12  # spatial and temporal blocks together, alternating, spatial first
+    hidden_size: int = 768
+    num_heads: int = 12
+    head_dim: int = 64  # attention width num_heads * head_dim may differ from hidden_size
+    timestep_emb_dim: int = 256
+    num_classes: int = 0  # > 0: class-conditional (labels 0..num_classes-1; index num_classes = "no label")
+    class_dropout: float = 0.1  # training: probability a label is replaced by "no label" (for guidance)
+    num_images: int = 0  # image-video joint training: extra single frames appended to each clip
+    # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
+    num_timesteps: int = 1000
+    beta_start: float = 1.0e-4
+    beta_end: float = 0.02
+    # Sampling defaults of `predict` (`vpt sample --steps/--option/--guidance-scale` override them).
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int = 1000
+    guidance_scale: float = 1.0  # classifier-free guidance (class-conditional models); 1 = none
+    context_frames: int = 0  # frames its evaluation protocol gives `predict`; 0 = generation
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            if self.size not in LATTE_SIZES:
+                raise ValueError(f"model.size must be one of {', '.join(LATTE_SIZES)}, got {self.size!r}")
+            for key, value in LATTE_SIZES[self.size].items():
+                setattr(self, key, value)
+        if self.hidden_size % 4:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by 4 (2-D sinusoidal table)")
+        for name in ("num_frames", "patch_size", "num_layers", "num_heads", "head_dim", "steps", "num_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_layers % 2:
+            raise ValueError(f"model.num_layers ({self.num_layers}) must be even: spatial and temporal blocks alternate")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"model.class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.context_frames < 0 or self.context_frames >= self.num_frames:
+            raise ValueError(f"model.context_frames must be in [0, num_frames), got {self.context_frames}")
+
+
+# --- fixed sinusoidal tables ------------------------------------------------------------------------
+
+
+def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N,) steps or positions -> (N, dim) features [sin | cos] (the frame table uses the same)."""
+    return sinusoidal_embedding(t, dim, cos_first=False)
+
+
+def patch_position_table(dim: int, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rows * cols, dim) table of a row-major patch grid: first half the row index, second the column."""
+    row_features = timestep_features(torch.arange(rows, device=device), dim // 2)  # (rows, D/2)
+    col_features = timestep_features(torch.arange(cols, device=device), dim // 2)  # (cols, D/2)
+    grid = torch.cat([repeat(row_features, "r d -> r c d", c=cols), repeat(col_features, "c d -> r c d", r=rows)], -1)
+    return rearrange(grid, "r c d -> (r c) d")
+
+
+# --- the video DiT ---------------------------------------------------------------------------------
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (N, L, D) normalised, then scaled and shifted per sequence (shift, scale (N, D))."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Self-attention with a packed [q | k | v] projection of width heads * head_dim (free of the model width)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, D)
+        q, k, v = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.heads)
+        return self.proj(rearrange(attention(q, k, v), "n h l d -> n l (h d)"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: the conditioning vector gives shift, scale and gate for attention and MLP."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.attn = Attention(dim, heads, head_dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+        self.modulation = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # x (N, L, D), cond (N, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond)).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(x, shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(x, shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm, then one Linear back to the patch pixels (ph pw c)."""
+
+    def __init__(self, dim: int, patch_values: int):
+        super().__init__()
+        self.modulation = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, patch_values)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (N, L, D), (N, D)
+        shift, scale = self.modulation(F.silu(cond)).chunk(2, dim=-1)
+        return self.linear(modulate(x, shift, scale))
+
+
+class LatteDiT(nn.Module):
+    """ε(x_t, t[, y]): (B, F, c, h, w) noisy latents -> (B, F, c, h, w) predicted noise.
+
+    With `num_images > 0` the last `num_images` frames are independent images (image-video joint
+    training): spatial blocks see them, temporal blocks and the frame table do not.
+    """
+
+    def __init__(self, cfg: LatteConfig):
+        super().__init__()
+        self.patch = cfg.patch_size
+        dim = cfg.hidden_size
+        self.dim, self.timestep_emb_dim = dim, cfg.timestep_emb_dim
+        self.patch_embed = nn.Linear(cfg.patch_size ** 2 * cfg.latent_channels, dim)
+        self.time_embed = nn.Sequential(nn.Linear(cfg.timestep_emb_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # one extra row: the "no label" class that label dropout and guidance use
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, dim) if cfg.num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(dim, cfg.num_heads, cfg.head_dim) for _ in range(cfg.num_layers))
+        self.final = FinalLayer(dim, cfg.patch_size ** 2 * cfg.latent_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DiT's recipe: Xavier-uniform linears with zero bias, N(0, 0.02) time MLP and label table,
+        zero adaLN and output layers (a fresh model predicts ε = 0 and every block starts as identity)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for layer in (self.time_embed[0], self.time_embed[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.weight, std=0.02)
+        for layer in [block.modulation for block in self.blocks] + [self.final.modulation, self.final.linear]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                num_images: int = 0) -> torch.Tensor:
+        """x (B, F, c, h, w), t (B,) integer steps, labels (B,) class indices (num_classes = no label)."""
+        batch, frames, _, height, width = x.shape
+        rows, cols = height // self.patch, width // self.patch
+        video_frames = frames - num_images
+        tokens = rearrange(x, "b f c (nh ph) (nw pw) -> (b f) (nh nw) (ph pw c)", ph=self.patch, pw=self.patch)
+        tokens = self.patch_embed(tokens) + patch_position_table(self.dim, rows, cols, x.device).to(x.dtype)  # (BF, N, D)
+
+        cond = self.time_embed(timestep_features(t, self.timestep_emb_dim).to(x.dtype))  # (B, D)
+        if self.label_embed is not None:
+            if labels is None:
+                raise UsageError("this Latte model is class-conditional: give class labels")
+            cond = cond + self.label_embed(labels)
+        per_frame = repeat(cond, "b d -> (b f) d", f=frames)
+        per_patch = repeat(cond, "b d -> (b n) d", n=rows * cols)
+        frame_table = timestep_features(torch.arange(video_frames, device=x.device), self.dim).to(x.dtype)  # (F_v, D)
+
+        for pair in range(0, len(self.blocks), 2):
+            tokens = self.blocks[pair](tokens, per_frame)
+            tokens = rearrange(tokens, "(b f) n d -> (b n) f d", b=batch)
+            video, images = tokens[:, :video_frames], tokens[:, video_frames:]
+            if pair == 0:  # the frame positions enter once, before the first temporal block
+                video = video + frame_table
+            tokens = torch.cat([self.blocks[pair + 1](video, per_patch), images], dim=1)
+            tokens = rearrange(tokens, "(b n) f d -> (b f) n d", b=batch)
+
+        out = self.final(tokens, per_frame)  # (BF, N, p^2 c)
+        return rearrange(out, "(b f) (nh nw) (ph pw c) -> b f c (nh ph) (nw pw)", b=batch, nh=rows, ph=self.patch,
+                         pw=self.patch)
+
+
+# --- converter for VideoGeneration-PyTorch state dicts ---------------------------------------------
+
+#: upstream key -> vpt key (regex, replacement), applied in order.
+_VG_RENAMES: list[tuple[str, str]] = [
+    (r"^patch_embed_layer\.patch_embed\.0\.", "patch_embed."),
+    (r"^t_proj\.", "time_embed."),
+    (r"^layers\.(\d+)\.attn_block\.qkv_proj\.", r"blocks.\1.attn.qkv."),
+    (r"^layers\.(\d+)\.attn_block\.output_proj\.0\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.mlp_block\.", r"blocks.\1.mlp."),
+    (r"^layers\.(\d+)\.adaptive_norm_layer\.1\.", r"blocks.\1.modulation."),
+    (r"^adaptive_norm_layer\.1\.", "final.modulation."),
+    (r"^proj_out\.", "final.linear."),
+]
+
+
+def convert_vg_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A VideoGeneration-PyTorch `DITVideo` state dict (e.g. its `dit_ckpt.pth`) -> `LatteDiT` names."""
+    converted = {}
+    for key, value in state.items():
+        new_key = key.removeprefix("module.")
+        for pattern, replacement in _VG_RENAMES:
+            new_key = re.sub(pattern, replacement, new_key)
+        converted[new_key] = value
+    return converted
+
+
+# --- the backend -----------------------------------------------------------------------------------
+
+
+class Latte(LatentBackend):
+    """Latte on the shared backend surface: `loss` (ε-prediction DDPM) and `predict` (generation, or
+    prediction of the frames after a context by replacement sampling)."""
+
+    name = "latte"
+    Config = LatteConfig
+    generates_without_context = True
+
+    def __init__(self, cfg: LatteConfig, autoencoder: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.denoiser = LatteDiT(cfg)
+        self._attach_autoencoder(autoencoder)
+
+    @property
+    def takes_class_labels(self) -> bool:  # type: ignore[override]
+        return self.cfg.num_classes > 0
+
+    # --- diffusion schedules --------------------------------------------------------------------------
+    def _scheduler(self, sampler: str = "ddpm"):
+        """A fresh diffusers scheduler with the training betas: linear in β, ε-prediction, no clipping."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        common = dict(num_train_timesteps=self.cfg.num_timesteps, beta_start=self.cfg.beta_start,
+                      beta_end=self.cfg.beta_end, beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+        if sampler == "ddpm":
+            return DDPMScheduler(**common, variance_type="fixed_small")
+        if sampler == "ddim":
+            return DDIMScheduler(**common, set_alpha_to_one=True)
+        raise UsageError(f"latte: unknown sampler {sampler!r}; choose ddpm or ddim")
+
+    # --- training -------------------------------------------------------------------------------------
+    def loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        """MSE between the noise and its prediction, one step t ~ U{0..T-1} per clip (image frames included).
+
+        The last `num_images` frames of each clip play the single images of joint training."""
+        clip, is_latent = _clip_from_batch(batch)  # (B, F, C, H, W)
+        latents = clip if is_latent else self.encode(clip)
+        self._check_latents(latents)
+        latents = latents.float()
+        if latents.shape[1] <= self.cfg.num_images:
+            raise ConfigError(f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}")
+        batch_size = latents.shape[0]
+        scheduler = self._scheduler()
+        t = torch.randint(0, self.cfg.num_timesteps, (batch_size,), device=latents.device)
+        noise = torch.randn_like(latents)
+        noisy = scheduler.add_noise(latents, noise, t)
+        labels = self._training_labels(batch, batch_size, latents.device)
+        predicted = self.denoiser(noisy, t, labels, num_images=self.cfg.num_images)
+        return {"loss": F.mse_loss(predicted.float(), noise)}
+
+    def _training_labels(self, batch: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """Class labels of a batch (`label`), each replaced by "no label" with probability class_dropout."""
+        if self.cfg.num_classes == 0:
+            return None
+        if not isinstance(batch, dict) or "label" not in batch:
+            raise ConfigError("model.num_classes > 0 but the batches carry no 'label'")
+        labels = torch.as_tensor(batch["label"], device=device).long()
+        dropped = torch.rand(batch_size, device=device) < self.cfg.class_dropout
+        return torch.where(dropped, torch.full_like(labels, self.cfg.num_classes), labels)
+
+    # --- sampling -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        context: torch.Tensor,
+        num_frames: int,
+        *,
+        prompt: list[str] | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        class_labels: int | list[int] | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """(B, n, 3, H, W) context in [-1, 1] (n may be 0) -> (B, num_frames, 3, H, W) frames.
+
+        n = 0 generates videos (of `class_labels` when the model is class-conditional). With n > 0 the
+        frames after the context come from replacement ("inpainting") sampling: the denoiser always
+        sees a whole clip of `model.num_frames` frames, and before every step the known frames are
+        overwritten by the context latents noised to that step (q(z_t | z_0), fresh noise each step),
+        so the unknown frames are denoised next to a consistent noisy copy of the context. Limits:
+        the context steers the unknown frames only through attention on its noisy copies, so the
+        rollout agrees with the context less tightly than a model trained to condition on frames; at
+        most num_frames - 1 context frames are used (the newest); longer predictions continue in
+        windows that keep the newest half of a window as the next context.
+        Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one int or one per sample),
+        `guidance_scale` (classifier-free guidance).
+        """
+        if prompt is not None:
+            raise UsageError("backend 'latte' takes no text prompt")
+        if num_frames < 1:
+            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+        batch_size = context.shape[0]
+        labels = self._sampling_labels(class_labels, batch_size, context.device)
+        if context.shape[1]:
+            history = self.encode(context)  # (B, n, c, h, w)
+        else:
+            history = self._empty_latents(context)
+        window = self.cfg.num_frames
+        produced = 0
+        while produced < num_frames:
+            keep = min(history.shape[1], window - 1 if produced == 0 else window // 2)
+            known = history[:, history.shape[1] - keep:]
+            new = min(window - keep, num_frames - produced)
+            clip = self.sample_latents(known, keep + new, labels, steps=steps, generator=generator, sampler=sampler,
+                                       guidance_scale=guidance_scale)
+            history = torch.cat([history, clip[:, keep:]], dim=1)
+            produced += new
+            self.frames_done(batch_size * new)
+        return self.decode(history[:, history.shape[1] - num_frames:])
+
+    def _empty_latents(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, 0, c, h, w) for an empty (B, 0, 3, H, W) context: the latent grid of one blank frame."""
+        blank = self.encode(context.new_zeros(context.shape[0], 1, *context.shape[2:]))
+        return blank[:, :0]
+
+    def _sampling_labels(self, class_labels: int | list[int] | None, batch_size: int,
+                         device: torch.device) -> torch.Tensor | None:
+        if self.cfg.num_classes == 0:
+            if class_labels is not None:
+                raise UsageError("this Latte model is unconditional (model.num_classes is 0); drop class_labels")
+            return None
+        if class_labels is None:
+            raise UsageError(f"this Latte model is class-conditional: pass --option class_labels=K "
+                             f"(0..{self.cfg.num_classes - 1})")
+        labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size or labels.min() < 0 or labels.max() >= self.cfg.num_classes:
+            raise UsageError(f"class_labels must be one label or one per sample, each in 0..{self.cfg.num_classes - 1}")
+        return labels
+
+    @torch.no_grad()
+    def sample_latents(self, known: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None, *,
+                       steps: int | None = None, generator: torch.Generator | None = None,
+                       sampler: str | None = None, guidance_scale: float | None = None) -> torch.Tensor:
+        """Reverse diffusion of a (B, num_frames, c, h, w) latent clip whose first frames are `known`
+        (B, k, c, h, w) (k may be 0); they are imposed by replacement and returned exactly."""
+        scheduler = self._scheduler(sampler or self.cfg.sampler)
+        steps = self.cfg.steps if steps is None else steps
+        if not 1 <= steps <= self.cfg.num_timesteps:
+            raise UsageError(f"steps must be in 1..{self.cfg.num_timesteps}, got {steps}")
+        scheduler.set_timesteps(steps, device=known.device)
+        scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
+        count = known.shape[1]
+        shape = (known.shape[0], num_frames, *known.shape[2:])
+        draw_device = generator.device if generator is not None else known.device
+        x = torch.randn(shape, generator=generator, device=draw_device).to(known)
+        self.denoiser.eval()
+        for t in scheduler.timesteps:
+            if count:
+                noise = torch.randn(known.shape, generator=generator, device=draw_device).to(known)
+                x[:, :count] = scheduler.add_noise(known, noise, t.reshape(1))
+            eps = self._guided_noise(x, t.expand(shape[0]), labels, scale)
+            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        x[:, :count] = known
+        return x
+
+    def _guided_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """ε̂, with classifier-free guidance ε_∅ + s (ε_y - ε_∅) when the model is class-conditional and s != 1."""
+        if labels is None or scale == 1.0:
+            return self.denoiser(x, t, labels)
+        null = torch.full_like(labels, self.cfg.num_classes)
+        eps_label, eps_null = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        return eps_null + scale * (eps_label - eps_null)
+
+    def sample_record(self, **options: Any) -> dict[str, Any]:
+        steps = options.get("steps") or self.cfg.steps
+        return {"sampler": options.get("sampler") or self.cfg.sampler, "steps": steps,
+                "window_frames": self.cfg.num_frames, "conditioning": "replacement (context noised to each step)",
+                "guidance_scale": options.get("guidance_scale") or self.cfg.guidance_scale}
