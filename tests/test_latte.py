@@ -3,7 +3,10 @@ backend's sampling maths on a tiny model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 import torch
 from fixture_paths import fixture
 
@@ -16,9 +19,11 @@ from vpt.models.latte import (
     patch_position_table,
     timestep_features,
 )
+from vpt.errors import UsageError
 from vpt.models.river import PixelAutoencoder
 
 ATOL, RTOL = 1e-5, 1e-4
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "latte"
 TINY = dict(latent_channels=4, num_frames=4, patch_size=2, num_layers=4, hidden_size=32, num_heads=2, head_dim=12,
             timestep_emb_dim=16)
 
@@ -64,15 +69,23 @@ def _key_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("name", ["keys_vg_ditv_mnist.txt", "keys_vg_ditv_ucf.txt"])
-def test_released_vg_keys_convert_onto_latte_b2(name):
-    # the released configs: 12 layers, 768 wide, 12 x 64 heads, patch 2, 256-wide time features = Latte-B/2
+@pytest.mark.parametrize("dataset", ["mnist", "ucf"])
+def test_released_vg_keys_convert_onto_the_shipped_configs(dataset):
+    """Every upstream key of the released DiT lands on a parameter of the same shape in the model that
+    configs/latte/vg_<dataset>.yaml builds (Latte-B/2 with 256-wide time features)."""
+    from vpt.commands.train import train_schema
+    from vpt.config import validate
+
+    path = CONFIGS / f"vg_{dataset}.yaml"
+    cfg = validate(train_schema(Latte), yaml.safe_load(path.read_text()), source=str(path))
     with torch.device("meta"):
-        model = LatteDiT(LatteConfig(size="B/2"))
+        model = LatteDiT(cfg.model)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    converted = convert_vg_state({key: torch.empty(shape, device="meta") for key, shape in _key_shapes(name).items()})
+    upstream = _key_shapes(f"keys_vg_ditv_{dataset}.txt")
+    converted = convert_vg_state({key: torch.empty(shape, device="meta") for key, shape in upstream.items()})
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     assert sum(torch.Size(s).numel() for s in expected.values()) == 129_534_736
+    assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.eval.predicted_frames) == ("stylegan-v", 2048, 16)
 
 
 def test_size_registry_has_every_width_and_patch():
@@ -103,3 +116,61 @@ def test_scheduler_matches_upstream():
     last = scheduler.step(inputs["pred_noise"], 0, inputs["xt_single"])
     torch.testing.assert_close(last.prev_sample, outputs["prev_t0"], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(last.pred_original_sample.clamp(-1, 1), outputs["x0_t0"], atol=ATOL, rtol=RTOL)
+
+
+# --- the backend's sampling on a tiny model (pixel "latents", random weights) -----------------------
+
+
+def _tiny_backend(**overrides) -> Latte:
+    cfg = LatteConfig(**{**TINY, "latent_channels": 12, "hidden_size": 32, "num_frames": 4, "sampler": "ddim",
+                         "steps": 3, **overrides})
+    model = Latte(cfg, autoencoder=PixelAutoencoder(2))  # frames (3, 16, 16) <-> latents (12, 8, 8)
+    torch.manual_seed(0)
+    for layer in [block.modulation for block in model.denoiser.blocks] + [model.denoiser.final.modulation,
+                                                                          model.denoiser.final.linear]:
+        torch.nn.init.normal_(layer.weight, std=0.02)  # a non-zero prediction, so sampling depends on the model
+    return model.eval()
+
+
+def test_replacement_sampler_returns_the_known_latents_and_depends_on_them():
+    model = _tiny_backend()
+    known = torch.randn(2, 2, 12, 8, 8)
+    clip = model.sample_latents(known, 4, generator=torch.Generator().manual_seed(0))
+    assert clip.shape == (2, 4, 12, 8, 8)
+    torch.testing.assert_close(clip[:, :2], known, atol=0, rtol=0)
+    other = model.sample_latents(known + 1, 4, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(other[:, 2:], clip[:, 2:])  # the unknown frames see the known ones
+
+
+def test_predict_generates_and_continues_in_windows():
+    model = _tiny_backend()
+    counted = []
+    with model.reporting_frames(counted.append):
+        generated = model.predict(torch.zeros(2, 0, 3, 16, 16), 3, generator=torch.Generator().manual_seed(0))
+    assert generated.shape == (2, 3, 3, 16, 16) and sum(counted) == 6
+    context = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    long = model.predict(context, 7, steps=2, generator=torch.Generator().manual_seed(0))  # windows of 4 frames
+    assert long.shape == (2, 7, 3, 16, 16) and long.abs().max() <= 1.0
+    with pytest.raises(UsageError, match="unconditional"):
+        model.predict(context, 2, class_labels=1)
+
+
+def test_class_conditional_guidance_and_label_dropout():
+    model = _tiny_backend(num_classes=3, class_dropout=0.5)
+    assert model.takes_class_labels and "class_labels" in model.sampling_options()
+    with pytest.raises(UsageError, match="class_labels"):
+        model.predict(torch.zeros(1, 0, 3, 16, 16), 2)
+    runs = {label: model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels=label, guidance_scale=3.0,
+                                 generator=torch.Generator().manual_seed(0)) for label in (0, 2)}
+    assert not torch.allclose(runs[0], runs[2])
+    torch.manual_seed(1)
+    labels = model._training_labels({"label": torch.zeros(400, dtype=torch.long)}, 400, torch.device("cpu"))
+    assert 150 < int((labels == 3).sum()) < 250  # about half replaced by the "no label" class
+
+
+def test_loss_trains_on_latents_with_joint_image_frames():
+    model = _tiny_backend(num_images=2).train()
+    batch = {"latents": torch.randn(3, 6, 12, 8, 8)}  # 4 video frames + 2 single images per clip
+    loss = model.loss(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.denoiser.patch_embed.weight.grad.abs().sum() > 0

@@ -293,13 +293,18 @@ class Latte(LatentBackend):
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         """MSE between the noise and its prediction, one step t ~ U{0..T-1} per clip (image frames included).
 
-        The last `num_images` frames of each clip play the single images of joint training."""
+        Joint training (`num_images > 0`, data.frames = num_frames + num_images): the last `num_images`
+        frames of every clip are handed to the next clip of the batch, so its "single images" come
+        from another video (upstream draws them from random videos of the whole dataset)."""
         clip, is_latent = _clip_from_batch(batch)  # (B, F, C, H, W)
         latents = clip if is_latent else self.encode(clip)
         self._check_latents(latents)
         latents = latents.float()
-        if latents.shape[1] <= self.cfg.num_images:
+        video_frames = latents.shape[1] - self.cfg.num_images
+        if video_frames < 1:
             raise ConfigError(f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}")
+        if self.cfg.num_images:
+            latents = torch.cat([latents[:, :video_frames], latents[:, video_frames:].roll(1, dims=0)], dim=1)
         batch_size = latents.shape[0]
         scheduler = self._scheduler()
         t = torch.randint(0, self.cfg.num_timesteps, (batch_size,), device=latents.device)
