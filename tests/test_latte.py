@@ -19,7 +19,7 @@ from vpt.models.latte import (
     patch_position_table,
     timestep_features,
 )
-from vpt.errors import UsageError
+from vpt.errors import ConfigError, UsageError
 from vpt.models.river import PixelAutoencoder
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -86,6 +86,16 @@ def test_released_vg_keys_convert_onto_the_shipped_configs(dataset):
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     assert sum(torch.Size(s).numel() for s in expected.values()) == 129_534_736
     assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.eval.predicted_frames) == ("stylegan-v", 2048, 16)
+
+
+def test_shapes_config_is_a_small_class_conditional_model():
+    from vpt.commands.train import train_schema
+    from vpt.config import validate
+
+    path = CONFIGS / "shapes.yaml"
+    cfg = validate(train_schema(Latte), yaml.safe_load(path.read_text()), source=str(path))
+    assert cfg.model.num_classes == 5 and cfg.data.frames == cfg.model.num_frames
+    assert sum(p.numel() for p in LatteDiT(cfg.model).parameters()) == 317_904
 
 
 def test_size_registry_has_every_width_and_patch():
@@ -158,11 +168,11 @@ def test_predict_generates_and_continues_in_windows():
 def test_class_conditional_guidance_and_label_dropout():
     model = _tiny_backend(num_classes=3, class_dropout=0.5)
     assert model.takes_class_labels and "class_labels" in model.sampling_options()
-    with pytest.raises(UsageError, match="class_labels"):
-        model.predict(torch.zeros(1, 0, 3, 16, 16), 2)
     runs = {label: model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels=label, guidance_scale=3.0,
-                                 generator=torch.Generator().manual_seed(0)) for label in (0, 2)}
-    assert not torch.allclose(runs[0], runs[2])
+                                 generator=torch.Generator().manual_seed(0)) for label in (0, 2, None)}
+    assert not torch.allclose(runs[0], runs[2]) and not torch.allclose(runs[0], runs[None])
+    with pytest.raises(UsageError, match="class_labels"):
+        model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels=3)
     torch.manual_seed(1)
     labels = model._training_labels({"label": torch.zeros(400, dtype=torch.long)}, 400, torch.device("cpu"))
     assert 150 < int((labels == 3).sum()) < 250  # about half replaced by the "no label" class
@@ -174,3 +184,14 @@ def test_loss_trains_on_latents_with_joint_image_frames():
     loss = model.loss(batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and model.denoiser.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_classes_come_from_caption_words():
+    model = _tiny_backend(class_words=["left", "right", "up", "down", "falls"], class_dropout=0.0)
+    assert model.cfg.num_classes == 5
+    captions = ["the red square moves up", "the blue circle falls", "the green triangle moves left"]
+    labels = model._training_labels({"text": captions}, 3, torch.device("cpu"))
+    assert labels.tolist() == [2, 4, 0]
+    assert model._sampling_labels("down", 2, torch.device("cpu")).tolist() == [3, 3]
+    with pytest.raises(ConfigError, match="names none"):
+        model.class_of_caption("a shape that stays")

@@ -1,5 +1,6 @@
-"""A tiny Latte trained for a few CPU steps on latents of the built-in shapes through `vpt train latte`,
-then `vpt sample --run` without context (generation) and with context (replacement sampling).
+"""A tiny class-conditional Latte (class = the motion word of each caption) trained for a few CPU steps
+on latents of the built-in shapes through `vpt train latte`, then `vpt sample --run` without context
+(generation of a class) and with context (replacement sampling).
 
 The frozen autoencoder is the committed tiny `vpt train-ae` run of the NeuralSDE tests
 (tests/fixtures/neuralsde/README.md): 32 x 32 frames <-> 4 x 8 x 8 latents."""
@@ -17,7 +18,7 @@ from data_helpers import shapes_h5
 AUTOENCODER = Path(__file__).parent / "fixtures" / "neuralsde" / "shapes_ae"
 CONFIG = """backend: latte
 model: {latent_channels: 4, num_frames: 6, patch_size: 2, num_layers: 2, hidden_size: 32, num_heads: 2, head_dim: 16,
-        timestep_emb_dim: 32, sampler: ddim, steps: 4}
+        timestep_emb_dim: 32, sampler: ddim, steps: 4, class_words: [left, right, up, down, falls]}
 data: {frames: 6}
 train: {max_steps: 30, batch_size: 8, lr: 1.0e-3, log_every: 10, checkpoint_every: 30}
 """
@@ -38,7 +39,8 @@ def test_tiny_latte_trains_generates_and_predicts(tmp_path, invoke):
     assert result.exit_code == 0, result.output
 
     generated = tmp_path / "generated.png"
-    result = invoke("sample", "--run", run, "--num-samples", 2, "--frames", 6, "--size", 32, "--out", generated)
+    result = invoke("sample", "--run", run, "--num-samples", 2, "--frames", 6, "--size", 32, "--out", generated,
+                    "--option", "class_labels=right", "--guidance-scale", 2)
     assert result.exit_code == 0, result.output
     record = json.loads(generated.with_name(generated.name + ".json").read_text())
     assert (record["context_frames"], record["frames"], record["sampler"]["sampler"]) == (0, 6, "ddim")
@@ -51,7 +53,10 @@ def test_tiny_latte_trains_generates_and_predicts(tmp_path, invoke):
     test = ClipDataset(DataConfig(path=str(frames), split="test", frames=8))
     video = torch.stack([test[i]["video"] for i in range(2)])  # (2, 8, 3, 32, 32)
     generator = torch.Generator().manual_seed(0)
-    clips = model.predict(video[:, :0], 6, generator=generator)
+    assert model.takes_class_labels
+    clips = model.predict(video[:, :0], 6, class_labels=0, generator=generator)
+    other_class = model.predict(video[:, :0], 6, class_labels=1, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(clips, other_class)  # same noise, another class
     rollout = model.predict(video[:, :2], 4, generator=generator)
     for out, length in ((clips, 6), (rollout, 4)):
         assert out.shape == (2, length, 3, 32, 32)

@@ -21,7 +21,7 @@ guidance. The official model's Conv patch embedding, column-first tables and lea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import torch
@@ -65,6 +65,9 @@ class LatteConfig:
     head_dim: int = 64  # attention width num_heads * head_dim may differ from hidden_size
     timestep_emb_dim: int = 256
     num_classes: int = 0  # > 0: class-conditional (labels 0..num_classes-1; index num_classes = "no label")
+    # Class of a clip read off its caption: the index of the first of these words found in it (sets
+    # num_classes). E.g. [left, right, up, down, falls] for the built-in shapes. Empty: batches carry "label".
+    class_words: list[str] = field(default_factory=list)
     class_dropout: float = 0.1  # training: probability a label is replaced by "no label" (for guidance)
     num_images: int = 0  # image-video joint training: extra single frames appended to each clip
     # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
@@ -90,6 +93,10 @@ class LatteConfig:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_layers % 2:
             raise ValueError(f"model.num_layers ({self.num_layers}) must be even: spatial and temporal blocks alternate")
+        if self.class_words:
+            if self.num_classes not in (0, len(self.class_words)):
+                raise ValueError(f"model.num_classes ({self.num_classes}) differs from the {len(self.class_words)} class_words")
+            self.num_classes = len(self.class_words)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"model.class_dropout must be in [0, 1), got {self.class_dropout}")
         if self.context_frames < 0 or self.context_frames >= self.num_frames:
@@ -199,7 +206,7 @@ class LatteDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
                 num_images: int = 0) -> torch.Tensor:
-        """x (B, F, c, h, w), t (B,) integer steps, labels (B,) class indices (num_classes = no label)."""
+        """x (B, F, c, h, w), t (B,) integer steps, labels (B,) class indices (num_classes or None: no label)."""
         batch, frames, _, height, width = x.shape
         rows, cols = height // self.patch, width // self.patch
         video_frames = frames - num_images
@@ -208,8 +215,8 @@ class LatteDiT(nn.Module):
 
         cond = self.time_embed(timestep_features(t, self.timestep_emb_dim).to(x.dtype))  # (B, D)
         if self.label_embed is not None:
-            if labels is None:
-                raise UsageError("this Latte model is class-conditional: give class labels")
+            if labels is None:  # the "no label" class (the last row)
+                labels = torch.full((batch,), self.label_embed.num_embeddings - 1, device=x.device)
             cond = cond + self.label_embed(labels)
         per_frame = repeat(cond, "b d -> (b f) d", f=frames)
         per_patch = repeat(cond, "b d -> (b n) d", n=rows * cols)
@@ -315,12 +322,19 @@ class Latte(LatentBackend):
         return {"loss": F.mse_loss(predicted.float(), noise)}
 
     def _training_labels(self, batch: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
-        """Class labels of a batch (`label`), each replaced by "no label" with probability class_dropout."""
+        """Class labels of a batch (from captions with `class_words`, else `label`), each replaced by
+        "no label" with probability class_dropout."""
         if self.cfg.num_classes == 0:
             return None
-        if not isinstance(batch, dict) or "label" not in batch:
-            raise ConfigError("model.num_classes > 0 but the batches carry no 'label'")
-        labels = torch.as_tensor(batch["label"], device=device).long()
+        if self.cfg.class_words:
+            if not isinstance(batch, dict) or "text" not in batch:
+                raise ConfigError("model.class_words reads classes off captions, but the data have none")
+            labels = torch.tensor([self.class_of_caption(text) for text in batch["text"]], device=device)
+        elif isinstance(batch, dict) and "label" in batch:
+            labels = torch.as_tensor(batch["label"], device=device).long()
+        else:
+            raise ConfigError("model.num_classes > 0 but the batches carry no 'label'; set model.class_words to "
+                              "read classes off the captions")
         dropped = torch.rand(batch_size, device=device) < self.cfg.class_dropout
         return torch.where(dropped, torch.full_like(labels, self.cfg.num_classes), labels)
 
@@ -335,12 +349,13 @@ class Latte(LatentBackend):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         sampler: str | None = None,
-        class_labels: int | list[int] | None = None,
+        class_labels: int | str | list | None = None,
         guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """(B, n, 3, H, W) context in [-1, 1] (n may be 0) -> (B, num_frames, 3, H, W) frames.
 
-        n = 0 generates videos (of `class_labels` when the model is class-conditional). With n > 0 the
+        n = 0 generates videos (of `class_labels` when the model is class-conditional; without them,
+        of the "no label" class that label dropout trains). With n > 0 the
         frames after the context come from replacement ("inpainting") sampling: the denoiser always
         sees a whole clip of `model.num_frames` frames, and before every step the known frames are
         overwritten by the context latents noised to that step (q(z_t | z_0), fresh noise each step),
@@ -349,7 +364,8 @@ class Latte(LatentBackend):
         rollout agrees with the context less tightly than a model trained to condition on frames; at
         most num_frames - 1 context frames are used (the newest); longer predictions continue in
         windows that keep the newest half of a window as the next context.
-        Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one int or one per sample),
+        Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one class or one per sample: an
+        index, or a word of `class_words`),
         `guidance_scale` (classifier-free guidance).
         """
         if prompt is not None:
@@ -380,16 +396,27 @@ class Latte(LatentBackend):
         blank = self.encode(context.new_zeros(context.shape[0], 1, *context.shape[2:]))
         return blank[:, :0]
 
-    def _sampling_labels(self, class_labels: int | list[int] | None, batch_size: int,
+    def class_of_caption(self, caption: str) -> int:
+        """Index of the first of `class_words` that is a word of `caption`."""
+        words = set(re.findall(r"\w+", caption.lower()))
+        for index, word in enumerate(self.cfg.class_words):
+            if word.lower() in words:
+                return index
+        raise ConfigError(f"caption {caption!r} names none of model.class_words ({', '.join(self.cfg.class_words)})")
+
+    def _sampling_labels(self, class_labels: int | str | list | None, batch_size: int,
                          device: torch.device) -> torch.Tensor | None:
-        if self.cfg.num_classes == 0:
-            if class_labels is not None:
-                raise UsageError("this Latte model is unconditional (model.num_classes is 0); drop class_labels")
+        if class_labels is None:  # class-conditional models then sample the "no label" class
             return None
-        if class_labels is None:
-            raise UsageError(f"this Latte model is class-conditional: pass --option class_labels=K "
-                             f"(0..{self.cfg.num_classes - 1})")
-        labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+        if self.cfg.num_classes == 0:
+            raise UsageError("this Latte model is unconditional (model.num_classes is 0); drop class_labels")
+        names = class_labels if isinstance(class_labels, list) else [class_labels]
+        try:  # a class word (e.g. "left") stands for its index
+            indices = [self.cfg.class_words.index(n) if isinstance(n, str) else int(n) for n in names]
+        except ValueError:
+            raise UsageError(f"class_labels {class_labels!r}: not among model.class_words "
+                             f"({', '.join(self.cfg.class_words) or 'none'})") from None
+        labels = torch.tensor(indices, device=device).long()
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size or labels.min() < 0 or labels.max() >= self.cfg.num_classes:
