@@ -195,3 +195,61 @@ def test_classes_come_from_caption_words():
     assert model._sampling_labels("down", 2, torch.device("cpu")).tolist() == [3, 3]
     with pytest.raises(ConfigError, match="names none"):
         model.class_of_caption("a shape that stays")
+
+
+# --- learned variance (the official model's IDDPM objective) -------------------------------------------
+
+
+def _posterior(abar: torch.Tensor, t: int, x0: torch.Tensor, xt: torch.Tensor):
+    """q(x_{t-1} | x_t, x_0) written from the DDPM paper's formulas, as (mean, variance)."""
+    a_t, a_prev = abar[t].double(), (abar[t - 1].double() if t > 0 else torch.tensor(1.0, dtype=torch.float64))
+    beta = 1 - a_t / a_prev
+    mean = (a_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - a_prev) * xt) / (1 - a_t)
+    return mean, beta * (1 - a_prev) / (1 - a_t), beta
+
+
+def test_variance_vlb_is_the_gaussian_kl_and_the_decoder_nll():
+    from torch.distributions import Normal, kl_divergence
+
+    from vpt.models.latte import variance_vlb
+
+    abar = Latte(LatteConfig(**TINY), autoencoder=PixelAutoencoder())._scheduler().alphas_cumprod
+    torch.manual_seed(0)
+    x0, xt, eps = torch.rand(2, 3, 4, 5).double() * 2 - 1, torch.randn(2, 3, 4, 5).double(), torch.randn(2, 3, 4, 5).double()
+    v = torch.rand(2, 3, 4, 5).double() * 2 - 1
+    t = torch.tensor([400, 0])
+    got = variance_vlb(abar, x0, xt, t, eps, v)
+
+    # t = 400: KL(q || p) with p's mean from the predicted x0 and the log-variance interpolated by v
+    true_mean, true_var, beta = _posterior(abar, 400, x0[0], xt[0])
+    x0_pred = (xt[0] - (1 - abar[400].double()).sqrt() * eps[0]) / abar[400].double().sqrt()
+    model_mean, _, _ = _posterior(abar, 400, x0_pred, xt[0])
+    frac = (v[0] + 1) / 2
+    model_var = torch.exp(frac * torch.log(beta) + (1 - frac) * torch.log(true_var))
+    kl = kl_divergence(Normal(true_mean, true_var.sqrt()), Normal(model_mean, model_var.sqrt()))
+    torch.testing.assert_close(got[0].double(), kl.mean() / torch.log(torch.tensor(2.0)).double(), atol=1e-5, rtol=1e-4)
+
+    # t = 0: minus the log-probability of x0's 1/255-wide bin (exact normal CDF vs IDDPM's tanh approximation)
+    x0_pred = (xt[1] - (1 - abar[0].double()).sqrt() * eps[1]) / abar[0].double().sqrt()
+    _, _, beta0 = _posterior(abar, 1, x0[1], xt[1])  # the clipped posterior variance: that of t = 1
+    clipped = beta0 * (1 - abar[0].double()) / (1 - abar[1].double())
+    frac = (v[1] + 1) / 2
+    log_var = frac * torch.log(1 - abar[0].double()) + (1 - frac) * torch.log(clipped)
+    normal = Normal(x0_pred, torch.exp(0.5 * log_var))
+    prob = normal.cdf(x0[1] + 1 / 255) - normal.cdf(x0[1] - 1 / 255)
+    expected = (-torch.log(prob.clamp(min=1e-12))).mean() / torch.log(torch.tensor(2.0)).double()
+    torch.testing.assert_close(got[1].double(), expected, atol=0, rtol=2e-2)
+
+
+def test_learned_sigma_model_trains_and_samples():
+    model = _tiny_backend(learn_sigma=True, num_classes=2, sampler="ddpm").train()
+    out = model.denoiser(torch.randn(1, 4, 12, 8, 8), torch.tensor([3]))
+    assert out.shape == (1, 4, 24, 8, 8)
+    losses = model.loss({"latents": torch.randn(2, 4, 12, 8, 8), "label": torch.tensor([0, 1])})
+    assert torch.isfinite(losses["loss"]) and losses["vlb"] > 0
+    losses["loss"].backward()
+    model.eval()
+    for sampler in ("ddpm", "ddim"):
+        clip = model.predict(torch.zeros(2, 0, 3, 16, 16), 4, sampler=sampler, class_labels=[0, 1], guidance_scale=4.0,
+                             generator=torch.Generator().manual_seed(0))
+        assert clip.shape == (2, 4, 3, 16, 16) and torch.isfinite(clip).all()

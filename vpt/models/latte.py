@@ -20,6 +20,7 @@ guidance. The official model's Conv patch embedding, column-first tables and lea
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -69,6 +70,11 @@ class LatteConfig:
     # num_classes). E.g. [left, right, up, down, falls] for the built-in shapes. Empty: batches carry "label".
     class_words: list[str] = field(default_factory=list)
     class_dropout: float = 0.1  # training: probability a label is replaced by "no label" (for guidance)
+    # The official model's conventions: its spatial table puts the column index in the first half
+    # ("column"), and it also predicts the variance (learn_sigma: 2C output channels, IDDPM's learned
+    # range between the posterior variance and beta_t, trained with the VLB term).
+    position_order: Literal["row", "column"] = "row"
+    learn_sigma: bool = False
     num_images: int = 0  # image-video joint training: extra single frames appended to each clip
     # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
     num_timesteps: int = 1000
@@ -111,12 +117,14 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return sinusoidal_embedding(t, dim, cos_first=False)
 
 
-def patch_position_table(dim: int, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
-    """(rows * cols, dim) table of a row-major patch grid: first half the row index, second the column."""
-    row_features = timestep_features(torch.arange(rows, device=device), dim // 2)  # (rows, D/2)
-    col_features = timestep_features(torch.arange(cols, device=device), dim // 2)  # (cols, D/2)
-    grid = torch.cat([repeat(row_features, "r d -> r c d", c=cols), repeat(col_features, "c d -> r c d", r=rows)], -1)
-    return rearrange(grid, "r c d -> (r c) d")
+def patch_position_table(dim: int, rows: int, cols: int, device: torch.device | None = None,
+                         order: str = "row") -> torch.Tensor:
+    """(rows * cols, dim) table of a row-major patch grid: first half the row index and second the
+    column ("row"), or the other way round ("column", the official model's table)."""
+    row_features = repeat(timestep_features(torch.arange(rows, device=device), dim // 2), "r d -> r c d", c=cols)
+    col_features = repeat(timestep_features(torch.arange(cols, device=device), dim // 2), "c d -> r c d", r=rows)
+    halves = (row_features, col_features) if order == "row" else (col_features, row_features)
+    return rearrange(torch.cat(halves, dim=-1), "r c d -> (r c) d")
 
 
 # --- the video DiT ---------------------------------------------------------------------------------
@@ -170,7 +178,8 @@ class FinalLayer(nn.Module):
 
 
 class LatteDiT(nn.Module):
-    """ε(x_t, t[, y]): (B, F, c, h, w) noisy latents -> (B, F, c, h, w) predicted noise.
+    """ε(x_t, t[, y]): (B, F, c, h, w) noisy latents -> (B, F, c, h, w) predicted noise
+    ((B, F, 2c, h, w) with learn_sigma: noise, then the variance interpolation v in [-1, 1]).
 
     With `num_images > 0` the last `num_images` frames are independent images (image-video joint
     training): spatial blocks see them, temporal blocks and the frame table do not.
@@ -178,7 +187,7 @@ class LatteDiT(nn.Module):
 
     def __init__(self, cfg: LatteConfig):
         super().__init__()
-        self.patch = cfg.patch_size
+        self.patch, self.position_order = cfg.patch_size, cfg.position_order
         dim = cfg.hidden_size
         self.dim, self.timestep_emb_dim = dim, cfg.timestep_emb_dim
         self.patch_embed = nn.Linear(cfg.patch_size ** 2 * cfg.latent_channels, dim)
@@ -186,7 +195,8 @@ class LatteDiT(nn.Module):
         # one extra row: the "no label" class that label dropout and guidance use
         self.label_embed = nn.Embedding(cfg.num_classes + 1, dim) if cfg.num_classes > 0 else None
         self.blocks = nn.ModuleList(DiTBlock(dim, cfg.num_heads, cfg.head_dim) for _ in range(cfg.num_layers))
-        self.final = FinalLayer(dim, cfg.patch_size ** 2 * cfg.latent_channels)
+        out_channels = cfg.latent_channels * (2 if cfg.learn_sigma else 1)  # [ε | variance interpolation]
+        self.final = FinalLayer(dim, cfg.patch_size ** 2 * out_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -211,7 +221,8 @@ class LatteDiT(nn.Module):
         rows, cols = height // self.patch, width // self.patch
         video_frames = frames - num_images
         tokens = rearrange(x, "b f c (nh ph) (nw pw) -> (b f) (nh nw) (ph pw c)", ph=self.patch, pw=self.patch)
-        tokens = self.patch_embed(tokens) + patch_position_table(self.dim, rows, cols, x.device).to(x.dtype)  # (BF, N, D)
+        tokens = self.patch_embed(tokens) + patch_position_table(self.dim, rows, cols, x.device, self.position_order)
+        tokens = tokens.to(x.dtype)  # (BF, N, D)
 
         cond = self.time_embed(timestep_features(t, self.timestep_emb_dim).to(x.dtype))  # (B, D)
         if self.label_embed is not None:
@@ -234,6 +245,57 @@ class LatteDiT(nn.Module):
         out = self.final(tokens, per_frame)  # (BF, N, p^2 c)
         return rearrange(out, "(b f) (nh nw) (ph pw c) -> b f c (nh ph) (nw pw)", b=batch, nh=rows, ph=self.patch,
                          pw=self.patch)
+
+
+# --- learned variance (IDDPM) ----------------------------------------------------------------------
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of Φ that IDDPM's discretised likelihood uses."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of values in [-1, 1] quantised to 256 bins under N(mean, exp(log_scale)^2), per element;
+    the outer bins extend to infinity."""
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = approx_standard_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                 eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """IDDPM's variational bound term for a learned variance, in bits per element, per sample (B,).
+
+    x0, xt, eps (the predicted noise, detached by the caller so only the variance learns from this
+    term), v (variance interpolation, in [-1, 1]): (B, ...); t (B,). For t > 0 the KL between the
+    true posterior q(x_{t-1} | x_t, x_0) and the model's Gaussian, whose log-variance is
+    (v+1)/2 log β_t + (1-v)/2 log β̃_t (β̃ the posterior variance, clipped at t = 0); at t = 0 the
+    negative discretised log-likelihood of x_0."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    abar = alphas_cumprod.to(x0.device, torch.float64)
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    beta = 1 - abar / abar_prev
+    post_var = beta * (1 - abar_prev) / (1 - abar)
+    post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    coef_x0 = beta * abar_prev.sqrt() / (1 - abar)
+    coef_xt = (1 - abar_prev) * (1 - beta).sqrt() / (1 - abar)
+    pick = lambda table: table[t].to(x0.dtype).reshape(shape)  # noqa: E731
+    true_mean = pick(coef_x0) * x0 + pick(coef_xt) * xt
+    true_log_var = pick(post_log_var)
+    x0_pred = (xt - pick((1 - abar).sqrt()) * eps) / pick(abar.sqrt())
+    model_mean = pick(coef_x0) * x0_pred + pick(coef_xt) * xt
+    frac = (v + 1) / 2
+    model_log_var = frac * pick(torch.log(beta)) + (1 - frac) * true_log_var
+    kl = 0.5 * (-1.0 + model_log_var - true_log_var + torch.exp(true_log_var - model_log_var)
+                + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var))
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
+    per_element = torch.where((t == 0).reshape(shape), nll, kl) / math.log(2.0)
+    return per_element.flatten(1).mean(dim=1)
 
 
 # --- converter for VideoGeneration-PyTorch state dicts ---------------------------------------------
@@ -291,7 +353,7 @@ class Latte(LatentBackend):
         common = dict(num_train_timesteps=self.cfg.num_timesteps, beta_start=self.cfg.beta_start,
                       beta_end=self.cfg.beta_end, beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
         if sampler == "ddpm":
-            return DDPMScheduler(**common, variance_type="fixed_small")
+            return DDPMScheduler(**common, variance_type="learned_range" if self.cfg.learn_sigma else "fixed_small")
         if sampler == "ddim":
             return DDIMScheduler(**common, set_alpha_to_one=True)
         raise UsageError(f"latte: unknown sampler {sampler!r}; choose ddpm or ddim")
@@ -318,8 +380,13 @@ class Latte(LatentBackend):
         noise = torch.randn_like(latents)
         noisy = scheduler.add_noise(latents, noise, t)
         labels = self._training_labels(batch, batch_size, latents.device)
-        predicted = self.denoiser(noisy, t, labels, num_images=self.cfg.num_images)
-        return {"loss": F.mse_loss(predicted.float(), noise)}
+        predicted = self.denoiser(noisy, t, labels, num_images=self.cfg.num_images).float()
+        if not self.cfg.learn_sigma:
+            return {"loss": F.mse_loss(predicted, noise)}
+        eps, v = predicted.chunk(2, dim=2)  # (B, F, c, h, w) each
+        mse = F.mse_loss(eps, noise)
+        vlb = variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(), v).mean()
+        return {"loss": mse + vlb, "mse": mse.detach(), "vlb": vlb.detach()}
 
     def _training_labels(self, batch: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
         """Class labels of a batch (from captions with `class_words`, else `label`), each replaced by
@@ -429,7 +496,8 @@ class Latte(LatentBackend):
                        sampler: str | None = None, guidance_scale: float | None = None) -> torch.Tensor:
         """Reverse diffusion of a (B, num_frames, c, h, w) latent clip whose first frames are `known`
         (B, k, c, h, w) (k may be 0); they are imposed by replacement and returned exactly."""
-        scheduler = self._scheduler(sampler or self.cfg.sampler)
+        sampler_name = sampler or self.cfg.sampler
+        scheduler = self._scheduler(sampler_name)
         steps = self.cfg.steps if steps is None else steps
         if not 1 <= steps <= self.cfg.num_timesteps:
             raise UsageError(f"steps must be in 1..{self.cfg.num_timesteps}, got {steps}")
@@ -444,18 +512,24 @@ class Latte(LatentBackend):
             if count:
                 noise = torch.randn(known.shape, generator=generator, device=draw_device).to(known)
                 x[:, :count] = scheduler.add_noise(known, noise, t.reshape(1))
-            eps = self._guided_noise(x, t.expand(shape[0]), labels, scale)
-            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            out = self._guided_noise(x, t.expand(shape[0]), labels, scale)  # (B, F, c or 2c, h, w)
+            if self.cfg.learn_sigma and sampler_name == "ddim":
+                out = out[:, :, :shape[2]]  # DDIM is deterministic: the variance is not used
+            # channels second: diffusers splits a learned variance off dim 1
+            x = scheduler.step(out.transpose(1, 2), t, x.transpose(1, 2), generator=generator).prev_sample.transpose(1, 2)
         x[:, :count] = known
         return x
 
     def _guided_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float) -> torch.Tensor:
-        """ε̂, with classifier-free guidance ε_∅ + s (ε_y - ε_∅) when the model is class-conditional and s != 1."""
+        """ε̂ (and v), with classifier-free guidance ε_∅ + s (ε_y - ε_∅) when the model is class-conditional
+        and s != 1; guidance moves the noise channels only, a learned variance is the labelled one."""
         if labels is None or scale == 1.0:
             return self.denoiser(x, t, labels)
         null = torch.full_like(labels, self.cfg.num_classes)
-        eps_label, eps_null = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        return eps_null + scale * (eps_label - eps_null)
+        out_label, out_null = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        channels = x.shape[2]
+        guided = out_null[:, :, :channels] + scale * (out_label[:, :, :channels] - out_null[:, :, :channels])
+        return torch.cat([guided, out_label[:, :, channels:]], dim=2)
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
         steps = options.get("steps") or self.cfg.steps
