@@ -253,3 +253,85 @@ def test_learned_sigma_model_trains_and_samples():
         clip = model.predict(torch.zeros(2, 0, 3, 16, 16), 4, sampler=sampler, class_labels=[0, 1], guidance_scale=4.0,
                              generator=torch.Generator().manual_seed(0))
         assert clip.shape == (2, 4, 3, 16, 16) and torch.isfinite(clip).all()
+
+
+# --- official (Vchitect/Latte) checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, classes, elements", [("keys_official_latte_ucf101_XL2_classcond.txt", 101, 674_112_416),
+                                                     ("keys_official_latte_sky_ffs_taichi_XL2_uncond.txt", 0, 673_994_912)])
+def test_official_keys_convert_onto_latte_xl2(name, classes, elements):
+    from vpt.models.latte import config_from_official_state, convert_official_state
+
+    upstream = {key: torch.empty(shape, device="meta") for key, shape in _key_shapes(name).items()}
+    fields = config_from_official_state(upstream)
+    assert fields == {**{k: v for k, v in vars(LatteConfig(size="XL/2")).items() if k in fields}, "latent_channels": 4,
+                      "timestep_emb_dim": 256, "num_frames": 16, "num_classes": classes, "learn_sigma": True,
+                      "position_order": "column"}
+    with torch.device("meta"):
+        model = LatteDiT(LatteConfig(**fields))
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    converted = convert_official_state(upstream)
+    assert {key: tuple(value.shape) for key, value in converted.items()} == expected
+    fixed_tables = (256 + 16) * 1152  # pos_embed and temp_embed, computed here
+    assert sum(torch.Size(s).numel() for s in expected.values()) + fixed_tables == elements
+
+
+def test_official_conventions_convert_exactly():
+    """The converted Linear patch embedding equals the Conv one, the swapped time weight gives the same
+    features, and the column-first table puts the column index first."""
+    from vpt.models.latte import convert_official_state
+
+    torch.manual_seed(0)
+    conv_weight, time_weight = torch.randn(8, 3, 2, 2), torch.randn(8, 16)
+    converted = convert_official_state({"x_embedder.proj.weight": conv_weight, "t_embedder.mlp.0.weight": time_weight})
+    frame = torch.randn(1, 3, 4, 6)
+    conv_tokens = torch.nn.functional.conv2d(frame, conv_weight, stride=2).flatten(2).transpose(1, 2)  # (1, 6, 8)
+    patches = frame.reshape(1, 3, 2, 2, 3, 2).permute(0, 2, 4, 3, 5, 1).reshape(1, 6, 12)  # (ph pw c), row-major
+    torch.testing.assert_close(patches @ converted["patch_embed.weight"].T, conv_tokens, atol=1e-5, rtol=1e-5)
+    t = torch.tensor([0.0, 7.0, 999.0])
+    cos_first = torch.cat([timestep_features(t, 16)[:, 8:], timestep_features(t, 16)[:, :8]], dim=1)
+    torch.testing.assert_close(timestep_features(t, 16) @ converted["time_embed.0.weight"].T, cos_first @ time_weight.T)
+    column_first = patch_position_table(8, 2, 3, order="column").reshape(2, 3, 8)
+    torch.testing.assert_close(column_first[1, 2], torch.cat([timestep_features(torch.tensor([2]), 4)[0],
+                                                              timestep_features(torch.tensor([1]), 4)[0]]))
+
+
+def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
+    """A checkpoint in the official layout ({"model", "ema"}, fixed tables inside) is recognised, built
+    from its weights with the EMA copy, and carries the StyleGAN-V protocol."""
+    config = LatteConfig(**{**TINY, "learn_sigma": True, "num_classes": 3, "position_order": "column",
+                            "num_heads": 6, "head_dim": 64, "hidden_size": 384})  # Latte-S width, 2 layers deep
+    source = LatteDiT(config)
+    renames = {"patch_embed.weight": "x_embedder.proj.weight", "patch_embed.bias": "x_embedder.proj.bias",
+               "time_embed.0.weight": "t_embedder.mlp.0.weight", "time_embed.0.bias": "t_embedder.mlp.0.bias",
+               "time_embed.2.weight": "t_embedder.mlp.2.weight", "time_embed.2.bias": "t_embedder.mlp.2.bias",
+               "label_embed.weight": "y_embedder.embedding_table.weight", "final.linear.weight": "final_layer.linear.weight",
+               "final.linear.bias": "final_layer.linear.bias", "final.modulation.weight": "final_layer.adaLN_modulation.1.weight",
+               "final.modulation.bias": "final_layer.adaLN_modulation.1.bias"}
+    official = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("blocks."):
+            key = key.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.2.", ".mlp.fc2.")
+            key = key.replace(".modulation.", ".adaLN_modulation.1.")
+        official[renames.get(key, key)] = value + 1.0  # "EMA" weights: + 1
+    official["x_embedder.proj.weight"] = rearrange_back(official["x_embedder.proj.weight"], 2, 4)
+    official["t_embedder.mlp.0.weight"] = torch.cat(official["t_embedder.mlp.0.weight"].chunk(2, dim=1)[::-1], dim=1)
+    official["pos_embed"], official["temp_embed"] = torch.zeros(1, 24, 384), torch.zeros(1, 4, 384)
+    path = tmp_path / "ucf101.pt"
+    torch.save({"model": {k: v - 1.0 for k, v in official.items()}, "ema": official}, path)
+
+    assert Latte.recognizes_checkpoint(path)
+    model = Latte.from_checkpoint(path, autoencoder="pixels:1")
+    assert (model.cfg.num_classes, model.cfg.learn_sigma, model.cfg.num_layers, model.cfg.steps) == (3, True, 4, 250)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.denoiser.state_dict()[key], value + 1.0)
+    protocol = model.default_protocol()
+    assert (protocol.fvd_preset, protocol.clips, protocol.predicted_frames, model.frame_size) == ("stylegan-v", 2048, 16, 256)
+    with pytest.raises(UsageError, match="--ae"):
+        Latte.from_checkpoint(path)
+
+
+def rearrange_back(linear_weight: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """The Linear (D, ph pw c) patch weight as the official Conv kernel (D, c, ph, pw)."""
+    return linear_weight.reshape(linear_weight.shape[0], patch, patch, channels).permute(0, 3, 1, 2)

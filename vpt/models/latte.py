@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
@@ -33,7 +34,8 @@ from torch import nn
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
 from vpt.models.embeddings import sinusoidal_embedding
-from vpt.models.river import LatentBackend, _clip_from_batch
+from vpt.models.backend import EvalProtocol
+from vpt.models.river import LatentBackend, _clip_from_batch, build_autoencoder
 
 # --- config and sizes -------------------------------------------------------------------------------
 
@@ -324,6 +326,78 @@ def convert_vg_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return converted
 
 
+# --- converter for the official (Vchitect/Latte) checkpoints ----------------------------------------
+
+_OFFICIAL_RENAMES: list[tuple[str, str]] = [
+    (r"^x_embedder\.proj\.", "patch_embed."),
+    (r"^t_embedder\.mlp\.", "time_embed."),
+    (r"^y_embedder\.embedding_table\.", "label_embed."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"blocks.\1.mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"blocks.\1.mlp.2."),
+    (r"^blocks\.(\d+)\.adaLN_modulation\.1\.", r"blocks.\1.modulation."),
+    (r"^final_layer\.adaLN_modulation\.1\.", "final.modulation."),
+    (r"^final_layer\.linear\.", "final.linear."),
+]
+_OFFICIAL_FIXED_TABLES = ("pos_embed", "temp_embed")  # fixed sinusoids, computed here
+
+
+def official_state_dict(loaded: Any) -> dict[str, torch.Tensor]:
+    """The weights inside an official training checkpoint `{"model", "ema"}` (EMA preferred, as its
+    samplers do), or a bare state dict; DDP's `module.` prefixes removed."""
+    from vpt.weights import strip_module_prefix
+
+    if isinstance(loaded, dict) and isinstance(loaded.get("ema"), dict):
+        loaded = loaded["ema"]
+    elif isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict):
+        raise UsageError("not a Latte checkpoint: expected a state dict or {'model', 'ema'}")
+    return strip_module_prefix(loaded)
+
+
+def convert_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official Latte weights -> `LatteDiT` names, in the conventions of this model:
+    the Conv patch kernel (D, c, p, p) becomes the Linear over (ph pw c); the first time-MLP weight's
+    columns swap halves ([cos | sin] features -> [sin | cos]); the fixed tables are dropped."""
+    converted = {}
+    for key, value in state.items():
+        if key in _OFFICIAL_FIXED_TABLES:
+            continue
+        new_key = key
+        for pattern, replacement in _OFFICIAL_RENAMES:
+            new_key = re.sub(pattern, replacement, new_key)
+        if new_key == "patch_embed.weight":
+            value = rearrange(value, "d c ph pw -> d (ph pw c)")
+        elif new_key == "time_embed.0.weight":
+            value = torch.cat(value.chunk(2, dim=1)[::-1], dim=1)
+        converted[new_key] = value
+    return converted
+
+
+def config_from_official_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """LatteConfig fields read off official weights (heads from DiT's size table by width)."""
+    hidden, channels, patch, _ = state["x_embedder.proj.weight"].shape
+    heads = {values["hidden_size"]: values["num_heads"] for values in LATTE_WIDTHS.values()}
+    if hidden not in heads:
+        raise UsageError(f"Latte width {hidden} is none of the published sizes ({', '.join(map(str, heads))})")
+    out_values = state["final_layer.linear.weight"].shape[0]
+    labels = state.get("y_embedder.embedding_table.weight")
+    return {
+        "latent_channels": channels, "patch_size": patch, "hidden_size": hidden, "num_heads": heads[hidden],
+        "head_dim": hidden // heads[hidden],
+        "num_layers": len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
+        "timestep_emb_dim": state["t_embedder.mlp.0.weight"].shape[1],
+        "num_frames": state["temp_embed"].shape[1] if "temp_embed" in state else 16,
+        "num_classes": labels.shape[0] - 1 if labels is not None else 0,
+        "learn_sigma": out_values == 2 * patch * patch * channels, "position_order": "column",
+    }
+
+
+#: The official releases' evaluation: StyleGAN-V's fvd2048_16f protocol (16-frame clips at 256 px,
+#: 2048 generated against 2048 real; which real videos is the user's choice).
+OFFICIAL_PROTOCOL = dict(predicted_frames=16, fvd_preset="stylegan-v", clips=2048, image_size=256)
+
+
 # --- the backend -----------------------------------------------------------------------------------
 
 
@@ -530,6 +604,44 @@ class Latte(LatentBackend):
         channels = x.shape[2]
         guided = out_null[:, :, :channels] + scale * (out_label[:, :, :channels] - out_null[:, :, :channels])
         return torch.cat([guided, out_label[:, :, channels:]], dim=2)
+
+    # --- published checkpoints -----------------------------------------------------------------------
+    @classmethod
+    def recognizes_checkpoint(cls, path: Path) -> bool:
+        """True for an official Latte checkpoint (`x_embedder`, `t_embedder` and `temp_embed` keys)."""
+        from vpt.weights import UnsafeWeightsError, read_weights
+
+        try:
+            state = official_state_dict(read_weights(path, mmap=True))
+        except UnsafeWeightsError:
+            raise
+        except Exception:  # not a torch file, or not Latte's layout
+            return False
+        return {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "temp_embed"} <= state.keys()
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None) -> Latte:
+        """An official Latte checkpoint (e.g. `ucf101.pt`) with its frame VAE: `autoencoder` is the
+        Stable Diffusion VAE folder the release ships (`vae/`, latents x 0.18215). Samples use 250
+        DDPM steps and, for class-conditional releases, guidance 7 (the published sampling settings)."""
+        from vpt.weights import read_weights
+
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"checkpoint not found: {path}")
+        if autoencoder is None:
+            raise UsageError(f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)")
+        state = official_state_dict(read_weights(path, mmap=True))
+        fields = config_from_official_state(state)
+        cfg = LatteConfig(**fields, steps=250, guidance_scale=7.0 if fields["num_classes"] else 1.0)
+        model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
+        model.denoiser.load_state_dict({key: value.float() for key, value in convert_official_state(state).items()})
+        model.frame_size, model.resize = 256, "crop"
+        model.published = True
+        return model.eval()
+
+    def default_protocol(self) -> EvalProtocol | None:
+        return EvalProtocol(**OFFICIAL_PROTOCOL) if getattr(self, "published", False) else None
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
         steps = options.get("steps") or self.cfg.steps
