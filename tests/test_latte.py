@@ -98,6 +98,21 @@ def test_shapes_config_is_a_small_class_conditional_model():
     assert sum(p.numel() for p in LatteDiT(cfg.model).parameters()) == 317_904
 
 
+@pytest.mark.parametrize("name, classes", [("ucf101_xl2", 101), ("sky_xl2", 0)])
+def test_official_configs_build_the_released_architecture(name, classes):
+    from vpt.commands.train import train_schema
+    from vpt.config import validate
+    from vpt.models.latte import config_from_official_state
+
+    path = CONFIGS / f"{name}.yaml"
+    cfg = validate(train_schema(Latte), yaml.safe_load(path.read_text()), source=str(path))
+    keys = "ucf101_XL2_classcond" if classes else "sky_ffs_taichi_XL2_uncond"
+    upstream = {k: torch.empty(s, device="meta") for k, s in _key_shapes(f"keys_official_latte_{keys}.txt").items()}
+    for key, value in config_from_official_state(upstream).items():
+        assert getattr(cfg.model, key) == value, key
+    assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.train.ema_decay) == ("stylegan-v", 2048, 0.9999)
+
+
 def test_size_registry_has_every_width_and_patch():
     assert sorted(LATTE_SIZES) == sorted(f"{w}/{p}" for w in ("S", "B", "L", "XL") for p in (2, 4, 8))
     xl = LatteConfig(size="XL/2")
