@@ -233,7 +233,7 @@ def test_variance_vlb_is_the_gaussian_kl_and_the_decoder_nll():
     x0, xt, eps = torch.rand(2, 3, 4, 5).double() * 2 - 1, torch.randn(2, 3, 4, 5).double(), torch.randn(2, 3, 4, 5).double()
     v = torch.rand(2, 3, 4, 5).double() * 2 - 1
     t = torch.tensor([400, 0])
-    got = variance_vlb(abar, x0, xt, t, eps, v)
+    got = variance_vlb(abar, x0, xt, t, eps, v).flatten(1).mean(dim=1)
 
     # t = 400: KL(q || p) with p's mean from the predicted x0 and the log-variance interpolated by v
     true_mean, true_var, beta = _posterior(abar, 400, x0[0], xt[0])
@@ -350,3 +350,54 @@ def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
 def rearrange_back(linear_weight: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
     """The Linear (D, ph pw c) patch weight as the official Conv kernel (D, c, ph, pw)."""
     return linear_weight.reshape(linear_weight.shape[0], patch, patch, channels).permute(0, 3, 1, 2)
+
+
+# --- trained frame conditioning (condition_frames) ------------------------------------------------------
+
+
+class _RecordingDenoiser(torch.nn.Module):
+    """Stands in for the DiT: remembers its input and predicts zero noise."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels, self.inputs = channels, []
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, labels=None, num_images=0):
+        self.inputs.append(x.detach().clone())
+        return torch.zeros(*x.shape[:2], self.channels, *x.shape[3:]) + self.weight
+
+
+def test_frame_conditioned_training_gives_known_frames_clean_and_scores_only_the_others():
+    model = _tiny_backend(condition_frames=2)
+    assert model.denoiser.patch_embed.in_features == 2 * 2 * 13  # 12 latent channels + the mask
+    model.denoiser = _RecordingDenoiser(12)
+    latents = torch.randn(3, 4, 12, 8, 8)
+    torch.manual_seed(5)
+    loss = model.loss({"latents": latents})["loss"]
+    torch.manual_seed(5)  # the loss's draws, in its order: steps, noise, known counts
+    torch.randint(0, 1000, (3,))
+    noise = torch.randn_like(latents)
+    count = torch.randint(0, 3, (3,))
+    seen = model.denoiser.inputs[0]  # (3, 4, 13, 8, 8)
+    for i, k in enumerate(count.tolist()):
+        torch.testing.assert_close(seen[i, :k, :12], latents[i, :k])
+        assert (seen[i, :k, 12] == 1).all() and (seen[i, k:, 12] == 0).all()
+    unknown = (torch.arange(4)[None] >= count[:, None]).float()[..., None, None, None]
+    expected = (noise ** 2 * unknown).sum() / (unknown.sum() * 12 * 8 * 8)  # zero prediction: the noise itself
+    torch.testing.assert_close(loss, expected)
+
+
+def test_frame_conditioned_sampling_keeps_the_context_clean():
+    model = _tiny_backend(condition_frames=2)
+    recorder = _RecordingDenoiser(12)
+    model.denoiser = recorder
+    known = torch.randn(2, 2, 12, 8, 8)
+    clip = model.sample_latents(known, 4, steps=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(clip[:, :2], known, atol=0, rtol=0)
+    assert len(recorder.inputs) == 3
+    for seen in recorder.inputs:
+        torch.testing.assert_close(seen[:, :2, :12], known)  # clean at every step, not noised
+        assert (seen[:, :2, 12] == 1).all() and (seen[:, 2:, 12] == 0).all()
+    with pytest.raises(UsageError, match="up to 2 known frames"):
+        model.sample_latents(torch.randn(2, 3, 12, 8, 8), 4)

@@ -77,6 +77,10 @@ class LatteConfig:
     # range between the posterior variance and beta_t, trained with the VLB term).
     position_order: Literal["row", "column"] = "row"
     learn_sigma: bool = False
+    # Trained frame conditioning: > 0 gives the denoiser up to this many leading frames clean, marked by
+    # an extra input channel (0 to condition_frames of them per training clip, their loss left out);
+    # `predict` then conditions on the context this way instead of by replacement.
+    condition_frames: int = 0
     num_images: int = 0  # image-video joint training: extra single frames appended to each clip
     # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
     num_timesteps: int = 1000
@@ -107,6 +111,8 @@ class LatteConfig:
             self.num_classes = len(self.class_words)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"model.class_dropout must be in [0, 1), got {self.class_dropout}")
+        if not 0 <= self.condition_frames < self.num_frames:
+            raise ValueError(f"model.condition_frames must be in [0, num_frames), got {self.condition_frames}")
         if self.context_frames < 0 or self.context_frames >= self.num_frames:
             raise ValueError(f"model.context_frames must be in [0, num_frames), got {self.context_frames}")
 
@@ -192,7 +198,8 @@ class LatteDiT(nn.Module):
         self.patch, self.position_order = cfg.patch_size, cfg.position_order
         dim = cfg.hidden_size
         self.dim, self.timestep_emb_dim = dim, cfg.timestep_emb_dim
-        self.patch_embed = nn.Linear(cfg.patch_size ** 2 * cfg.latent_channels, dim)
+        in_channels = cfg.latent_channels + (1 if cfg.condition_frames else 0)  # + the known-frame mask
+        self.patch_embed = nn.Linear(cfg.patch_size ** 2 * in_channels, dim)
         self.time_embed = nn.Sequential(nn.Linear(cfg.timestep_emb_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         # one extra row: the "no label" class that label dropout and guidance use
         self.label_embed = nn.Embedding(cfg.num_classes + 1, dim) if cfg.num_classes > 0 else None
@@ -271,7 +278,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
 
 def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                  eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """IDDPM's variational bound term for a learned variance, in bits per element, per sample (B,).
+    """IDDPM's variational bound term for a learned variance, in bits, per element (B, ...).
 
     x0, xt, eps (the predicted noise, detached by the caller so only the variance learns from this
     term), v (variance interpolation, in [-1, 1]): (B, ...); t (B,). For t > 0 the KL between the
@@ -296,8 +303,7 @@ def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tenso
     kl = 0.5 * (-1.0 + model_log_var - true_log_var + torch.exp(true_log_var - model_log_var)
                 + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var))
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
-    per_element = torch.where((t == 0).reshape(shape), nll, kl) / math.log(2.0)
-    return per_element.flatten(1).mean(dim=1)
+    return torch.where((t == 0).reshape(shape), nll, kl) / math.log(2.0)
 
 
 # --- converter for VideoGeneration-PyTorch state dicts ---------------------------------------------
@@ -403,7 +409,11 @@ OFFICIAL_PROTOCOL = dict(predicted_frames=16, fvd_preset="stylegan-v", clips=204
 
 class Latte(LatentBackend):
     """Latte on the shared backend surface: `loss` (ε-prediction DDPM) and `predict` (generation, or
-    prediction of the frames after a context by replacement sampling)."""
+    prediction of the frames after a context by replacement sampling or trained frame conditioning).
+
+    It trains on the autoencoder's posterior mean (what `encode` and `vpt save-latents` give), where
+    both upstreams draw a fresh posterior sample per step: one deterministic target, so cached
+    latents hold a single tensor per frame."""
 
     name = "latte"
     Config = LatteConfig
@@ -454,13 +464,34 @@ class Latte(LatentBackend):
         noise = torch.randn_like(latents)
         noisy = scheduler.add_noise(latents, noise, t)
         labels = self._training_labels(batch, batch_size, latents.device)
-        predicted = self.denoiser(noisy, t, labels, num_images=self.cfg.num_images).float()
+        known = self._known_frames(batch_size, latents.shape[1], latents.device)  # (B, F, 1, 1, 1) bool or None
+        inputs = noisy if known is None else self._with_known(noisy, latents, known)
+        predicted = self.denoiser(inputs, t, labels, num_images=self.cfg.num_images).float()
+        scored = torch.ones_like(latents[:, :, :1, :1, :1]) if known is None else (~known).float()
+
+        def mean_over_scored(values: torch.Tensor) -> torch.Tensor:  # (B, F, c, h, w) -> mean over unknown frames
+            return (values * scored).sum() / (scored.sum() * values[0, 0].numel())
+
+        eps = predicted[:, :, :latents.shape[2]]
+        mse = mean_over_scored((eps - noise) ** 2)
         if not self.cfg.learn_sigma:
-            return {"loss": F.mse_loss(predicted, noise)}
-        eps, v = predicted.chunk(2, dim=2)  # (B, F, c, h, w) each
-        mse = F.mse_loss(eps, noise)
-        vlb = variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(), v).mean()
+            return {"loss": mse}
+        vlb = mean_over_scored(variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(),
+                                            predicted[:, :, latents.shape[2]:]))
         return {"loss": mse + vlb, "mse": mse.detach(), "vlb": vlb.detach()}
+
+    def _known_frames(self, batch_size: int, frames: int, device: torch.device) -> torch.Tensor | None:
+        """Training with condition_frames: each clip's first k ~ U{0..condition_frames} frames are known."""
+        if not self.cfg.condition_frames:
+            return None
+        count = torch.randint(0, self.cfg.condition_frames + 1, (batch_size,), device=device)
+        return (torch.arange(frames, device=device)[None] < count[:, None]).reshape(batch_size, frames, 1, 1, 1)
+
+    @staticmethod
+    def _with_known(noisy: torch.Tensor, clean: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Denoiser input of a frame-conditioned model: known frames clean, plus the mask as one more channel."""
+        mask = known.to(noisy.dtype).expand(-1, -1, 1, *noisy.shape[3:])  # (B, F, 1, h, w)
+        return torch.cat([torch.where(known, clean, noisy), mask], dim=2)
 
     def _training_labels(self, batch: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
         """Class labels of a batch (from captions with `class_words`, else `label`), each replaced by
@@ -496,18 +527,20 @@ class Latte(LatentBackend):
         """(B, n, 3, H, W) context in [-1, 1] (n may be 0) -> (B, num_frames, 3, H, W) frames.
 
         n = 0 generates videos (of `class_labels` when the model is class-conditional; without them,
-        of the "no label" class that label dropout trains). With n > 0 the
-        frames after the context come from replacement ("inpainting") sampling: the denoiser always
-        sees a whole clip of `model.num_frames` frames, and before every step the known frames are
-        overwritten by the context latents noised to that step (q(z_t | z_0), fresh noise each step),
-        so the unknown frames are denoised next to a consistent noisy copy of the context. Limits:
-        the context steers the unknown frames only through attention on its noisy copies, so the
-        rollout agrees with the context less tightly than a model trained to condition on frames; at
-        most num_frames - 1 context frames are used (the newest); longer predictions continue in
-        windows that keep the newest half of a window as the next context.
+        of the "no label" class that label dropout trains). The denoiser always sees whole clips of
+        `model.num_frames` frames; with n > 0 the frames after the context are sampled next to it:
+        - by replacement ("inpainting") sampling, for models trained without `condition_frames`:
+          before every step the known frames are overwritten by the context latents noised to that
+          step (q(z_t | z_0), fresh noise each step). Limits: the context steers the unknown frames
+          only through attention on its noisy copies (nothing pulls the unknown frames towards
+          agreeing with it), so rollouts follow the context less tightly than a model trained to
+          condition on frames, and worst at high noise where the copies say little;
+        - with the known frames given clean and marked by the mask channel, for models trained with
+          `condition_frames` (at most that many context frames are used).
+        At most num_frames - 1 context frames are used (the newest); longer predictions continue in
+        windows that keep the newest half of a window (at most condition_frames) as the next context.
         Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one class or one per sample: an
-        index, or a word of `class_words`),
-        `guidance_scale` (classifier-free guidance).
+        index, or a word of `class_words`), `guidance_scale` (classifier-free guidance).
         """
         if prompt is not None:
             raise UsageError("backend 'latte' takes no text prompt")
@@ -522,7 +555,7 @@ class Latte(LatentBackend):
         window = self.cfg.num_frames
         produced = 0
         while produced < num_frames:
-            keep = min(history.shape[1], window - 1 if produced == 0 else window // 2)
+            keep = min(history.shape[1], window - 1 if produced == 0 else window // 2, self.cfg.condition_frames or window)
             known = history[:, history.shape[1] - keep:]
             new = min(window - keep, num_frames - produced)
             clip = self.sample_latents(known, keep + new, labels, steps=steps, generator=generator, sampler=sampler,
@@ -569,7 +602,8 @@ class Latte(LatentBackend):
                        steps: int | None = None, generator: torch.Generator | None = None,
                        sampler: str | None = None, guidance_scale: float | None = None) -> torch.Tensor:
         """Reverse diffusion of a (B, num_frames, c, h, w) latent clip whose first frames are `known`
-        (B, k, c, h, w) (k may be 0); they are imposed by replacement and returned exactly."""
+        (B, k, c, h, w) (k may be 0), returned exactly. They are imposed by replacement (noised to each
+        step), or given clean with the mask channel to a model trained with condition_frames >= k."""
         sampler_name = sampler or self.cfg.sampler
         scheduler = self._scheduler(sampler_name)
         steps = self.cfg.steps if steps is None else steps
@@ -581,12 +615,20 @@ class Latte(LatentBackend):
         shape = (known.shape[0], num_frames, *known.shape[2:])
         draw_device = generator.device if generator is not None else known.device
         x = torch.randn(shape, generator=generator, device=draw_device).to(known)
+        if count > self.cfg.condition_frames > 0:
+            raise UsageError(f"this Latte model was trained on up to {self.cfg.condition_frames} known frames, got {count}")
+        known_mask = (torch.arange(num_frames, device=known.device) < count).reshape(1, num_frames, 1, 1, 1)
         self.denoiser.eval()
         for t in scheduler.timesteps:
-            if count:
-                noise = torch.randn(known.shape, generator=generator, device=draw_device).to(known)
-                x[:, :count] = scheduler.add_noise(known, noise, t.reshape(1))
-            out = self._guided_noise(x, t.expand(shape[0]), labels, scale)  # (B, F, c or 2c, h, w)
+            if self.cfg.condition_frames:
+                x[:, :count] = known
+                inputs = self._with_known(x, x, known_mask.expand(shape[0], -1, -1, -1, -1))
+            else:
+                if count:
+                    noise = torch.randn(known.shape, generator=generator, device=draw_device).to(known)
+                    x[:, :count] = scheduler.add_noise(known, noise, t.reshape(1))
+                inputs = x
+            out = self._guided_noise(inputs, t.expand(shape[0]), labels, scale)  # (B, F, c or 2c, h, w)
             if self.cfg.learn_sigma and sampler_name == "ddim":
                 out = out[:, :, :shape[2]]  # DDIM is deterministic: the variance is not used
             # channels second: diffusers splits a learned variance off dim 1
@@ -601,7 +643,7 @@ class Latte(LatentBackend):
             return self.denoiser(x, t, labels)
         null = torch.full_like(labels, self.cfg.num_classes)
         out_label, out_null = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        channels = x.shape[2]
+        channels = self.cfg.latent_channels
         guided = out_null[:, :, :channels] + scale * (out_label[:, :, :channels] - out_null[:, :, :channels])
         return torch.cat([guided, out_label[:, :, channels:]], dim=2)
 
