@@ -57,7 +57,9 @@ def test_tiny_latte_trains_generates_and_predicts(tmp_path, invoke):
     clips = model.predict(video[:, :0], 6, class_labels=0, generator=generator)
     other_class = model.predict(video[:, :0], 6, class_labels=1, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(clips, other_class)  # same noise, another class
-    rollout = model.predict(video[:, :2], 4, generator=generator)
+    rollout = model.predict(video[:, :2], 4, class_labels=0, generator=torch.Generator().manual_seed(1))
+    other_rollout = model.predict(video[:, :2], 4, class_labels=1, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(rollout, other_rollout)
     for out, length in ((clips, 6), (rollout, 4)):
         assert out.shape == (2, length, 3, 32, 32)
         assert torch.isfinite(out).all() and out.min() >= -1 and out.max() <= 1
