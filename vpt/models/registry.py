@@ -10,6 +10,7 @@ import importlib
 from vpt.errors import UsageError
 
 BACKENDS: dict[str, str] = {
+    "latte": "vpt.models.latte:Latte",
     "neuralsde": "vpt.models.neuralsde:NeuralSDE",
     "river": "vpt.models.river:River",
     "seer": "vpt.models.seer:Seer",
