@@ -162,11 +162,13 @@ def shape_centroid(frames: np.ndarray, threshold: float = 40.0) -> np.ndarray:
     return np.stack([cx, cy], axis=1)
 
 
-def colour_centroid(frames: np.ndarray, colour: str, threshold: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+def colour_centroid(frames: np.ndarray, colour: str, threshold: float = 150.0) -> tuple[np.ndarray, np.ndarray]:
     """Where the object of `colour` is in each frame: (x, y) centroid (T, 2), NaN where absent, and how
     many pixels are close to that colour (T,), so a faded or vanished object shows as a small count.
 
-    `frames` as in `shape_centroid`. A pixel counts when its summed |RGB - colour| is below `threshold`.
+    `frames` as in `shape_centroid`. A pixel counts when its summed |RGB - colour| is below `threshold`:
+    150 is about half the way from the background to the nearest colour, so the colour shift of a lossy
+    autoencoder's reconstruction (measured up to ~110) still counts while background and faded pixels do not.
     """
     frames = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
     if frames.dtype != np.uint8:

@@ -121,6 +121,15 @@ class Backend(nn.Module, abc.ABC):
         """What a sampling call with these options really does, for the record beside each sample."""
         return {}
 
+    def warn_once(self, message: str) -> None:
+        """A warning about how the model is used (e.g. outside its trained range), once per model."""
+        from vpt.console import warn
+
+        warned = self.__dict__.setdefault("_warned", set())
+        if message not in warned:
+            warned.add(message)
+            warn(message)
+
     def frames_done(self, count: int) -> None:
         """`predict` calls this as it finishes frames (every sample of a batch counts)."""
         callback = self.__dict__.get("_frames_callback")

@@ -402,9 +402,7 @@ class River(LatentBackend):
         reach = horizon - 1 if horizon else max(num_context, 2) + num_frames - 2
         trained = self.trained_frames - 2 if self.trained_frames else None  # training: target k <= T-1, context >= 0
         if trained and reach > trained:
-            from vpt.console import warn
-
-            warn(f"river: frame distances up to {reach}, but training clips of {self.trained_frames} frames only "
+            self.warn_once(f"river: frame distances up to {reach}, but training clips of {self.trained_frames} frames only "
                  f"showed distances up to {trained}; the distance embedding extrapolates - pass "
                  f"--option past_horizon={trained + 1} to keep the context within the trained range")
 

@@ -365,9 +365,7 @@ class Seer(Backend):
         batch = context.shape[0]
         prompts = _prompts(prompt, batch)
         if num_frames > frames - reference:
-            from vpt.console import warn
-
-            warn(f"seer: {num_frames} frames asked, one window predicts {frames - reference}; the rest continues "
+            self.warn_once(f"seer: {num_frames} frames asked, one window predicts {frames - reference}; the rest continues "
                  f"autoregressively from predicted frames (an extension: the paper predicts one window)")
         steps = steps or cfg.sampler.steps
         scale = cfg.sampler.guidance_scale if guidance_scale is None else guidance_scale
