@@ -527,12 +527,20 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _restore_rng(path: Path, rank: int) -> None:
-    from vpt.weights import read_weights
+    from vpt.weights import UnsafeWeightsError, read_weights
 
     file = path / f"rng_state_{rank}.pt"
     if not file.exists():
         file = path / "rng_state_0.pt"
-    state = read_weights(file)
+    if not file.exists():  # e.g. deleted because an older vpt wrote it as a pickle this one refuses
+        warn(f"{path.name} has no random-generator state: training continues, but not bit-identical to an "
+             f"uninterrupted run")
+        return
+    try:
+        state = read_weights(file)
+    except UnsafeWeightsError as exc:
+        raise UnsafeWeightsError(f"{exc}. If vpt 0.1 before its safe RNG format wrote this run, delete "
+                                 f"{path}/rng_state_*.pt to resume (then not bit-identical)") from None
     try:
         version, words, gauss = state["python"]
         random.setstate((version, tuple(words.tolist()), gauss))
