@@ -71,9 +71,7 @@ def sample(
                          + (f" (got {', '.join(sources)})" if sources else ""))
     predict_kwargs = _predict_kwargs(model, prompt, guidance_scale, option or [])
     if compile_sampler:
-        if not hasattr(model.cfg, "compile_sampler"):
-            raise UsageError(f"backend '{type(model).name}' has no compiled sampler (--compile)")
-        model.cfg.compile_sampler = True
+        model.compile_sampler()
     model.to(torch_device).eval()
     protocol = run_protocol(run_config, model)
     info(f"{type(model).name} on {torch_device} ({precision_name}); protocol: {protocol['context_frames']} context -> "

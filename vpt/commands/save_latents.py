@@ -121,7 +121,7 @@ def _unfinished(out: Path, split: str, source, shard: int) -> list[int]:
 
 def _manifest(model, data: Path, dtype: str, image_size: int | None) -> dict[str, Any]:
     identity = model.identity()
-    provenance = getattr(model, "provenance", {})
+    provenance = model.provenance
     return {"autoencoder": identity, "autoencoder_path": provenance.get("source", ""),
             "autoencoder_sha256": provenance.get("sha256", ""), "autoencoder_format": provenance.get("format", ""),
             "data": str(data.resolve()), "dtype": dtype, "image_size": image_size}

@@ -24,6 +24,7 @@ May declare (defaults in brackets)
     can_show_latents             [False] whether `decode` turns latent clips into frames
     sampling_options()           [predict's extra keyword arguments] backend-specific `--option`s
     sample_record(**options)     [{}] what the sampler really does (written next to each sample)
+    compile_sampler()            [error] switch `predict` to a compiled network call (`vpt sample --compile`)
     frames_done(count)           called by `predict` as frames come out, so commands can show progress
                                  per frame (`reporting_frames(callback)` routes the calls)
     recognizes_checkpoint(path), from_checkpoint(path, autoencoder=, preset=)
@@ -129,6 +130,13 @@ class Backend(nn.Module, abc.ABC):
         if message not in warned:
             warned.add(message)
             warn(message)
+
+    def compile_sampler(self) -> None:
+        """Switch `predict` to a torch.compile'd network call (`vpt sample --compile`); backends that offer
+        it override this."""
+        from vpt.errors import UsageError
+
+        raise UsageError(f"backend '{self.name}' has no compiled sampler; drop --compile")
 
     def frames_done(self, count: int) -> None:
         """`predict` calls this as it finishes frames (every sample of a batch counts)."""

@@ -395,6 +395,9 @@ class River(LatentBackend):
                                warm_start=warm_start, sampler=sampler, past_horizon=past_horizon)
         return self.decode(latents)
 
+    def compile_sampler(self) -> None:
+        self.cfg.compile_sampler = True
+
     def _warn_outside_training(self, num_context: int, num_frames: int, past_horizon: int | None) -> None:
         """One line when the random context may sit further back than any distance seen in training."""
         horizon = self.cfg.past_horizon if past_horizon is None else past_horizon

@@ -46,6 +46,7 @@ class Autoencoder(nn.Module, abc.ABC):
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
+        self.provenance: dict = {}  # where the weights came from (source, format, sha256); set by load_autoencoder
 
     # --- what a subclass provides --------------------------------------------------------------
     @property
