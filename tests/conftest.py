@@ -32,3 +32,16 @@ def invoke(capsys):
         return Result(code, captured.out + captured.err)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def vqvae_ckpt(tmp_path_factory) -> Path:
+    """The tiny taming VQGAN of the RIVER fixtures as a Lightning-style vqvae.ckpt (32x32 -> 4x16x16)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fixture_paths import fixture
+
+    path = tmp_path_factory.mktemp("ae") / "vqvae.ckpt"
+    torch.save({"state_dict": load_file(fixture("river", "ldmvq_tiny.weights.safetensors"))}, path)
+    return path

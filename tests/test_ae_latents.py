@@ -28,14 +28,6 @@ def frames_h5(tmp_path_factory) -> Path:
     return shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=10, frames=4, seed=3)
 
 
-@pytest.fixture(scope="module")
-def vqvae_ckpt(tmp_path_factory) -> Path:
-    """The tiny taming VQGAN of the RIVER fixtures as a Lightning-style vqvae.ckpt (32x32 -> 4x16x16)."""
-    path = tmp_path_factory.mktemp("ae") / "vqvae.ckpt"
-    torch.save({"state_dict": load_file(fixture("river", "ldmvq_tiny.weights.safetensors"))}, path)
-    return path
-
-
 def _latents(out: Path, split: str) -> list[np.ndarray]:
     source = VideoH5(out / split)
     return [source.read(i) for i in range(len(source))]

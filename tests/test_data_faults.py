@@ -15,15 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from data_helpers import shapes_h5, write_clip
-from safetensors.torch import load_file
 
 from vpt.data.h5 import VideoH5
 from vpt.fsutil import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path("/work/shared/fixtures") if Path("/work/shared/fixtures").is_dir() else REPO.parent / "shared" / "fixtures"
 AE_CONFIG = REPO / "configs" / "ae" / "shapes.yaml"
 ENV = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
 KILL_TRIES = 3
@@ -40,7 +37,8 @@ def _vpt(*args) -> subprocess.Popen:
 def _stat_fields(pid: int) -> list[str] | None:
     """(state, ppid, ...) of a process from /proc, None when it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as handle:  # Linux process table
+            text = handle.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     return text[text.rindex(")") + 2:].split()
@@ -48,11 +46,11 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def _children(pid: int) -> list[int]:
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
             if fields and fields[1] == str(pid):
-                found.append(int(entry.name))
+                found.append(int(name))
     return found
 
 
@@ -264,13 +262,6 @@ def test_convert_rebuilds_a_truncated_finished_shard(clips, tmp_path, invoke):
 def frames_h5(tmp_path_factory) -> Path:
     """8 shapes videos of 4 frames at 32x32 as HDF5 (train/val/test)."""
     return shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=8, frames=4, seed=2)
-
-
-@pytest.fixture(scope="module")
-def vqvae_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ae") / "vqvae.ckpt"
-    torch.save({"state_dict": load_file(FIXTURES / "river" / "ldmvq_tiny.weights.safetensors")}, path)
-    return path
 
 
 def test_save_latents_rebuilds_a_truncated_output_shard(frames_h5, vqvae_ckpt, tmp_path, invoke):
