@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 import torch
-from fixture_paths import fixture
+from fixture_paths import fixture, key_shapes
 
 from vpt.models.latte import (
     LATTE_SIZES,
@@ -59,16 +59,6 @@ def test_denoiser_matches_upstream():
     torch.testing.assert_close(one, outputs["y_one"], atol=ATOL, rtol=RTOL)
 
 
-def _key_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in fixture("latte", name).read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, _dtype = line.split("\t")
-        shapes[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
-    return shapes
-
-
 @pytest.mark.parametrize("dataset", ["mnist", "ucf"])
 def test_released_vg_keys_convert_onto_the_shipped_configs(dataset):
     """Every upstream key of the released DiT lands on a parameter of the same shape in the model that
@@ -81,7 +71,7 @@ def test_released_vg_keys_convert_onto_the_shipped_configs(dataset):
     with torch.device("meta"):
         model = LatteDiT(cfg.model)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    upstream = _key_shapes(f"keys_vg_ditv_{dataset}.txt")
+    upstream = key_shapes("latte", f"keys_vg_ditv_{dataset}.txt")
     converted = convert_vg_state({key: torch.empty(shape, device="meta") for key, shape in upstream.items()})
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     assert sum(torch.Size(s).numel() for s in expected.values()) == 129_534_736
@@ -107,7 +97,7 @@ def test_official_configs_build_the_released_architecture(name, classes):
     path = CONFIGS / f"{name}.yaml"
     cfg = validate(train_schema(Latte), yaml.safe_load(path.read_text()), source=str(path))
     keys = "ucf101_XL2_classcond" if classes else "sky_ffs_taichi_XL2_uncond"
-    upstream = {k: torch.empty(s, device="meta") for k, s in _key_shapes(f"keys_official_latte_{keys}.txt").items()}
+    upstream = {k: torch.empty(s, device="meta") for k, s in key_shapes("latte", f"keys_official_latte_{keys}.txt").items()}
     for key, value in config_from_official_state(upstream).items():
         assert getattr(cfg.model, key) == value, key
     assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.train.ema_decay) == ("stylegan-v", 2048, 0.9999)
@@ -278,7 +268,7 @@ def test_learned_sigma_model_trains_and_samples():
 def test_official_keys_convert_onto_latte_xl2(name, classes, elements):
     from vpt.models.latte import config_from_official_state, convert_official_state
 
-    upstream = {key: torch.empty(shape, device="meta") for key, shape in _key_shapes(name).items()}
+    upstream = {key: torch.empty(shape, device="meta") for key, shape in key_shapes("latte", name).items()}
     fields = config_from_official_state(upstream)
     assert fields == {**{k: v for k, v in vars(LatteConfig(size="XL/2")).items() if k in fields}, "latent_channels": 4,
                       "timestep_emb_dim": 256, "num_frames": 16, "num_classes": classes, "learn_sigma": True,

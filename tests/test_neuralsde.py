@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fixture_paths import fixture, key_shapes
 from safetensors.torch import load_file
 
 from vpt.errors import ConfigError, UsageError
@@ -20,25 +21,23 @@ from vpt.models.neuralsde import (
 )
 from vpt.models.river import River, convert_upstream_regressor, count_parameters
 
-FIXTURES = Path(__file__).parent / "fixtures" / "neuralsde"
-RIVER_FIXTURES = Path(__file__).parent / "fixtures" / "river"
 CONFIGS = Path(__file__).parents[1] / "configs" / "neuralsde"
 ATOL = 1e-5
 TINY = {"latent_channels": 4, "inner_dim": 64, "depth": 2, "mid_depth": 1, "heads": 8}
 
 
 def _load(name: str):
-    return torch.load(FIXTURES / name, weights_only=False)
+    return torch.load(fixture("neuralsde", name), weights_only=False)
 
 
 def _weights(net: str) -> dict[str, torch.Tensor]:
-    return convert_upstream_regressor(load_file(FIXTURES / f"{net}_tiny.weights.safetensors"))
+    return convert_upstream_regressor(load_file(fixture("neuralsde", f"{net}_tiny.weights.safetensors")))
 
 
 def _autoencoder():
     from vpt.models.autoencoders import autoencoder_from_upstream_state
 
-    return autoencoder_from_upstream_state(load_file(RIVER_FIXTURES / "ldmvq_tiny.weights.safetensors"))
+    return autoencoder_from_upstream_state(load_file(fixture("river", "ldmvq_tiny.weights.safetensors")))
 
 
 def _tiny(stage: str, *, autoencoder=None, with_denoiser: bool = True) -> NeuralSDE:
@@ -57,8 +56,8 @@ def test_fixtures_are_present():
     for name in ("f_tiny.weights.safetensors", "d_tiny.weights.safetensors", "g_tiny.weights.safetensors",
                  "vfr_tiny.inputs.pt", "sde_terms_tiny.outputs.pt", "train_forward_tiny.outputs.pt",
                  "sampler_tiny.outputs.pt", "fullsize_keys_kth_g-01-nll.txt"):
-        assert (FIXTURES / name).is_file(), f"missing fixture {name}"
-    assert (RIVER_FIXTURES / "ldmvq_tiny.weights.safetensors").is_file()
+        assert (fixture("neuralsde", name)).is_file(), f"missing fixture {name}"
+    assert (fixture("river", "ldmvq_tiny.weights.safetensors")).is_file()
 
 
 @pytest.mark.parametrize("stage, key, params", [("f", "f_output", 323_844), ("d", "d_output", 330_768),
@@ -143,22 +142,12 @@ def test_adaptive_sampler_matches_upstream(run_name, stage):
     torch.testing.assert_close(model.decode(latents), run["output"][:, 4:].clamp(-1, 1), atol=1e-4, rtol=0)
 
 
-def _read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, _dtype = line.split("\t")
-        shapes[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return shapes
-
-
 @pytest.mark.parametrize("dataset", ["kth", "clevrer"])
 @pytest.mark.parametrize("stage, upstream_name", [("f", "f-01-nll"), ("d", "d-01"), ("g", "g-01-nll")])
 def test_fullsize_key_lists_convert_onto_published_configs(dataset, stage, upstream_name):
     """Every network key of an upstream run's state dict (DDP-prefixed here) lands on a parameter of the
     same shape in the model our published config builds, and the sizes read off the weights are ours."""
-    upstream = _read_key_list(FIXTURES / f"fullsize_keys_{dataset}_{upstream_name}.txt")
+    upstream = key_shapes("neuralsde", f"fullsize_keys_{dataset}_{upstream_name}.txt")
     fake = {f"module.{k}": torch.empty(shape, device="meta") for k, shape in upstream.items()}
     parts = convert_upstream_state(fake)
     network_keys = [k for k in upstream if not k.startswith("ae.")]
@@ -316,11 +305,11 @@ def test_upstream_g_checkpoint_with_ddp_prefix_loads_and_samples(tmp_path):
     """An upstream-layout g checkpoint (`module.`-prefixed, as DDP saves it; upstream itself would load
     nothing from it) is recognised, carries its frozen f and d, and reproduces the recorded rollout."""
     pytest.importorskip("torchsde")
-    state = {f"vector_field_regressor.{k}": v for k, v in load_file(FIXTURES / "g_tiny.weights.safetensors").items()}
+    state = {f"vector_field_regressor.{k}": v for k, v in load_file(fixture("neuralsde", "g_tiny.weights.safetensors")).items()}
     for prefix, net in (("f.", "f"), ("d.", "d")):
         state.update({f"{prefix}vector_field_regressor.{k}": v
-                      for k, v in load_file(FIXTURES / f"{net}_tiny.weights.safetensors").items()})
-    state.update({f"ae.{k}": v for k, v in load_file(RIVER_FIXTURES / "ldmvq_tiny.weights.safetensors").items()})
+                      for k, v in load_file(fixture("neuralsde", f"{net}_tiny.weights.safetensors")).items()})
+    state.update({f"ae.{k}": v for k, v in load_file(fixture("river", "ldmvq_tiny.weights.safetensors")).items()})
     path = tmp_path / "final_step_300000.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "global_step": 300000}, path)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixture_paths import fixture
+from fixture_paths import fixture, key_shapes
 from safetensors.torch import load_file
 
 from vpt.models.integrators import integrate, time_grid
@@ -47,16 +47,6 @@ def test_converter_accepts_ddp_prefix():
     assert convert_upstream_regressor(prefixed).keys() == convert_upstream_regressor(upstream).keys()
 
 
-def _read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, _dtype = line.split("\t")
-        shapes[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return shapes
-
-
 @pytest.mark.parametrize("name, params", [("bair_64", 98_084_868), ("kth", 98_084_868), ("clevrer", 98_084_868),
                                           ("bair_256", 98_121_736)])
 def test_fullsize_key_lists_convert_onto_published_configs(name, params):
@@ -64,7 +54,7 @@ def test_fullsize_key_lists_convert_onto_published_configs(name, params):
     the same shape, and the config read off the weights is the published configs/river/ one."""
     import yaml
 
-    upstream = _read_key_list(fixture("river", f"fullsize_keys_{name}.txt"))
+    upstream = key_shapes("river", f"fullsize_keys_{name}.txt")
     fake = {f"module.{k}": torch.empty(shape, device="meta") for k, shape in upstream.items()}
     converted = convert_upstream_regressor(fake)
     assert len(converted) == sum(k.startswith("vector_field_regressor.") for k in upstream)
