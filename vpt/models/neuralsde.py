@@ -54,13 +54,13 @@ from torch import nn
 
 from vpt.errors import ConfigError, UsageError
 from vpt.models.river import (
-    RIVER_SIZES,
     LatentBackend,
     VectorFieldRegressor,
     _clip_from_batch,
     _load_upstream_state,
     build_autoencoder,
     convert_upstream_regressor,
+    resolve_trunk_size,
 )
 from vpt.weights import UnsafeWeightsError, strip_module_prefix
 
@@ -111,11 +111,7 @@ class NeuralSDEConfig:
     dt_min: float = 1e-10
 
     def __post_init__(self) -> None:
-        if self.size is not None:
-            for key, value in RIVER_SIZES[self.size].items():
-                setattr(self, key, value)
-        if self.inner_dim % self.heads or self.inner_dim % 2:
-            raise ValueError(f"model.inner_dim ({self.inner_dim}) must be even and divisible by model.heads ({self.heads})")
+        resolve_trunk_size(self)
         if self.window < 2:
             raise ValueError(f"model.window must be >= 2, got {self.window}")
         if len(self.logit_range) != 2 or self.logit_range[0] >= self.logit_range[1]:

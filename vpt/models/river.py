@@ -46,6 +46,15 @@ RIVER_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+def resolve_trunk_size(cfg) -> None:
+    """Fill a config's trunk widths from its `size` (RIVER_SIZES) and check them (RIVER and NeuralSDE)."""
+    if cfg.size is not None:
+        for key, value in RIVER_SIZES[cfg.size].items():
+            setattr(cfg, key, value)
+    if cfg.inner_dim % cfg.heads or cfg.inner_dim % 2:
+        raise ValueError(f"model.inner_dim ({cfg.inner_dim}) must be even and divisible by model.heads ({cfg.heads})")
+
+
 @dataclass
 class RiverConfig:
     """The `model:` section of a RIVER run."""
@@ -76,11 +85,7 @@ class RiverConfig:
     compile_sampler: bool = False
 
     def __post_init__(self) -> None:
-        if self.size is not None:
-            for key, value in RIVER_SIZES[self.size].items():
-                setattr(self, key, value)
-        if self.inner_dim % self.heads or self.inner_dim % 2:
-            raise ValueError(f"model.inner_dim ({self.inner_dim}) must be even and divisible by model.heads ({self.heads})")
+        resolve_trunk_size(self)
         if not 0.0 <= self.warm_start < 1.0:
             raise ValueError(f"model.warm_start must be in [0, 1), got {self.warm_start}")
         if self.past_horizon == 1 or self.past_horizon < 0:
