@@ -229,3 +229,61 @@ def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
     short = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--pred-frames", "7",
                      "--no-context-in-fvd", "--out", str(out)])
     assert isinstance(short.exception, UsageError) and "these clips have 7" in str(short.exception)
+
+
+def _write_latte_run(root, frames: int):
+    """A tiny unconditional Latte run on 4 x 4 pixel patches (no autoencoder to train), generating
+    `frames`-frame clips: its protocol gives no context, with the StyleGAN-V preset."""
+    from safetensors.torch import save_file
+
+    from vpt.models.latte import Latte, LatteConfig
+    from vpt.runs import Run
+
+    model_cfg = dict(autoencoder="pixels:4", latent_channels=48, num_frames=frames, patch_size=1, num_layers=2,
+                     hidden_size=16, num_heads=2, head_dim=8, timestep_emb_dim=16, sampler="ddim", steps=2)
+    torch.manual_seed(0)
+    model = Latte(LatteConfig(**model_cfg))
+    torch.nn.init.normal_(model.denoiser.final.linear.weight, std=0.1)  # a fresh DiT predicts ε = 0
+    run = Run.open(root)
+    run.write_config({"backend": "latte", "model": model_cfg, "data": {"frames": frames, "image_size": 16},
+                      "eval": {"predicted_frames": frames, "fvd_preset": "stylegan-v"}})
+    pending = run.pending_dir(1)
+    pending.mkdir(parents=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, pending / "model.safetensors")
+    run.commit_checkpoint(1, keep_last=1)
+    return root
+
+
+def test_run_mode_scores_an_unconditional_generator(tmp_path, detector):
+    """A run whose protocol gives no context generates one clip per test clip; only FVD/KVD score it,
+    against the real clips, with the run's preset recorded."""
+    from vpt.metrics.evaluate import quantise, sample_seed
+    from vpt.metrics.fvd import detector_features, fvd_from_stats, get_preset, stats_of
+    from vpt.metrics.i3d import load_detector
+
+    videos = moving_videos(5, 10, 16, seed=6)
+    data = _write_h5(tmp_path / "data", videos)
+    run = _write_latte_run(tmp_path / "run", frames=10)
+    out = tmp_path / "m.json"
+    result = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert not {"psnr", "ssim", "lpips"} & set(report)  # a generated clip has no ground truth
+    protocol = report["protocol"]
+    assert (protocol["task"], protocol["context_frames"], protocol["predicted_frames"]) == ("generation", 0, 10)
+    assert protocol["preset"] == "stylegan-v" and protocol["covariance"] == "population"
+    assert protocol["counts"] == {"sequences": 5, "skipped_short": 0, "real_clips": 5, "fake_clips": 5}
+    assert protocol["frame_metrics"] is None
+
+    preset = get_preset("stylegan-v")
+    i3d = load_detector(detector, bn_eps=preset.bn_eps)
+    model = Backend.from_run(run)
+    generator = torch.Generator().manual_seed(sample_seed(0, 0, 0))  # one batch, first clip 0, sample 0
+    with torch.no_grad():
+        generated = quantise(model.predict(torch.zeros(5, 0, 3, 16, 16), 10, generator=generator))  # (5, 10, 3, 16, 16)
+    fake = detector_features(i3d, generated.permute(0, 1, 3, 4, 2), preset)
+    real = detector_features(i3d, torch.from_numpy(videos), preset)
+    assert report["fvd"] == pytest.approx(fvd_from_stats(stats_of(real), stats_of(fake), preset), rel=1e-6)
+
+    no_fvd = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--no-fvd", "--out", str(out)])
+    assert isinstance(no_fvd.exception, UsageError) and "FVD/KVD only" in str(no_fvd.exception)

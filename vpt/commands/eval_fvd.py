@@ -4,7 +4,9 @@
     vpt eval-fvd --run RUN --data H5DIR --split test  predict with the run's backend, score against the truth
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
-computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers.
+computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers. A run whose
+protocol gives no context frames (an unconditional generator such as Latte) generates as many clips as
+it reads test clips and is scored by FVD/KVD only.
 
 Finished batches are kept in a cache folder (default .vpt-eval-cache beside --out): the same command after
 a kill resumes where it stopped, and the real set's I3D features are reused by later evaluations of the
@@ -108,7 +110,11 @@ def eval_fvd(
         max_videos = max_videos or declared["clips"]
         image_size = image_size or declared["image_size"]
         stride = stride or declared["frame_skip"] + 1
-        info(f"protocol of {run}: {context_frames} context -> {pred_frames} predicted frames, {samples} sample(s) per "
+        if context_frames == 0:  # generation: no clip of the test set is the truth of a generated one
+            _check_generation(backend, fvd)
+            want_frames = False
+        task = f"{context_frames} context ->" if context_frames else "generation of"
+        info(f"protocol of {run}: {task} {pred_frames} predicted frames, {samples} sample(s) per "
              f"video, FVD preset {preset}, {max_videos or 'all'} test videos at {image_size or 'their stored size'} px, "
              f"{precision.value}")
     fvd_preset = get_preset(preset or "tf", covariance=cov_norm)
@@ -144,14 +150,15 @@ def eval_fvd(
                                              psnr_reduction, steps, seed, batch_size, precision.value)
         spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, backend.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
-        frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None}
+        frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None} if scorer else None
         eval_cache = None if cache_root is None else ec.run_cache(
             cache_root, run, data, split, clips, protocol_run, fvd_settings, frame_scores, device_.type)
         with ProgressBar("eval-fvd", len(clips), unit="clips", enabled=accelerator.is_main_process) as bar:
             result = ev.evaluate_predictions(backend, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
                                              device=device_, workers=workers, accelerator=accelerator,
                                              progress=bar.advance, cache=eval_cache)
-        protocol = {"mode": "run", **run_record, "data": str(data), "split": split, **protocol_run.record()}
+        protocol = {"mode": "run", **run_record, "data": str(data), "split": split,
+                    "task": "prediction" if context_frames else "generation", **protocol_run.record()}
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
     protocol["cache"] = eval_cache.record(accelerator) if eval_cache is not None else None
@@ -166,6 +173,17 @@ def eval_fvd(
             info(f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
                  f"{record['computed_batches']} computed")
         info(f"wrote {out}")
+
+
+def _check_generation(backend, fvd: bool) -> None:
+    """A run whose protocol gives no context must generate, and only set statistics (FVD/KVD) score it."""
+    from vpt.errors import UsageError
+
+    if not backend.generates_without_context:
+        raise UsageError(f"the run's protocol gives no context frames, but backend '{backend.name}' cannot generate "
+                         "without context; set eval.context_frames (or pass --context-frames)")
+    if not fvd:
+        raise UsageError("a run that generates (no context frames) is scored by FVD/KVD only; drop --no-fvd")
 
 
 def _accelerator(device: str):

@@ -289,10 +289,12 @@ def quantise(frames: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtocol, *, fvd: FvdSettings | None,
-                         scorer: FrameScorer, device: torch.device, workers: int = 0, accelerator=None,
+                         scorer: FrameScorer | None, device: torch.device, workers: int = 0, accelerator=None,
                          progress=None, cache: EvalCache | None = None) -> Evaluation:
     """Predict `predicted_frames` from the first `context_frames` of every clip, `samples` times, and
-    score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`).
+    score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`). With no context the
+    backend generates, and `scorer` is None: generated clips have no ground truth to be compared with
+    frame by frame, only the real set's statistics (FVD/KVD).
 
     With `cache`, every finished batch is saved to `cache.batches` (and its real features to `cache.real`)
     before the next one starts, and batches found there are loaded instead of predicted."""
@@ -304,7 +306,7 @@ def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtoc
                                 "real_clips": len(clips), "fake_clips": len(clips) * p.samples})
     pieces, todo = split_plan(cache and cache.batches, batch_plan(len(clips), p.batch_size, rank, world))
     if progress is not None and pieces:
-        progress(sum(len(arrays["psnr"]) for _, arrays in pieces) * world)
+        progress(sum(len(next(iter(arrays.values()))) for _, arrays in pieces) * world)  # every array is (B, ...)
     real_store = cache.real if cache is not None and fvd is not None else None
     started = time.perf_counter()
     for first, videos, decode_seconds in batch_loader(clips, todo, workers=workers, device=device):
@@ -349,7 +351,7 @@ def _stored_features(store: BatchStore | None, batch: list[int]) -> np.ndarray |
 
 
 def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: PredictionProtocol,
-                   fvd: FvdSettings | None, scorer: FrameScorer, times: ExtractionTimes,
+                   fvd: FvdSettings | None, scorer: FrameScorer | None, times: ExtractionTimes,
                    real: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One batch of test clips -> per-frame scores (B, N, T_pred) and I3D features of real/fake clips
     (`real`: the real clips' features when they are already known)."""
@@ -371,7 +373,7 @@ def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: Predict
         if tuple(predicted.shape[:2]) != expected or predicted.shape[-2:] != truth.shape[-2:]:
             raise UsageError(f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, *truth.shape[-2:])}")
         predicted_u8 = quantise(predicted.expand(-1, -1, 3, -1, -1) if predicted.shape[2] == 1 else predicted)
-        for metric, values in scorer(predicted_u8, future_u8).items():
+        for metric, values in (scorer(predicted_u8, future_u8) if scorer is not None else {}).items():
             out.setdefault(metric, []).append(values)  # (B, T_pred)
         if fvd is not None:
             fake_clip = torch.cat([context_u8, predicted_u8], dim=1) if p.context_in_fvd else predicted_u8
