@@ -123,3 +123,52 @@ def test_cli_writes_float16_latents_and_rejects_bad_options(frames_h5, vqvae_ckp
     assert code == 2 and "--dtype" in output and "float16" in output  # typer lists the choices
     code, output = invoke("save-latents", "--ae", tmp_path / "vqvae.pth", "--data", frames_h5, "--out", tmp_path / "y")
     assert code == 1 and "cvg-unibe/river_clevrer_128" in output and "Traceback" not in output
+
+
+KL_AE = Path(__file__).parent / "fixtures" / "neuralsde" / "shapes_ae"  # a tiny kl-vae run: 32x32 -> 4x8x8
+
+
+def test_kl_latents_keep_the_posterior_and_clips_carry_it(frames_h5, tmp_path):
+    """A KL autoencoder's latents are stored as posterior mean || log-variance; clips hand out the mean
+    as the clip and the log-variance beside it (under "latents" / "latent_logvar" for training)."""
+    from vpt.commands.train import TrainingData
+    from vpt.data.datasets import ClipDataset, DataConfig
+    from vpt.training import SampleKey
+
+    out = tmp_path / "latents"
+    summary = encode_dataset(KL_AE, frames_h5 / "val", out)
+    assert summary["posterior"] and summary["latent_shape"] == (4, 8, 8)
+    latents = VideoH5(out)
+    assert latents.attrs["latent_posterior"] and json.loads((out / "latents.json").read_text())["posterior"]
+    ae = load_autoencoder(KL_AE)
+    with torch.no_grad():
+        video = frames_to_tensor(VideoH5(frames_h5 / "val").read(0))[None]  # (1, T, 3, 32, 32)
+        mean, logvar = ae.encode_posterior(video)
+        torch.testing.assert_close(mean, ae.encode(video), atol=0, rtol=0)
+    stored = torch.from_numpy(latents.read(0))  # (T, 8, 8, 8)
+    torch.testing.assert_close(stored, torch.cat([mean, logvar], dim=2)[0], atol=1e-5, rtol=0)
+
+    clips = TrainingData(ClipDataset(DataConfig(path=str(out), frames=4)))
+    item = clips[SampleKey(0, 7)]
+    torch.testing.assert_close(item["latents"], stored[:, :4])
+    torch.testing.assert_close(item["latent_logvar"], stored[:, 4:])
+    with pytest.raises(VptError, match="different posterior"):  # mean-only latents of older versions are not mixed in
+        manifest = json.loads((out / "latents.json").read_text())
+        (out / "latents.json").write_text(json.dumps({**manifest, "posterior": False}))
+        encode_dataset(KL_AE, frames_h5 / "val", out)
+
+
+def test_posterior_of_a_scaled_kl_vae_scales_its_standard_deviation():
+    """Model-ready latents are (z - shift) * scale, so the posterior std is scale * the VAE's std."""
+    from vpt.models.autoencoders.kl import KLVAE, KLVAEConfig
+
+    torch.manual_seed(0)
+    ae = KLVAE(KLVAEConfig(block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4,
+                           mid_block_add_attention=False, scaling_factor=0.5, shift_factor=0.1)).eval()
+    video = torch.rand(2, 3, 3, 16, 16) * 2 - 1  # (B, T, C, H, W)
+    with torch.no_grad():
+        mean, logvar = ae.encode_posterior(video)  # (2, 3, 4, 8, 8) each
+        posterior = ae.vae.encode(video.flatten(0, 1)).latent_dist
+    torch.testing.assert_close(mean, ae.encode(video), atol=0, rtol=0)
+    torch.testing.assert_close(mean.flatten(0, 1), (posterior.mean - 0.1) * 0.5)
+    torch.testing.assert_close(torch.exp(0.5 * logvar).flatten(0, 1), 0.5 * posterior.std)

@@ -391,3 +391,37 @@ def test_frame_conditioned_sampling_keeps_the_context_clean():
         assert (seen[:, :2, 12] == 1).all() and (seen[:, 2:, 12] == 0).all()
     with pytest.raises(UsageError, match="up to 2 known frames"):
         model.sample_latents(torch.randn(2, 3, 12, 8, 8), 4)
+
+
+def test_training_latents_are_drawn_from_a_cached_posterior():
+    """With latents cached as mean and log-variance, every step draws z = mean + std * eps (over many
+    draws: the stored mean and std); model.latent_posterior = "mean" keeps the mean."""
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(1, 4, 12, 4, 4, generator=generator)  # (B, F, c, h, w)
+    logvar = torch.rand(1, 4, 12, 4, 4, generator=generator) * 4 - 3  # std from 0.22 to 1.65
+    batch = {"latents": mean.expand(4000, -1, -1, -1, -1), "latent_logvar": logvar.expand(4000, -1, -1, -1, -1)}
+    model = _tiny_backend()
+    draws = model._training_latents(batch)
+    std = torch.exp(0.5 * logvar[0])
+    assert ((draws.mean(0) - mean[0]).abs() / std).max() < 0.1  # 4000 draws: standard error 0.016 std
+    torch.testing.assert_close(draws.std(0), std, rtol=0.08, atol=0)
+    assert not torch.equal(model._training_latents(batch)[0], draws[0])  # a fresh draw each step
+    kept = _tiny_backend(latent_posterior="mean")._training_latents(batch)
+    torch.testing.assert_close(kept, batch["latents"], atol=0, rtol=0)
+    torch.testing.assert_close(model._training_latents({"latents": mean}), mean, atol=0, rtol=0)
+
+
+def test_training_from_frames_draws_from_a_kl_autoencoders_posterior():
+    from vpt.models.autoencoders.kl import KLVAE, KLVAEConfig
+
+    torch.manual_seed(0)
+    ae = KLVAE(KLVAEConfig(block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4,
+                           mid_block_add_attention=False)).eval()
+    frames = torch.rand(2, 4, 3, 16, 16) * 2 - 1  # (B, F, 3, H, W)
+    with torch.no_grad():
+        mean, logvar = ae.encode_posterior(frames)  # (2, 4, 4, 8, 8)
+    sampled = Latte(LatteConfig(**TINY), autoencoder=ae)._training_latents({"video": frames})
+    noise = (sampled - mean) / torch.exp(0.5 * logvar)  # the eps of z = mean + std * eps
+    assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.1
+    kept = Latte(LatteConfig(**TINY, latent_posterior="mean"), autoencoder=ae)._training_latents({"video": frames})
+    torch.testing.assert_close(kept, mean, atol=0, rtol=0)

@@ -4,7 +4,11 @@
 
 The output mirrors the input shard by shard and video by video, so video i of a split is video i of
 its latents (names and captions are copied). Each latent video is `autoencoder.encode(frames)`:
-(T // k, *latent_dims), continuous and already scaled. Root attributes name the autoencoder
+(T // k, *latent_dims), continuous and already scaled. For a KL autoencoder (kl-vae, latte-vae) the
+whole Gaussian posterior is kept: mean and log-variance concatenated on the channel axis,
+(T, 2c, h, w), root attribute `latent_posterior` true. Clip datasets then hand out the mean as the
+clip and the log-variance beside it, so a backend can draw z = mean + exp(logvar / 2) * eps each
+step (VideoGeneration-PyTorch's Latte does) or keep the mean. Root attributes name the autoencoder
 (`autoencoder_path`, `autoencoder_type`, `autoencoder` (JSON identity: type, arch, scale, shift),
 `autoencoder_sha256`, `latent_scale`, `latent_shift`, `frames_per_latent`) and the source shard.
 
@@ -31,6 +35,8 @@ from vpt.progress import ProgressBar
 
 MANIFEST = "latents.json"
 PARTIAL = ".partial"
+#: manifest entries that outputs of older versions lack, with the value they had
+_MANIFEST_DEFAULTS = {"posterior": False}
 
 
 def save_latents(
@@ -50,7 +56,8 @@ def save_latents(
     summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype.value, image_size=image_size,
                              preset=preset, device=device, workers=workers)
     done = summary["videos"] - summary["encoded_videos"]
-    info(f"Latents of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
+    what = "Posterior mean and log-variance" if summary["posterior"] else "Latents"
+    info(f"{what} of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
          f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`")
 
 
@@ -84,7 +91,7 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
     first = next(iter(sources.values()))
     height, width = (image_size, image_size) if image_size else first.frame_shape()[:2]
     return {"videos": sum(len(s) for s in sources.values()), "encoded_videos": encoded, "splits": [n for n, _ in splits],
-            "latent_shape": model.latent_dims(height, width)}
+            "latent_shape": model.latent_dims(height, width), "posterior": model.has_posterior}
 
 
 # --- layout ---------------------------------------------------------------------------------------
@@ -124,7 +131,7 @@ def _manifest(model, data: Path, dtype: str, image_size: int | None) -> dict[str
     provenance = model.provenance
     return {"autoencoder": identity, "autoencoder_path": provenance.get("source", ""),
             "autoencoder_sha256": provenance.get("sha256", ""), "autoencoder_format": provenance.get("format", ""),
-            "data": str(data.resolve()), "dtype": dtype, "image_size": image_size}
+            "data": str(data.resolve()), "dtype": dtype, "image_size": image_size, "posterior": model.has_posterior}
 
 
 def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +146,8 @@ def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     remove_stale_temps(path)
     if path.is_file():
         existing = json.loads(path.read_text())
-        differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size") if existing.get(k) != manifest[k]]
+        differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size", "posterior")
+                     if existing.get(k, _MANIFEST_DEFAULTS.get(k)) != manifest[k]]
         if differing:
             raise VptError(f"{out} already holds latents made with a different {', '.join(differing)} "
                            f"(from {existing.get('autoencoder_path') or 'another autoencoder'}); choose another --out or delete it")
@@ -202,7 +210,7 @@ def _shard_attrs(manifest: dict[str, Any], source, shard: int) -> dict[str, Any]
         "autoencoder_format": manifest["autoencoder_format"], "latent_scale": identity["latent_scale"],
         "latent_shift": identity["latent_shift"], "frames_per_latent": identity["frames_per_latent"],
         "source_shard": str(source.shard_paths[shard].resolve()), "source_layout": source.layout,
-        "image_size": manifest["image_size"] or 0,
+        "image_size": manifest["image_size"] or 0, "latent_posterior": manifest["posterior"],
     }
 
 
@@ -258,7 +266,8 @@ def _read_videos(source, indices: list[int], image_size: int | None, workers: in
 
 def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, device) -> Iterator[tuple[int, Any]]:
     """Pack frames of consecutive videos into encoder batches of about `batch_frames` frames (whole
-    clips of k frames), encode, and hand back each video's latents (T // k, *dims) as float32 numpy."""
+    clips of k frames), encode, and hand back each video's latents (T // k, *dims) as float32 numpy
+    (KL models: mean and log-variance on the channel axis, (T // k, 2c, h, w))."""
     import torch
 
     from vpt.models.precision import inference_autocast
@@ -272,7 +281,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
     def flush():
         frames = torch.cat([piece for _, piece in pending]).to(device, non_blocking=True)
         with torch.inference_mode(), inference_autocast(device):
-            latents = model.encode(frames[None])[0].float().cpu()  # (n_total / k, *dims)
+            latents = _stored_latents(model, frames[None])[0].float().cpu()  # (n_total / k, *dims)
         offset = 0
         for index, piece in pending:
             steps = len(piece) // k
@@ -289,7 +298,8 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
         usable = len(video) // k * k
         chunks = [video[start:start + per_batch] for start in range(0, usable, per_batch)]
         if not chunks:  # shorter than one clip: no latent steps
-            yield index, torch.zeros((0, *model.latent_dims(*video.shape[-2:]))).numpy()
+            channels, *grid = model.latent_dims(*video.shape[-2:])
+            yield index, torch.zeros((0, channels * (1 + model.has_posterior), *grid)).numpy()
             continue
         pieces[index], expected[index] = [], len(chunks)
         for chunk in chunks:
@@ -300,6 +310,16 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
     if pending:
         flush()
     yield from ready()
+
+
+def _stored_latents(model, video):
+    """(B, T, C, H, W) -> what a latent file keeps per step: the latents, or for KL models the
+    posterior mean || log-variance (B, T // k, 2c, h, w)."""
+    import torch
+
+    if model.has_posterior:
+        return torch.cat(model.encode_posterior(video), dim=2)
+    return model.encode(video)
 
 
 def _save_npy(path: Path, array) -> None:

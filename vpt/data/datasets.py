@@ -6,7 +6,9 @@ a `vpt.training.SampleKey(index, seed)` (clip start, flip drawn from a generator
 Sources are opened lazily inside each worker (see `VideoH5`), so datasets pickle cheaply.
 
 Item: {"video": float32 (T, C, H, W) - frames in [-1, 1], latents as stored -, "index": int,
-       "text": str (only when the data has captions; "" for a video without one)}
+       "text": str (only when the data has captions; "" for a video without one),
+       "latent_logvar": float32 (T, c, h, w) (only for latents stored with their KL posterior: "video"
+       is then the posterior mean; backends that sample from the posterior use both)}
 
 With `uint8_frames=True` (what the training commands use) frames stay uint8 (T, C, H, W) through
 the DataLoader and `on_device(batch)` turns them into [-1, 1] floats on the training device: a
@@ -140,9 +142,18 @@ class _SourceDataset(Dataset):
         self.uint8_frames = uint8_frames
         self.source = source if source is not None else open_source(config.path, config.split, config.format)
         self.is_latent = getattr(self.source, "kind", "frames") == "latents"
+        # `vpt save-latents` of a KL autoencoder: every step is mean || log-variance on the channel axis
+        self.has_posterior = self.is_latent and bool(getattr(self.source, "attrs", {}).get("latent_posterior", False))
         self.has_text = bool(self.source.has_text)
         if self.is_latent and config.hflip:
             raise ConfigError("data.hflip cannot be used with latent HDF5 (a flipped latent is not the latent of the flipped frames)")
+
+    def _tensors(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
+        """The item's tensors: {"video"}, or {"video": mean, "latent_logvar"} for posterior latents."""
+        if not self.has_posterior:
+            return {"video": self._to_tensor(raw)}
+        mean, logvar = self._to_tensor(raw).chunk(2, dim=1)  # (T, c, h, w) each
+        return {"video": mean, "latent_logvar": logvar}
 
     def _to_tensor(self, raw: np.ndarray) -> torch.Tensor:
         if self.is_latent:
@@ -160,8 +171,8 @@ class _SourceDataset(Dataset):
             batch = {**batch, "video": video.float().div_(127.5).sub_(1.0)}
         return batch
 
-    def _item(self, index: int, video: torch.Tensor) -> dict[str, Any]:
-        item: dict[str, Any] = {"video": video, "index": index}
+    def _item(self, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        item: dict[str, Any] = {**tensors, "index": index}
         if self.has_text:
             item["text"] = self.source.text(self._source_index(index)) or ""
         return item
@@ -206,14 +217,15 @@ class ClipDataset(_SourceDataset):
                 start = clip_start(length, cfg.span, generator)
             except VptError as exc:
                 raise VptError(f"{self.source.name(source_index) or source_index}: {exc}") from None
-            video = self._to_tensor(self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start)))
+            tensors = self._tensors(self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start)))
         elif cfg.clip_sampling == "uniform":
-            video = self._to_tensor(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
+            tensors = self._tensors(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
         else:
-            video = trilinear_resample(self._to_tensor(self.source.read(source_index)), cfg.frames)
+            whole = self._tensors(self.source.read(source_index))
+            tensors = {name: trilinear_resample(value, cfg.frames) for name, value in whole.items()}
         if cfg.hflip and generator is not None and generator.random() < 0.5:
-            video = video.flip(-1)
-        return self._item(index, video)
+            tensors["video"] = tensors["video"].flip(-1)  # frames only: latents refuse hflip
+        return self._item(index, tensors)
 
 
 class VideoDataset(_SourceDataset):
@@ -230,7 +242,7 @@ class VideoDataset(_SourceDataset):
         index = int(key.index) if hasattr(key, "index") else int(key)
         length = self.source.num_frames(index)
         count = length if self.max_frames is None else min(length, self.max_frames)
-        return self._item(index, self._to_tensor(self.source.read(index, np.arange(count))))
+        return self._item(index, self._tensors(self.source.read(index, np.arange(count))))
 
 
 __all__ = [

@@ -14,8 +14,9 @@ block over the frames of one patch position, and so on. The diffusion step (and,
 What is here and what is not: the VG flavour (Linear patch embedding, row-first position table,
 `[sin | cos]` timestep features, attention width independent of the model width, ε output with fixed
 variance, image-video joint frames) plus class conditioning with label dropout and classifier-free
-guidance. The official model's Conv patch embedding, column-first tables and learned variance
-(`learn_sigma`) are not implemented, so its checkpoints do not load.
+guidance, and the official model's conventions by config (`position_order: column`, `learn_sigma`
+with IDDPM's learned range and VLB term). Both upstreams' checkpoints convert: the official Conv
+patch kernel becomes the Linear over (ph pw c) and its `[cos | sin]` time features are reordered.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class LatteConfig:
     # `predict` then conditions on the context this way instead of by replacement.
     condition_frames: int = 0
     num_images: int = 0  # image-video joint training: extra single frames appended to each clip
+    # Training latents of a KL autoencoder: a fresh draw z = mean + exp(logvar / 2) eps from its
+    # posterior every step ("sample", as both upstreams do; from frames, or from latents cached with
+    # their posterior by `vpt save-latents`), or the posterior mean ("mean", one fixed target per frame).
+    latent_posterior: Literal["sample", "mean"] = "sample"
     # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
     num_timesteps: int = 1000
     beta_start: float = 1.0e-4
@@ -411,9 +416,9 @@ class Latte(LatentBackend):
     """Latte on the shared backend surface: `loss` (ε-prediction DDPM) and `predict` (generation, or
     prediction of the frames after a context by replacement sampling or trained frame conditioning).
 
-    It trains on the autoencoder's posterior mean (what `encode` and `vpt save-latents` give), where
-    both upstreams draw a fresh posterior sample per step: one deterministic target, so cached
-    latents hold a single tensor per frame."""
+    With a KL autoencoder it trains, like both upstreams, on a fresh draw from the posterior every
+    step (`latent_posterior: sample`; cached latents need `vpt save-latents` to have kept the
+    log-variance, which it does for KL autoencoders), or on the posterior mean (`mean`)."""
 
     name = "latte"
     Config = LatteConfig
@@ -449,10 +454,7 @@ class Latte(LatentBackend):
         Joint training (`num_images > 0`, data.frames = num_frames + num_images): the last `num_images`
         frames of every clip are handed to the next clip of the batch, so its "single images" come
         from another video (upstream draws them from random videos of the whole dataset)."""
-        clip, is_latent = _clip_from_batch(batch)  # (B, F, C, H, W)
-        latents = clip if is_latent else self.encode(clip)
-        self._check_latents(latents)
-        latents = latents.float()
+        latents = self._training_latents(batch)  # (B, F, c, h, w)
         video_frames = latents.shape[1] - self.cfg.num_images
         if video_frames < 1:
             raise ConfigError(f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}")
@@ -479,6 +481,24 @@ class Latte(LatentBackend):
         vlb = mean_over_scored(variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(),
                                             predicted[:, :, latents.shape[2]:]))
         return {"loss": mse + vlb, "mse": mse.detach(), "vlb": vlb.detach()}
+
+    def _training_latents(self, batch: Any) -> torch.Tensor:
+        """The batch's latent clips (B, F, c, h, w), drawn from the autoencoder's posterior when it has
+        one and model.latent_posterior is "sample" (global RNG, like the diffusion noise)."""
+        clip, is_latent = _clip_from_batch(batch)
+        sampling = self.cfg.latent_posterior == "sample"
+        if is_latent:
+            mean, logvar = clip, batch.get("latent_logvar") if isinstance(batch, dict) else None
+        elif sampling and getattr(self.autoencoder, "has_posterior", False):
+            with torch.no_grad():
+                mean, logvar = self.autoencoder.encode_posterior(clip)
+        else:
+            mean, logvar = self.encode(clip), None
+        self._check_latents(mean)
+        mean = mean.float()
+        if not sampling or logvar is None:
+            return mean
+        return mean + torch.exp(0.5 * logvar.float()) * torch.randn_like(mean)
 
     def _known_frames(self, batch_size: int, frames: int, device: torch.device) -> torch.Tensor | None:
         """Training with condition_frames: each clip's first k ~ U{0..condition_frames} frames are known."""

@@ -16,11 +16,15 @@ A subclass implements four things on clips of k frames, with unscaled latents:
     forward_train(clips) -> TrainOutput(reconstruction, regularizers)   (codebook or KL terms)
     latent_dims(height, width) -> tuple
 `FrameAutoencoder` turns the first three into their per-image forms (k = 1).
+
+KL models (`has_posterior`) also give their Gaussian posterior: `encode_posterior(video)` -> model-ready
+(mean, log-variance), so that cached latents can be redrawn z = mean + exp(logvar / 2) * eps later.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,6 +46,7 @@ class TrainOutput:
 class Autoencoder(nn.Module, abc.ABC):
     type: ClassVar[str]  # the name in AUTOENCODERS and in a run's `autoencoder.type`
     Config: ClassVar[type]  # dataclass of the `autoencoder.arch` section
+    has_posterior: ClassVar[bool] = False  # a KL model: `posterior_clips` gives mean and log-variance
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -117,6 +122,21 @@ class Autoencoder(nn.Module, abc.ABC):
         latents = self.encode_clips(self.to_clips(video))  # (B * n, *latent_dims)
         latents = (latents - self.latent_shift) * self.latent_scale
         return latents.reshape(batch, -1, *latents.shape[1:])
+
+    def posterior_clips(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL models: (N, k, C, H, W) -> unscaled posterior mean and log-variance, each (N, *latent_dims)."""
+        raise VptError(f"{self.type} is not a KL autoencoder: it has no posterior to sample")
+
+    def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, C, H, W) in [-1, 1] -> model-ready posterior mean and log-variance, each (B, T // k, *latent_dims).
+
+        The scaling z -> (z - shift) * scale multiplies the standard deviation by `scale`, so the
+        log-variance gains 2 log(scale); `mean` is exactly `encode(video)`."""
+        batch = video.shape[0]
+        mean, logvar = self.posterior_clips(self.to_clips(video))  # (B * n, *latent_dims) each
+        mean = (mean - self.latent_shift) * self.latent_scale
+        logvar = logvar + 2.0 * math.log(self.latent_scale)
+        return mean.reshape(batch, -1, *mean.shape[1:]), logvar.reshape(batch, -1, *logvar.shape[1:])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-ready latents (B, T', *latent_dims) -> frames (B, T' * k, C, H, W)."""

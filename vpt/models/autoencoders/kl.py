@@ -2,8 +2,9 @@
 `sd-vae-ft-ema`). A local diffusers folder loads with `AutoencoderKL.from_pretrained`; its
 `scaling_factor` (0.18215 for SD 1.x) and `shift_factor` become the latent scale and shift.
 
-`encode` returns the posterior mean (deterministic, so cached latents are reproducible); training
-decodes a reparameterised sample and adds the KL term.
+`encode` returns the posterior mean (deterministic, so cached latents are reproducible) and
+`encode_posterior` mean and log-variance (what `vpt save-latents` stores for it); training decodes a
+reparameterised sample and adds the KL term.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class KLVAEConfig:
 class KLVAE(FrameAutoencoder):
     type = "kl-vae"
     Config = KLVAEConfig
+    has_posterior = True
 
     def __init__(self, config: KLVAEConfig):
         from diffusers import AutoencoderKL
@@ -90,6 +92,10 @@ class KLVAE(FrameAutoencoder):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images).latent_dist.mean
+
+    def posterior_clips(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(clips[:, 0]).latent_dist  # diffusers clamps the log-variance to [-30, 20]
+        return posterior.mean, posterior.logvar
 
     def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample

@@ -5,7 +5,8 @@ A KL-regularised conv autoencoder applied per frame. Encoder: conv_in, DownBlock
 optional attention, 4x4 stride-2 conv), MidBlocks, GN-SiLU-conv to 2z channels, 1x1 pre_quant_conv,
 split into mean and log-variance (no clamp). Decoder: 1x1 post_quant_conv, conv_in, MidBlocks,
 UpBlocks (4x4 stride-2 transposed conv first), GN-SiLU-conv; no output activation.
-`encode` returns the posterior mean; training decodes a reparameterised sample.
+`encode` returns the posterior mean, `encode_posterior` mean and log-variance (upstream samples its
+DiT's training latents from them); training decodes a reparameterised sample.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class LatteVAEConfig:
 class LatteVAE(FrameAutoencoder):
     type = "latte-vae"
     Config = LatteVAEConfig
+    has_posterior = True
 
     def __init__(self, config: LatteVAEConfig):
         super().__init__(config)
@@ -162,6 +164,10 @@ class LatteVAE(FrameAutoencoder):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.moments(images).chunk(2, dim=1)[0]
+
+    def posterior_clips(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.moments(clips[:, 0]).chunk(2, dim=1)
+        return mean, logvar
 
     def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
         h = self.decoder_conv_in(self.post_quant_conv(latents))
