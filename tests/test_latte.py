@@ -425,3 +425,39 @@ def test_training_from_frames_draws_from_a_kl_autoencoders_posterior():
     assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.1
     kept = Latte(LatteConfig(**TINY, latent_posterior="mean"), autoencoder=ae)._training_latents({"video": frames})
     torch.testing.assert_close(kept, mean, atol=0, rtol=0)
+
+
+def test_vg_checkpoint_samples_through_a_preset(tmp_path, invoke, monkeypatch):
+    """`vpt sample --checkpoint dit_ckpt.pth --preset P`: the flat upstream state dict (the recorded tiny
+    DiT) is built from the preset's config and generates; without a preset, or with one whose architecture
+    it does not fit (the real vg-ucf config: Latte-B/2), the error is one line."""
+    import json
+
+    from vpt.models import latte as latte_module
+
+    checkpoint = tmp_path / "dit_ckpt.pth"
+    upstream = torch.load(fixture("latte", "ditv_tiny_state_dict.pt"))
+    torch.save(upstream, checkpoint)
+    preset = tmp_path / "vg_tiny.yaml"
+    preset.write_text(yaml.safe_dump({"backend": "latte", "model": {**TINY, "sampler": "ddim", "steps": 2},
+                                      "data": {"frames": 4, "image_size": 32},
+                                      "eval": {"predicted_frames": 4, "fvd_preset": "stylegan-v"}}))
+    monkeypatch.setitem(latte_module.VG_PRESETS, "vg-tiny", str(preset))
+    autoencoder = Path(__file__).parent / "fixtures" / "neuralsde" / "shapes_ae"  # kl-vae: 32x32 -> 4x8x8
+
+    out = tmp_path / "generated.png"
+    result = invoke("sample", "--checkpoint", checkpoint, "--preset", "vg-tiny", "--ae", autoencoder,
+                    "--num-samples", 2, "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert (record["backend"], record["context_frames"], record["frames"], record["image_size"]) == ("latte", 0, 4, 32)
+    assert record["protocol"]["fvd_preset"] == "stylegan-v" and record["preset"] == "vg-tiny"
+    model = Latte.from_checkpoint(checkpoint, autoencoder=str(autoencoder), preset="vg-tiny")
+    for key, value in convert_vg_state(upstream).items():
+        torch.testing.assert_close(model.denoiser.state_dict()[key], value, atol=0, rtol=0)
+
+    for extra, message in (([], "names no architecture; pass --preset vg-ucf or --preset vg-mnist"),
+                           (["--preset", "vg-ucf"], "does not fit the vg-ucf architecture (vg_ucf.yaml)"),
+                           (["--preset", "bair64"], "not a VideoGeneration-PyTorch release")):
+        result = invoke("sample", "--checkpoint", checkpoint, "--ae", autoencoder, "--out", out, *extra)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

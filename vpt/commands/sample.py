@@ -24,7 +24,7 @@ def sample(
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth).")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth); sets its frame size and protocol.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.")] = None,
     ae: Annotated[Optional[Path], typer.Option("--ae", help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.")] = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", help="Context image(s), in order (repeat the option for several frames).")] = None,
     video: Annotated[Optional[Path], typer.Option("--video", help="Context video file; its first --context-frames frames are the context.")] = None,

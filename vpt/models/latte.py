@@ -404,6 +404,17 @@ def config_from_official_state(state: dict[str, torch.Tensor]) -> dict[str, Any]
     }
 
 
+def _is_vg_state(state: dict[str, Any]) -> bool:
+    """Whether a state dict is VideoGeneration-PyTorch's `DITVideo` (its names, before conversion)."""
+    return {"patch_embed_layer.patch_embed.0.weight", "t_proj.0.weight"} <= state.keys()
+
+
+#: VideoGeneration-PyTorch releases: `dit_ckpt.pth` is a flat state dict that names no architecture, so
+#: `vpt sample --checkpoint dit_ckpt.pth --preset NAME` builds it from the config the release was trained
+#: with (model, frame size and resize, evaluation protocol), kept in the repository's configs/latte/.
+VG_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "latte"
+VG_PRESETS: dict[str, str] = {"vg-ucf": "vg_ucf.yaml", "vg-mnist": "vg_mnist.yaml"}
+
 #: The official releases' evaluation: StyleGAN-V's fvd2048_16f protocol (16-frame clips at 256 px,
 #: 2048 generated against 2048 real; which real videos is the user's choice).
 OFFICIAL_PROTOCOL = dict(predicted_frames=16, fvd_preset="stylegan-v", clips=2048, image_size=256)
@@ -670,7 +681,8 @@ class Latte(LatentBackend):
     # --- published checkpoints -----------------------------------------------------------------------
     @classmethod
     def recognizes_checkpoint(cls, path: Path) -> bool:
-        """True for an official Latte checkpoint (`x_embedder`, `t_embedder` and `temp_embed` keys)."""
+        """True for an official Latte checkpoint (`x_embedder`, `t_embedder` and `temp_embed` keys) or a
+        VideoGeneration-PyTorch `dit_ckpt.pth` (`patch_embed_layer`, `t_proj` and `layers` keys)."""
         from vpt.weights import UnsafeWeightsError, read_weights
 
         try:
@@ -679,31 +691,74 @@ class Latte(LatentBackend):
             raise
         except Exception:  # not a torch file, or not Latte's layout
             return False
-        return {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "temp_embed"} <= state.keys()
+        return {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "temp_embed"} <= state.keys() or _is_vg_state(state)
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None) -> Latte:
-        """An official Latte checkpoint (e.g. `ucf101.pt`) with its frame VAE: `autoencoder` is the
-        Stable Diffusion VAE folder the release ships (`vae/`, latents x 0.18215). Samples use 250
-        DDPM steps and, for class-conditional releases, guidance 7 (the published sampling settings)."""
+        """Published Latte weights with their frame VAE (`autoencoder`):
+        - an official checkpoint (e.g. `ucf101.pt`), with the Stable Diffusion VAE folder the release
+          ships (`vae/`, latents x 0.18215); samples use 250 DDPM steps and, for class-conditional
+          releases, guidance 7 (the published sampling settings);
+        - a VideoGeneration-PyTorch `dit_ckpt.pth`, whose flat state dict names no architecture:
+          `preset` (vg-ucf, vg-mnist) picks the config it was trained with, and `autoencoder` is the
+          release's `vae_autoencoder_ckpt.pth`."""
         from vpt.weights import read_weights
 
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"checkpoint not found: {path}")
+        state = official_state_dict(read_weights(path, mmap=True))
+        if _is_vg_state(state):
+            return cls._from_vg_state(path, state, autoencoder, preset)
+        if preset is not None:
+            raise UsageError(f"--preset names a VideoGeneration-PyTorch release ({', '.join(VG_PRESETS)}); "
+                             f"{path.name} is an official Latte checkpoint, which needs none")
         if autoencoder is None:
             raise UsageError(f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)")
-        state = official_state_dict(read_weights(path, mmap=True))
         fields = config_from_official_state(state)
         cfg = LatteConfig(**fields, steps=250, guidance_scale=7.0 if fields["num_classes"] else 1.0)
         model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
         model.denoiser.load_state_dict({key: value.float() for key, value in convert_official_state(state).items()})
         model.frame_size, model.resize = 256, "crop"
-        model.published = True
+        model.published_protocol = EvalProtocol(**OFFICIAL_PROTOCOL)
+        return model.eval()
+
+    @classmethod
+    def _from_vg_state(cls, path: Path, state: dict[str, torch.Tensor], autoencoder: str | Path | None,
+                       preset: str | None) -> Latte:
+        """A VideoGeneration-PyTorch DiT built from the preset's config (model, frame size, protocol)."""
+        import yaml
+
+        from vpt.config import validate
+
+        if preset is None:
+            raise UsageError(f"{path.name} is a VideoGeneration-PyTorch DiT, whose checkpoint names no architecture; "
+                             f"pass --preset {' or --preset '.join(VG_PRESETS)}")
+        if preset not in VG_PRESETS:
+            raise UsageError(f"--preset {preset}: not a VideoGeneration-PyTorch release; choose one of {', '.join(VG_PRESETS)}")
+        if autoencoder is None:
+            raise UsageError(f"{path.name}: pass --ae with the release's frame VAE (its vae_autoencoder_ckpt.pth)")
+        config_path = VG_CONFIGS / VG_PRESETS[preset]
+        raw = yaml.safe_load(config_path.read_text())
+        cfg = validate(LatteConfig, raw["model"], source=str(config_path), prefix="model.")
+        converted = convert_vg_state(state)
+        with torch.device("meta"):  # compare shapes before building a full-size model
+            expected = {key: tuple(value.shape) for key, value in LatteDiT(cfg).state_dict().items()}
+        found = {key: tuple(value.shape) for key, value in converted.items()}
+        if found != expected:
+            differing = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
+            raise UsageError(f"{path.name} does not fit the {preset} architecture ({config_path.name}): "
+                             f"{differing[0]} is {found.get(differing[0], 'missing')}, expected {expected.get(differing[0], 'none')}")
+        model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
+        model.denoiser.load_state_dict({key: value.float() for key, value in converted.items()})
+        data = raw.get("data") or {}
+        model.frame_size, model.resize = data.get("image_size"), data.get("resize", "squash")
+        model.trained_frames = data.get("frames")
+        model.published_protocol = validate(EvalProtocol, raw.get("eval") or {}, source=str(config_path), prefix="eval.")
         return model.eval()
 
     def default_protocol(self) -> EvalProtocol | None:
-        return EvalProtocol(**OFFICIAL_PROTOCOL) if getattr(self, "published", False) else None
+        return getattr(self, "published_protocol", None)
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
         steps = options.get("steps") or self.cfg.steps
