@@ -143,9 +143,18 @@ def patch_position_table(dim: int, rows: int, cols: int, device: torch.device | 
 # --- the video DiT ---------------------------------------------------------------------------------
 
 
+def per_clip(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, D) values of each clip, shaped to broadcast over x (B G, L, D), whose G sequences per clip
+    (frames, or patch positions) share them: (B, 1, D) repeated G times along the batch by a view.
+    The conditioning is the same for every sequence of a clip, so the adaLN projections run on B rows,
+    not B G (the official model repeats the vector first and projects every copy)."""
+    batch = values.shape[0]
+    return values[:, None, None].expand(batch, x.shape[0] // batch, 1, values.shape[-1]).flatten(0, 1)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (N, L, D) normalised, then scaled and shifted per sequence (shift, scale (N, D))."""
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+    """x (B G, L, D) normalised, then scaled and shifted per clip (shift, scale (B, D))."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + per_clip(scale, x)) + per_clip(shift, x)
 
 
 class Attention(nn.Module):
@@ -171,10 +180,10 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
         self.modulation = nn.Linear(dim, 6 * dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # x (N, L, D), cond (N, D)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # x (B G, L, D), cond (B, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond)).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(x, shift1, scale1))
-        return x + gate2[:, None] * self.mlp(modulate(x, shift2, scale2))
+        x = x + per_clip(gate1, x) * self.attn(modulate(x, shift1, scale1))
+        return x + per_clip(gate2, x) * self.mlp(modulate(x, shift2, scale2))
 
 
 class FinalLayer(nn.Module):
@@ -185,7 +194,7 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, patch_values)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (N, L, D), (N, D)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B G, L, D), (B, D)
         shift, scale = self.modulation(F.silu(cond)).chunk(2, dim=-1)
         return self.linear(modulate(x, shift, scale))
 
@@ -243,20 +252,18 @@ class LatteDiT(nn.Module):
             if labels is None:  # the "no label" class (the last row)
                 labels = torch.full((batch,), self.label_embed.num_embeddings - 1, device=x.device)
             cond = cond + self.label_embed(labels)
-        per_frame = repeat(cond, "b d -> (b f) d", f=frames)
-        per_patch = repeat(cond, "b d -> (b n) d", n=rows * cols)
         frame_table = timestep_features(torch.arange(video_frames, device=x.device), self.dim).to(x.dtype)  # (F_v, D)
 
         for pair in range(0, len(self.blocks), 2):
-            tokens = self.blocks[pair](tokens, per_frame)
+            tokens = self.blocks[pair](tokens, cond)
             tokens = rearrange(tokens, "(b f) n d -> (b n) f d", b=batch)
             video, images = tokens[:, :video_frames], tokens[:, video_frames:]
             if pair == 0:  # the frame positions enter once, before the first temporal block
                 video = video + frame_table
-            tokens = torch.cat([self.blocks[pair + 1](video, per_patch), images], dim=1)
+            tokens = torch.cat([self.blocks[pair + 1](video, cond), images], dim=1)
             tokens = rearrange(tokens, "(b n) f d -> (b f) n d", b=batch)
 
-        out = self.final(tokens, per_frame)  # (BF, N, p^2 c)
+        out = self.final(tokens, cond)  # (BF, N, p^2 c)
         return rearrange(out, "(b f) (nh nw) (ph pw c) -> b f c (nh ph) (nw pw)", b=batch, nh=rows, ph=self.patch,
                          pw=self.patch)
 
