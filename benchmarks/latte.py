@@ -17,7 +17,8 @@ released default (`attention_mode: math`), vpt's through SDPA:
   vpt's `Latte.sample_latents` against the official `p_sample_loop`.
 Before timing, the official weights are loaded into vpt's model through its converter and the two
 denoisers' outputs and losses (same t, same noise) are compared. Timing interleaves the two
-(vpt, official, official, vpt per repeat) and reports median and minimum seconds per call.
+(vpt, official, official, vpt per repeat) and reports median and minimum seconds per call (CPU time of
+the process on a CPU, so that other work on a shared machine does not count; wall time on a GPU).
 """
 
 from __future__ import annotations
@@ -173,18 +174,21 @@ def sampling_runs(official, ours: Latte, diffusion, latents: torch.Tensor, steps
 
 
 def interleaved(first, second, repeats: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """Seconds per call of each, timed in the order first, second, second, first per repeat."""
+    """Seconds per call of each, timed in the order first, second, second, first per repeat: on a GPU wall
+    time, on a CPU the process's CPU time (on a machine shared with other work, wall time measures the
+    neighbours as much as the code; with one torch thread CPU time is the work done)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for which in (0, 1, 1, 0):
             call = (first, second)[which]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            started = time.perf_counter()
+            started = clock()
             call()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times[which].append(time.perf_counter() - started)
+            times[which].append(clock() - started)
     return times
 
 
@@ -220,8 +224,10 @@ def main() -> None:
             print(f"  {phase}: vpt {statistics.median(ours_times):.3f} s, official "
                   f"{statistics.median(official_times):.3f} s (median)", flush=True)
 
+    clock = "wall" if device.type == "cuda" else "CPU"
     print(f"\nLatte, vpt vs official model code: batch {args.batch} x {args.frames} x 4 x {args.latent} x {args.latent} "
-          f"latents, fp32 eager, learned variance, unconditional; {args.repeats * 2} timed calls each, interleaved")
+          f"latents, fp32 eager, learned variance, unconditional; {args.repeats * 2} timed calls each, interleaved, "
+          f"{clock} seconds")
     print(f"{'model':<8} {'phase':<24} {'vpt median (min) s':>20} {'official median (min) s':>25} {'speed-up':>9}")
     for size, phase, ours_times, official_times in rows:
         ours_med, official_med = statistics.median(ours_times), statistics.median(official_times)
