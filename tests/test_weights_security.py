@@ -357,7 +357,7 @@ def test_run_rng_state_reads_with_weights_only(finished_run):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", ["rng_state_0.pt", "optimizer.pt"])
+@pytest.mark.parametrize("name", ["rng_state_0.pt", "training_state/optimizer.bin"])
 def test_resume_with_a_tampered_run_file(tmp_path, marker, invoke, finished_run, name, fmt):
     source, args = finished_run
     run = tmp_path / "run"
