@@ -86,6 +86,24 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
 
 
+def test_checkpoint_of_the_flat_layout_still_resumes_exactly(tmp_path):
+    """Runs written before accelerate's state was kept (optimizer.pt beside the weights) continue bit-identically."""
+    import shutil
+
+    _train(tmp_path / "straight", 8)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "old", 8, kill_at=5)  # the lr schedule depends on max_steps: stop as a kill would
+    ckpt = Run(tmp_path / "old").latest_checkpoint()
+    (ckpt / "training_state" / "optimizer.bin").rename(ckpt / "optimizer.pt")  # the same torch.save dict
+    shutil.rmtree(ckpt / "training_state")
+    (ckpt / "config.json").unlink()
+    record = json.loads((ckpt / "trainer_state.json").read_text())
+    del record["sharded"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(record))
+    assert _train(tmp_path / "old", 8) == 8
+    assert _losses(tmp_path / "old") == _losses(tmp_path / "straight")
+
+
 def test_stale_latest_pointer_falls_back_to_newest_finished(tmp_path):
     _train(tmp_path / "run", 4)
     run = Run(tmp_path / "run")
