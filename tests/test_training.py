@@ -213,3 +213,16 @@ def test_dataset_on_device_hook_is_applied_before_the_loss(tmp_path):
 
     torch.manual_seed(0)
     assert train(Probe(), Zeroing(), tiny_config(max_steps=2), Run.open(tmp_path / "run")) == 2
+
+
+def test_fsdp2_sharded_parameters_through_the_loops_helpers(tmp_path):
+    """Two gloo processes shard the tiny model with torch's FSDP2: per-group clipping and the EMA (update,
+    gather for ema.safetensors, reload into shards) match the unsharded model. accelerate applies FSDP
+    only on GPUs; benchmarks/multi_gpu_check.sh runs the whole loop under it there."""
+    script = Path(__file__).parent / "fsdp_dtensor_check.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "ema.safetensors")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fsdp2 dtensor checks passed" in result.stdout

@@ -220,6 +220,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
     hooks = hooks or Hooks()
     accelerator = _accelerator(cfg, run)
     state = TrainingState(model, None, accelerator, cfg, run, best=_read_best(run))
+    if hooks.sample and cfg.sample_every and _sharded(accelerator):
+        warn("train.sample_every is skipped under FSDP: sample strips run on the main process alone, which a "
+             "sharded model cannot; `vpt sample` reads any checkpoint's full weights")
+        hooks = dataclasses.replace(hooks, sample=None)
     model.to(accelerator.device)
     state.optimizer = _optimizer(model, cfg, accelerator.device)
     loss_module = torch.compile(_LossModule(model)) if cfg.compile else _LossModule(model)
