@@ -226,3 +226,40 @@ def test_fsdp2_sharded_parameters_through_the_loops_helpers(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fsdp2 dtensor checks passed" in result.stdout
+
+
+def test_resume_on_more_processes_warns_about_the_data_order(tmp_path):
+    """A checkpoint of one process resumes under 2-process DDP: weights and optimizer load, the run says
+    the data order changes, and no step is lost or repeated."""
+    script = Path(__file__).parent / "tiny_training.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), "--run", str(tmp_path / "run"), "--max-steps", "6",
+                          "--kill-at", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 130 and Run(tmp_path / "run").latest_step() == 4, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+                          "--run", str(tmp_path / "run"), "--max-steps", "6"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "written by 1 processes, resuming with 2: the data order changes" in " ".join(two.stderr.split())
+    assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 7))
+    state = json.loads((Run(tmp_path / "run").latest_checkpoint() / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+
+
+@pytest.mark.parametrize("kind, fsdp2, refused", [("FSDP", False, "fsdp_version: 2"), ("DEEPSPEED", False, "DeepSpeed"),
+                                                  ("FSDP", True, None), ("MULTI_GPU", False, None)])
+def test_unsupported_parallelism_is_one_line(kind, fsdp2, refused):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from vpt.errors import ConfigError
+    from vpt.training import _check_parallelism
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=fsdp2)
+    if refused is None:
+        _check_parallelism(accelerator)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            _check_parallelism(accelerator)
