@@ -318,7 +318,8 @@ def _check_parallelism(accelerator) -> None:
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError("vpt does not train under DeepSpeed yet: its engine steps inside backward(), past vpt's "
                           "per-player clipping and its stop-before-the-update check; use FSDP "
-                          "(configs/accelerate/fsdp_8gpu.yaml), which shards the same way as ZeRO-3")
+                          "(configs/accelerate/fsdp_8gpu.yaml), which shards like ZeRO-3, or like ZeRO-2 with "
+                          "fsdp_reshard_after_forward: false")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
@@ -493,7 +494,9 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
       rng_state_<rank>.pt                  every generator of each process (tensors only)
       training_state/                      accelerate's save_state: optimizer (sharded under FSDP),
                                            grad scaler, and under FSDP the sharded model
-    Weights that are not finite are never written: the last checkpoint is always one to go back to.
+    The EMA and the sampler are not registered with accelerate's checkpointing: accelerate unpickles
+    registered objects without torch's weights_only guard, the EMA is kept as safetensors anyway, and the
+    sampler's position is a function of the step. Weights that are not finite are never written: the last checkpoint is always one to go back to.
     """
     from safetensors.torch import save_file
 
