@@ -1,5 +1,5 @@
 """Run by tests/test_training.py under `torchrun --nproc_per_node 2` (gloo, CPU): vpt's FSDP2-specific
-pieces of the training loop on really sharded (DTensor) parameters, each against the same computation
+pieces of the training loop (gathered weights, per-group clipping, EMA) on really sharded (DTensor) parameters, each against the same computation
 on an unsharded copy of the model. accelerate uses its FSDP plugin only on GPUs, so this is what a CPU
 machine can check of FSDP; benchmarks/multi_gpu_check.sh runs the whole loop under FSDP2 on GPUs."""
 
@@ -17,7 +17,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from tiny_training import TinyDataset, TinyModel
-from vpt.training import EMA, _clip_per_group, _local
+from vpt.training import EMA, TrainConfig, TrainingState, _clip_per_group, _full_weights, _local, _LossModule
 
 
 def main(out: Path) -> None:
@@ -25,6 +25,7 @@ def main(out: Path) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)
     reference = TinyModel()
+    _check_gathered_weights(copy.deepcopy(reference), reference.state_dict(), rank)
     sharded = copy.deepcopy(reference)
     fully_shard(sharded.net)
     assert all(isinstance(p, DTensor) for p in sharded.parameters())
@@ -67,6 +68,24 @@ def main(out: Path) -> None:
     if rank == 0:
         print("fsdp2 dtensor checks passed", flush=True)
     dist.destroy_process_group()
+
+
+def _check_gathered_weights(model: TinyModel, expected: dict[str, torch.Tensor], rank: int) -> None:
+    """model.safetensors under FSDP2: accelerate's own get_state_dict gathers the shards of the wrapped
+    loss module, and vpt hands back the model's own parameter names."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    loss_module = _LossModule(model)
+    fully_shard(loss_module)
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True)
+    accelerator.get_state_dict = lambda module: Accelerator.get_state_dict(accelerator, module)
+    state = TrainingState(model, None, accelerator, TrainConfig(), run=None, loss_module=loss_module)
+    gathered = _full_weights(state)
+    if rank == 0:
+        assert sorted(gathered) == sorted(expected), sorted(gathered)
+        for name, value in expected.items():
+            assert torch.equal(gathered[name], value), name
 
 
 if __name__ == "__main__":

@@ -216,8 +216,9 @@ def test_dataset_on_device_hook_is_applied_before_the_loss(tmp_path):
 
 
 def test_fsdp2_sharded_parameters_through_the_loops_helpers(tmp_path):
-    """Two gloo processes shard the tiny model with torch's FSDP2: per-group clipping and the EMA (update,
-    gather for ema.safetensors, reload into shards) match the unsharded model. accelerate applies FSDP
+    """Two gloo processes shard the tiny model with torch's FSDP2: the full weights gathered for
+    model.safetensors, per-group clipping and the EMA (update, gather for ema.safetensors, reload into
+    shards) match the unsharded model. accelerate applies FSDP
     only on GPUs; benchmarks/multi_gpu_check.sh runs the whole loop under it there."""
     script = Path(__file__).parent / "fsdp_dtensor_check.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
