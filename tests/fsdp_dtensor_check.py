@@ -1,7 +1,8 @@
 """Run by tests/test_training.py under `torchrun --nproc_per_node 2` (gloo, CPU): vpt's FSDP2-specific
-pieces of the training loop (gathered weights, per-group clipping, EMA) on really sharded (DTensor) parameters, each against the same computation
-on an unsharded copy of the model. accelerate uses its FSDP plugin only on GPUs, so this is what a CPU
-machine can check of FSDP; benchmarks/multi_gpu_check.sh runs the whole loop under FSDP2 on GPUs."""
+pieces of the training loop (gathered weights, per-group clipping, EMA) on really sharded (DTensor)
+parameters, each against the same computation on an unsharded copy of the model. accelerate uses its
+FSDP plugin only on GPUs, so this is what a CPU machine can check of FSDP;
+benchmarks/multi_gpu_check.sh runs the whole loop under FSDP2 on GPUs."""
 
 from __future__ import annotations
 

@@ -496,7 +496,8 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
                                            grad scaler, and under FSDP the sharded model
     The EMA and the sampler are not registered with accelerate's checkpointing: accelerate unpickles
     registered objects without torch's weights_only guard, the EMA is kept as safetensors anyway, and the
-    sampler's position is a function of the step. Weights that are not finite are never written: the last checkpoint is always one to go back to.
+    sampler's position is a function of the step.
+    Weights that are not finite are never written: the last checkpoint is always one to go back to.
     """
     from safetensors.torch import save_file
 
