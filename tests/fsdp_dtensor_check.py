@@ -18,7 +18,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from tiny_training import TinyDataset, TinyModel
-from vpt.training import EMA, TrainConfig, TrainingState, _clip_per_group, _full_weights, _local, _LossModule
+from vpt.training import (EMA, TrainConfig, TrainingState, _clip_per_group, _full_weights, _local, _LossModule,
+                          _unsharded)
 
 
 def main(out: Path) -> None:
@@ -83,10 +84,27 @@ def _check_gathered_weights(model: TinyModel, expected: dict[str, torch.Tensor],
     accelerator.get_state_dict = lambda module: Accelerator.get_state_dict(accelerator, module)
     state = TrainingState(model, None, accelerator, TrainConfig(), run=None, loss_module=loss_module)
     gathered = _full_weights(state)
+    # a validation hook calls the model's own loss, outside the sharded root's forward
+    data = TinyDataset()
+    batch = {"x": data.inputs[:4], "y": data.targets[:4]}
+    expected_loss = _reference_loss(expected, batch)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        loss = _unsharded(loss_module, lambda m: m.loss(batch)["loss"], model)
+    torch.testing.assert_close(loss, expected_loss)
+    assert isinstance(model.net[0].weight, DTensor)  # sharded again afterwards
     if rank == 0:
         assert sorted(gathered) == sorted(expected), sorted(gathered)
         for name, value in expected.items():
             assert torch.equal(gathered[name], value), name
+
+
+def _reference_loss(weights: dict[str, torch.Tensor], batch) -> torch.Tensor:
+    model = TinyModel()
+    model.load_state_dict(weights)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        return model.loss(batch)["loss"]
 
 
 if __name__ == "__main__":

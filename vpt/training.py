@@ -428,7 +428,7 @@ def _periodic_work(state: TrainingState, hooks: Hooks, progress: ProgressBar) ->
     evaluated: dict[str, float] = {}
     if hooks.validate and cfg.val_every and step % cfg.val_every == 0:
         with progress.paused("validating"):
-            evaluated = _with_ema(state.ema, state.model, hooks.validate)
+            evaluated = _with_ema(state.ema, state.model, lambda m: _unsharded(state.loss_module, hooks.validate, m))
         if state.accelerator.is_main_process:
             run.log_metrics({"step": step, **evaluated})
     if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and state.accelerator.is_main_process:
@@ -699,6 +699,23 @@ def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any])
             return fn(model)
     finally:
         model.train(was_training)
+
+
+def _unsharded(loss_module: nn.Module | None, fn: Callable[[nn.Module], Any], model: nn.Module) -> Any:
+    """`fn(model)` with FSDP2's root parameters gathered: hooks call the model's own methods, not the
+    prepared module's forward, so the root's gather-on-forward would never run (nested FSDP blocks still
+    gather themselves when called)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2: nothing is sharded
+        FSDPModule = ()
+    if not isinstance(loss_module, FSDPModule):
+        return fn(model)
+    loss_module.unshard()
+    try:
+        return fn(model)
+    finally:
+        loss_module.reshard()
 
 
 def _available_trackers(names: list[str]) -> list[str]:
