@@ -127,9 +127,15 @@ class EMA:
         full = read_weights(path)
         self.shadow = {name: _shard_like(full[name].to(device).float(), kept) for name, kept in self.shadow.items()}
 
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """The whole averaged weights (a collective under FSDP: every process must call it)."""
-        return {name: _full_tensor(value) for name, value in self.shadow.items()}
+    def full_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The whole averaged weights on the CPU, or {} where not `keep` (a collective under FSDP: every
+        process takes part, and one gathered tensor at a time occupies the device)."""
+        gathered = {}
+        for name, value in self.shadow.items():
+            full = _full_tensor(value)
+            if keep:
+                gathered[name] = full.to("cpu")
+        return gathered
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
@@ -508,7 +514,7 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
     is_best = score is not None and (state.best is None or score < state.best)
     state.best = score if is_best else state.best
     weights = _full_weights(state)  # collectives under FSDP: every process takes part
-    ema = state.ema.full_state() if state.ema is not None else None
+    ema = state.ema.full_state(keep=accelerator.is_main_process) if state.ema is not None else None
     pending = run.pending_dir(step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
