@@ -428,7 +428,7 @@ def test_training_from_frames_draws_from_a_kl_autoencoders_posterior():
 
 
 def test_vg_checkpoint_samples_through_a_preset(tmp_path, invoke, monkeypatch):
-    """`vpt sample --checkpoint dit_ckpt.pth --preset P`: the flat upstream state dict (the recorded tiny
+    """`vpt sample --checkpoint dit_ckpt.pth --release P` (or its alias --preset): the flat upstream state dict (the recorded tiny
     DiT) is built from the preset's config and generates; without a preset, or with one whose architecture
     it does not fit (the real vg-ucf config: Latte-B/2), the error is one line."""
     import json
@@ -451,13 +451,13 @@ def test_vg_checkpoint_samples_through_a_preset(tmp_path, invoke, monkeypatch):
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert (record["backend"], record["context_frames"], record["frames"], record["image_size"]) == ("latte", 0, 4, 32)
-    assert record["protocol"]["fvd_preset"] == "stylegan-v" and record["preset"] == "vg-tiny"
+    assert record["protocol"]["fvd_preset"] == "stylegan-v" and record["release"] == "vg-tiny"
     model = Latte.from_checkpoint(checkpoint, autoencoder=str(autoencoder), preset="vg-tiny")
     for key, value in convert_vg_state(upstream).items():
         torch.testing.assert_close(model.denoiser.state_dict()[key], value, atol=0, rtol=0)
 
-    for extra, message in (([], "names no architecture; pass --preset vg-ucf or --preset vg-mnist"),
-                           (["--preset", "vg-ucf"], "does not fit the vg-ucf architecture (vg_ucf.yaml)"),
+    for extra, message in (([], "names no architecture; pass --release vg-ucf or --release vg-mnist"),
+                           (["--release", "vg-ucf"], "does not fit the vg-ucf architecture (vg_ucf.yaml)"),
                            (["--preset", "bair64"], "not a VideoGeneration-PyTorch release")):
         result = invoke("sample", "--checkpoint", checkpoint, "--ae", autoencoder, "--out", out, *extra)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -166,7 +166,7 @@ def test_run_mode_predicts_and_scores_against_the_truth(tmp_path, detector, monk
     assert "lpips" not in report and "VPT_LPIPS_ALEX" in report["protocol"]["frame_metrics"]["lpips"]["skipped"]
     assert len(report["details"]["psnr"]["per_frame"]) == 8
     protocol = report["protocol"]
-    assert protocol["mode"] == "run" and protocol["backend"] == "copy-last-test" and protocol["checkpoint"] == "step_000001"
+    assert protocol["mode"] == "run" and protocol["backend"] == "copy-last-test" and protocol["checkpoint_dir"].endswith("step_000001")
     assert protocol["context_frames"] == 2 and protocol["predicted_frames"] == 8 and protocol["samples_per_sequence"] == 1
     assert protocol["context_in_fvd_clips"] is True and protocol["clip_length"] == 10
     assert protocol["counts"] == {"sequences": 5, "skipped_short": 0, "real_clips": 5, "fake_clips": 5}
@@ -229,6 +229,38 @@ def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
     short = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--pred-frames", "7",
                      "--no-context-in-fvd", "--out", str(out)])
     assert isinstance(short.exception, UsageError) and "these clips have 7" in str(short.exception)
+
+
+def test_checkpoint_mode_uses_the_release_protocol_and_caches_by_file(tmp_path, monkeypatch):
+    """`eval-fvd --checkpoint model.pth` predicts with published weights under their release's protocol
+    (RIVER BAIR64: 1 context frame, 64 px frames; the 32 px test videos are resized; options still override
+    single values, here its 100 samples per video), records where the weights came from, and a second identical call
+    reuses every cached batch of that file."""
+    from test_river import _published_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # LPIPS skipped: not what this checks
+    checkpoint = _published_checkpoint(tmp_path / "model.pth")
+    data = _write_h5(tmp_path / "data", moving_videos(2, 4, 32, seed=3))
+    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--no-fvd", "--pred-frames", "1", "--steps", "2",
+            "--samples", "1",
+            "--cache", str(tmp_path / "cache")]
+    first = _invoke([*args, "--out", str(tmp_path / "a.json")])
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "a.json").read_text())
+    protocol = report["protocol"]
+    assert protocol["mode"] == "checkpoint" and protocol["backend"] == "river"
+    assert protocol["checkpoint"] == str(checkpoint.resolve()) and protocol["release"] is None
+    assert protocol["context_frames"] == 1 and protocol["predicted_frames"] == 1 and protocol["samples_per_sequence"] == 1
+    assert protocol["source_image_size"] == 64
+    assert protocol["cache"]["computed_batches"] == 1 and np.isfinite(report["psnr"])
+
+    again = _invoke([*args, "--out", str(tmp_path / "b.json")])
+    assert again.exit_code == 0, again.output
+    repeat = json.loads((tmp_path / "b.json").read_text())
+    assert repeat["protocol"]["cache"]["reused_batches"] == 1 and repeat["psnr"] == report["psnr"]
+
+    both = _invoke(["--checkpoint", str(checkpoint), "--run", str(tmp_path), "--data", str(data)])
+    assert isinstance(both.exception, UsageError) and "either --run or --checkpoint" in str(both.exception)
 
 
 def _write_latte_run(root, frames: int):

@@ -169,13 +169,13 @@ def test_sample_from_published_checkpoint(tmp_path):
                      "--out", tmp_path / "published.png")
     assert result.exit_code == 0, result.output
     assert "RIVER bair64 (64 px frames, 1 -> 15 frames) assumed" in " ".join(result.output.split())
-    assert "--preset kth" in result.output
+    assert "--release kth" in result.output
     record = json.loads((tmp_path / "published.png.json").read_text())
     assert record["backend"] == "river" and record["checkpoint"] == str(checkpoint.resolve())
     assert record["image_size"] == 64 and record["protocol"]["predicted_frames"] == 15  # a 32 px input is resized
     assert np.asarray(Image.open(tmp_path / "published.png")).shape == (64, 3 * 64 + 2 * 2, 3)
 
-    kth = _invoke("sample", "--checkpoint", checkpoint, "--preset", "kth", "--image", image, "--frames", 1,
+    kth = _invoke("sample", "--checkpoint", checkpoint, "--release", "kth", "--image", image, "--frames", 1,
                   "--steps", 2, "--out", tmp_path / "kth.png")
     assert kth.exit_code == 0, kth.output
     assert json.loads((tmp_path / "kth.png.json").read_text())["protocol"]["context_frames"] == 10

@@ -52,8 +52,12 @@ def test_checkpoints_are_pruned_and_latest_points_to_newest(tmp_path):
     assert names == ["step_000006", "step_000008"]  # keep_last=2
     assert (run.checkpoints_dir / "latest").read_text().strip() == "step_000008"
     ckpt = run.latest_checkpoint()
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pt"):
+    for name in ("model.safetensors", "ema.safetensors", "config.json", "trainer_state.json", "rng_state_0.pt",
+                 "training_state/optimizer.bin"):
         assert (ckpt / name).is_file(), name
+    # the weights live once, beside accelerate's state, and nothing in it needs numpy to unpickle
+    assert sorted(p.name for p in (ckpt / "training_state").iterdir()) == ["optimizer.bin"]
+    assert json.loads((ckpt / "config.json").read_text())["train"]["max_steps"] == 8
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["step"] == 8 and state["samples_seen"] == 8 * 4
 
@@ -65,7 +69,7 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     real_save = torch.save
 
     def crashing_save(obj, path, *args, **kwargs):
-        if "step_000006" in str(path) and str(path).endswith("optimizer.pt"):
+        if "step_000006" in str(path) and str(path).endswith("optimizer.bin"):
             raise KeyboardInterrupt("simulated kill while writing the checkpoint")
         return real_save(obj, path, *args, **kwargs)
 
@@ -80,6 +84,24 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     assert not any(p.name.startswith(".pending") for p in run.checkpoints_dir.iterdir())
     _train(tmp_path / "straight", 8)
     assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+def test_checkpoint_of_the_flat_layout_still_resumes_exactly(tmp_path):
+    """Runs written before accelerate's state was kept (optimizer.pt beside the weights) continue bit-identically."""
+    import shutil
+
+    _train(tmp_path / "straight", 8)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "old", 8, kill_at=5)  # the lr schedule depends on max_steps: stop as a kill would
+    ckpt = Run(tmp_path / "old").latest_checkpoint()
+    (ckpt / "training_state" / "optimizer.bin").rename(ckpt / "optimizer.pt")  # the same torch.save dict
+    shutil.rmtree(ckpt / "training_state")
+    (ckpt / "config.json").unlink()
+    record = json.loads((ckpt / "trainer_state.json").read_text())
+    del record["sharded"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(record))
+    assert _train(tmp_path / "old", 8) == 8
+    assert _losses(tmp_path / "old") == _losses(tmp_path / "straight")
 
 
 def test_stale_latest_pointer_falls_back_to_newest_finished(tmp_path):
@@ -191,3 +213,54 @@ def test_dataset_on_device_hook_is_applied_before_the_loss(tmp_path):
 
     torch.manual_seed(0)
     assert train(Probe(), Zeroing(), tiny_config(max_steps=2), Run.open(tmp_path / "run")) == 2
+
+
+def test_fsdp2_sharded_parameters_through_the_loops_helpers(tmp_path):
+    """Two gloo processes shard the tiny model with torch's FSDP2: the full weights gathered for
+    model.safetensors, per-group clipping and the EMA (update, gather for ema.safetensors, reload into
+    shards) match the unsharded model. accelerate applies FSDP
+    only on GPUs; benchmarks/multi_gpu_check.sh runs the whole loop under it there."""
+    script = Path(__file__).parent / "fsdp_dtensor_check.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "ema.safetensors")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fsdp2 dtensor checks passed" in result.stdout
+
+
+def test_resume_on_more_processes_warns_about_the_data_order(tmp_path):
+    """A checkpoint of one process resumes under 2-process DDP: weights and optimizer load, the run says
+    the data order changes, and no step is lost or repeated."""
+    script = Path(__file__).parent / "tiny_training.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), "--run", str(tmp_path / "run"), "--max-steps", "6",
+                          "--kill-at", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 130 and Run(tmp_path / "run").latest_step() == 4, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+                          "--run", str(tmp_path / "run"), "--max-steps", "6"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "written by 1 processes, resuming with 2: the data order changes" in " ".join(two.stderr.split())
+    assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 7))
+    state = json.loads((Run(tmp_path / "run").latest_checkpoint() / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+
+
+@pytest.mark.parametrize("kind, fsdp2, refused", [("FSDP", False, "fsdp_version: 2"), ("DEEPSPEED", False, "DeepSpeed"),
+                                                  ("FSDP", True, None), ("MULTI_GPU", False, None)])
+def test_unsupported_parallelism_is_one_line(kind, fsdp2, refused):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from vpt.errors import ConfigError
+    from vpt.training import _check_parallelism
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=fsdp2)
+    if refused is None:
+        _check_parallelism(accelerator)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            _check_parallelism(accelerator)

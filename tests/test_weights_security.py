@@ -243,6 +243,38 @@ def test_tensor_records_must_stay_inside_their_storage():
         weights._tensor(storage, 0, (100,), (1,))  # set_() alone would grow the storage to fit
 
 
+def _dcp_checkpoint(directory: Path) -> Path:
+    """A torch.distributed.checkpoint folder (what accelerate writes for a sharded FSDP model), one process."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    model = torch.nn.Linear(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(directory))
+    return directory
+
+
+def test_training_state_with_sharded_metadata_is_checked_before_torch_unpickles_it(tmp_path, marker):
+    state = tmp_path / "training_state"
+    _dcp_checkpoint(state / "pytorch_model_fsdp_0")
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]},
+               state / "optimizer.bin")
+    weights.check_training_state(state)  # what torch and accelerate write passes
+    (state / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(ShellMarker(marker)))
+    with pytest.raises(UnsafeWeightsError, match=r"\.metadata: refusing to load: .*posix\.system"):
+        weights.check_training_state(state)
+    assert not marker.exists()
+
+
+def test_training_state_refuses_files_that_need_extra_allowed_globals(tmp_path):
+    """accelerate reads its own RNG pickles with numpy added to torch's allow-list; vpt's check does not."""
+    torch.save({"numpy_random_seed": np.random.get_state()}, tmp_path / "random_states_0.pkl")
+    with pytest.raises(UnsafeWeightsError, match="random_states_0.pkl: refusing to load"):
+        weights.check_training_state(tmp_path)
+
+
 # --- every CLI path that reads weights ------------------------------------------------------------
 
 
@@ -357,7 +389,7 @@ def test_run_rng_state_reads_with_weights_only(finished_run):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", ["rng_state_0.pt", "optimizer.pt"])
+@pytest.mark.parametrize("name", ["rng_state_0.pt", "training_state/optimizer.bin"])
 def test_resume_with_a_tampered_run_file(tmp_path, marker, invoke, finished_run, name, fmt):
     source, args = finished_run
     run = tmp_path / "run"

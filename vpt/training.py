@@ -111,17 +111,31 @@ class ResumableSampler(Sampler[SampleKey]):
 
 
 class EMA:
-    """Exponential moving average of the trainable weights, kept in float32."""
+    """Exponential moving average of the trainable weights, kept in float32.
+
+    Under FSDP2 the parameters are DTensor shards; the shadow copies them and so is sharded the same way.
+    """
 
     def __init__(self, model: nn.Module, decay: float, start: int = 0):
         self.decay, self.start = decay, start
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def load(self, path: Path, device: torch.device) -> None:
-        """Take the averaged weights a checkpoint kept (ema.safetensors)."""
+        """Take the averaged weights a checkpoint kept (ema.safetensors, always the full tensors)."""
         from vpt.weights import read_weights
 
-        self.shadow = {k: v.to(device) for k, v in read_weights(path).items()}
+        full = read_weights(path)
+        self.shadow = {name: _shard_like(full[name].to(device).float(), kept) for name, kept in self.shadow.items()}
+
+    def full_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The whole averaged weights on the CPU, or {} where not `keep` (a collective under FSDP: every
+        process takes part, and one gathered tensor at a time occupies the device)."""
+        gathered = {}
+        for name, value in self.shadow.items():
+            full = _full_tensor(value)
+            if keep:
+                gathered[name] = full.to("cpu")
+        return gathered
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
@@ -197,6 +211,7 @@ class TrainingState:
     cfg: TrainConfig
     run: Run
     ema: EMA | None = None
+    loss_module: nn.Module | None = None  # the model as accelerate prepared it (wrapped, maybe sharded)
     step: int = 0
     best: float | None = None  # lowest `cfg.best_metric` so far
 
@@ -211,8 +226,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
     hooks = hooks or Hooks()
     accelerator = _accelerator(cfg, run)
     state = TrainingState(model, None, accelerator, cfg, run, best=_read_best(run))
+    if hooks.sample and cfg.sample_every and _sharded(accelerator):
+        warn("train.sample_every is skipped under FSDP: sample strips run on the main process alone, which a "
+             "sharded model cannot; `vpt sample` reads any checkpoint's full weights")
+        hooks = dataclasses.replace(hooks, sample=None)
     model.to(accelerator.device)
     state.optimizer = _optimizer(model, cfg, accelerator.device)
+    loss_module = torch.compile(_LossModule(model)) if cfg.compile else _LossModule(model)
+    # FSDP shards the parameters here, so the checkpoint is loaded into the prepared objects.
+    loss_module, state.optimizer = accelerator.prepare(loss_module, state.optimizer)
+    state.loss_module = loss_module
     latest = run.latest_checkpoint()
     if latest is not None:
         state.step = _load_checkpoint(latest, state)
@@ -226,8 +249,6 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
             state.ema.load(latest / "ema.safetensors", accelerator.device)
     accelerator.wait_for_everyone()
 
-    loss_module = torch.compile(_LossModule(model)) if cfg.compile else _LossModule(model)
-    loss_module, state.optimizer = accelerator.prepare(loss_module, state.optimizer)
     batches = _batches(dataset, cfg, accelerator, start_step=state.step)
     if latest is not None:
         _restore_rng(latest, accelerator.process_index)
@@ -263,21 +284,48 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
 
 def _accelerator(cfg: TrainConfig, run: Run):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    # One process may train several models in turn (quickstart: autoencoder, then predictor) with
-    # different precisions. Accelerate keeps its settings in a process-wide singleton and has no public
-    # call to change them, so the previous run's settings are dropped here (the distributed state stays).
-    AcceleratorState._reset_state(reset_partial_state=False)
+    _forget_previous_accelerator_settings()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run gloo on CPUs
         mixed_precision=cfg.precision,
         log_with=_available_trackers(cfg.log_with) or None,
         project_dir=str(run.root),
     )
+    _check_parallelism(accelerator)
+    # vpt writes the full model weights beside accelerate's state (model.safetensors), so plain and DDP
+    # runs keep no second copy in it; FSDP keeps its sharded copy, which these hooks never see.
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
     set_seed(cfg.seed + accelerator.process_index)  # the loss's own draws differ per process
     return accelerator
+
+
+def _forget_previous_accelerator_settings() -> None:
+    """One process may train several models in turn (quickstart: autoencoder, then predictor) with
+    different precisions. Accelerate keeps its settings in a process-wide singleton and has no public
+    call to change them, so the previous run's settings are dropped (the distributed state stays).
+    This is the one private accelerate call in vpt."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _check_parallelism(accelerator) -> None:
+    """FSDP2 and DDP are what the loop supports; the others are refused with the reason."""
+    from accelerate.utils import DistributedType
+
+    from vpt.errors import ConfigError
+
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError("vpt trains under FSDP version 2 only (per-player gradient clipping and the EMA need "
+                          "DTensor parameters): set fsdp_version: 2 in the accelerate config")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("vpt does not train under DeepSpeed yet: its engine steps inside backward(), past vpt's "
+                          "per-player clipping and its stop-before-the-update check; use FSDP "
+                          "(configs/accelerate/fsdp_8gpu.yaml), which shards like ZeRO-3, or like ZeRO-2 with "
+                          "fsdp_reshard_after_forward: false")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
@@ -348,6 +396,7 @@ def _clip_per_group(state: TrainingState) -> list[float]:
 
     A group is one player: for a GAN, the autoencoder's step size must not depend on the
     discriminator's gradient (or the other way round), so each is clipped against its own norm.
+    Under FSDP2 the gradients are shards and torch returns the group's norm as a DTensor.
     """
     state.accelerator.unscale_gradients()  # fp16: true gradients before measuring them
     limit = state.cfg.grad_clip if state.cfg.grad_clip > 0 else math.inf
@@ -355,7 +404,7 @@ def _clip_per_group(state: TrainingState) -> list[float]:
     for group in state.optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
-            norms.append(float(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)))
+            norms.append(float(_full_tensor(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True))))
     return norms
 
 
@@ -385,7 +434,7 @@ def _periodic_work(state: TrainingState, hooks: Hooks, progress: ProgressBar) ->
     evaluated: dict[str, float] = {}
     if hooks.validate and cfg.val_every and step % cfg.val_every == 0:
         with progress.paused("validating"):
-            evaluated = _with_ema(state.ema, state.model, hooks.validate)
+            evaluated = _with_ema(state.ema, state.model, lambda m: _unsharded(state.loss_module, hooks.validate, m))
         if state.accelerator.is_main_process:
             run.log_metrics({"step": step, **evaluated})
     if hooks.sample and cfg.sample_every and step % cfg.sample_every == 0 and state.accelerator.is_main_process:
@@ -426,45 +475,66 @@ class _StopRequests:
 def _stop_votes(cfg: TrainConfig, started: float, interrupted: bool, accelerator) -> tuple[bool, bool]:
     """(time budget spent, Ctrl-C pressed) agreed by every process, so all stop at the same step."""
     out_of_time = cfg.max_minutes > 0 and time.perf_counter() - started >= 60.0 * cfg.max_minutes
+    return _any_process(accelerator, out_of_time), _any_process(accelerator, interrupted)
+
+
+def _any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
-        return out_of_time, interrupted
-    votes = torch.tensor([float(out_of_time), float(interrupted)], device=accelerator.device)
-    votes = accelerator.reduce(votes, reduction="sum")
-    return bool(votes[0] > 0), bool(votes[1] > 0)
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum") > 0)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
 
 
+TRAINING_STATE = "training_state"  # accelerate's save_state folder inside a checkpoint
+
+
 def _save_checkpoint(state: TrainingState, score: float | None) -> None:
     """Write checkpoint `state.step` into a pending directory on every process, then commit it.
 
+    step_NNNNNN/
+      model.safetensors, ema.safetensors   full weights for inference, gathered when sharded
+      config.json                          the run's config, so the weights stand on their own
+      trainer_state.json                   step, samples seen, world size, best score
+      rng_state_<rank>.pt                  every generator of each process (tensors only)
+      training_state/                      accelerate's save_state: optimizer (sharded under FSDP),
+                                           grad scaler, and under FSDP the sharded model
+    The EMA and the sampler are not registered with accelerate's checkpointing: accelerate unpickles
+    registered objects without torch's weights_only guard, the EMA is kept as safetensors anyway, and the
+    sampler's position is a function of the step.
     Weights that are not finite are never written: the last checkpoint is always one to go back to.
     """
     from safetensors.torch import save_file
 
-    run, accelerator, model, step = state.run, state.accelerator, state.model, state.step
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise _diverged(state, f"weights became non-finite ({bad[0]}, ...)")
+    run, accelerator, step = state.run, state.accelerator, state.step
+    bad = [name for name, p in state.model.named_parameters() if not torch.isfinite(_local(p)).all()]
+    if _any_process(accelerator, bool(bad)):
+        raise _diverged(state, f"weights became non-finite ({bad[0] if bad else 'on another process'}, ...)")
     is_best = score is not None and (state.best is None or score < state.best)
     state.best = score if is_best else state.best
+    weights = _full_weights(state)  # collectives under FSDP: every process takes part
+    ema = state.ema.full_state(keep=accelerator.is_main_process) if state.ema is not None else None
     pending = run.pending_dir(step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pending.mkdir(parents=True, exist_ok=False)
     accelerator.wait_for_everyone()
+    accelerator.save_state(str(pending / TRAINING_STATE))
     torch.save(_rng_state(), pending / f"rng_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_file(_contiguous(model.state_dict()), pending / "model.safetensors")
-        if state.ema is not None:
-            save_file(_contiguous(state.ema.shadow), pending / "ema.safetensors")
-        torch.save(state.optimizer.state_dict(), pending / "optimizer.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), pending / "scaler.pt")
+        # accelerate's own RNG files pickle numpy arrays, which only an extended allow-list reads back;
+        # vpt's rng_state files hold the same generators as tensors, so nothing here needs one.
+        for file in (pending / TRAINING_STATE).glob("random_states_*.pkl"):
+            file.unlink()
+        save_file(_contiguous(weights), pending / "model.safetensors")
+        if ema is not None:
+            save_file(_contiguous(ema), pending / "ema.safetensors")
+        (pending / "config.json").write_text(json.dumps(_run_config(state), indent=2))
         cfg = state.cfg
         record = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-                  "world_size": accelerator.num_processes, "best": state.best,
+                  "world_size": accelerator.num_processes, "sharded": _sharded(accelerator), "best": state.best,
                   "lr": state.optimizer.param_groups[0]["lr"]}
         (pending / "trainer_state.json").write_text(json.dumps(record, indent=2))
     accelerator.wait_for_everyone()
@@ -473,23 +543,60 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
     accelerator.wait_for_everyone()
 
 
+def _full_weights(state: TrainingState) -> dict[str, torch.Tensor]:
+    """The model's whole state dict under its own names (on the main process when sharded)."""
+    if not _sharded(state.accelerator):
+        return state.model.state_dict()
+    gathered = state.accelerator.get_state_dict(state.loss_module)  # names of the _LossModule wrapper
+    return {name.replace("_orig_mod.", "").removeprefix("model."): value for name, value in gathered.items()}
+
+
+def _run_config(state: TrainingState) -> dict[str, Any]:
+    if state.run.config_path.is_file():
+        return state.run.read_config()
+    return {"train": dataclasses.asdict(state.cfg)}  # a run driven from Python without a config file
+
+
 def _load_checkpoint(path: Path, state: TrainingState) -> int:
-    """Load weights, optimizer and grad-scaler state of checkpoint `path`; returns its step."""
-    from vpt.weights import read_weights
+    """Load weights, optimizer and grad-scaler state of checkpoint `path` into the prepared objects;
+    returns its step. Every file accelerate will unpickle is checked by vpt.weights first."""
+    from vpt.errors import VptError
+    from vpt.weights import check_training_state, read_weights
 
     accelerator = state.accelerator
-    state.model.load_state_dict(read_weights(path / "model.safetensors"))
-    state.model.to(accelerator.device)
-    state.optimizer.load_state_dict(read_weights(path / "optimizer.pt"))
+    record = json.loads((path / "trainer_state.json").read_text())
+    if bool(record.get("sharded", False)) != _sharded(accelerator):
+        raise VptError(f"{path} was written {'with' if record.get('sharded') else 'without'} FSDP; resume it with "
+                       f"the accelerate config that wrote it")
+    if (path / TRAINING_STATE).is_dir():
+        check_training_state(path / TRAINING_STATE)
+        if not _sharded(accelerator):  # FSDP loads its sharded copy inside load_state
+            state.model.load_state_dict(read_weights(path / "model.safetensors"))
+        accelerator.load_state(str(path / TRAINING_STATE))
+    else:
+        _load_flat_layout(path, state)
     for group in state.optimizer.param_groups:  # the schedule is recomputed from this run's config
         group["base_lr"] = state.cfg.lr * group.get("lr_scale", 1.0)
-    if accelerator.scaler is not None and (path / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(read_weights(path / "scaler.pt"))
-    record = json.loads((path / "trainer_state.json").read_text())
     if record.get("world_size", 1) != accelerator.num_processes:
         warn(f"{path.name} was written by {record['world_size']} processes, resuming with "
              f"{accelerator.num_processes}: the data order changes from here on")
     return int(record["step"])
+
+
+def _load_flat_layout(path: Path, state: TrainingState) -> None:
+    """Checkpoints of vpt before it kept accelerate's state: optimizer.pt and scaler.pt beside the weights."""
+    from vpt.weights import read_weights
+
+    state.model.load_state_dict(read_weights(path / "model.safetensors"))
+    state.optimizer.load_state_dict(read_weights(path / "optimizer.pt"))
+    if state.accelerator.scaler is not None and (path / "scaler.pt").exists():
+        state.accelerator.scaler.load_state_dict(read_weights(path / "scaler.pt"))
+
+
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
 
 
 def load_weights(run: Run, *, ema: bool = True, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
@@ -555,6 +662,33 @@ def _restore_rng(path: Path, rank: int) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP2), or the tensor itself."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a DTensor (a collective), or the tensor itself."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `like` is: sharded the same way when `like` is a DTensor."""
+    if not _is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements)
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support: nothing is ever sharded
+        return False
+    return isinstance(tensor, DTensor)
+
+
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or strided storage; a copy per tensor makes every entry standalone.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -571,6 +705,23 @@ def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any])
             return fn(model)
     finally:
         model.train(was_training)
+
+
+def _unsharded(loss_module: nn.Module | None, fn: Callable[[nn.Module], Any], model: nn.Module) -> Any:
+    """`fn(model)` with FSDP2's root parameters gathered: hooks call the model's own methods, not the
+    prepared module's forward, so the root's gather-on-forward would never run (nested FSDP blocks still
+    gather themselves when called)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2: nothing is sharded
+        FSDPModule = ()
+    if not isinstance(loss_module, FSDPModule):
+        return fn(model)
+    loss_module.unshard()
+    try:
+        return fn(model)
+    finally:
+        loss_module.reshard()
 
 
 def _available_trackers(names: list[str]) -> list[str]:

@@ -429,3 +429,58 @@ def _read_exact(handle: BinaryIO, count: int) -> bytes:
     if len(data) != count:
         raise EOFError("file is truncated")
     return data
+
+
+# --- accelerate's training state ------------------------------------------------------------------
+
+# What a torch.distributed.checkpoint `.metadata` file may name: DCP's own record classes and the few
+# torch values they hold. torch reads that file with a plain `pickle.load`, so vpt checks it first.
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "BytesStorageMetadata",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name in _DCP_METADATA_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and name in _torch_dtypes():
+            return _torch_dtypes()[name]
+        raise _Refused(f"load {module}.{name}")
+
+
+def check_training_state(directory: str | Path) -> None:
+    """Refuse (one line) an accelerate training-state directory holding a file that could run code.
+
+    accelerate and torch.distributed.checkpoint unpickle these files themselves. Every pickle-based
+    file must read with `torch.load(weights_only=True)` and no extra allowed globals (the strict rule
+    `read_weights` applies), and DCP `.metadata` files may name only DCP's own record classes.
+    safetensors and DCP's `.distcp` data files hold raw bytes (DCP reads its non-tensor items with
+    weights_only) and are not unpickled here.
+    """
+    for path in sorted(Path(directory).rglob("*")):
+        if not path.is_file() or path.suffix in (".safetensors", ".distcp"):
+            continue
+        if path.name == ".metadata":
+            _check_dcp_metadata(path)
+        else:
+            read_weights(path, mmap=True)
+
+
+def _check_dcp_metadata(path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            _DcpMetadataUnpickler(handle).load()
+    except _Refused as exc:
+        raise UnsafeWeightsError(f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
+                                 "a checkpoint's metadata names only torch's checkpoint records") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign
+        raise _unreadable(path, exc) from None

@@ -2,6 +2,7 @@
 
     vpt eval-fvd --real REAL --fake FAKE              score existing videos (folders, video files, HDF5)
     vpt eval-fvd --run RUN --data H5DIR --split test  predict with the run's backend, score against the truth
+    vpt eval-fvd --checkpoint FILE --data H5DIR       the same with published weights (their release's protocol)
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
 computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers. A run whose
@@ -21,6 +22,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpt.commands.options import ClipOffset, FvdPooling, FvdPresetName, LpipsNet, Precision, PsnrReduction
+from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, ReleaseOption
 from vpt.progress import ProgressBar
 
 PresetOption = Annotated[Optional[FvdPresetName], typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.")]
@@ -30,7 +32,11 @@ def eval_fvd(
     real: Annotated[Optional[Path], typer.Option("--real", help="Real videos: folder of mp4/gif/avi/... or frame folders, a video file, or HDF5 shards.")] = None,
     fake: Annotated[Optional[Path], typer.Option("--fake", help="Generated videos, in the same forms as --real.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="A backend run directory: predict the test clips with it and score the predictions.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="With --run: test data (HDF5 root/split dir, or a folder of videos).")] = None,
+    checkpoint: CheckpointOption = None,
+    backend: BackendOption = None,
+    release: ReleaseOption = None,
+    ae: AutoencoderOption = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="With --run or --checkpoint: test data (HDF5 root/split dir, or a folder of videos).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to read under an HDF5 root or a train/val/test folder tree.")] = "test",
     out: Annotated[Path, typer.Option("--out", help="Where to write metrics.json (atomically).")] = Path("metrics.json"),
     preset: PresetOption = None,
@@ -70,19 +76,20 @@ def eval_fvd(
     from vpt.console import info
     from vpt.errors import UsageError
     from vpt.fsutil import atomic_write_text, ensure_writable
+    from vpt.commands.predictor import load_predictor
     from vpt.metrics import eval_cache as ec
     from vpt.metrics import evaluate as ev
     from vpt.models.backend import run_protocol
     from vpt.metrics.fvd import get_preset
     from vpt.metrics.i3d import MIN_FRAMES
 
-    videos_mode, run_mode = real is not None or fake is not None, run is not None
+    videos_mode, run_mode = real is not None or fake is not None, run is not None or checkpoint is not None
     if videos_mode == run_mode:
-        raise UsageError("give either --real and --fake, or --run and --data")
+        raise UsageError("give either --real and --fake, or --run (or --checkpoint) and --data")
     if videos_mode and (real is None or fake is None):
         raise UsageError("--real and --fake go together")
     if run_mode and data is None:
-        raise UsageError("--run needs --data (the test videos to predict)")
+        raise UsageError(f"{'--run' if run else '--checkpoint'} needs --data (the test videos to predict)")
     # plain strings from here on (the choices are typer Enums so --help and completion list them)
     clip_offset, psnr_reduction, fvd_pooling, lpips_net = (
         option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net))
@@ -99,9 +106,9 @@ def eval_fvd(
     accelerator = _accelerator(device)
     device_ = accelerator.device
 
-    if run_mode:  # the run's own protocol, unless an option overrides a value
-        backend, run_record, run_config = _load_backend(run)
-        declared = run_protocol(run_config, backend)
+    if run_mode:  # the run's (or the release's) own protocol, unless an option overrides a value
+        model, run_record, run_config = load_predictor(run, checkpoint, backend, ae, release, newest_run_default=False)
+        declared = run_protocol(run_config, model)
         context_frames = context_frames or declared["context_frames"]
         pred_frames = pred_frames or declared["predicted_frames"]
         samples = samples or declared["samples"]
@@ -111,10 +118,10 @@ def eval_fvd(
         image_size = image_size or declared["image_size"]
         stride = stride or declared["frame_skip"] + 1
         if context_frames == 0:  # generation: no clip of the test set is the truth of a generated one
-            _check_generation(backend, fvd)
+            _check_generation(model, fvd)
             want_frames = False
         task = f"{context_frames} context ->" if context_frames else "generation of"
-        info(f"protocol of {run}: {task} {pred_frames} predicted frames, {samples} sample(s) per "
+        info(f"protocol of {run or checkpoint}: {task} {pred_frames} predicted frames, {samples} sample(s) per "
              f"video, FVD preset {preset}, {max_videos or 'all'} test videos at {image_size or 'their stored size'} px, "
              f"{precision.value}")
     fvd_preset = get_preset(preset or "tf", covariance=cov_norm)
@@ -145,20 +152,22 @@ def eval_fvd(
         protocol = {"mode": "videos", "real": str(real), "fake": str(fake), "split": split,
                     "paired_frame_metrics": paired}
     else:
-        backend.to(device_)
+        model.to(device_)
         protocol_run = ev.PredictionProtocol(context_frames, pred_frames, samples, context_in_fvd, fvd_pooling,
                                              psnr_reduction, steps, seed, batch_size, precision.value)
-        spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, backend.resize)
+        spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, model.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
         frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None} if scorer else None
         eval_cache = None if cache_root is None else ec.run_cache(
-            cache_root, run, data, split, clips, protocol_run, fvd_settings, frame_scores, device_.type)
+            cache_root, _model_fingerprint(run, checkpoint, ae, release), data, split, clips, protocol_run, fvd_settings,
+            frame_scores, device_.type)
         with ProgressBar("eval-fvd", len(clips), unit="clips", enabled=accelerator.is_main_process) as bar:
-            result = ev.evaluate_predictions(backend, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
+            result = ev.evaluate_predictions(model, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
                                              device=device_, workers=workers, accelerator=accelerator,
                                              progress=bar.advance, cache=eval_cache)
-        protocol = {"mode": "run", **run_record, "data": str(data), "split": split,
-                    "task": "prediction" if context_frames else "generation", **protocol_run.record()}
+        protocol = {"mode": "run" if run else "checkpoint", "backend": type(model).name, **run_record,
+                    "data": str(data), "split": split, "task": "prediction" if context_frames else "generation",
+                    **protocol_run.record()}
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
     protocol["cache"] = eval_cache.record(accelerator) if eval_cache is not None else None
@@ -212,17 +221,15 @@ def _load_lpips(net: str, weights: Path | None, device):
     return load_lpips(net, backbone_path=weights, device=device), None
 
 
-def _load_backend(run: Path):
-    """The run's backend (EMA weights when kept), what the protocol records about it, and its config."""
-    from vpt.models.backend import Backend
+def _model_fingerprint(run: Path | None, checkpoint: Path | None, ae: Path | None, release: str | None) -> dict:
+    """What identifies the predicting model for the evaluation cache."""
+    from vpt.metrics import eval_cache as ec
     from vpt.runs import Run
 
-    run_dir = Run(run)
-    raw = run_dir.read_config()
-    backend = Backend.from_run(run)
-    checkpoint = run_dir.latest_checkpoint()
-    record = {"run": str(run), "backend": raw.get("backend"), "checkpoint": checkpoint.name if checkpoint else None}
-    return backend, record, raw
+    if run is not None:
+        handle = Run(run)
+        return ec.checkpoint_fingerprint(handle.root, handle.latest_checkpoint(), handle.read_config())
+    return ec.published_fingerprint(checkpoint, ae, release)
 
 
 def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:

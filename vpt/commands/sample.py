@@ -19,13 +19,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vpt.commands.options import Precision
+from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, load_predictor
 
 def sample(
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth).")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.")] = None,
-    ae: Annotated[Optional[Path], typer.Option("--ae", help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.")] = None,
+    checkpoint: CheckpointOption = None,
+    backend: BackendOption = None,
+    release: Annotated[Optional[str], typer.Option("--release", "--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.")] = None,
+    ae: AutoencoderOption = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", help="Context image(s), in order (repeat the option for several frames).")] = None,
     video: Annotated[Optional[Path], typer.Option("--video", help="Context video file; its first --context-frames frames are the context.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset (HDF5 shards or video tree); with --index, its first frames are the context and the rest the truth.")] = None,
@@ -64,7 +65,7 @@ def sample(
     torch_device = resolve_device(device)
     precision_name = (precision.value if precision else None) or default_precision(torch_device)
 
-    model, origin, run_config = _load_model(run, checkpoint, backend, ae, preset)
+    model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release)
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
         raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
@@ -117,46 +118,7 @@ def sample(
     info(f"Wrote {out} ({num_samples} sample(s): {num_context} context + {frames} predicted frames) and {record_path}")
 
 
-# --- model ------------------------------------------------------------------------------------------
-
-
-def _load_model(run: Path | None, checkpoint: Path | None, backend: str | None, ae: Path | None, preset: str | None):
-    """(model, where it came from, the run's config or {})."""
-    from vpt.console import info
-    from vpt.errors import UsageError
-    from vpt.models.backend import Backend
-    from vpt.models.registry import backend_names, get_backend
-    from vpt.runs import Run, newest_run
-
-    if checkpoint is not None:
-        if run is not None:
-            raise UsageError("give either --run or --checkpoint, not both")
-        if not checkpoint.exists():
-            raise UsageError(f"--checkpoint not found: {checkpoint}")
-        if backend is not None:
-            backend_cls = get_backend(backend)
-        else:
-            claimed = [n for n in backend_names() if get_backend(n).recognizes_checkpoint(checkpoint)]
-            if len(claimed) != 1:
-                raise UsageError(f"{checkpoint}: cannot tell which backend it belongs to"
-                                 + (f" ({', '.join(claimed)} all accept it)" if claimed else "") + "; pass --backend NAME")
-            backend_cls = get_backend(claimed[0])
-        model = backend_cls.from_checkpoint(checkpoint, autoencoder=ae, preset=preset)
-        origin = {"checkpoint": str(checkpoint.resolve()), "autoencoder": str(ae.resolve()) if ae else None,
-                  "preset": preset}
-        return model, origin, {}
-    if ae is not None or backend is not None or preset is not None:
-        raise UsageError("--ae, --backend and --preset go with --checkpoint; a run names its own backend, "
-                         "autoencoder and protocol")
-    if run is None:
-        run = newest_run("runs")
-        if run is None:
-            raise UsageError("no run found under ./runs; pass --run DIR (a `vpt train` run) or --checkpoint FILE")
-        info(f"Using the newest run under ./runs: {run}")
-    handle = Run(run)
-    step_dir = handle.latest_checkpoint()
-    model = Backend.from_run(run)
-    return model, {"run": str(Path(run).resolve()), "checkpoint_dir": str(step_dir) if step_dir else None}, handle.read_config()
+# --- backend options -----------------------------------------------------------------------------------------
 
 
 def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None, options: list[str]) -> dict[str, Any]:

@@ -141,6 +141,15 @@ def checkpoint_fingerprint(run_dir: Path, checkpoint: Path | None, config: dict)
             "weights": weights, "config_sha256": digest(config)}
 
 
+def published_fingerprint(checkpoint: Path, autoencoder: Path | None, release: str | None) -> dict:
+    """Published weights (and the autoencoder given with them) by path, size and modification time of
+    every file (a release may be a folder)."""
+    files = []
+    for path in (Path(p).resolve() for p in (checkpoint, autoencoder) if p is not None):
+        files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return {"published": [(str(f), *_size_and_time(f)) for f in files], "release": release}
+
+
 def clips_description(clips) -> dict:
     """How the clips of a `SourceClips` are cut (the seed matters only for random starts)."""
     spec = clips.spec
@@ -170,17 +179,15 @@ def videos_cache(root: Path, real: Path, fake: Path, real_clips, fake_clips, spl
                       _set_description(source_fingerprint(real, split), real_clips, window, features))
 
 
-def run_cache(root: Path, run_dir: Path, data: Path, split: str, clips, protocol, fvd, frame_scores: dict,
+def run_cache(root: Path, model: dict, data: Path, split: str, clips, protocol, fvd, frame_scores: dict,
               device_type: str) -> EvalCache:
-    """--run: a batch's scores and features depend on the model, the clips, the sampling protocol, the
-    detector and the frame scorer; its real features only on the clips and the detector."""
-    from vpt.runs import Run
-
-    run = Run(run_dir)
+    """--run / --checkpoint: a batch's scores and features depend on the model (`checkpoint_fingerprint` or
+    `published_fingerprint`), the clips, the sampling protocol, the detector and the frame scorer; its real
+    features only on the clips and the detector."""
     source, cut = source_fingerprint(data, split), clips_description(clips)
     sampling = {name: getattr(protocol, name) for name in SAMPLING_FIELDS}
     features = features_description(fvd, device_type) if fvd is not None else None
-    batches = {"model": checkpoint_fingerprint(run.root, run.latest_checkpoint(), run.read_config()),
+    batches = {"model": model,
                "source": source, "clips": cut, "sampling": sampling, "features": features,
                "frame_scores": frame_scores, "device": device_type}
     if fvd is None:

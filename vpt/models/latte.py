@@ -417,7 +417,7 @@ def _is_vg_state(state: dict[str, Any]) -> bool:
 
 
 #: VideoGeneration-PyTorch releases: `dit_ckpt.pth` is a flat state dict that names no architecture, so
-#: `vpt sample --checkpoint dit_ckpt.pth --preset NAME` builds it from the config the release was trained
+#: `vpt sample --checkpoint dit_ckpt.pth --release NAME` builds it from the config the release was trained
 #: with (model, frame size and resize, evaluation protocol), kept in the repository's configs/latte/.
 VG_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "latte"
 VG_PRESETS: dict[str, str] = {"vg-ucf": "vg_ucf.yaml", "vg-mnist": "vg_mnist.yaml"}
@@ -718,7 +718,7 @@ class Latte(LatentBackend):
         if _is_vg_state(state):
             return cls._from_vg_state(path, state, autoencoder, preset)
         if preset is not None:
-            raise UsageError(f"--preset names a VideoGeneration-PyTorch release ({', '.join(VG_PRESETS)}); "
+            raise UsageError(f"--release names a VideoGeneration-PyTorch release ({', '.join(VG_PRESETS)}); "
                              f"{path.name} is an official Latte checkpoint, which needs none")
         if autoencoder is None:
             raise UsageError(f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)")
@@ -740,9 +740,9 @@ class Latte(LatentBackend):
 
         if preset is None:
             raise UsageError(f"{path.name} is a VideoGeneration-PyTorch DiT, whose checkpoint names no architecture; "
-                             f"pass --preset {' or --preset '.join(VG_PRESETS)}")
+                             f"pass --release {' or --release '.join(VG_PRESETS)}")
         if preset not in VG_PRESETS:
-            raise UsageError(f"--preset {preset}: not a VideoGeneration-PyTorch release; choose one of {', '.join(VG_PRESETS)}")
+            raise UsageError(f"--release {preset}: not a VideoGeneration-PyTorch release; choose one of {', '.join(VG_PRESETS)}")
         if autoencoder is None:
             raise UsageError(f"{path.name}: pass --ae with the release's frame VAE (its vae_autoencoder_ckpt.pth)")
         config_path = VG_CONFIGS / VG_PRESETS[preset]

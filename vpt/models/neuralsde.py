@@ -496,7 +496,7 @@ class NeuralSDE(LatentBackend):
         from vpt.models.river import _autoencoder_from_upstream_state
 
         if preset is not None:
-            raise UsageError("NeuralSDE checkpoints need no --preset (the weights say which network they are)")
+            raise UsageError("NeuralSDE checkpoints need no --release (the weights say which network they are)")
         state = _load_upstream_state(path)  # `module.` prefixes removed
         parts = convert_upstream_state(state)
         if not parts["net"]:

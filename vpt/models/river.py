@@ -553,9 +553,9 @@ def _published_release(cfg: RiverConfig, autoencoder: Any, preset: str | None, p
         candidates = ["bair64", "kth"]
     if preset is not None:
         if preset not in PUBLISHED:
-            raise UsageError(f"--preset {preset}: unknown RIVER release; choose one of {', '.join(PUBLISHED)}")
+            raise UsageError(f"--release {preset}: unknown RIVER release; choose one of {', '.join(PUBLISHED)}")
         if preset not in candidates:
-            raise UsageError(f"--preset {preset} does not fit {path} (its weights are those of {' or '.join(candidates)})")
+            raise UsageError(f"--release {preset} does not fit {path} (its weights are those of {' or '.join(candidates)})")
         return preset
     release = candidates[0]
     protocol = PUBLISHED[release]["protocol"]
@@ -563,7 +563,7 @@ def _published_release(cfg: RiverConfig, autoencoder: Any, preset: str | None, p
                f"{protocol['context_frames']} -> {protocol['predicted_frames']} frames)")
     if len(candidates) > 1:
         warn(f"{message} assumed: {' and '.join(candidates)} have the same weights' shapes; "
-             f"pass --preset {candidates[1]} for the other")
+             f"pass --release {candidates[1]} for the other")
     else:
         info(message)
     return release

@@ -230,7 +230,7 @@ class Seer(Backend):
                                                    reference_ff_skip=False, precision="fp16"))
         model = cls(config).eval()
         if preset is not None:
-            raise UsageError("a released Seer folder names its own setup (sthv2/bridge/epic); drop --preset")
+            raise UsageError("a released Seer folder names its own setup (sthv2/bridge/epic); drop --release")
         model.frame_size, model.resize = 256, "crop"  # what the release was trained on (Resize + CenterCrop 256)
         return model
 
