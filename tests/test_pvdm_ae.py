@@ -161,3 +161,109 @@ def test_invalid_sizes_are_one_line(arch, needle):
 def test_frames_of_another_size_are_one_line(tiny):
     with pytest.raises(VptError, match="built for 32x32 frames, got 64x64"):
         tiny.encode(torch.zeros(1, 16, 3, 64, 64))
+
+
+# --- the loss recipe --------------------------------------------------------------------------------
+
+
+def _objective(**loss):
+    from vpt.models.autoencoders.objective import LossConfig
+
+    torch.manual_seed(0)
+    ae = build_autoencoder("pvdm", {"channels": 16, "resolution": 16, "timesteps": 4, "depth": 1})
+    settings = dict(discriminator="pvdm", adaptive_weight=False, reconstruction_weight=4.0, feature_matching_weight=4.0,
+                    gan_weight=1.0, disc_factor=1.0, disc_layers=2, disc_channels=8, disc_start=0)
+    return ae.build_objective(LossConfig(**{**settings, **loss})).train()
+
+
+def test_discriminators_have_the_loss_last_pth_layout():
+    objective = _objective(disc_layers=3, disc_channels=64)
+    released = {k: v for k, v in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()
+                if k.startswith("discriminator_")}
+    ours = {k: tuple(v.shape) for k, v in objective.state_dict().items() if k.startswith("discriminator_")}
+    assert ours == released
+    state = {k: torch.full(shape, 0.5) if k.endswith("weight") else torch.zeros(shape, dtype=torch.long if "num_batches" in k else torch.float)
+             for k, shape in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()}
+    objective.load_upstream_discriminators(state)  # LPIPS keys are dropped, the discriminators fit
+    assert objective.discriminator_3d.model4[0].weight.eq(0.5).all()
+
+
+def test_gan_terms_wait_for_disc_start_then_add_with_the_published_weights():
+    video = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    before = _objective(disc_start=5)
+    out = before.loss(video)
+    assert torch.allclose(out["loss"], 4.0 * out["rec"])  # no LPIPS network given, no GAN yet
+    after = _objective(disc_start=5)
+    after.micro_steps.fill_(5)
+    out = after.loss(video)
+    expected = 4.0 * out["rec"] + out["g_loss"] + 4.0 * out["feature_matching"] + out["d_loss"]  # published weights
+    assert out["feature_matching"] > 0 and torch.allclose(out["loss"], expected)
+
+
+def _gradients(video, **loss) -> dict:
+    """Logs and gradients (autoencoder, 2-D and 3-D discriminator) of one loss evaluation."""
+    objective = _objective(**loss)
+    torch.manual_seed(1)  # the same frame is chosen in every call
+    out = objective.loss(video)
+    out["loss"].backward()
+    grads = {name: torch.cat([p.grad.flatten() for p in getattr(objective, name).parameters()])
+             for name in ("autoencoder", "discriminator_2d", "discriminator_3d")}
+    return {**{k: float(v) for k, v in out.items() if k != "loss"}, **grads}
+
+
+def test_each_player_gets_only_the_gradient_of_its_own_objective():
+    video = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    both = _gradients(video)
+    no_generator_terms = _gradients(video, gan_weight=0.0, feature_matching_weight=0.0)
+    no_discriminator_term = _gradients(video, disc_factor=0.0)
+    for name in ("discriminator_2d", "discriminator_3d"):
+        assert both[name].abs().sum() > 0
+        torch.testing.assert_close(both[name], no_generator_terms[name])
+    torch.testing.assert_close(both["autoencoder"], no_discriminator_term["autoencoder"])
+    assert not torch.allclose(both["autoencoder"], no_generator_terms["autoencoder"])  # the GAN terms do reach the AE
+
+
+@pytest.mark.parametrize("loss, needle", [
+    ({"discriminator": "patchgan"}, "trains with 'pvdm'"),
+    ({"adaptive_weight": True}, "fixed loss.gan_weight"),
+    ({"reconstruction": "l2"}, "PVDM's recipe is L1"),
+])
+def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _objective(**loss)
+
+
+# --- train-ae -> save-latents on the built-in data ---------------------------------------------------
+
+
+def test_train_ae_then_save_latents_stores_planes_that_decode_back(tmp_path, invoke):
+    import json
+
+    from data_helpers import shapes_h5
+
+    from vpt.commands.save_latents import encode_dataset
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.h5 import VideoH5
+
+    h5 = shapes_h5(tmp_path / "shapes", num_videos=6, frames=32, size=32)
+    run = tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run,
+                          "--set", "autoencoder.arch.channels=16", "--set", "autoencoder.arch.depth=1",
+                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.disc_start=1",
+                          "--max-steps", "2")
+    assert code == 0, output
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("feature_matching" in r for r in losses) and any("val_psnr" in r for r in losses)
+
+    summary = encode_dataset(run, h5, tmp_path / "latents")
+    assert summary["latent_shape"] == (4, 4 * 4 + 16 * 4 + 16 * 4)
+    latents = VideoH5(tmp_path / "latents" / "val")
+    assert json.loads(latents.attrs["latent_planes"]) == {"xy": [4, 4], "yt": [16, 4], "xt": [16, 4]}
+    assert int(latents.attrs["frames_per_latent"]) == 16
+    stored = torch.from_numpy(latents.read(0))[None]  # (1, n_clips, 4, L): 32 frames -> 2 clips
+    assert stored.shape == (1, 2, 4, 144)
+    ae = load_autoencoder(run)
+    video = frames_to_tensor(VideoH5(h5 / "val").read(0))[None]  # (1, 32, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stored, ae.encode(video), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ae.decode(stored), ae.reconstruct(video), atol=1e-5, rtol=0)
