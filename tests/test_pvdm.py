@@ -165,6 +165,42 @@ def test_released_checkpoint_is_recognised(tmp_path):
     assert not PVDM.recognizes_checkpoint(other)
 
 
+@pytest.fixture()
+def tiny_ae_release(tmp_path) -> Path:
+    """The tiny upstream autoencoder of the fixtures as a `model_last.pth` (32 px, 16 frames: 144 tokens)."""
+    path = tmp_path / "model_last.pth"
+    torch.save({**torch.load(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
+                **torch.load(fixture("pvdm", "ae_tiny_state_dict_part2.pt"))}, path)
+    return path
+
+
+def _release(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"ema_model_{kind}.pth"
+    torch.save({f"module.{k}": v for k, v in torch.load(fixture("pvdm", f"unet_tiny_{kind}_state_dict.pt")).items()}, path)
+    return path
+
+
+def test_released_unet_takes_its_plane_sizes_from_the_autoencoder(tmp_path, tiny_ae_release):
+    """The UNet's weights fit any plane size: the tiny unconditional one runs on the tiny AE's 144 tokens."""
+    path = _release(tmp_path, "uncond")
+    assert PVDM.recognizes_checkpoint(path)
+    model = PVDM.from_checkpoint(path, autoencoder=tiny_ae_release, preset="sky")
+    assert (model.cfg.latent_size, model.cfg.latent_frames, model.cfg.latent_length) == (4, 16, 144)
+    assert (model.cfg.steps, model.cfg.cond_model, model.frame_size) == (400, False, 32)
+    protocol = model.default_protocol()
+    assert (protocol.context_frames, protocol.predicted_frames, protocol.fvd_preset) == (16, 16, "stylegan-v")
+    video = torch.rand(1, 16, 3, 32, 32) * 2 - 1
+    out = model.predict(video, 16, steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 16, 3, 32, 32) and torch.isfinite(out).all() and out.abs().max() <= 1
+
+
+def test_released_unet_on_an_autoencoder_of_other_latents_is_one_line(tmp_path, tiny_ae_release):
+    from vpt.errors import UsageError
+
+    with pytest.raises(UsageError, match="2048 tokens.*gives 144"):
+        PVDM.from_checkpoint(_release(tmp_path, "cond"), autoencoder=tiny_ae_release)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(latent_size=30), "latent_size"),
     (dict(model_channels=48), "multiple of 32"),

@@ -65,6 +65,16 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     assert longer.shape == (1, 20, 3, 32, 32)
     torch.testing.assert_close(longer[:, :16], predicted)  # the same first clip from the same draws
 
+    # the same weights as an upstream `ema_model_*.pth` (bare state dict, `diffusion_model.` names)
+    released = tmp_path / "ema_model_4.pth"
+    torch.save({f"diffusion_model.{k}": v for k, v in model.unet.state_dict().items()}, released)
+    from_release = tmp_path / "from_release.png"
+    code, output = invoke("sample", "--checkpoint", released, "--ae", ae_run, "--data", frames, "--split", "test",
+                          "--num-samples", 1, "--steps", 2, "--out", from_release)
+    assert code == 0, output
+    record = json.loads(from_release.with_name(from_release.name + ".json").read_text())
+    assert record["sampler"]["steps"] == 2 and (record["context_frames"], record["frames"]) == (16, 16)
+
     monkeypatch.delenv("VPT_LPIPS_ALEX", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no LPIPS weights: skipped
     detector = write_tiny_detector(tmp_path / "i3d_torchscript.pt")

@@ -493,22 +493,23 @@ class PVDM(LatentBackend):
     def recognizes_checkpoint(cls, path: Path) -> bool:
         """True for a released PVDM diffusion file (`model_*.pth` / `ema_model_*.pth`): a bare state
         dict with `diffusion_model.input_attns.*` (the joint attention no other UNet has)."""
-        from vpt.weights import UnsafeWeightsError, read_weights
+        from vpt.weights import UnsafeWeightsError, read_weights, strip_module_prefix
 
         try:
-            state = read_weights(path, mmap=True)
+            state = strip_module_prefix(read_weights(path, mmap=True))
         except UnsafeWeightsError:
             raise
-        except Exception:  # not a torch file
+        except Exception:  # not a torch file, or not a state dict
             return False
-        return isinstance(state, dict) and any(str(key).startswith("diffusion_model.input_attns.") for key in state)
+        return any(str(key).startswith("diffusion_model.input_attns.") for key in state)
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None) -> PVDM:
         """A released diffusion checkpoint with its autoencoder (`--ae model_last.pth` or a train-ae run).
 
-        The widths come from the weights; the plane sizes from `preset` (PUBLISHED; both releases are
-        256 px: 32 x 32 planes of 16 frames)."""
+        The widths come from the weights, the plane sizes and the frame size from the autoencoder, the
+        sampling settings and evaluation protocol from `preset` (PUBLISHED; the two releases sample
+        alike, so UCF-101 stands in when it is not given)."""
         from vpt.weights import read_weights
 
         path = Path(path)
@@ -519,12 +520,20 @@ class PVDM(LatentBackend):
         release = preset or "ucf101"
         if release not in PUBLISHED:
             raise UsageError(f"--preset {release}: unknown PVDM release; choose one of {', '.join(PUBLISHED)}")
+        ae = build_autoencoder(str(autoencoder))
+        if not hasattr(ae, "plane_shapes"):
+            raise UsageError(f"--ae {autoencoder}: not a PVDM autoencoder (its latents are not triplanes)")
+        planes = ae.plane_shapes()
         state = convert_upstream_unet(read_weights(path, mmap=True))
-        cfg = PVDMConfig(**{**config_from_unet_state(state), **PUBLISHED[release]["model"]})
-        model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
+        cfg = PVDMConfig(**config_from_unet_state(state), latent_size=planes["xy"][0], latent_frames=planes["yt"][0],
+                         **PUBLISHED[release]["model"])
+        if "zeros" in state and state["zeros"].shape[-1] != cfg.latent_length:
+            raise UsageError(f"{path.name} was trained on latents of {state['zeros'].shape[-1]} tokens, but --ae "
+                             f"{autoencoder} gives {cfg.latent_length}")
+        model = cls(cfg, autoencoder=ae)
         model.unet.load_state_dict(state)
         model.release = release
-        model.frame_size = PUBLISHED[release]["frame_size"]
+        model.frame_size = ae.config.resolution
         return model.eval()
 
     def default_protocol(self) -> EvalProtocol | None:
@@ -532,15 +541,13 @@ class PVDM(LatentBackend):
         return EvalProtocol(**PUBLISHED[release]["protocol"]) if release else None
 
 
-#: The released models: plane sizes and sampling of the README's "400/400-s, eta=1" and the paper's
-#: 16-frame FVD protocol (StyleGAN-V's, 2048 clips at 256 px), scored on the predicted clip.
-_PAPER_PROTOCOL = dict(context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, image_size=256,
-                       context_in_fvd=False)
+#: The released models: the README's sampling ("400/400-s, eta=1") and the paper's 16-frame FVD
+#: protocol (StyleGAN-V's, 2048 clips), here scored on the clip predicted from 16 real frames, at the
+#: autoencoder's frame size (256 px for both releases).
+_PAPER_PROTOCOL = dict(context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, context_in_fvd=False)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "ucf101": {"frame_size": 256, "model": dict(latent_size=32, latent_frames=16, steps=400, cond_prob=0.3),
-               "protocol": _PAPER_PROTOCOL},
-    "sky": {"frame_size": 256, "model": dict(latent_size=32, latent_frames=16, steps=400, cond_prob=0.2),
-            "protocol": _PAPER_PROTOCOL},
+    "ucf101": {"model": dict(steps=400, cond_prob=0.3), "protocol": _PAPER_PROTOCOL},
+    "sky": {"model": dict(steps=400, cond_prob=0.2), "protocol": _PAPER_PROTOCOL},
 }
 
 
