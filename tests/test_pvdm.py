@@ -12,6 +12,7 @@ import yaml
 
 from fixture_paths import fixture, key_shapes
 from vpt.config import validate
+from vpt.errors import ConfigError, UsageError
 from vpt.models.pvdm import PVDM, PVDMConfig, TriplaneUNet, config_from_unet_state, convert_upstream_unet, ddim_time_pairs
 
 TOL = dict(atol=1e-5, rtol=1e-4)
@@ -195,10 +196,44 @@ def test_released_unet_takes_its_plane_sizes_from_the_autoencoder(tmp_path, tiny
 
 
 def test_released_unet_on_an_autoencoder_of_other_latents_is_one_line(tmp_path, tiny_ae_release):
-    from vpt.errors import UsageError
-
     with pytest.raises(UsageError, match="2048 tokens.*gives 144"):
         PVDM.from_checkpoint(_release(tmp_path, "cond"), autoencoder=tiny_ae_release)
+
+
+def model_on_tiny_ae(release: Path, cond_prob: float = 0.3) -> PVDM:
+    """A small random conditional UNet on the tiny upstream autoencoder's 4 x 144 latents."""
+    cfg = PVDMConfig(autoencoder=str(release), latent_size=4, latent_frames=16, model_channels=32, channel_mult=[1, 2],
+                     num_res_blocks=1, attention_resolutions=[2], num_heads=4, cond_prob=cond_prob)
+    torch.manual_seed(0)
+    model = PVDM(cfg)
+    with torch.no_grad():
+        for param in model.unet.parameters():
+            param.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def test_training_on_frames_equals_training_on_their_latents(tiny_ae_release):
+    """A conditional step on 32 frames encodes clip 0 as the condition of clip 1, as cached latents give them."""
+    model = model_on_tiny_ae(tiny_ae_release, cond_prob=1.0)
+    video = torch.rand(2, 32, 3, 32, 32) * 2 - 1
+    latents = model.encode(video)  # (2, 2, 4, 144)
+    torch.manual_seed(5)
+    from_frames = model.loss({"video": video})["loss"]
+    torch.manual_seed(5)
+    from_latents = model.loss({"latents": latents})["loss"]
+    torch.testing.assert_close(from_frames, from_latents, **TOL)
+    with pytest.raises(ConfigError, match="32 frames"):
+        model.loss({"video": video[:, :16]})
+
+
+def test_short_context_is_padded_in_front_with_black_frames(tiny_ae_release, capsys):
+    model = model_on_tiny_ae(tiny_ae_release)
+    context = torch.rand(1, 6, 3, 32, 32) * 2 - 1
+    short = model.predict(context, 4, steps=2, generator=torch.Generator().manual_seed(0))
+    assert "padded in front with black frames" in capsys.readouterr().err
+    padded = torch.cat([torch.full((1, 10, 3, 32, 32), -1.0), context], dim=1)
+    torch.testing.assert_close(short, model.predict(padded, 4, steps=2, generator=torch.Generator().manual_seed(0)))
+    assert short.shape == (1, 4, 3, 32, 32)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -382,8 +382,8 @@ class PVDM(LatentBackend):
         needed = (2 if self.cfg.cond_model else 1) * span
         if positions < needed:
             unit = "latent clips" if is_latent else "frames"
-            raise ConfigError(f"pvdm trains on clips of {needed} {unit} (a condition clip and its successor) or more, "
-                              f"got {positions} (data.frames)")
+            what = "a condition clip and its successor" if self.cfg.cond_model else "one clip"
+            raise ConfigError(f"pvdm trains on clips of {needed} {unit} ({what}) or more, got {positions} (data.frames)")
 
         def latent_at(start: int) -> torch.Tensor:  # (B, c, L) latent of the clip at `start`
             piece = clip[:, start:start + span]
