@@ -150,6 +150,18 @@ def test_released_config_has_the_released_key_names_and_shapes(kind):
     assert {k: getattr(cfg, k) for k in read} == read
 
 
+@pytest.mark.parametrize("name", ["ucf101.yaml", "sky.yaml", "shapes.yaml"])
+def test_configs_validate_as_whole_training_configs(name):
+    from vpt.commands.train import train_schema
+    from vpt.config import load_config
+
+    cfg = load_config(train_schema(PVDM), CONFIGS / name)
+    assert cfg.backend == "pvdm" and cfg.eval.context_frames == cfg.eval.predicted_frames == 16
+    assert cfg.eval.context_in_fvd is False
+    if name != "shapes.yaml":  # the published recipe: constant lr, no clipping, EMA every 25 steps
+        assert (cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.ema_every, cfg.train.ema_decay) == (0, 0.0, 25, 0.9999)
+
+
 def test_sky_config_differs_from_ucf_only_in_cond_prob():
     ucf, sky = published_config("ucf101.yaml"), published_config("sky.yaml")
     assert (ucf.cond_prob, sky.cond_prob) == (0.3, 0.2)
