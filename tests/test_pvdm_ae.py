@@ -3,7 +3,6 @@ its loss recipe, and the train-ae -> save-latents -> decode path on the built-in
 
 from __future__ import annotations
 
-import pickle
 
 import pytest
 import torch
@@ -73,6 +72,18 @@ def test_latents_keep_upstream_plane_order(tiny, io):
     assert latents.abs().max() < 1  # tanh-bounded
     split = tiny.split_planes(latents)
     assert all(torch.equal(split[name], planes[name]) for name in planes)
+
+
+@torch.no_grad()
+def test_bf16_autocast_stays_close_to_float32(tiny, io):
+    video = rearrange(io["inputs"]["video"], "b c t h w -> b t c h w")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latents = tiny.encode(video)
+        frames = tiny.decode(latents)
+    assert latents.dtype == torch.bfloat16  # rotary angles stay float32 inside; the tokens run in bf16
+    torch.testing.assert_close(latents[:, 0].float(), io["outputs"]["extract"], atol=0.05, rtol=0)  # measured 0.02
+    flat = rearrange(frames.float(), "b t c h w -> (b t) c h w")
+    torch.testing.assert_close(flat, io["outputs"]["decode_from_sample"], atol=0.05, rtol=0)  # measured 0.009
 
 
 def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(tiny, io, monkeypatch):
@@ -235,20 +246,26 @@ def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
 
 # --- train-ae -> save-latents on the built-in data ---------------------------------------------------
 
+TINY = ["--set", "autoencoder.arch.channels=16", "--set", "autoencoder.arch.depth=1"]
 
-def test_train_ae_then_save_latents_stores_planes_that_decode_back(tmp_path, invoke):
-    import json
 
+@pytest.fixture(scope="module")
+def shapes_32(tmp_path_factory):
+    """`make-data shapes`: 6 videos of 32 frames (two clips each) at 32 x 32, as HDF5."""
     from data_helpers import shapes_h5
+
+    return shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=6, frames=32, size=32)
+
+
+def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tmp_path, invoke):
+    import json
 
     from vpt.commands.save_latents import encode_dataset
     from vpt.data.datasets import frames_to_tensor
     from vpt.data.h5 import VideoH5
 
-    h5 = shapes_h5(tmp_path / "shapes", num_videos=6, frames=32, size=32)
-    run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run,
-                          "--set", "autoencoder.arch.channels=16", "--set", "autoencoder.arch.depth=1",
+    h5, run = shapes_32, tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run, *TINY,
                           "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.disc_start=1",
                           "--max-steps", "2")
     assert code == 0, output
@@ -267,3 +284,16 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(tmp_path, inv
     with torch.no_grad():
         torch.testing.assert_close(stored, ae.encode(video), atol=1e-5, rtol=0)
         torch.testing.assert_close(ae.decode(stored), ae.reconstruct(video), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("autoencoder.arch.resolution=36", "resolution 36 is not divisible by patch_size 8"),
+    ("loss.adaptive_weight=true", "fixed loss.gan_weight"),
+    ("data.image_size=64", "built for 32x32 frames, got 64x64"),
+])
+def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, needle):
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", tmp_path / "run",
+                          *TINY, "--set", setting, "--max-steps", "1")
+    assert code != 0
+    error = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and needle in error[0], output

@@ -1,7 +1,7 @@
-"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE) on the shared loop.
+"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE, PVDM) on the shared loop.
 
 The run's config.yaml has four sections:
-    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae), arch (the type's settings, or
+    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm), arch (the type's settings, or
                   `preset: <name>` plus overrides), init_from (weights to start from)
     data:         vpt.data.datasets.DataConfig (frames in [-1, 1]; data.frames = 1 trains on single frames)
     loss:         vpt.models.autoencoders.objective.LossConfig
@@ -38,7 +38,7 @@ SAMPLE_CLIPS = 8  # val clips shown in each sample grid
 class AutoencoderSection:
     """The `autoencoder:` section."""
 
-    type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae
+    type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae | pvdm
     arch: dict[str, Any] = field(default_factory=dict)  # the type's architecture; `preset: f8_small` etc. fills it
     init_from: str = ""  # start from these weights: a train-ae run, a checkpoint file, a diffusers folder
 

@@ -138,8 +138,8 @@ class Attention(nn.Module):
         grouped = f"{pattern} (h d)"
         q, k, v = (rearrange(t, f"{grouped} -> {_sequences(pattern)} h n d", h=self.heads, **sizes) for t in (q, k, v))
         if rotary is not None:
-            sin, cos = rotary  # (n, d)
-            q, k = _apply_rotary(q, sin, cos), _apply_rotary(k, sin, cos)
+            sin, cos = rotary  # (n, d) float32: the angles need more precision than bf16 keeps
+            q, k = (_apply_rotary(t.float(), sin, cos).to(v.dtype) for t in (q, k))
         out = attention(q, k, v)  # (sequences, heads, n, d)
         out = rearrange(out, f"{_sequences(pattern)} h n d -> {grouped}", **sizes)
         return self.to_out(out)
@@ -151,11 +151,14 @@ def _sequences(pattern: str) -> str:
     return "(" + " ".join(others) + ")"
 
 
-class GEGLUFeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
+class FeedForward(nn.Module):
+    """Linear -> GELU (or GEGLU: value * GELU(gate) over a doubled first layer) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, *, gated: bool):
         super().__init__()
+        first = nn.Linear(dim, hidden * 2 if gated else hidden)
         # the Identity stands where upstream has a (zero) dropout, keeping its `net.3` name for the output layer
-        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), _GEGLU(), nn.Identity(), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(first, _GEGLU() if gated else nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -165,15 +168,6 @@ class _GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = x.chunk(2, dim=-1)
         return value * F.gelu(gate)
-
-
-class GELUFeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class TimeSformer(nn.Module):
@@ -188,7 +182,7 @@ class TimeSformer(nn.Module):
         self.image_rot_emb = AxialRotary(HEAD_DIM)
         self.layers = nn.ModuleList(
             nn.ModuleList([PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)), PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)),
-                           PreNorm(dim, GEGLUFeedForward(dim))])
+                           PreNorm(dim, FeedForward(dim, 4 * dim, gated=True))])
             for _ in range(depth)
         )
         self.checkpointing = checkpointing
@@ -219,7 +213,7 @@ class PlaneTransformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList([PreNorm(dim, Attention(dim, PROJECTION_HEADS, dim // 8)),
-                           PreNorm(dim, GELUFeedForward(dim, PROJECTION_MLP))])
+                           PreNorm(dim, FeedForward(dim, PROJECTION_MLP, gated=False))])
             for _ in range(PROJECTION_DEPTH)
         )
 
