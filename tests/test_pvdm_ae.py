@@ -237,7 +237,7 @@ def test_each_player_gets_only_the_gradient_of_its_own_objective():
 @pytest.mark.parametrize("loss, needle", [
     ({"discriminator": "patchgan"}, "trains with 'pvdm'"),
     ({"adaptive_weight": True}, "fixed loss.gan_weight"),
-    ({"reconstruction": "l2"}, "PVDM's recipe is L1"),
+    ({"gan_loss": "lsgan"}, "hinge or vanilla"),
 ])
 def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -1,7 +1,7 @@
 """PVDM's autoencoder recipe on vpt's single-optimizer loop (see `objective.py` for how one backward
 gives each player only the gradient of its own objective):
 
-    L_autoencoder   = w_rec * mean|x - x_hat| + w_p * LPIPS(one random frame per clip)
+    L_autoencoder   = w_rec * mean|x - x_hat| (or squared: loss.reconstruction) + w_p * LPIPS(one random frame per clip)
                       + on * (w_gan * (-mean D2(x_hat_f) - mean D3(x_hat)) + w_fm * sum_stages L1(D(x_hat), sg[D(x)]))
     L_discriminator = on * disc_factor * (d_loss(D2) + d_loss(D3))
     on = 1 from optimizer step `disc_start` (0 before)
@@ -35,8 +35,6 @@ def check_pvdm_loss(cfg: LossConfig) -> None:
                           f"not '{cfg.discriminator}'")
     if cfg.adaptive_weight and cfg.discriminator == "pvdm":
         raise ConfigError("loss.adaptive_weight: PVDM's recipe uses the fixed loss.gan_weight; set it to false")
-    if cfg.reconstruction != "l1":
-        raise ConfigError("loss.reconstruction: PVDM's recipe is L1")
     if cfg.gan_loss == "lsgan":
         raise ConfigError("loss.gan_loss: PVDM's recipe takes hinge or vanilla")
 
@@ -65,7 +63,7 @@ class PVDMObjective(AutoencoderObjective):
         real = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
         fake = self.autoencoder.forward_train(real).reconstruction  # (N, k, C, H, W)
         cfg = self.cfg
-        rec = (fake - real).abs().mean()
+        rec = ((fake - real).abs() if cfg.reconstruction == "l1" else (fake - real) ** 2).mean()
         logs: dict[str, torch.Tensor] = {"rec": rec.detach()}
         total = cfg.reconstruction_weight * rec
 
