@@ -3,6 +3,7 @@ its loss recipe, and the train-ae -> save-latents -> decode path on the built-in
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from vpt.models.autoencoders import autoencoder_from_upstream_state, build_autoe
 from vpt.weights import UnsafeWeightsError, read_weights
 
 ATOL, RTOL = 1e-5, 1e-4
-CONFIGS = fixture("pvdm", "config_tiny.yaml").parents[3] / "configs" / "ae"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ae"
 
 
 def _tiny_state() -> dict[str, torch.Tensor]:
@@ -149,12 +150,18 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
 
 @torch.no_grad()
-def test_other_resolutions_and_frame_counts_derive_their_planes():
-    model = build_autoencoder("pvdm", {"channels": 16, "resolution": 48, "timesteps": 6, "depth": 1, "patch_size": 8}).eval()
-    assert model.frames_per_latent == 6 and model.plane_shapes() == {"xy": (6, 6), "yt": (6, 6), "xt": (6, 6)}
-    video = torch.rand(1, 12, 3, 48, 48) * 2 - 1
+@pytest.mark.parametrize("resolution, patch, frames, splits", [
+    (48, 8, 6, 1),  # 6 frames on a 6 x 6 grid
+    (128, 4, 4, 2),  # the 128 px / patch 4 setting upstream breaks on; 2 splits of 2 frames
+])
+def test_other_resolutions_and_frame_counts_derive_their_planes(resolution, patch, frames, splits):
+    model = build_autoencoder("pvdm", {"channels": 16, "resolution": resolution, "timesteps": frames, "splits": splits,
+                                       "depth": 1, "patch_size": patch}).eval()
+    grid, k = resolution // patch, frames // splits
+    assert model.frames_per_latent == k and model.plane_shapes() == {"xy": (grid, grid), "yt": (k, grid), "xt": (k, grid)}
+    video = torch.rand(1, 2 * k, 3, resolution, resolution) * 2 - 1
     latents = model.encode(video)
-    assert latents.shape == (1, 2, 4, 6 * 6 * 3) == (1, *model.latent_shape(12, 48, 48))
+    assert latents.shape == (1, 2, 4, grid * grid + 2 * k * grid) == (1, *model.latent_shape(2 * k, resolution, resolution))
     assert model.decode(latents).shape == video.shape
 
 
