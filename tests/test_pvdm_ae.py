@@ -273,7 +273,7 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
 
     h5, run = shapes_32, tmp_path / "run"
     code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run, *TINY,
-                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.disc_start=1",
+                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.discriminator=pvdm", "--set", "loss.disc_start=1",
                           "--max-steps", "2")
     assert code == 0, output
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
