@@ -295,7 +295,7 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
 
 @pytest.mark.parametrize("setting, needle", [
     ("autoencoder.arch.resolution=36", "resolution 36 is not divisible by patch_size 8"),
-    ("loss.adaptive_weight=true", "fixed loss.gan_weight"),
+    ("loss.discriminator=patchgan", "trains with 'pvdm'"),
     ("data.image_size=64", "built for 32x32 frames, got 64x64"),
 ])
 def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, needle):
