@@ -304,3 +304,23 @@ def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, ne
     assert code != 0
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and needle in error[0], output
+
+
+def test_discriminators_start_from_loss_last_pth(shapes_32, tmp_path, invoke):
+    from safetensors.torch import load_file
+
+    source = _objective(disc_layers=2, disc_channels=8)
+    torch.manual_seed(3)
+    upstream = {f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v
+                for k, v in source.state_dict().items() if k.startswith("discriminator_")}
+    upstream["module.perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)  # LPIPS entries are skipped
+    path = tmp_path / "loss_last.pth"
+    torch.save(upstream, path)
+    run = tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
+                          "--set", "loss.discriminator=pvdm", "--set", "loss.disc_channels=8",
+                          "--set", f"loss.discriminator_init_from={path}", "--set", "train.lr=1e-12",
+                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    assert code == 0, output
+    saved = load_file(next((run / "checkpoints").glob("step_*")) / "model.safetensors")
+    torch.testing.assert_close(saved["discriminator_3d.model2.0.weight"], upstream["module.discriminator_3d.model2.0.weight"])

@@ -102,6 +102,8 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         warn(f"training without LPIPS: {reason}")
         _record_event(run, {"event": "lpips_disabled", "reason": reason})
     objective = autoencoder.build_objective(cfg.loss, grad_accum=cfg.train.grad_accum, perceptual=perceptual)
+    if run.latest_checkpoint() is None:
+        objective.start()  # e.g. PVDM's discriminators from loss_last.pth; a resume has them in its checkpoint
     validation = _validation_data(cfg)
     hooks = _hooks(cfg, validation) if validation is not None else None
     info(f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "

@@ -35,6 +35,8 @@ def check_pvdm_loss(cfg: LossConfig) -> None:
                           f"not '{cfg.discriminator}'")
     if cfg.adaptive_weight and cfg.discriminator == "pvdm":
         raise ConfigError("loss.adaptive_weight: PVDM's recipe uses the fixed loss.gan_weight; set it to false")
+    if cfg.discriminator_init_from and cfg.discriminator != "pvdm":
+        raise ConfigError("loss.discriminator_init_from needs loss.discriminator: pvdm")
     if cfg.gan_loss == "lsgan":
         raise ConfigError("loss.gan_loss: PVDM's recipe takes hinge or vanilla")
 
@@ -98,6 +100,13 @@ class PVDMObjective(AutoencoderObjective):
             matching = matching + sum(F.l1_loss(f, r.detach()) for f, r in zip(features_fake[:-1], features_real[:-1]))
             d_loss = d_loss + discriminator_loss(self.cfg.gan_loss, logits_real, discriminator(fake.detach())[0])
         return g_loss, matching, d_loss
+
+    def start(self) -> None:
+        """On a run's first start: the discriminators from `loss.discriminator_init_from`, when set."""
+        if self.cfg.discriminator_init_from:
+            from vpt.weights import read_state_dict
+
+            self.load_upstream_discriminators(read_state_dict(self.cfg.discriminator_init_from))
 
     def load_upstream_discriminators(self, state: dict[str, torch.Tensor]) -> None:
         """Load the discriminators from PVDM's `loss_last.pth` (its LPIPS part is dropped: vpt reads LPIPS
