@@ -324,3 +324,18 @@ def test_discriminators_start_from_loss_last_pth(shapes_32, tmp_path, invoke):
     assert code == 0, output
     saved = load_file(next((run / "checkpoints").glob("step_*")) / "model.safetensors")
     torch.testing.assert_close(saved["discriminator_3d.model2.0.weight"], upstream["module.discriminator_3d.model2.0.weight"])
+
+
+def test_init_from_model_last_pth_keeps_the_configs_checkpointing(shapes_32, tmp_path, invoke):
+    torch.manual_seed(5)
+    source = build_autoencoder("pvdm", {"channels": 16, "resolution": 32, "timesteps": 16, "depth": 1})
+    path = tmp_path / "model_last.pth"
+    torch.save(source.state_dict(), path)
+    run = tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
+                          "--set", "autoencoder.arch.checkpointing=true", "--init-from", path, "--set", "train.lr=0.0",
+                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    assert code == 0, output
+    assert yaml.safe_load((run / "config.yaml").read_text())["autoencoder"]["arch"]["checkpointing"] is True
+    trained = load_autoencoder(run)
+    torch.testing.assert_close(trained.xy_token, source.xy_token)

@@ -124,7 +124,10 @@ def _autoencoder(cfg: Any, run: Any):
     section = cfg.autoencoder
     if not section.init_from or run.latest_checkpoint() is not None:
         return build_autoencoder(section.type, section.arch, source="autoencoder.arch")
-    source = load_autoencoder(section.init_from)
+    # A bare weights file gets the config's arch for what tensor shapes cannot tell (e.g. pvdm's checkpointing);
+    # loading still checks every shape against it. A run or diffusers folder carries its own architecture.
+    source = load_autoencoder(section.init_from, arch=section.arch or None) if Path(section.init_from).is_file() \
+        else load_autoencoder(section.init_from)
     if autoencoder_class(section.type).type != source.type:
         raise ConfigError(f"autoencoder.init_from is a {source.type} but autoencoder.type is {section.type}")
     if section.arch and config_to_dict(resolve_arch(section.type, section.arch)) != config_to_dict(source.config):
