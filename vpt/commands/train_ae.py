@@ -60,7 +60,7 @@ def train_ae(
     run: RunOption,
     config: ConfigOption = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Training frames (sets data.path): HDF5 shards from `vpt convert-h5`, or a train/val/test tree of videos.")] = None,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, or a diffusers AutoencoderKL folder.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.")] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
