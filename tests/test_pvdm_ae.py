@@ -3,6 +3,7 @@ its loss recipe, and the train-ae -> save-latents -> decode path on the built-in
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from vpt.models.autoencoders import autoencoder_from_upstream_state, build_autoe
 from vpt.weights import UnsafeWeightsError, read_weights
 
 ATOL, RTOL = 1e-5, 1e-4
-CONFIGS = fixture("pvdm", "config_tiny.yaml").parents[3] / "configs" / "ae"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ae"
 
 
 def _tiny_state() -> dict[str, torch.Tensor]:
@@ -149,12 +150,18 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
 
 @torch.no_grad()
-def test_other_resolutions_and_frame_counts_derive_their_planes():
-    model = build_autoencoder("pvdm", {"channels": 16, "resolution": 48, "timesteps": 6, "depth": 1, "patch_size": 8}).eval()
-    assert model.frames_per_latent == 6 and model.plane_shapes() == {"xy": (6, 6), "yt": (6, 6), "xt": (6, 6)}
-    video = torch.rand(1, 12, 3, 48, 48) * 2 - 1
+@pytest.mark.parametrize("resolution, patch, frames, splits", [
+    (48, 8, 6, 1),  # 6 frames on a 6 x 6 grid
+    (128, 4, 4, 2),  # the 128 px / patch 4 setting upstream breaks on; 2 splits of 2 frames
+])
+def test_other_resolutions_and_frame_counts_derive_their_planes(resolution, patch, frames, splits):
+    model = build_autoencoder("pvdm", {"channels": 16, "resolution": resolution, "timesteps": frames, "splits": splits,
+                                       "depth": 1, "patch_size": patch}).eval()
+    grid, k = resolution // patch, frames // splits
+    assert model.frames_per_latent == k and model.plane_shapes() == {"xy": (grid, grid), "yt": (k, grid), "xt": (k, grid)}
+    video = torch.rand(1, 2 * k, 3, resolution, resolution) * 2 - 1
     latents = model.encode(video)
-    assert latents.shape == (1, 2, 4, 6 * 6 * 3) == (1, *model.latent_shape(12, 48, 48))
+    assert latents.shape == (1, 2, 4, grid * grid + 2 * k * grid) == (1, *model.latent_shape(2 * k, resolution, resolution))
     assert model.decode(latents).shape == video.shape
 
 
@@ -237,7 +244,7 @@ def test_each_player_gets_only_the_gradient_of_its_own_objective():
 @pytest.mark.parametrize("loss, needle", [
     ({"discriminator": "patchgan"}, "trains with 'pvdm'"),
     ({"adaptive_weight": True}, "fixed loss.gan_weight"),
-    ({"reconstruction": "l2"}, "PVDM's recipe is L1"),
+    ({"gan_loss": "lsgan"}, "hinge or vanilla"),
 ])
 def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -266,7 +273,7 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
 
     h5, run = shapes_32, tmp_path / "run"
     code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run, *TINY,
-                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.disc_start=1",
+                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.discriminator=pvdm", "--set", "loss.disc_start=1",
                           "--max-steps", "2")
     assert code == 0, output
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -288,7 +295,7 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
 
 @pytest.mark.parametrize("setting, needle", [
     ("autoencoder.arch.resolution=36", "resolution 36 is not divisible by patch_size 8"),
-    ("loss.adaptive_weight=true", "fixed loss.gan_weight"),
+    ("loss.discriminator=patchgan", "trains with 'pvdm'"),
     ("data.image_size=64", "built for 32x32 frames, got 64x64"),
 ])
 def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, needle):
@@ -297,3 +304,38 @@ def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, ne
     assert code != 0
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and needle in error[0], output
+
+
+def test_discriminators_start_from_loss_last_pth(shapes_32, tmp_path, invoke):
+    from safetensors.torch import load_file
+
+    source = _objective(disc_layers=2, disc_channels=8)
+    torch.manual_seed(3)
+    upstream = {f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v
+                for k, v in source.state_dict().items() if k.startswith("discriminator_")}
+    upstream["module.perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)  # LPIPS entries are skipped
+    path = tmp_path / "loss_last.pth"
+    torch.save(upstream, path)
+    run = tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
+                          "--set", "loss.discriminator=pvdm", "--set", "loss.disc_channels=8",
+                          "--set", f"loss.discriminator_init_from={path}", "--set", "train.lr=1e-12",
+                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    assert code == 0, output
+    saved = load_file(next((run / "checkpoints").glob("step_*")) / "model.safetensors")
+    torch.testing.assert_close(saved["discriminator_3d.model2.0.weight"], upstream["module.discriminator_3d.model2.0.weight"])
+
+
+def test_init_from_model_last_pth_keeps_the_configs_checkpointing(shapes_32, tmp_path, invoke):
+    torch.manual_seed(5)
+    source = build_autoencoder("pvdm", {"channels": 16, "resolution": 32, "timesteps": 16, "depth": 1})
+    path = tmp_path / "model_last.pth"
+    torch.save(source.state_dict(), path)
+    run = tmp_path / "run"
+    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
+                          "--set", "autoencoder.arch.checkpointing=true", "--init-from", path, "--set", "train.lr=0.0",
+                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    assert code == 0, output
+    assert yaml.safe_load((run / "config.yaml").read_text())["autoencoder"]["arch"]["checkpointing"] is True
+    trained = load_autoencoder(run)
+    torch.testing.assert_close(trained.xy_token, source.xy_token)

@@ -36,7 +36,7 @@ PARTIAL = ".partial"
 
 
 def save_latents(
-    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
+    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, PVDM model_last.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
     data: Annotated[Path, typer.Option("--data", help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")] = 64,

@@ -57,6 +57,7 @@ class LossConfig:
     disc_start: int = 10000  # optimizer step from which the GAN terms are on
     disc_lr_scale: float = 1.0  # discriminator lr = train.lr * disc_lr_scale
     feature_matching_weight: float = 0.0  # discriminator "pvdm": L1 between D features of x_hat and x (PVDM: 4.0)
+    discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
 
     def __post_init__(self) -> None:
         for name in ("reconstruction_weight", "perceptual_weight", "codebook_weight", "kl_weight",
@@ -127,6 +128,9 @@ class AutoencoderObjective(nn.Module):
 
     def set_perceptual(self, network: nn.Module | None) -> None:
         object.__setattr__(self, "_perceptual", network)
+
+    def start(self) -> None:
+        """Called once when a run starts from scratch (not on resume); recipes with weights to start from override it."""
 
     @property
     def step(self) -> int:
@@ -207,7 +211,8 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
-    if autoencoder.type != "pvdm" and (cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0):
-        raise ConfigError("loss.discriminator: pvdm and loss.feature_matching_weight belong to the pvdm autoencoder's recipe")
+    if autoencoder.type != "pvdm" and (cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from):
+        raise ConfigError("loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
+                          "the pvdm autoencoder's recipe")
     if cfg.perceptual_weight > 0 and autoencoder.image_channels not in (1, 3):
         raise ConfigError(f"loss.perceptual_weight: LPIPS needs 1- or 3-channel frames, the autoencoder has {autoencoder.image_channels}")

@@ -1,7 +1,7 @@
 """PVDM's autoencoder recipe on vpt's single-optimizer loop (see `objective.py` for how one backward
 gives each player only the gradient of its own objective):
 
-    L_autoencoder   = w_rec * mean|x - x_hat| + w_p * LPIPS(one random frame per clip)
+    L_autoencoder   = w_rec * mean|x - x_hat| (or squared: loss.reconstruction) + w_p * LPIPS(one random frame per clip)
                       + on * (w_gan * (-mean D2(x_hat_f) - mean D3(x_hat)) + w_fm * sum_stages L1(D(x_hat), sg[D(x)]))
     L_discriminator = on * disc_factor * (d_loss(D2) + d_loss(D3))
     on = 1 from optimizer step `disc_start` (0 before)
@@ -35,8 +35,8 @@ def check_pvdm_loss(cfg: LossConfig) -> None:
                           f"not '{cfg.discriminator}'")
     if cfg.adaptive_weight and cfg.discriminator == "pvdm":
         raise ConfigError("loss.adaptive_weight: PVDM's recipe uses the fixed loss.gan_weight; set it to false")
-    if cfg.reconstruction != "l1":
-        raise ConfigError("loss.reconstruction: PVDM's recipe is L1")
+    if cfg.discriminator_init_from and cfg.discriminator != "pvdm":
+        raise ConfigError("loss.discriminator_init_from needs loss.discriminator: pvdm")
     if cfg.gan_loss == "lsgan":
         raise ConfigError("loss.gan_loss: PVDM's recipe takes hinge or vanilla")
 
@@ -65,7 +65,7 @@ class PVDMObjective(AutoencoderObjective):
         real = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
         fake = self.autoencoder.forward_train(real).reconstruction  # (N, k, C, H, W)
         cfg = self.cfg
-        rec = (fake - real).abs().mean()
+        rec = ((fake - real).abs() if cfg.reconstruction == "l1" else (fake - real) ** 2).mean()
         logs: dict[str, torch.Tensor] = {"rec": rec.detach()}
         total = cfg.reconstruction_weight * rec
 
@@ -100,6 +100,13 @@ class PVDMObjective(AutoencoderObjective):
             matching = matching + sum(F.l1_loss(f, r.detach()) for f, r in zip(features_fake[:-1], features_real[:-1]))
             d_loss = d_loss + discriminator_loss(self.cfg.gan_loss, logits_real, discriminator(fake.detach())[0])
         return g_loss, matching, d_loss
+
+    def start(self) -> None:
+        """On a run's first start: the discriminators from `loss.discriminator_init_from`, when set."""
+        if self.cfg.discriminator_init_from:
+            from vpt.weights import read_state_dict
+
+            self.load_upstream_discriminators(read_state_dict(self.cfg.discriminator_init_from))
 
     def load_upstream_discriminators(self, state: dict[str, torch.Tensor]) -> None:
         """Load the discriminators from PVDM's `loss_last.pth` (its LPIPS part is dropped: vpt reads LPIPS
