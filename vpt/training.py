@@ -51,6 +51,7 @@ class TrainConfig:
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the device has bf16 units
     ema_decay: float = 0.0  # 0 turns EMA off
     ema_start: int = 0  # EMA copies the weights until this step, then averages
+    ema_every: int = 1  # EMA update every this many optimiser steps (PVDM upstream: 25)
     compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
@@ -63,7 +64,7 @@ class TrainConfig:
     log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (when installed)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -261,7 +262,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
-                if state.ema is not None:
+                if state.ema is not None and state.step % cfg.ema_every == 0:
                     state.ema.update(model, state.step)
                 _log(state, reduced, (state.step - started_step) / max(time.perf_counter() - started, 1e-9))
                 progress.step(state.step, reduced["loss"].item())
