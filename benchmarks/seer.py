@@ -35,7 +35,7 @@ from common import machine
 from vpt.config import validate
 from vpt.models import attention
 from vpt.models.seer import Seer, SeerConfig
-from vpt.models.seer.layers import FrameGroupNorm
+from vpt.models.seer.layers import FrameGroupNorm, use_diffusers_attention
 from vpt.models.seer.unet import SeerUNet, UNetSize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +151,7 @@ def main() -> None:
             print(f"{backend:<10} {'n/a (not installed or no CUDA)':>34}")
             continue
         attention.set_backend(backend)
+        use_diffusers_attention(model)  # SD's attention picks its diffusers processor for the backend
         sample_s = timed(sample, device, args.repeats) / args.batch
         train_s = timed(train_step, device, args.repeats)
         print(f"{backend:<10} {sample_s:>18.2f} {train_s:>15.2f}")

@@ -8,6 +8,9 @@ import pytest
 # Tests run on CPU with few threads; keep them deterministic and quiet.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `precision: auto` means bf16 on CPUs with bf16 units: pin fp32 so results do not depend on the CI CPU's
+# model (tests of the detection itself set the probes explicitly).
+os.environ.setdefault("VPT_BF16", "0")
 sys.path.insert(0, str(Path(__file__).parent))
 
 

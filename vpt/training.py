@@ -48,9 +48,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
     lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the device has bf16 units
     ema_decay: float = 0.0  # 0 turns EMA off
     ema_start: int = 0  # EMA copies the weights until this step, then averages
+    ema_every: int = 1  # EMA update every this many optimiser steps (PVDM upstream: 25)
     compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
@@ -63,7 +64,7 @@ class TrainConfig:
     log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (when installed)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -261,7 +262,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
-                if state.ema is not None:
+                if state.ema is not None and state.step % cfg.ema_every == 0:
                     state.ema.update(model, state.step)
                 _log(state, reduced, (state.step - started_step) / max(time.perf_counter() - started, 1e-9))
                 progress.step(state.step, reduced["loss"].item())
@@ -286,10 +287,13 @@ def _accelerator(cfg: TrainConfig, run: Run):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from vpt.models.precision import training_precision
+
     _forget_previous_accelerator_settings()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run gloo on CPUs
-        mixed_precision=cfg.precision,
+        cpu=device.type == "cpu",  # lets `accelerate launch --multi_gpu` run gloo on CPUs
+        mixed_precision=training_precision(cfg.precision, device),
         log_with=_available_trackers(cfg.log_with) or None,
         project_dir=str(run.root),
     )
@@ -535,6 +539,7 @@ def _save_checkpoint(state: TrainingState, score: float | None) -> None:
         cfg = state.cfg
         record = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
                   "world_size": accelerator.num_processes, "sharded": _sharded(accelerator), "best": state.best,
+                  "precision": accelerator.mixed_precision,
                   "lr": state.optimizer.param_groups[0]["lr"]}
         (pending / "trainer_state.json").write_text(json.dumps(record, indent=2))
     accelerator.wait_for_everyone()

@@ -10,7 +10,9 @@ whole Gaussian posterior is kept: mean and log-variance concatenated on the chan
 clip and the log-variance beside it, so a backend can draw z = mean + exp(logvar / 2) * eps each
 step (VideoGeneration-PyTorch's Latte does) or keep the mean. Root attributes name the autoencoder
 (`autoencoder_path`, `autoencoder_type`, `autoencoder` (JSON identity: type, arch, scale, shift),
-`autoencoder_sha256`, `latent_scale`, `latent_shift`, `frames_per_latent`) and the source shard.
+`autoencoder_sha256`, `latent_scale`, `latent_shift`, `frames_per_latent`) and the source shard. A clip
+autoencoder with latent planes (PVDM: one latent step per 16 frames, (4, L)) adds `latent_planes`, JSON
+{plane: [rows, cols]} in the order the planes are concatenated along L.
 
 Resumable at the level of videos: each finished video is kept as OUT/.partial/<split>/<shard>/<i>.npy
 (written atomically) until its shard is complete; the shard file is then written atomically and the
@@ -40,7 +42,7 @@ _MANIFEST_DEFAULTS = {"posterior": False}
 
 
 def save_latents(
-    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
+    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, PVDM model_last.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
     data: Annotated[Path, typer.Option("--data", help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")] = 64,
@@ -204,7 +206,8 @@ def _finished(out: Path, split: str, source, shard: int, manifest: dict[str, Any
 
 def _shard_attrs(manifest: dict[str, Any], source, shard: int) -> dict[str, Any]:
     identity = manifest["autoencoder"]
-    return {
+    planes = {"latent_planes": json.dumps(identity["planes"])} if "planes" in identity else {}
+    return planes | {
         "autoencoder_path": manifest["autoencoder_path"], "autoencoder_type": identity["type"],
         "autoencoder": json.dumps(identity), "autoencoder_sha256": manifest["autoencoder_sha256"],
         "autoencoder_format": manifest["autoencoder_format"], "latent_scale": identity["latent_scale"],

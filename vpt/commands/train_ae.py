@@ -1,7 +1,7 @@
-"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE) on the shared loop.
+"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE, PVDM) on the shared loop.
 
 The run's config.yaml has four sections:
-    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae), arch (the type's settings, or
+    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm), arch (the type's settings, or
                   `preset: <name>` plus overrides), init_from (weights to start from)
     data:         vpt.data.datasets.DataConfig (frames in [-1, 1]; data.frames = 1 trains on single frames)
     loss:         vpt.models.autoencoders.objective.LossConfig
@@ -38,7 +38,7 @@ SAMPLE_CLIPS = 8  # val clips shown in each sample grid
 class AutoencoderSection:
     """The `autoencoder:` section."""
 
-    type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae
+    type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae | pvdm
     arch: dict[str, Any] = field(default_factory=dict)  # the type's architecture; `preset: f8_small` etc. fills it
     init_from: str = ""  # start from these weights: a train-ae run, a checkpoint file, a diffusers folder
 
@@ -60,7 +60,7 @@ def train_ae(
     run: RunOption,
     config: ConfigOption = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Training frames (sets data.path): HDF5 shards from `vpt convert-h5`, or a train/val/test tree of videos.")] = None,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, or a diffusers AutoencoderKL folder.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.")] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -102,6 +102,8 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         warn(f"training without LPIPS: {reason}")
         _record_event(run, {"event": "lpips_disabled", "reason": reason})
     objective = autoencoder.build_objective(cfg.loss, grad_accum=cfg.train.grad_accum, perceptual=perceptual)
+    if run.latest_checkpoint() is None:
+        objective.start()  # e.g. PVDM's discriminators from loss_last.pth; a resume has them in its checkpoint
     validation = _validation_data(cfg)
     hooks = _hooks(cfg, validation) if validation is not None else None
     info(f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "
@@ -122,7 +124,10 @@ def _autoencoder(cfg: Any, run: Any):
     section = cfg.autoencoder
     if not section.init_from or run.latest_checkpoint() is not None:
         return build_autoencoder(section.type, section.arch, source="autoencoder.arch")
-    source = load_autoencoder(section.init_from)
+    # A bare weights file gets the config's arch for what tensor shapes cannot tell (e.g. pvdm's checkpointing);
+    # loading still checks every shape against it. A run or diffusers folder carries its own architecture.
+    source = load_autoencoder(section.init_from, arch=section.arch or None) if Path(section.init_from).is_file() \
+        else load_autoencoder(section.init_from)
     if autoencoder_class(section.type).type != source.type:
         raise ConfigError(f"autoencoder.init_from is a {source.type} but autoencoder.type is {section.type}")
     if section.arch and config_to_dict(resolve_arch(section.type, section.arch)) != config_to_dict(source.config):

@@ -157,7 +157,7 @@ class _SourceDataset(Dataset):
 
     def _to_tensor(self, raw: np.ndarray) -> torch.Tensor:
         if self.is_latent:
-            return torch.from_numpy(np.ascontiguousarray(raw)).float()  # (T, c, h, w)
+            return torch.from_numpy(np.ascontiguousarray(raw)).float()  # (T, c, h, w), or (T, c, L) for PVDM
         if self.uint8_frames and self.config.clip_sampling != "trilinear":  # the blend needs floats
             frames = resize_frames(raw, self.config.image_size, self.config.resize)
             return torch.from_numpy(np.ascontiguousarray(rearrange(frames, "t h w c -> t c h w")))  # (T, 3, H, W) uint8

@@ -3,8 +3,8 @@
 vpt layout (root attr `vpt_layout = "vpt"`, `vpt_layout_version = 1`), one file per shard:
 
     /videos/<i>   one dataset per video: frames (T, H, W, 3) uint8, chunked one frame per chunk
-                  (a strided clip is one read of T chunks), LZF by default; or latents (T, c, h, w)
-                  float16/float32 (root attr `kind = "latents"`)
+                  (a strided clip is one read of T chunks), LZF by default; or latents (T, c, h, w),
+                  or (T, c, L) for PVDM's flattened planes, float16/float32 (root attr `kind = "latents"`)
     /lengths      (N,) int64, frames per video (the reader needs no per-video lookups to index)
     /names        (N,) str, where each video came from (relative source path)
     /text         (N,) str, caption per video ("" when none), only when the data had captions
@@ -138,7 +138,7 @@ class ShardWriter:
         return len(self._lengths)
 
     def add(self, video: np.ndarray | CompressedChunks, *, text: str | None = None, name: str | None = None) -> int:
-        """Append one video: uint8 frames (T, H, W, 3) or latents (T, c, h, w). Returns its index in the shard.
+        """Append one video: uint8 frames (T, H, W, 3) or latents (T, c, h, w) / (T, c, L). Returns its index in the shard.
 
         `video` may also be `CompressedChunks` (vpt layout) that `compress_chunks` made in a worker
         process: they are copied into the file as they are, so the one writing process compresses nothing.
@@ -154,8 +154,8 @@ class ShardWriter:
                            + SPACE_PER_FRAME * shape[0])
         if self.kind == "frames" and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3):
             raise ValueError(f"frames must be uint8 (T, H, W, 3), got {dtype} {shape}")
-        if self.kind == "latents" and (len(shape) != 4 or dtype not in (np.float16, np.float32)):
-            raise ValueError(f"latents must be float16/float32 (T, c, h, w), got {dtype} {shape}")
+        if self.kind == "latents" and (len(shape) not in (3, 4) or dtype not in (np.float16, np.float32)):
+            raise ValueError(f"latents must be float16/float32 (T, c, h, w) or (T, c, L), got {dtype} {shape}")
         if self.layout == "river":
             if compressed is not None:
                 raise ValueError("the RIVER layout is written from frames, not pre-compressed chunks")
@@ -391,7 +391,7 @@ class VideoH5:
         return handle
 
     def read(self, index: int, frame_indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Frames (T, H, W, 3) uint8 or latents (T, c, h, w) of video `index` at `frame_indices` (all when None)."""
+        """Frames (T, H, W, 3) uint8 or latents (T, *latent_dims) of video `index` at `frame_indices` (all when None)."""
         shard, local = self._locate(index)
         length = self.num_frames(index)
         if frame_indices is None:
@@ -407,7 +407,7 @@ class VideoH5:
         return _read_rows(dataset, frame_indices)
 
     def frame_shape(self) -> tuple[int, ...]:
-        """Shape of one stored frame: (H, W, 3) for frames, (c, h, w) for latents."""
+        """Shape of one stored frame: (H, W, 3) for frames, (c, h, w) or (c, L) for latents."""
         return tuple(self.read(0, [0]).shape[1:])
 
     def close(self) -> None:

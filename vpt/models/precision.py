@@ -7,6 +7,7 @@ One resolver for every `--device` option and one precision switch for every `--p
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Literal
 
 import torch
@@ -29,9 +30,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (CUDA GPUs from Ampere on; CPUs with AVX512-BF16 or AMX).
+    Elsewhere bf16 is emulated: autocast then runs slower than fp32 (4x on an AVX2 CPU), not faster.
+    The environment variable VPT_BF16=0 (or 1) overrides the answer, e.g. to keep a machine on fp32."""
+    forced = os.environ.get("VPT_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu  # these probes are underscored in torch; absent in an older torch means "no"
+        return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 def default_precision(device: torch.device) -> Precision:
-    """bf16 on CUDA devices that support it, fp32 elsewhere."""
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    """bf16 where the device has bf16 units, fp32 elsewhere."""
+    return "bf16" if has_bf16_units(device) else "fp32"
+
+
+def training_precision(setting: str, device: torch.device) -> str:
+    """`train.precision` as accelerate's `mixed_precision`: `auto` is bf16 where the device has bf16 units
+    and no (fp32) elsewhere; `no`, `bf16` and `fp16` are taken as they are."""
+    if setting != "auto":
+        return setting
+    return "bf16" if has_bf16_units(device) else "no"
 
 
 def inference_autocast(device: torch.device, precision: Precision | None = None):

@@ -12,6 +12,7 @@ from vpt.errors import UsageError
 BACKENDS: dict[str, str] = {
     "latte": "vpt.models.latte:Latte",
     "neuralsde": "vpt.models.neuralsde:NeuralSDE",
+    "pvdm": "vpt.models.pvdm:PVDM",
     "river": "vpt.models.river:River",
     "seer": "vpt.models.seer:Seer",
 }

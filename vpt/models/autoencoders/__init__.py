@@ -1,7 +1,8 @@
 """Autoencoders behind one interface (see `base.Autoencoder`): taming VQGAN (`vqgan`, RIVER's ldm-vq),
-RIVER's own VQVAE (`river-vqvae`), Stable Diffusion's KL-VAE through diffusers (`kl-vae`) and the frame
-VAE of Latte's VideoGeneration-PyTorch (`latte-vae`). `vpt train-ae` trains them, `vpt save-latents`
-caches their latents, and the latent backends load them with `load_autoencoder`.
+RIVER's own VQVAE (`river-vqvae`), Stable Diffusion's KL-VAE through diffusers (`kl-vae`), the frame
+VAE of Latte's VideoGeneration-PyTorch (`latte-vae`) and PVDM's projected clip autoencoder (`pvdm`).
+`vpt train-ae` trains them, `vpt save-latents` caches their latents, and the latent backends load them
+with `load_autoencoder`.
 """
 
 from vpt.models.autoencoders.base import Autoencoder, FrameAutoencoder, TrainOutput

@@ -30,6 +30,7 @@ AUTOENCODERS: dict[str, str] = {
     "river-vqvae": "vpt.models.autoencoders.river_vqvae:RiverVQVAE",
     "kl-vae": "vpt.models.autoencoders.kl:KLVAE",
     "latte-vae": "vpt.models.autoencoders.latte_vae:LatteVAE",
+    "pvdm": "vpt.models.autoencoders.pvdm:PVDMAutoencoder",
 }
 ALIASES = {"ldm-vq": "vqgan", "ours": "river-vqvae"}  # RIVER's `autoencoder.type` names
 
@@ -51,6 +52,7 @@ _DOWNLOAD_HINTS = {
                   "(or river_bair_256 / river_kth_64)",
     "vqvae.pth": "RIVER's CLEVRER VQVAE: download vqvae.pth from the Hugging Face repo cvg-unibe/river_clevrer_128",
     "model.pth": "a RIVER model: download model.pth from the Hugging Face repo cvg-unibe/river_<dataset>",
+    "model_last.pth": "PVDM's autoencoder: the model_last.pth its first stage writes (a bare state dict)",
     "vae_autoencoder_ckpt.pth": "the VideoGeneration-PyTorch VAE: train it upstream (tools/train_vae.py) or use `vpt train-ae`",
 }
 
@@ -229,11 +231,13 @@ def _detect_type(state: dict[str, torch.Tensor], path: Path) -> str:
         return "river-vqvae"
     if "encoder_conv_in.weight" in state and "pre_quant_conv.weight" in state:
         return "latte-vae"
+    if "xy_quant_attn.layers.0.0.fn.to_qkv.weight" in state:
+        return "pvdm"
     if any(k.startswith("encoder.down_blocks.") for k in state):
         raise VptError(f"{path}: a diffusers AutoencoderKL state dict; pass its folder (config.json + weights) instead")
     if any(k.startswith("autoencoder.") for k in state):
         raise VptError(f"{path}: weights from a vpt run; pass the run directory (it holds the architecture)")
-    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE or "
+    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM or "
                    f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})")
 
 
@@ -267,6 +271,8 @@ def _infer_arch(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         return dict(in_channels=state["encoder.conv_in.weight"].shape[1], latent_channels=state["encoder.out_conv.weight"].shape[0],
                     num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
                     encoder_width=state["encoder.conv_in.weight"].shape[0], decoder_width=state["decoder.conv_in.weight"].shape[0])
+    if name == "pvdm":
+        return _infer_pvdm_arch(state)
     # latte-vae
     levels = _count(state, r"encoder_layers\.(\d+)\.")
     mids = _count(state, r"encoder_mids\.(\d+)\.")
@@ -284,6 +290,16 @@ def _infer_arch(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     if mids:
         inferred["num_mid_layers"] = _count(state, r"encoder_mids\.0\.attentions\.(\d+)\.")
     return inferred
+
+
+def _infer_pvdm_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """PVDM's sizes from its tensors; `splits` cannot be told apart from a shorter clip, so it stays 1."""
+    unpatchify = state["to_pixel.1.weight"]  # (C, C_img, p, p)
+    patch = unpatchify.shape[-1]
+    return dict(channels=unpatchify.shape[0], in_channels=unpatchify.shape[1], patch_size=patch,
+                embed_dim=state["pre_xy.weight"].shape[0], timesteps=state["xy_pos_embedding"].shape[1] - 1,
+                resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
+                depth=_count(state, r"encoder\.layers\.(\d+)\."))
 
 
 def _sha256_files(paths: list[Path]) -> str:

@@ -46,7 +46,8 @@ class LossConfig:
     lpips_backbone: str = ""  # path to the ImageNet VGG16 weights; "" = where vpt.metrics.lpips looks by default
     codebook_weight: float = 1.0  # VQ models: codebook + commitment loss weight
     kl_weight: float = 1e-6  # KL models (taming's KL recipe: 1e-6; Latte's VG: 5e-6)
-    discriminator: Literal["none", "patchgan", "latte"] = "patchgan"  # taming NLayerDiscriminator / VG's PatchGAN
+    # taming NLayerDiscriminator / VG's PatchGAN / PVDM's 2-D + 3-D pair with feature matching (pvdm autoencoder only)
+    discriminator: Literal["none", "patchgan", "latte", "pvdm"] = "patchgan"
     disc_layers: int = 3
     disc_channels: int = 64
     gan_loss: Literal["hinge", "vanilla", "lsgan"] = "hinge"  # VG uses lsgan
@@ -55,10 +56,12 @@ class LossConfig:
     disc_factor: float = 1.0  # weight of the discriminator's own loss (VG: 0.5)
     disc_start: int = 10000  # optimizer step from which the GAN terms are on
     disc_lr_scale: float = 1.0  # discriminator lr = train.lr * disc_lr_scale
+    feature_matching_weight: float = 0.0  # discriminator "pvdm": L1 between D features of x_hat and x (PVDM: 4.0)
+    discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
 
     def __post_init__(self) -> None:
         for name in ("reconstruction_weight", "perceptual_weight", "codebook_weight", "kl_weight",
-                     "gan_weight", "disc_factor", "disc_lr_scale"):
+                     "gan_weight", "disc_factor", "disc_lr_scale", "feature_matching_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_layers < 1 or self.disc_channels < 1:
@@ -126,6 +129,9 @@ class AutoencoderObjective(nn.Module):
     def set_perceptual(self, network: nn.Module | None) -> None:
         object.__setattr__(self, "_perceptual", network)
 
+    def start(self) -> None:
+        """Called once when a run starts from scratch (not on resume); recipes with weights to start from override it."""
+
     @property
     def step(self) -> int:
         """Optimizer steps done (the GAN schedule's clock)."""
@@ -185,9 +191,7 @@ class AutoencoderObjective(nn.Module):
         return network(fake, target)  # (N,)
 
     def _frozen_discriminator(self, images: torch.Tensor) -> torch.Tensor:
-        """D(images) with detached parameters: gradients flow to `images` only."""
-        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        return torch.func.functional_call(self.discriminator, frozen, (images,))
+        return frozen_call(self.discriminator, images)
 
     def _gan_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
         if not self.cfg.adaptive_weight or not torch.is_grad_enabled():
@@ -199,7 +203,16 @@ class AutoencoderObjective(nn.Module):
         return weight.clamp(0.0, 1e4).detach() * self.cfg.gan_weight
 
 
+def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
+    """discriminator(inputs) with detached parameters: gradients flow to `inputs` only."""
+    frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+    return torch.func.functional_call(discriminator, frozen, (inputs,))
+
+
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
+    if autoencoder.type != "pvdm" and (cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from):
+        raise ConfigError("loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
+                          "the pvdm autoencoder's recipe")
     if cfg.perceptual_weight > 0 and autoencoder.image_channels not in (1, 3):
         raise ConfigError(f"loss.perceptual_weight: LPIPS needs 1- or 3-channel frames, the autoencoder has {autoencoder.image_channels}")

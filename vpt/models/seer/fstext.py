@@ -13,7 +13,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from einops import rearrange
 from torch import nn
 
-from vpt.models.seer.layers import CausalTemporalBlock, nearest_frames, use_vpt_attention
+from vpt.models.seer.layers import CausalTemporalBlock, nearest_frames, use_diffusers_attention
 
 
 class FSTextLayer(nn.Module):
@@ -48,7 +48,7 @@ class FSText(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_frames, max_tokens, dim))
         self.trf_blocks = nn.ModuleList(FSTextLayer(dim, heads, context_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        use_vpt_attention(self)
+        use_diffusers_attention(self)
 
     def forward(self, text: torch.Tensor, num_frames: int) -> torch.Tensor:
         batch, tokens, _ = text.shape

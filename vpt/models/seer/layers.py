@@ -8,7 +8,8 @@ this more than "diffusers' 2D blocks on a bigger batch":
 - The new temporal blocks (SAWT) attend across frames inside spatial windows, causally.
 
 Parameter names follow upstream (= diffusers names for the SD parts), so SD v1.5 and Seer state
-dicts load without renaming. All attention goes through `vpt.models.attention.attention`.
+dicts load without renaming. SD's attention runs through diffusers' processors (SDPA), SAWT's through
+`vpt.models.attention.attention`.
 """
 
 from __future__ import annotations
@@ -47,23 +48,19 @@ class FrameGroupNorm(nn.GroupNorm):
 # --- attention ------------------------------------------------------------------------------------
 
 
-class VptAttnProcessor:
-    """diffusers attention processor that routes SD's spatial self/cross attention through vpt's `attention`."""
+def use_diffusers_attention(module: nn.Module) -> None:
+    """SD's spatial self/cross attention (every diffusers `Attention` below `module`) through diffusers' own
+    processors: `AttnProcessor2_0` (torch SDPA, what vpt's `attention` computes) or, when vpt's attention
+    backend is xformers on a CUDA machine, `XFormersAttnProcessor`. SAWT is not a diffusers `Attention`
+    and keeps its own (see `SAWTAttention`)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **_unused) -> torch.Tensor:
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads)
-                   for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
-        out = rearrange(attention(q, k, v, mask=attention_mask), "b h n d -> b n (h d)")
-        return attn.to_out[1](attn.to_out[0](out))
+    from vpt.models.attention import backend_name
 
-
-def use_vpt_attention(module: nn.Module) -> None:
-    """Give every diffusers `Attention` below `module` the vpt processor (SDPA, or xformers when asked for)."""
+    xformers = backend_name() == "xformers" and torch.cuda.is_available()
     for child in module.modules():
         if isinstance(child, Attention):
-            child.set_processor(VptAttnProcessor())
+            child.set_processor(XFormersAttnProcessor() if xformers else AttnProcessor2_0())
 
 
 class RotaryEmbedding(nn.Module):
@@ -110,6 +107,10 @@ class SAWTAttention(nn.Module):
     cut into windows; every window then holds its tokens from all frames, ordered (frame, row, col),
     under a token-level causal mask. With height = width = 1 this is plain causal attention over
     frames with rotary frame indices (FSText's temporal block).
+
+    Why not a diffusers attention processor: rotary positions over the flattened clip and the per-window
+    causal layout change what q, k and v are, which no diffusers processor computes; the product itself
+    still goes through vpt's `attention` (SDPA, or xformers when selected).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, rotary_dim: int = 32):

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vpt.models.seer.layers import FrameGroupNorm, FrameResnet, SpatialTransformer, TemporalTransformer, use_vpt_attention
+from vpt.models.seer.layers import FrameGroupNorm, FrameResnet, SpatialTransformer, TemporalTransformer, use_diffusers_attention
 
 
 @dataclass
@@ -180,7 +180,7 @@ class SeerUNet(nn.Module):
         self.conv_norm_out = FrameGroupNorm(32, channels[0], eps=size.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], size.out_channels, 3, padding=1)
-        use_vpt_attention(self)
+        use_diffusers_attention(self)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
