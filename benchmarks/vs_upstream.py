@@ -35,7 +35,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -281,23 +281,28 @@ def prepare(workload: str, args) -> None:
         add_checkout(args.taming, "--taming", "taming/models/vqgan.py")
 
 
-def run(workload: str, args) -> list[tuple[str, dict]]:
-    if workload == "river-train":
-        return [row for size in args.sizes for row in bench_river_train(size, args)]
-    if workload == "river-sample":
-        return [row for size in args.sizes for row in bench_river_sample(size, args)]
-    return bench_vqgan(args)
+def run(workload: str, args) -> Iterator[tuple[str, dict]]:
+    """(label, times) rows of one workload, as each size finishes."""
+    if workload == "vqgan":
+        yield from bench_vqgan(args)
+        return
+    bench = bench_river_train if workload == "river-train" else bench_river_sample
+    for size in args.sizes:
+        yield from bench(size, args)
 
 
-def print_table(rows: list[tuple[str, dict]], args) -> None:
+def print_header(args) -> None:
     print(f"vpt vs upstream, interleaved A/B/B/A x {args.repeats}, fp32; {machine()}")
     print("| workload | upstream median / min (ms) | vpt median / min (ms) | ratio median (min) |")
-    print("|---|---|---|---|")
-    for label, times in rows:
-        up, ours = times["upstream"], times["vpt"]
-        ratio = statistics.median(up) / statistics.median(ours)
-        print(f"| {label} | {1e3 * statistics.median(up):.1f} / {1e3 * min(up):.1f} "
-              f"| {1e3 * statistics.median(ours):.1f} / {1e3 * min(ours):.1f} | {ratio:.2f} ({min(up) / min(ours):.2f}) |")
+    print("|---|---|---|---|", flush=True)
+
+
+def print_row(label: str, times: dict[str, list[float]]) -> None:
+    up, ours = times["upstream"], times["vpt"]
+    ratio = statistics.median(up) / statistics.median(ours)
+    print(f"| {label} | {1e3 * statistics.median(up):.1f} / {1e3 * min(up):.1f} "
+          f"| {1e3 * statistics.median(ours):.1f} / {1e3 * min(ours):.1f} | {ratio:.2f} ({min(up) / min(ours):.2f}) |",
+          flush=True)
 
 
 def main() -> None:
@@ -326,10 +331,12 @@ def main() -> None:
         for workload in workloads:
             prepare(workload, args)
         install_shims()
-        rows = [row for workload in workloads for row in run(workload, args)]
     except SetupError as exc:
         sys.exit(f"vs_upstream: {exc}")
-    print_table(rows, args)
+    print_header(args)
+    for workload in workloads:
+        for label, times in run(workload, args):
+            print_row(label, times)
 
 
 if __name__ == "__main__":
