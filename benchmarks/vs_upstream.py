@@ -104,12 +104,19 @@ def need_torchdiffeq() -> None:
 # --- timing -------------------------------------------------------------------------------------------
 
 
-def interleaved(upstream: Callable[[], object], ours: Callable[[], object], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each side, timed A, B, B, A per repeat after one warm-up call each."""
+def interleaved(upstream: Callable[[], object], ours: Callable[[], object], args) -> dict[str, list[float]]:
+    """Seconds per call of each side, timed A, B, B, A per `args.repeats` after one warm-up call each.
+
+    With `--vpt-bf16` vpt's calls run under CPU bf16 autocast (its recommended setting on CPUs with bf16
+    units); upstream trains and samples in fp32 only. Outputs are checked in fp32 before this."""
+    def ours_at_precision() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.vpt_bf16):
+            return ours()
+
     times: dict[str, list[float]] = {"upstream": [], "vpt": []}
-    calls = {"upstream": upstream, "vpt": ours}
-    upstream(), ours()
-    for _ in range(repeats):
+    calls = {"upstream": upstream, "vpt": ours_at_precision}
+    upstream(), ours_at_precision()
+    for _ in range(args.repeats):
         for side in ("upstream", "vpt", "vpt", "upstream"):
             started = time.perf_counter()
             calls[side]()
@@ -216,7 +223,7 @@ def bench_river_train(size: str, args) -> list[tuple[str, dict]]:
     for label, model, inputs in (("upstream encodes frames, vpt cached latents", full, frames),
                                  ("both on latents (regressor only)", bare, latents)):
         upstream_step = train_step(lambda m=model, x=inputs: upstream_loss(m, x), adamw(model.parameters()))
-        rows.append((f"RIVER train step {size}: {label}", interleaved(upstream_step, ours_step, args.repeats)))
+        rows.append((f"RIVER train step {size}: {label}", interleaved(upstream_step, ours_step, args)))
     return rows
 
 
@@ -236,7 +243,7 @@ def bench_river_sample(size: str, args) -> list[tuple[str, dict]]:
         assert_close(f"river {size}: rollout", seeded(2, upstream_rollout), seeded(2, vpt_rollout), rtol=1e-3, atol=1e-4)
     label = f"RIVER sampling {size}: {frames} frames, RK4 {steps - 1} steps, latents"
     with torch.no_grad():
-        return [(label, interleaved(upstream_rollout, vpt_rollout, args.repeats))]
+        return [(label, interleaved(upstream_rollout, vpt_rollout, args))]
 
 
 # --- taming VQGAN -------------------------------------------------------------------------------------
@@ -266,7 +273,7 @@ def bench_vqgan(args) -> list[tuple[str, dict]]:
     with torch.inference_mode():
         assert_close("vqgan f8_small encode+decode", upstream_roundtrip(), vpt_roundtrip(), rtol=1e-3, atol=1e-4)
         label = f"VQGAN f8_small encode+decode: {args.vqgan_batch} frames 64x64"
-        return [(label, interleaved(upstream_roundtrip, vpt_roundtrip, args.repeats))]
+        return [(label, interleaved(upstream_roundtrip, vpt_roundtrip, args))]
 
 
 # --- driver -------------------------------------------------------------------------------------------
@@ -292,7 +299,8 @@ def run(workload: str, args) -> Iterator[tuple[str, dict]]:
 
 
 def print_header(args) -> None:
-    print(f"vpt vs upstream, interleaved A/B/B/A x {args.repeats}, fp32; {machine()}")
+    precision = "upstream fp32, vpt bf16 autocast" if args.vpt_bf16 else "fp32"
+    print(f"vpt vs upstream, interleaved A/B/B/A x {args.repeats}, {precision}; {machine()}")
     print("| workload | upstream median / min (ms) | vpt median / min (ms) | ratio median (min) |")
     print("|---|---|---|---|", flush=True)
 
@@ -323,6 +331,8 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=11,
                         help="upstream's `steps`: grid points, so steps - 1 RK4 steps (upstream's default: 100)")
     parser.add_argument("--vqgan-batch", type=int, default=4)
+    parser.add_argument("--vpt-bf16", action="store_true",
+                        help="time vpt under CPU bf16 autocast (outputs are still checked in fp32 first)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
