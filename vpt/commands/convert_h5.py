@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,14 @@ import typer
 from vpt.commands.options import Compression, Layout, Resize
 
 from vpt.commands.extract_frames import FpsOption, ResizeOption, SkipBadOption, SplitsOption, WorkersOption, report
+
+
+class Dataset(str, enum.Enum):
+    """How `--data-dir` is laid out (`--dataset`)."""
+
+    folders = "folders"  # train/val/test folders (or a flat folder with --splits)
+    ucf101 = "ucf101"  # UCF-101/<Class>/*.avi + ucfTrainTestlist/ fold files
+    sky = "sky"  # SkyTimelapse: sky_train|sky_test/<video>/<clip>/*.jpg
 
 
 def convert_h5(
@@ -25,6 +34,8 @@ def convert_h5(
     workers: WorkersOption = None,
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
+    dataset: Annotated[Dataset, typer.Option("--dataset", help="Layout of --data-dir: folders (train/val/test folders); ucf101 (UCF-101/<Class>/*.avi split by ucfTrainTestlist's fold files; caption = class; no val split); sky (SkyTimelapse sky_train/sky_test/<video>/<clip>/*.jpg).")] = Dataset.folders,
+    fold: Annotated[int, typer.Option("--fold", help="UCF-101 fold (1, 2 or 3): trainlistNN.txt -> train, testlistNN.txt -> test.")] = 1,
 ) -> None:
     """Convert videos to HDF5 shards with parallel decoding; an interrupted run resumes at the first unfinished shard."""
     from vpt.data.convert import convert_h5 as run
@@ -33,5 +44,6 @@ def convert_h5(
 
     summary = run(data_dir, out_dir, image_size=image_size or None, resize=resize.value, extension=extension.lstrip("."),
                   layout=layout.value, fps=fps, videos_per_shard=videos_per_shard, compression=compression.value,
-                  workers=workers or default_workers(), splits=parse_splits(splits))
+                  workers=workers or default_workers(), splits=parse_splits(splits),
+                  dataset=dataset.value, fold=fold)
     report(summary, out_dir, skip_bad, "converted")

@@ -1,4 +1,5 @@
-"""`vpt convert-h5`: a train/val/test tree of frame folders or video files -> HDF5 shards per split.
+"""`vpt convert-h5`: a train/val/test tree of frame folders or video files (or UCF-101 / SkyTimelapse as
+released) -> HDF5 shards per split.
 
 Worker processes decode and resize whole videos; the main process appends them, in source order,
 to the shard being written. Shards are the unit of resume: each is written to a hidden temp file
@@ -20,7 +21,7 @@ from vpt.data.extract import RunSummary, write_failures
 from vpt.console import warn
 from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_damage, shard_name
 from vpt.data.parallel import MediaProgress, parallel_map
-from vpt.data.sources import assign_split, caption_for, discover_videos, frame_files, load_captions, split_dirs
+from vpt.data.sources import assign_split, caption_for, dataset_splits, discover_videos, frame_files, load_captions, split_dirs
 from vpt.data.video import ResizeMode, VideoReadError, iter_frames, read_image
 from vpt.errors import UsageError
 from vpt.fsutil import LOCK_FILE, atomic_write_text, disk_full_is_an_error, ensure_writable, exclusive_lock, remove_stale_temps
@@ -39,7 +40,7 @@ class _Job:
     size: int | None
     resize: ResizeMode
     fps: float | None
-    ext: str
+    ext: str | None  # frame-file extension; None: any image file
     compression: str | None  # vpt layout: compress chunks in the worker ("none" too); None for the RIVER layout
 
 
@@ -65,6 +66,9 @@ def _load(job: _Job) -> tuple[_Job, np.ndarray | CompressedChunks | None, str | 
         return job, None, (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
+_Entry = tuple[str, Path, str, str | None]  # (name relative to the split, path, "video" | "frames", caption)
+
+
 def _split_entries(src: Path, ext: str, splits: tuple[float, float, float] | None) -> dict[str, list[tuple[str, Path, str]]]:
     present = split_dirs(src)
     if splits is not None:
@@ -79,28 +83,54 @@ def _split_entries(src: Path, ext: str, splits: tuple[float, float, float] | Non
     return {split: discover_videos(folder, ext) for split, folder in present.items()}
 
 
+def _folder_entries(src: Path, ext: str, splits: tuple[float, float, float] | None) -> dict[str, list[_Entry]]:
+    """A train/val/test tree (or a flat folder split by hash), captions from captions.json/csv."""
+    found = _split_entries(src, ext, splits)
+    captions = load_captions(src, *(src / split for split in found))
+    return {split: [(name, path, kind, caption_for(captions, name, split)) for name, path, kind in videos]
+            for split, videos in found.items()}
+
+
+def _dataset_entries(src: Path, dataset: str, fold: int) -> dict[str, list[_Entry]]:
+    """A released dataset's own layout; its splits come from the dataset (UCF-101: the fold files)."""
+    return {split: [(source.name(i), source.paths[i], source.kinds[i], source.text(i)) for i in range(len(source))]
+            for split, source in dataset_splits(src, dataset, fold).items()}
+
+
 def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64, resize: ResizeMode = "squash",
                extension: str = "png", layout: Layout = "vpt", fps: float | None = None,
                videos_per_shard: int | None = None, compression: str = "lzf", workers: int = 1,
-               splits: tuple[float, float, float] | None = None) -> RunSummary:
-    """Convert `src` into `dst/<split>/shard_NNNN.hdf5`; resumable; returns what was done and what failed."""
+               splits: tuple[float, float, float] | None = None, dataset: str = "folders", fold: int = 1) -> RunSummary:
+    """Convert `src` into `dst/<split>/shard_NNNN.hdf5`; resumable; returns what was done and what failed.
+
+    `dataset`: "folders" (a train/val/test tree, or a flat folder with `splits`), or a released dataset's
+    own layout, "ucf101" (split by the official fold files of `fold`) or "sky" (SkyTimelapse).
+    """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UsageError(f"--data-dir {src}: not a directory")
     if layout == "river" and image_size is None:
         raise UsageError("--layout river stores square frames: give --image-size")
     videos_per_shard = videos_per_shard or DEFAULT_VIDEOS_PER_SHARD[layout]
-    entries = _split_entries(src, extension, splits)
+    if fold != 1 and dataset != "ucf101":
+        raise UsageError("--fold is for --dataset ucf101")
+    if dataset == "folders":
+        entries = _folder_entries(src, extension, splits)
+    elif splits is not None:
+        raise UsageError(f"--splits is for a flat folder; the {dataset} layout brings its own splits")
+    else:
+        entries = _dataset_entries(src, dataset, fold)
     if not any(entries.values()):
         raise UsageError(f"{src}: no videos or frame folders (*.{extension}) found")
 
     settings = {"layout": layout, "image_size": image_size, "resize": resize, "extension": extension, "fps": fps,
                 "videos_per_shard": videos_per_shard, "compression": compression,
                 "videos": {split: len(found) for split, found in entries.items()}}
+    if dataset != "folders":  # only then, so state files of earlier versions still resume
+        settings |= {"dataset": dataset} | ({"fold": fold} if dataset == "ucf101" else {})
     ensure_writable(dst, "--out-dir")
     with exclusive_lock(dst), disk_full_is_an_error(dst):
         state = _load_state(dst, settings)
-        captions = load_captions(src, *(src / split for split in entries))
         jobs: list[_Job] = []
         shard_sizes: dict[str, int] = {}
         summary = RunSummary(total=sum(len(found) for found in entries.values()))
@@ -115,9 +145,10 @@ def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64,
                     summary.skipped += len(members)
                     continue
                 shard_sizes[shard] = len(members)
-                jobs += [_Job(shard, name, caption_for(captions, name, split), path, kind, image_size, resize, fps, extension,
+                frame_ext = extension if dataset == "folders" else None  # released layouts: any image file is a frame
+                jobs += [_Job(shard, name, text, path, kind, image_size, resize, fps, frame_ext,
                               compression if layout == "vpt" else None)
-                         for name, path, kind in members]
+                         for name, path, kind, text in members]
         attrs = {"source": str(src.resolve()), "resize": resize} | ({"image_size": image_size} if image_size else {})
         _convert(jobs, shard_sizes, dst, state, summary, layout=layout, attrs=attrs, compression=compression, workers=workers)
         summary.failed = [tuple(f) for record in state["shards"].values() for f in _record(record)["failed"]]

@@ -1,4 +1,5 @@
-"""Where videos come from: frame folders, video files, splits, captions, and the SSv2 / Bridge / Epic trees.
+"""Where videos come from: frame folders, video files, splits, captions, and the SSv2 / Bridge / Epic /
+UCF-101 / SkyTimelapse trees.
 
 A *source* is anything with `__len__`, `num_frames(i)`, `read(i, frame_indices) -> uint8 (T, H, W, 3)`,
 `text(i)`, `name(i)` and `has_text`; `vpt.data.h5.VideoH5` is one, the classes here are the others.
@@ -331,3 +332,80 @@ def epic_source(root: str | os.PathLike, split: str) -> EntrySource:
             texts.append(row["narration"])
     return EntrySource(names, paths, ["frames"] * len(names), texts, frame_ranges=ranges,
                        frame_pattern="frame_{:010d}.jpg")
+
+
+UCF101_FOLDS = (1, 2, 3)
+UCF101_LIST_FILES = {"train": "trainlist", "test": "testlist"}
+
+
+def _ucf101_dirs(root: Path) -> tuple[Path, Path]:
+    """(class folders, fold-file folder): `root/UCF-101/` beside `root/ucfTrainTestlist/`, or `root` holding
+    the class folders with `ucfTrainTestlist/` among them (the layout upstream PVDM reads)."""
+    videos = root / "UCF-101" if (root / "UCF-101").is_dir() else root
+    lists = next((d / "ucfTrainTestlist" for d in (root, videos) if (d / "ucfTrainTestlist").is_dir()), root / "ucfTrainTestlist")
+    return videos, lists
+
+
+def ucf101_fold_entries(list_file: Path) -> list[str]:
+    """The video paths of one fold file; train lines end in a class number, and the files use CRLF line ends."""
+    return [line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def ucf101_source(root: str | os.PathLike, split: str, fold: int = 1) -> EntrySource:
+    """UCF-101: `UCF-101/<Class>/v_<Class>_gXX_cYY.avi`, split by the official `ucfTrainTestlist/trainlistNN.txt`
+    and `testlistNN.txt` of `fold`, so no test video can reach training; the caption is the class name.
+
+    There is no val split: upstream trains on the whole train list, and holding groups out would change that.
+    """
+    if fold not in UCF101_FOLDS:
+        raise UsageError(f"--fold {fold}: UCF-101 has folds 1, 2 and 3")
+    list_name = UCF101_LIST_FILES.get(split)
+    if list_name is None:
+        raise UsageError(f"UCF-101 has splits train and test, not '{split}'")
+    videos, lists = _ucf101_dirs(Path(root))
+    list_file = lists / f"{list_name}{fold:02d}.txt"
+    if not list_file.is_file():
+        raise UsageError(f"{list_file}: UCF-101 fold file not found (expected ucfTrainTestlist/ beside or inside the class folders)")
+    names = ucf101_fold_entries(list_file)
+    missing = [name for name in names if not (videos / name).is_file()]
+    if missing:
+        raise UsageError(f"{list_file.name}: {len(missing)} of {len(names)} listed videos are missing under {videos} (e.g. {missing[0]})")
+    return EntrySource(names, [videos / n for n in names], ["video"] * len(names), [n.split("/")[0] for n in names])
+
+
+SKY_SPLIT_DIRS = {"train": ("sky_train", "train"), "test": ("sky_test", "test")}
+
+
+def sky_split_dir(root: str | os.PathLike, split: str) -> Path | None:
+    """SkyTimelapse's folder of `split` (`sky_train` as released, `train` as upstream PVDM names it), if present."""
+    return next((Path(root) / n for n in SKY_SPLIT_DIRS.get(split, ()) if (Path(root) / n).is_dir()), None)
+
+
+def sky_source(root: str | os.PathLike, split: str) -> EntrySource:
+    """SkyTimelapse: frame folders two levels deep, `sky_train/<video>/<clip>/*.jpg`; one clip folder is one video."""
+    if split not in SKY_SPLIT_DIRS:
+        raise UsageError(f"SkyTimelapse has splits train and test, not '{split}'")
+    split_dir = sky_split_dir(root, split)
+    if split_dir is None:
+        raise UsageError(f"{root}: no SkyTimelapse {split} folder (expected sky_{split}/<video>/<clip>/*.jpg)")
+    clips = sorted((f"{video.name}/{clip.name}" for video in _visible_dirs(split_dir) for clip in _visible_dirs(video)),
+                   key=natural_key)
+    if not clips:
+        raise UsageError(f"{split_dir}: no clip folders (expected <video>/<clip>/*.jpg)")
+    return EntrySource(clips, [split_dir / c for c in clips], ["frames"] * len(clips))
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def dataset_splits(root: str | os.PathLike, dataset: str, fold: int = 1) -> dict[str, EntrySource]:
+    """Every split of a released dataset's own layout: `ucf101` (train/test of the fold) or `sky` (the splits present)."""
+    if dataset == "ucf101":
+        return {split: ucf101_source(root, split, fold) for split in UCF101_LIST_FILES}
+    if dataset == "sky":
+        present = [split for split in SKY_SPLIT_DIRS if sky_split_dir(root, split) is not None]
+        if not present:
+            raise UsageError(f"{root}: no SkyTimelapse folders (expected sky_train/ and sky_test/ with <video>/<clip>/*.jpg)")
+        return {split: sky_source(root, split) for split in present}
+    raise UsageError(f"unknown dataset layout '{dataset}' (expected ucf101 or sky)")
