@@ -41,3 +41,14 @@ def textured_video(frames: int, size: int, seed: int, *, grid: int = 24, noise: 
         x, y = (3 * t) % size, (2 * t) % size
         video[t] = np.clip(field[y:y + size, x:x + size] + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255)
     return video
+
+
+def run_vpt(args: list[str]) -> None:
+    """Run a vpt command in this process; a failing command stops the benchmark with its exit code."""
+    from vpt.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        if exc.code:
+            raise

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vpt.cli import main as vpt_main
+from common import run_vpt
 from vpt.data.shapes import shape_centroid
 from vpt.models.backend import Backend
 
@@ -33,15 +33,6 @@ OVERRIDES = ["model.autoencoder=pixels:4", "model.latent_channels=48", "model.pa
              f"data.frames={FRAMES}", f"data.frame_skip={SKIP}", f"data.image_size={SIZE}", "train.checkpoint_every=500",
              "train.keep_last=1000", "train.log_every=50", "train.sample_every=0", "train.val_every=0"]
 PAIRS = {"horizontal": ("left", "right", 0), "vertical": ("up", "down", 1)}  # (negative, positive, centroid axis)
-
-
-def vpt(args: list[str]) -> None:
-    """Run a vpt command in this process; a failing command stops the benchmark with its exit code."""
-    try:
-        vpt_main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 def displacement(model, motion: str, seed: int, guidance_scale: float | None, axis: int) -> float:
@@ -76,9 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     data, run = args.work / "shapes", args.work / "run"
     if not (data / "captions.json").is_file():
-        vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SIZE)])
+        run_vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SIZE)])
     started = time.perf_counter()
-    vpt(["train", "latte", "--config", str(SHAPES_CONFIG), "--data", str(data), "--run", str(run),
+    run_vpt(["train", "latte", "--config", str(SHAPES_CONFIG), "--data", str(data), "--run", str(run),
          "--max-steps", str(args.steps), *[item for override in OVERRIDES for item in ("--set", override)]])
     trained = time.perf_counter() - started
     print(f"trained {args.steps} steps ({trained / 60:.1f} min this call), torch threads {torch.get_num_threads()}")

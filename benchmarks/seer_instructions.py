@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpt.cli import main as vpt_main
+from common import run_vpt
 from vpt.data.shapes import COLOURS, SHAPES, ShapeClip, render, shape_centroid
 from vpt.data.video import resize_frames
 from vpt.models.backend import Backend
@@ -32,15 +32,6 @@ SOURCE_SIZE, SIZE, FRAMES, SKIP = 32, 16, 4, 3
 OVERRIDES = [f"model.frames={FRAMES}", f"data.frames={FRAMES}", f"data.frame_skip={SKIP}", f"data.image_size={SIZE}",
              "model.unet.block_out_channels=[32,32,64]", "train.batch_size=8", "train.lr=1e-3",
              "train.checkpoint_every=250", "train.keep_last=1000", "train.log_every=50", "train.sample_every=0", "train.val_every=0"]
-
-
-def vpt(args: list[str]) -> None:
-    """Run a vpt command in this process; a failing command stops the benchmark with its exit code."""
-    try:
-        vpt_main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 def first_frames(count: int, seed: int) -> list[tuple[np.ndarray, str]]:
@@ -85,9 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     data, run = args.work / "shapes", args.work / "run"
     if not (data / "captions.json").is_file():
-        vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SOURCE_SIZE)])
+        run_vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SOURCE_SIZE)])
     started = time.perf_counter()
-    vpt(["train", "seer", "--config", str(TINY), "--data", str(data), "--run", str(run), "--max-steps", str(args.steps),
+    run_vpt(["train", "seer", "--config", str(TINY), "--data", str(data), "--run", str(run), "--max-steps", str(args.steps),
          *[item for override in OVERRIDES for item in ("--set", override)]])
     trained = time.perf_counter() - started
     print(f"trained {args.steps} steps ({trained / 60:.1f} min this call), torch threads {torch.get_num_threads()}")
