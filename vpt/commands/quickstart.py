@@ -26,7 +26,7 @@ KEPT_FRACTION = 0.3  # the object is kept when >= 30 % of its true pixel count h
 
 def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Working folder: data/, runs/ae, runs/river, report.html, metrics.json.")] = Path("quickstart"),
-    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (about 10 minutes on 2 quiet cores).", min=0.2)] = None,
+    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (10-15 minutes on 2 quiet cores).", min=0.2)] = None,
     num_videos: Annotated[int, typer.Option("--num-videos", help="Built-in shapes videos to make (80/10/10 train/val/test).", min=20)] = NUM_VIDEOS,
     ae_steps: Annotated[Optional[int], typer.Option("--ae-steps", help="Autoencoder training steps. Default: configs/ae/quickstart.yaml's train.max_steps.", min=1)] = None,
     river_steps: Annotated[Optional[int], typer.Option("--river-steps", help="RIVER training steps. Default: configs/river/shapes.yaml's train.max_steps (more continues an earlier run).", min=1)] = None,
