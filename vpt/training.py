@@ -278,8 +278,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                          f"kept (run the same command to continue)")
                     break
     finally:
-        if cfg.log_with:
-            accelerator.end_training()
+        accelerator.end_training()  # trackers closed; the process group shut down before interpreter exit
     return state.step
 
 

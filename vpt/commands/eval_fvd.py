@@ -182,6 +182,8 @@ def eval_fvd(
             info(f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
                  f"{record['computed_batches']} computed")
         info(f"wrote {out}")
+    accelerator.wait_for_everyone()  # no process leaves while another still talks to it,
+    accelerator.end_training()  # and the process group is shut down, not torn apart at interpreter exit
 
 
 def _check_generation(backend, fvd: bool) -> None:
