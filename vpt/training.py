@@ -277,8 +277,12 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                     info(f"train.max_minutes={cfg.max_minutes:g} reached at step {state.step}; the checkpoint is "
                          f"kept (run the same command to continue)")
                     break
-    finally:
-        accelerator.end_training()  # trackers closed; the process group shut down before interpreter exit
+    except BaseException:
+        for tracker in accelerator.trackers:  # the logs so far are kept; the processes exit on the error
+            tracker.finish()
+        raise
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # trackers closed, and the process group shut down before interpreter exit
     return state.step
 
 
