@@ -63,10 +63,9 @@ RIVER_SIZES = {
     "tiny": dict(inner_dim=64, depth=2, mid_depth=1),
     "medium": dict(inner_dim=512, depth=4, mid_depth=4),  # 40.6M parameters (the issue's "39M medium")
 }
-ROOT = Path(__file__).resolve().parents[1]
-SEER_TINY = ROOT / "tests" / "fixtures" / "seer" / "config_tiny.json"  # the tiny UNet + FSText of the parity fixtures
 LATENT = (4, 8, 8)  # BAIR64 / KTH latents of the f8_small VQGAN: (c, h, w)
 FRAME = (3, 64, 64)
+SEER_TINY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seer" / "config_tiny.json"  # parity fixtures' UNet + FSText
 
 
 class SetupError(Exception):
