@@ -96,6 +96,14 @@ class MosoDouble(nn.Module):
         motion = ((level + 1) / 2 * (self.codes - 1)).round().long().clamp(0, self.codes - 1)  # (B, T, g, g)
         return {"scene": motion[:, 0], "object": motion[:, -1], "motion": motion}
 
+    def split_latent(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, L) ids as floats, laid out [scene | object | motion] -> token grids (as the MOSO AE stores them)."""
+        cell = self.grid * self.grid
+        ids = latents.round().long()
+        return {"scene": ids[:, :cell].unflatten(1, (self.grid, self.grid)),
+                "object": ids[:, cell:2 * cell].unflatten(1, (self.grid, self.grid)),
+                "motion": ids[:, 2 * cell:].unflatten(1, (-1, self.grid, self.grid))}
+
     def diffusion_input(self, motion: torch.Tensor) -> torch.Tensor:
         return rearrange(self.codebook(motion), "b t h w d -> b d t h w")
 
@@ -177,6 +185,18 @@ def test_loss_goes_down_on_a_fixed_batch():
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in model.autoencoder.parameters())  # the first stage stays frozen
+
+
+def test_training_on_cached_tokens_equals_training_on_their_frames():
+    model = small_model()
+    clip = torch.rand(2, 4, 3, 8, 8) * 2 - 1
+    tokens = model.autoencoder.tokens(clip.transpose(1, 2))
+    latents = torch.cat([tokens[name].flatten(1) for name in ("scene", "object", "motion")], dim=1).float()
+    torch.manual_seed(3)
+    from_frames = model.loss({"video": clip})["loss"]
+    torch.manual_seed(3)
+    from_latents = model.loss({"latents": latents[:, None]})["loss"]  # (B, n=1 clip, L)
+    assert torch.equal(from_frames, from_latents)
 
 
 def test_motion_shape_other_than_the_config_is_one_line():

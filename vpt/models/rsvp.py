@@ -283,11 +283,17 @@ class RSVPM(LatentBackend):
     @torch.no_grad()
     def embed(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(B, T, 3, H, W) frames in [-1, 1] -> x (B, D, T, h, w), context (B, L, D) and the tokens."""
+        tokens = self._require_autoencoder().tokens(clip.transpose(1, 2))  # the AE reads (B, C, T, H, W)
+        x, context = self.embed_tokens(tokens)
+        return x, context, tokens
+
+    @torch.no_grad()
+    def embed_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene, object and motion token ids -> x (B, D, T, h, w) and context (B, L, D)."""
         ae = self._require_autoencoder()
-        tokens = ae.tokens(clip.transpose(1, 2))  # the AE reads (B, C, T, H, W)
         x = ae.diffusion_input(tokens["motion"]).float()
         self._check_motion(x)
-        return x, ae.context(tokens["scene"], tokens["object"]).float(), tokens
+        return x, ae.context(tokens["scene"], tokens["object"]).float()
 
     def _check_motion(self, x: torch.Tensor) -> None:
         expected = (self.cfg.latent_channels, self.cfg.clip_frames, self.cfg.latent_size, self.cfg.latent_size)
@@ -323,7 +329,8 @@ class RSVPM(LatentBackend):
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         """One diffusion step per clip, t ~ U{0..T-1}, on a window of `clip_frames` frames at a random
-        start. A batch dict with `x` (B, D, T, h, w) and `context` (B, L, D) is used as it is."""
+        start, or on one random clip of cached latents (`vpt save-latents`: (B, n, L) token ids as floats,
+        one row per clip). A batch dict with `x` (B, D, T, h, w) and `context` (B, L, D) is used as it is."""
         x0, context = self._training_pair(batch)
         t = torch.randint(0, self.cfg.num_timesteps, (len(x0),), device=x0.device)
         mask = self.given_mask(len(x0), x0.device)
@@ -335,8 +342,7 @@ class RSVPM(LatentBackend):
             return batch["x"].float(), batch["context"].float()
         clip, is_latent = _clip_from_batch(batch)
         if is_latent:
-            raise ConfigError("rsvp trains on frames through its MOSO autoencoder (--ae RUN with frame data); "
-                              "cached latents are not supported yet")
+            return self.embed_tokens(self._tokens_of_a_latent_clip(clip))
         frames = self.cfg.clip_frames
         if clip.shape[1] < frames:
             raise ConfigError(f"rsvp trains on clips of {frames} frames (model.clip_frames), got {clip.shape[1]} "
@@ -344,6 +350,15 @@ class RSVPM(LatentBackend):
         start = int(torch.randint(0, clip.shape[1] - frames + 1, ()))
         x0, context, _tokens = self.embed(clip[:, start:start + frames])
         return x0, context
+
+    def _tokens_of_a_latent_clip(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, n, L) cached token ids -> the tokens of one clip at a random index, split by the autoencoder."""
+        ae = self._require_autoencoder()
+        if latents.dim() != 3 or not hasattr(ae, "split_latent"):
+            raise ConfigError(f"rsvp reads cached latents of a MOSO autoencoder ((clips, L) token ids per video), got "
+                              f"latents of shape {tuple(latents.shape[1:])}; train on frames with --ae instead")
+        index = int(torch.randint(0, latents.shape[1], ()))
+        return ae.split_latent(latents[:, index])
 
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
