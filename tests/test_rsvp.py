@@ -197,6 +197,11 @@ def test_training_on_cached_tokens_equals_training_on_their_frames():
     torch.manual_seed(3)
     from_latents = model.loss({"latents": latents[:, None]})["loss"]  # (B, n=1 clip, L)
     assert torch.equal(from_frames, from_latents)
+    # and periodic samples can show cached latents as frames: the decoded clip of its tokens
+    assert model.can_show_latents
+    x, _context, _tokens = model.embed(clip)
+    torch.testing.assert_close(model.decode(latents[:, None].expand(-1, 2, -1)),
+                               model.decode_motion(x, tokens).repeat(1, 2, 1, 1, 1))
 
 
 def test_motion_shape_other_than_the_config_is_one_line():

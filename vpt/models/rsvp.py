@@ -270,7 +270,7 @@ class RSVPM(LatentBackend):
 
     @property
     def can_show_latents(self) -> bool:
-        return False  # decoding needs the scene and object tokens too, which a motion latent lacks
+        return self.autoencoder is not None and hasattr(self.autoencoder, "split_latent")
 
     def given_mask(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
         """(B, T, h, w) int64: 1 at the given frames."""
@@ -307,6 +307,16 @@ class RSVPM(LatentBackend):
         """Motion embeddings (B, D, T, h, w) with a clip's scene and object tokens -> (B, T, 3, H, W) frames."""
         video = self._require_autoencoder().decode_diffusion(x, tokens["scene"], tokens["object"])  # (B, C, T, H, W)
         return video.transpose(1, 2).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Cached token latents (B, n, L), one row per clip -> (B, n T, 3, H, W) frames."""
+        ae = self._require_autoencoder()
+        clips = []
+        for index in range(latents.shape[1]):
+            tokens = ae.split_latent(latents[:, index])
+            clips.append(self.decode_motion(self.embed_tokens(tokens)[0], tokens))
+        return torch.cat(clips, dim=1)
 
     # --- training ---------------------------------------------------------------------------------------
     def diffusion_loss(self, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
