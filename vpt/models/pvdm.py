@@ -69,27 +69,9 @@ class PVDMConfig:
     context_frames: int = 16  # one clip
 
     def __post_init__(self) -> None:
-        if self.model_channels < 32 or self.model_channels % 32:
-            raise ValueError(f"model.model_channels must be a multiple of 32 (GroupNorm of 32 groups), got {self.model_channels}")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"model.channel_mult needs positive multipliers, got {self.channel_mult}")
-        factor = 2 ** (len(self.channel_mult) - 1)
-        for name in ("latent_size", "latent_frames"):
-            size = getattr(self, name)
-            if size < 1 or size % factor:
-                raise ValueError(f"model.{name} ({size}) must be a positive multiple of {factor}: the UNet halves every "
-                                 f"plane {len(self.channel_mult) - 1} times (len(channel_mult) - 1)")
-        for width in {self.model_channels * m for m in self.channel_mult}:
-            if width % self.num_heads:
-                raise ValueError(f"model.num_heads ({self.num_heads}) must divide every UNet width, not {width}")
+        check_unet_fields(self, ("latent_size", "latent_frames"))
         if not 0.0 <= self.cond_prob <= 1.0:
             raise ValueError(f"model.cond_prob must be in [0, 1], got {self.cond_prob}")
-        if not 0 < self.linear_start < self.linear_end < 1:
-            raise ValueError("model.linear_start and linear_end must satisfy 0 < start < end < 1")
-        if not 1 <= self.steps <= self.num_timesteps:
-            raise ValueError(f"model.steps must be in 1..{self.num_timesteps}, got {self.steps}")
-        if self.num_res_blocks < 1 or self.num_heads < 1:
-            raise ValueError("model.num_res_blocks and model.num_heads must be >= 1")
 
     def plane_shapes(self) -> list[tuple[int, int]]:
         """(rows, cols) of the xy, yt and xt planes, in their order in the flat latent."""
@@ -100,6 +82,30 @@ class PVDMConfig:
     def latent_length(self) -> int:
         """L: tokens of the three planes together (2048 for the released models)."""
         return sum(rows * cols for rows, cols in self.plane_shapes())
+
+
+def check_unet_fields(cfg: Any, halved: tuple[str, ...]) -> None:
+    """The checks every ADM-style UNet config needs (widths, heads, levels, β schedule, sampling steps);
+    `halved` names the latent sides the UNet halves once per level. Raises ValueError (a config error)."""
+    if cfg.num_res_blocks < 1 or cfg.num_heads < 1:
+        raise ValueError("model.num_res_blocks and model.num_heads must be >= 1")
+    if cfg.model_channels < 32 or cfg.model_channels % 32:
+        raise ValueError(f"model.model_channels must be a multiple of 32 (GroupNorm of 32 groups), got {cfg.model_channels}")
+    if not cfg.channel_mult or min(cfg.channel_mult) < 1:
+        raise ValueError(f"model.channel_mult needs positive multipliers, got {cfg.channel_mult}")
+    factor = 2 ** (len(cfg.channel_mult) - 1)
+    for name in halved:
+        size = getattr(cfg, name)
+        if size < 1 or size % factor:
+            raise ValueError(f"model.{name} ({size}) must be a positive multiple of {factor}: the UNet halves it "
+                             f"{len(cfg.channel_mult) - 1} times (len(channel_mult) - 1)")
+    for width in {cfg.model_channels * m for m in cfg.channel_mult}:
+        if width % cfg.num_heads:
+            raise ValueError(f"model.num_heads ({cfg.num_heads}) must divide every UNet width, not {width}")
+    if not 0 < cfg.linear_start < cfg.linear_end < 1:
+        raise ValueError("model.linear_start and linear_end must satisfy 0 < start < end < 1")
+    if not 1 <= cfg.steps <= cfg.num_timesteps:
+        raise ValueError(f"model.steps must be in 1..{cfg.num_timesteps}, got {cfg.steps}")
 
 
 # --- the triplane UNet ------------------------------------------------------------------------------
@@ -123,30 +129,34 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 class ResBlock(nn.Module):
     """ADM residual block with FiLM time conditioning: GN(h)·(1 + scale) + shift. With `resample`
-    ("down": 2x2 average pooling, "up": nearest 2x) both branches change resolution."""
+    ("down": 2x2 average pooling, "up": nearest 2x) both branches change resolution. `dims=3` makes
+    it a video block (N, C, T, H, W): 3x3x3 convolutions, resampling over H and W only."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
-                 resample: Literal["down", "up", None] = None):
+                 resample: Literal["down", "up", None] = None, dims: Literal[2, 3] = 2):
         super().__init__()
         self.resample = resample
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), conv(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
-                                        zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+                                        zero_init(conv(out_channels, out_channels, 3, padding=1)))
+        self.skip_connection = nn.Identity() if out_channels == channels else conv(channels, out_channels, 1)
 
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, [T,] H, W): time is never resampled
+        factor = (2, 2) if x.dim() == 4 else (1, 2, 2)
         if self.resample == "down":
-            return F.avg_pool2d(x, 2)
+            return F.avg_pool2d(x, factor) if x.dim() == 4 else F.avg_pool3d(x, factor)
         if self.resample == "up":
-            return F.interpolate(x, scale_factor=2, mode="nearest")
+            return F.interpolate(x, scale_factor=factor, mode="nearest")
         return x
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # (N, C, H, W), (N, E)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # (N, C, [T,] H, W), (N, E)
         norm_act, conv = self.in_layers[:-1], self.in_layers[-1]
         h = conv(self._resample(norm_act(x)))  # resampled between the activation and the conv, as ADM
         x = self._resample(x)
-        scale, shift = self.emb_layers(emb).type(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        film = self.emb_layers(emb).type(h.dtype)
+        scale, shift = film.reshape(*film.shape, *[1] * (h.dim() - 2)).chunk(2, dim=1)
         out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
         h = out_rest(out_norm(h) * (1 + scale) + shift)
         return self.skip_connection(x) + h
@@ -175,11 +185,17 @@ class TokenAttention(nn.Module):
 
 
 class UNetBlock(nn.Sequential):
-    """A stage of the UNet: ResBlocks take the time embedding, attention and convolutions do not."""
+    """A stage of the UNet: ResBlocks take the time embedding, layers that declare `takes_context`
+    (cross-attention) the context, the rest neither."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif getattr(layer, "takes_context", False):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -298,21 +314,26 @@ def ddim_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
 
 
 def ddim_sample(eps: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, pairs: list[tuple[int, int]],
-                schedule: dict[str, torch.Tensor], eta: float, noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+                schedule: dict[str, torch.Tensor], eta: float, noise: Callable[[], torch.Tensor], *,
+                clip_denoised: bool = True,
+                after_step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM from x = x_T along `pairs`; `eps(x, t)` predicts the noise, `noise()` draws one step's noise.
 
-    Each step estimates x̂0 = √(1/ᾱ_t) x - √(1/ᾱ_t - 1) ε̂, clamped to [-1, 1] (ε̂ is kept, not
-    recomputed from the clamped x̂0, as upstream); the last step returns x̂0."""
+    Each step estimates x̂0 = √(1/ᾱ_t) x - √(1/ᾱ_t - 1) ε̂, clamped to [-1, 1] unless `clip_denoised`
+    is False (ε̂ is kept, not recomputed from the clamped x̂0, as upstream); the last step returns x̂0.
+    `after_step` edits every new x, the returned one included (inpainting resets known positions)."""
+    keep = after_step or (lambda value: value)
     abar = schedule["alphas_cumprod"]
     for t, t_next in pairs:
         predicted = eps(x, t)
-        x0 = (schedule["sqrt_recip_alphas_cumprod"][t] * x
-              - schedule["sqrt_recipm1_alphas_cumprod"][t] * predicted).clamp(-1.0, 1.0)
+        x0 = schedule["sqrt_recip_alphas_cumprod"][t] * x - schedule["sqrt_recipm1_alphas_cumprod"][t] * predicted
+        if clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
         if t_next < 0:
-            return x0
+            return keep(x0)
         alpha, alpha_next = abar[t], abar[t_next]
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
-        x = x0 * alpha_next.sqrt() + (1 - alpha_next - sigma ** 2).sqrt() * predicted + sigma * noise()
+        x = keep(x0 * alpha_next.sqrt() + (1 - alpha_next - sigma ** 2).sqrt() * predicted + sigma * noise())
     return x
 
 

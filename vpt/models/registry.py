@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "neuralsde": "vpt.models.neuralsde:NeuralSDE",
     "pvdm": "vpt.models.pvdm:PVDM",
     "river": "vpt.models.river:River",
+    "rsvp": "vpt.models.rsvp:RSVPM",
     "seer": "vpt.models.seer:Seer",
 }
 
