@@ -1,6 +1,7 @@
-"""MOSO's three-stream VQ-VAE (`autoencoder.type: moso`): token grids, the shared EMA codebook against
-its closed form, the interface the RSVP-M diffusion model uses, upstream's checkpoint container, its
-loss recipe, and train-ae -> save-latents on the built-in data."""
+"""MOSO's three-stream VQ-VAE (`autoencoder.type: moso`): parity with upstream's code, its full-size key
+list, token grids, the shared EMA codebook against its closed form, the interface the RSVP-M diffusion
+model uses, upstream's checkpoint container, its loss recipe, and train-ae -> save-latents on the
+built-in data."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import torch
 import yaml
 
+from fixture_paths import fixture, key_shapes
+
 from vpt.errors import ConfigError
-from vpt.models.autoencoders import build_autoencoder, load_autoencoder
+from vpt.models.autoencoders import autoencoder_from_upstream_state, build_autoencoder, load_autoencoder
 from vpt.models.autoencoders.moso import MosoAutoencoder, MosoConfig, second_difference
 from vpt.models.autoencoders.objective import LossConfig
 from vpt.models.autoencoders.quantize import EMAVectorQuantizer
@@ -34,6 +37,72 @@ def _clips(n: int = 2, frames: int = 8, size: int = 32) -> torch.Tensor:
     return torch.rand(n, frames, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
+# --- parity with upstream ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """The tiny upstream model (weights read through the bare-state-dict loader) and its recorded io."""
+    state = torch.load(fixture("moso", "moso_tiny_state_dict.pt"), weights_only=True)
+    model = autoencoder_from_upstream_state(state, arch={"resolution": 32})  # the weights do not tell the frame size
+    return model, torch.load(fixture("moso", "moso_tiny_io.pt"), weights_only=True)
+
+
+def test_tiny_architecture_is_read_off_the_upstream_weights(upstream):
+    model, _ = upstream
+    recorded = yaml.safe_load(fixture("moso", "config_tiny.yaml").read_text())["moso_tiny"]
+    config = model.config
+    assert (config.num_hiddens, config.num_residual_layers, config.num_residual_hiddens, config.embedding_dim,
+            config.num_embeddings, config.frames) == (recorded["num_hiddens"], recorded["num_residual_layers"],
+                                                      recorded["num_residual_hiddens"], recorded["embedding_dim"],
+                                                      recorded["num_embeddings"], recorded["num_frames"])
+    assert (config.ds_background, config.ds_identity, config.ds_motion, config.ds_content) == \
+        (recorded["ds_background"], recorded["ds_identity"], recorded["ds_motion"], recorded["ds_content"])
+    assert (config.num_heads, config.head_dim) == (recorded["num_head"], 64)
+
+
+def test_tiny_matches_upstream(upstream):
+    model, io = upstream
+    inputs, expected = io["inputs"], io["outputs"]
+    clips = inputs["frames"] * 2 - 1  # vpt's [-1, 1]
+    torch.testing.assert_close(second_difference(inputs["frames"]), inputs["motion_input"])
+    with torch.no_grad():
+        features = model._features(clips)
+        tokens = model._clip_tokens(clips)
+        for name in ("scene", "object", "motion"):
+            torch.testing.assert_close(features[name], expected[f"features_{name}"], atol=1e-5, rtol=1e-4)
+            assert torch.equal(tokens[name], expected[f"tokens_{name}"])
+        torch.testing.assert_close(model.decode_tokens(tokens), 2 * expected["decode_tokens"] - 1, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.diffusion_input(tokens["motion"]), expected["diffusion_x"], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model.context(tokens["scene"], tokens["object"]), expected["context"], atol=1e-6, rtol=1e-5)
+        video = model.decode_diffusion(inputs["z"], tokens["scene"], tokens["object"])  # (B, C, T, H, W)
+        torch.testing.assert_close(video.transpose(1, 2), 2 * expected["decode_sample"] - 1, atol=1e-5, rtol=1e-4)
+
+
+def test_codebook_training_calls_match_upstream(upstream):
+    model, io = upstream
+    expected = io["outputs"]
+    quantizer = EMAVectorQuantizer(model.config.num_embeddings, model.config.embedding_dim, commitment_cost=0.25, decay=0.99)
+    quantizer.load_state_dict(model._vq_ema.state_dict())
+    quantizer.train()
+    losses = [quantizer(expected[f"features_{name}"]).loss for name in ("scene", "object", "motion")]
+    torch.testing.assert_close(torch.stack(losses), expected["commitment_losses"])
+    torch.testing.assert_close(quantizer.embeddings, expected["codebook_after_training_calls"], atol=1e-5, rtol=1e-5)
+
+
+def test_published_config_has_the_upstream_key_list():
+    from vpt.models.autoencoders.moso_objective import MosoObjective
+
+    released = key_shapes("moso", "keys_moso_vqvae_ucf.txt")
+    config = yaml.safe_load((CONFIGS / "moso_ucf101.yaml").read_text())
+    with torch.device("meta"):
+        model = build_autoencoder("moso", config["autoencoder"]["arch"])
+        objective = MosoObjective(model, LossConfig(**config["loss"]))
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ours |= {f"_discriminator.{k}": tuple(v.shape) for k, v in objective.discriminator.state_dict().items()}
+    assert ours == released
+
+
 # --- sizes -------------------------------------------------------------------------------------------
 
 
@@ -51,17 +120,6 @@ def test_published_config_has_the_published_token_grids_and_parameter_count():
     assert shapes["_encoder_bg._suf_layer.0.weight"] == (256, 16 * 256, 3, 3)  # 16 frames stacked on channels
     assert shapes["_suf_vq_mo.weight"] == (256, 256, 1, 1)
     assert not any(k.startswith("_decoder.merge._mo_ds_") for k in shapes)  # motion sits two scales below content
-
-
-def test_published_discriminator_sees_48_channels():
-    from vpt.models.autoencoders.moso_objective import MosoObjective
-
-    config = yaml.safe_load((CONFIGS / "moso_ucf101.yaml").read_text())
-    with torch.device("meta"):
-        model = build_autoencoder("moso", config["autoencoder"]["arch"])
-        objective = MosoObjective(model, LossConfig(**config["loss"]))
-    assert objective.discriminator.main[0].in_channels == 48
-    assert sum(p.numel() for p in objective.discriminator.parameters()) == 2_811_713  # upstream's NLayerDiscriminator(48, 64, 3)
 
 
 @pytest.mark.parametrize("resolution, ds, expected", [
