@@ -30,15 +30,19 @@ What differs from upstream, and what could not be established:
 - Motion input at the clip's ends: upstream reads one frame before and one after the clip; an
   autoencoder here sees exactly k frames, so the first and last frame are repeated outward (the
   motion input of the end frames is a first, not a second, difference).
-- Upstream restarts never-chosen codes (`if_augcb: 2`): every 10th update one is set to the mean of
-  the used codes, but its moving-average count is left near zero, so at the next update that code
-  becomes the averaged sum divided by about 1e-5 and is never chosen again. Not reproduced.
+- Upstream restarts never-chosen codes (`if_augcb: 2`): every 10th update one of them gets the mean
+  vector and moving-average sum of the used codes, but its moving-average count stays near zero, so
+  the next update divides that sum by the tiny count and throws the code far from every feature.
+  Not reproduced: here, as in upstream between restarts, a code never chosen sits at the zero vector
+  after the first update (its moving-average sum is zero).
 - The split inputs of upstream's first 100k steps (`split_input_steps`): the object stream sees the
   pixels whose largest channel of |2 x_t - x_{t-1} - x_{t+1}| lies in [0.1, 0.9], the scene stream
   the rest; afterwards both see whole frames. The band is upstream's data default (`limit` 0.5 with
   its fixed +-0.4); tokens are always extracted from whole frames, as upstream does.
-- No checkpoint of the published model is public, so loading was checked on names and shapes, not
-  on reconstructions of a released model.
+- The GAN: upstream alternates generator and discriminator steps once it is on; `vpt train-ae`
+  moves both on every step (see `moso_objective.py`). The published UCF-101 run never switched it on.
+- Neither repository publishes trained weights, so checkpoint loading was checked against upstream's
+  code on random weights (names, shapes, outputs), not on a released model.
 """
 
 from __future__ import annotations
@@ -105,6 +109,11 @@ class MosoConfig:
             raise ConfigError(f"autoencoder.arch.frames {self.frames} is not divisible by time_head {self.time_head}")
         if self.num_hiddens % 2:
             raise ConfigError(f"autoencoder.arch.num_hiddens must be even (the decoder halves it), got {self.num_hiddens}")
+        for name in ("commitment_cost", "split_input_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"autoencoder.arch.{name} must be >= 0, got {getattr(self, name)}")
+        if self.epsilon <= 0:
+            raise ConfigError(f"autoencoder.arch.epsilon must be > 0, got {self.epsilon}")
         if not 0.0 <= self.decay < 1.0:
             raise ConfigError(f"autoencoder.arch.decay must be in [0, 1), got {self.decay}")
         if not 0.0 <= self.attention_dropout < 1.0:
@@ -206,6 +215,10 @@ class MotionEncoder(nn.Module):
         return rearrange(self._residual(features), "(n t) c h w -> n t c h w", n=n)
 
 
+def _halving_conv(width: int) -> nn.Conv2d:
+    return nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+
 def _gate_mlp(width: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3 * width, width, 1), nn.ReLU(), nn.Conv2d(width, width, 1))
 
@@ -219,8 +232,8 @@ class MergeModule(nn.Module):
         super().__init__()
         self.motion_offset = motion_offset  # ds_motion - ds_content: which scale the motion features sit at
         for i in range(1, 3 - motion_offset):
-            setattr(self, f"_mo_ds_{i}", nn.Conv2d(width, width, 3, stride=2, padding=1))
-        self._bg_ds_1, self._bg_ds_2, self._id_ds_1, self._id_ds_2 = (nn.Conv2d(width, width, 3, stride=2, padding=1) for _ in range(4))
+            setattr(self, f"_mo_ds_{i}", _halving_conv(width))
+        self._bg_ds_1, self._bg_ds_2, self._id_ds_1, self._id_ds_2 = (_halving_conv(width) for _ in range(4))
         self._fc_l1, self._fc_l2, self._fc_l3 = (_gate_mlp(width) for _ in range(3))
         self._fc = nn.Conv2d(width, width, 1)
 
