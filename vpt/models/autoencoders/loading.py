@@ -314,8 +314,8 @@ def _infer_pvdm_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def _infer_moso_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """MOSO's sizes from its tensors. The attention heads assume upstream's 64 dimensions per head (one
-    head when narrower);
-    `resolution` and `time_head` leave no trace in the weights (defaults or `arch` supply them)."""
+    head when narrower); `resolution` and `time_head` leave no trace in the weights (defaults or `arch`
+    supply them)."""
     width = state["_encoder_bg._layers.0.0.weight"].shape[0]
     embedding_dim, num_embeddings = state["_vq_ema.embeddings"].shape
     attention_width = state["_encoder_mo._attention.w_qs.weight"].shape[0]
