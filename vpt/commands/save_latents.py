@@ -12,7 +12,10 @@ step (VideoGeneration-PyTorch's Latte does) or keep the mean. Root attributes na
 (`autoencoder_path`, `autoencoder_type`, `autoencoder` (JSON identity: type, arch, scale, shift),
 `autoencoder_sha256`, `latent_scale`, `latent_shift`, `frames_per_latent`) and the source shard. A clip
 autoencoder with latent planes (PVDM: one latent step per 16 frames, (4, L)) adds `latent_planes`, JSON
-{plane: [rows, cols]} in the order the planes are concatenated along L.
+{plane: [rows, cols]} in the order the planes are concatenated along L. A token autoencoder (MOSO: one
+step per clip, its scene, object and motion token ids as floats in one channel, (1, L)) adds `latent_layout`,
+JSON {part: grid} in the order the parts are concatenated; its ids need --dtype float32 (float16 holds
+integers exactly only up to 2048).
 
 Resumable at the level of videos: each finished video is kept as OUT/.partial/<split>/<shard>/<i>.npy
 (written atomically) until its shard is complete; the shard file is then written atomically and the
@@ -79,6 +82,7 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
         model = load_autoencoder(ae, preset=preset)
         target = resolve_device(device)
         model = model.to(target).eval()
+        _check_dtype(model, dtype)
         manifest = _claim(out, _manifest(model, data, dtype, image_size))
 
         sources = {name: VideoH5(path) for name, path in splits}
@@ -94,6 +98,16 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
     height, width = (image_size, image_size) if image_size else first.frame_shape()[:2]
     return {"videos": sum(len(s) for s in sources.values()), "encoded_videos": encoded, "splits": [n for n, _ in splits],
             "latent_shape": model.latent_dims(height, width), "posterior": model.has_posterior}
+
+
+def _check_dtype(model, dtype: str) -> None:
+    """Token ids stored as floats must stay exact: float16 holds every integer only up to 2048."""
+    from vpt.errors import UsageError
+
+    codes = getattr(model.config, "num_embeddings", 0)
+    if dtype == "float16" and model.identity().get("latent_kind") == "token_ids" and codes > 2048:
+        raise UsageError(f"--dtype float16 cannot hold the {model.type} autoencoder's token ids exactly "
+                         f"({codes} codes, float16 is exact up to 2048); use --dtype float32")
 
 
 # --- layout ---------------------------------------------------------------------------------------
@@ -207,7 +221,8 @@ def _finished(out: Path, split: str, source, shard: int, manifest: dict[str, Any
 def _shard_attrs(manifest: dict[str, Any], source, shard: int) -> dict[str, Any]:
     identity = manifest["autoencoder"]
     planes = {"latent_planes": json.dumps(identity["planes"])} if "planes" in identity else {}
-    return planes | {
+    layout = {"latent_layout": json.dumps(identity["layout"])} if "layout" in identity else {}
+    return planes | layout | {
         "autoencoder_path": manifest["autoencoder_path"], "autoencoder_type": identity["type"],
         "autoencoder": json.dumps(identity), "autoencoder_sha256": manifest["autoencoder_sha256"],
         "autoencoder_format": manifest["autoencoder_format"], "latent_scale": identity["latent_scale"],

@@ -1,6 +1,7 @@
 """Autoencoders behind one interface (see `base.Autoencoder`): taming VQGAN (`vqgan`, RIVER's ldm-vq),
 RIVER's own VQVAE (`river-vqvae`), Stable Diffusion's KL-VAE through diffusers (`kl-vae`), the frame
-VAE of Latte's VideoGeneration-PyTorch (`latte-vae`) and PVDM's projected clip autoencoder (`pvdm`).
+VAE of Latte's VideoGeneration-PyTorch (`latte-vae`), PVDM's projected clip autoencoder (`pvdm`) and
+MOSO's three-stream VQ-VAE (`moso`: scene, object and motion tokens from one codebook, RSVP-M's first stage).
 `vpt train-ae` trains them, `vpt save-latents` caches their latents, and the latent backends load them
 with `load_autoencoder`.
 """

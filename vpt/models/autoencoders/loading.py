@@ -6,7 +6,8 @@
 - RIVER's `vqvae.ckpt` (a taming-transformers Lightning checkpoint: `["state_dict"]`, `loss.*` ignored),
   RIVER's `vqvae.pth` (`["model"]`, the "ours" VQVAE) and RIVER's `model.pth` (its `ae.*` part),
 - a bare state dict (`.pth`/`.pt`/`.bin`/`.safetensors`) of a taming VQGAN, RIVER VQVAE or
-  VideoGeneration-PyTorch VAE (`vae_autoencoder_ckpt.pth`).
+  VideoGeneration-PyTorch VAE (`vae_autoencoder_ckpt.pth`),
+- MOSO's VQ-VAE checkpoint (`{'state': ..., 'steps': ...}`; its discriminator and LPIPS copies are dropped).
 The architecture of a bare checkpoint is read off its tensor shapes; `preset` names the taming
 configuration to check it against (f8_small / f8 / f16), `arch` supplies what shapes cannot tell
 (the Latte VAE's GroupNorm groups and attention heads).
@@ -31,6 +32,7 @@ AUTOENCODERS: dict[str, str] = {
     "kl-vae": "vpt.models.autoencoders.kl:KLVAE",
     "latte-vae": "vpt.models.autoencoders.latte_vae:LatteVAE",
     "pvdm": "vpt.models.autoencoders.pvdm:PVDMAutoencoder",
+    "moso": "vpt.models.autoencoders.moso:MosoAutoencoder",
 }
 ALIASES = {"ldm-vq": "vqgan", "ours": "river-vqvae"}  # RIVER's `autoencoder.type` names
 
@@ -53,6 +55,7 @@ _DOWNLOAD_HINTS = {
     "vqvae.pth": "RIVER's CLEVRER VQVAE: download vqvae.pth from the Hugging Face repo cvg-unibe/river_clevrer_128",
     "model.pth": "a RIVER model: download model.pth from the Hugging Face repo cvg-unibe/river_<dataset>",
     "model_last.pth": "PVDM's autoencoder: the model_last.pth its first stage writes (a bare state dict)",
+    "MoCoVQVAE_wCD_shareCB_iter250000.pth": "MOSO's VQ-VAE: the checkpoint its training script (train_dist.py) writes",
     "vae_autoencoder_ckpt.pth": "the VideoGeneration-PyTorch VAE: train it upstream (tools/train_vae.py) or use `vpt train-ae`",
 }
 
@@ -215,13 +218,16 @@ def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raw, container = raw["state_dict"], "lightning"  # taming / RIVER vqvae.ckpt
     elif isinstance(raw.get("model"), dict):
         raw, container = raw["model"], "river"  # RIVER vqvae.pth / model.pth
+    elif isinstance(raw.get("state"), dict):
+        raw, container = raw["state"], "moso"  # MOSO's train_dist.py checkpoints
     state = strip_module_prefix({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
     if any(k.startswith("ae.") for k in state):  # RIVER model.pth: regressor + autoencoder
         state = {k.removeprefix("ae."): v for k, v in state.items() if k.startswith("ae.")}
     if any(k.startswith("backbone.") for k in state):  # RIVER wraps "ours" in a SequenceConverter
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    # taming keeps the discriminator and LPIPS under loss.*; they are not part of the autoencoder
-    return {k: v for k, v in state.items() if not k.startswith("loss.")}, container
+    # taming keeps the discriminator and LPIPS under loss.*, MOSO under _discriminator.* and perceptual_loss.*;
+    # they are not part of the autoencoder
+    return {k: v for k, v in state.items() if not k.startswith(("loss.", "_discriminator.", "perceptual_loss."))}, container
 
 
 def _detect_type(state: dict[str, torch.Tensor], path: Path) -> str:
@@ -233,11 +239,13 @@ def _detect_type(state: dict[str, torch.Tensor], path: Path) -> str:
         return "latte-vae"
     if "xy_quant_attn.layers.0.0.fn.to_qkv.weight" in state:
         return "pvdm"
+    if "_vq_ema.embeddings" in state and "_encoder_mo._attention.w_qs.weight" in state:
+        return "moso"
     if any(k.startswith("encoder.down_blocks.") for k in state):
         raise VptError(f"{path}: a diffusers AutoencoderKL state dict; pass its folder (config.json + weights) instead")
     if any(k.startswith("autoencoder.") for k in state):
         raise VptError(f"{path}: weights from a vpt run; pass the run directory (it holds the architecture)")
-    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM or "
+    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM, MOSO or "
                    f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})")
 
 
@@ -273,6 +281,8 @@ def _infer_arch(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
                     encoder_width=state["encoder.conv_in.weight"].shape[0], decoder_width=state["decoder.conv_in.weight"].shape[0])
     if name == "pvdm":
         return _infer_pvdm_arch(state)
+    if name == "moso":
+        return _infer_moso_arch(state)
     # latte-vae
     levels = _count(state, r"encoder_layers\.(\d+)\.")
     mids = _count(state, r"encoder_mids\.(\d+)\.")
@@ -300,6 +310,26 @@ def _infer_pvdm_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
                 embed_dim=state["pre_xy.weight"].shape[0], timesteps=state["xy_pos_embedding"].shape[1] - 1,
                 resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
                 depth=_count(state, r"encoder\.layers\.(\d+)\."))
+
+
+def _infer_moso_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """MOSO's sizes from its tensors. The attention heads assume upstream's 64 dimensions per head (one
+    head when narrower); `resolution` and `time_head` leave no trace in the weights (defaults or `arch`
+    supply them)."""
+    width = state["_encoder_bg._layers.0.0.weight"].shape[0]
+    embedding_dim, num_embeddings = state["_vq_ema.embeddings"].shape
+    attention_width = state["_encoder_mo._attention.w_qs.weight"].shape[0]
+    heads = max(1, attention_width // 64)
+    return dict(in_channels=state["_encoder_bg._layers.0.0.weight"].shape[1], num_hiddens=width,
+                frames=state["_encoder_bg._suf_layer.0.weight"].shape[1] // width,
+                num_residual_layers=_count(state, r"_encoder_bg\._residual\._layers\.(\d+)\."),
+                num_residual_hiddens=state["_encoder_bg._residual._layers.0.0.weight"].shape[0],
+                embedding_dim=embedding_dim, num_embeddings=num_embeddings,
+                ds_background=_count(state, r"_encoder_bg\._layers\.(\d+)\."),
+                ds_identity=_count(state, r"_encoder_id\._layers\.(\d+)\."),
+                ds_motion=_count(state, r"_encoder_mo\._layers\.(\d+)\."),
+                ds_content=_count(state, r"_decoder\._layers\.(\d+)\."),
+                num_heads=heads, head_dim=attention_width // heads)
 
 
 def _sha256_files(paths: list[Path]) -> str:
