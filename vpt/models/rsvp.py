@@ -362,8 +362,10 @@ class RSVPM(LatentBackend):
         return x0, context
 
     def _tokens_of_a_latent_clip(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, n, L) cached token ids -> the tokens of one clip at a random index, split by the autoencoder."""
+        """(B, n, 1, L) cached token ids (save-latents stores a clip as (1, L)) -> the tokens of one clip at a
+        random index, split by the autoencoder."""
         ae = self._require_autoencoder()
+        latents = latents.flatten(2) if latents.dim() == 4 else latents  # (B, n, L)
         if latents.dim() != 3 or not hasattr(ae, "split_latent"):
             raise ConfigError(f"rsvp reads cached latents of a MOSO autoencoder ((clips, L) token ids per video), got "
                               f"latents of shape {tuple(latents.shape[1:])}; train on frames with --ae instead")
