@@ -1,7 +1,7 @@
-"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE, PVDM) on the shared loop.
+"""`vpt train-ae`: train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE, PVDM, MOSO) on the shared loop.
 
 The run's config.yaml has four sections:
-    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm), arch (the type's settings, or
+    autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm | moso), arch (the type's settings, or
                   `preset: <name>` plus overrides), init_from (weights to start from)
     data:         vpt.data.datasets.DataConfig (frames in [-1, 1]; data.frames = 1 trains on single frames)
     loss:         vpt.models.autoencoders.objective.LossConfig
