@@ -306,6 +306,23 @@ def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: floa
     return {name: table.float() for name, table in tables.items()}
 
 
+class DiffusionTables:
+    """Mixin of the diffusion backends: the `diffusion_schedule` tables as non-persistent buffers (they
+    follow the model's device and never enter a checkpoint)."""
+
+    def _register_schedule(self, cfg: Any) -> None:  # cfg: num_timesteps, linear_start, linear_end
+        for name, table in diffusion_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end).items():
+            self.register_buffer(name, table, persistent=False)
+
+    def schedule(self) -> dict[str, torch.Tensor]:
+        return {name: buffer for name, buffer in self.named_buffers(recurse=False)
+                if name in SCHEDULE_TABLES}
+
+
+SCHEDULE_TABLES = ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
+
+
 def ddim_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
     """Upstream's DDIM grid: linspace(-1, T-1, steps+1) truncated to integers, newest first, as
     consecutive (t, t_next) pairs ending at t_next = -1 (e.g. 100 steps: 999, 989, ..., 9, -1)."""
@@ -340,7 +357,7 @@ def ddim_sample(eps: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tenso
 # --- the backend ------------------------------------------------------------------------------------
 
 
-class PVDM(LatentBackend):
+class PVDM(DiffusionTables, LatentBackend):
     """PVDM on the shared backend surface: `loss` (ε-prediction DDPM on triplane latents, with the
     previous clip as condition) and `predict` (clip-by-clip DDIM rollout)."""
 
@@ -352,14 +369,8 @@ class PVDM(LatentBackend):
         super().__init__()
         self.cfg = cfg
         self.unet = TriplaneUNet(cfg)
-        for name, table in diffusion_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end).items():
-            self.register_buffer(name, table, persistent=False)
+        self._register_schedule(cfg)
         self._attach_autoencoder(autoencoder)
-
-    def schedule(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in ("alphas_cumprod", "sqrt_alphas_cumprod",
-                                                        "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                                                        "sqrt_recipm1_alphas_cumprod")}
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         """Latent clips are (..., c, L); L must be the token count of the configured planes."""

@@ -33,8 +33,8 @@ from torch import nn
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
 from vpt.models.embeddings import sinusoidal_embedding
-from vpt.models.pvdm import (GroupNorm32, ResBlock, UNetBlock, check_unet_fields, ddim_sample, ddim_time_pairs,
-                             diffusion_schedule, zero_init)
+from vpt.models.pvdm import (DiffusionTables, GroupNorm32, ResBlock, UNetBlock, check_unet_fields, ddim_sample,
+                             ddim_time_pairs, zero_init)
 from vpt.models.river import LatentBackend, _clip_from_batch
 
 # --- config -----------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class MosoUNet(nn.Module):
 # --- the backend ------------------------------------------------------------------------------------
 
 
-class RSVPM(LatentBackend):
+class RSVPM(DiffusionTables, LatentBackend):
     """RSVP-M on the shared backend surface: `loss` (masked ε-prediction on motion embeddings) and
     `predict` (clip-by-clip inpainting: the newest known frames at the given positions, the frames
     after the last given one predicted). RSVP released no weights, so there is no `default_protocol`."""
@@ -254,13 +254,8 @@ class RSVPM(LatentBackend):
         super().__init__()
         self.cfg = cfg
         self.unet = MosoUNet(cfg)
-        for name, table in diffusion_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end).items():
-            self.register_buffer(name, table, persistent=False)
+        self._register_schedule(cfg)
         self._attach_autoencoder(autoencoder)
-
-    def schedule(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in ("alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                                                        "sqrt_recipm1_alphas_cumprod")}
 
     @property
     def context_frames(self) -> int:
