@@ -113,14 +113,20 @@ def score(run_dir: Path, data: Path, out: Path) -> dict:
 
 
 def logged(run_dir: Path) -> tuple[int, float]:
-    """Steps reached and training minutes (the sum of metrics.jsonl's logged intervals) of one run."""
+    """Checkpointed step and training minutes of one run: metrics.jsonl's logged intervals, the steps after
+    the last log line at the last logged rate."""
+    from vpt.runs import Run
+
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    minutes, previous = 0.0, 0
+    minutes, previous, rate = 0.0, 0, None
     for row in (row for row in rows if row.get("steps_per_s")):
         minutes += (row["step"] - previous) / row["steps_per_s"] / 60
-        previous = row["step"]
-    return max((row.get("step", 0) for row in rows), default=0), round(minutes, 2)
+        previous, rate = row["step"], row["steps_per_s"]
+    step = Run(run_dir).latest_step()
+    if rate:
+        minutes += (step - previous) / rate / 60
+    return step, round(minutes, 2)
 
 
 def training_record(run_dir: Path) -> dict:
