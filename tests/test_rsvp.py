@@ -253,3 +253,23 @@ def test_ucf_config_has_upstreams_values():
     assert cfg.model.given_indices() == list(range(8)) and cfg.model.steps == 100 and cfg.model.loss_type == "l1"
     assert (cfg.train.ema_every, cfg.train.ema_decay, cfg.train.lr, cfg.train.warmup_steps) == (25, 0.9999, 1e-4, 0)
     assert (cfg.eval.context_frames, cfg.eval.predicted_frames) == (8, 8)
+
+
+def test_as_predicted_training_conditions_on_what_predict_can_see():
+    """whole_clip (upstream) conditions on the real clip's tokens; as_predicted on the tokens of the clip
+    `predict` builds (given frames, copies of the nearest one elsewhere), the targets staying the real ones."""
+    clip = torch.rand(2, 4, 3, 8, 8) * 2 - 1  # (B, T, 3, H, W); frames 0-1 given
+    padded = torch.stack([clip[:, 0], clip[:, 1], clip[:, 1], clip[:, 1]], dim=1)
+    model = small_model(train_tokens="as_predicted")
+    x_real, context_real, _ = model.embed(clip)
+    x_padded, context_padded, _ = model.embed(padded)
+    assert not torch.equal(context_real, context_padded)  # the object token of the double is the last frame's
+    x0, context = model._training_pair({"video": clip})
+    torch.testing.assert_close(context, context_padded, atol=0, rtol=0)
+    torch.testing.assert_close(x0[:, :, :2], x_padded[:, :, :2], atol=0, rtol=0)
+    torch.testing.assert_close(x0[:, :, 2:], x_real[:, :, 2:], atol=0, rtol=0)
+    x0, context = small_model()._training_pair({"video": clip})
+    torch.testing.assert_close(context, context_real, atol=0, rtol=0)
+    torch.testing.assert_close(x0, x_real, atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="as_predicted"):
+        model._training_pair({"latents": torch.zeros(2, 1, 48)})

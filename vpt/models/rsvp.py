@@ -68,6 +68,11 @@ class RSVPMConfig:
     # all: mean over every element, the given ones counting as zero error (upstream);
     # given_excluded: mean over the predicted positions only (the loss no longer shrinks with more given frames).
     loss_normalise: Literal["all", "given_excluded"] = "all"
+    # What the denoiser is conditioned on in training. whole_clip (upstream): the tokens of the real clip,
+    # whose scene/object tokens and given motion tokens have seen the frames to predict; as_predicted:
+    # the tokens `predict` can compute (the given frames with copies of the nearest one elsewhere), the
+    # real clip only supplying the targets (needs frames: --ae on frame data, not cached tokens).
+    train_tokens: Literal["whole_clip", "as_predicted"] = "whole_clip"
     # Sampling defaults of `predict`.
     steps: int = 100  # DDIM steps (upstream's validation)
     eta: float = 1.0
@@ -347,14 +352,24 @@ class RSVPM(DiffusionTables, LatentBackend):
             return batch["x"].float(), batch["context"].float()
         clip, is_latent = _clip_from_batch(batch)
         if is_latent:
+            if self.cfg.train_tokens == "as_predicted":
+                raise ConfigError("model.train_tokens: as_predicted tokenises the given frames anew, which cached "
+                                  "token latents cannot do; train on frames with --ae")
             return self.embed_tokens(self._tokens_of_a_latent_clip(clip))
         frames = self.cfg.clip_frames
         if clip.shape[1] < frames:
             raise ConfigError(f"rsvp trains on clips of {frames} frames (model.clip_frames), got {clip.shape[1]} "
                               f"(data.frames)")
         start = int(torch.randint(0, clip.shape[1] - frames + 1, ()))
-        x0, context, _tokens = self.embed(clip[:, start:start + frames])
-        return x0, context
+        clip = clip[:, start:start + frames]  # (B, T, 3, H, W)
+        x0, context, _tokens = self.embed(clip)
+        if self.cfg.train_tokens == "whole_clip":
+            return x0, context
+        given = self.cfg.given_indices()
+        x_seen, context_seen, _tokens = self.embed(self._clip_to_complete(list(clip[:, :given[-1] + 1].unbind(1))))
+        is_given = torch.zeros(frames, dtype=torch.bool, device=x0.device)
+        is_given[given] = True
+        return torch.where(is_given.view(1, 1, -1, 1, 1), x_seen, x0), context_seen
 
     def _tokens_of_a_latent_clip(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, n, 1, L) cached token ids (save-latents stores a clip as (1, L)) -> the tokens of one clip at a
