@@ -306,6 +306,10 @@ def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: floa
     return {name: table.float() for name, table in tables.items()}
 
 
+SCHEDULE_TABLES = ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
+
+
 class DiffusionTables:
     """Mixin of the diffusion backends: the `diffusion_schedule` tables as non-persistent buffers (they
     follow the model's device and never enter a checkpoint)."""
@@ -315,12 +319,7 @@ class DiffusionTables:
             self.register_buffer(name, table, persistent=False)
 
     def schedule(self) -> dict[str, torch.Tensor]:
-        return {name: buffer for name, buffer in self.named_buffers(recurse=False)
-                if name in SCHEDULE_TABLES}
-
-
-SCHEDULE_TABLES = ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
+        return {name: getattr(self, name) for name in SCHEDULE_TABLES}
 
 
 def ddim_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
