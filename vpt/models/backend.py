@@ -138,6 +138,16 @@ class Backend(nn.Module, abc.ABC):
 
         raise UsageError(f"backend '{self.name}' has no compiled sampler; drop --compile")
 
+    def check_request(self, prompt: Any, num_frames: int) -> None:
+        """What every `predict` checks first: a prompt only where the backend takes text, and at least
+        one frame to predict. One-line errors."""
+        from vpt.errors import UsageError
+
+        if prompt is not None and not self.takes_text:
+            raise UsageError(f"backend '{self.name}' takes no text prompt")
+        if num_frames < 1:
+            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+
     def frames_done(self, count: int) -> None:
         """`predict` calls this as it finishes frames (every sample of a batch counts)."""
         callback = self.__dict__.get("_frames_callback")

@@ -580,10 +580,7 @@ class Latte(LatentBackend):
         Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one class or one per sample: an
         index, or a word of `class_words`), `guidance_scale` (classifier-free guidance).
         """
-        if prompt is not None:
-            raise UsageError("backend 'latte' takes no text prompt")
-        if num_frames < 1:
-            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+        self.check_request(prompt, num_frames)
         batch_size = context.shape[0]
         labels = self._sampling_labels(class_labels, batch_size, context.device)
         if context.shape[1]:

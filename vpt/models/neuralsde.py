@@ -397,8 +397,7 @@ class NeuralSDE(LatentBackend):
         the adaptive solver, an in-between frame the solver stepped over is the straight line between
         its accepted points, as upstream.
         """
-        if prompt is not None:
-            raise UsageError("backend 'neuralsde' takes no text prompt")
+        self.check_request(prompt, num_frames)
         latents = self.rollout(self.encode(context), num_frames, steps=steps, generator=generator, sampler=sampler,
                                denoiser_weight=denoiser_weight, diffusion=diffusion, upsample=upsample)
         return self.decode(latents)

@@ -452,10 +452,7 @@ class PVDM(DiffusionTables, LatentBackend):
         black frames (-1), as upstream's loader pads short videos; an empty one starts from the zero
         condition (generation). The last clip is cut to `num_frames`. Options: `steps` (DDIM steps),
         `eta`, `w` (guidance weight)."""
-        if prompt is not None:
-            raise UsageError("backend 'pvdm' takes no text prompt")
-        if num_frames < 1:
-            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+        self.check_request(prompt, num_frames)
         cond = self._context_latent(context)  # (B, c, L) or None
         clips = []
         for _ in range(-(-num_frames // self.clip_frames)):

@@ -392,8 +392,7 @@ class River(LatentBackend):
         (rk4 | heun | euler), `warm_start` (flow time to start from, noisy previous latent) and
         `past_horizon` (how many newest latents the random context comes from; 0 = all).
         """
-        if prompt is not None:
-            raise UsageError("backend 'river' takes no text prompt")
+        self.check_request(prompt, num_frames)
         self._warn_outside_training(context.shape[1], num_frames, past_horizon)
         context_latents = self.encode(context)  # (B, n, c, h, w)
         latents = self.rollout(context_latents, num_frames, steps=steps, generator=generator,

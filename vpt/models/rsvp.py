@@ -425,10 +425,7 @@ class RSVPM(DiffusionTables, LatentBackend):
         Each clip puts the newest known frames (context, then predictions) at the given positions,
         the newest at the last given one; the frames after it are the prediction. Options: `steps`
         (DDIM steps), `eta`."""
-        if prompt is not None:
-            raise UsageError("backend 'rsvp' takes no text prompt")
-        if num_frames < 1:
-            raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
+        self.check_request(prompt, num_frames)
         if context.shape[1] < self.context_frames:
             raise UsageError(f"rsvp needs {self.context_frames} context frames (model.given_frames "
                              f"{self.cfg.given_frames}), got {context.shape[1]}")
