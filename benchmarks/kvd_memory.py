@@ -3,7 +3,7 @@
     python benchmarks/kvd_memory.py [--clips 20000] [--dim 400] [--block 2048]
 
 KVD (unbiased MMD^2, cubic polynomial kernel) over n real and n fake I3D features needs three n x n
-kernel sums. Built as whole float64 matrices (as most KVD code does) that is 3 x 8 n^2 bytes, 9.6 GB at
+kernel sums. Built as whole float64 matrices (as most KVD code does) that is 3 x 8 n^2 bytes, 8.9 GiB at
 n = 20,000. vpt sums the kernel one (block x block) piece at a time, so the peak is the features plus
 about two blocks (~64 MB at the default block of 2,048), whatever n is. Peak memory is measured with
 tracemalloc, which sees numpy's allocations; the value is checked against a direct computation on a
