@@ -1,10 +1,11 @@
 """`vpt quickstart` on a reduced budget: every stage runs, and its model predicts motion.
 
-The budget: RIVER 3,000 of its 4,000 steps, the autoencoder its full 1,000 (below that whether it keeps
-the objects' colours is a coin flip: 73 / 40 % of reconstructed frames at 300 steps, 78 / 90 % at 500 for seeds 0 / 1, and
-RIVER cannot place what the autoencoder loses). Measured with this budget on the quickstart's own 50 test
-clips: position error 10.7 px (2 threads) and 11.0 px (1 thread) against 14.65 for copy-last, object
-kept in 77 % of predicted frames, PSNR +5.3 dB; at 2,000 steps the margin was 0.4 px, too thin to test."""
+The budget: RIVER 3,000 of its 4,000 steps, the autoencoder its full 1,000. Below that, whether the
+autoencoder keeps the objects' colours is a coin flip (73 / 40 % of reconstructed frames at 300 steps,
+78 / 90 % at 500, seeds 0 / 1), and RIVER cannot place what the autoencoder loses. Measured with this
+budget on the quickstart's own 50 test clips: position error 10.7 px (2 threads) and 11.0 px (1 thread)
+against 14.65 for copy-last, object kept in 77 % of predicted frames, PSNR +5.3 dB; at 2,000 RIVER steps
+the margin was 0.4 px, too thin to test."""
 
 from __future__ import annotations
 
