@@ -18,7 +18,7 @@ import torch
 
 from common import machine
 from vpt.models.autoencoders import build_autoencoder
-from vpt.models.precision import inference_autocast
+from vpt.precision import inference_autocast
 
 # name -> (type, arch, frame size, channels): the configurations upstream and vpt's shapes config use.
 CASES: dict[str, tuple[str, dict, int, int]] = {

@@ -44,7 +44,7 @@ from vpt.data.extract import extract_frames
 from vpt.data.parallel import default_workers
 from vpt.data.sources import discover_videos, frame_files
 from vpt.data.video import write_video
-from vpt.training import SampleKey
+from vpt.training.sampler import SampleKey
 
 BATCH = 8
 

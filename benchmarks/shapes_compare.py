@@ -53,7 +53,7 @@ def trained(run_dir: Path) -> bool:
 
 def train(backend_cls, run_dir: Path, config: Path, overrides: list[str]) -> None:
     from vpt.commands.train import train_backend, train_schema
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     run, cfg = start_run(train_schema(backend_cls), run_dir=run_dir, config_file=config, overrides=overrides)
     train_backend(backend_cls, cfg, run)
@@ -80,7 +80,7 @@ def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Pa
     from vpt.commands.save_latents import encode_dataset
     from vpt.commands.train_ae import _schema, train_autoencoder
     from vpt.models.rsvp import RSVPM
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     started = time.perf_counter()
     ae_dir, latents, model_dir = run_dir / "moso", run_dir / "latents", run_dir / "rsvp"

@@ -183,7 +183,8 @@ def upstream_river(size: str, with_autoencoder: bool):
 def vpt_river(upstream_model):
     """vpt's River with the upstream regressor's weights, through vpt's converter (no autoencoder:
     vpt trains on cached latents and `rollout` works on latents)."""
-    from vpt.models.river import River, RiverConfig, config_from_regressor_state, convert_upstream_regressor
+    from vpt.models.river import River, RiverConfig
+    from vpt.models.uvit import config_from_regressor_state, convert_upstream_regressor
 
     state = convert_upstream_regressor(upstream_model.vector_field_regressor.state_dict())
     model = River(RiverConfig(**config_from_regressor_state(state), time_grid="upstream"))

@@ -18,8 +18,11 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from tiny_training import TinyDataset, TinyModel
-from vpt.training import (EMA, TrainConfig, TrainingState, _clip_per_group, _full_weights, _local, _LossModule,
-                          _unsharded)
+from vpt.distributed import local, unsharded
+from vpt.training import TrainConfig
+from vpt.training.checkpoint import TrainingState, _full_weights
+from vpt.training.ema import EMA
+from vpt.training.loop import _clip_per_group, _LossModule
 
 
 def main(out: Path) -> None:
@@ -31,7 +34,7 @@ def main(out: Path) -> None:
     sharded = copy.deepcopy(reference)
     fully_shard(sharded.net)
     assert all(isinstance(p, DTensor) for p in sharded.parameters())
-    assert _local(sharded.net[0].weight).shape[0] == 16 // dist.get_world_size()  # really split over ranks
+    assert local(sharded.net[0].weight).shape[0] == 16 // dist.get_world_size()  # really split over ranks
 
     data = TinyDataset()
     batch = {"x": data.inputs[:8], "y": data.targets[:8]}
@@ -65,7 +68,7 @@ def main(out: Path) -> None:
     reloaded = EMA(sharded, 0.5)
     reloaded.load(out, torch.device("cpu"))
     for name, value in reloaded.shadow.items():
-        assert isinstance(value, DTensor) and torch.equal(_local(value), _local(ema_sharded.shadow[name])), name
+        assert isinstance(value, DTensor) and torch.equal(local(value), local(ema_sharded.shadow[name])), name
     dist.barrier()
     if rank == 0:
         print("fsdp2 dtensor checks passed", flush=True)
@@ -90,7 +93,7 @@ def _check_gathered_weights(model: TinyModel, expected: dict[str, torch.Tensor],
     expected_loss = _reference_loss(expected, batch)
     torch.manual_seed(2)
     with torch.no_grad():
-        loss = _unsharded(loss_module, lambda m: m.loss(batch)["loss"], model)
+        loss = unsharded(loss_module, lambda m: m.loss(batch)["loss"], model)
     torch.testing.assert_close(loss, expected_loss)
     assert isinstance(model.net[0].weight, DTensor)  # sharded again afterwards
     if rank == 0:

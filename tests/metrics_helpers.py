@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpt.metrics.lpips import BACKBONES, LPIPS
+from vpt.models.lpips import BACKBONES, LPIPS
 
 
 class TinyTorchScriptI3D(torch.nn.Module):

@@ -133,7 +133,7 @@ def test_kl_latents_keep_the_posterior_and_clips_carry_it(frames_h5, tmp_path):
     as the clip and the log-variance beside it (under "latents" / "latent_logvar" for training)."""
     from vpt.commands.train import TrainingData
     from vpt.data.datasets import ClipDataset, DataConfig
-    from vpt.training import SampleKey
+    from vpt.training.sampler import SampleKey
 
     out = tmp_path / "latents"
     summary = encode_dataset(KL_AE, frames_h5 / "val", out)

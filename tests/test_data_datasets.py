@@ -13,7 +13,7 @@ from vpt.data.datasets import ClipDataset, DataConfig, VideoDataset, clip_start,
 from vpt.data.h5 import ShardWriter
 from vpt.data.sources import bridge_caption, natural_key, ssv2_label
 from vpt.errors import ConfigError, UsageError
-from vpt.training import SampleKey
+from vpt.training.sampler import SampleKey
 
 
 def _frame_values(item) -> list[int]:

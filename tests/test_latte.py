@@ -20,7 +20,7 @@ from vpt.models.latte import (
     timestep_features,
 )
 from vpt.errors import ConfigError, UsageError
-from vpt.models.river import PixelAutoencoder
+from vpt.models.latent import PixelAutoencoder
 
 ATOL, RTOL = 1e-5, 1e-4
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "latte"

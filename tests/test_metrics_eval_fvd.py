@@ -17,7 +17,7 @@ from metrics_helpers import moving_videos, write_backbone, write_frame_folders, 
 from vpt.cli import app
 from vpt.errors import UsageError
 from vpt.metrics.frames import psnr, ssim
-from vpt.metrics.lpips import load_lpips
+from vpt.models.lpips import load_lpips
 from vpt.models.backend import Backend
 from vpt.models.registry import BACKENDS
 
@@ -71,7 +71,7 @@ def test_videos_mode_scores_pairs_and_records_the_protocol(tmp_path, detector, a
     write_frame_folders(tmp_path / "real", real)
     write_frame_folders(tmp_path / "fake", fake)
     backbone, heads = alex
-    monkeypatch.setattr("vpt.metrics.lpips.lpips_heads_path", lambda net: heads)
+    monkeypatch.setattr("vpt.models.lpips.lpips_heads_path", lambda net: heads)
     out = tmp_path / "metrics.json"
     result = _invoke(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--i3d", str(detector),
                       "--frames", "10", "--paired", "--lpips-net", "alex", "--lpips-weights", str(backbone),

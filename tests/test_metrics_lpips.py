@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vpt.errors import VptError
 from metrics_helpers import write_backbone, write_heads
-from vpt.metrics.lpips import SCALE, SHIFT, load_lpips, lpips_heads_path
+from vpt.models.lpips import SCALE, SHIFT, load_lpips, lpips_heads_path
 
 VGG_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision vgg16 `features` conv indices
 

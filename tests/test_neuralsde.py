@@ -19,7 +19,8 @@ from vpt.models.neuralsde import (
     config_from_state,
     convert_upstream_state,
 )
-from vpt.models.river import River, convert_upstream_regressor, count_parameters
+from vpt.models.river import River, count_parameters
+from vpt.models.uvit import convert_upstream_regressor
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "neuralsde"
 ATOL = 1e-5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vpt.models import precision
+from vpt import precision
 
 
 def test_auto_is_bf16_only_where_the_device_has_bf16_units(monkeypatch):

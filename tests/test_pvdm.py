@@ -13,7 +13,8 @@ import yaml
 from fixture_paths import fixture, key_shapes
 from vpt.config import validate
 from vpt.errors import ConfigError, UsageError
-from vpt.models.pvdm import PVDM, PVDMConfig, TriplaneUNet, config_from_unet_state, convert_upstream_unet, ddim_time_pairs
+from vpt.models.diffusion import ddim_time_pairs
+from vpt.models.pvdm import PVDM, PVDMConfig, TriplaneUNet, config_from_unet_state, convert_upstream_unet
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pvdm"

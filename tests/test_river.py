@@ -10,14 +10,8 @@ from fixture_paths import fixture, key_shapes
 from safetensors.torch import load_file
 
 from vpt.models.integrators import integrate, time_grid
-from vpt.models.river import (
-    River,
-    RiverConfig,
-    VectorFieldRegressor,
-    config_from_regressor_state,
-    convert_upstream_regressor,
-    count_parameters,
-)
+from vpt.models.river import River, RiverConfig, count_parameters
+from vpt.models.uvit import VectorFieldRegressor, config_from_regressor_state, convert_upstream_regressor
 
 ATOL = 1e-5
 
@@ -259,7 +253,7 @@ def test_inductor_compiled_rollout_matches_eager_within_fp32_tolerance():
 
 
 def test_pixel_autoencoder_round_trips():
-    from vpt.models.river import build_autoencoder
+    from vpt.models.latent import build_autoencoder
 
     video = torch.rand(2, 3, 3, 16, 16) * 2 - 1
     patches = build_autoencoder("pixels:4")

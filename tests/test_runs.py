@@ -11,7 +11,8 @@ import yaml
 from tiny_training import TinyDataset, TinyModel, tiny_config
 from vpt.errors import ConfigError, UsageError
 from vpt.runs import Run, newest_run
-from vpt.training import Hooks, TrainConfig, start_run, train
+from vpt.runs import start_run
+from vpt.training import Hooks, TrainConfig, train
 
 
 @dataclass

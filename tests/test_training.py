@@ -14,7 +14,8 @@ import torch
 from tiny_training import TinyDataset, TinyModel, tiny_config
 from vpt.errors import TrainingDiverged
 from vpt.runs import Run
-from vpt.training import ResumableSampler, lr_factor, train
+from vpt.training import lr_factor, train
+from vpt.training.sampler import ResumableSampler
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -64,8 +65,6 @@ def test_checkpoints_are_pruned_and_latest_points_to_newest(tmp_path):
 
 def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     """A crash in the middle of writing step 6 leaves step 4 as `latest`, and the run resumes from it."""
-    import vpt.training as training
-
     real_save = torch.save
 
     def crashing_save(obj, path, *args, **kwargs):
@@ -73,10 +72,10 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill while writing the checkpoint")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(training.torch, "save", crashing_save)
+    monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "run", 8)
-    monkeypatch.setattr(training.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     run = Run(tmp_path / "run")
     assert run.latest_checkpoint().name == "step_000004"
     assert any(p.name.startswith(".pending") for p in run.checkpoints_dir.iterdir())
@@ -256,11 +255,11 @@ def test_unsupported_parallelism_is_one_line(kind, fsdp2, refused):
     from accelerate.utils import DistributedType
 
     from vpt.errors import ConfigError
-    from vpt.training import _check_parallelism
+    from vpt.distributed import check_parallelism
 
     accelerator = SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=fsdp2)
     if refused is None:
-        _check_parallelism(accelerator)
+        check_parallelism(accelerator)
     else:
         with pytest.raises(ConfigError, match=refused):
-            _check_parallelism(accelerator)
+            check_parallelism(accelerator)

@@ -131,7 +131,7 @@ def test_first_ctrl_c_finishes_the_step_and_keeps_a_checkpoint(shapes, tmp_path)
 
 
 def test_second_ctrl_c_aborts_at_once():
-    from vpt.training import _StopRequests
+    from vpt.training.loop import _StopRequests
 
     with _StopRequests() as requests:
         os.kill(os.getpid(), signal.SIGINT)

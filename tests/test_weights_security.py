@@ -341,7 +341,7 @@ def test_eval_fvd_lpips_weights(tmp_path, marker, invoke, monkeypatch, fmt):
 
     heads = tmp_path / "vgg_heads.pth"
     write_heads(heads, "vgg")
-    monkeypatch.setattr("vpt.metrics.lpips.lpips_heads_path", lambda net: heads)
+    monkeypatch.setattr("vpt.models.lpips.lpips_heads_path", lambda net: heads)
     evil = evil_checkpoint(tmp_path / "vgg16-397923af.pth", fmt, marker, {"features.0.weight": torch.zeros(64, 3, 3, 3)})
     assert_refused(invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--no-fvd", "--paired",
                           "--lpips-weights", evil, "--out", tmp_path / "metrics.json"), evil, marker)

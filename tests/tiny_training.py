@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vpt.training import SampleKey, TrainConfig, train
+from vpt.training import TrainConfig, train
+from vpt.training.sampler import SampleKey
 from vpt.runs import Run
 
 

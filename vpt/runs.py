@@ -1,4 +1,4 @@
-"""Run directories: create or resume, atomic checkpoints, the metrics log.
+"""Run directories: start or resume (with the resolved config), atomic checkpoints, reading weights, the metrics log.
 
     runs/<name>/
       config.yaml        the fully resolved config
@@ -20,11 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from vpt.console import is_main_process
+from vpt.config import config_to_dict, load_config
+from vpt.console import is_main_process, warn
 from vpt.errors import UsageError
 from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, replace_dir
+from vpt.weights import read_weights
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -180,6 +183,17 @@ class Run:
                 shutil.rmtree(path, ignore_errors=True)
         fsync_dir(self.checkpoints_dir)
 
+    def load_weights(self, *, ema: bool = True, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
+        """The weights to use for inference (of `checkpoint`, default the latest): the EMA where the run
+        kept one, else the raw model weights."""
+        path = checkpoint or self.latest_checkpoint()
+        if path is None:
+            raise UsageError(f"{self.root} has no finished checkpoint yet")
+        weights = read_weights(path / "model.safetensors")
+        if ema and (path / "ema.safetensors").exists():
+            weights.update(read_weights(path / "ema.safetensors"))
+        return weights
+
     # --- metrics ----------------------------------------------------------------------------------
     def log_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as handle:
@@ -214,3 +228,52 @@ def newest_run(parent: str | Path = "runs") -> Path | None:
     if not runs:
         return None
     return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def start_run(
+    schema: type,
+    *,
+    run_dir: Path,
+    config_file: Path | None,
+    overrides: list[str],
+    max_steps: int | None = None,
+    log_every: int | None = None,
+    fresh: bool = False,
+    force: bool = False,
+    defaults: dict | None = None,
+) -> tuple[Run, Any]:
+    """Open (create / resume / restart) a run directory and resolve its config.
+
+    A new run takes defaults <- `config_file` <- `--set` overrides. A resumed run keeps its own
+    config.yaml (a different `--config` is reported and ignored) and applies only the overrides, so
+    `--max-steps` extends a finished run. The resolved config is written into the run.
+    """
+    overrides = list(overrides)
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    if log_every is not None:
+        overrides.append(f"train.log_every={log_every}")
+    run = Run.open(run_dir, fresh=fresh, force=force, is_main=is_main_process())
+    if run.config_path.exists():
+        stored = run.read_config()
+        if config_file is not None:
+            requested = config_to_dict(load_config(schema, config_file, defaults=defaults))
+            changed = _changed_keys(stored, requested)
+            if changed:
+                warn(f"{run.root} resumes with its own config.yaml; {config_file} differs in "
+                     f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} (use --set to change a value)")
+        cfg = load_config(schema, run.config_path, overrides)
+    else:
+        if config_file is None and defaults is None:
+            raise UsageError(f"--config is required to start the new run {run_dir}")
+        cfg = load_config(schema, config_file, overrides, defaults=defaults)
+    if is_main_process():
+        run.write_config(config_to_dict(cfg))
+    return run, cfg
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]

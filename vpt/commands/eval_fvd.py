@@ -200,7 +200,7 @@ def _check_generation(backend, fvd: bool) -> None:
 def _accelerator(device: str):
     from accelerate import Accelerator
 
-    from vpt.models.precision import resolve_device
+    from vpt.precision import resolve_device
 
     return Accelerator(cpu=resolve_device(device).type == "cpu")
 
@@ -214,7 +214,7 @@ def _load_detector(path, preset, device):
 def _load_lpips(net: str, weights: Path | None, device):
     """The LPIPS module, or (None, why) when the backbone weights are not on this machine."""
     from vpt.console import warn
-    from vpt.metrics.lpips import find_backbone, load_lpips, missing_weights_message
+    from vpt.models.lpips import find_backbone, load_lpips, missing_weights_message
 
     if weights is None and find_backbone(net) is None:
         note = missing_weights_message(net)
@@ -256,7 +256,7 @@ def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:
 
 
 def _frame_protocol(scorer, net: str, lpips_note: str | None, psnr_reduction: str) -> dict:
-    from vpt.metrics.lpips import BACKBONES
+    from vpt.models.lpips import BACKBONES
 
     return {
         "range": "uint8 frames scored in [0, 1]",

@@ -108,7 +108,7 @@ def _config_file(*parts: str) -> Path:
 def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float | None) -> Path:
     from vpt.commands.options import path_setting
     from vpt.commands.train_ae import _schema, train_autoencoder
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     run_dir = out / "runs" / "ae"
     overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides()]
@@ -134,7 +134,7 @@ def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minu
     from vpt.commands.options import path_setting
     from vpt.commands.train import train_backend, train_schema
     from vpt.models.river import River
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     run_dir = out / "runs" / "river"
     overrides = [path_setting("data.path", latents), path_setting("model.autoencoder", ae_run),

@@ -56,7 +56,7 @@ def sample(
     from vpt.errors import UsageError
     from vpt.fsutil import atomic_write_text, ensure_writable
     from vpt.models.backend import run_protocol
-    from vpt.models.precision import default_precision, resolve_device
+    from vpt.precision import default_precision, resolve_device
 
     started = time.perf_counter()
     if out.suffix.lower() not in (".mp4", ".gif", ".png", ".mov", ".mkv"):
@@ -209,7 +209,7 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
     ticks per predicted frame."""
     import torch
 
-    from vpt.models.precision import inference_autocast
+    from vpt.precision import inference_autocast
     from vpt.progress import ProgressBar
 
     device = context.device

@@ -73,7 +73,7 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
     from vpt.data.h5 import VideoH5
     from vpt.fsutil import disk_full_is_an_error, ensure_writable, exclusive_lock
     from vpt.models.autoencoders import load_autoencoder
-    from vpt.models.precision import resolve_device
+    from vpt.precision import resolve_device
 
     data, out = Path(data), Path(out)
     splits = _splits(data)
@@ -288,7 +288,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
     (KL models: mean and log-variance on the channel axis, (T // k, 2c, h, w))."""
     import torch
 
-    from vpt.models.precision import inference_autocast
+    from vpt.precision import inference_autocast
 
     k = model.frames_per_latent
     per_batch = max(k, batch_frames // k * k)

@@ -64,7 +64,7 @@ def train(
 ) -> None:
     """Train a backend on the shared loop; the run directory resumes where it stopped."""
     from vpt.models.registry import get_backend
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     backend_cls = get_backend(backend)
     overrides = list(set_ or [])
@@ -190,7 +190,7 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
         if validation.dataset.is_latent and not model.can_show_latents:
             return  # latents without an autoencoder cannot be shown as frames
         from vpt.data.video import to_uint8_frames
-        from vpt.models.precision import inference_autocast
+        from vpt.precision import inference_autocast
         from vpt.visualize import save_prediction
 
         device = next(model.parameters()).device

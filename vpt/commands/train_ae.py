@@ -68,7 +68,7 @@ def train_ae(
     force: ForceOption = False,
 ) -> None:
     """Train an autoencoder; the run directory resumes where it stopped."""
-    from vpt.training import start_run
+    from vpt.runs import start_run
 
     overrides = list(set_ or [])
     if data is not None:
@@ -173,7 +173,7 @@ def _hooks(cfg: Any, validation: Any):
 
     from vpt.data.video import to_uint8_frames
     from vpt.metrics.frames import psnr, ssim
-    from vpt.models.precision import inference_autocast
+    from vpt.precision import inference_autocast
     from vpt.training import Hooks
     from vpt.visualize import save_image, strip
 

@@ -22,8 +22,8 @@ from vpt.metrics.fvd import (ExtractionTimes, FvdPreset, batch_loader, batch_pla
                              fvd_from_stats, gather_in_order, kernel_distance, stats_of)
 from vpt.metrics.frames import BestOfN, gray_uint8, mse_per_frame, ssim, to_unit
 from vpt.metrics.i3d import Detector
-from vpt.metrics.lpips import LPIPS
-from vpt.models.precision import inference_autocast
+from vpt.models.lpips import LPIPS
+from vpt.precision import inference_autocast
 
 ClipOffset = Literal["start", "random"]
 

@@ -187,7 +187,6 @@ class Backend(nn.Module, abc.ABC):
         from vpt.errors import UsageError
         from vpt.models.registry import get_backend
         from vpt.runs import Run
-        from vpt.training import load_weights
 
         run = Run(run_dir)
         raw = run.read_config()
@@ -196,7 +195,7 @@ class Backend(nn.Module, abc.ABC):
         backend_cls = get_backend(raw["backend"])
         model_cfg = validate(backend_cls.Config, raw.get("model", {}), source=str(run.config_path), prefix="model.")
         model = backend_cls(model_cfg)
-        missing, unexpected = model.load_state_dict(load_weights(run, ema=ema, checkpoint=checkpoint), strict=False)
+        missing, unexpected = model.load_state_dict(run.load_weights(ema=ema, checkpoint=checkpoint), strict=False)
         if unexpected or [k for k in missing if not k.startswith(model.frozen_prefixes)]:
             raise UsageError(f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         data = raw.get("data") or {}

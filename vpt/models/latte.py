@@ -36,7 +36,7 @@ from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.backend import EvalProtocol
-from vpt.models.river import LatentBackend, _clip_from_batch, build_autoencoder
+from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch
 
 # --- config and sizes -------------------------------------------------------------------------------
 
@@ -503,7 +503,7 @@ class Latte(LatentBackend):
     def _training_latents(self, batch: Any) -> torch.Tensor:
         """The batch's latent clips (B, F, c, h, w), drawn from the autoencoder's posterior when it has
         one and model.latent_posterior is "sample" (global RNG, like the diffusion noise)."""
-        clip, is_latent = _clip_from_batch(batch)
+        clip, is_latent = clip_from_batch(batch)
         sampling = self.cfg.latent_posterior == "sample"
         if is_latent:
             mean, logvar = clip, batch.get("latent_logvar") if isinstance(batch, dict) else None

@@ -53,15 +53,8 @@ from einops import rearrange
 from torch import nn
 
 from vpt.errors import ConfigError, UsageError
-from vpt.models.river import (
-    LatentBackend,
-    VectorFieldRegressor,
-    _clip_from_batch,
-    _load_upstream_state,
-    build_autoencoder,
-    convert_upstream_regressor,
-    resolve_trunk_size,
-)
+from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch, frozen_autoencoder_from_upstream_state
+from vpt.models.uvit import VectorFieldRegressor, convert_upstream_regressor, load_upstream_state, resolve_trunk_size
 from vpt.weights import UnsafeWeightsError, strip_module_prefix
 
 Stage = Literal["f", "d", "g"]
@@ -353,7 +346,7 @@ class NeuralSDE(LatentBackend):
     def _training_state(self, batch: Any) -> tuple[torch.Tensor, ...]:
         """(S0, S1, X̃ = X_τ + η, η), each (B, W c, h, w), for a random window and τ per clip."""
         cfg = self.cfg
-        clip, is_latent = _clip_from_batch(batch)  # (B, T, C, H, W)
+        clip, is_latent = clip_from_batch(batch)  # (B, T, C, H, W)
         batch_size, num_frames = clip.shape[:2]
         if num_frames <= cfg.window:
             raise ConfigError(f"NeuralSDE trains on clips of more than model.window={cfg.window} frames, "
@@ -480,7 +473,7 @@ class NeuralSDE(LatentBackend):
     def recognizes_checkpoint(cls, path: Path) -> bool:
         """True for an upstream NeuralSDE `.pth` (its regressor reads a window of W c channels, W >= 4)."""
         try:
-            parts = convert_upstream_state(_load_upstream_state(path))
+            parts = convert_upstream_state(load_upstream_state(path))
         except UnsafeWeightsError:
             raise  # a file that would run code is reported, not passed on to the next backend
         except Exception:  # not a torch file, or not this layout
@@ -492,18 +485,16 @@ class NeuralSDE(LatentBackend):
                         **overrides: Any) -> NeuralSDE:
         """Build from an upstream `.pth` of an f, d or g run; the AE comes from `autoencoder` or the
         `ae.*` weights the same file carries."""
-        from vpt.models.river import _autoencoder_from_upstream_state
-
         if preset is not None:
             raise UsageError("NeuralSDE checkpoints need no --release (the weights say which network they are)")
-        state = _load_upstream_state(path)  # `module.` prefixes removed
+        state = load_upstream_state(path)  # `module.` prefixes removed
         parts = convert_upstream_state(state)
         if not parts["net"]:
             raise UsageError(f"{path} holds no vector_field_regressor.* weights; not an upstream NeuralSDE checkpoint")
         fields = config_from_state(parts["net"])
         if parts["drift"]:  # a g run: the frozen networks travel in the same file
             fields.update(stage="g", f_run=str(path), d_run=str(path) if parts["denoiser"] else None)
-        ae = build_autoencoder(str(autoencoder)) if autoencoder is not None else _autoencoder_from_upstream_state(state, path)
+        ae = build_autoencoder(str(autoencoder)) if autoencoder is not None else frozen_autoencoder_from_upstream_state(state, path)
         model = cls(NeuralSDEConfig(**{**fields, **overrides}), autoencoder=ae,
                     frozen_weights={"drift": parts["drift"], "denoiser": parts["denoiser"]})
         model.net.load_state_dict(parts["net"])
@@ -543,7 +534,6 @@ def _check_sampling(num_frames: int, steps: int, sampler: str, upsample: int) ->
 def _copy_stage_weights(run_dir: Path, stage: str, target: nn.Module) -> str | None:
     """Load the trained network of a finished `stage` run into `target`; a one-line problem or None."""
     from vpt.runs import Run
-    from vpt.training import load_weights
 
     what, key = STAGE_NAMES[stage], f"{stage}_run"
     train_first = f"train the {what} first: vpt train neuralsde --config <data>_{stage}.yaml --run {run_dir}"
@@ -558,7 +548,7 @@ def _copy_stage_weights(run_dir: Path, stage: str, target: nn.Module) -> str | N
         from vpt.console import warn
 
         warn(f"model.{key}: {run_dir} stopped at step {run.latest_step()} of {planned}; using that {what}")
-    weights = load_weights(run)
+    weights = run.load_weights()
     state = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
     try:
         target.load_state_dict(state)

@@ -23,10 +23,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -34,7 +33,9 @@ from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
 from vpt.models.backend import EvalProtocol
 from vpt.models.embeddings import sinusoidal_embedding
-from vpt.models.river import LatentBackend, _clip_from_batch, build_autoencoder
+from vpt.models.diffusion import DiffusionTables, ddim_sample, ddim_time_pairs
+from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch
+from vpt.models.unet import GroupNorm32, ResBlock, UNetBlock, check_unet_fields, zero_init
 
 # --- config -----------------------------------------------------------------------------------------
 
@@ -84,82 +85,7 @@ class PVDMConfig:
         return sum(rows * cols for rows, cols in self.plane_shapes())
 
 
-def check_unet_fields(cfg: Any, halved: tuple[str, ...]) -> None:
-    """The checks every ADM-style UNet config needs (widths, heads, levels, β schedule, sampling steps);
-    `halved` names the latent sides the UNet halves once per level. Raises ValueError (a config error)."""
-    if cfg.num_res_blocks < 1 or cfg.num_heads < 1:
-        raise ValueError("model.num_res_blocks and model.num_heads must be >= 1")
-    if cfg.model_channels < 32 or cfg.model_channels % 32:
-        raise ValueError(f"model.model_channels must be a multiple of 32 (GroupNorm of 32 groups), got {cfg.model_channels}")
-    if not cfg.channel_mult or min(cfg.channel_mult) < 1:
-        raise ValueError(f"model.channel_mult needs positive multipliers, got {cfg.channel_mult}")
-    factor = 2 ** (len(cfg.channel_mult) - 1)
-    for name in halved:
-        size = getattr(cfg, name)
-        if size < 1 or size % factor:
-            raise ValueError(f"model.{name} ({size}) must be a positive multiple of {factor}: the UNet halves it "
-                             f"{len(cfg.channel_mult) - 1} times (len(channel_mult) - 1)")
-    for width in {cfg.model_channels * m for m in cfg.channel_mult}:
-        if width % cfg.num_heads:
-            raise ValueError(f"model.num_heads ({cfg.num_heads}) must divide every UNet width, not {width}")
-    if not 0 < cfg.linear_start < cfg.linear_end < 1:
-        raise ValueError("model.linear_start and linear_end must satisfy 0 < start < end < 1")
-    if not 1 <= cfg.steps <= cfg.num_timesteps:
-        raise ValueError(f"model.steps must be in 1..{cfg.num_timesteps}, got {cfg.steps}")
-
-
 # --- the triplane UNet ------------------------------------------------------------------------------
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups, computed in float32 whatever the input dtype."""
-
-    def __init__(self, channels: int):
-        super().__init__(32, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
-
-
-def zero_init(module: nn.Module) -> nn.Module:
-    for param in module.parameters():
-        nn.init.zeros_(param)
-    return module
-
-
-class ResBlock(nn.Module):
-    """ADM residual block with FiLM time conditioning: GN(h)·(1 + scale) + shift. With `resample`
-    ("down": 2x2 average pooling, "up": nearest 2x) both branches change resolution. `dims=3` makes
-    it a video block (N, C, T, H, W): 3x3x3 convolutions, resampling over H and W only."""
-
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
-                 resample: Literal["down", "up", None] = None, dims: Literal[2, 3] = 2):
-        super().__init__()
-        self.resample = resample
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), conv(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
-                                        zero_init(conv(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else conv(channels, out_channels, 1)
-
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, [T,] H, W): time is never resampled
-        factor = (2, 2) if x.dim() == 4 else (1, 2, 2)
-        if self.resample == "down":
-            return F.avg_pool2d(x, factor) if x.dim() == 4 else F.avg_pool3d(x, factor)
-        if self.resample == "up":
-            return F.interpolate(x, scale_factor=factor, mode="nearest")
-        return x
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # (N, C, [T,] H, W), (N, E)
-        norm_act, conv = self.in_layers[:-1], self.in_layers[-1]
-        h = conv(self._resample(norm_act(x)))  # resampled between the activation and the conv, as ADM
-        x = self._resample(x)
-        film = self.emb_layers(emb).type(h.dtype)
-        scale, shift = film.reshape(*film.shape, *[1] * (h.dim() - 2)).chunk(2, dim=1)
-        out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
-        h = out_rest(out_norm(h) * (1 + scale) + shift)
-        return self.skip_connection(x) + h
 
 
 class TokenAttention(nn.Module):
@@ -182,21 +108,6 @@ class TokenAttention(nn.Module):
         out = attention(q, k, v)  # (N, heads, L, d); scale 1/√d as ADM's d^-¼ on q and on k
         out = self.proj_out(rearrange(out, "n h l d -> n (h d) l"))
         return (tokens + out).reshape(x.shape)
-
-
-class UNetBlock(nn.Sequential):
-    """A stage of the UNet: ResBlocks take the time embedding, layers that declare `takes_context`
-    (cross-attention) the context, the rest neither."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb)
-            elif getattr(layer, "takes_context", False):
-                x = layer(x, context)
-            else:
-                x = layer(x)
-        return x
 
 
 class TriplaneUNet(nn.Module):
@@ -287,72 +198,6 @@ class TriplaneUNet(nn.Module):
         return self._split(tokens, [tuple(plane.shape[-2:]) for plane in planes])
 
 
-# --- diffusion maths --------------------------------------------------------------------------------
-
-
-def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: float) -> dict[str, torch.Tensor]:
-    """The float32 tables the loss and the sampler read, computed in float64 from
-    β_t = (linspace(√start, √end, T))² (what LDM calls the "linear" schedule)."""
-    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    tables = {
-        "betas": betas,
-        "alphas_cumprod": alphas_cumprod,
-        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-        "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
-        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
-    }
-    return {name: table.float() for name, table in tables.items()}
-
-
-SCHEDULE_TABLES = ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
-
-
-class DiffusionTables:
-    """Mixin of the diffusion backends: the `diffusion_schedule` tables as non-persistent buffers (they
-    follow the model's device and never enter a checkpoint)."""
-
-    def _register_schedule(self, cfg: Any) -> None:  # cfg: num_timesteps, linear_start, linear_end
-        for name, table in diffusion_schedule(cfg.num_timesteps, cfg.linear_start, cfg.linear_end).items():
-            self.register_buffer(name, table, persistent=False)
-
-    def schedule(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in SCHEDULE_TABLES}
-
-
-def ddim_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
-    """Upstream's DDIM grid: linspace(-1, T-1, steps+1) truncated to integers, newest first, as
-    consecutive (t, t_next) pairs ending at t_next = -1 (e.g. 100 steps: 999, 989, ..., 9, -1)."""
-    times = torch.linspace(-1, num_timesteps - 1, steps + 1).int().tolist()[::-1]
-    return list(zip(times[:-1], times[1:]))
-
-
-def ddim_sample(eps: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, pairs: list[tuple[int, int]],
-                schedule: dict[str, torch.Tensor], eta: float, noise: Callable[[], torch.Tensor], *,
-                clip_denoised: bool = True,
-                after_step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """DDIM from x = x_T along `pairs`; `eps(x, t)` predicts the noise, `noise()` draws one step's noise.
-
-    Each step estimates x̂0 = √(1/ᾱ_t) x - √(1/ᾱ_t - 1) ε̂, clamped to [-1, 1] unless `clip_denoised`
-    is False (ε̂ is kept, not recomputed from the clamped x̂0, as upstream); the last step returns x̂0.
-    `after_step` edits every new x, the returned one included (inpainting resets known positions)."""
-    keep = after_step or (lambda value: value)
-    abar = schedule["alphas_cumprod"]
-    for t, t_next in pairs:
-        predicted = eps(x, t)
-        x0 = schedule["sqrt_recip_alphas_cumprod"][t] * x - schedule["sqrt_recipm1_alphas_cumprod"][t] * predicted
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-        if t_next < 0:
-            return keep(x0)
-        alpha, alpha_next = abar[t], abar[t_next]
-        sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
-        x = keep(x0 * alpha_next.sqrt() + (1 - alpha_next - sigma ** 2).sqrt() * predicted + sigma * noise())
-    return x
-
-
 # --- the backend ------------------------------------------------------------------------------------
 
 
@@ -406,7 +251,7 @@ class PVDM(DiffusionTables, LatentBackend):
         window at a random start (any frame; latents: any clip) and the condition is zero. Batches of
         frames (T >= 2 clips for the conditional model) are encoded here; cached latents are
         (B, n, c, L) clips."""
-        clip, is_latent = _clip_from_batch(batch)
+        clip, is_latent = clip_from_batch(batch)
         span = 1 if is_latent else self.clip_frames  # positions per latent clip along axis 1
         positions = clip.shape[1]
         conditioned = self.cfg.cond_model and bool(torch.rand(()) < self.cfg.cond_prob)

@@ -19,40 +19,23 @@ counts solver steps (`time_grid: uniform`), with upstream's truncated grid-point
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from vpt.errors import ConfigError, UsageError
-from vpt.models.attention import attention
-from vpt.models.backend import Backend, EvalProtocol
-from vpt.models.embeddings import sinusoidal_embedding
+from vpt.models.backend import EvalProtocol
 from vpt.models.integrators import integrate, time_grid
-from vpt.weights import UnsafeWeightsError, read_weights, strip_module_prefix
+from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch, frozen_autoencoder_from_upstream_state
+from vpt.models.uvit import (VectorFieldRegressor, config_from_regressor_state, convert_upstream_regressor,
+                             load_upstream_state, resolve_trunk_size)
+from vpt.weights import UnsafeWeightsError
 
-# --- config and sizes -------------------------------------------------------------------------------
-
-#: Regressor sizes. "paper" is every released RIVER model (98M parameters, 13 transformer layers).
-RIVER_SIZES: dict[str, dict[str, int]] = {
-    "paper": {"inner_dim": 768, "depth": 4, "mid_depth": 5},
-    "small": {"inner_dim": 256, "depth": 2, "mid_depth": 2},
-    "tiny": {"inner_dim": 64, "depth": 2, "mid_depth": 1},
-}
-
-
-def resolve_trunk_size(cfg) -> None:
-    """Fill a config's trunk widths from its `size` (RIVER_SIZES) and check them (RIVER and NeuralSDE)."""
-    if cfg.size is not None:
-        for key, value in RIVER_SIZES[cfg.size].items():
-            setattr(cfg, key, value)
-    if cfg.inner_dim % cfg.heads or cfg.inner_dim % 2:
-        raise ValueError(f"model.inner_dim ({cfg.inner_dim}) must be even and divisible by model.heads ({cfg.heads})")
+# --- config ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -96,234 +79,7 @@ class RiverConfig:
             raise ValueError(f"model.steps must be >= 1, got {self.steps}")
 
 
-# --- the vector-field regressor ----------------------------------------------------------------------
-
-
-class PositionEmbedding2d(nn.Module):
-    """Learned absolute 2-D positions: cell (y, x) -> concat(col[x], row[y]) (column half first)."""
-
-    def __init__(self, dim: int, max_size: int = 512):
-        super().__init__()
-        self.row = nn.Embedding(max_size, dim // 2)
-        self.col = nn.Embedding(max_size, dim // 2)
-        nn.init.uniform_(self.row.weight, -1.0, 1.0)
-        nn.init.uniform_(self.col.weight, -1.0, 1.0)
-
-    def forward(self, height: int, width: int) -> torch.Tensor:
-        cols = self.col.weight[:width]  # (W, D/2)
-        rows = self.row.weight[:height]  # (H, D/2)
-        grid = torch.cat([cols[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)  # (H, W, D)
-        return rearrange(grid, "h w d -> (h w) d")  # (N, D), token n = y * W + x
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a packed q/k/v projection (rows q, k, v as torch's MHA)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = attention(q, k, v, dropout=self.dropout if self.training else 0.0)  # (B, heads, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, N, D)
-
-
-class TransformerLayer(nn.Module):
-    """Pre-norm encoder layer, same maths as torch's TransformerEncoderLayer(norm_first, GELU).
-
-    Dropout on attention probabilities, after attention, after the FFN activation and after the FFN.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
-        x = x + self.dropout(self.attn(self.norm1(x)))
-        hidden = self.dropout(F.gelu(self.fc1(self.norm2(x))))  # (B, N, 4D)
-        return x + self.dropout(self.fc2(hidden))
-
-
-class SkipLayer(nn.Module):
-    """U-ViT out-block: fuse the matching in-block output (first) with the stream, then a layer."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.skip_proj = nn.Linear(2 * dim, dim)
-        self.layer = TransformerLayer(dim, heads, dropout)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # (B, N, D) each
-        return self.layer(self.skip_proj(torch.cat([skip, x], dim=-1)))
-
-
-class RegressorHead(nn.Module):
-    """Tokens -> velocity grid. "ln": Linear, GELU, LayerNorm, conv; "bn": Linear, GELU, BatchNorm2d, conv."""
-
-    def __init__(self, dim: int, out_channels: int, out_norm: str):
-        super().__init__()
-        self.out_norm = out_norm
-        self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim) if out_norm == "ln" else nn.BatchNorm2d(dim)
-        self.conv = nn.Conv2d(dim, out_channels, kernel_size=3, padding=1)
-
-    def forward(self, tokens: torch.Tensor, height: int) -> torch.Tensor:  # (B, N, D)
-        x = F.gelu(self.proj(tokens))
-        if self.out_norm == "ln":
-            x = rearrange(self.norm(x), "b (h w) d -> b d h w", h=height)
-        else:
-            x = self.norm(rearrange(x, "b (h w) d -> b d h w", h=height))
-        return self.conv(x)  # (B, c, h, w)
-
-
-class VectorFieldRegressor(nn.Module):
-    """U-ViT over the latent grid plus one time token: v(x_t, reference, context, Δ, t) -> velocity.
-
-    Tokens = Linear([x_t, reference, context] per cell) + 2-D position + MLP(ln Δ); a sinusoidal
-    token of t (scale 200, no position term) is prepended. In-blocks keep their outputs, out-block i
-    fuses the (depth-1-i)-th of them. Works on any grid up to 512 x 512 cells.
-
-    `input_grids` latent grids are stacked per cell and the head emits `output_grids` of them (RIVER:
-    3 in, 1 out); other backends on the same trunk (NeuralSDE) change these and call `transform`.
-    """
-
-    def __init__(self, latent_channels: int, inner_dim: int, depth: int, mid_depth: int, heads: int = 8,
-                 out_norm: str = "ln", dropout: float = 0.05, *, input_grids: int = 3, output_grids: int = 1):
-        super().__init__()
-        self.inner_dim = inner_dim
-        self.pos_embed = PositionEmbedding2d(inner_dim)
-        self.token_proj = nn.Linear(input_grids * latent_channels, inner_dim)
-        self.distance_embed = nn.Sequential(nn.Linear(1, 256), nn.ReLU(), nn.Linear(256, inner_dim))
-        self.in_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(depth))
-        self.mid_blocks = nn.ModuleList(TransformerLayer(inner_dim, heads, dropout) for _ in range(mid_depth))
-        self.out_blocks = nn.ModuleList(SkipLayer(inner_dim, heads, dropout) for _ in range(depth))
-        self.head = RegressorHead(inner_dim, output_grids * latent_channels, out_norm)
-        self._init_attention()
-
-    def _init_attention(self) -> None:
-        # Linear, LayerNorm, BatchNorm and conv keep torch's defaults, as upstream. Upstream's
-        # nn.MultiheadAttention initialises the packed q/k/v matrix with Xavier-uniform over its full
-        # (3D, D) shape and zeroes both attention biases; mirror that.
-        for module in self.modules():
-            if isinstance(module, SelfAttention):
-                nn.init.xavier_uniform_(module.qkv.weight)
-                nn.init.zeros_(module.qkv.bias)
-                nn.init.zeros_(module.proj.bias)
-
-    def forward(self, noisy: torch.Tensor, reference: torch.Tensor, context: torch.Tensor,
-                distance: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """noisy/reference/context (B, c, h, w), distance (B,) int >= 1, t (B,) in [0, 1] -> (B, c, h, w)."""
-        height, width = noisy.shape[-2:]
-        time_token = sinusoidal_embedding(t, self.inner_dim, scale=200.0)[:, None]  # (B, 1, D)
-        cells = rearrange(torch.cat([noisy, reference, context], dim=1), "b c h w -> b (h w) c")  # (B, N, 3c)
-        log_distance = torch.log(distance.float())[:, None]  # (B, 1)
-        tokens = self.token_proj(cells) + self.pos_embed(height, width) + self.distance_embed(log_distance)[:, None]
-        x = torch.cat([time_token.to(tokens.dtype), tokens], dim=1)  # (B, 1 + N, D)
-        return self.head(self.transform(x)[:, 1:], height)  # (B, c, h, w)
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """The U-ViT body on a token sequence (B, N, D): in-blocks, mid-blocks, out-blocks with long skips."""
-        skips = []
-        for block in self.in_blocks:
-            x = block(x)
-            skips.append(x)
-        for block in self.mid_blocks:
-            x = block(x)
-        for block in self.out_blocks:
-            x = block(x, skips.pop())
-        return x
-
-
-# --- autoencoder access -------------------------------------------------------------------------------
-
-
-class PixelAutoencoder(nn.Module):
-    """`autoencoder: pixels[:P]`: no learned autoencoder; the "latents" are the frames cut into P x P
-    patches stacked on channels (3P^2 channels at 1/P resolution; P = 1 is the identity). Lossless,
-    so toy data and tests can train RIVER on pixels without training an autoencoder first."""
-
-    def __init__(self, patch: int = 1):
-        super().__init__()
-        self.patch = patch
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> (B, T, C P^2, H/P, W/P)
-        return rearrange(video, "b t c (h p) (w q) -> b t (c p q) h w", p=self.patch, q=self.patch)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # (B, T, C P^2, h, w) -> (B, T, C, hP, wP)
-        return rearrange(latents, "b t (c p q) h w -> b t c (h p) (w q)", p=self.patch, q=self.patch)
-
-
-def build_autoencoder(spec: str | None) -> nn.Module | None:
-    """The frozen autoencoder a config names, in eval mode with gradients off (None when unset)."""
-    if spec is None:
-        return None
-    if spec == "pixels" or spec.startswith("pixels:"):
-        patch = spec.partition(":")[2] or "1"
-        if not patch.isdigit() or int(patch) < 1:
-            raise ConfigError(f"model.autoencoder: '{spec}' should be pixels or pixels:P with a patch size P >= 1")
-        autoencoder = PixelAutoencoder(int(patch))
-    else:
-        from vpt.models.autoencoders import load_autoencoder
-
-        autoencoder = load_autoencoder(spec)
-    autoencoder.eval()
-    autoencoder.requires_grad_(False)
-    return autoencoder
-
-
 # --- the backend ---------------------------------------------------------------------------------------
-
-
-class LatentBackend(Backend):
-    """A backend that models the latents of a frozen autoencoder (`model.autoencoder`, a config's
-    `latent_channels`): RIVER and NeuralSDE. It builds, freezes and applies the autoencoder."""
-
-    uses_autoencoder = True
-    frozen_prefixes = ("autoencoder.",)
-
-    def _attach_autoencoder(self, autoencoder: nn.Module | None) -> None:
-        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(self.cfg.autoencoder)
-
-    def train(self, mode: bool = True) -> LatentBackend:
-        super().train(mode)
-        if self.autoencoder is not None:
-            self.autoencoder.eval()  # frozen: BatchNorm statistics and dropout never change
-        return self
-
-    @property
-    def can_show_latents(self) -> bool:
-        return self.autoencoder is not None
-
-    def _require_autoencoder(self) -> nn.Module:
-        if self.autoencoder is None:
-            raise UsageError(f"this {self.name} model has no autoencoder (model.autoencoder is empty); pass --ae")
-        return self.autoencoder
-
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) frames in [-1, 1] -> (B, T, c, h, w) continuous latents."""
-        latents = self._require_autoencoder().encode(video)
-        self._check_latents(latents)
-        return latents
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, T, c, h, w) latents -> (B, T, 3, H, W) frames, clamped to [-1, 1] (VQ decoders overshoot)."""
-        return self._require_autoencoder().decode(latents).clamp(-1.0, 1.0)
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.shape[-3] != self.cfg.latent_channels:
-            raise ConfigError(
-                f"the autoencoder gives {latents.shape[-3]}-channel latents but model.latent_channels is "
-                f"{self.cfg.latent_channels}; set model.latent_channels={latents.shape[-3]}"
-            )
 
 
 class River(LatentBackend):
@@ -348,7 +104,7 @@ class River(LatentBackend):
         regressor learns u = z_k - (1-σ)ε. Draws come from the global RNG (checkpointed by the loop)
         in upstream's order, so a seeded call reproduces upstream's training forward.
         """
-        clip, is_latent = _clip_from_batch(batch)  # (B, T, C, H, W)
+        clip, is_latent = clip_from_batch(batch)  # (B, T, C, H, W)
         batch_size, num_frames = clip.shape[:2]
         if num_frames < 3:
             raise ConfigError(f"RIVER trains on clips of at least 3 frames, got {num_frames} (data.frames)")
@@ -495,7 +251,7 @@ class River(LatentBackend):
         """True for an upstream RIVER `model.pth`: its "model" holds a vector_field_regressor.* that reads
         three latents per cell and emits one (NeuralSDE's regressors, same names, read four)."""
         try:
-            state = _load_upstream_state(path)
+            state = load_upstream_state(path)
             token_proj = state["vector_field_regressor.project_in.1.weight"]  # (D, 3c)
             head = state["vector_field_regressor.project_out.4.weight"]  # (c, D, 3, 3)
         except UnsafeWeightsError:
@@ -513,13 +269,13 @@ class River(LatentBackend):
         The release it is (`PUBLISHED`) decides the frame size inputs are resized to and the evaluation
         protocol: read off the weights where they tell (BAIR256: 8 latent channels; CLEVRER: RIVER's own
         VQVAE), else `preset` (BAIR64 and KTH have identical shapes; BAIR64 is assumed, and said)."""
-        state = _load_upstream_state(path)
+        state = load_upstream_state(path)
         regressor_state = convert_upstream_regressor(state)
         cfg = RiverConfig(**{**config_from_regressor_state(regressor_state), "time_grid": "upstream", **overrides})
         if autoencoder is not None:
             ae = build_autoencoder(str(autoencoder))
         else:
-            ae = _autoencoder_from_upstream_state(state, path)
+            ae = frozen_autoencoder_from_upstream_state(state, path)
         model = cls(cfg, autoencoder=ae)
         model.regressor.load_state_dict(regressor_state)
         model.release = _published_release(cfg, ae, preset, path)
@@ -568,87 +324,7 @@ def _published_release(cfg: RiverConfig, autoencoder: Any, preset: str | None, p
     return release
 
 
-def _clip_from_batch(batch: Any) -> tuple[torch.Tensor, bool]:
-    """A training batch -> ((B, T, C, H, W) clip, whether it holds latents rather than frames)."""
-    if isinstance(batch, torch.Tensor):
-        return batch, False
-    if isinstance(batch, dict):
-        if "latents" in batch:
-            return batch["latents"], True
-        for key in ("video", "frames"):
-            if key in batch:
-                return batch[key], False
-    raise ConfigError("expected batches with 'video' frames or 'latents'; the dataset gave something else")
-
-
-# --- converter for the published checkpoints --------------------------------------------------------------
-
-#: upstream regressor key -> vpt key (regex, replacement), applied in order.
-_REGRESSOR_RENAMES: list[tuple[str, str]] = [
-    (r"^position_encoding\.row_embed\.", "pos_embed.row."),
-    (r"^position_encoding\.col_embed\.", "pos_embed.col."),
-    (r"^project_in\.1\.", "token_proj."),
-    (r"^time_projection\.", "distance_embed."),
-    (r"^out_blocks\.(\d+)\.0\.", r"out_blocks.\1.skip_proj."),
-    (r"^out_blocks\.(\d+)\.1\.", r"out_blocks.\1.layer."),
-    (r"\.self_attn\.in_proj_weight$", ".attn.qkv.weight"),
-    (r"\.self_attn\.in_proj_bias$", ".attn.qkv.bias"),
-    (r"\.self_attn\.out_proj\.", ".attn.proj."),
-    (r"\.linear1\.", ".fc1."),
-    (r"\.linear2\.", ".fc2."),
-    (r"^project_out\.0\.", "head.proj."),
-    (r"^project_out\.[23]\.", "head.norm."),  # 2: LayerNorm ("ln" head), 3: BatchNorm2d ("bn" head)
-    (r"^project_out\.4\.", "head.conv."),
-]
-
-
-def convert_upstream_regressor(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Upstream regressor weights (bare, `vector_field_regressor.`- or `module.`-prefixed) -> vpt names."""
-    state = strip_module_prefix(state)
-    if any(key.startswith("vector_field_regressor.") for key in state):
-        state = {key.removeprefix("vector_field_regressor."): value
-                 for key, value in state.items() if key.startswith("vector_field_regressor.")}
-    converted = {}
-    for key, value in state.items():
-        for pattern, replacement in _REGRESSOR_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value.float() if value.is_floating_point() else value
-    return converted
-
-
-def config_from_regressor_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Architecture fields of RiverConfig read off converted regressor weights (heads: 8, as upstream)."""
-    inner_dim, three_c = state["token_proj.weight"].shape
-    count = lambda prefix: len({k.split(".")[1] for k in state if k.startswith(prefix)})  # noqa: E731
-    return {
-        "latent_channels": three_c // 3, "inner_dim": inner_dim, "depth": count("in_blocks."),
-        "mid_depth": count("mid_blocks."), "heads": 8,
-        "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
-    }
-
-
-def _load_upstream_state(path: Path) -> dict[str, torch.Tensor]:
-    """The full-model state dict of an upstream `model.pth` (`module.` prefixes removed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
-    loaded = read_weights(path, mmap=True)
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-        raise UsageError(f"{path} is not an upstream RIVER checkpoint (no 'model' state dict inside)")
-    return strip_module_prefix(loaded["model"])
-
-
-def _autoencoder_from_upstream_state(state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    """The frozen AE stored under `ae.*` in an upstream model.pth."""
-    ae_state = {key.removeprefix("ae."): value for key, value in state.items() if key.startswith("ae.")}
-    if not ae_state:
-        raise UsageError(f"{path} holds no autoencoder weights (ae.*); pass --ae with the AE checkpoint")
-    from vpt.models.autoencoders import autoencoder_from_upstream_state
-
-    autoencoder = autoencoder_from_upstream_state(ae_state)
-    autoencoder.eval()
-    autoencoder.requires_grad_(False)
-    return autoencoder
+# --- helpers ----------------------------------------------------------------------------------------------
 
 
 def compile_network(network: nn.Module, mode: str) -> nn.Module:

@@ -33,9 +33,9 @@ from torch import nn
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
 from vpt.models.embeddings import sinusoidal_embedding
-from vpt.models.pvdm import (DiffusionTables, GroupNorm32, ResBlock, UNetBlock, check_unet_fields, ddim_sample,
-                             ddim_time_pairs, zero_init)
-from vpt.models.river import LatentBackend, _clip_from_batch
+from vpt.models.diffusion import DiffusionTables, ddim_sample, ddim_time_pairs
+from vpt.models.latent import LatentBackend, clip_from_batch
+from vpt.models.unet import GroupNorm32, ResBlock, UNetBlock, check_unet_fields, zero_init
 
 # --- config -----------------------------------------------------------------------------------------
 
@@ -350,7 +350,7 @@ class RSVPM(DiffusionTables, LatentBackend):
         if isinstance(batch, dict) and "x" in batch and "context" in batch:
             self._check_motion(batch["x"])
             return batch["x"].float(), batch["context"].float()
-        clip, is_latent = _clip_from_batch(batch)
+        clip, is_latent = clip_from_batch(batch)
         if is_latent:
             if self.cfg.train_tokens == "as_predicted":
                 raise ConfigError("model.train_tokens: as_predicted tokenises the given frames anew, which cached "

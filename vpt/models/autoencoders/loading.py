@@ -145,14 +145,12 @@ def _load_directory(path: Path, *, ema: bool):
 
 
 def _load_run(run, section: dict, *, ema: bool):
-    from vpt.training import load_weights
-
     name = section.get("type", "")
     model = build_autoencoder(name, section.get("arch", {}), source=str(run.config_path))
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         raise UsageError(f"{run.root} has no finished checkpoint yet (train it with `vpt train-ae --run {run.root}`)")
-    weights = load_weights(run, ema=ema, checkpoint=checkpoint)
+    weights = run.load_weights(ema=ema, checkpoint=checkpoint)
     state = {k.removeprefix("autoencoder."): v for k, v in weights.items() if k.startswith("autoencoder.")}
     _load_strict(model, state, run.root)
     files = [checkpoint / "model.safetensors"] + ([checkpoint / "ema.safetensors"] if ema and (checkpoint / "ema.safetensors").exists() else [])

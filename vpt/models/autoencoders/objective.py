@@ -43,7 +43,7 @@ class LossConfig:
     reconstruction: Literal["l1", "l2"] = "l1"  # taming: L1; Latte's VG VAE: L2 (MSE)
     reconstruction_weight: float = 1.0
     perceptual_weight: float = 1.0  # LPIPS (VGG16 + linear heads); 0 turns it off
-    lpips_backbone: str = ""  # path to the ImageNet VGG16 weights; "" = where vpt.metrics.lpips looks by default
+    lpips_backbone: str = ""  # path to the ImageNet VGG16 weights; "" = where vpt.models.lpips looks by default
     codebook_weight: float = 1.0  # VQ models: codebook + commitment loss weight
     kl_weight: float = 1e-6  # KL models (taming's KL recipe: 1e-6; Latte's VG: 5e-6)
     # taming NLayerDiscriminator / VG's PatchGAN / PVDM's 2-D + 3-D pair with feature matching (pvdm autoencoder only)
@@ -99,7 +99,7 @@ def load_perceptual(cfg: LossConfig) -> tuple[nn.Module | None, str]:
     if cfg.perceptual_weight == 0:
         return None, "loss.perceptual_weight is 0"
     from vpt.errors import VptError
-    from vpt.metrics.lpips import load_lpips
+    from vpt.models.lpips import load_lpips
     from vpt.weights import UnsafeWeightsError
 
     try:

@@ -1,0 +1,61 @@
+"""The `train:` section and the learning-rate schedule it describes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section shared by every training command."""
+
+    max_steps: int = 1000
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time in one invocation; 0 = no limit
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
+    lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the device has bf16 units
+    ema_decay: float = 0.0  # 0 turns EMA off
+    ema_start: int = 0  # EMA copies the weights until this step, then averages
+    ema_every: int = 1  # EMA update every this many optimiser steps (PVDM upstream: 25)
+    compile: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 500
+    sample_every: int = 0  # 0 = never
+    val_every: int = 0  # 0 = never
+    best_metric: str = "val_loss"  # lower is better; the checkpoint with the lowest value is kept
+    keep_last: int = 3
+    seed: int = 0
+    num_workers: int = 0
+    log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (when installed)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas needs two values, got {self.betas}")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then constant, cosine or polynomial decay to `min_lr_ratio`."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "polynomial":  # as transformers' get_polynomial_decay_schedule_with_warmup
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - min(1.0, progress)) ** cfg.lr_power
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
