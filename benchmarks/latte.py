@@ -37,8 +37,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine  # noqa: E402
-from vpt.models.latte import Latte, LatteConfig, convert_official_state  # noqa: E402
 
+from vpt.models.latte import Latte, LatteConfig, convert_official_state  # noqa: E402
 
 # --- the official code, imported from a checkout -----------------------------------------------------
 

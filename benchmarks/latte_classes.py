@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import run_vpt
+
 from vpt.data.shapes import shape_centroid
 from vpt.models.backend import Backend
 

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine  # noqa: E402
+
 from vpt.cli import main as vpt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine  # noqa: E402
+
 from vpt.models.autoencoders import autoencoder_from_upstream_state  # noqa: E402
 from vpt.models.pvdm import PVDM, PVDMConfig, convert_upstream_unet  # noqa: E402
 

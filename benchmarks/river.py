@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine  # noqa: E402
+
 from vpt.commands.train import train_schema  # noqa: E402
 from vpt.config import load_config  # noqa: E402
 from vpt.models.river import River, count_parameters  # noqa: E402

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from common import machine
+
 from vpt.config import validate
 from vpt.models import attention
 from vpt.models.seer import Seer, SeerConfig

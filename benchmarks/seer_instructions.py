@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import run_vpt
+
 from vpt.data.shapes import COLOURS, SHAPES, ShapeClip, render, shape_centroid
 from vpt.data.video import resize_frames
 from vpt.models.backend import Backend

@@ -41,9 +41,8 @@ def invoke(capsys):
 def vqvae_ckpt(tmp_path_factory) -> Path:
     """The tiny taming VQGAN of the RIVER fixtures as a Lightning-style vqvae.ckpt (32x32 -> 4x16x16)."""
     import torch
-    from safetensors.torch import load_file
-
     from fixture_paths import fixture
+    from safetensors.torch import load_file
 
     path = tmp_path_factory.mktemp("ae") / "vqvae.ckpt"
     torch.save({"state_dict": load_file(fixture("river", "ldmvq_tiny.weights.safetensors"))}, path)

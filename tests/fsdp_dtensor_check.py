@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
+from tiny_training import TinyDataset, TinyModel
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from tiny_training import TinyDataset, TinyModel
 from vpt.distributed import local, unsharded
 from vpt.training import TrainConfig
 from vpt.training.checkpoint import TrainingState, _full_weights

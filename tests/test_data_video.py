@@ -11,8 +11,17 @@ from data_helpers import moving_clip, write_clip
 from PIL import Image
 
 from vpt.data import video as video_io
-from vpt.data.video import (iter_frames, read_frames, read_image, read_video, resample_indices, resize_frames,
-                            to_uint8_frames, video_info, write_video)
+from vpt.data.video import (
+    iter_frames,
+    read_frames,
+    read_image,
+    read_video,
+    resample_indices,
+    resize_frames,
+    to_uint8_frames,
+    video_info,
+    write_video,
+)
 
 # Only the decord-vs-PyAV comparison needs decord; everything else runs on PyAV alone.
 requires_decord = pytest.mark.skipif(importlib.util.find_spec("decord") is None, reason="decord is not installed")

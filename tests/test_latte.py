@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from fixture_paths import fixture, key_shapes
 
+from vpt.errors import ConfigError, UsageError
+from vpt.models.latent import PixelAutoencoder
 from vpt.models.latte import (
     LATTE_SIZES,
     Latte,
@@ -19,8 +21,6 @@ from vpt.models.latte import (
     patch_position_table,
     timestep_features,
 )
-from vpt.errors import ConfigError, UsageError
-from vpt.models.latent import PixelAutoencoder
 
 ATOL, RTOL = 1e-5, 1e-4
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "latte"

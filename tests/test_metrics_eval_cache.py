@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
 import eval_cache_backend
+import pytest
 from metrics_helpers import moving_videos, write_frame_folders, write_tiny_detector
 from test_metrics_eval_fvd import CopyLastBackend, _write_h5, _write_run
+from typer.testing import CliRunner
+
 from vpt.cli import app
 from vpt.models.registry import BACKENDS
 

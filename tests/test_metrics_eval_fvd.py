@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from metrics_helpers import moving_videos, write_backbone, write_frame_folders, write_heads, write_tiny_detector
 from torch import nn
 from typer.testing import CliRunner
 
-from metrics_helpers import moving_videos, write_backbone, write_frame_folders, write_heads, write_tiny_detector
 from vpt.cli import app
 from vpt.errors import UsageError
 from vpt.metrics.frames import psnr, ssim
-from vpt.models.lpips import load_lpips
 from vpt.models.backend import Backend
+from vpt.models.lpips import load_lpips
 from vpt.models.registry import BACKENDS
 
 

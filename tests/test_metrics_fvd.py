@@ -12,11 +12,22 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from metrics_helpers import moving_videos, write_frame_folders, write_tiny_detector
+
 from vpt.errors import UsageError
-from vpt.metrics.fvd import (PRESETS, FeatureStats, batch_plan, frechet_distance, fvd_from_stats, gather_in_order,
-                             get_preset, kernel_distance, preprocess, resize_frames, stats_of)
+from vpt.metrics.fvd import (
+    PRESETS,
+    FeatureStats,
+    batch_plan,
+    frechet_distance,
+    fvd_from_stats,
+    gather_in_order,
+    get_preset,
+    kernel_distance,
+    preprocess,
+    resize_frames,
+    stats_of,
+)
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():

@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from metrics_helpers import TinyTorchScriptI3D, write_tiny_detector
+
 from vpt.errors import VptError
 from vpt.metrics import i3d as i3d_module
 from vpt.metrics.fvd import PRESETS, extract_features, fvd_from_stats, stats_of

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from metrics_helpers import write_backbone, write_heads
 
 from vpt.errors import VptError
-from metrics_helpers import write_backbone, write_heads
 from vpt.models.lpips import SCALE, SHIFT, load_lpips, lpips_heads_path
 
 VGG_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision vgg16 `features` conv indices

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from fixture_paths import fixture, key_shapes
 
 from vpt.errors import ConfigError

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_helpers import shapes_h5
 
 AUTOENCODER = Path(__file__).parent / "fixtures" / "neuralsde" / "shapes_ae"

@@ -27,9 +27,9 @@ def test_auto_is_bf16_only_where_the_device_has_bf16_units(monkeypatch):
 def test_bf16_rollout_stays_close_to_fp32(tmp_path):
     """The quality check behind bf16-by-default: RIVER's tiny upstream-weights model, 3 frames of RK4
     rollout from the same noise, bf16 autocast vs fp32: the frames agree to > 40 dB PSNR (measured 44.9)."""
+    from fixture_paths import fixture
     from test_river import _published_checkpoint
 
-    from fixture_paths import fixture
     from vpt.metrics.frames import psnr
     from vpt.models.river import River
 

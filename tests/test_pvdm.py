@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from fixture_paths import fixture, key_shapes
+
 from vpt.config import validate
 from vpt.errors import ConfigError, UsageError
 from vpt.models.diffusion import ddim_time_pairs

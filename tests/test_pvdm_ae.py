@@ -114,9 +114,9 @@ def test_ucf101_config_has_the_released_key_list_and_the_converter_reads_it_back
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == released
     assert sum(v.numel() for v in model.state_dict().values()) == 62_064_511
     assert model.latent_dims(256, 256) == (4, 2048)  # what the diffusion stage expects
-    from vpt.models.autoencoders.loading import _detect_type, _infer_arch
+    from vpt.models.autoencoders.loading import _recognize
 
-    inferred = _infer_arch(_detect_type(state, "model_last.pth"), state)
+    inferred = _recognize(state, "model_last.pth").arch_from_state(state)
     assert {k: v for k, v in vars(model.config).items() if k in inferred} == inferred
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_helpers import shapes_h5
 from metrics_helpers import write_tiny_detector
 

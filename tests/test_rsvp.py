@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from einops import rearrange
+from fixture_paths import fixture, key_shapes
 from torch import nn
 
-from fixture_paths import fixture, key_shapes
 from vpt.config import validate
 from vpt.errors import ConfigError, UsageError
 from vpt.models.rsvp import RSVPM, MosoUNet, RSVPMConfig

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_helpers import shapes_h5
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import yaml
-
 from tiny_training import TinyDataset, TinyModel, tiny_config
+
 from vpt.errors import ConfigError, UsageError
-from vpt.runs import Run, newest_run
-from vpt.runs import start_run
+from vpt.runs import Run, newest_run, start_run
 from vpt.training import Hooks, TrainConfig, train
 
 

@@ -112,7 +112,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_predict_shapes_determinism_and_prompts(model):
     context = _batch()["video"][:, :1]
-    run = lambda prompt, **kw: model.predict(context, 2, prompt=prompt, generator=torch.Generator().manual_seed(7), **kw)
+    def run(prompt, **kw):
+        return model.predict(context, 2, prompt=prompt, generator=torch.Generator().manual_seed(7), **kw)
     left = run(["moves left"] * 2)
     assert left.shape == (2, 2, 3, 16, 16) and left.min() >= -1 and left.max() <= 1
     assert torch.equal(left, run("moves left"))  # one prompt broadcasts to the batch

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_training import TinyDataset, TinyModel, tiny_config
+
 from vpt.errors import TrainingDiverged
 from vpt.runs import Run
 from vpt.training import lr_factor, train
@@ -254,8 +254,8 @@ def test_unsupported_parallelism_is_one_line(kind, fsdp2, refused):
 
     from accelerate.utils import DistributedType
 
-    from vpt.errors import ConfigError
     from vpt.distributed import check_parallelism
+    from vpt.errors import ConfigError
 
     accelerator = SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=fsdp2)
     if refused is None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import shapes_h5 as make_shapes_h5
 from safetensors.torch import load_file
+from tiny_training import TinyDataset, TinyModel, tiny_config
 from torch import nn
 
-from data_helpers import shapes_h5 as make_shapes_h5
-from tiny_training import TinyDataset, TinyModel, tiny_config
 from vpt.errors import TrainingDiverged
 from vpt.runs import Run
 from vpt.training import train

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vpt.runs import Run
 from vpt.training import TrainConfig, train
 from vpt.training.sampler import SampleKey
-from vpt.runs import Run
 
 
 class TinyDataset(torch.utils.data.Dataset):

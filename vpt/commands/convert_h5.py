@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpt.commands.options import Compression, Layout, Resize
-
 from vpt.commands.extract_frames import FpsOption, ResizeOption, SkipBadOption, SplitsOption, WorkersOption, report
+from vpt.commands.options import Compression, Layout, Resize
 
 
 class Dataset(str, enum.Enum):

@@ -73,15 +73,15 @@ def eval_fvd(
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
     import json
 
+    from vpt.commands.predictor import load_predictor
     from vpt.console import info
     from vpt.errors import UsageError
     from vpt.fsutil import atomic_write_text, ensure_writable
-    from vpt.commands.predictor import load_predictor
     from vpt.metrics import eval_cache as ec
     from vpt.metrics import evaluate as ev
-    from vpt.models.backend import run_protocol
     from vpt.metrics.fvd import get_preset
     from vpt.metrics.i3d import MIN_FRAMES
+    from vpt.models.backend import run_protocol
 
     videos_mode, run_mode = real is not None or fake is not None, run is not None or checkpoint is not None
     if videos_mode == run_mode:

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from vpt.commands.options import FrameFormat, Resize
-
 from vpt.errors import VptError
 
 SizeOption = Annotated[Optional[int], typer.Option("--size", min=1, help="Resize frames to SIZE x SIZE (default: keep the video's size).")]

@@ -21,6 +21,7 @@ import typer
 from vpt.commands.options import Precision
 from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, load_predictor
 
+
 def sample(
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
     checkpoint: CheckpointOption = None,

@@ -104,7 +104,7 @@ def _check_dtype(model, dtype: str) -> None:
     """Token ids stored as floats must stay exact: float16 holds every integer only up to 2048."""
     from vpt.errors import UsageError
 
-    codes = getattr(model.config, "num_embeddings", 0)
+    codes = model.codebook_size
     if dtype == "float16" and model.identity().get("latent_kind") == "token_ids" and codes > 2048:
         raise UsageError(f"--dtype float16 cannot hold the {model.type} autoencoder's token ids exactly "
                          f"({codes} codes, float16 is exact up to 2048); use --dtype float32")

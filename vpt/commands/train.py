@@ -15,18 +15,17 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from vpt.models.registry import backend_names
-
 from vpt.commands.options import (
     ConfigOption,
-    FreshOption,
     ForceOption,
+    FreshOption,
     LogEveryOption,
     MaxStepsOption,
     RunOption,
     SetOption,
     path_setting,
 )
+from vpt.models.registry import backend_names
 
 VALIDATION_CLIPS = 64  # clips scored by the periodic validation loss
 SAMPLE_CLIPS = 4  # val clips predicted by the periodic sampling
@@ -86,7 +85,8 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     from vpt.config import config_to_dict
     from vpt.console import info, is_main_process
     from vpt.data.datasets import ClipDataset
-    from vpt.training import seed_everything, train as train_loop
+    from vpt.training import seed_everything
+    from vpt.training import train as train_loop
 
     seed_everything(cfg.train.seed)  # the model's initialisation follows the config's seed
     dataset = ClipDataset(cfg.data, uint8_frames=True)  # frames become floats on the training device

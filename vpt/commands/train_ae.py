@@ -86,7 +86,8 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
     from vpt.data.datasets import ClipDataset
     from vpt.errors import UsageError
     from vpt.models.autoencoders.objective import check_loss_config, load_perceptual
-    from vpt.training import seed_everything, train as train_loop
+    from vpt.training import seed_everything
+    from vpt.training import train as train_loop
 
     seed_everything(cfg.train.seed)  # the model's (and discriminator's) initialisation follows the config's seed
     autoencoder = _autoencoder(cfg, run)

@@ -17,14 +17,29 @@ from pathlib import Path
 
 import numpy as np
 
-from vpt.data.extract import RunSummary, write_failures
 from vpt.console import warn
+from vpt.data.extract import RunSummary, write_failures
 from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_damage, shard_name
 from vpt.data.parallel import MediaProgress, parallel_map
-from vpt.data.sources import assign_split, caption_for, dataset_splits, discover_videos, frame_files, load_captions, split_dirs
+from vpt.data.sources import (
+    assign_split,
+    caption_for,
+    dataset_splits,
+    discover_videos,
+    frame_files,
+    load_captions,
+    split_dirs,
+)
 from vpt.data.video import ResizeMode, VideoReadError, iter_frames, read_image
 from vpt.errors import UsageError
-from vpt.fsutil import LOCK_FILE, atomic_write_text, disk_full_is_an_error, ensure_writable, exclusive_lock, remove_stale_temps
+from vpt.fsutil import (
+    LOCK_FILE,
+    atomic_write_text,
+    disk_full_is_an_error,
+    ensure_writable,
+    exclusive_lock,
+    remove_stale_temps,
+)
 
 STATE_FILE = ".vpt-convert.json"
 DEFAULT_VIDEOS_PER_SHARD = {"vpt": 1000, "river": 100_000}  # river: upstream's value

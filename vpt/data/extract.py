@@ -21,7 +21,14 @@ from vpt.data.parallel import MediaProgress, parallel_map
 from vpt.data.sources import CAPTION_FILES, assign_split, discover_videos
 from vpt.data.video import ResizeMode, VideoReadError, iter_frames
 from vpt.errors import UsageError
-from vpt.fsutil import atomic_write_text, disk_full_is_an_error, ensure_writable, exclusive_lock, fsync_dir, out_of_space
+from vpt.fsutil import (
+    atomic_write_text,
+    disk_full_is_an_error,
+    ensure_writable,
+    exclusive_lock,
+    fsync_dir,
+    out_of_space,
+)
 
 FAILED_FILE = "failed.txt"
 DONE_MARKER = ".vpt-done.json"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 

@@ -18,9 +18,19 @@ from einops import rearrange
 
 from vpt.errors import UsageError
 from vpt.metrics.eval_cache import BatchStore, EvalCache, split_plan
-from vpt.metrics.fvd import (ExtractionTimes, FvdPreset, batch_loader, batch_plan, detector_features, extract_features,
-                             fvd_from_stats, gather_in_order, kernel_distance, stats_of)
 from vpt.metrics.frames import BestOfN, gray_uint8, mse_per_frame, ssim, to_unit
+from vpt.metrics.fvd import (
+    ExtractionTimes,
+    FvdPreset,
+    batch_loader,
+    batch_plan,
+    detector_features,
+    extract_features,
+    fvd_from_stats,
+    gather_in_order,
+    kernel_distance,
+    stats_of,
+)
 from vpt.metrics.i3d import Detector
 from vpt.models.lpips import LPIPS
 from vpt.precision import inference_autocast
@@ -247,8 +257,7 @@ def _paired_scores(real, fake, scorer: FrameScorer, batch_size: int, accelerator
         pieces.append((int(first), scorer(pairs[1], pairs[0])))
         if progress is not None:
             progress(len(pairs[0]) * world)
-    for piece in gather_in_order(pieces, accelerator):
-        yield piece
+    yield from gather_in_order(pieces, accelerator)
 
 
 # --- predictions of a backend -----------------------------------------------------------------------

@@ -34,8 +34,8 @@ from torch import nn
 
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
-from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.backend import EvalProtocol
+from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch
 
 # --- config and sizes -------------------------------------------------------------------------------

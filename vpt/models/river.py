@@ -31,8 +31,13 @@ from vpt.errors import ConfigError, UsageError
 from vpt.models.backend import EvalProtocol
 from vpt.models.integrators import integrate, time_grid
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch, frozen_autoencoder_from_upstream_state
-from vpt.models.uvit import (VectorFieldRegressor, config_from_regressor_state, convert_upstream_regressor,
-                             load_upstream_state, resolve_trunk_size)
+from vpt.models.uvit import (
+    VectorFieldRegressor,
+    config_from_regressor_state,
+    convert_upstream_regressor,
+    load_upstream_state,
+    resolve_trunk_size,
+)
 from vpt.weights import UnsafeWeightsError
 
 # --- config ---------------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from torch import nn
 
 from vpt.errors import ConfigError, UsageError
 from vpt.models.attention import attention
-from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.diffusion import DiffusionTables, ddim_sample, ddim_time_pairs
+from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.latent import LatentBackend, clip_from_batch
 from vpt.models.unet import GroupNorm32, ResBlock, UNetBlock, check_unet_fields, zero_init
 

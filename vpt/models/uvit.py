@@ -22,7 +22,6 @@ from vpt.models.attention import attention
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.weights import read_weights, strip_module_prefix
 
-
 #: Regressor sizes. "paper" is every released RIVER model (98M parameters, 13 transformer layers).
 RIVER_SIZES: dict[str, dict[str, int]] = {
     "paper": {"inner_dim": 768, "depth": 4, "mid_depth": 5},

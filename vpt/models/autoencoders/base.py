@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -44,9 +45,26 @@ class TrainOutput:
 
 
 class Autoencoder(nn.Module, abc.ABC):
-    type: ClassVar[str]  # the name in AUTOENCODERS and in a run's `autoencoder.type`
+    type: ClassVar[str]  # the name in the registry (loading.AUTOENCODERS) and in a run's `autoencoder.type`
     Config: ClassVar[type]  # dataclass of the `autoencoder.arch` section
     has_posterior: ClassVar[bool] = False  # a KL model: `posterior_clips` gives mean and log-variance
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names configs use for this type (RIVER's `ldm-vq`, `ours`)
+    presets: ClassVar[dict[str, dict]] = {}  # named architectures: `arch: {preset: NAME}` or `--preset NAME`
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        """Whether a bare state dict under upstream's names holds this type (checkpoint files carry no type)."""
+        return False
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        """The `arch` values the tensor shapes imply; what they cannot tell is left to defaults and `arch`."""
+        return {}
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes in the codebook when the latents are token ids (MOSO), else 0."""
+        return 0
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -185,3 +203,9 @@ class FrameAutoencoder(Autoencoder):
     def forward_train(self, clips: torch.Tensor) -> TrainOutput:
         reconstruction, regularizers = self.forward_train_images(clips[:, 0])
         return TrainOutput(reconstruction[:, None], regularizers)
+
+
+def count_indices(state: dict[str, torch.Tensor], pattern: str) -> int:
+    """How many distinct values the group of `pattern` takes over the state's keys (layers per level...)."""
+    regex = re.compile(pattern)
+    return len({m.group(1) for key in state if (m := regex.match(key))})

@@ -35,6 +35,8 @@ class KLVAEConfig:
 
 class KLVAE(FrameAutoencoder):
     type = "kl-vae"
+    presets = {"sd": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                          scaling_factor=0.18215)}
     Config = KLVAEConfig
     has_posterior = True
 

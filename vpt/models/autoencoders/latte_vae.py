@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vpt.models.autoencoders.base import FrameAutoencoder
+from vpt.models.autoencoders.base import FrameAutoencoder, count_indices
 from vpt.models.autoencoders.layers import MultiheadSelfAttention
 
 
@@ -120,6 +120,38 @@ class LatteVAEConfig:
 class LatteVAE(FrameAutoencoder):
     type = "latte-vae"
     Config = LatteVAEConfig
+    presets = {  # VideoGeneration-PyTorch config/ucf.yaml and config/mnist.yaml
+        "vg-ucf": dict(in_channels=3, down_channels=[128, 256, 384, 512], mid_channels=[512],
+                       down_sample=[True, True, True], attn_down=[False, False, False], num_heads=4,
+                       num_down_layers=2, num_mid_layers=2, num_up_layers=2),
+        "vg-mnist": dict(in_channels=1, down_channels=[32, 64, 128], mid_channels=[128], down_sample=[True, True],
+                         attn_down=[False, False], num_heads=16, num_down_layers=1, num_mid_layers=1, num_up_layers=1),
+    }
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "encoder_conv_in.weight" in state and "pre_quant_conv.weight" in state
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        """Widths, levels and layer counts; GroupNorm groups and attention heads leave no trace (`arch`)."""
+        levels = count_indices(state, r"encoder_layers\.(\d+)\.")
+        mids = count_indices(state, r"encoder_mids\.(\d+)\.")
+        down = [state["encoder_conv_in.weight"].shape[0]] + [
+            state[f"encoder_layers.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(levels)]
+        inferred = dict(
+            in_channels=state["encoder_conv_in.weight"].shape[1], z_channels=state["post_quant_conv.weight"].shape[0],
+            down_channels=down,
+            mid_channels=[down[-1]] + [state[f"encoder_mids.{i}.resnet_conv_first.0.2.weight"].shape[0]
+                                       for i in range(mids)],
+            down_sample=[f"encoder_layers.{i}.down_sample_conv.weight" in state for i in range(levels)],
+            attn_down=[f"encoder_layers.{i}.attentions.0.in_proj_weight" in state for i in range(levels)],
+            num_down_layers=count_indices(state, r"encoder_layers\.0\.resnet_conv_first\.(\d+)\."),
+            num_up_layers=count_indices(state, r"decoder_layers\.0\.resnet_conv_first\.(\d+)\."),
+        )
+        if mids:
+            inferred["num_mid_layers"] = count_indices(state, r"encoder_mids\.0\.attentions\.(\d+)\.")
+        return inferred
     has_posterior = True
 
     def __init__(self, config: LatteVAEConfig):

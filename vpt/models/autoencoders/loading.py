@@ -15,9 +15,9 @@ configuration to check it against (f8_small / f8 / f16), `arch` supplies what sh
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ import torch
 from vpt.errors import ConfigError, UsageError, VptError
 from vpt.weights import read_weights, strip_module_prefix
 
+#: The registry: type name -> "module:Class". Adding an autoencoder is one module (a subclass of
+#: base.Autoencoder that declares its presets and recognises its own checkpoints) and one line here.
 AUTOENCODERS: dict[str, str] = {
     "vqgan": "vpt.models.autoencoders.vqgan:VQGAN",
     "river-vqvae": "vpt.models.autoencoders.river_vqvae:RiverVQVAE",
@@ -33,20 +35,6 @@ AUTOENCODERS: dict[str, str] = {
     "latte-vae": "vpt.models.autoencoders.latte_vae:LatteVAE",
     "pvdm": "vpt.models.autoencoders.pvdm:PVDMAutoencoder",
     "moso": "vpt.models.autoencoders.moso:MosoAutoencoder",
-}
-ALIASES = {"ldm-vq": "vqgan", "ours": "river-vqvae"}  # RIVER's `autoencoder.type` names
-
-PRESETS: dict[str, dict[str, dict]] = {
-    "vqgan": {},  # filled from vqgan.VQGAN_PRESETS on first use (keeps this module import-light)
-    "kl-vae": {
-        "sd": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, scaling_factor=0.18215),
-    },
-    "latte-vae": {  # VideoGeneration-PyTorch config/ucf.yaml and config/mnist.yaml
-        "vg-ucf": dict(in_channels=3, down_channels=[128, 256, 384, 512], mid_channels=[512], down_sample=[True, True, True],
-                       attn_down=[False, False, False], num_heads=4, num_down_layers=2, num_mid_layers=2, num_up_layers=2),
-        "vg-mnist": dict(in_channels=1, down_channels=[32, 64, 128], mid_channels=[128], down_sample=[True, True],
-                         attn_down=[False, False], num_heads=16, num_down_layers=1, num_mid_layers=1, num_up_layers=1),
-    },
 }
 
 _DOWNLOAD_HINTS = {
@@ -60,25 +48,24 @@ _DOWNLOAD_HINTS = {
 }
 
 
-def autoencoder_class(name: str) -> type:
-    name = ALIASES.get(name, name)
-    if name not in AUTOENCODERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*AUTOENCODERS, *ALIASES], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"autoencoder.type: unknown autoencoder '{name}'{hint}; available: {', '.join(sorted(AUTOENCODERS))}")
+def _import(name: str) -> type:
     module_name, class_name = AUTOENCODERS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def presets(name: str) -> dict[str, dict]:
-    name = ALIASES.get(name, name)
-    if name == "vqgan" and not PRESETS["vqgan"]:
-        from vpt.models.autoencoders.vqgan import VQGAN_PRESETS
+def autoencoder_classes() -> list[type]:
+    return [_import(name) for name in AUTOENCODERS]
 
-        PRESETS["vqgan"].update(VQGAN_PRESETS)
-    return PRESETS.get(name, {})
+
+def autoencoder_class(name: str) -> type:
+    if name in AUTOENCODERS:
+        return _import(name)
+    aliases = {alias: cls for cls in autoencoder_classes() for alias in cls.aliases}
+    if name in aliases:
+        return aliases[name]
+    close = difflib.get_close_matches(name, [*AUTOENCODERS, *aliases], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"autoencoder.type: unknown autoencoder '{name}'{hint}; available: {', '.join(sorted(AUTOENCODERS))}")
 
 
 def resolve_arch(name: str, arch: dict[str, Any], *, source: str = "autoencoder.arch"):
@@ -89,7 +76,7 @@ def resolve_arch(name: str, arch: dict[str, Any], *, source: str = "autoencoder.
     arch = dict(arch or {})
     preset = arch.pop("preset", None)
     if preset is not None:
-        table = presets(name)
+        table = cls.presets
         if preset not in table:
             raise ConfigError(f"{source}.preset: unknown preset '{preset}' for {cls.type}; available: {', '.join(table) or 'none'}")
         arch = {**table[preset], **arch}
@@ -173,10 +160,10 @@ def autoencoder_from_upstream_state(state: dict[str, torch.Tensor], *, preset: s
 
 
 def _from_state(state: dict[str, torch.Tensor], *, preset: str | None, arch: dict[str, Any] | None, where):
-    name = _detect_type(state, where)
-    inferred = _infer_arch(name, state)
+    cls = _recognize(state, where)
+    name, inferred = cls.type, cls.arch_from_state(state)
     if preset is not None:
-        table = presets(name)
+        table = cls.presets
         if preset not in table:
             raise UsageError(f"--preset {preset}: unknown for {name}; available: {', '.join(table) or 'none'}")
         expected = {**table[preset], **(arch or {})}
@@ -187,7 +174,7 @@ def _from_state(state: dict[str, torch.Tensor], *, preset: str | None, arch: dic
         arch_values = {**inferred, **expected}
     else:
         arch_values = {**inferred, **(arch or {})}
-    model = autoencoder_class(name)(resolve_arch(name, arch_values, source=str(where)))
+    model = cls(resolve_arch(name, arch_values, source=str(where)))
     _load_strict(model, state, where)
     return model
 
@@ -228,106 +215,17 @@ def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return {k: v for k, v in state.items() if not k.startswith(("loss.", "_discriminator.", "perceptual_loss."))}, container
 
 
-def _detect_type(state: dict[str, torch.Tensor], path: Path) -> str:
-    if "quantize.embedding.weight" in state and "encoder.conv_in.weight" in state:
-        return "vqgan"
-    if "vector_quantizer.embedding.weight" in state:
-        return "river-vqvae"
-    if "encoder_conv_in.weight" in state and "pre_quant_conv.weight" in state:
-        return "latte-vae"
-    if "xy_quant_attn.layers.0.0.fn.to_qkv.weight" in state:
-        return "pvdm"
-    if "_vq_ema.embeddings" in state and "_encoder_mo._attention.w_qs.weight" in state:
-        return "moso"
+def _recognize(state: dict[str, torch.Tensor], path: Path) -> type:
+    """The autoencoder type whose upstream names the state dict carries."""
+    for cls in autoencoder_classes():
+        if cls.recognizes_state(state):
+            return cls
     if any(k.startswith("encoder.down_blocks.") for k in state):
         raise VptError(f"{path}: a diffusers AutoencoderKL state dict; pass its folder (config.json + weights) instead")
     if any(k.startswith("autoencoder.") for k in state):
         raise VptError(f"{path}: weights from a vpt run; pass the run directory (it holds the architecture)")
     raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM, MOSO or "
                    f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})")
-
-
-def _count(state: dict, pattern: str) -> int:
-    regex = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := regex.match(k))})
-
-
-def _infer_arch(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The architecture the tensor shapes imply (what they cannot tell is left to defaults/`arch`)."""
-    if name == "vqgan":
-        ch = state["encoder.conv_in.weight"].shape[0]
-        levels = _count(state, r"encoder\.down\.(\d+)\.")
-        attn_levels = [i for i in range(levels) if f"encoder.down.{i}.attn.0.norm.weight" in state]
-        inferred = dict(
-            ch=ch, in_channels=state["encoder.conv_in.weight"].shape[1], out_ch=state["decoder.conv_out.weight"].shape[0],
-            ch_mult=[state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
-            num_res_blocks=_count(state, r"encoder\.down\.0\.block\.(\d+)\."),
-            z_channels=state["encoder.conv_out.weight"].shape[0], embed_dim=state["quant_conv.weight"].shape[0],
-            n_embed=state["quantize.embedding.weight"].shape[0],
-        )
-        # Attention placement is what `resolution`/`attn_resolutions` encode: pick a matching preset's
-        # values, else an equivalent pair (any resolution with the same levels gives the same network).
-        for values in presets("vqgan").values():
-            if all(values[k] == inferred[k] for k in values if k in inferred) and \
-                    [i for i in range(levels) if values["resolution"] >> i in values["attn_resolutions"]] == attn_levels:
-                return {**inferred, "resolution": values["resolution"], "attn_resolutions": values["attn_resolutions"]}
-        resolution = 2 ** (levels + 4)
-        return {**inferred, "resolution": resolution, "attn_resolutions": [resolution >> i for i in attn_levels]}
-    if name == "river-vqvae":
-        return dict(in_channels=state["encoder.conv_in.weight"].shape[1], latent_channels=state["encoder.out_conv.weight"].shape[0],
-                    num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
-                    encoder_width=state["encoder.conv_in.weight"].shape[0], decoder_width=state["decoder.conv_in.weight"].shape[0])
-    if name == "pvdm":
-        return _infer_pvdm_arch(state)
-    if name == "moso":
-        return _infer_moso_arch(state)
-    # latte-vae
-    levels = _count(state, r"encoder_layers\.(\d+)\.")
-    mids = _count(state, r"encoder_mids\.(\d+)\.")
-    down = [state["encoder_conv_in.weight"].shape[0]] + [
-        state[f"encoder_layers.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(levels)]
-    inferred = dict(
-        in_channels=state["encoder_conv_in.weight"].shape[1], z_channels=state["post_quant_conv.weight"].shape[0],
-        down_channels=down,
-        mid_channels=[down[-1]] + [state[f"encoder_mids.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(mids)],
-        down_sample=[f"encoder_layers.{i}.down_sample_conv.weight" in state for i in range(levels)],
-        attn_down=[f"encoder_layers.{i}.attentions.0.in_proj_weight" in state for i in range(levels)],
-        num_down_layers=_count(state, r"encoder_layers\.0\.resnet_conv_first\.(\d+)\."),
-        num_up_layers=_count(state, r"decoder_layers\.0\.resnet_conv_first\.(\d+)\."),
-    )
-    if mids:
-        inferred["num_mid_layers"] = _count(state, r"encoder_mids\.0\.attentions\.(\d+)\.")
-    return inferred
-
-
-def _infer_pvdm_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """PVDM's sizes from its tensors; `splits` cannot be told apart from a shorter clip, so it stays 1."""
-    unpatchify = state["to_pixel.1.weight"]  # (C, C_img, p, p)
-    patch = unpatchify.shape[-1]
-    return dict(channels=unpatchify.shape[0], in_channels=unpatchify.shape[1], patch_size=patch,
-                embed_dim=state["pre_xy.weight"].shape[0], timesteps=state["xy_pos_embedding"].shape[1] - 1,
-                resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
-                depth=_count(state, r"encoder\.layers\.(\d+)\."))
-
-
-def _infer_moso_arch(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """MOSO's sizes from its tensors. The attention heads assume upstream's 64 dimensions per head (one
-    head when narrower); `resolution` and `time_head` leave no trace in the weights (defaults or `arch`
-    supply them)."""
-    width = state["_encoder_bg._layers.0.0.weight"].shape[0]
-    embedding_dim, num_embeddings = state["_vq_ema.embeddings"].shape
-    attention_width = state["_encoder_mo._attention.w_qs.weight"].shape[0]
-    heads = max(1, attention_width // 64)
-    return dict(in_channels=state["_encoder_bg._layers.0.0.weight"].shape[1], num_hiddens=width,
-                frames=state["_encoder_bg._suf_layer.0.weight"].shape[1] // width,
-                num_residual_layers=_count(state, r"_encoder_bg\._residual\._layers\.(\d+)\."),
-                num_residual_hiddens=state["_encoder_bg._residual._layers.0.0.weight"].shape[0],
-                embedding_dim=embedding_dim, num_embeddings=num_embeddings,
-                ds_background=_count(state, r"_encoder_bg\._layers\.(\d+)\."),
-                ds_identity=_count(state, r"_encoder_id\._layers\.(\d+)\."),
-                ds_motion=_count(state, r"_encoder_mo\._layers\.(\d+)\."),
-                ds_content=_count(state, r"_decoder\._layers\.(\d+)\."),
-                num_heads=heads, head_dim=attention_width // heads)
 
 
 def _sha256_files(paths: list[Path]) -> str:

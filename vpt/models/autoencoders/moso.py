@@ -57,7 +57,7 @@ from torch import nn
 
 from vpt.errors import ConfigError, VptError
 from vpt.models.attention import attention
-from vpt.models.autoencoders.base import Autoencoder, TrainOutput
+from vpt.models.autoencoders.base import Autoencoder, TrainOutput, count_indices
 from vpt.models.autoencoders.quantize import EMAVectorQuantizer
 
 SPLIT_BAND = (0.1, 0.9)  # upstream: limit 0.5 +- 0.4, on the [0, 1] scale of its frames
@@ -303,6 +303,33 @@ def second_difference(frames: torch.Tensor) -> torch.Tensor:
 class MosoAutoencoder(Autoencoder):
     type = "moso"
     Config = MosoConfig
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "_vq_ema.embeddings" in state and "_encoder_mo._attention.w_qs.weight" in state
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        """Sizes from the tensors. The attention heads assume upstream's 64 dimensions per head (one head
+        when narrower); `resolution` and `time_head` leave no trace in the weights (defaults or `arch`)."""
+        width = state["_encoder_bg._layers.0.0.weight"].shape[0]
+        embedding_dim, num_embeddings = state["_vq_ema.embeddings"].shape
+        attention_width = state["_encoder_mo._attention.w_qs.weight"].shape[0]
+        heads = max(1, attention_width // 64)
+        return dict(in_channels=state["_encoder_bg._layers.0.0.weight"].shape[1], num_hiddens=width,
+                    frames=state["_encoder_bg._suf_layer.0.weight"].shape[1] // width,
+                    num_residual_layers=count_indices(state, r"_encoder_bg\._residual\._layers\.(\d+)\."),
+                    num_residual_hiddens=state["_encoder_bg._residual._layers.0.0.weight"].shape[0],
+                    embedding_dim=embedding_dim, num_embeddings=num_embeddings,
+                    ds_background=count_indices(state, r"_encoder_bg\._layers\.(\d+)\."),
+                    ds_identity=count_indices(state, r"_encoder_id\._layers\.(\d+)\."),
+                    ds_motion=count_indices(state, r"_encoder_mo\._layers\.(\d+)\."),
+                    ds_content=count_indices(state, r"_decoder\._layers\.(\d+)\."),
+                    num_heads=heads, head_dim=attention_width // heads)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.num_embeddings
 
     def __init__(self, config: MosoConfig):
         super().__init__(config)

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vpt.errors import ConfigError, VptError
 from vpt.models.attention import attention
-from vpt.models.autoencoders.base import Autoencoder, TrainOutput
+from vpt.models.autoencoders.base import Autoencoder, TrainOutput, count_indices
 
 HEADS, HEAD_DIM = 8, 64  # TimeSformer attention, fixed upstream whatever the width
 PROJECTION_DEPTH, PROJECTION_HEADS, PROJECTION_MLP = 4, 4, 512
@@ -230,6 +230,20 @@ class PlaneTransformer(nn.Module):
 class PVDMAutoencoder(Autoencoder):
     type = "pvdm"
     Config = PVDMConfig
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "xy_quant_attn.layers.0.0.fn.to_qkv.weight" in state
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        """Sizes from the tensors; `splits` cannot be told apart from a shorter clip, so it stays 1."""
+        unpatchify = state["to_pixel.1.weight"]  # (C, C_img, p, p)
+        patch = unpatchify.shape[-1]
+        return dict(channels=unpatchify.shape[0], in_channels=unpatchify.shape[1], patch_size=patch,
+                    embed_dim=state["pre_xy.weight"].shape[0], timesteps=state["xy_pos_embedding"].shape[1] - 1,
+                    resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
+                    depth=count_indices(state, r"encoder\.layers\.(\d+)\."))
 
     def __init__(self, config: PVDMConfig):
         super().__init__(config)

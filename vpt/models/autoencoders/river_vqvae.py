@@ -125,6 +125,19 @@ class RiverVQVAEConfig:
 class RiverVQVAE(FrameAutoencoder):
     type = "river-vqvae"
     Config = RiverVQVAEConfig
+    aliases = ("ours",)  # RIVER's name for it
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "vector_quantizer.embedding.weight" in state
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        return dict(in_channels=state["encoder.conv_in.weight"].shape[1],
+                    latent_channels=state["encoder.out_conv.weight"].shape[0],
+                    num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
+                    encoder_width=state["encoder.conv_in.weight"].shape[0],
+                    decoder_width=state["decoder.conv_in.weight"].shape[0])
 
     def __init__(self, config: RiverVQVAEConfig):
         super().__init__(config)

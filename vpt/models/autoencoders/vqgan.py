@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from vpt.models.attention import attention
-from vpt.models.autoencoders.base import FrameAutoencoder
+from vpt.models.autoencoders.base import FrameAutoencoder, count_indices
 from vpt.models.autoencoders.layers import swish
 from vpt.models.autoencoders.quantize import VectorQuantizer
 
@@ -217,6 +217,33 @@ class VQGAN(FrameAutoencoder):
 
     type = "vqgan"
     Config = VQGANConfig
+    aliases = ("ldm-vq",)  # RIVER's name for it
+    presets = VQGAN_PRESETS
+
+    @classmethod
+    def recognizes_state(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "quantize.embedding.weight" in state and "encoder.conv_in.weight" in state
+
+    @classmethod
+    def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        ch = state["encoder.conv_in.weight"].shape[0]
+        levels = count_indices(state, r"encoder\.down\.(\d+)\.")
+        attn_levels = [i for i in range(levels) if f"encoder.down.{i}.attn.0.norm.weight" in state]
+        inferred = dict(
+            ch=ch, in_channels=state["encoder.conv_in.weight"].shape[1], out_ch=state["decoder.conv_out.weight"].shape[0],
+            ch_mult=[state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
+            num_res_blocks=count_indices(state, r"encoder\.down\.0\.block\.(\d+)\."),
+            z_channels=state["encoder.conv_out.weight"].shape[0], embed_dim=state["quant_conv.weight"].shape[0],
+            n_embed=state["quantize.embedding.weight"].shape[0],
+        )
+        # Attention placement is what `resolution`/`attn_resolutions` encode: pick a matching preset's
+        # values, else an equivalent pair (any resolution with the same levels gives the same network).
+        for values in VQGAN_PRESETS.values():
+            if all(values[k] == inferred[k] for k in values if k in inferred) and \
+                    [i for i in range(levels) if values["resolution"] >> i in values["attn_resolutions"]] == attn_levels:
+                return {**inferred, "resolution": values["resolution"], "attn_resolutions": values["attn_resolutions"]}
+        resolution = 2 ** (levels + 4)
+        return {**inferred, "resolution": resolution, "attn_resolutions": [resolution >> i for i in attn_levels]}
 
     def __init__(self, config: VQGANConfig):
         super().__init__(config)

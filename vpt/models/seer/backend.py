@@ -28,12 +28,12 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from vpt.errors import ConfigError, UsageError, VptError
 from vpt.models.backend import Backend, EvalProtocol
+from vpt.models.seer import weights
 from vpt.models.seer.fstext import FSText
 from vpt.models.seer.layers import RotaryEmbedding, sawt_window
 from vpt.models.seer.schedule import TRAIN_TIMESTEPS, sampling_scheduler, training_scheduler, upstream_timesteps
 from vpt.models.seer.text import builtin_text_encoder, builtin_tokenizer, encode_text
 from vpt.models.seer.unet import SeerUNet, UNetSize
-from vpt.models.seer import weights
 
 
 @dataclass

@@ -21,7 +21,13 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vpt.models.seer.layers import FrameGroupNorm, FrameResnet, SpatialTransformer, TemporalTransformer, use_diffusers_attention
+from vpt.models.seer.layers import (
+    FrameGroupNorm,
+    FrameResnet,
+    SpatialTransformer,
+    TemporalTransformer,
+    use_diffusers_attention,
+)
 
 
 @dataclass
