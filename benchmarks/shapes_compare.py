@@ -78,13 +78,13 @@ def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Pa
     """MOSO autoencoder -> cached tokens -> RSVP-M with the first 2 of 16 frames given, all inside `minutes`."""
     from vpt.commands.options import path_setting
     from vpt.commands.save_latents import encode_dataset
-    from vpt.commands.train_ae import _schema, train_autoencoder
+    from vpt.commands.train_ae import train_ae_schema, train_autoencoder
     from vpt.models.rsvp import RSVPM
     from vpt.runs import start_run
 
     started = time.perf_counter()
     ae_dir, latents, model_dir = run_dir / "moso", run_dir / "latents", run_dir / "rsvp"
-    run, cfg = start_run(_schema(), run_dir=ae_dir, config_file=ROOT / "configs/ae/moso_shapes.yaml",
+    run, cfg = start_run(train_ae_schema(), run_dir=ae_dir, config_file=ROOT / "configs/ae/moso_shapes.yaml",
                          overrides=[path_setting("data.path", data), f"train.max_minutes={ae_share * minutes}",
                                     "train.max_steps=1000000"])
     train_autoencoder(cfg, run)

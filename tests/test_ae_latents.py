@@ -14,8 +14,8 @@ from data_helpers import shapes_h5
 from fixture_paths import fixture
 from safetensors.torch import load_file
 
-from vpt.commands import save_latents as save_latents_module
 from vpt.commands.save_latents import encode_dataset
+from vpt.data import latents as save_latents_module
 from vpt.data.datasets import frames_to_tensor
 from vpt.data.h5 import VideoH5
 from vpt.errors import VptError

@@ -43,3 +43,10 @@ def test_python_dash_m_vpt_lists_commands():
 def test_unknown_command_exits_2():
     result = subprocess.run([sys.executable, "-m", "vpt", "bogus"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "No such command" in result.stderr
+
+
+def test_version_prints_the_package_version():
+    import vpt
+
+    result = subprocess.run([sys.executable, "-m", "vpt", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"vpt {vpt.__version__}"

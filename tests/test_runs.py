@@ -33,13 +33,44 @@ def test_new_run_writes_resolved_config(tmp_path):
 def test_resumed_run_keeps_its_config_and_applies_overrides(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("train:\n  max_steps: 5\n")
-    start_run(Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=[])
+    run, _ = start_run(Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=[])
+    run.step_dir(5).mkdir()  # a finished checkpoint: the run resumes from here on
+    run.release()
     other = tmp_path / "other.yaml"
     other.write_text("train:\n  max_steps: 5\n  lr: 0.5\n")
     _, cfg = start_run(Schema, run_dir=tmp_path / "run", config_file=other, overrides=[], max_steps=9)
     assert cfg.train.lr == TrainConfig().lr  # the run's own config wins over a different --config
     assert cfg.train.max_steps == 9  # --max-steps extends it
-    assert "differs in train.lr" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "differs in train.lr" in err and "max_steps" not in err  # what the command line sets is no difference
+
+
+def test_ordinary_resume_with_the_same_config_says_nothing_about_differences(tmp_path, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  max_steps: 5\n")
+    run, _ = start_run(Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=["train.seed=4"])
+    run.step_dir(5).mkdir()
+    run.release()
+    start_run(Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=["train.seed=4"], max_steps=8)
+    assert "differs" not in capsys.readouterr().err
+
+
+def test_a_run_without_checkpoint_is_new_and_a_refused_start_writes_no_config(tmp_path):
+    """A start that failed leaves no config to be resumed with; the next --config is the one used."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("train:\n  lr: 0.5\n")
+    second.write_text("train:\n  lr: 0.25\n")
+
+    def refuse(cfg):
+        raise UsageError("refused before the config is written")
+
+    with pytest.raises(UsageError, match="refused"):
+        start_run(Schema, run_dir=tmp_path / "run", config_file=first, overrides=[], complete=refuse)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    run, _ = start_run(Schema, run_dir=tmp_path / "run", config_file=first, overrides=[])  # stops before a checkpoint
+    run.release()
+    _, cfg = start_run(Schema, run_dir=tmp_path / "run", config_file=second, overrides=[])
+    assert cfg.train.lr == 0.25
 
 
 def test_new_run_needs_a_config(tmp_path):

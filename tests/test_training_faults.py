@@ -20,7 +20,7 @@ from torch import nn
 
 from vpt.errors import TrainingDiverged
 from vpt.runs import Run
-from vpt.training import train
+from vpt.training import Hooks, train
 
 REPO = Path(__file__).resolve().parents[1]
 AE_CONFIG = REPO / "configs" / "ae" / "shapes.yaml"
@@ -233,3 +233,26 @@ def test_resume_without_rng_state_continues_and_says_it_is_not_exact(tmp_path, c
     capsys.readouterr()
     assert train(TinyModel(), TinyDataset(), tiny_config(max_steps=6), Run.open(tmp_path / "run")) == 6
     assert "not bit-identical" in " ".join(capsys.readouterr().err.split())
+
+
+def test_library_training_leaves_the_host_programs_ctrl_c_alone(tmp_path):
+    """Called from another program (here pytest), the loop installs no SIGINT handler unless asked, and a
+    handler it installs on request is the previous one again afterwards."""
+    seen = []
+
+    def host_handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, host_handler)
+    try:
+        inside = []
+        hooks = Hooks(validate=lambda model: inside.append(signal.getsignal(signal.SIGINT)) or {})
+        train(TinyModel(), TinyDataset(), tiny_config(max_steps=2, val_every=1), Run.open(tmp_path / "a"), hooks)
+        assert inside and all(handler is host_handler for handler in inside)
+        inside.clear()
+        train(TinyModel(), TinyDataset(), tiny_config(max_steps=2, val_every=1), Run.open(tmp_path / "b"), hooks,
+              checkpoint_on_ctrl_c=True)
+        assert inside and all(handler is not host_handler for handler in inside)  # the loop's own, while it ran
+        assert signal.getsignal(signal.SIGINT) is host_handler  # and the host's again after
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -63,7 +63,8 @@ def main() -> None:
     torch.manual_seed(0)
     run = Run.open(Path(args.run))
     try:
-        train(TinyModel(kill_at=args.kill_at), TinyDataset(), tiny_config(max_steps=args.max_steps), run)
+        train(TinyModel(kill_at=args.kill_at), TinyDataset(), tiny_config(max_steps=args.max_steps), run,
+              checkpoint_on_ctrl_c=True)
     except KeyboardInterrupt:
         raise SystemExit(130)
 

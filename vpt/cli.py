@@ -22,8 +22,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import vpt
+
+        typer.echo(f"vpt {vpt.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print vpt's version and exit."),
+) -> None:
     """vpt: video prediction toolkit - videos -> frames -> HDF5 -> autoencoder -> latents -> model -> samples -> metrics."""
 
 
@@ -74,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and a non-zero exit code, not a traceback."""
     from rich.markup import escape
 
-    from vpt.console import console
+    from vpt.console import claim_process, console
 
+    claim_process()
     try:
         app(args=argv, prog_name="vpt")  # typer/click report usage errors themselves (exit 2)
     except VptError as exc:

@@ -9,6 +9,20 @@ from rich.console import Console
 console = Console(stderr=True, soft_wrap=True)
 
 
+_cli_owns_process = False
+
+
+def claim_process() -> None:
+    """Called by the `vpt` entry point: the process is vpt's, so vpt may take over signals (Ctrl-C)."""
+    global _cli_owns_process
+    _cli_owns_process = True
+
+
+def cli_owns_process() -> bool:
+    """False when vpt runs as a library inside another program (a notebook, pytest): its Ctrl-C stays its own."""
+    return _cli_owns_process
+
+
 def is_main_process() -> bool:
     """True on the process that prints and writes shared files (rank 0 under `accelerate launch`)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,12 +242,16 @@ def start_run(
     fresh: bool = False,
     force: bool = False,
     defaults: dict | None = None,
+    complete: Callable[[Any], None] | None = None,
 ) -> tuple[Run, Any]:
     """Open (create / resume / restart) a run directory and resolve its config.
 
-    A new run takes defaults <- `config_file` <- `--set` overrides. A resumed run keeps its own
-    config.yaml (a different `--config` is reported and ignored) and applies only the overrides, so
-    `--max-steps` extends a finished run. The resolved config is written into the run.
+    A new run takes defaults <- `config_file` <- `--set` overrides. A resumed run (one with a finished
+    checkpoint) keeps its own config.yaml (where a `--config` differs, that is reported and ignored) and
+    applies only the overrides, so `--max-steps` extends a finished run. A run without a checkpoint is
+    new: a `--config` replaces what a failed start left. `complete(cfg)` fills values the config derives
+    (e.g. the autoencoder recorded with cached latents) and may refuse it; then the resolved config is
+    written into the run, once.
     """
     overrides = list(overrides)
     if max_steps is not None:
@@ -254,26 +259,32 @@ def start_run(
     if log_every is not None:
         overrides.append(f"train.log_every={log_every}")
     run = Run.open(run_dir, fresh=fresh, force=force, is_main=is_main_process())
-    if run.config_path.exists():
-        stored = run.read_config()
-        if config_file is not None:
-            requested = config_to_dict(load_config(schema, config_file, defaults=defaults))
-            changed = _changed_keys(stored, requested)
+    resumed = run.config_path.exists() and run.latest_checkpoint() is not None
+    if resumed:
+        cfg = load_config(schema, run.config_path, overrides)
+        if config_file is not None:  # both sides with the command line's settings: those are no difference
+            requested = config_to_dict(load_config(schema, config_file, overrides, defaults=defaults))
+            changed = _changed_keys(config_to_dict(cfg), requested)
             if changed:
                 warn(f"{run.root} resumes with its own config.yaml; {config_file} differs in "
                      f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} (use --set to change a value)")
+    elif config_file is None and run.config_path.exists():  # the same start again, after one that stopped early
         cfg = load_config(schema, run.config_path, overrides)
     else:
         if config_file is None and defaults is None:
             raise UsageError(f"--config is required to start the new run {run_dir}")
         cfg = load_config(schema, config_file, overrides, defaults=defaults)
+    if complete is not None:
+        complete(cfg)
     if is_main_process():
         run.write_config(config_to_dict(cfg))
     return run, cfg
 
 
-def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [k for key in keys for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+def _changed_keys(stored: Any, requested: Any, prefix: str = "") -> list[str]:
+    """Keys whose requested value differs from the stored one; a value the request leaves unset (None)
+    was filled when the run started, and is no difference."""
+    if isinstance(stored, dict) and isinstance(requested, dict):
+        keys = sorted(set(stored) | set(requested))
+        return [k for key in keys for k in _changed_keys(stored.get(key), requested.get(key), f"{prefix}{key}.")]
+    return [] if requested is None or stored == requested else [prefix.rstrip(".")]

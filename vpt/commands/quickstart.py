@@ -107,18 +107,18 @@ def _config_file(*parts: str) -> Path:
 
 def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float | None) -> Path:
     from vpt.commands.options import path_setting
-    from vpt.commands.train_ae import _schema, train_autoencoder
+    from vpt.commands.train_ae import train_ae_schema, train_autoencoder
     from vpt.runs import start_run
 
     run_dir = out / "runs" / "ae"
     overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides()]
-    run, cfg = start_run(_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides)
+    run, cfg = start_run(train_ae_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides)
     train_autoencoder(cfg, run)
     return run_dir
 
 
 def _latents_started(latents: Path) -> bool:
-    from vpt.commands.save_latents import MANIFEST
+    from vpt.data.latents import MANIFEST
 
     return (latents / MANIFEST).is_file()
 

@@ -76,22 +76,20 @@ def train(
             raise UsageError(f"backend '{backend}' has no autoencoder to set; drop --ae")
         overrides.append(path_setting("model.autoencoder", ae))
     run_dir, cfg = start_run(train_schema(backend_cls), run_dir=run, config_file=config, overrides=overrides,
-                             max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
+                             max_steps=max_steps, log_every=log_every, fresh=fresh, force=force,
+                             complete=lambda cfg: resolve_autoencoder(backend_cls, cfg))
     train_backend(backend_cls, cfg, run_dir)
 
 
 def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     """Build the datasets and the model of a resolved config, then run the shared loop. Returns the final step."""
-    from vpt.config import config_to_dict
-    from vpt.console import info, is_main_process
+    from vpt.console import info
     from vpt.data.datasets import ClipDataset
     from vpt.training import seed_everything
     from vpt.training import train as train_loop
 
     seed_everything(cfg.train.seed)  # the model's initialisation follows the config's seed
     dataset = ClipDataset(cfg.data, uint8_frames=True)  # frames become floats on the training device
-    if _resolve_autoencoder(backend_cls, cfg, dataset) and is_main_process():
-        run.write_config(config_to_dict(cfg))
     model = backend_cls(cfg.model)
     validation = _validation_data(cfg)
     hooks = _hooks(cfg, validation) if validation is not None else None
@@ -103,30 +101,29 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     return step
 
 
-def _resolve_autoencoder(backend_cls: type, cfg: Any, dataset: Any) -> bool:
-    """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames.
-
-    Returns True when the config changed.
-    """
+def resolve_autoencoder(backend_cls: type, cfg: Any) -> None:
+    """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames
+    (before the run's config is written, so a refused start leaves no config behind)."""
+    from vpt.data.datasets import ClipDataset
     from vpt.errors import UsageError
 
     if not backend_cls.uses_autoencoder:
-        return False
+        return
+    dataset = ClipDataset(cfg.data)
     if dataset.is_latent:
         recorded = dataset.source.attrs.get("autoencoder_path") or None
         if cfg.model.autoencoder is None and recorded is not None:
             cfg.model.autoencoder = str(recorded)
-            return True
+            return
         if recorded is not None and Path(cfg.model.autoencoder).resolve() != Path(recorded).resolve():
             from vpt.console import warn
 
             warn(f"{cfg.data.path} was encoded by {recorded} but model.autoencoder is {cfg.model.autoencoder}; "
                  f"samples are only right if both are the same autoencoder")
-        return False
+        return
     if cfg.model.autoencoder is None:
         raise UsageError(f"{cfg.backend} on frame data needs a frozen autoencoder: pass --ae RUN "
                          f"(a `vpt train-ae` run), or train on latents written by `vpt save-latents`")
-    return False
 
 
 class TrainingData:

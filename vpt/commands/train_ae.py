@@ -43,7 +43,8 @@ class AutoencoderSection:
     init_from: str = ""  # start from these weights: a train-ae run, a checkpoint file, a diffusers folder
 
 
-def _schema() -> type:
+def train_ae_schema() -> type:
+    """The config schema of `vpt train-ae`: autoencoder, data, loss and train sections."""
     from vpt.data.datasets import DataConfig
     from vpt.models.autoencoders.objective import LossConfig
     from vpt.training import TrainConfig
@@ -75,7 +76,7 @@ def train_ae(
         overrides.append(path_setting("data.path", data))
     if init_from is not None:
         overrides.append(path_setting("autoencoder.init_from", init_from))
-    run_dir, cfg = start_run(_schema(), run_dir=run, config_file=config, overrides=overrides,
+    run_dir, cfg = start_run(train_ae_schema(), run_dir=run, config_file=config, overrides=overrides,
                              max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
     train_autoencoder(cfg, run_dir)
 

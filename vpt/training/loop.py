@@ -29,7 +29,7 @@ from accelerate.utils import send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vpt.console import info, warn
+from vpt.console import cli_owns_process, info, warn
 from vpt.distributed import any_process, check_parallelism, full_tensor, is_sharded, unsharded
 from vpt.errors import Interrupted
 from vpt.precision import training_precision
@@ -55,8 +55,13 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks: Hooks | None = None) -> int:
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks: Hooks | None = None, *,
+          checkpoint_on_ctrl_c: bool | None = None) -> int:
     """Train `model` on `dataset` until `cfg.max_steps`, resuming from the run's latest checkpoint.
+
+    `checkpoint_on_ctrl_c` (default: only when the `vpt` command owns the process) installs the Ctrl-C
+    handler below for the loop's duration and restores the previous one after; a host program that
+    calls this keeps its own Ctrl-C.
 
     Returns the final step. Raises TrainingDiverged (after keeping the last good checkpoint) when the
     loss or the gradient becomes NaN or infinite, and Interrupted after writing a checkpoint when the
@@ -96,7 +101,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
 
     started, started_step = time.perf_counter(), state.step
     try:
-        with _TrainingBar(accelerator.is_main_process, cfg, state.step) as progress, _StopRequests() as ctrl_c:
+        with _TrainingBar(accelerator.is_main_process, cfg, state.step) as progress, _StopRequests(
+                cli_owns_process() if checkpoint_on_ctrl_c is None else checkpoint_on_ctrl_c) as ctrl_c:
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
@@ -268,9 +274,11 @@ def _periodic_work(state: TrainingState, hooks: Hooks, progress: ProgressBar) ->
 
 class _StopRequests:
     """The first Ctrl-C (SIGINT) asks the loop to finish its step and write a checkpoint; the second
-    aborts at once (KeyboardInterrupt). Only the main thread can own the signal; elsewhere this is inert."""
+    aborts at once (KeyboardInterrupt). Only the main thread can own the signal; elsewhere, or when not
+    `enabled`, this is inert (Ctrl-C then behaves as the host program set it up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.requested = False
         self._previous = None
 
@@ -281,7 +289,7 @@ class _StopRequests:
         warn("Ctrl-C: finishing this step and writing a checkpoint (press Ctrl-C again to abort at once)")
 
     def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
