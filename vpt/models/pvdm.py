@@ -553,8 +553,21 @@ class PVDM(DiffusionTables, LatentBackend):
             raise UsageError(f"--ae {autoencoder}: not a PVDM autoencoder (its latents are not triplanes)")
         planes = ae.plane_shapes()
         state = convert_upstream_unet(read_weights(path, mmap=True))
-        cfg = PVDMConfig(**config_from_unet_state(state), latent_size=planes["xy"][0], latent_frames=planes["yt"][0],
-                         **PUBLISHED[release]["model"])
+        fields = config_from_unet_state(state)
+        # the heads are not in the weights: a config.json beside them, else the release's (its UNet size only)
+        beside, source = _settings_beside(path)
+        for key, value in beside.items():
+            if key in fields and value != fields[key]:
+                raise ConfigError(f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}")
+        released = PVDMConfig()  # the released UNet's widths
+        widths = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")
+        if "num_heads" not in beside and any(fields[key] != getattr(released, key) for key in widths):
+            raise ConfigError(f"{path.name} is not the released UNet size, and its weights do not say its attention heads: "
+                              f"set model.num_heads in a config.json beside it")
+        from vpt.config import validate
+
+        cfg = validate(PVDMConfig, {**PUBLISHED[release]["model"], **beside, **fields, "latent_size": planes["xy"][0],
+                                    "latent_frames": planes["yt"][0]}, source=source or str(path), prefix="model.")
         if "zeros" in state and state["zeros"].shape[-1] != cfg.latent_length:
             raise UsageError(f"{path.name} was trained on latents of {state['zeros'].shape[-1]} tokens, but --ae "
                              f"{autoencoder} gives {cfg.latent_length}")
@@ -574,8 +587,8 @@ class PVDM(DiffusionTables, LatentBackend):
 #: autoencoder's frame size (256 px for both releases).
 _PAPER_PROTOCOL = dict(context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, context_in_fvd=False)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "ucf101": {"model": dict(steps=400, cond_prob=0.3), "protocol": _PAPER_PROTOCOL},
-    "sky": {"model": dict(steps=400, cond_prob=0.2), "protocol": _PAPER_PROTOCOL},
+    "ucf101": {"model": dict(steps=400, cond_prob=0.3, num_heads=8), "protocol": _PAPER_PROTOCOL},
+    "sky": {"model": dict(steps=400, cond_prob=0.2, num_heads=8), "protocol": _PAPER_PROTOCOL},
 }
 
 
@@ -594,8 +607,9 @@ def convert_upstream_unet(state: Any) -> dict[str, torch.Tensor]:
             if key.startswith("diffusion_model.")}
 
 
-def config_from_unet_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """PVDMConfig width fields read off converted UNet weights (heads: 8, as upstream's config).
+def config_from_unet_state(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> dict[str, Any]:
+    """PVDMConfig width fields read off converted UNet weights. The attention heads are not in the
+    shapes: `num_heads` when given, else left out for the caller to take from the release or a config.
 
     Levels = output blocks holding an upsampling ResBlock + 1; every level has num_res_blocks + 1
     output blocks; input block 1 + level (num_res_blocks + 1) + r is the r-th ResBlock of a level."""
@@ -610,5 +624,23 @@ def config_from_unet_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     attention = [2 ** level for level in range(levels)
                  if f"input_blocks.{1 + level * per_level}.1.qkv.weight" in state]
     return {"latent_channels": latent_channels, "model_channels": model_channels, "channel_mult": channel_mult,
-            "num_res_blocks": per_level - 1, "attention_resolutions": attention[::-1], "num_heads": 8,
-            "cond_model": first_in == 2 * latent_channels}
+            "num_res_blocks": per_level - 1, "attention_resolutions": attention[::-1],
+            "cond_model": first_in == 2 * latent_channels, **({"num_heads": num_heads} if num_heads is not None else {})}
+
+
+def _settings_beside(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The `model` fields of a config.json next to a weights file (the whole object, or its "model"
+    section) and that file's name; ({}, None) without one."""
+    import json
+
+    file = Path(path).with_name("config.json")
+    if not file.is_file():
+        return {}, None
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{file}: not readable JSON ({error})") from None
+    section = raw.get("model", raw) if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: expected a JSON object of model settings (or one with a \"model\" object)")
+    return section, str(file)
