@@ -189,8 +189,10 @@ def tiny_ae_release(tmp_path) -> Path:
 
 
 def _release(tmp_path: Path, kind: str) -> Path:
+    """A tiny UNet as a release file, with the config.json that names its heads (not the released size)."""
     path = tmp_path / f"ema_model_{kind}.pth"
     torch.save({f"module.{k}": v for k, v in torch.load(fixture("pvdm", f"unet_tiny_{kind}_state_dict.pt")).items()}, path)
+    (tmp_path / "config.json").write_text('{"model": {"num_heads": 4}}')
     return path
 
 
@@ -200,7 +202,7 @@ def test_released_unet_takes_its_plane_sizes_from_the_autoencoder(tmp_path, tiny
     assert PVDM.recognizes_checkpoint(path)
     model = PVDM.from_checkpoint(path, autoencoder=tiny_ae_release, preset="sky")
     assert (model.cfg.latent_size, model.cfg.latent_frames, model.cfg.latent_length) == (4, 16, 144)
-    assert (model.cfg.steps, model.cfg.cond_model, model.frame_size) == (400, False, 32)
+    assert (model.cfg.steps, model.cfg.cond_model, model.frame_size, model.cfg.num_heads) == (400, False, 32, 4)
     protocol = model.default_protocol()
     assert (protocol.context_frames, protocol.predicted_frames, protocol.fvd_preset) == (16, 16, "stylegan-v")
     video = torch.rand(1, 16, 3, 32, 32) * 2 - 1

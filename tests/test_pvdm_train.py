@@ -67,6 +67,8 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     # the same weights as an upstream `ema_model_*.pth` (bare state dict, `diffusion_model.` names)
     released = tmp_path / "ema_model_4.pth"
     torch.save({f"diffusion_model.{k}": v for k, v in model.unet.state_dict().items()}, released)
+    # not the released UNet size: its heads, which the weights do not show, go in a config.json beside it
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": model.cfg.num_heads}}))
     from_release = tmp_path / "from_release.png"
     code, output = invoke("sample", "--checkpoint", released, "--ae", ae_run, "--data", frames, "--split", "test",
                           "--num-samples", 1, "--steps", 2, "--out", from_release)

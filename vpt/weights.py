@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from vpt.errors import VptError
+from vpt.errors import ConfigError, VptError
 
 # The legacy (non-zip) torch.save stream: magic number, protocol version, sys_info, the object pickle,
 # the list of storage keys, then each storage as an int64 element count followed by its raw bytes.
@@ -484,3 +484,19 @@ def _check_dcp_metadata(path: Path) -> None:
                                  "a checkpoint's metadata names only torch's checkpoint records") from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign
         raise _unreadable(path, exc) from None
+
+
+def settings_beside(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The `model` fields of a config.json next to a weights file (the whole object, or its "model"
+    section) and that file's name; ({}, None) without one."""
+    file = Path(path).with_name("config.json")
+    if not file.is_file():
+        return {}, None
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{file}: not readable JSON ({error})") from None
+    section = raw.get("model", raw) if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: expected a JSON object of model settings (or one with a \"model\" object)")
+    return section, str(file)

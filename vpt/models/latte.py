@@ -4,7 +4,7 @@ Video Generation", 2024), in the flavour of the compact VideoGeneration-PyTorch 
 One file, in reading order: config and sizes, the video DiT (patch embedding, fixed sinusoidal
 tables, adaLN-Zero blocks alternating spatial and temporal attention, final layer), the converter
 for that re-implementation's state dicts, and the `latte` backend (ε-prediction DDPM training,
-generation and frame-conditioned prediction through diffusers' schedulers).
+generation and frame-conditioned prediction on IDDPM's respaced process, as upstream samples).
 
 The model works on the latents of a frozen per-frame autoencoder, `(B, F, c, h, w)`. Every frame is
 cut into p x p patches; a spatial block attends over the patches of one frame, the next temporal
@@ -94,6 +94,13 @@ class LatteConfig:
     # Sampling defaults of `predict` (`vpt sample --steps/--option/--guidance-scale` override them).
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     steps: int = 1000
+    # Which of the training steps `steps` visits (IDDPM's respacing, on whose respaced process both
+    # samplers step): "even" spreads them over 0..T-1 ("250": 999, 995, 991, ..., 0), as the official
+    # samplers do for DDPM and DDIM; "ddim" takes the integer stride of IDDPM's "ddimN" (50: 980, 960, ..., 0).
+    timestep_spacing: Literal["even", "ddim"] = "even"
+    # DDPM noise without learn_sigma: "fixed_small" (the posterior variance; VideoGeneration-PyTorch's
+    # sampler) or "fixed_large" (β of the respaced process; the official create_diffusion's default).
+    variance_type: Literal["fixed_small", "fixed_large"] = "fixed_small"
     guidance_scale: float = 1.0  # classifier-free guidance (class-conditional models); 1 = none
     context_frames: int = 0  # frames its evaluation protocol gives `predict`; 0 = generation
 
@@ -316,6 +323,55 @@ def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tenso
                 + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var))
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
     return torch.where((t == 0).reshape(shape), nll, kl) / math.log(2.0)
+
+
+
+# --- respaced sampling (IDDPM) ---------------------------------------------------------------------
+
+
+def space_timesteps(num_timesteps: int, steps: int, spacing: str = "even") -> list[int]:
+    """The training steps a `steps`-step sampler visits, ascending, as IDDPM's respacing picks them.
+
+    "even": one section of `steps` points on [0, num_timesteps - 1] at a fractional stride
+    (num_timesteps - 1) / (steps - 1), each rounded half to even (1000 steps, 250: 0, 4, 8, ..., 995, 999);
+    what both official Latte samplers ask for, DDPM and DDIM alike. "ddim": 0, s, 2s, ... with the
+    smallest integer stride s giving exactly `steps` points (50 of 1000: 0, 20, ..., 980)."""
+    if not 1 <= steps <= num_timesteps:
+        raise UsageError(f"steps must be in 1..{num_timesteps}, got {steps}")
+    if spacing == "ddim":
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == steps:
+                return list(range(0, num_timesteps, stride))
+        raise UsageError(f"model.timestep_spacing ddim: no integer stride gives exactly {steps} of "
+                         f"{num_timesteps} steps; choose another step count or timestep_spacing: even")
+    if spacing != "even":
+        raise UsageError(f"model.timestep_spacing must be even or ddim, got {spacing!r}")
+    stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1
+    taken, position = [], 0.0
+    for _ in range(steps):  # the position accumulates, as upstream's does (rounding follows the sum)
+        taken.append(round(position))
+        position += stride
+    return sorted(set(taken))
+
+
+def respaced_tables(betas: torch.Tensor, kept: list[int]) -> dict[str, torch.Tensor]:
+    """The process on the `kept` steps (ascending) of a float64 β schedule: its own betas
+    β'_i = 1 - ᾱ(t_i) / ᾱ(t_{i-1}) (so ᾱ' at i is ᾱ at t_i) and, from them, the posterior tables
+    of q(x_{t_{i-1}} | x_{t_i}, x_0), all float64 of length len(kept)."""
+    alphas_cumprod = torch.cumprod(1.0 - betas.double(), dim=0)[kept]
+    prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    beta = 1.0 - alphas_cumprod / prev
+    posterior_variance = beta * (1.0 - prev) / (1.0 - alphas_cumprod)
+    first = posterior_variance[1:2] if len(kept) > 1 else beta[:1]  # the posterior variance is 0 at i = 0
+    return {
+        "alphas_cumprod": alphas_cumprod, "alphas_cumprod_prev": prev, "betas": beta,
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": torch.log(torch.cat([first, posterior_variance[1:]])),
+        # fixed_large: β' (with the clipped posterior variance at i = 0, as IDDPM)
+        "large_log_variance": torch.log(torch.cat([first, beta[1:]])),
+        "coef_x0": beta * prev.sqrt() / (1.0 - alphas_cumprod),
+        "coef_xt": (1.0 - prev) * (1.0 - beta).sqrt() / (1.0 - alphas_cumprod),
+    }
 
 
 # --- converter for VideoGeneration-PyTorch state dicts ---------------------------------------------
@@ -640,34 +696,53 @@ class Latte(LatentBackend):
         (B, k, c, h, w) (k may be 0), returned exactly. They are imposed by replacement (noised to each
         step), or given clean with the mask channel to a model trained with condition_frames >= k."""
         sampler_name = sampler or self.cfg.sampler
-        scheduler = self._scheduler(sampler_name)
+        if sampler_name not in ("ddpm", "ddim"):
+            raise UsageError(f"latte: unknown sampler {sampler_name!r}; choose ddpm or ddim")
         steps = self.cfg.steps if steps is None else steps
-        if not 1 <= steps <= self.cfg.num_timesteps:
-            raise UsageError(f"steps must be in 1..{self.cfg.num_timesteps}, got {steps}")
-        scheduler.set_timesteps(steps, device=known.device)
+        # IDDPM's respaced process, its tables in float64 and each step in the latents' dtype, as upstream
+        kept = space_timesteps(self.cfg.num_timesteps, steps, self.cfg.timestep_spacing)
+        betas = torch.linspace(self.cfg.beta_start, self.cfg.beta_end, self.cfg.num_timesteps, dtype=torch.float64)
+        table = {name: values.tolist() for name, values in respaced_tables(betas, kept).items()}
         scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         count = known.shape[1]
         shape = (known.shape[0], num_frames, *known.shape[2:])
+        channels = shape[2]
         draw_device = generator.device if generator is not None else known.device
-        x = torch.randn(shape, generator=generator, device=draw_device).to(known)
+        draw = lambda size: torch.randn(size, generator=generator, device=draw_device).to(known)  # noqa: E731
+        x = draw(shape)
         if count > self.cfg.condition_frames > 0:
             raise UsageError(f"this Latte model was trained on up to {self.cfg.condition_frames} known frames, got {count}")
         known_mask = (torch.arange(num_frames, device=known.device) < count).reshape(1, num_frames, 1, 1, 1)
         self.denoiser.eval()
-        for t in scheduler.timesteps:
+        for i in reversed(range(len(kept))):
+            abar = table["alphas_cumprod"][i]
             if self.cfg.condition_frames:
                 x[:, :count] = known
                 inputs = self._with_known(x, x, known_mask.expand(shape[0], -1, -1, -1, -1))
             else:
-                if count:
-                    noise = torch.randn(known.shape, generator=generator, device=draw_device).to(known)
-                    x[:, :count] = scheduler.add_noise(known, noise, t.reshape(1))
+                if count:  # the known frames noised to this step, q(x_t | x_0)
+                    x[:, :count] = math.sqrt(abar) * known + math.sqrt(1.0 - abar) * draw(known.shape)
                 inputs = x
-            out = self._guided_noise(inputs, t.expand(shape[0]), labels, scale)  # (B, F, c or 2c, h, w)
-            if self.cfg.learn_sigma and sampler_name == "ddim":
-                out = out[:, :, :shape[2]]  # DDIM is deterministic: the variance is not used
-            # channels second: diffusers splits a learned variance off dim 1
-            x = scheduler.step(out.transpose(1, 2), t, x.transpose(1, 2), generator=generator).prev_sample.transpose(1, 2)
+            t = torch.full((shape[0],), kept[i], device=known.device, dtype=torch.long)
+            out = self._guided_noise(inputs, t, labels, scale)  # (B, F, c or 2c, h, w)
+            eps = out[:, :, :channels]
+            x0 = math.sqrt(1.0 / abar) * x - math.sqrt(1.0 / abar - 1.0) * eps  # not clipped (clip_denoised=False)
+            if sampler_name == "ddim":  # η = 0: deterministic, a learned variance is not used
+                eps = (math.sqrt(1.0 / abar) * x - x0) / math.sqrt(1.0 / abar - 1.0)
+                prev = table["alphas_cumprod_prev"][i]
+                x = x0 * math.sqrt(prev) + math.sqrt(1.0 - prev) * eps
+                continue
+            mean = table["coef_x0"][i] * x0 + table["coef_xt"][i] * x
+            if i == 0:  # the last step adds no noise
+                x = mean
+                continue
+            if self.cfg.learn_sigma:  # IDDPM's learned range between the posterior variance and β'
+                frac = (out[:, :, channels:] + 1) / 2
+                log_variance = frac * math.log(table["betas"][i]) + (1 - frac) * table["posterior_log_variance_clipped"][i]
+            else:
+                name = "large_log_variance" if self.cfg.variance_type == "fixed_large" else "posterior_log_variance_clipped"
+                log_variance = torch.full_like(mean, table[name][i])
+            x = mean + torch.exp(0.5 * log_variance) * draw(shape)
         x[:, :count] = known
         return x
 
@@ -720,7 +795,9 @@ class Latte(LatentBackend):
         if autoencoder is None:
             raise UsageError(f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)")
         fields = config_from_official_state(state)
-        cfg = LatteConfig(**fields, steps=250, guidance_scale=7.0 if fields["num_classes"] else 1.0)
+        # the official sampler: 250 evenly respaced DDPM steps, fixed_large noise unless the variance is learned
+        cfg = LatteConfig(**fields, steps=250, variance_type="fixed_large",
+                          guidance_scale=7.0 if fields["num_classes"] else 1.0)
         model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
         model.denoiser.load_state_dict({key: value.float() for key, value in convert_official_state(state).items()})
         model.frame_size, model.resize = 256, "crop"
@@ -767,5 +844,7 @@ class Latte(LatentBackend):
     def sample_record(self, **options: Any) -> dict[str, Any]:
         steps = options.get("steps") or self.cfg.steps
         return {"sampler": options.get("sampler") or self.cfg.sampler, "steps": steps,
+                "timestep_spacing": self.cfg.timestep_spacing,
+                "variance": "learned_range" if self.cfg.learn_sigma else self.cfg.variance_type,
                 "window_frames": self.cfg.num_frames, "conditioning": "replacement (context noised to each step)",
                 "guidance_scale": options.get("guidance_scale") or self.cfg.guidance_scale}

@@ -55,7 +55,7 @@ from torch import nn
 from vpt.errors import ConfigError, UsageError
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch, frozen_autoencoder_from_upstream_state
 from vpt.models.uvit import VectorFieldRegressor, convert_upstream_regressor, load_upstream_state, resolve_trunk_size
-from vpt.weights import UnsafeWeightsError, strip_module_prefix
+from vpt.weights import UnsafeWeightsError, settings_beside, strip_module_prefix
 
 Stage = Literal["f", "d", "g"]
 STAGE_NAMES = {"f": "drift", "d": "denoiser", "g": "diffusion"}
@@ -478,7 +478,12 @@ class NeuralSDE(LatentBackend):
             raise  # a file that would run code is reported, not passed on to the next backend
         except Exception:  # not a torch file, or not this layout
             return False
-        return bool(parts["net"]) and config_from_state(parts["net"])["window"] >= 4
+        net = parts["net"]
+        if not net:
+            return False
+        # a denoiser emits its whole window (W c channels in and out); f and g read W >= 4 latents of c
+        out_channels, in_channels = net["head.conv.weight"].shape[0], net["token_proj.weight"].shape[1]
+        return out_channels == in_channels or (in_channels % out_channels == 0 and in_channels // out_channels >= 4)
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None,
@@ -491,12 +496,27 @@ class NeuralSDE(LatentBackend):
         parts = convert_upstream_state(state)
         if not parts["net"]:
             raise UsageError(f"{path} holds no vector_field_regressor.* weights; not an upstream NeuralSDE checkpoint")
-        fields = config_from_state(parts["net"])
+        ae = build_autoencoder(str(autoencoder)) if autoencoder is not None else frozen_autoencoder_from_upstream_state(state, path)
+        # what the shapes leave open (heads; a lone denoiser's W and c) comes from overrides, a config.json
+        # beside the weights, the autoencoder's latent channels, or upstream's fixed 8 heads
+        beside, source = settings_beside(path)
+        given = {**beside, **overrides}
+        hints = {key: given[key] for key in ("latent_channels", "window", "heads") if key in given}
+        net = parts["net"]
+        if net["head.conv.weight"].shape[0] == net["token_proj.weight"].shape[1] and not {"latent_channels", "window"} & hints.keys():
+            channels = _latent_channels_of(ae)  # a lone denoiser: its c is the autoencoder's
+            if channels is not None:
+                hints["latent_channels"] = channels
+        fields = config_from_state(net, **hints)
         if parts["drift"]:  # a g run: the frozen networks travel in the same file
             fields.update(stage="g", f_run=str(path), d_run=str(path) if parts["denoiser"] else None)
-        ae = build_autoencoder(str(autoencoder)) if autoencoder is not None else frozen_autoencoder_from_upstream_state(state, path)
-        model = cls(NeuralSDEConfig(**{**fields, **overrides}), autoencoder=ae,
-                    frozen_weights={"drift": parts["drift"], "denoiser": parts["denoiser"]})
+        for key, value in beside.items():
+            if key in fields and value != fields[key]:
+                raise ConfigError(f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}")
+        from vpt.config import validate
+
+        cfg = validate(NeuralSDEConfig, {**beside, **fields, **overrides}, source=source or str(path), prefix="model.")
+        model = cls(cfg, autoencoder=ae, frozen_weights={"drift": parts["drift"], "denoiser": parts["denoiser"]})
         model.net.load_state_dict(parts["net"])
         return model.eval()
 
@@ -574,20 +594,57 @@ def convert_upstream_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str
     }
 
 
-def config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def config_from_state(state: dict[str, torch.Tensor], *, latent_channels: int | None = None,
+                      window: int | None = None, heads: int | None = None) -> dict[str, Any]:
     """Architecture fields of NeuralSDEConfig, and the stage (f or d), read off converted network weights.
 
-    f and g emit one latent (c channels) from W c inputs; the denoiser emits the whole window, so its c
-    is not in the shapes: upstream's window of 4 is assumed there.
+    f and g emit one latent (c channels) from W c inputs, so both are in the shapes. The denoiser emits
+    the whole window (W c in and out): its c and W are not, and come from `latent_channels` (the
+    autoencoder's) or `window`; without either it is a ConfigError naming them. The heads are never in
+    the shapes: `heads`, or 8 (upstream's regressor has 8, its configs name none). A hint that the
+    shapes contradict is a ConfigError too.
     """
     inner_dim, window_channels = state["token_proj.weight"].shape
     out_channels = state["head.conv.weight"].shape[0]
     is_denoiser = out_channels == window_channels
-    channels = window_channels // 4 if is_denoiser else out_channels
+    where = "(model.{} in a config.json beside the weights)"
+    if is_denoiser:
+        if latent_channels is None and window is None:
+            raise ConfigError(f"a NeuralSDE denoiser of {window_channels} channels (window x latent channels) does not say "
+                              f"its window: pass --ae with its autoencoder, or set {where.format('window')}")
+        channels = latent_channels if latent_channels is not None else window_channels // window
+    else:
+        channels = out_channels
+        if latent_channels is not None and latent_channels != channels:
+            raise ConfigError(f"model.latent_channels is {latent_channels}, but the network emits {channels}-channel latents")
+    if channels < 1 or window_channels % channels:
+        raise ConfigError(f"the network reads {window_channels} channels, not a whole window of {channels}-channel "
+                          f"latents; check model.latent_channels and model.window (or the autoencoder)")
+    if window is not None and window != window_channels // channels:
+        raise ConfigError(f"model.window is {window}, but the network reads a window of {window_channels // channels} "
+                          f"latents of {channels} channels")
+    heads = 8 if heads is None else heads
+    if heads < 1 or inner_dim % heads:
+        raise ConfigError(f"model.heads ({heads}) must divide the network width {inner_dim}")
     count = lambda prefix: len({k.split(".")[1] for k in state if k.startswith(prefix)})  # noqa: E731
     return {
         "stage": "d" if is_denoiser else "f", "latent_channels": channels, "window": window_channels // channels,
-        "inner_dim": inner_dim, "depth": count("in_blocks."), "mid_depth": count("mid_blocks."), "heads": 8,
+        "inner_dim": inner_dim, "depth": count("in_blocks."), "mid_depth": count("mid_blocks."), "heads": heads,
         "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
     }
+
+
+def _latent_channels_of(autoencoder: nn.Module | None) -> int | None:
+    """c of an autoencoder's latents: from its declared latent shape, else by encoding one blank frame."""
+    if autoencoder is None:
+        return None
+    try:
+        return int(autoencoder.latent_dims(64, 64)[0])
+    except Exception:  # not every autoencoder declares its latent shape
+        pass
+    try:
+        with torch.no_grad():
+            return int(autoencoder.encode(torch.zeros(1, 1, 3, 64, 64)).shape[-3])
+    except Exception:
+        return None
 

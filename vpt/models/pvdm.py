@@ -36,6 +36,7 @@ from vpt.models.diffusion import DiffusionTables, ddim_sample, ddim_time_pairs
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch
 from vpt.models.unet import GroupNorm32, ResBlock, UNetBlock, check_unet_fields, zero_init
+from vpt.weights import UnsafeWeightsError, read_weights, settings_beside, strip_module_prefix
 
 # --- config -----------------------------------------------------------------------------------------
 
@@ -366,8 +367,6 @@ class PVDM(DiffusionTables, LatentBackend):
     def recognizes_checkpoint(cls, path: Path) -> bool:
         """True for a released PVDM diffusion file (`model_*.pth` / `ema_model_*.pth`): a bare state
         dict with `diffusion_model.input_attns.*` (the joint attention no other UNet has)."""
-        from vpt.weights import UnsafeWeightsError, read_weights, strip_module_prefix
-
         try:
             state = strip_module_prefix(read_weights(path, mmap=True))
         except UnsafeWeightsError:
@@ -383,8 +382,6 @@ class PVDM(DiffusionTables, LatentBackend):
         The widths come from the weights, the plane sizes and the frame size from the autoencoder, the
         sampling settings and evaluation protocol from `preset` (PUBLISHED; the two releases sample
         alike, so UCF-101 stands in when it is not given)."""
-        from vpt.weights import read_weights
-
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"checkpoint not found: {path}")
@@ -398,8 +395,21 @@ class PVDM(DiffusionTables, LatentBackend):
             raise UsageError(f"--ae {autoencoder}: not a PVDM autoencoder (its latents are not triplanes)")
         planes = ae.plane_shapes()
         state = convert_upstream_unet(read_weights(path, mmap=True))
-        cfg = PVDMConfig(**config_from_unet_state(state), latent_size=planes["xy"][0], latent_frames=planes["yt"][0],
-                         **PUBLISHED[release]["model"])
+        fields = config_from_unet_state(state)
+        # the heads are not in the weights: a config.json beside them, else the release's (its UNet size only)
+        beside, source = settings_beside(path)
+        for key, value in beside.items():
+            if key in fields and value != fields[key]:
+                raise ConfigError(f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}")
+        released = PVDMConfig()  # the released UNet's widths
+        widths = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")
+        if "num_heads" not in beside and any(fields[key] != getattr(released, key) for key in widths):
+            raise ConfigError(f"{path.name} is not the released UNet size, and its weights do not say its attention heads: "
+                              f"set model.num_heads in a config.json beside it")
+        from vpt.config import validate
+
+        cfg = validate(PVDMConfig, {**PUBLISHED[release]["model"], **beside, **fields, "latent_size": planes["xy"][0],
+                                    "latent_frames": planes["yt"][0]}, source=source or str(path), prefix="model.")
         if "zeros" in state and state["zeros"].shape[-1] != cfg.latent_length:
             raise UsageError(f"{path.name} was trained on latents of {state['zeros'].shape[-1]} tokens, but --ae "
                              f"{autoencoder} gives {cfg.latent_length}")
@@ -419,8 +429,8 @@ class PVDM(DiffusionTables, LatentBackend):
 #: autoencoder's frame size (256 px for both releases).
 _PAPER_PROTOCOL = dict(context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, context_in_fvd=False)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "ucf101": {"model": dict(steps=400, cond_prob=0.3), "protocol": _PAPER_PROTOCOL},
-    "sky": {"model": dict(steps=400, cond_prob=0.2), "protocol": _PAPER_PROTOCOL},
+    "ucf101": {"model": dict(steps=400, cond_prob=0.3, num_heads=8), "protocol": _PAPER_PROTOCOL},
+    "sky": {"model": dict(steps=400, cond_prob=0.2, num_heads=8), "protocol": _PAPER_PROTOCOL},
 }
 
 
@@ -430,8 +440,6 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 def convert_upstream_unet(state: Any) -> dict[str, torch.Tensor]:
     """A released `DiffusionWrapper` state dict (`diffusion_model.` prefix, optionally `module.` from
     DDP) -> `TriplaneUNet` names (the same names without the prefix), float32."""
-    from vpt.weights import strip_module_prefix
-
     if not isinstance(state, dict) or not any(str(k).startswith(("diffusion_model.", "module.")) for k in state):
         raise UsageError("not a PVDM diffusion checkpoint: expected a state dict with 'diffusion_model.' keys")
     state = strip_module_prefix(state)
@@ -439,8 +447,9 @@ def convert_upstream_unet(state: Any) -> dict[str, torch.Tensor]:
             if key.startswith("diffusion_model.")}
 
 
-def config_from_unet_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """PVDMConfig width fields read off converted UNet weights (heads: 8, as upstream's config).
+def config_from_unet_state(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> dict[str, Any]:
+    """PVDMConfig width fields read off converted UNet weights. The attention heads are not in the
+    shapes: `num_heads` when given, else left out for the caller to take from the release or a config.
 
     Levels = output blocks holding an upsampling ResBlock + 1; every level has num_res_blocks + 1
     output blocks; input block 1 + level (num_res_blocks + 1) + r is the r-th ResBlock of a level."""
@@ -455,5 +464,6 @@ def config_from_unet_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     attention = [2 ** level for level in range(levels)
                  if f"input_blocks.{1 + level * per_level}.1.qkv.weight" in state]
     return {"latent_channels": latent_channels, "model_channels": model_channels, "channel_mult": channel_mult,
-            "num_res_blocks": per_level - 1, "attention_resolutions": attention[::-1], "num_heads": 8,
-            "cond_model": first_in == 2 * latent_channels}
+            "num_res_blocks": per_level - 1, "attention_resolutions": attention[::-1],
+            "cond_model": first_in == 2 * latent_channels, **({"num_heads": num_heads} if num_heads is not None else {})}
+
