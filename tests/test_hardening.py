@@ -265,3 +265,62 @@ def test_run_config_with_a_python_tag_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="expected a mapping"):
         run.read_config()
     assert not marker.exists()
+
+
+# --- 3/5. weights that would run code ---------------------------------------------------------------
+
+
+class _TouchMarker:
+    """Unpickling this creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_metadata_with_a_second_pickle_is_refused(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from vpt.weights import UnsafeWeightsError, check_training_state
+
+    state = tmp_path / "training_state"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": torch.nn.Linear(2, 2).state_dict()}, checkpoint_id=str(state / "pytorch_model_fsdp_0"))
+    check_training_state(state)  # what torch writes passes
+    metadata = state / "pytorch_model_fsdp_0" / ".metadata"
+    marker = tmp_path / "marker"
+    metadata.write_bytes(metadata.read_bytes() + pickle.dumps(_TouchMarker(marker)))  # a legacy-style second pickle
+    with pytest.raises(UnsafeWeightsError) as caught:
+        check_training_state(state)
+    assert "\n" not in str(caught.value) and ".metadata: refusing to load: data follows" in str(caught.value)
+    assert not marker.exists()
+
+
+def _tiny_diffusers_vae(folder: Path) -> Path:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8, layers_per_block=1)
+    vae.save_pretrained(folder, safe_serialization=False)
+    return folder / "diffusion_pytorch_model.bin"
+
+
+def test_diffusers_folder_with_a_code_running_bin_is_one_line(tmp_path, invoke):
+    from vpt.models.autoencoders.kl import KLVAE
+    from vpt.weights import UnsafeWeightsError
+
+    weights = _tiny_diffusers_vae(tmp_path / "vae")
+    assert KLVAE.from_diffusers(tmp_path / "vae").config.latent_channels == 4  # a plain pickled state dict still loads
+    marker = tmp_path / "marker"
+    torch.save({"x": _TouchMarker(marker)}, weights)
+    with pytest.raises(UnsafeWeightsError) as caught:
+        KLVAE.from_diffusers(tmp_path / "vae")
+    message = str(caught.value)
+    assert "\n" not in message and str(weights) in message and "convert diffusion_pytorch_model.bin to safetensors" in message
+    assert "weights_only" not in message
+    assert not marker.exists()
