@@ -324,3 +324,53 @@ def test_diffusers_folder_with_a_code_running_bin_is_one_line(tmp_path, invoke):
     assert "\n" not in message and str(weights) in message and "convert diffusion_pytorch_model.bin to safetensors" in message
     assert "weights_only" not in message
     assert not marker.exists()
+
+
+# --- 4. every image mode is read with its own range --------------------------------------------------
+
+
+def _saved(tmp_path: Path, image: Image.Image, name: str) -> Path:
+    path = tmp_path / name
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize(("make", "name", "expected"), [
+    (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)), "grey16.png", (128, 128, 128)),  # opens as I;16
+    (lambda: Image.fromarray(np.full((4, 4), 65535, np.uint16)), "white16.png", (255, 255, 255)),
+    (lambda: Image.fromarray(np.full((4, 4), 257 * 10, np.uint16)), "dark16.png", (10, 10, 10)),
+    (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)).convert("I"), "grey32.tif", (128, 128, 128)),
+    (lambda: Image.frombytes("I;16B", (4, 4), np.full((4, 4), 32768, ">u2").tobytes()), "grey16b.tif", (128, 128, 128)),
+    (lambda: Image.new("L", (4, 4), 77), "grey8.png", (77, 77, 77)),
+    (lambda: Image.new("LA", (4, 4), (77, 0)), "greyalpha.png", (77, 77, 77)),  # alpha ignored, as FFmpeg's path
+    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "rgba.png", (10, 20, 30)),
+    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "rgba.tif", (10, 20, 30)),  # Pillow path agrees with FFmpeg's
+    (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "cmyk.jpg", (255, 255, 255)),
+    (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "red.tif", (255, 0, 0)),
+])
+def test_read_image_scales_each_mode(tmp_path, make, name, expected):
+    from vpt.data.video import read_image
+
+    image = make()
+    pixels = read_image(_saved(tmp_path, image, name))
+    assert pixels.dtype == np.uint8 and pixels.shape == (4, 4, 3)
+    assert np.abs(pixels.astype(int) - expected).max() <= 1, (Image.open(tmp_path / name).mode, pixels[0, 0])
+
+
+def test_read_image_palette_with_transparency(tmp_path):
+    from vpt.data.video import read_image, to_rgb8
+
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    image.info["transparency"] = 1
+    assert to_rgb8(image).getpixel((0, 0)) == (200, 100, 50)
+    assert tuple(read_image(_saved(tmp_path, image, "p.gif"))[0, 0]) == (200, 100, 50)
+
+
+@pytest.mark.parametrize("make", [lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)),
+                                  lambda: Image.fromarray(np.full((4, 4), 1 << 20, np.int32))])
+def test_read_image_refuses_images_without_a_known_range(tmp_path, make):
+    from vpt.data.video import VideoReadError, read_image
+
+    with pytest.raises(VideoReadError, match=r"cannot read image \(32-bit .*; save it as an 8- or 16-bit PNG\)"):
+        read_image(_saved(tmp_path, make(), "odd.tif"))
