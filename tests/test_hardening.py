@@ -374,3 +374,21 @@ def test_read_image_refuses_images_without_a_known_range(tmp_path, make):
 
     with pytest.raises(VideoReadError, match=r"cannot read image \(32-bit .*; save it as an 8- or 16-bit PNG\)"):
         read_image(_saved(tmp_path, make(), "odd.tif"))
+
+
+# --- 5. tracebacks that become one line (or no error) ----------------------------------------------
+
+
+def test_ema_codebook_under_bf16_autocast_matches_float32():
+    from vpt.models.autoencoders.quantize import EMAVectorQuantizer
+
+    torch.manual_seed(0)
+    plain = EMAVectorQuantizer(8, 4).train()
+    mixed = EMAVectorQuantizer(8, 4).train()
+    mixed.load_state_dict(plain.state_dict())
+    z = torch.randn(2, 4, 3, 3) * 0.01
+    expected = plain(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what train.precision=bf16 does to a MOSO autoencoder
+        got = mixed(z)
+    assert torch.equal(got.indices, expected.indices)
+    assert mixed.embeddings.dtype == torch.float32 and torch.equal(mixed.embeddings, plain.embeddings)
