@@ -392,3 +392,72 @@ def test_ema_codebook_under_bf16_autocast_matches_float32():
         got = mixed(z)
     assert torch.equal(got.indices, expected.indices)
     assert mixed.embeddings.dtype == torch.float32 and torch.equal(mixed.embeddings, plain.embeddings)
+
+
+def test_extract_frames_refuses_an_unfinished_target_that_is_a_symlink(tmp_path, invoke):
+    videos = _fake_video_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").symlink_to(elsewhere)  # looks like an unfinished extraction of a.mp4
+    line = _one_line(invoke("extract-frames", "--video-dir", videos, "--out-dir", out))
+    assert "is a symbolic link" in line and str(out / "a") in line
+    assert (elsewhere / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "expected an object with 'settings' and 'shards'"),
+    ('{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": "big", "videos": 1, "failed": []}}}', "bad record"),
+    ('{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": 1, "videos": 1, "failed": [3]}}}', "bad record"),
+])
+def test_convert_h5_tampered_state_file_is_one_line(tmp_path, invoke, text, why):
+    frames = tmp_path / "frames" / "train" / "v0"
+    frames.mkdir(parents=True)
+    for k in range(2):
+        Image.new("RGB", (8, 8)).save(frames / f"{k:05d}.png")
+    out = tmp_path / "h5"
+    out.mkdir()
+    (out / ".vpt-convert.json").write_text(text)
+    line = _one_line(invoke("convert-h5", "--data-dir", tmp_path / "frames", "--out-dir", out))
+    assert ".vpt-convert.json is damaged" in line and why in line
+
+
+def test_eval_cache_batch_holding_an_object_array_is_one_line(tmp_path):
+    from vpt.metrics.eval_cache import BatchStore
+
+    marker = tmp_path / "marker"
+    with open(tmp_path / "batch-00000000.npz", "wb") as handle:
+        np.savez(handle, scores=np.array([_TouchMarker(marker), 1], dtype=object))
+    with pytest.raises(VptError) as caught:
+        BatchStore(tmp_path, {}).load([0, 1])
+    assert "\n" not in str(caught.value) and "batch-00000000.npz: not an eval-cache batch" in str(caught.value)
+    assert not marker.exists()
+
+
+# --- 8. make-data: one process per --out, and --out must be a folder --------------------------------
+
+
+def test_make_data_out_naming_a_file_is_one_line(tmp_path, invoke):
+    (tmp_path / "taken").write_text("keep")
+    line = _one_line(invoke("make-data", "shapes", "--out", tmp_path / "taken", "--num-videos", "1", "--frames", "2"))
+    assert "exists and is not a directory" in line
+    assert (tmp_path / "taken").read_text() == "keep"
+
+
+def test_second_make_data_on_the_same_out_is_refused(tmp_path, invoke):
+    out = tmp_path / "shapes"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vpt.fsutil import DirectoryLock; "
+                               "DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = _one_line(invoke("make-data", "shapes", "--out", out, "--num-videos", "1", "--frames", "2"))
+        assert f"another vpt process (pid {holder.pid}" in line
+        assert not (out / "shapes.json").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
