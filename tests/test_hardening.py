@@ -461,3 +461,60 @@ def test_second_make_data_on_the_same_out_is_refused(tmp_path, invoke):
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- 7. DataLoader workers die with their main process ----------------------------------------------
+
+_LOADER_SCRIPT = """
+import os, sys, time
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from vpt.data.parallel import exit_with_parent
+
+class Pids(Dataset):
+    def __len__(self):
+        return 10_000
+    def __getitem__(self, index):
+        return os.getpid()
+
+loader = DataLoader(Pids(), batch_size=1, num_workers=2, worker_init_fn=exit_with_parent(), persistent_workers=True)
+pids = set()
+for batch in loader:
+    pids.add(int(batch[0]))
+    if len(pids) == 2:
+        break
+print(*sorted(pids), flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_dataloader_workers_die_within_a_second_of_a_kill_9(tmp_path):
+    script = tmp_path / "loader.py"
+    script.write_text(_LOADER_SCRIPT)
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"})
+    workers: list[int] = []
+    try:
+        workers = [int(pid) for pid in main.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 1.0
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(pid) for pid in workers), "DataLoader workers outlived their main process"
+    finally:
+        main.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
