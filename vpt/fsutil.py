@@ -180,6 +180,19 @@ def check_output_dir(path: str | os.PathLike, what: str) -> None:
     _check_parents(path, what)
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object vpt wrote earlier (`what` says which, for the message); damaged or not an object: one line."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VptError(f"{path}: unreadable {what} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
+    if not isinstance(value, dict):
+        raise VptError(f"{path}: damaged {what} (not a JSON object)")
+    return value
+
+
 def _check_parents(path: Path, what: str) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():

@@ -25,7 +25,7 @@ import yaml
 from vpt.console import is_main_process
 from vpt.config import yaml_problem
 from vpt.errors import UsageError
-from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, replace_dir
+from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, read_json_object, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -176,6 +176,21 @@ class Run:
     def latest_step(self) -> int:
         latest = self.latest_checkpoint()
         return int(STEP_DIR.match(latest.name).group(1)) if latest else 0
+
+    @staticmethod
+    def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+        """checkpoint/trainer_state.json with its fields checked: step (int >= 0), world_size (int >= 1),
+        sharded (bool), best (number or null); a damaged or hand-edited file is one line."""
+        path = checkpoint / "trainer_state.json"
+        record = read_json_object(path, "trainer state")
+        checks = {"step": lambda v: type(v) is int and v >= 0, "world_size": lambda v: type(v) is int and v >= 1,
+                  "sharded": lambda v: isinstance(v, bool),
+                  "best": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        for key, ok in checks.items():
+            if (key in record or key == "step") and not ok(record.get(key)):
+                raise UsageError(f"{path}: damaged trainer state ({key}={record.get(key)!r}); "
+                                 "delete this checkpoint folder to resume from the one before")
+        return record
 
     def pending_dir(self, step: int) -> Path:
         """Where every process writes its part of checkpoint `step` before it is committed."""
