@@ -518,3 +518,78 @@ def test_dataloader_workers_die_within_a_second_of_a_kill_9(tmp_path):
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- helpers that make the pending fixes one-liners ------------------------------------------------
+
+
+def test_trainer_state_is_checked_field_by_field(tmp_path):
+    checkpoint = tmp_path / "step_000002"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"step": 2, "world_size": 1, "sharded": false, "best": 0.5}')
+    assert Run.read_trainer_state(checkpoint)["step"] == 2
+    for text, why in [('{"step": "2"}', "step='2'"), ('{"step": 2, "best": "x"}', "best='x'"), ("[2]", "not a JSON object"),
+                      ("{", "unreadable trainer state")]:
+        (checkpoint / "trainer_state.json").write_text(text)
+        with pytest.raises(VptError, match=r"trainer_state.json: .*" + why.replace("[", r"\[")):
+            Run.read_trainer_state(checkpoint)
+
+
+# --- pending: fixes in files being restructured (see each reason) ------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="pending: vpt/training.py TrainConfig.__post_init__ must refuse lr <= 0 or NaN")
+@pytest.mark.parametrize("lr", ["-1", "nan"])
+def test_train_lr_must_be_a_positive_number(tmp_path, invoke, lr):
+    line = _one_line(invoke("train-ae", "--config", Path(__file__).parents[1] / "configs" / "ae" / "shapes.yaml",
+                            "--data", tmp_path / "missing", "--run", tmp_path / "r", "--set", f"train.lr={lr}"))
+    assert "train.lr" in line and "positive" in line
+
+
+@pytest.mark.xfail(strict=True, reason="pending: vpt/commands/sample.py _predict_kwargs must type --option values with "
+                                       "vpt.config.typed_value by predict's annotations; vpt/models/river.py predict's "
+                                       "sampler must be Literal['rk4', 'heun', 'euler'] | None")
+@pytest.mark.parametrize("option", ["sampler=bogus"])
+def test_sample_options_are_typed_and_checked(option):
+    from vpt.commands.sample import _predict_kwargs
+    from vpt.models.river import River
+
+    model = River.__new__(River)  # only the class's name and predict signature are used
+    with pytest.raises(VptError, match=option.split("=")[0]):
+        _predict_kwargs(model, None, None, [option])
+
+
+@pytest.mark.xfail(strict=True, reason="pending: vpt/commands/eval_fvd.py must call fsutil.check_output_file(out, '--out') "
+                                       "before any scoring")
+def test_eval_fvd_out_naming_a_directory_is_refused_first(tmp_path, invoke):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    line = _one_line(invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--out", tmp_path))
+    assert "is a directory" in line
+
+
+@pytest.mark.xfail(strict=True, reason="pending: vpt/training.py _read_best and _load_checkpoint must read "
+                                       "trainer_state.json with Run.read_trainer_state")
+def test_tampered_trainer_state_is_one_line(tmp_path):
+    from vpt.training import _read_best
+
+    run = Run(tmp_path / "r")
+    run.step_dir(2).mkdir(parents=True)
+    (run.checkpoints_dir / "best").write_text("step_000002\n")
+    (run.step_dir(2) / "trainer_state.json").write_text("[1, 2]")
+    with pytest.raises(VptError, match="trainer_state.json: damaged trainer state"):
+        _read_best(run)
+
+
+@pytest.mark.xfail(strict=True, reason="pending: vpt/commands/save_latents.py _claim must read latents.json with "
+                                       "fsutil.read_json_object(path, 'latents manifest') and check 'shards' is an object")
+@pytest.mark.parametrize("text", ["{", "[1]", '{"shards": 5}'])
+def test_tampered_latents_manifest_is_one_line(tmp_path, text):
+    from vpt.commands.save_latents import _claim
+
+    (tmp_path / "latents.json").write_text(text)
+    manifest = {"autoencoder": "a", "autoencoder_sha256": "0", "data": "d", "dtype": "float16", "image_size": 32,
+                "posterior": False}
+    with pytest.raises(VptError, match="latents.json"):
+        shards = _claim(tmp_path, manifest)["shards"]
+        assert isinstance(shards, dict), shards
