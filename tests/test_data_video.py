@@ -104,9 +104,9 @@ def test_png_fast_path_equals_pillow(tmp_path):
     }
     for name, image in images.items():
         image.save(tmp_path / f"{name}.png")
-        expected = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))
+        expected = np.asarray(video_io.to_rgb8(Image.open(tmp_path / f"{name}.png")))  # 16-bit scaled, not clipped
         assert np.array_equal(read_image(tmp_path / f"{name}.png"), expected), name
-        resized = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB").resize((6, 6), Image.Resampling.BICUBIC))
+        resized = np.asarray(video_io.to_rgb8(Image.open(tmp_path / f"{name}.png")).resize((6, 6), Image.Resampling.BICUBIC))
         assert np.array_equal(read_image(tmp_path / f"{name}.png", size=6), resized), name
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
     with pytest.raises(video_io.VideoReadError):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vpt.errors import UsageError
+from vpt.models.latent import PixelAutoencoder
 from vpt.models.latte import Latte, LatteConfig, space_timesteps
-from vpt.models.river import PixelAutoencoder
 
 T = 1000
 TINY = dict(latent_channels=4, num_frames=3, patch_size=2, num_layers=2, hidden_size=32, num_heads=2, head_dim=16,

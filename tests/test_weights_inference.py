@@ -15,7 +15,7 @@ from fixture_paths import fixture
 from vpt.errors import ConfigError, UsageError
 from vpt.models.neuralsde import NeuralSDE, NeuralSDEConfig, config_from_state
 from vpt.models.pvdm import PVDM
-from vpt.models.river import convert_upstream_regressor
+from vpt.models.uvit import convert_upstream_regressor
 
 # vpt regressor names -> upstream's (the inverse of the converter's renames, "ln" heads)
 _TO_UPSTREAM = [
@@ -57,7 +57,7 @@ def test_window3_denoiser_without_autoencoder_or_config_is_one_line(tmp_path):
     path = _upstream_file(tmp_path, "d", channels=3, window=3)
     with pytest.raises(UsageError, match="--ae"):  # no ae.* in the file either
         NeuralSDE.from_checkpoint(path)
-    from vpt.models.neuralsde import convert_upstream_state, _load_upstream_state
+    from vpt.models.neuralsde import _load_upstream_state, convert_upstream_state
 
     net = convert_upstream_state(_load_upstream_state(path))["net"]
     with pytest.raises(ConfigError, match=r"model\.window") as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,22 +22,47 @@ from vpt.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["load_config", "config_to_dict", "dump_config", "parse_override", "validate"]
+__all__ = ["load_config", "config_to_dict", "dump_config", "parse_override", "typed_value", "validate", "yaml_problem"]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`"train.lr=1e-4"` -> (["train", "lr"], "1e-4" parsed as YAML). Values are typed later."""
+    """`"train.lr=1e-4"` -> (["train", "lr"], "1e-4" parsed as YAML). `load_config` types it by its field."""
+    keys, raw = _split_override(text)
+    return keys, _yaml_value(raw)
+
+
+def _split_override(text: str) -> tuple[list[str], str]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected section.key=value")
+    return key.split("."), raw
+
+
+def _yaml_value(raw: str) -> Any:
+    """A command-line value as YAML reads it; text YAML cannot build (a `!!python/...` tag) stays text."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        return raw
+
+
+def typed_value(annotation: Any, raw: str, *, source: str, key: str) -> Any:
+    """A value typed on a command line (`--option steps=010`), read as the declared `annotation` says.
+
+    YAML 1.1 would read `no` as False, `010` as eight and `1e-3` as a string; a declared type decides
+    first (`_from_text`), YAML reads the rest, and the result is checked against `annotation`."""
+    return _coerce(annotation, _override_value(annotation, raw), source=source, key=key)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong in a YAML text, in one line with its line number (`could not determine a constructor ...`)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return where + problem.split("\n")[0]
 
 
 def load_config(
@@ -56,9 +82,7 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+            raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         # Check the file on its own first so that errors name the file, not a later merge.
@@ -66,8 +90,8 @@ def load_config(
         tree = _merge(tree, loaded)
         source = str(path)
     for text in overrides:
-        keys, value = parse_override(text)
-        _check_path(schema, keys, source=f"--set {text}")
+        keys, raw = _split_override(text)
+        value = _override_value(_check_path(schema, keys, source=f"--set {text}"), raw)
         node = tree
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -196,21 +220,62 @@ def _suggest(key: str, fields: dict, prefix: str) -> str:
     return f" (did you mean '{prefix}{closest[0]}'?)" if closest else f" (valid keys: {', '.join(fields)})"
 
 
-def _check_path(schema: type, keys: list[str], *, source: str) -> None:
-    """Reject `--set a.b.c=` when the path does not exist in the schema, with a suggestion."""
+def _check_path(schema: type, keys: list[str], *, source: str) -> Any:
+    """Reject `--set a.b.c=` when the path does not exist in the schema, with a suggestion; else the
+    annotation of the key it sets (Any below a free-form mapping)."""
     node: Any = schema
     for depth, key in enumerate(keys):
         prefix = ".".join(keys[:depth]) + ("." if depth else "")
         if not dataclasses.is_dataclass(node):
             if typing.get_origin(node) is dict or node is Any:
-                return
+                return Any
             raise ConfigError(f"{source}: '{prefix.rstrip('.')}' is a value, not a section")
         fields = {f.name: f for f in dataclasses.fields(node) if f.init}
         if key not in fields:
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix)}")
         node = typing.get_type_hints(node)[key]
-        if typing.get_origin(node) in (Union, types.UnionType):
+        if typing.get_origin(node) in (Union, types.UnionType) and depth < len(keys) - 1:
             node = next((a for a in typing.get_args(node) if dataclasses.is_dataclass(a)), node)
+    return node
+
+
+_NULL = {"null", "Null", "NULL", "~"}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+_DECIMAL = re.compile(r"[-+]?\d[\d_]*")
+_UNTYPED = object()  # the declared type does not decide: YAML reads the text
+
+
+def _override_value(annotation: Any, raw: str) -> Any:
+    value = _from_text(annotation, raw.strip())
+    return _yaml_value(raw) if value is _UNTYPED else value
+
+
+def _from_text(annotation: Any, raw: str) -> Any:
+    """`raw` read as `annotation` declares (`no` for a Literal holding "no" is that string, `010` for
+    an int is ten, `1e-3` for a float is 0.001), or `_UNTYPED`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if raw in _NULL and type(None) in args:
+            return None
+        typed = (_from_text(option, raw) for option in args if option is not type(None))
+        return next((value for value in typed if value is not _UNTYPED), _UNTYPED)
+    if origin is Literal:
+        return next((option for option in args if str(option) == raw), _UNTYPED)
+    if origin is list and args and raw[:1] != "[":  # "a,b" - each item typed alone
+        items = [_from_text(args[0], part.strip()) for part in raw.split(",")]
+        return _UNTYPED if _UNTYPED in items else items
+    if annotation is bool:
+        return True if raw.lower() in _TRUE else False if raw.lower() in _FALSE else _UNTYPED
+    if annotation is int:
+        return int(raw.replace("_", "")) if _DECIMAL.fullmatch(raw) else _UNTYPED
+    if annotation is float:
+        try:
+            return float(raw)
+        except ValueError:
+            return _UNTYPED
+    if annotation is str:
+        return _UNTYPED if raw[:1] in ("'", '"') else raw  # quoted (`path_setting`): YAML unquotes it
+    return _UNTYPED
 
 
 def _merge(base: dict, update: dict) -> dict:

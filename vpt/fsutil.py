@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -59,7 +60,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _CREATE_MODE & ~_umask())  # mkstemp's 0600 would make outputs private, unlike open()'s
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -71,6 +75,20 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_CREATE_MODE = 0o666  # what open() asks for; the umask takes its bits away
+
+
+def _umask() -> int:
+    """The process's umask, from /proc on Linux; elsewhere read by setting it and setting it straight back."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(path: str | os.PathLike) -> None:
@@ -146,6 +164,41 @@ def ensure_writable(directory: str | os.PathLike, what: str) -> None:
         raise VptError(f"{what}: cannot write to {directory} ({exc.strerror or exc})") from None
 
 
+def check_output_file(path: str | os.PathLike, what: str) -> None:
+    """Before any work: `path` (option `what`) must be able to become a file - not a folder, not inside a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise VptError(f"{what} {path} is a directory; name a file inside it")
+    _check_parents(path, what)
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> None:
+    """Before any work: `path` (option `what`) must be a folder or not exist yet (nor any file above it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise VptError(f"{what} {path} exists and is not a directory; name a new or existing folder")
+    _check_parents(path, what)
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object vpt wrote earlier (`what` says which, for the message); damaged or not an object: one line."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VptError(f"{path}: unreadable {what} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
+    if not isinstance(value, dict):
+        raise VptError(f"{path}: damaged {what} (not a JSON object)")
+    return value
+
+
+def _check_parents(path: Path, what: str) -> None:
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise VptError(f"{what} {path}: {parent} is a file, not a directory")
+
+
 # --- one writer per folder ------------------------------------------------------------------------
 
 
@@ -191,7 +244,7 @@ class DirectoryLock:
 
     def _lock_file(self, path: Path) -> int:
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_lock_file(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -203,6 +256,26 @@ class DirectoryLock:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     return fd
             os.close(fd)
+
+    def _open_lock_file(self, path: Path) -> int:
+        """Open (or create) the lock file itself, never what a symlink there points to: the pid line
+        written into it would overwrite that file."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise VptError(f"{path} is a symbolic link, not a vpt lock file; remove the link "
+                               "(vpt never writes through it)") from None
+            if exc.errno == errno.EISDIR:
+                raise self._not_a_file(path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo or device (O_NONBLOCK: opening a fifo does not hang)
+            os.close(fd)
+            raise self._not_a_file(path)
+        return fd
+
+    def _not_a_file(self, path: Path) -> VptError:
+        return VptError(f"{path} is not a regular file, so it cannot lock {self.what} {self.directory}; remove it")
 
     def release(self) -> None:
         key, self._key = self._key, None

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import yaml
 
-from vpt.config import config_to_dict, load_config
+from vpt.config import config_to_dict, load_config, yaml_problem
 from vpt.console import is_main_process, warn
 from vpt.errors import UsageError
-from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, replace_dir
+from vpt.fsutil import LOCK_FILE, DirectoryLock, atomic_write_text, fsync_dir, read_json_object, replace_dir
 from vpt.weights import read_weights
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -84,6 +84,9 @@ class Run:
             run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             run.samples_dir.mkdir(parents=True, exist_ok=True)
             run.clean_partial()
+            # Records a killed process logged after its last checkpoint would be logged again: drop them on
+            # every start, also when no checkpoint was written yet (step 0).
+            run.truncate_metrics(after_step=run.latest_step())
         return run
 
     def release(self) -> None:
@@ -125,7 +128,13 @@ class Run:
     def read_config(self) -> dict:
         if not self.config_path.is_file():
             raise UsageError(f"{self.root} is not a vpt run (no config.yaml)")
-        return yaml.safe_load(self.config_path.read_text()) or {}
+        try:
+            config = yaml.safe_load(self.config_path.read_text()) or {}
+        except yaml.YAMLError as exc:  # also a `!!python/...` tag, which safe_load refuses to build
+            raise UsageError(f"{self.config_path}: not a vpt config ({yaml_problem(exc)})") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"{self.config_path}: not a vpt config (expected a mapping of sections)")
+        return config
 
     # --- checkpoints ------------------------------------------------------------------------------
     def step_dir(self, step: int) -> Path:
@@ -135,30 +144,56 @@ class Run:
         """Checkpoint directories that were completely written, oldest first."""
         if not self.checkpoints_dir.is_dir():
             return []
-        found = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+        found = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.is_symlink() and STEP_DIR.match(p.name)]
         return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint `latest` names; if that pointer is missing or stale, the newest finished one."""
-        pointer = self.checkpoints_dir / "latest"
-        if pointer.is_file():
-            target = self.checkpoints_dir / pointer.read_text().strip()
-            if target.is_dir() and STEP_DIR.match(target.name):
-                return target
+        target = self._pointer("latest")
+        if target is not None:
+            return target
         finished = self.finished_checkpoints()
         return finished[-1] if finished else None
 
     def best_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints_dir / "best"
-        if pointer.is_file():
-            target = self.checkpoints_dir / pointer.read_text().strip()
-            if target.is_dir():
-                return target
-        return None
+        return self._pointer("best")
+
+    def _pointer(self, name: str) -> Path | None:
+        """The checkpoint that checkpoints/`name` names, or None when it names none that exists.
+
+        vpt writes only `step_NNNNNN` there; anything else (`../../elsewhere/step_000002`, an absolute
+        path, a symlinked folder) would load weights from outside the run and is refused in one line."""
+        pointer = self.checkpoints_dir / name
+        if not pointer.is_file():
+            return None
+        try:
+            text = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{pointer}: unreadable ({exc.__class__.__name__}); delete it to use the newest checkpoint") from None
+        target = self.checkpoints_dir / text
+        if not STEP_DIR.match(text) or target.is_symlink():
+            raise UsageError(f"{pointer} names {text[:100]!r}, not a step_NNNNNN folder inside {self.checkpoints_dir}; "
+                             "delete it to use the newest checkpoint")
+        return target if target.is_dir() else None
 
     def latest_step(self) -> int:
         latest = self.latest_checkpoint()
         return int(STEP_DIR.match(latest.name).group(1)) if latest else 0
+
+    @staticmethod
+    def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+        """checkpoint/trainer_state.json with its fields checked: step (int >= 0), world_size (int >= 1),
+        sharded (bool), best (number or null); a damaged or hand-edited file is one line."""
+        path = checkpoint / "trainer_state.json"
+        record = read_json_object(path, "trainer state")
+        checks = {"step": lambda v: type(v) is int and v >= 0, "world_size": lambda v: type(v) is int and v >= 1,
+                  "sharded": lambda v: isinstance(v, bool),
+                  "best": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        for key, ok in checks.items():
+            if (key in record or key == "step") and not ok(record.get(key)):
+                raise UsageError(f"{path}: damaged trainer state ({key}={record.get(key)!r}); "
+                                 "delete this checkpoint folder to resume from the one before")
+        return record
 
     def pending_dir(self, step: int) -> Path:
         """Where every process writes its part of checkpoint `step` before it is committed."""
@@ -207,17 +242,20 @@ class Run:
         records = []
         for line in self.metrics_path.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def truncate_metrics(self, after_step: int) -> None:
-        """On resume, drop records logged after the checkpoint: the resumed run logs them again."""
+        """On a start or resume, drop records logged after the checkpoint: the run logs them again."""
         if not self.metrics_path.is_file():
             return
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        kept = "".join(json.dumps(r) + "\n" for r in self.read_metrics() if r.get("step", 0) <= after_step)
+        if kept != self.metrics_path.read_text():  # also drops a line cut short, which the next record would extend
+            atomic_write_text(self.metrics_path, kept)
 
 
 def newest_run(parent: str | Path = "runs") -> Path | None:

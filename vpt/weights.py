@@ -431,6 +431,21 @@ def _read_exact(handle: BinaryIO, count: int) -> bytes:
     return data
 
 
+def check_pickled_weights(folder: str | Path) -> None:
+    """Before `from_pretrained(folder)` of diffusers or transformers, which unpickle `.bin` weights
+    themselves: each `.bin` they would read must pass `read_weights`' strict check, else one line naming
+    the file (never torch's advice to turn `weights_only` off)."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return  # both libraries read safetensors when a folder has them and never open the .bin
+    for path in sorted(folder.glob("*.bin")):
+        try:
+            read_weights(path, mmap=True)
+        except VptError as exc:
+            raise UnsafeWeightsError(f"{exc}; convert {path.name} to safetensors (e.g. with safetensors.torch.save_file "
+                                     "where you trust the file)") from None
+
+
 # --- accelerate's training state ------------------------------------------------------------------
 
 # What a torch.distributed.checkpoint `.metadata` file may name: DCP's own record classes and the few
@@ -476,12 +491,19 @@ def check_training_state(directory: str | Path) -> None:
 
 
 def _check_dcp_metadata(path: Path) -> None:
+    """DCP writes one pickle; a file holding more (e.g. the legacy torch.save stream of several pickles)
+    is refused, since only the first would be checked here."""
     try:
         with open(path, "rb") as handle:
             _DcpMetadataUnpickler(handle).load()
+            if handle.read(1):
+                raise UnsafeWeightsError(f"{path}: refusing to load: data follows its metadata pickle (a second pickle "
+                                         "is never checked); a checkpoint's metadata is a single pickle")
     except _Refused as exc:
         raise UnsafeWeightsError(f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
                                  "a checkpoint's metadata names only torch's checkpoint records") from None
+    except UnsafeWeightsError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated or foreign
         raise _unreadable(path, exc) from None
 

@@ -74,9 +74,9 @@ def eval_fvd(
     import json
 
     from vpt.commands.predictor import load_predictor
-    from vpt.console import info
+    from vpt.console import info, is_main_process
     from vpt.errors import UsageError
-    from vpt.fsutil import atomic_write_text, ensure_writable
+    from vpt.fsutil import DirectoryLock, atomic_write_text, check_output_file, ensure_writable
     from vpt.metrics import eval_cache as ec
     from vpt.metrics import evaluate as ev
     from vpt.metrics.fvd import get_preset
@@ -99,7 +99,10 @@ def eval_fvd(
         raise UsageError("--no-fvd leaves nothing to compute; add --paired for frame metrics")
     if cache is not None and no_cache:
         raise UsageError("--cache and --no-cache contradict each other")
+    check_output_file(out, "--out")  # before any scoring: a wrong --out must not cost the results
     ensure_writable(out.parent, "--out")
+    # one evaluation at a time per --out folder (the kernel drops the lock if this process dies)
+    lock = DirectoryLock(out.parent, "the --out folder").acquire() if is_main_process() else None
     cache_root = None if no_cache else cache or out.parent / ec.DEFAULT_FOLDER
     if cache_root is not None:
         ensure_writable(cache_root, "--cache")
@@ -184,6 +187,8 @@ def eval_fvd(
         info(f"wrote {out}")
     accelerator.wait_for_everyone()  # no process leaves while another still talks to it,
     accelerator.end_training()  # and the process group is shut down, not torn apart at interpreter exit
+    if lock is not None:
+        lock.release()
 
 
 def _check_generation(backend, fvd: bool) -> None:

@@ -124,8 +124,9 @@ def sample(
 
 def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None, options: list[str]) -> dict[str, Any]:
     """Keyword arguments for `model.predict`, checked against what this backend's predict accepts."""
-    import yaml
+    import typing
 
+    from vpt.config import typed_value
     from vpt.errors import UsageError
 
     name = type(model).name
@@ -147,7 +148,8 @@ def _predict_kwargs(model: Any, prompt: str | None, guidance_scale: float | None
         if key not in accepted:
             known = ", ".join(sorted(accepted)) or "none"
             raise UsageError(f"--option {key}: backend '{name}' has no such sampling option (it has: {known})")
-        kwargs[key] = yaml.safe_load(raw)
+        declared = typing.get_type_hints(type(model).predict).get(key, Any)
+        kwargs[key] = typed_value(declared, raw, source=f"--option {key}", key=key)  # YAML tags are never built
     return kwargs
 
 

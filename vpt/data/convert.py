@@ -245,12 +245,35 @@ def _load_state(dst: Path, settings: dict) -> dict:
         state = {"settings": settings, "shards": {}}
         _save_state(dst, state)
         return state
-    state = json.loads(path.read_text())
+    state = _read_state(path)
     if state.get("settings") != settings:
         changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
         raise UsageError(f"{dst} was converted with different {', '.join(changed)} (or the source changed); "
                          "use the same options to resume, or a new --out-dir")
     return state
+
+
+def _read_state(path: Path) -> dict:
+    """The state file of an earlier run, checked field by field: a damaged or hand-edited one is one line."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _damaged(path, f"not JSON: {str(exc)[:120]}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not isinstance(state.get("shards"), dict):
+        raise _damaged(path, "expected an object with 'settings' and 'shards'")
+    for shard, value in state["shards"].items():
+        record = _record(value)
+        counts_ok = all(record.get(k) is None or (type(record.get(k)) is int and record[k] >= 0) for k in ("size", "videos"))
+        failed = record.get("failed")
+        failed_ok = isinstance(failed, list) and all(
+            isinstance(f, list) and len(f) == 2 and all(isinstance(part, str) for part in f) for f in failed)
+        if not (isinstance(value, (dict, list)) and counts_ok and failed_ok):
+            raise _damaged(path, f"bad record for shard {shard[:80]!r}")
+    return state
+
+
+def _damaged(path: Path, what: str) -> UsageError:
+    return UsageError(f"{path} is damaged ({what}); restore it, or convert into a new --out-dir")
 
 
 def _save_state(dst: Path, state: dict) -> None:

@@ -179,6 +179,9 @@ def extract_frames(src: str | Path, dst: str | Path, *, size: int | None = None,
         summary = RunSummary(total=len(planned))
         jobs = []
         for name, path, _, target in planned:
+            if target.is_symlink() and not (target.is_dir() and _is_complete(target, path)):
+                raise UsageError(f"{target} is a symbolic link and no finished extraction of {name}; extract-frames "
+                                 "never deletes through a link: remove it or choose another --out-dir")
             if target.is_dir():
                 if _is_complete(target, path):
                     summary.skipped += 1

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from vpt.console import warn
 from vpt.data.datasets import frames_to_tensor
 from vpt.data.h5 import ShardWriter, VideoH5, list_shards, shard_damage
+from vpt.data.parallel import exit_with_parent
 from vpt.data.video import resize_frames
 from vpt.errors import UsageError, VptError
 from vpt.fsutil import (
@@ -49,6 +50,7 @@ from vpt.fsutil import (
     disk_full_is_an_error,
     ensure_writable,
     exclusive_lock,
+    read_json_object,
     remove_stale_temps,
 )
 from vpt.precision import inference_autocast
@@ -142,7 +144,9 @@ def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     remove_stale_temps(path)
     if path.is_file():
-        existing = json.loads(path.read_text())
+        existing = read_json_object(path, "latents manifest")
+        if not isinstance(existing.get("shards", {}), dict):
+            raise VptError(f"{path}: damaged latents manifest (shards is not an object); delete {out} to start over")
         differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size", "posterior")
                      if existing.get(k, _MANIFEST_DEFAULTS.get(k)) != manifest[k]]
         if differing:
@@ -241,7 +245,7 @@ def _read_videos(source, indices: list[int], image_size: int | None, workers: in
             return index, frames_to_tensor(resize_frames(source.read(index), image_size))
 
     loader = DataLoader(Videos(), batch_size=None, num_workers=workers if len(indices) > 1 else 0,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=exit_with_parent())
     yield from loader
 
 

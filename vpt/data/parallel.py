@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -46,6 +47,16 @@ def _die_with_parent(parent: int) -> None:
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
+
+
+def exit_with_parent() -> Callable[[int], None]:
+    """`DataLoader(..., worker_init_fn=exit_with_parent())`: its workers die with the process that built
+    the loader, even by kill -9, as the pools here do (torch's own check lets them live ~5 s longer)."""
+    return functools.partial(_worker_exits_with_parent, os.getpid())
+
+
+def _worker_exits_with_parent(parent: int, worker_id: int) -> None:
+    _die_with_parent(parent)
 
 
 def _kill_me_with_parent() -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 from vpt.data.parallel import MediaProgress, default_workers, parallel_map
 from vpt.data.video import write_video
 from vpt.errors import UsageError
-from vpt.fsutil import atomic_write_text
+from vpt.fsutil import LOCK_FILE, atomic_write_text, check_output_dir, exclusive_lock
 
 COLOURS = {
     "red": (230, 45, 45), "green": (45, 200, 70), "blue": (60, 100, 245), "yellow": (235, 215, 45),
@@ -215,32 +215,41 @@ def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, si
         raise UsageError("make-data shapes needs --num-videos >= 1, --frames >= 2 and --size >= 16")
     out = Path(out)
     settings = {"generator": "shapes", "num_videos": num_videos, "frames": frames, "size": size, "seed": seed, "fps": fps}
-    stamp = out / "shapes.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
-        raise UsageError(f"{out} holds shapes made with other settings ({stamp}); choose a new --out")
-    if not stamp.is_file() and out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, json.dumps(settings, indent=2) + "\n")
+    check_output_dir(out, "--out")
+    with exclusive_lock(out, "the --out folder"):  # creates `out`
+        stamp = out / "shapes.json"
+        if stamp.is_file() and _stored_settings(stamp) != settings:
+            raise UsageError(f"{out} holds shapes made with other settings ({stamp}); choose a new --out")
+        if not stamp.is_file() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
+            raise UsageError(f"{out} exists and is not empty; choose a new --out")
+        atomic_write_text(stamp, json.dumps(settings, indent=2) + "\n")
 
-    captions, positions, tasks, number = {}, {}, [], 0
-    for split, count in split_counts(num_videos).items():
-        for k in range(count):
-            name = f"{split}/{k:05d}.mp4"
-            clip = _clip_for(seed, number, size, frames)
-            captions[name] = clip.instruction
-            positions[name] = {"shape": clip.shape, "colour": clip.colour, "motion": clip.motion,
-                               "centre": np.round(trajectory(clip, frames, size), 3).tolist()}
-            if not (out / name).is_file():
-                tasks.append((out / name, seed, number, size, frames, fps))
-            number += 1
-    workers = default_workers() if workers is None else workers
-    with MediaProgress(len(tasks), "make-data shapes") as progress:
-        for written in parallel_map(_make_one, tasks, min(workers, max(1, len(tasks) // 16)), ordered=False):
-            progress.advance(1, written)
-    atomic_write_text(out / "captions.json", json.dumps(captions, indent=1) + "\n")
-    atomic_write_text(out / "positions.json", json.dumps(positions) + "\n")
+        captions, positions, tasks, number = {}, {}, [], 0
+        for split, count in split_counts(num_videos).items():
+            for k in range(count):
+                name = f"{split}/{k:05d}.mp4"
+                clip = _clip_for(seed, number, size, frames)
+                captions[name] = clip.instruction
+                positions[name] = {"shape": clip.shape, "colour": clip.colour, "motion": clip.motion,
+                                   "centre": np.round(trajectory(clip, frames, size), 3).tolist()}
+                if not (out / name).is_file():
+                    tasks.append((out / name, seed, number, size, frames, fps))
+                number += 1
+        workers = default_workers() if workers is None else workers
+        with MediaProgress(len(tasks), "make-data shapes") as progress:
+            for written in parallel_map(_make_one, tasks, min(workers, max(1, len(tasks) // 16)), ordered=False):
+                progress.advance(1, written)
+        atomic_write_text(out / "captions.json", json.dumps(captions, indent=1) + "\n")
+        atomic_write_text(out / "positions.json", json.dumps(positions) + "\n")
     return captions
+
+
+def _stored_settings(stamp: Path) -> dict | None:
+    """What shapes.json records, or None when it cannot be read (then it never equals the settings)."""
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = ["ShapeClip", "sample_clip", "trajectory", "render", "shape_centroid", "colour_centroid", "make_shapes", "split_counts",

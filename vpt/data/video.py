@@ -78,7 +78,7 @@ def resize_frames(frames: np.ndarray, size: int | None, mode: ResizeMode = "squa
 
 
 def read_image(path: str | os.PathLike, size: int | None = None, resize: ResizeMode = "squash") -> np.ndarray:
-    """One image file -> uint8 `(H, W, 3)` RGB (greyscale, palette and RGBA are converted as Pillow's convert("RGB")).
+    """One image file -> uint8 `(H, W, 3)` RGB; see `to_rgb8` for how each image mode is read.
 
     8-bit PNGs are decoded by FFmpeg's PNG decoder (through PyAV), ~1.5x faster than Pillow and
     bit-identical (PNG is lossless); everything else, and resizing, goes through Pillow.
@@ -89,10 +89,34 @@ def read_image(path: str | os.PathLike, size: int | None = None, resize: ResizeM
             if frame is not None:
                 return resize_frames(frame[None], size, resize)[0]
         with Image.open(path) as image:
-            rgb = resize_image(image.convert("RGB"), size, resize)
+            rgb = resize_image(to_rgb8(image), size, resize)
             return np.asarray(rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise VideoReadError(f"{path}: cannot read image ({exc})") from None
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """8-bit RGB with each mode's full range mapped onto 0..255 (Pillow's convert("RGB") clips 16-bit to white).
+
+    16-bit grey (I;16*, and I as 16-bit PNGs open) is scaled by 255/65535, so 32768 -> 128; an I image
+    outside 0..65535 and 32-bit float (F) images have no known range and are refused. Alpha (RGBA, LA,
+    a palette's transparency) is ignored, as FFmpeg's PNG path does; L, P, 1 and CMYK use Pillow's conversion.
+    """
+    if image.mode in _SIXTEEN_BIT or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()}, not 16-bit; "
+                             "save it as an 8- or 16-bit PNG")
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")  # uint8 (H, W): mode L
+    if image.mode == "F":
+        raise ValueError("32-bit float image (its value range is unknown); save it as an 8- or 16-bit PNG")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the palette's colours; going through RGBA avoids Pillow's warning
+    return image.convert("RGB")
 
 
 _PNG_FAST_FORMATS = ("rgb24", "rgba", "gray", "pal8")  # 8-bit layouts whose rgb24 conversion equals Pillow's

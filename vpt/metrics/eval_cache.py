@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vpt.errors import VptError
 from vpt.fsutil import atomic_path, atomic_write_text
 
 CACHE_FORMAT = 1  # bump when what a batch file holds changes
@@ -49,8 +51,12 @@ class BatchStore:
         path = self._path(batch[0])
         if not path.is_file():
             return None
-        with np.load(path) as stored:
-            arrays = {name: stored[name] for name in stored.files}
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # an object array is a ValueError
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise VptError(f"{path}: not an eval-cache batch ({detail}); delete it to compute that batch again") from None
         if any(len(values) != len(batch) for values in arrays.values()):
             return None  # written under another batch size: the key should have differed, so recompute
         self.reused += 1

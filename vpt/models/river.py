@@ -144,7 +144,7 @@ class River(LatentBackend):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         warm_start: float | None = None,
-        sampler: str | None = None,
+        sampler: Literal["rk4", "heun", "euler"] | None = None,
         past_horizon: int | None = None,
     ) -> torch.Tensor:
         """(B, n, 3, H, W) context in [-1, 1] -> (B, num_frames, 3, H, W) predicted frames.

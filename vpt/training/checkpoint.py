@@ -119,7 +119,7 @@ def load_checkpoint(path: Path, state: TrainingState) -> int:
     """Load weights, optimizer and grad-scaler state of checkpoint `path` into the prepared objects;
     returns its step. Every file accelerate will unpickle is checked by vpt.weights first."""
     accelerator = state.accelerator
-    record = json.loads((path / "trainer_state.json").read_text())
+    record = Run.read_trainer_state(path)
     if bool(record.get("sharded", False)) != is_sharded(accelerator):
         raise VptError(f"{path} was written {'with' if record.get('sharded') else 'without'} FSDP; resume it with "
                        f"the accelerate config that wrote it")
@@ -150,7 +150,7 @@ def read_best(run: Run) -> float | None:
     best = run.best_checkpoint()
     if best is None:
         return None
-    return json.loads((best / "trainer_state.json").read_text()).get("best")
+    return Run.read_trainer_state(best).get("best")
 
 
 def _rng_state() -> dict[str, Any]:

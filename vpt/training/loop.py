@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vpt.console import cli_owns_process, info, warn
+from vpt.data.parallel import exit_with_parent
 from vpt.distributed import any_process, check_parallelism, full_tensor, is_sharded, unsharded
 from vpt.errors import Interrupted
 from vpt.precision import training_precision
@@ -189,6 +190,7 @@ def _batches(dataset: Dataset, cfg: TrainConfig, accelerator, *, start_step: int
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         collate_fn=getattr(dataset, "collate", None), pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0, drop_last=True,
+        worker_init_fn=exit_with_parent() if cfg.num_workers > 0 else None,  # workers die with a kill -9 of the loop
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
     on_device = getattr(dataset, "on_device", lambda batch: batch)  # e.g. uint8 -> float on the GPU

@@ -59,6 +59,9 @@ class KLVAE(FrameAutoencoder):
         """Wrap a local diffusers `AutoencoderKL` folder (the `vae/` of a pipeline, or the folder itself)."""
         from diffusers import AutoencoderKL
 
+        from vpt.weights import check_pickled_weights
+
+        check_pickled_weights(folder)
         vae = AutoencoderKL.from_pretrained(str(folder))
         cfg = vae.config
         plain = all(t == "DownEncoderBlock2D" for t in cfg.down_block_types) and all(

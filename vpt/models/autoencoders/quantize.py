@@ -53,6 +53,11 @@ class VectorQuantizer(nn.Module):
         return Quantized(quantized, loss, indices)
 
 
+def _float32(tensor: torch.Tensor):
+    """Autocast off for `tensor`'s device: the codebook's arithmetic stays in float32 under bf16/fp16 training."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 class DebiasedEMA(nn.Module):
     """A moving average that starts at zero and divides out the start's bias (Adam's correction):
 
@@ -104,7 +109,8 @@ class EMAVectorQuantizer(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """(N, D, H, W) -> code indices (N, H, W), by ||z||^2 - 2 z.e + ||e||^2 in float32."""
         flat = rearrange(z, "n c h w -> (n h w) c").float()
-        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embeddings + self.embeddings.pow(2).sum(0)
+        with _float32(flat):  # autocast would run the matmul in bf16 and pick other codes
+            distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embeddings + self.embeddings.pow(2).sum(0)
         return distances.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -126,7 +132,8 @@ class EMAVectorQuantizer(nn.Module):
         onehot = F.one_hot(indices, self.num_codes).float()  # (M, K)
         counts = onehot.sum(0)
         self._embeddings_cnt += counts.to(torch.int32)
-        sums = self.ema_dw.update(flat.t() @ onehot)  # (D, K)
+        with _float32(flat):  # the float32 statistics must not get autocast's bf16 matmul (lerp_ refuses mixed dtypes)
+            sums = self.ema_dw.update(flat.t() @ onehot)  # (D, K)
         sizes = self.ema_cluster_size.update(counts)  # (K,)
         total = sizes.sum()
         smoothed = (sizes + self.epsilon) / (total + self.num_codes * self.epsilon) * total

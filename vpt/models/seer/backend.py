@@ -34,6 +34,7 @@ from vpt.models.seer.layers import RotaryEmbedding, sawt_window
 from vpt.models.seer.schedule import TRAIN_TIMESTEPS, sampling_scheduler, training_scheduler, upstream_timesteps
 from vpt.models.seer.text import builtin_text_encoder, builtin_tokenizer, encode_text
 from vpt.models.seer.unet import SeerUNet, UNetSize
+from vpt.weights import check_pickled_weights
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Seer(Backend):
         sd = weights.check_sd_folder(cfg.pretrained) if cfg.pretrained else None
         if sd is not None:
             self.tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
+            check_pickled_weights(sd / "text_encoder")
             self.text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder"), dtype=torch.float32)  # fp32 as upstream
         else:
             self.tokenizer = builtin_tokenizer(cfg.text.max_length)
@@ -153,6 +155,8 @@ class Seer(Backend):
         vae_dir = {"pretrained": sd / "vae" if sd else None, "none": None}.get(cfg.vae, Path(cfg.vae).expanduser())
         if vae_dir is not None and not (vae_dir / "config.json").is_file():
             raise VptError(f"model.vae: no AutoencoderKL folder at {vae_dir}")
+        if vae_dir is not None:
+            check_pickled_weights(vae_dir)
         self.vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32) if vae_dir is not None else None
         self.latent_channels = self.vae.config.latent_channels if self.vae is not None else 3
         default_scale = float(self.vae.config.scaling_factor) if self.vae is not None else 1.0
