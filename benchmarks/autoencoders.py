@@ -22,8 +22,12 @@ from vpt.precision import inference_autocast
 
 # name -> (type, arch, frame size, channels): the configurations upstream and vpt's shapes config use.
 CASES: dict[str, tuple[str, dict, int, int]] = {
-    "vqgan shapes (configs/ae)": ("vqgan", dict(ch=8, ch_mult=[1, 2, 4], num_res_blocks=1, attn_resolutions=[],
-                                               resolution=64, n_embed=256, norm_groups=4), 64, 3),
+    "vqgan shapes (configs/ae)": (
+        "vqgan",
+        dict(ch=8, ch_mult=[1, 2, 4], num_res_blocks=1, attn_resolutions=[], resolution=64, n_embed=256, norm_groups=4),
+        64,
+        3,
+    ),
     "vqgan f8_small (RIVER BAIR64/KTH)": ("vqgan", {"preset": "f8_small"}, 64, 3),
     "vqgan f16 (RIVER BAIR256)": ("vqgan", {"preset": "f16"}, 256, 3),
     "river-vqvae (RIVER CLEVRER)": ("river-vqvae", {}, 128, 3),
@@ -56,8 +60,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="substrings of case names to run")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
 
     from rich.console import Console
     from rich.table import Table
@@ -74,9 +81,13 @@ def main() -> None:
         model = build_autoencoder(kind, arch).to(device).eval()
         height, width = (size, 2 * size) if "mnist" in name else (size, size)
         video = torch.rand(1, args.batch, channels, height, width, device=device) * 2 - 1
-        row = [name, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}", f"{channels}x{height}x{width}",
-               "x".join(str(d) for d in model.latent_dims(height, width)),
-               f"{frames_per_second(model, video, args.repeats, device, bf16=False):,.1f}"]
+        row = [
+            name,
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}",
+            f"{channels}x{height}x{width}",
+            "x".join(str(d) for d in model.latent_dims(height, width)),
+            f"{frames_per_second(model, video, args.repeats, device, bf16=False):,.1f}",
+        ]
         if device.type == "cuda":
             row.append(f"{frames_per_second(model, video, args.repeats, device, bf16=True):,.1f}")
         table.add_row(*row)

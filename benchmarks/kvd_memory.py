@@ -47,10 +47,14 @@ def main() -> None:
     whole_gb = 3 * 8 * args.clips**2 / 2**30
     print(f"machine: {machine()}")
     print(f"KVD over {args.clips:,} x {args.dim} features per set (features themselves: {features_mb:.0f} MB)")
-    print(f"  blocked (block {args.block}): peak {peak / 2**20:.0f} MB above the features, {seconds:.1f} s, KVD {value:.6g}")
+    print(
+        f"  blocked (block {args.block}): peak {peak / 2**20:.0f} MB above the features, {seconds:.1f} s, KVD {value:.6g}"
+    )
     print(f"  whole kernel matrices would need {whole_gb:.1f} GB")
-    print(f"  check on {subset:,} clips: blocked {check:.10g} vs whole-matrix {reference:.10g} "
-          f"(relative difference {abs(check - reference) / abs(reference):.1e})")
+    print(
+        f"  check on {subset:,} clips: blocked {check:.10g} vs whole-matrix {reference:.10g} "
+        f"(relative difference {abs(check - reference) / abs(reference):.1e})"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,11 @@ class _Mlp(nn.Module):
 
     def __init__(self, in_features, hidden_features, act_layer=nn.GELU, drop=0.0):
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(in_features, hidden_features), act_layer(), nn.Linear(hidden_features, in_features)
+        self.fc1, self.act, self.fc2 = (
+            nn.Linear(in_features, hidden_features),
+            act_layer(),
+            nn.Linear(hidden_features, in_features),
+        )
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -71,8 +75,11 @@ def _timm_stand_ins() -> dict[str, types.ModuleType]:
     """Modules that give the official model file the two timm classes it imports."""
     vision_transformer = types.ModuleType("timm.models.vision_transformer")
     vision_transformer.Mlp, vision_transformer.PatchEmbed = _Mlp, _PatchEmbed
-    return {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-            "timm.models.vision_transformer": vision_transformer}
+    return {
+        "timm": types.ModuleType("timm"),
+        "timm.models": types.ModuleType("timm.models"),
+        "timm.models.vision_transformer": vision_transformer,
+    }
 
 
 def load_official(upstream: Path):
@@ -102,14 +109,16 @@ def build_pair(official_module, size: str, frames: int, latent: int, device: tor
     """Official Latte-<size> with every trainable weight drawn at random (its zero-initialised adaLN and
     output layers would make any two models agree), and vpt's Latte holding the same weights."""
     torch.manual_seed(0)
-    official = official_module.Latte_models[f"Latte-{size}"](input_size=latent, num_frames=frames, learn_sigma=True,
-                                                             extras=1, num_classes=1000)
+    official = official_module.Latte_models[f"Latte-{size}"](
+        input_size=latent, num_frames=frames, learn_sigma=True, extras=1, num_classes=1000
+    )
     with torch.no_grad():
         for parameter in official.parameters():
             if parameter.requires_grad:
                 parameter.normal_(0.0, 0.02)
-    cfg = LatteConfig(size=size, latent_channels=4, num_frames=frames, timestep_emb_dim=256, position_order="column",
-                      learn_sigma=True)
+    cfg = LatteConfig(
+        size=size, latent_channels=4, num_frames=frames, timestep_emb_dim=256, position_order="column", learn_sigma=True
+    )
     ours = Latte(cfg)
     ours.denoiser.load_state_dict(convert_official_state(official.state_dict()))
     return official.to(device), ours.to(device)
@@ -127,7 +136,9 @@ def check_agreement(official, ours: Latte, diffusion, latents: torch.Tensor) -> 
         torch.manual_seed(3)
         t = torch.randint(0, 1000, (batch,), device=latents.device)
         noise = torch.randn_like(latents)
-        official_loss = diffusion.create_diffusion("").training_losses(official, latents, t, noise=noise)["loss"].mean().item()
+        official_loss = (
+            diffusion.create_diffusion("").training_losses(official, latents, t, noise=noise)["loss"].mean().item()
+        )
     return {"output_max_abs_diff": output_diff, "loss_vpt": ours_loss, "loss_official": official_loss}
 
 
@@ -167,8 +178,14 @@ def sampling_runs(official, ours: Latte, diffusion, latents: torch.Tensor, steps
     @torch.no_grad()
     def official_sample():
         official.eval()
-        spaced.p_sample_loop(official.forward, latents.shape, torch.randn_like(latents), clip_denoised=False,
-                             progress=False, device=latents.device)
+        spaced.p_sample_loop(
+            official.forward,
+            latents.shape,
+            torch.randn_like(latents),
+            clip_denoised=False,
+            progress=False,
+            device=latents.device,
+        )
 
     return ours_sample, official_sample
 
@@ -213,26 +230,40 @@ def main() -> None:
         official, ours = build_pair(official_module, size, args.frames, args.latent, device)
         latents = torch.randn(args.batch, args.frames, 4, args.latent, args.latent, device=device)  # (B, F, c, h, w)
         agreement = check_agreement(official, ours, diffusion, latents)
-        print(f"Latte-{size}: output max |diff| {agreement['output_max_abs_diff']:.2e}, loss vpt "
-              f"{agreement['loss_vpt']:.6f} vs official {agreement['loss_official']:.6f}", flush=True)
-        for phase, pair in (("train step", training_steps(official, ours, diffusion, latents)),
-                            (f"sample ({args.sample_steps} DDPM steps)",
-                             sampling_runs(official, ours, diffusion, latents, args.sample_steps))):
+        print(
+            f"Latte-{size}: output max |diff| {agreement['output_max_abs_diff']:.2e}, loss vpt "
+            f"{agreement['loss_vpt']:.6f} vs official {agreement['loss_official']:.6f}",
+            flush=True,
+        )
+        for phase, pair in (
+            ("train step", training_steps(official, ours, diffusion, latents)),
+            (
+                f"sample ({args.sample_steps} DDPM steps)",
+                sampling_runs(official, ours, diffusion, latents, args.sample_steps),
+            ),
+        ):
             pair[0](), pair[1]()  # warm-up (allocator, first-call costs)
             ours_times, official_times = interleaved(*pair, args.repeats, device)
             rows.append((size, phase, ours_times, official_times))
-            print(f"  {phase}: vpt {statistics.median(ours_times):.3f} s, official "
-                  f"{statistics.median(official_times):.3f} s (median)", flush=True)
+            print(
+                f"  {phase}: vpt {statistics.median(ours_times):.3f} s, official "
+                f"{statistics.median(official_times):.3f} s (median)",
+                flush=True,
+            )
 
     clock = "wall" if device.type == "cuda" else "CPU"
-    print(f"\nLatte, vpt vs official model code: batch {args.batch} x {args.frames} x 4 x {args.latent} x {args.latent} "
-          f"latents, fp32 eager, learned variance, unconditional; {args.repeats * 2} timed calls each, interleaved, "
-          f"{clock} seconds")
+    print(
+        f"\nLatte, vpt vs official model code: batch {args.batch} x {args.frames} x 4 x {args.latent} x {args.latent} "
+        f"latents, fp32 eager, learned variance, unconditional; {args.repeats * 2} timed calls each, interleaved, "
+        f"{clock} seconds"
+    )
     print(f"{'model':<8} {'phase':<24} {'vpt median (min) s':>20} {'official median (min) s':>25} {'speed-up':>9}")
     for size, phase, ours_times, official_times in rows:
         ours_med, official_med = statistics.median(ours_times), statistics.median(official_times)
-        print(f"{size:<8} {phase:<24} {ours_med:>11.3f} ({min(ours_times):.3f}) "
-              f"{official_med:>16.3f} ({min(official_times):.3f}) {official_med / ours_med:>8.2f}x")
+        print(
+            f"{size:<8} {phase:<24} {ours_med:>11.3f} ({min(ours_times):.3f}) "
+            f"{official_med:>16.3f} ({min(official_times):.3f}) {official_med / ours_med:>8.2f}x"
+        )
     print(f"machine: {machine(device)}; official code: {args.upstream.resolve().name} with {timm_note}")
 
 

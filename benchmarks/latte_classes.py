@@ -29,29 +29,47 @@ from vpt.models.backend import Backend
 
 SHAPES_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "latte" / "shapes.yaml"
 SIZE, FRAMES, SKIP = 32, 8, 1
-OVERRIDES = ["model.autoencoder=pixels:4", "model.latent_channels=48", "model.patch_size=1", f"model.num_frames={FRAMES}",
-             f"data.frames={FRAMES}", f"data.frame_skip={SKIP}", f"data.image_size={SIZE}", "train.checkpoint_every=500",
-             "train.keep_last=1000", "train.log_every=50", "train.sample_every=0", "train.val_every=0"]
+OVERRIDES = [
+    "model.autoencoder=pixels:4",
+    "model.latent_channels=48",
+    "model.patch_size=1",
+    f"model.num_frames={FRAMES}",
+    f"data.frames={FRAMES}",
+    f"data.frame_skip={SKIP}",
+    f"data.image_size={SIZE}",
+    "train.checkpoint_every=500",
+    "train.keep_last=1000",
+    "train.log_every=50",
+    "train.sample_every=0",
+    "train.val_every=0",
+]
 PAIRS = {"horizontal": ("left", "right", 0), "vertical": ("up", "down", 1)}  # (negative, positive, centroid axis)
 
 
 def displacement(model, motion: str, seed: int, guidance_scale: float | None, axis: int) -> float:
     """Centroid shift (last frame minus first, px) along `axis` of one generated clip of class `motion`."""
     empty = torch.zeros(1, 0, 3, SIZE, SIZE)  # no context: generation
-    clip = model.predict(empty, FRAMES, class_labels=motion, guidance_scale=guidance_scale,
-                         generator=torch.Generator().manual_seed(seed))  # (1, FRAMES, 3, SIZE, SIZE)
+    clip = model.predict(
+        empty, FRAMES, class_labels=motion, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)
+    )  # (1, FRAMES, 3, SIZE, SIZE)
     centroids = shape_centroid(clip[0])  # (FRAMES, 2), NaN where no shape is visible
     return float(centroids[-1, axis] - centroids[0, axis])
 
 
-def evaluate(run: Path, count: int, seed: int, guidance_scale: float | None,
-             checkpoint: Path | None = None) -> dict[str, tuple[int, list[tuple[float, float]]]]:
+def evaluate(
+    run: Path, count: int, seed: int, guidance_scale: float | None, checkpoint: Path | None = None
+) -> dict[str, tuple[int, list[tuple[float, float]]]]:
     """Per pair of opposite classes: successes and (shift of the negative class, of the positive) per seed."""
     model = Backend.from_run(run, checkpoint=checkpoint)
     results = {}
     for name, (negative, positive, axis) in PAIRS.items():
-        shifts = [(displacement(model, negative, seed + k, guidance_scale, axis),
-                   displacement(model, positive, seed + k, guidance_scale, axis)) for k in range(count)]
+        shifts = [
+            (
+                displacement(model, negative, seed + k, guidance_scale, axis),
+                displacement(model, positive, seed + k, guidance_scale, axis),
+            )
+            for k in range(count)
+        ]
         results[name] = (sum(low < 0 < high for low, high in shifts), shifts)  # NaN compares False: a miss
     return results
 
@@ -69,19 +87,39 @@ def main() -> None:
     if not (data / "captions.json").is_file():
         run_vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SIZE)])
     started = time.perf_counter()
-    run_vpt(["train", "latte", "--config", str(SHAPES_CONFIG), "--data", str(data), "--run", str(run),
-         "--max-steps", str(args.steps), *[item for override in OVERRIDES for item in ("--set", override)]])
+    run_vpt(
+        [
+            "train",
+            "latte",
+            "--config",
+            str(SHAPES_CONFIG),
+            "--data",
+            str(data),
+            "--run",
+            str(run),
+            "--max-steps",
+            str(args.steps),
+            *[item for override in OVERRIDES for item in ("--set", override)],
+        ]
+    )
     trained = time.perf_counter() - started
     print(f"trained {args.steps} steps ({trained / 60:.1f} min this call), torch threads {torch.get_num_threads()}")
     for checkpoint in sorted((run / "checkpoints").glob("step_*"))[:-1]:
         earlier = evaluate(run, args.pairs, args.seed, args.guidance_scale, checkpoint)
-        print(f"  {checkpoint.name}: " + ", ".join(f"{name} {hits} of {args.pairs}" for name, (hits, _) in earlier.items()))
+        print(
+            f"  {checkpoint.name}: "
+            + ", ".join(f"{name} {hits} of {args.pairs}" for name, (hits, _) in earlier.items())
+        )
     results = evaluate(run, args.pairs, args.seed, args.guidance_scale)
     print(f"final step {args.steps}, guidance scale {args.guidance_scale}:")
     for k, ((left, right), (up, down)) in enumerate(zip(results["horizontal"][1], results["vertical"][1])):
-        print(f"  seed {args.seed + k:4d}: left dx {left:+6.2f}, right dx {right:+6.2f}; up dy {up:+6.2f}, down dy {down:+6.2f} px")
-    print(f"class direction followed: left/right {results['horizontal'][0]} of {args.pairs} (target >= 12), "
-          f"up/down {results['vertical'][0]} of {args.pairs}")
+        print(
+            f"  seed {args.seed + k:4d}: left dx {left:+6.2f}, right dx {right:+6.2f}; up dy {up:+6.2f}, down dy {down:+6.2f} px"
+        )
+    print(
+        f"class direction followed: left/right {results['horizontal'][0]} of {args.pairs} (target >= 12), "
+        f"up/down {results['vertical'][0]} of {args.pairs}"
+    )
 
 
 if __name__ == "__main__":

@@ -67,15 +67,25 @@ def train_all(out: Path, latents: Path, steps: int) -> dict[str, float]:
         "river": f"backend: river\nmodel: {{{NETWORK}, context_frames: {CONTEXT}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
         "f": f"backend: neuralsde\nmodel: {{stage: f, {NETWORK}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
         "d": f"backend: neuralsde\nmodel: {{stage: d, {NETWORK}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
-        "g": (f"backend: neuralsde\nmodel: {{stage: g, f_run: '{out / 'f'}', d_run: '{out / 'd'}', {NETWORK}}}\n"
-              f"data: {{frames: 8}}\n{TRAIN % steps}\n"),
+        "g": (
+            f"backend: neuralsde\nmodel: {{stage: g, f_run: '{out / 'f'}', d_run: '{out / 'd'}', {NETWORK}}}\n"
+            f"data: {{frames: 8}}\n{TRAIN % steps}\n"
+        ),
     }
     seconds = {}
     for name, text in configs.items():
         (out / f"{name}.yaml").write_text(text)
         started = time.perf_counter()
-        run_cli("train", "neuralsde" if name != "river" else "river", "--config", out / f"{name}.yaml",
-                "--data", latents, "--run", out / name)
+        run_cli(
+            "train",
+            "neuralsde" if name != "river" else "river",
+            "--config",
+            out / f"{name}.yaml",
+            "--data",
+            latents,
+            "--run",
+            out / name,
+        )
         seconds[name] = time.perf_counter() - started
     return seconds
 
@@ -87,8 +97,11 @@ def score(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
 
     unit = lambda x: ((x.flatten(0, 1).double() + 1) / 2).clamp(0, 1)  # noqa: E731
     errors = [np.linalg.norm(shape_centroid(p) - shape_centroid(t), axis=1) for p, t in zip(predicted, truth)]
-    return {"psnr": float(psnr(unit(predicted), unit(truth)).mean()), "ssim": float(ssim(unit(predicted), unit(truth)).mean()),
-            "position_error_px": float(np.nanmean(np.concatenate(errors)))}
+    return {
+        "psnr": float(psnr(unit(predicted), unit(truth)).mean()),
+        "ssim": float(ssim(unit(predicted), unit(truth)).mean()),
+        "position_error_px": float(np.nanmean(np.concatenate(errors))),
+    }
 
 
 def evaluate(out: Path, frames_h5: Path) -> list[dict]:
@@ -99,44 +112,73 @@ def evaluate(out: Path, frames_h5: Path) -> list[dict]:
     video = torch.stack([test[i]["video"] for i in range(len(test))])  # (N, 16, 3, 32, 32)
     context, truth = video[:, :CONTEXT], video[:, CONTEXT:]
     horizon = truth.shape[1]
-    rows = [{"method": "copy last frame", "sampler": "-", "evaluations_per_frame": 0,
-             **score(video[:, CONTEXT - 1:CONTEXT].expand_as(truth), truth)}]
+    rows = [
+        {
+            "method": "copy last frame",
+            "sampler": "-",
+            "evaluations_per_frame": 0,
+            **score(video[:, CONTEXT - 1 : CONTEXT].expand_as(truth), truth),
+        }
+    ]
 
     def add(method: str, sampler: str, predict, evaluations) -> None:
         started = time.perf_counter()
         predicted = predict()
-        rows.append({"method": method, "sampler": sampler, "evaluations_per_frame": evaluations(),
-                     "seconds": round(time.perf_counter() - started, 2), **score(predicted, truth)})
+        rows.append(
+            {
+                "method": method,
+                "sampler": sampler,
+                "evaluations_per_frame": evaluations(),
+                "seconds": round(time.perf_counter() - started, 2),
+                **score(predicted, truth),
+            }
+        )
         print(rows[-1], flush=True)
 
     sde = Backend.from_run(out / "g")
     generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     stats = lambda: sde.sampling_stats["drift_evaluations_per_frame"]  # noqa: E731
     for steps in (1, 2, 4, 10):
-        add("NeuralSDE f+d+g", f"Euler–Maruyama {steps}",
-            lambda: sde.predict(context, horizon, steps=steps, sampler="euler", generator=generator()), stats)
+        add(
+            "NeuralSDE f+d+g",
+            f"Euler–Maruyama {steps}",
+            lambda: sde.predict(context, horizon, steps=steps, sampler="euler", generator=generator()),
+            stats,
+        )
     try:
         import torchsde  # noqa: F401
     except ImportError:
         print("torchsde not installed: no adaptive row (pip install torchsde)")
     else:
-        add("NeuralSDE f+d+g", "adaptive (torchsde)",
-            lambda: sde.predict(context, horizon, sampler="adaptive", generator=generator()), stats)
+        add(
+            "NeuralSDE f+d+g",
+            "adaptive (torchsde)",
+            lambda: sde.predict(context, horizon, sampler="adaptive", generator=generator()),
+            stats,
+        )
     river = Backend.from_run(out / "river")
     for sampler, steps, per_step in [("euler", s, 1) for s in (1, 2, 4, 10)] + [("rk4", 10, 4)]:
-        add("RIVER", f"{sampler} {steps}",
+        add(
+            "RIVER",
+            f"{sampler} {steps}",
             lambda: river.predict(context, horizon, steps=steps, sampler=sampler, generator=generator()),
-            lambda: steps * per_step)
+            lambda: steps * per_step,
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | sampler | net. evals / frame | PSNR | SSIM | position error (px) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | sampler | net. evals / frame | PSNR | SSIM | position error (px) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         evals = r["evaluations_per_frame"]
         evals = f"{evals:.1f}" if isinstance(evals, float) and not math.isclose(evals, round(evals)) else f"{evals:g}"
-        lines.append(f"| {r['method']} | {r['sampler']} | {evals} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['position_error_px']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['sampler']} | {evals} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+            f"{r['position_error_px']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,16 +187,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_neuralsde"))
     parser.add_argument("--steps", type=int, default=2000, help="training steps per network")
     parser.add_argument("--videos", type=int, default=200, help="shapes videos (80%% train, 10%% test)")
-    parser.add_argument("--ae", type=Path, default=ROOT / "tests" / "fixtures" / "neuralsde" / "shapes_ae",
-                        help="frozen autoencoder (a `vpt train-ae` run) for 32 px frames")
+    parser.add_argument(
+        "--ae",
+        type=Path,
+        default=ROOT / "tests" / "fixtures" / "neuralsde" / "shapes_ae",
+        help="frozen autoencoder (a `vpt train-ae` run) for 32 px frames",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     frames_h5, latents = prepare_data(args.out, args.videos, args.ae)
     seconds = train_all(args.out, latents, args.steps)
     rows = evaluate(args.out, frames_h5)
-    result = {"machine": machine(), "steps_per_network": args.steps, "videos": args.videos,
-              "train_seconds": {k: round(v, 1) for k, v in seconds.items()}, "rows": rows}
+    result = {
+        "machine": machine(),
+        "steps_per_network": args.steps,
+        "videos": args.videos,
+        "train_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "rows": rows,
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{machine()}\nsteps per network: {args.steps}; training seconds: {result['train_seconds']}\n")
     print(table(rows))

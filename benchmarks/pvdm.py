@@ -47,10 +47,14 @@ from vpt.models.pvdm import PVDM, PVDMConfig, convert_upstream_unet  # noqa: E40
 
 # The released models (upstream configs/autoencoder/base.yaml, configs/latent-diffusion/base.yaml) and a
 # CPU-sized reduction. Upstream's UNet hard-codes 32x32 + 16x32 + 16x32 planes, so only its width shrinks.
-RELEASED = dict(ae=dict(channels=384, resolution=256), unet=dict(model_channels=256, channel_mult=[1, 2, 4, 4],
-                                                                 num_res_blocks=2, attention_resolutions=[4, 2, 1]))
-REDUCED = dict(ae=dict(channels=64, resolution=64), unet=dict(model_channels=64, channel_mult=[1, 2, 2],
-                                                              num_res_blocks=1, attention_resolutions=[2, 1]))
+RELEASED = dict(
+    ae=dict(channels=384, resolution=256),
+    unet=dict(model_channels=256, channel_mult=[1, 2, 4, 4], num_res_blocks=2, attention_resolutions=[4, 2, 1]),
+)
+REDUCED = dict(
+    ae=dict(channels=64, resolution=64),
+    unet=dict(model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=1, attention_resolutions=[2, 1]),
+)
 FRAMES, LATENT_CHANNELS, NUM_HEADS = 16, 4, 8
 
 
@@ -74,8 +78,10 @@ def import_upstream(root: Path) -> dict[str, types.ModuleType]:
     sys.path.insert(0, str(root))
     import importlib
 
-    modules = {name: importlib.import_module(name) for name in
-               ("models.autoencoder.autoencoder_vit", "models.ddpm.unet", "losses.ddpm")}
+    modules = {
+        name: importlib.import_module(name)
+        for name in ("models.autoencoder.autoencoder_vit", "models.ddpm.unet", "losses.ddpm")
+    }
     modules["losses.ddpm"].tqdm = lambda iterable, **_: iterable
     return modules
 
@@ -85,8 +91,18 @@ def import_upstream(root: Path) -> dict[str, types.ModuleType]:
 
 def build_autoencoders(up, config: dict, device):
     torch.manual_seed(0)
-    ddconfig = dict(double_z=False, channels=config["channels"], resolution=config["resolution"], timesteps=FRAMES,
-                    skip=1, in_channels=3, out_ch=3, num_res_blocks=2, attn_resolutions=[], splits=1)
+    ddconfig = dict(
+        double_z=False,
+        channels=config["channels"],
+        resolution=config["resolution"],
+        timesteps=FRAMES,
+        skip=1,
+        in_channels=3,
+        out_ch=3,
+        num_res_blocks=2,
+        attn_resolutions=[],
+        splits=1,
+    )
     theirs = up["models.autoencoder.autoencoder_vit"].ViTAutoencoder(LATENT_CHANNELS, ddconfig)
     ours = autoencoder_from_upstream_state(theirs.state_dict(), where="upstream ViTAutoencoder")
     return theirs.to(device).train(), ours.requires_grad_(True).to(device).train()
@@ -94,17 +110,35 @@ def build_autoencoders(up, config: dict, device):
 
 def build_unets(up, config: dict, device):
     torch.manual_seed(0)
-    unet = up["models.ddpm.unet"].UNetModel(image_size=32, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-                                            num_heads=NUM_HEADS, use_scale_shift_norm=True, resblock_updown=True,
-                                            cond_model=True, **config)
+    unet = up["models.ddpm.unet"].UNetModel(
+        image_size=32,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        num_heads=NUM_HEADS,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        cond_model=True,
+        **config,
+    )
     with torch.no_grad():  # zero-initialised heads would make any two networks agree
         for param in unet.parameters():
             if not param.any():
                 param.normal_(0.0, 0.02)
-    theirs = up["losses.ddpm"].DDPM(up["models.ddpm.unet"].DiffusionWrapper(unet), channels=LATENT_CHANNELS,
-                                    image_size=32, w=0.0)
-    ours = PVDM(PVDMConfig(latent_channels=LATENT_CHANNELS, latent_size=32, latent_frames=FRAMES, num_heads=NUM_HEADS,
-                           cond_model=True, w=0.0, eta=1.0, **config))
+    theirs = up["losses.ddpm"].DDPM(
+        up["models.ddpm.unet"].DiffusionWrapper(unet), channels=LATENT_CHANNELS, image_size=32, w=0.0
+    )
+    ours = PVDM(
+        PVDMConfig(
+            latent_channels=LATENT_CHANNELS,
+            latent_size=32,
+            latent_frames=FRAMES,
+            num_heads=NUM_HEADS,
+            cond_model=True,
+            w=0.0,
+            eta=1.0,
+            **config,
+        )
+    )
     ours.unet.load_state_dict(convert_upstream_unet(theirs.model.state_dict()))
     return theirs.to(device).train(), ours.to(device).train()
 
@@ -136,7 +170,9 @@ class Stepper:
 
 def ae_tasks(up, config, device, batch, compile_):
     theirs, ours = build_autoencoders(up, config, device)
-    clips = torch.rand(batch, 3, FRAMES, config["resolution"], config["resolution"], device=device) * 2 - 1  # (B, C, T, H, W)
+    clips = (
+        torch.rand(batch, 3, FRAMES, config["resolution"], config["resolution"], device=device) * 2 - 1
+    )  # (B, C, T, H, W)
     ours_clips = clips.transpose(1, 2).contiguous()  # (B, T, C, H, W)
     with torch.no_grad():
         expected = theirs(clips)[0]  # (B T, C, H, W)
@@ -146,8 +182,12 @@ def ae_tasks(up, config, device, batch, compile_):
     flat = clips.transpose(1, 2).flatten(0, 1)  # upstream's (B T, C, H, W) order
     return {
         "upstream": Stepper(theirs.parameters(), lambda: (theirs(clips)[0] - flat).abs().mean(), device, torch.float16),
-        "vpt": Stepper(ours.parameters(), lambda: (forward(ours_clips).reconstruction - ours_clips).abs().mean(),
-                       device, torch.bfloat16),
+        "vpt": Stepper(
+            ours.parameters(),
+            lambda: (forward(ours_clips).reconstruction - ours_clips).abs().mean(),
+            device,
+            torch.bfloat16,
+        ),
     }
 
 
@@ -157,10 +197,15 @@ def unet_tasks(up, config, device, batch, compile_):
     x0, cond, noise = (torch.randn(batch, LATENT_CHANNELS, 2048, device=device).clamp(-1, 1) for _ in range(3))
     t = torch.randint(0, 1000, (batch,), device=device)
     with torch.no_grad():
-        torch.testing.assert_close(ours.unet(x0, cond, t), theirs.model(x0, cond, t), **agreement(device),
-                                   msg="UNet outputs disagree")
-        torch.testing.assert_close(ours.diffusion_loss(x0, cond, t, noise), theirs.p_losses(x0, cond, t, noise)[0],
-                                   **agreement(device), msg="diffusion losses disagree")
+        torch.testing.assert_close(
+            ours.unet(x0, cond, t), theirs.model(x0, cond, t), **agreement(device), msg="UNet outputs disagree"
+        )
+        torch.testing.assert_close(
+            ours.diffusion_loss(x0, cond, t, noise),
+            theirs.p_losses(x0, cond, t, noise)[0],
+            **agreement(device),
+            msg="diffusion losses disagree",
+        )
     if compile_:
         ours.unet = torch.compile(ours.unet)
     # upstream's diffusion trainer runs the criterion outside autocast: float32
@@ -218,11 +263,15 @@ def interleaved(tasks: dict, device, repeats: int) -> dict[str, dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=Path, required=True, help="a checkout of github.com/sihyun-yu/PVDM")
-    parser.add_argument("--reduced", action="store_true", help=f"CPU-sized models: AE {REDUCED['ae']}, UNet {REDUCED['unet']}")
+    parser.add_argument(
+        "--reduced", action="store_true", help=f"CPU-sized models: AE {REDUCED['ae']}, UNet {REDUCED['unet']}"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--ae-batch", type=int, default=1)
-    parser.add_argument("--unet-batch", type=int, default=None, help="default: 2 reduced, 8 (per-GPU batch of the release) otherwise")
+    parser.add_argument(
+        "--unet-batch", type=int, default=None, help="default: 2 reduced, 8 (per-GPU batch of the release) otherwise"
+    )
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: 4 reduced, 100 otherwise)")
     parser.add_argument("--repeats", type=int, default=3, help="A,B,B,A rounds per task")
     parser.add_argument("--compile", action="store_true", help="torch.compile vpt's AE forward and UNet (CUDA)")
@@ -239,16 +288,18 @@ def main() -> None:
 
     results = {}
     if "ae" in wanted:
-        results[f"AE step (batch {args.ae_batch} x {FRAMES}x{sizes['ae']['resolution']}², C={sizes['ae']['channels']})"] = \
-            interleaved(ae_tasks(up, sizes["ae"], device, args.ae_batch, args.compile), device, args.repeats)
+        results[
+            f"AE step (batch {args.ae_batch} x {FRAMES}x{sizes['ae']['resolution']}², C={sizes['ae']['channels']})"
+        ] = interleaved(ae_tasks(up, sizes["ae"], device, args.ae_batch, args.compile), device, args.repeats)
     if wanted & {"unet", "sample"}:
         tasks, models = unet_tasks(up, sizes["unet"], device, unet_batch, args.compile)
         width = f"{sizes['unet']['model_channels']}x{sizes['unet']['channel_mult']}"
         if "unet" in wanted:
             results[f"UNet step (batch {unet_batch}, {width}, cond)"] = interleaved(tasks, device, args.repeats)
         if "sample" in wanted:
-            results[f"DDIM sample ({steps} steps, 1 clip, {width})"] = \
-                interleaved(sampling_tasks(models, device, steps), device, args.repeats)
+            results[f"DDIM sample ({steps} steps, 1 clip, {width})"] = interleaved(
+                sampling_tasks(models, device, steps), device, args.repeats
+            )
     print_table(results, device, args)
 
 
@@ -256,18 +307,29 @@ def print_table(results, device, args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    precision = "fp32 both" if device.type == "cpu" else "upstream fp16 AE / fp32 UNet, vpt bf16 + SDPA" + \
-        (" + compile" if args.compile else "")
-    table = Table(title=f"PVDM {'reduced' if args.reduced else 'released'} config, {precision}, "
-                        f"{args.repeats} x (A,B,B,A)\n{machine(device)}")
+    precision = (
+        "fp32 both"
+        if device.type == "cpu"
+        else "upstream fp16 AE / fp32 UNet, vpt bf16 + SDPA" + (" + compile" if args.compile else "")
+    )
+    table = Table(
+        title=f"PVDM {'reduced' if args.reduced else 'released'} config, {precision}, "
+        f"{args.repeats} x (A,B,B,A)\n{machine(device)}"
+    )
     for column in ("task", "upstream median s", "upstream min s", "vpt median s", "vpt min s", "ratio (median)"):
         table.add_column(column, justify="left" if column == "task" else "right")
     if device.type == "cuda":
         table.add_column("peak GiB upstream / vpt", justify="right")
     for task, sides in results.items():
         up, ours = sides["upstream"], sides["vpt"]
-        row = [task, f"{up['median']:.3f}", f"{up['min']:.3f}", f"{ours['median']:.3f}", f"{ours['min']:.3f}",
-               f"{up['median'] / ours['median']:.2f}x"]
+        row = [
+            task,
+            f"{up['median']:.3f}",
+            f"{up['min']:.3f}",
+            f"{ours['median']:.3f}",
+            f"{ours['min']:.3f}",
+            f"{up['median'] / ours['median']:.2f}x",
+        ]
         if device.type == "cuda":
             row.append(f"{up['peak_gib']:.1f} / {ours['peak_gib']:.1f}")
         table.add_row(*row)

@@ -100,15 +100,21 @@ def bench_sampling(cfg, device, path, *, batch: int, frames: int, steps: int, la
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "river" / "bair64.yaml"))
-    parser.add_argument("--reduced", action="store_true", help="CPU-sized run: small regressor, 5 training steps, 5 sampling steps")
+    parser.add_argument(
+        "--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "river" / "bair64.yaml")
+    )
+    parser.add_argument(
+        "--reduced", action="store_true", help="CPU-sized run: small regressor, 5 training steps, 5 sampling steps"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the config's)")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--sample-batch", type=int, default=4, help="videos sampled at once (upstream evaluation: 4)")
     parser.add_argument("--sample-frames", type=int, default=4)
     parser.add_argument("--sample-steps", type=int, default=None, help="solver setting (default: the config's)")
-    parser.add_argument("--latent-size", type=int, default=None, help="latent grid side (default: image_size / 8; BAIR256's f16 AE: 16)")
+    parser.add_argument(
+        "--latent-size", type=int, default=None, help="latent grid side (default: image_size / 8; BAIR256's f16 AE: 16)"
+    )
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
     args = parser.parse_args()
 
@@ -129,21 +135,37 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"RIVER {Path(args.config).stem}{' (reduced)' if args.reduced else ''}: "
-                        f"{regressor_size / 1e6:.1f}M regressor, latents {latent_shape}\n{machine(device)}")
+    table = Table(
+        title=f"RIVER {Path(args.config).stem}{' (reduced)' if args.reduced else ''}: "
+        f"{regressor_size / 1e6:.1f}M regressor, latents {latent_shape}\n{machine(device)}"
+    )
     table.add_column("path")
     table.add_column(f"train it/s (batch {batch})", justify="right")
-    table.add_column(f"sample frames/s (batch {args.sample_batch}, {cfg.model.sampler}, steps {steps} {cfg.model.time_grid})", justify="right")
+    table.add_column(
+        f"sample frames/s (batch {args.sample_batch}, {cfg.model.sampler}, steps {steps} {cfg.model.time_grid})",
+        justify="right",
+    )
     for name in names:
         path = PATHS[name]
         if path["dtype"] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             table.add_row(name, "n/a", "n/a")
             continue
         try:
-            train_rate = ("-" if path["compile"] == "sampler" else  # trains as the eager row does
-                          f"{bench_training(cfg, device, path, batch=batch, steps=args.train_steps, warmup=2, latent_shape=latent_shape):.2f}")
-            sample_rate = bench_sampling(cfg, device, path, batch=args.sample_batch, frames=args.sample_frames,
-                                         steps=steps, latent_shape=latent_shape)
+            train_rate = (
+                "-"
+                if path["compile"] == "sampler"
+                # trains as the eager row does
+                else f"{bench_training(cfg, device, path, batch=batch, steps=args.train_steps, warmup=2, latent_shape=latent_shape):.2f}"
+            )
+            sample_rate = bench_sampling(
+                cfg,
+                device,
+                path,
+                batch=args.sample_batch,
+                frames=args.sample_frames,
+                steps=steps,
+                latent_shape=latent_shape,
+            )
             table.add_row(name, train_rate, f"{sample_rate:.3f}")
         except Exception as exc:  # e.g. torch.compile without a C compiler: report the row, keep going
             table.add_row(name, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}")

@@ -47,12 +47,24 @@ def full_config(vae_dir: Path, frames: int, context: int) -> SeerConfig:
     """The released Seer shape with random weights: SD-sized UNet and VAE, CLIP-L-sized text encoder."""
     from diffusers import AutoencoderKL
 
-    AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                  sample_size=512).save_pretrained(vae_dir)
-    return validate(SeerConfig, {"vae": str(vae_dir), "frames": frames, "context_frames": context,
-                                 "text": {"hidden_size": 768, "layers": 12, "heads": 12, "max_length": 77}},
-                    source="benchmark")
+    AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    ).save_pretrained(vae_dir)
+    return validate(
+        SeerConfig,
+        {
+            "vae": str(vae_dir),
+            "frames": frames,
+            "context_frames": context,
+            "text": {"hidden_size": 768, "layers": 12, "heads": 12, "max_length": 77},
+        },
+        source="benchmark",
+    )
 
 
 def tiny_config(frames: int, context: int) -> SeerConfig:
@@ -88,10 +100,15 @@ def norm_rows(device: torch.device, repeats: int) -> None:
             norm = FrameGroupNorm(32, channels, eps=1e-6).to(device)
             folded = torch.randn(clips * clip_frames, channels, side, side, device=device)  # (B*F, C, H, W)
             print(f"{label:<45} {timed(lambda: norm(folded, clip_frames), device, repeats) * 1e3:>9.2f}")
-        size = UNetSize(in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
-                        block_out_channels=unet_cfg["block_out_channels"], layers_per_block=unet_cfg["layers_per_block"],
-                        heads=unet_cfg["attention_head_dim"], cross_attention_dim=unet_cfg["cross_attention_dim"],
-                        norm_eps=unet_cfg["norm_eps"])
+        size = UNetSize(
+            in_channels=unet_cfg["in_channels"],
+            out_channels=unet_cfg["out_channels"],
+            block_out_channels=unet_cfg["block_out_channels"],
+            layers_per_block=unet_cfg["layers_per_block"],
+            heads=unet_cfg["attention_head_dim"],
+            cross_attention_dim=unet_cfg["cross_attention_dim"],
+            norm_eps=unet_cfg["norm_eps"],
+        )
         unet = SeerUNet(size).to(device).eval()
         side = unet_cfg["sample_size"]
         sample = torch.randn(batch, frames, size.in_channels, side, side, device=device)  # (B, F, C, h, w)
@@ -121,17 +138,28 @@ def main() -> None:
     resolution = args.resolution or (256 if args.preset == "full" else 32)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = full_config(Path(tmp) / "vae", frames, args.context) if args.preset == "full" else tiny_config(frames, args.context)
+        cfg = (
+            full_config(Path(tmp) / "vae", frames, args.context)
+            if args.preset == "full"
+            else tiny_config(frames, args.context)
+        )
         model = Seer(cfg).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     video = torch.rand(args.batch, frames, 3, resolution, resolution, device=device) * 2 - 1
     prompts = ["close the book"] * args.batch
     optimizer = torch.optim.AdamW(model.param_groups(), lr=1e-5)
 
     def sample() -> None:
         model.eval()
-        model.predict(video[:, :args.context], frames - args.context, prompt=prompts, steps=args.steps,
-                      generator=torch.Generator(device).manual_seed(0))
+        model.predict(
+            video[:, : args.context],
+            frames - args.context,
+            prompt=prompts,
+            steps=args.steps,
+            generator=torch.Generator(device).manual_seed(0),
+        )
 
     def train_step() -> None:
         model.train()
@@ -142,9 +170,11 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"Seer {args.preset}: {frames} frames ({args.context} reference) at {resolution}px, batch {args.batch}, "
-          f"{args.steps} DDIM steps requested ({model.sample_record(args.steps)['ddim_steps_run']} run), "
-          f"{trainable / 1e6:.1f} M trained params; {machine(device)}")
+    print(
+        f"Seer {args.preset}: {frames} frames ({args.context} reference) at {resolution}px, batch {args.batch}, "
+        f"{args.steps} DDIM steps requested ({model.sample_record(args.steps)['ddim_steps_run']} run), "
+        f"{trainable / 1e6:.1f} M trained params; {machine(device)}"
+    )
     print(f"{'attention':<10} {'s / sampled video':>18} {'s / train step':>15}")
     for backend in args.attention.split(","):
         if backend == "xformers" and not (attention.xformers_available() and device.type == "cuda"):

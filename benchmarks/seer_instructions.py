@@ -29,9 +29,20 @@ from vpt.models.backend import Backend
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "seer" / "tiny.yaml"
 SOURCE_SIZE, SIZE, FRAMES, SKIP = 32, 16, 4, 3
-OVERRIDES = [f"model.frames={FRAMES}", f"data.frames={FRAMES}", f"data.frame_skip={SKIP}", f"data.image_size={SIZE}",
-             "model.unet.block_out_channels=[32,32,64]", "train.batch_size=8", "train.lr=1e-3",
-             "train.checkpoint_every=250", "train.keep_last=1000", "train.log_every=50", "train.sample_every=0", "train.val_every=0"]
+OVERRIDES = [
+    f"model.frames={FRAMES}",
+    f"data.frames={FRAMES}",
+    f"data.frame_skip={SKIP}",
+    f"data.image_size={SIZE}",
+    "model.unet.block_out_channels=[32,32,64]",
+    "train.batch_size=8",
+    "train.lr=1e-3",
+    "train.checkpoint_every=250",
+    "train.keep_last=1000",
+    "train.log_every=50",
+    "train.sample_every=0",
+    "train.val_every=0",
+]
 
 
 def first_frames(count: int, seed: int) -> list[tuple[np.ndarray, str]]:
@@ -47,8 +58,9 @@ def first_frames(count: int, seed: int) -> list[tuple[np.ndarray, str]]:
     return frames
 
 
-def evaluate(run: Path, count: int, seed: int, guidance_scale: float | None = None,
-             checkpoint: Path | None = None) -> tuple[int, list[tuple[float, float]]]:
+def evaluate(
+    run: Path, count: int, seed: int, guidance_scale: float | None = None, checkpoint: Path | None = None
+) -> tuple[int, list[tuple[float, float]]]:
     """Successes and (dx for "moves left", dx for "moves right") per first frame, in source pixels of SIZE."""
     model = Backend.from_run(run, checkpoint=checkpoint)
     successes, moves = 0, []
@@ -57,8 +69,13 @@ def evaluate(run: Path, count: int, seed: int, guidance_scale: float | None = No
         start = shape_centroid(frame)[0, 0]
         shifts = []
         for direction in ("left", "right"):
-            predicted = model.predict(context, FRAMES - 1, prompt=f"{subject} moves {direction}",
-                                      generator=torch.Generator().manual_seed(seed + k), guidance_scale=guidance_scale)
+            predicted = model.predict(
+                context,
+                FRAMES - 1,
+                prompt=f"{subject} moves {direction}",
+                generator=torch.Generator().manual_seed(seed + k),
+                guidance_scale=guidance_scale,
+            )
             shifts.append(float(shape_centroid(predicted[0, -1:])[0, 0] - start))
         moves.append((shifts[0], shifts[1]))
         successes += shifts[0] < 0 < shifts[1]
@@ -76,10 +93,25 @@ def main() -> None:
     args = parser.parse_args()
     data, run = args.work / "shapes", args.work / "run"
     if not (data / "captions.json").is_file():
-        run_vpt(["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SOURCE_SIZE)])
+        run_vpt(
+            ["make-data", "shapes", "--out", str(data), "--num-videos", str(args.videos), "--size", str(SOURCE_SIZE)]
+        )
     started = time.perf_counter()
-    run_vpt(["train", "seer", "--config", str(TINY), "--data", str(data), "--run", str(run), "--max-steps", str(args.steps),
-         *[item for override in OVERRIDES for item in ("--set", override)]])
+    run_vpt(
+        [
+            "train",
+            "seer",
+            "--config",
+            str(TINY),
+            "--data",
+            str(data),
+            "--run",
+            str(run),
+            "--max-steps",
+            str(args.steps),
+            *[item for override in OVERRIDES for item in ("--set", override)],
+        ]
+    )
     trained = time.perf_counter() - started
     print(f"trained {args.steps} steps ({trained / 60:.1f} min this call), torch threads {torch.get_num_threads()}")
     for checkpoint in sorted((run / "checkpoints").glob("step_*"))[:-1]:
@@ -89,8 +121,10 @@ def main() -> None:
     print(f"final step {args.steps}:")
     for k, (left, right) in enumerate(moves):
         print(f"  frame {k:2d}: 'moves left' dx {left:+.2f} px, 'moves right' dx {right:+.2f} px")
-    print(f"instruction followed (left < 0 < right) in {successes} of {len(moves)} first frames (target >= 12), "
-          f"guidance scale {args.guidance_scale or 'of the model'}")
+    print(
+        f"instruction followed (left < 0 < right) in {successes} of {len(moves)} first frames (target >= 12), "
+        f"guidance scale {args.guidance_scale or 'of the model'}"
+    )
 
 
 if __name__ == "__main__":

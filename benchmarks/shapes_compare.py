@@ -69,9 +69,18 @@ def train_river(run_dir: Path, data: Path, minutes: float) -> None:
     from vpt.commands.options import path_setting
     from vpt.models.river import River
 
-    pixels = ["model.autoencoder=pixels:4", "model.latent_channels=48", "model.context_frames=2", "data.image_size=32",
-              "data.frames=8", "eval.context_frames=2", "eval.predicted_frames=14"]
-    train(River, run_dir, ROOT / "configs/river/shapes.yaml", [path_setting("data.path", data), *pixels, *budget(minutes)])
+    pixels = [
+        "model.autoencoder=pixels:4",
+        "model.latent_channels=48",
+        "model.context_frames=2",
+        "data.image_size=32",
+        "data.frames=8",
+        "eval.context_frames=2",
+        "eval.predicted_frames=14",
+    ]
+    train(
+        River, run_dir, ROOT / "configs/river/shapes.yaml", [path_setting("data.path", data), *pixels, *budget(minutes)]
+    )
 
 
 def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Path:
@@ -84,16 +93,33 @@ def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Pa
 
     started = time.perf_counter()
     ae_dir, latents, model_dir = run_dir / "moso", run_dir / "latents", run_dir / "rsvp"
-    run, cfg = start_run(train_ae_schema(), run_dir=ae_dir, config_file=ROOT / "configs/ae/moso_shapes.yaml",
-                         overrides=[path_setting("data.path", data), f"train.max_minutes={ae_share * minutes}",
-                                    "train.max_steps=1000000"])
+    run, cfg = start_run(
+        train_ae_schema(),
+        run_dir=ae_dir,
+        config_file=ROOT / "configs/ae/moso_shapes.yaml",
+        overrides=[
+            path_setting("data.path", data),
+            f"train.max_minutes={ae_share * minutes}",
+            "train.max_steps=1000000",
+        ],
+    )
     train_autoencoder(cfg, run)
     encode_dataset(ae_dir, data, latents)
     left = minutes - (time.perf_counter() - started) / 60
-    train(RSVPM, model_dir, ROOT / "configs/pvdm/rsvp_m_shapes.yaml",
-          [path_setting("data.path", latents), path_setting("model.autoencoder", ae_dir), "model.given_frames=2",
-           "data.frames=1",  # a cached video is one row of tokens
-           "eval.context_frames=2", "eval.predicted_frames=14", *budget(left)])
+    train(
+        RSVPM,
+        model_dir,
+        ROOT / "configs/pvdm/rsvp_m_shapes.yaml",
+        [
+            path_setting("data.path", latents),
+            path_setting("model.autoencoder", ae_dir),
+            "model.given_frames=2",
+            "data.frames=1",  # a cached video is one row of tokens
+            "eval.context_frames=2",
+            "eval.predicted_frames=14",
+            *budget(left),
+        ],
+    )
     return model_dir
 
 
@@ -102,8 +128,9 @@ def score(run_dir: Path, data: Path, out: Path) -> dict:
     import vpt.commands.quickstart as quickstart
 
     quickstart.IMAGE_SIZE, quickstart.VIDEO_FRAMES, quickstart.MISSING_ERROR = SIZE, FRAMES, SIZE / 2
-    cfg = types.SimpleNamespace(eval=types.SimpleNamespace(context_frames=CONTEXT),
-                                model=types.SimpleNamespace(context_frames=CONTEXT))
+    cfg = types.SimpleNamespace(
+        eval=types.SimpleNamespace(context_frames=CONTEXT), model=types.SimpleNamespace(context_frames=CONTEXT)
+    )
     out.mkdir(parents=True, exist_ok=True)
     begin = time.perf_counter()
     scores = quickstart._evaluate(run_dir, data, cfg, out)
@@ -135,22 +162,27 @@ def training_record(run_dir: Path) -> dict:
     record = {"step": step, "train_minutes_logged": minutes}
     if (run_dir.parent / "moso").is_dir():
         ae_step, ae_minutes = logged(run_dir.parent / "moso")
-        record.update(ae_step=ae_step, ae_minutes_logged=ae_minutes, train_minutes_logged=round(minutes + ae_minutes, 2))
+        record.update(
+            ae_step=ae_step, ae_minutes_logged=ae_minutes, train_minutes_logged=round(minutes + ae_minutes, 2)
+        )
     return record
 
 
 def table(results: dict[str, dict]) -> str:
     head = f"{'run':<10}{'step':>8}{'min':>7}" + "".join(f"{name[:14]:>15}" for name in SHOWN)
-    lines = [head] + [f"{name:<10}{r['step']:>8}{r['train_minutes_logged']:>7.1f}"
-                      + "".join(f"{r[key]:>15.3f}" for key in SHOWN) for name, r in results.items()]
+    lines = [head] + [
+        f"{name:<10}{r['step']:>8}{r['train_minutes_logged']:>7.1f}" + "".join(f"{r[key]:>15.3f}" for key in SHOWN)
+        for name, r in results.items()
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="Folder for data/, reports and results.json.")
-    parser.add_argument("--data", type=Path, help="HDF5 folder ROOT/h5 with ROOT/shapes/positions.json "
-                                                  "(default: made in OUT/data).")
+    parser.add_argument(
+        "--data", type=Path, help="HDF5 folder ROOT/h5 with ROOT/shapes/positions.json (default: made in OUT/data)."
+    )
     parser.add_argument("--num-videos", type=int, default=200, help="Shapes videos to make when --data is not given.")
     parser.add_argument("--minutes", type=float, default=14.0, help="Wall-clock training budget of each trained run.")
     parser.add_argument("--ae-share", type=float, default=0.3, help="Part of RSVP-M's budget for the MOSO autoencoder.")

@@ -65,7 +65,9 @@ RIVER_SIZES = {
 }
 LATENT = (4, 8, 8)  # BAIR64 / KTH latents of the f8_small VQGAN: (c, h, w)
 FRAME = (3, 64, 64)
-SEER_TINY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seer" / "config_tiny.json"  # parity fixtures' UNet + FSText
+SEER_TINY = (
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seer" / "config_tiny.json"
+)  # parity fixtures' UNet + FSText
 
 
 class SetupError(Exception):
@@ -129,6 +131,7 @@ def interleaved(upstream: Callable[[], object], ours: Callable[[], object], args
 
     With `--vpt-bf16` vpt's calls run under CPU bf16 autocast (its recommended setting on CPUs with bf16
     units); upstream trains and samples in fp32 only. Outputs are checked in fp32 before this."""
+
     def ours_at_precision() -> object:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.vpt_bf16):
             return ours()
@@ -144,7 +147,9 @@ def interleaved(upstream: Callable[[], object], ours: Callable[[], object], args
     return times
 
 
-def assert_close(name: str, upstream: torch.Tensor, ours: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def assert_close(
+    name: str, upstream: torch.Tensor, ours: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-5
+) -> None:
     """Outputs must agree before anything is timed."""
     if upstream.shape != ours.shape or not torch.allclose(upstream.float(), ours.float(), rtol=rtol, atol=atol):
         difference = (upstream.float() - ours.float()).abs().max().item() if upstream.shape == ours.shape else "shape"
@@ -170,7 +175,9 @@ def upstream_river(size: str, with_autoencoder: bool):
 
     config = {
         "sigma": 1e-7,
-        "vector_field_regressor": dict(state_size=LATENT[0], state_res=list(LATENT[1:]), out_norm="ln", **RIVER_SIZES[size]),
+        "vector_field_regressor": dict(
+            state_size=LATENT[0], state_res=list(LATENT[1:]), out_norm="ln", **RIVER_SIZES[size]
+        ),
         "autoencoder": {"type": "ldm-vq", "config": "f8_small", "ckpt_path": None},
     }
     torch.manual_seed(0)
@@ -235,14 +242,18 @@ def bench_river_train(size: str, args) -> list[tuple[str, dict]]:
         for model in (full, bare, ours):
             model.eval()  # dropout off for the check
         reference = seeded(1, lambda: upstream_loss(full, frames))
-        assert_close(f"river {size}: loss on frames", reference, seeded(1, lambda: ours.loss({"latents": latents})["loss"]))
+        assert_close(
+            f"river {size}: loss on frames", reference, seeded(1, lambda: ours.loss({"latents": latents})["loss"])
+        )
         assert_close(f"river {size}: loss on latents", seeded(1, lambda: upstream_loss(bare, latents)), reference)
     for model in (full, bare, ours):
         model.train()  # as in training: dropout 0.05 in every layer on both sides
     ours_step = train_step(lambda: ours.loss({"latents": latents})["loss"], adamw(ours.parameters()))
     rows = []
-    for label, model, inputs in (("upstream encodes frames, vpt cached latents", full, frames),
-                                 ("both on latents (regressor only)", bare, latents)):
+    for label, model, inputs in (
+        ("upstream encodes frames, vpt cached latents", full, frames),
+        ("both on latents (regressor only)", bare, latents),
+    ):
         upstream_step = train_step(lambda m=model, x=inputs: upstream_loss(m, x), adamw(model.parameters()))
         rows.append((f"RIVER train step {size}: {label}", interleaved(upstream_step, ours_step, args)))
     return rows
@@ -261,7 +272,9 @@ def bench_river_sample(size: str, args) -> list[tuple[str, dict]]:
         return ours.rollout(context, frames, steps=steps)
 
     with torch.no_grad():
-        assert_close(f"river {size}: rollout", seeded(2, upstream_rollout), seeded(2, vpt_rollout), rtol=1e-3, atol=1e-4)
+        assert_close(
+            f"river {size}: rollout", seeded(2, upstream_rollout), seeded(2, vpt_rollout), rtol=1e-3, atol=1e-4
+        )
     label = f"RIVER sampling {size}: {frames} frames, RK4 {steps - 1} steps, latents"
     with torch.no_grad():
         return [(label, interleaved(upstream_rollout, vpt_rollout, args))]
@@ -277,9 +290,18 @@ def bench_vqgan(args) -> list[tuple[str, dict]]:
     from vpt.models.autoencoders.vqgan import VQGAN_PRESETS
 
     preset = dict(VQGAN_PRESETS["f8_small"])
-    ddconfig = dict(double_z=False, z_channels=preset["z_channels"], resolution=64, in_channels=3, out_ch=3,
-                    ch=preset["ch"], ch_mult=preset["ch_mult"], num_res_blocks=preset["num_res_blocks"],
-                    attn_resolutions=preset["attn_resolutions"], dropout=0.0)
+    ddconfig = dict(
+        double_z=False,
+        z_channels=preset["z_channels"],
+        resolution=64,
+        in_channels=3,
+        out_ch=3,
+        ch=preset["ch"],
+        ch_mult=preset["ch_mult"],
+        num_res_blocks=preset["num_res_blocks"],
+        attn_resolutions=preset["attn_resolutions"],
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     upstream = VQModel(ddconfig, lossconfig={}, n_embed=preset["n_embed"], embed_dim=preset["embed_dim"]).eval()
     ours = autoencoder_from_upstream_state(upstream.state_dict(), preset="f8_small")
@@ -311,7 +333,9 @@ def memory_efficient_attention(query, key, value, attn_bias=None, p: float = 0.0
     (1, batch * heads, tokens, head_dim): CPU SDPA sends 3-D inputs down its slow unfused path, which
     would make upstream look 2-3x slower than it is."""
     causal = isinstance(attn_bias, LowerTriangularMask)
-    return F.scaled_dot_product_attention(query[None], key[None], value[None], dropout_p=p, is_causal=causal, scale=scale)[0]
+    return F.scaled_dot_product_attention(
+        query[None], key[None], value[None], dropout_p=p, is_causal=causal, scale=scale
+    )[0]
 
 
 def xformers_stand_in() -> dict[str, types.ModuleType]:
@@ -325,7 +349,12 @@ def xformers_stand_in() -> dict[str, types.ModuleType]:
     components.attention = masks
     root = types.ModuleType("xformers")
     root.ops, root.components = ops, components
-    return {"xformers": root, "xformers.ops": ops, "xformers.components": components, "xformers.components.attention": masks}
+    return {
+        "xformers": root,
+        "xformers.ops": ops,
+        "xformers.components": components,
+        "xformers.components.attention": masks,
+    }
 
 
 def import_upstream_seer() -> types.SimpleNamespace:
@@ -356,8 +385,9 @@ def import_upstream_seer() -> types.SimpleNamespace:
         ddim_video.DDIMSampler.register_buffer = lambda self, name, value: setattr(self, name, value)
     ddim_video.tqdm = lambda iterable, **_: iterable
     ddim_video.print = lambda *_, **__: None
-    return types.SimpleNamespace(SeerUNet=SeerUNet, FSTextTransformer=FSTextTransformer, attention=attention,
-                                 DDIMSampler=ddim_video.DDIMSampler)
+    return types.SimpleNamespace(
+        SeerUNet=SeerUNet, FSTextTransformer=FSTextTransformer, attention=attention, DDIMSampler=ddim_video.DDIMSampler
+    )
 
 
 def use_xformers_path(module: torch.nn.Module, attention: types.ModuleType) -> None:
@@ -381,8 +411,14 @@ def sd_training_noise():
     """SD v1.5's scheduler config, which upstream's train.py loads for adding noise."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         steps_offset=1, clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+    )
 
 
 def vpt_seer(config: dict, unet_state: dict, fstext_state: dict, args):
@@ -396,18 +432,37 @@ def vpt_seer(config: dict, unet_state: dict, fstext_state: dict, args):
     from vpt.models.seer.weights import RELEASED_FSTEXT, RELEASED_UNET, load_released
 
     unet, fstext = config["unet"], config["fstext"]
-    seer = Seer(SeerConfig(
-        vae="none", frames=config["frames_total"], context_frames=config["reference_frames"], trainable="temporal",
-        fstext=FSTextSection(layers=fstext["num_layers"], heads=fstext["n_heads"], pos_frames=fstext["num_frames"]),
-        text=TextSection(hidden_size=fstext["in_channels"], layers=1, heads=fstext["n_heads"], max_length=config["text_tokens"]),
-        sampler=SamplerSection(steps=args.seer_steps, guidance_scale=args.seer_scale, schedule="upstream",
-                               reference_ff_skip=False, precision="fp32"),  # the released sampler's settings
-    ))
+    seer = Seer(
+        SeerConfig(
+            vae="none",
+            frames=config["frames_total"],
+            context_frames=config["reference_frames"],
+            trainable="temporal",
+            fstext=FSTextSection(layers=fstext["num_layers"], heads=fstext["n_heads"], pos_frames=fstext["num_frames"]),
+            text=TextSection(
+                hidden_size=fstext["in_channels"], layers=1, heads=fstext["n_heads"], max_length=config["text_tokens"]
+            ),
+            sampler=SamplerSection(
+                steps=args.seer_steps,
+                guidance_scale=args.seer_scale,
+                schedule="upstream",
+                reference_ff_skip=False,
+                precision="fp32",
+            ),  # the released sampler's settings
+        )
+    )
     # Without a VAE Seer builds a 3-channel (pixel) UNet; the fixture's diffuses 4-channel latents.
-    seer.unet = SeerUNet(UNetSize(in_channels=unet["in_channels"], out_channels=unet["out_channels"],
-                                  block_out_channels=unet["block_out_channels"], layers_per_block=unet["layers_per_block"],
-                                  heads=unet["attention_head_dim"], cross_attention_dim=unet["cross_attention_dim"],
-                                  norm_eps=unet["norm_eps"]))
+    seer.unet = SeerUNet(
+        UNetSize(
+            in_channels=unet["in_channels"],
+            out_channels=unet["out_channels"],
+            block_out_channels=unet["block_out_channels"],
+            layers_per_block=unet["layers_per_block"],
+            heads=unet["attention_head_dim"],
+            cross_attention_dim=unet["cross_attention_dim"],
+            norm_eps=unet["norm_eps"],
+        )
+    )
     with tempfile.TemporaryDirectory() as folder:
         torch.save(unet_state, Path(folder) / RELEASED_UNET)
         torch.save(fstext_state, Path(folder) / RELEASED_FSTEXT)
@@ -463,7 +518,9 @@ def bench_seer_forward(pair: SeerPair, args) -> list[tuple[str, dict]]:
 
     with torch.no_grad():
         assert_close("seer UNet forward", rearrange(upstream(), "b c f h w -> b f c h w"), ours(), rtol=1e-4, atol=2e-5)
-        label = f"Seer UNet forward: {len(pair.latents)} clips x {pair.frames} frames ({pair.reference} reference), tiny"
+        label = (
+            f"Seer UNet forward: {len(pair.latents)} clips x {pair.frames} frames ({pair.reference} reference), tiny"
+        )
         return [(label, interleaved(upstream, ours, args))]
 
 
@@ -512,20 +569,34 @@ def bench_seer_sample(pair: SeerPair, args) -> list[tuple[str, dict]]:
 
     def upstream() -> torch.Tensor:  # utils/ddim_sampling_utils.ddim_sample without the VAE decode
         samples, _ = pair.sampler.sample(
-            unet=pair.unet, S=args.seer_steps, conditioning=pair.text, batch_size=batch, shape=start.shape[1:],
-            x0_emb=pair.upstream_latents[:, :, :reference], verbose=False, unconditional_guidance_scale=args.seer_scale,
-            unconditional_conditioning=pair.null, eta=0.0, x_T=start, is_3d=True)
+            unet=pair.unet,
+            S=args.seer_steps,
+            conditioning=pair.text,
+            batch_size=batch,
+            shape=start.shape[1:],
+            x0_emb=pair.upstream_latents[:, :, :reference],
+            verbose=False,
+            unconditional_guidance_scale=args.seer_scale,
+            unconditional_conditioning=pair.null,
+            eta=0.0,
+            x_T=start,
+            is_3d=True,
+        )
         return samples
 
     def ours() -> torch.Tensor:
-        return pair.ours._sample_window(pair.latents[:, :reference], pair.text, pair.null, args.seer_steps,
-                                        args.seer_scale, None)
+        return pair.ours._sample_window(
+            pair.latents[:, :reference], pair.text, pair.null, args.seer_steps, args.seer_scale, None
+        )
 
     with torch.no_grad():
-        assert_close("seer DDIM sample", rearrange(upstream(), "b c f h w -> b f c h w"), seeded(4, ours),
-                     rtol=1e-3, atol=1e-4)
+        assert_close(
+            "seer DDIM sample", rearrange(upstream(), "b c f h w -> b f c h w"), seeded(4, ours), rtol=1e-3, atol=1e-4
+        )
         runs = len(pair.sampler.ddim_timesteps)
-        label = f"Seer DDIM sampling: {runs} steps, guidance {args.seer_scale:g}, {batch} clips x {shape[1]} frames, tiny"
+        label = (
+            f"Seer DDIM sampling: {runs} steps, guidance {args.seer_scale:g}, {batch} clips x {shape[1]} frames, tiny"
+        )
         return [(label, interleaved(upstream, ours, args))]
 
 
@@ -539,8 +610,11 @@ def prepare(workload: str, args) -> None:
             need_package("torchdiffeq", "upstream RIVER samples with torchdiffeq: pip install torchdiffeq")
     elif workload.startswith("seer"):
         add_checkout(args.seer, "--seer", "seer/models/unet_3d_condition.py")
-        need_package("rotary_embedding_torch", "upstream Seer's temporal attention needs rotary-embedding-torch: "
-                                               "pip install rotary-embedding-torch==0.1.5")
+        need_package(
+            "rotary_embedding_torch",
+            "upstream Seer's temporal attention needs rotary-embedding-torch: "
+            "pip install rotary-embedding-torch==0.1.5",
+        )
     else:
         add_checkout(args.taming, "--taming", "taming/models/vqgan.py")
 
@@ -551,8 +625,11 @@ def run(workload: str, args) -> Iterator[tuple[str, dict]]:
         yield from bench_vqgan(args)
         return
     if workload.startswith("seer"):
-        yield from {"seer-forward": bench_seer_forward, "seer-train": bench_seer_train,
-                    "seer-sample": bench_seer_sample}[workload](SeerPair(args), args)
+        yield from {
+            "seer-forward": bench_seer_forward,
+            "seer-train": bench_seer_train,
+            "seer-sample": bench_seer_sample,
+        }[workload](SeerPair(args), args)
         return
     bench = bench_river_train if workload == "river-train" else bench_river_sample
     for size in args.sizes:
@@ -569,9 +646,11 @@ def print_header(args) -> None:
 def print_row(label: str, times: dict[str, list[float]]) -> None:
     up, ours = times["upstream"], times["vpt"]
     ratio = statistics.median(up) / statistics.median(ours)
-    print(f"| {label} | {1e3 * statistics.median(up):.1f} / {1e3 * min(up):.1f} "
-          f"| {1e3 * statistics.median(ours):.1f} / {1e3 * min(ours):.1f} | {ratio:.2f} ({min(up) / min(ours):.2f}) |",
-          flush=True)
+    print(
+        f"| {label} | {1e3 * statistics.median(up):.1f} / {1e3 * min(up):.1f} "
+        f"| {1e3 * statistics.median(ours):.1f} / {1e3 * min(ours):.1f} | {ratio:.2f} ({min(up) / min(ours):.2f}) |",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -579,25 +658,49 @@ def main() -> None:
     parser.add_argument("--river", type=Path, help="checkout of github.com/Araachie/river")
     parser.add_argument("--taming", type=Path, help="checkout of github.com/CompVis/taming-transformers")
     parser.add_argument("--seer", type=Path, help="checkout of github.com/seervideodiffusion/SeerVideoLDM")
-    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=None,
-                        help="workloads to run (default: all; those whose checkout is not given are an error)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=WORKLOADS,
+        default=None,
+        help="workloads to run (default: all; those whose checkout is not given are an error)",
+    )
     parser.add_argument("--sizes", nargs="+", choices=list(RIVER_SIZES), default=list(RIVER_SIZES))
-    parser.add_argument("--repeats", type=int, default=3, help="A,B,B,A rounds per workload (2 timed calls per side each)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the comparison, not the machine)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="A,B,B,A rounds per workload (2 timed calls per side each)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: the comparison, not the machine)"
+    )
     parser.add_argument("--train-batch", type=int, default=4)
-    parser.add_argument("--clip-frames", type=int, default=4,
-                        help="frames per training clip (BAIR64: 16; a step uses 3 of them either way, more only "
-                             "lengthen the one-off encode that fills vpt's latent cache)")
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        default=4,
+        help="frames per training clip (BAIR64: 16; a step uses 3 of them either way, more only "
+        "lengthen the one-off encode that fills vpt's latent cache)",
+    )
     parser.add_argument("--sample-batch", type=int, default=4, help="videos sampled at once (upstream's evaluation: 4)")
     parser.add_argument("--sample-frames", type=int, default=2)
-    parser.add_argument("--sample-steps", type=int, default=11,
-                        help="upstream's `steps`: grid points, so steps - 1 RK4 steps (upstream's default: 100)")
+    parser.add_argument(
+        "--sample-steps",
+        type=int,
+        default=11,
+        help="upstream's `steps`: grid points, so steps - 1 RK4 steps (upstream's default: 100)",
+    )
     parser.add_argument("--vqgan-batch", type=int, default=4)
-    parser.add_argument("--seer-steps", type=int, default=5,
-                        help="requested DDIM steps of seer-sample (upstream's rule: 5 run 5, 30 run 31; released: 30)")
+    parser.add_argument(
+        "--seer-steps",
+        type=int,
+        default=5,
+        help="requested DDIM steps of seer-sample (upstream's rule: 5 run 5, 30 run 31; released: 30)",
+    )
     parser.add_argument("--seer-scale", type=float, default=7.5, help="classifier-free guidance scale of seer-sample")
-    parser.add_argument("--vpt-bf16", action="store_true",
-                        help="time vpt under CPU bf16 autocast (outputs are still checked in fp32 first)")
+    parser.add_argument(
+        "--vpt-bf16",
+        action="store_true",
+        help="time vpt under CPU bf16 autocast (outputs are still checked in fp32 first)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

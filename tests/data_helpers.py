@@ -14,14 +14,18 @@ def moving_clip(frames: int = 12, height: int = 64, width: int = 64, seed: int =
     """uint8 (T, H, W, 3): a textured square drifting over a gradient, so every frame differs."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1), (xx + yy) % 256], -1).astype(np.uint8)
+    base = np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1), (xx + yy) % 256], -1).astype(
+        np.uint8
+    )
     side = max(4, min(16, height // 2, width // 2) // 4 * 4)
-    texture = np.kron(rng.integers(0, 256, (side // 4, side // 4, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))  # 4 px blocks
+    texture = np.kron(
+        rng.integers(0, 256, (side // 4, side // 4, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8)
+    )  # 4 px blocks
     video = np.repeat(base[None], frames, axis=0)
     top = min(8, height - side)
     for t in range(frames):
         x = (3 * t) % max(1, width - side)
-        video[t, top:top + side, x:x + side] = texture
+        video[t, top : top + side, x : x + side] = texture
     return video
 
 

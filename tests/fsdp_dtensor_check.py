@@ -44,12 +44,16 @@ def main(out: Path) -> None:
         model.loss(batch)["loss"].backward()
     # per-group clipping: the same norms and the same clipped gradients as without sharding
     for model in (reference, sharded):
-        model.optimizer = torch.optim.SGD([{"params": list(model.net[0].parameters())},
-                                           {"params": list(model.net[2].parameters())}], lr=0.1)
+        model.optimizer = torch.optim.SGD(
+            [{"params": list(model.net[0].parameters())}, {"params": list(model.net[2].parameters())}], lr=0.1
+        )
     norms = {}
     for name, model in (("reference", reference), ("sharded", sharded)):
-        state = SimpleNamespace(accelerator=SimpleNamespace(unscale_gradients=lambda: None),
-                                cfg=SimpleNamespace(grad_clip=0.05), optimizer=model.optimizer)
+        state = SimpleNamespace(
+            accelerator=SimpleNamespace(unscale_gradients=lambda: None),
+            cfg=SimpleNamespace(grad_clip=0.05),
+            optimizer=model.optimizer,
+        )
         norms[name] = _clip_per_group(state)
         model.optimizer.step()
     torch.testing.assert_close(norms["sharded"], norms["reference"])

@@ -22,8 +22,9 @@ class TinyTorchScriptI3D(torch.nn.Module):
         generator = torch.Generator().manual_seed(0)
         self.proj = torch.nn.Parameter(torch.randn(6, 400, generator=generator))
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
         if rescale or resize or not return_features:  # vpt must preprocess itself and ask for features
             raise RuntimeError("unexpected detector flags")
         mean = x.mean(dim=(2, 3, 4))  # (B, 3)

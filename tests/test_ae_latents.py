@@ -56,7 +56,9 @@ def test_latents_mirror_the_frames_and_decode_to_the_reconstruction(frames_h5, v
         stored = torch.from_numpy(VideoH5(out / "val").read(0))[None]
         torch.testing.assert_close(stored, ae.encode(video), atol=1e-5, rtol=0)
         torch.testing.assert_close(ae.decode(stored), ae.reconstruct(video), atol=1e-5, rtol=0)
-    assert not (out / save_latents_module.PARTIAL).exists() or not any((out / save_latents_module.PARTIAL).rglob("*.npy"))
+    assert not (out / save_latents_module.PARTIAL).exists() or not any(
+        (out / save_latents_module.PARTIAL).rglob("*.npy")
+    )
 
 
 def test_packing_videos_into_batches_does_not_change_latents(frames_h5, vqvae_ckpt, tmp_path):
@@ -113,13 +115,25 @@ def test_existing_output_of_another_autoencoder_or_setting_is_refused(frames_h5,
 
 def test_cli_writes_float16_latents_and_rejects_bad_options(frames_h5, vqvae_ckpt, tmp_path, invoke):
     out = tmp_path / "latents"
-    code, output = invoke("save-latents", "--ae", vqvae_ckpt, "--data", frames_h5 / "val", "--out", out,
-                          "--dtype", "float16", "--workers", "0")
+    code, output = invoke(
+        "save-latents",
+        "--ae",
+        vqvae_ckpt,
+        "--data",
+        frames_h5 / "val",
+        "--out",
+        out,
+        "--dtype",
+        "float16",
+        "--workers",
+        "0",
+    )
     assert code == 0, output
     assert VideoH5(out).read(0).dtype == np.float16
     assert yaml.safe_load((out / "latents.json").read_text())["dtype"] == "float16"
-    code, output = invoke("save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", tmp_path / "x",
-                          "--dtype", "int8")
+    code, output = invoke(
+        "save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", tmp_path / "x", "--dtype", "int8"
+    )
     assert code == 2 and "--dtype" in output and "float16" in output  # typer lists the choices
     code, output = invoke("save-latents", "--ae", tmp_path / "vqvae.pth", "--data", frames_h5, "--out", tmp_path / "y")
     assert code == 1 and "cvg-unibe/river_clevrer_128" in output and "Traceback" not in output
@@ -163,8 +177,16 @@ def test_posterior_of_a_scaled_kl_vae_scales_its_standard_deviation():
     from vpt.models.autoencoders.kl import KLVAE, KLVAEConfig
 
     torch.manual_seed(0)
-    ae = KLVAE(KLVAEConfig(block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4,
-                           mid_block_add_attention=False, scaling_factor=0.5, shift_factor=0.1)).eval()
+    ae = KLVAE(
+        KLVAEConfig(
+            block_out_channels=[8, 8],
+            layers_per_block=1,
+            norm_num_groups=4,
+            mid_block_add_attention=False,
+            scaling_factor=0.5,
+            shift_factor=0.1,
+        )
+    ).eval()
     video = torch.rand(2, 3, 3, 16, 16) * 2 - 1  # (B, T, C, H, W)
     with torch.no_grad():
         mean, logvar = ae.encode_posterior(video)  # (2, 3, 4, 8, 8) each

@@ -11,8 +11,17 @@ from vpt.models.autoencoders import build_autoencoder
 from vpt.models.autoencoders.objective import LossConfig, discriminator_loss, generator_loss, load_perceptual
 from vpt.models.autoencoders.quantize import VectorQuantizer
 
-TINY_VQGAN = dict(ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], resolution=16, z_channels=4,
-                  embed_dim=4, n_embed=16, norm_groups=4)
+TINY_VQGAN = dict(
+    ch=8,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    resolution=16,
+    z_channels=4,
+    embed_dim=4,
+    n_embed=16,
+    norm_groups=4,
+)
 
 
 def _objective(**loss):
@@ -81,7 +90,8 @@ def test_adaptive_weight_is_tamings_gradient_norm_ratio():
     g_loss = generator_loss("hinge", objective._frozen_discriminator(fake))
     last = ae.last_layer()
     ratio = torch.autograd.grad(nll, last, retain_graph=True)[0].norm() / (
-        torch.autograd.grad(g_loss, last)[0].norm() + 1e-4)
+        torch.autograd.grad(g_loss, last)[0].norm() + 1e-4
+    )
     torch.testing.assert_close(logs["gan_weight"], ratio.clamp(0, 1e4) * 0.8, atol=1e-6, rtol=1e-4)
 
 
@@ -109,7 +119,8 @@ def test_gan_terms_switch_on_at_disc_start_and_the_clock_survives_a_checkpoint()
 def test_grad_accumulation_counts_optimizer_steps():
     torch.manual_seed(0)
     objective = build_autoencoder("vqgan", TINY_VQGAN).build_objective(
-        LossConfig(perceptual_weight=0.0, disc_layers=2, disc_channels=8, disc_start=1), grad_accum=2)
+        LossConfig(perceptual_weight=0.0, disc_layers=2, disc_channels=8, disc_start=1), grad_accum=2
+    )
     objective.loss(_batch())
     objective.loss(_batch())
     assert objective.step == 1
@@ -134,8 +145,9 @@ def test_codebook_loss_places_beta_as_taming(legacy):
     encoder_weight, codebook_weight = (1.0, 0.25) if legacy else (0.25, 1.0)
     torch.testing.assert_close(z.grad, encoder_weight * 2 * (z - codes).detach() / n)
     expected_codebook = torch.zeros_like(quantizer.embedding.weight)
-    expected_codebook.index_add_(0, out.indices.flatten(),
-                                 (codebook_weight * 2 * (codes - z) / n).detach().permute(0, 2, 3, 1).reshape(-1, 4))
+    expected_codebook.index_add_(
+        0, out.indices.flatten(), (codebook_weight * 2 * (codes - z) / n).detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    )
     torch.testing.assert_close(quantizer.embedding.weight.grad, expected_codebook)
     # straight-through: the forward value is the code, the gradient of the output w.r.t. z is identity
     torch.testing.assert_close(out.quantized, codes.detach())
@@ -143,11 +155,22 @@ def test_codebook_loss_places_beta_as_taming(legacy):
 
 def test_kl_vae_objective_is_l2_plus_weighted_kl():
     torch.manual_seed(0)
-    arch = dict(in_channels=3, down_channels=[8, 8], mid_channels=[8], down_sample=[True], attn_down=[False],
-                norm_channels=4, num_heads=1, num_down_layers=1, num_mid_layers=1, num_up_layers=1)
+    arch = dict(
+        in_channels=3,
+        down_channels=[8, 8],
+        mid_channels=[8],
+        down_sample=[True],
+        attn_down=[False],
+        norm_channels=4,
+        num_heads=1,
+        num_down_layers=1,
+        num_mid_layers=1,
+        num_up_layers=1,
+    )
     vae = build_autoencoder("latte-vae", arch)
-    objective = vae.build_objective(LossConfig(reconstruction="l2", perceptual_weight=0.0, kl_weight=0.01,
-                                               discriminator="none"))
+    objective = vae.build_objective(
+        LossConfig(reconstruction="l2", perceptual_weight=0.0, kl_weight=0.01, discriminator="none")
+    )
     batch = _batch()
     torch.manual_seed(5)
     logs = objective.loss(batch)
@@ -171,11 +194,22 @@ class _SquaredDistance(nn.Module):
 
 def test_perceptual_term_is_added_and_grayscale_frames_are_shown_as_rgb():
     torch.manual_seed(0)
-    arch = dict(in_channels=1, down_channels=[8, 8], mid_channels=[8], down_sample=[True], attn_down=[False],
-                norm_channels=4, num_heads=1, num_down_layers=1, num_mid_layers=1, num_up_layers=1)
+    arch = dict(
+        in_channels=1,
+        down_channels=[8, 8],
+        mid_channels=[8],
+        down_sample=[True],
+        attn_down=[False],
+        norm_channels=4,
+        num_heads=1,
+        num_down_layers=1,
+        num_mid_layers=1,
+        num_up_layers=1,
+    )
     vae = build_autoencoder("latte-vae", arch)
-    objective = vae.build_objective(LossConfig(perceptual_weight=2.0, kl_weight=0.0, discriminator="none"),
-                                    perceptual=_SquaredDistance())
+    objective = vae.build_objective(
+        LossConfig(perceptual_weight=2.0, kl_weight=0.0, discriminator="none"), perceptual=_SquaredDistance()
+    )
     torch.manual_seed(5)
     logs = objective.loss(_batch())  # RGB data, 1-channel model: the first channel is used
     torch.testing.assert_close(logs["loss"], logs["rec"] + 2.0 * logs["lpips"])

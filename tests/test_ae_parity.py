@@ -48,7 +48,7 @@ def _keys(path: Path, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
             continue
         key, shape = line.split("\t")[:2]
         if key.startswith(prefix):
-            rows.append((key[len(prefix):], tuple(int(s) for s in shape.strip("()[]").replace(",", " ").split())))
+            rows.append((key[len(prefix) :], tuple(int(s) for s in shape.strip("()[]").replace(",", " ").split())))
     return rows
 
 
@@ -130,11 +130,14 @@ def test_latte_discriminator_matches_upstream():
 # --- full-size architectures ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keys_file, kind, arch, prefix, params", [
-    ("fullsize_keys_bair_64.txt", "vqgan", {"preset": "f8_small"}, "ae.", 63_777_455),
-    ("fullsize_keys_bair_256.txt", "vqgan", {"preset": "f16"}, "ae.", 69_593_371),
-    ("fullsize_keys_clevrer.txt", "river-vqvae", {}, "ae.backbone.", 7_329_703),
-])
+@pytest.mark.parametrize(
+    "keys_file, kind, arch, prefix, params",
+    [
+        ("fullsize_keys_bair_64.txt", "vqgan", {"preset": "f8_small"}, "ae.", 63_777_455),
+        ("fullsize_keys_bair_256.txt", "vqgan", {"preset": "f16"}, "ae.", 69_593_371),
+        ("fullsize_keys_clevrer.txt", "river-vqvae", {}, "ae.backbone.", 7_329_703),
+    ],
+)
 def test_full_size_river_autoencoders_match_key_lists(keys_file, kind, arch, prefix, params):
     with torch.device("meta"):
         model = build_autoencoder(kind, arch)
@@ -148,9 +151,13 @@ def test_f8_preset_size():
     assert sum(p.numel() for p in model.parameters()) == 67_717_295
 
 
-@pytest.mark.parametrize("keys_file, preset, elements", [
-    ("keys_vg_vae_mnist.txt", "vg-mnist", 1_107_941), ("keys_vg_vae_ucf.txt", "vg-ucf", 41_577_703),
-])
+@pytest.mark.parametrize(
+    "keys_file, preset, elements",
+    [
+        ("keys_vg_vae_mnist.txt", "vg-mnist", 1_107_941),
+        ("keys_vg_vae_ucf.txt", "vg-ucf", 41_577_703),
+    ],
+)
 def test_full_size_latte_vae_matches_key_lists(keys_file, preset, elements):
     with torch.device("meta"):
         model = build_autoencoder("latte-vae", {"preset": preset})
@@ -205,8 +212,9 @@ def test_river_vqvae_pth_and_model_pth_load(tmp_path):
     expected = torch.load(fixture("river", "ours_vqvae.outputs.pt"))
     torch.testing.assert_close(model.encode_images(images), expected["latents"], atol=ATOL, rtol=0)
     # RIVER's model.pth keeps the same weights under ae.backbone.* next to the regressor
-    from_model = autoencoder_from_upstream_state({"vector_field_regressor.x": torch.zeros(1),
-                                                  **{f"ae.backbone.{k}": v for k, v in state.items()}})
+    from_model = autoencoder_from_upstream_state(
+        {"vector_field_regressor.x": torch.zeros(1), **{f"ae.backbone.{k}": v for k, v in state.items()}}
+    )
     torch.testing.assert_close(from_model.encode_images(images), expected["latents"], atol=ATOL, rtol=0)
 
 
@@ -219,7 +227,9 @@ def test_vg_vae_state_dict_loads_with_arch_for_what_shapes_cannot_tell(tmp_path)
     assert model.config.down_sample == [True, False] and model.config.attn_down == [False, True]
     assert model.config.num_down_layers == 2 and model.config.mid_channels == [16, 16]
     io = torch.load(fixture("latte", f"{name}_io.pt"))
-    torch.testing.assert_close(model.moments(io["inputs"]["image"]), io["outputs"]["encoder_output"], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(
+        model.moments(io["inputs"]["image"]), io["outputs"]["encoder_output"], atol=ATOL, rtol=1e-4
+    )
 
 
 @torch.no_grad()
@@ -227,9 +237,15 @@ def test_diffusers_folder_loads_with_its_scaling_factor(tmp_path):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                        layers_per_block=1, scaling_factor=0.5).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=0.5,
+    ).eval()
     vae.save_pretrained(tmp_path / "pipeline" / "vae")
     model = load_autoencoder(tmp_path / "pipeline")  # a pipeline folder: its vae/ is found
     assert model.type == "kl-vae" and model.latent_scale == 0.5 and model.provenance["format"] == "diffusers"
@@ -239,10 +255,14 @@ def test_diffusers_folder_loads_with_its_scaling_factor(tmp_path):
     torch.testing.assert_close(model.decode(model.encode(video))[0], vae.decode(mean).sample, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("vqvae.ckpt", "cvg-unibe/river_bair_64"), ("vqvae.pth", "cvg-unibe/river_clevrer_128"),
-    ("somewhere", "train-ae` run directory"),
-])
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("vqvae.ckpt", "cvg-unibe/river_bair_64"),
+        ("vqvae.pth", "cvg-unibe/river_clevrer_128"),
+        ("somewhere", "train-ae` run directory"),
+    ],
+)
 def test_missing_weights_name_what_to_download(tmp_path, name, needle):
     with pytest.raises(VptError) as error:
         load_autoencoder(tmp_path / name)

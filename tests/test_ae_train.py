@@ -14,8 +14,20 @@ from data_helpers import shapes_h5 as make_shapes_h5
 from vpt.runs import Run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "shapes.yaml"
-TINY = ["--set", "autoencoder.arch.ch=8", "--set", "autoencoder.arch.ch_mult=[1,2]", "--set", "autoencoder.arch.resolution=32",
-        "--set", "autoencoder.arch.n_embed=64", "--set", "autoencoder.arch.norm_groups=4", "--set", "train.batch_size=8"]
+TINY = [
+    "--set",
+    "autoencoder.arch.ch=8",
+    "--set",
+    "autoencoder.arch.ch_mult=[1,2]",
+    "--set",
+    "autoencoder.arch.resolution=32",
+    "--set",
+    "autoencoder.arch.n_embed=64",
+    "--set",
+    "autoencoder.arch.norm_groups=4",
+    "--set",
+    "train.batch_size=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +56,28 @@ def _background_psnr(h5: Path) -> float:
 @pytest.mark.slow
 def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, invoke):
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, *TINY,
-                          "--set", "loss.discriminator=none", "--set", "train.lr=6e-3", "--set", "train.lr_schedule=constant",
-                          "--set", "train.val_every=100", "--set", "train.sample_every=300", "--max-steps", "300")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIG,
+        "--data",
+        shapes_h5,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "loss.discriminator=none",
+        "--set",
+        "train.lr=6e-3",
+        "--set",
+        "train.lr_schedule=constant",
+        "--set",
+        "train.val_every=100",
+        "--set",
+        "train.sample_every=300",
+        "--max-steps",
+        "300",
+    )
     assert code == 0, output
     records = _val_records(run)
     assert [r["step"] for r in records] == [100, 200, 300]
@@ -59,10 +90,31 @@ def test_tiny_vqgan_learns_the_shapes(shapes_h5, tmp_path, invoke):
 
 def test_train_ae_run_resumes_records_missing_lpips_and_loads(shapes_h5, tmp_path, invoke):
     run = tmp_path / "run"
-    common = ["--data", shapes_h5, "--run", run, *TINY, "--set", "train.batch_size=2", "--set", "train.checkpoint_every=2",
-              "--set", "train.val_every=2", "--set", "train.sample_every=2", "--set", "train.log_every=1",
-              "--set", "loss.disc_start=0", "--set", "loss.disc_channels=8",
-              "--set", "loss.perceptual_weight=1.0", "--set", f"loss.lpips_backbone={tmp_path / 'vgg16.pth'}"]
+    common = [
+        "--data",
+        shapes_h5,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.val_every=2",
+        "--set",
+        "train.sample_every=2",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "loss.disc_start=0",
+        "--set",
+        "loss.disc_channels=8",
+        "--set",
+        "loss.perceptual_weight=1.0",
+        "--set",
+        f"loss.lpips_backbone={tmp_path / 'vgg16.pth'}",
+    ]
     code, output = invoke("train-ae", "--config", CONFIG, *common, "--max-steps", "2")
     assert code == 0, output
     assert "training without LPIPS" in output and "vgg16.pth" in output
@@ -99,10 +151,33 @@ def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, invoke):
     weights = tmp_path / "vqvae.safetensors"
     save_file(source.state_dict(), weights)
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", run, "--init-from", weights,
-                          "--set", "autoencoder.type=ours", "--set", "autoencoder.arch={}", "--set", "train.lr=0.0",
-                          "--set", "train.batch_size=1", "--set", "loss.discriminator=none", "--set", "train.val_every=0",
-                          "--set", "train.sample_every=0", "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIG,
+        "--data",
+        shapes_h5,
+        "--run",
+        run,
+        "--init-from",
+        weights,
+        "--set",
+        "autoencoder.type=ours",
+        "--set",
+        "autoencoder.arch={}",
+        "--set",
+        "train.lr=0.0",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "loss.discriminator=none",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.sample_every=0",
+        "--max-steps",
+        "1",
+    )
     assert code == 0, output
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["autoencoder"]["type"] == "river-vqvae" and config["autoencoder"]["arch"]["num_embeddings"] == 32
@@ -113,13 +188,27 @@ def test_init_from_copies_weights_and_architecture(shapes_h5, tmp_path, invoke):
         torch.testing.assert_close(trained[key], value)
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ("autoencoder.type=vqgann", "did you mean 'vqgan'"),
-    ("autoencoder.arch.chanels=8", "unknown key 'autoencoder.arch.chanels'"),
-    ("autoencoder.arch.preset=f32", "unknown preset 'f32'"),
-    ("loss.gan_loss=wasserstein", "loss.gan_loss"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("autoencoder.type=vqgann", "did you mean 'vqgan'"),
+        ("autoencoder.arch.chanels=8", "unknown key 'autoencoder.arch.chanels'"),
+        ("autoencoder.arch.preset=f32", "unknown preset 'f32'"),
+        ("loss.gan_loss=wasserstein", "loss.gan_loss"),
+    ],
+)
 def test_config_mistakes_are_one_line_with_exit_code_2(shapes_h5, tmp_path, invoke, setting, needle):
-    code, output = invoke("train-ae", "--config", CONFIG, "--data", shapes_h5, "--run", tmp_path / "run",
-                          "--set", setting, "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIG,
+        "--data",
+        shapes_h5,
+        "--run",
+        tmp_path / "run",
+        "--set",
+        setting,
+        "--max-steps",
+        "1",
+    )
     assert code == 2 and needle in output and "Traceback" not in output, output

@@ -35,8 +35,18 @@ def _write(tmp_path, text: str):
 
 def test_file_and_overrides_are_typed(tmp_path):
     path = _write(tmp_path, "model:\n  depth: 4\n  channels: [8, 16, 32]\ntrain:\n  lr: 1e-4\n")
-    cfg = load_config(Schema, path, ["train.max_steps=20", "model.width=2", "train.compile=true",
-                                     "model.channels=[1,2]", "model.pretrained=/tmp/x", "train.betas=0.5,0.9"])
+    cfg = load_config(
+        Schema,
+        path,
+        [
+            "train.max_steps=20",
+            "model.width=2",
+            "train.compile=true",
+            "model.channels=[1,2]",
+            "model.pretrained=/tmp/x",
+            "train.betas=0.5,0.9",
+        ],
+    )
     assert cfg.model.depth == 4 and cfg.model.channels == [1, 2]
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)  # "1e-4" is a str to PyYAML
     assert cfg.train.max_steps == 20 and cfg.train.compile is True
@@ -51,14 +61,30 @@ def test_file_and_overrides_are_typed(tmp_path):
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
-        ("train:\n  batch_sise: 1\n", [], r"cfg.yaml: unknown key 'train.batch_sise' \(did you mean 'train.batch_size'\?\)"),
-        ("train:\n  lerning_rate: 1\n", [], r"cfg.yaml: unknown key 'train.lerning_rate' \(valid keys: max_steps, .*\blr\b"),
+        (
+            "train:\n  batch_sise: 1\n",
+            [],
+            r"cfg.yaml: unknown key 'train.batch_sise' \(did you mean 'train.batch_size'\?\)",
+        ),
+        (
+            "train:\n  lerning_rate: 1\n",
+            [],
+            r"cfg.yaml: unknown key 'train.lerning_rate' \(valid keys: max_steps, .*\blr\b",
+        ),
         ("modle:\n  depth: 1\n", [], r"unknown key 'modle' \(did you mean 'model'\?\)"),
         ("model:\n  depth: two\n", [], r"cfg.yaml: 'model.depth' expects int, got 'two' \(str\)"),
-        ("model:\n  sampler: rk5\n", [], r"'model.sampler' expects one of \['euler', 'heun', 'rk4'\], got 'rk5' \(did you mean 'rk4'\?\)"),
+        (
+            "model:\n  sampler: rk5\n",
+            [],
+            r"'model.sampler' expects one of \['euler', 'heun', 'rk4'\], got 'rk5' \(did you mean 'rk4'\?\)",
+        ),
         ("model:\n  channels: [1, x]\n", [], r"'model.channels\[1\]' expects int"),
         ("train:\n  max_steps: 0\n", [], r"train.max_steps must be >= 1"),
-        ("model: {}\n", ["train.max_step=3"], r"--set train.max_step=3: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)"),
+        (
+            "model: {}\n",
+            ["train.max_step=3"],
+            r"--set train.max_step=3: unknown key 'train.max_step' \(did you mean 'train.max_steps'\?\)",
+        ),
         ("model: {}\n", ["train.lr=fast"], r"--set train.lr=fast: 'train.lr' expects float, got 'fast'"),
         ("model: {}\n", ["nonsense"], r"expected section.key=value"),
         ("model: [1\n", [], r"not valid YAML"),

@@ -45,7 +45,9 @@ def test_extract_reports_corrupt_files_and_completes_the_others(videos, tmp_path
         files = frame_files(out / name)
         assert [f.name for f in files] == [f"{k:05d}.png" for k in range(count)]
     # frames are the decoded video, resized
-    assert np.array_equal(read_image(out / "train" / "a" / "00004.png"), read_video(videos / "train" / "a.mp4", size=32)[4])
+    assert np.array_equal(
+        read_image(out / "train" / "a" / "00004.png"), read_video(videos / "train" / "a.mp4", size=32)[4]
+    )
     assert json.loads((out / "captions.json").read_text())["train/a.mp4"] == "alpha"
     assert not list(out.rglob(".*partial"))
 
@@ -73,7 +75,7 @@ def test_extract_resumes_after_interruption_without_redoing_finished_videos(vide
     finished = out / "train" / "a"
     assert len(frame_files(finished)) == 6
     partial = [p for p in out.rglob(".*.partial")]
-    assert len(partial) == 1 and not partial[0].with_name(partial[0].name[1:-len(".partial")]).exists()
+    assert len(partial) == 1 and not partial[0].with_name(partial[0].name[1 : -len(".partial")]).exists()
     stamps = {f: f.stat().st_mtime_ns for f in finished.iterdir()}
 
     summary = extract_module.extract_frames(videos, out, workers=1)
@@ -88,8 +90,28 @@ def test_extract_splits_a_flat_folder_deterministically(tmp_path, invoke):
     src = tmp_path / "flat"
     for k in range(12):
         write_clip(src / f"clip{k:02d}.mp4", frames=2, size=16, seed=k)
-    first = invoke("extract-frames", "--video-dir", src, "--out-dir", tmp_path / "one", "--splits", "0.5,0.25,0.25", "--workers", "1")
-    second = invoke("extract-frames", "--video-dir", src, "--out-dir", tmp_path / "two", "--splits", "0.5,0.25,0.25", "--workers", "2")
+    first = invoke(
+        "extract-frames",
+        "--video-dir",
+        src,
+        "--out-dir",
+        tmp_path / "one",
+        "--splits",
+        "0.5,0.25,0.25",
+        "--workers",
+        "1",
+    )
+    second = invoke(
+        "extract-frames",
+        "--video-dir",
+        src,
+        "--out-dir",
+        tmp_path / "two",
+        "--splits",
+        "0.5,0.25,0.25",
+        "--workers",
+        "2",
+    )
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
 
     def layout(root):
@@ -159,8 +181,17 @@ def test_convert_needs_splits_for_a_flat_folder(tmp_path, invoke):
     write_clip(tmp_path / "flat" / "x.mp4", frames=2, size=16)
     result = invoke("convert-h5", "--data-dir", tmp_path / "flat", "--out-dir", tmp_path / "out")
     assert result.exit_code == 2 and "--splits" in result.output
-    result = invoke("convert-h5", "--data-dir", tmp_path / "flat", "--out-dir", tmp_path / "out", "--splits", "1,0,0",
-                     "--image-size", "16")
+    result = invoke(
+        "convert-h5",
+        "--data-dir",
+        tmp_path / "flat",
+        "--out-dir",
+        tmp_path / "out",
+        "--splits",
+        "1,0,0",
+        "--image-size",
+        "16",
+    )
     assert result.exit_code == 0, result.output
     assert VideoH5(tmp_path / "out" / "train").lengths.tolist() == [2]
 

@@ -102,12 +102,14 @@ def test_resize_on_read(numbered_h5):
 
 def test_latent_h5_items_are_the_stored_latents(tmp_path):
     latents = np.random.default_rng(0).standard_normal((9, 4, 2, 2)).astype(np.float16)
-    with ShardWriter(tmp_path / "train" / "shard_0001.hdf5", kind="latents", compression=None, attrs={"scale": 0.18}) as shard:
+    with ShardWriter(
+        tmp_path / "train" / "shard_0001.hdf5", kind="latents", compression=None, attrs={"scale": 0.18}
+    ) as shard:
         shard.add(latents)
     dataset = ClipDataset(DataConfig(path=str(tmp_path), frames=3, frame_skip=1, image_size=64))
     item = dataset[SampleKey(0, 5)]
     start = int(np.flatnonzero((latents.astype(np.float32) == item["video"][0].numpy()).all(axis=(1, 2, 3)))[0])
-    assert torch.equal(item["video"], torch.from_numpy(latents[start:start + 5:2].astype(np.float32)))
+    assert torch.equal(item["video"], torch.from_numpy(latents[start : start + 5 : 2].astype(np.float32)))
     assert dataset.is_latent and "text" not in item
     with pytest.raises(ConfigError, match="hflip"):
         ClipDataset(DataConfig(path=str(tmp_path), frames=3, hflip=True))
@@ -125,7 +127,7 @@ def test_video_files_and_frame_folders_with_captions_json_and_csv(tmp_path):
     frames = tmp_path / "frames"
     frame_folder(frames / "val" / "clip_a", numbered_video(5, 8), pattern="img_{:d}")  # not zero-padded
     frame_folder(frames / "val" / "clip_b", numbered_video(12, 8), pattern="img_{:d}")
-    (frames / "captions.csv").write_text("video,caption\nval/clip_a,first caption\nclip_b,\"second, with comma\"\n")
+    (frames / "captions.csv").write_text('video,caption\nval/clip_a,first caption\nclip_b,"second, with comma"\n')
     dataset = ClipDataset(DataConfig(path=str(frames), split="val", frames=12, clip_sampling="uniform"))
     assert dataset[0]["text"] == "first caption" and dataset[1]["text"] == "second, with comma"
     assert _frame_values(dataset[1]) == list(range(12))  # img_10 after img_9: natural order
@@ -181,8 +183,10 @@ def test_epic_kitchens_segments(tmp_path):
     frame_folder(folder, numbered_video(20, 8), ext="jpg", pattern="frame_{:010d}")  # frame_0000000000.jpg ...
     (root / "epic-kitchens-100-annotations").mkdir()
     header = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n"
-    rows = ["P01_01_0,P01,P01_01,00:00:01.00,00:00:01.00,00:00:02.00,3,9,open cupboard,open,3,cupboard,3,['cupboard'],[3]\n",
-            "P01_01_1,P01,P01_01,00:00:03.00,00:00:03.00,00:00:04.00,12,19,take plate,take,0,plate,2,['plate'],[2]\n"]
+    rows = [
+        "P01_01_0,P01,P01_01,00:00:01.00,00:00:01.00,00:00:02.00,3,9,open cupboard,open,3,cupboard,3,['cupboard'],[3]\n",
+        "P01_01_1,P01,P01_01,00:00:03.00,00:00:03.00,00:00:04.00,12,19,take plate,take,0,plate,2,['plate'],[2]\n",
+    ]
     (root / "epic-kitchens-100-annotations" / "EPIC_100_train.csv").write_text(header + "".join(rows))
     dataset = ClipDataset(DataConfig(path=str(root), frames=7, clip_sampling="uniform"))
     assert [dataset[i]["text"] for i in range(2)] == ["open cupboard", "take plate"]

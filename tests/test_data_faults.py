@@ -22,7 +22,10 @@ from vpt.fsutil import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 AE_CONFIG = REPO / "configs" / "ae" / "shapes.yaml"
-ENV = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+ENV = os.environ | {
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    "OMP_NUM_THREADS": "1",
+}
 KILL_TRIES = 3
 
 
@@ -30,8 +33,9 @@ KILL_TRIES = 3
 
 
 def _vpt(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vpt", *map(str, args)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vpt", *map(str, args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -41,7 +45,7 @@ def _stat_fields(pid: int) -> list[str] | None:
             text = handle.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _children(pid: int) -> list[int]:
@@ -112,14 +116,23 @@ def _one_line_error(output: str) -> str:
 def _hidden_leftovers(root: Path) -> list[str]:
     """Temp files, partial frame folders and write probes anywhere under `root` (save-latents' `.partial`
     folder of finished videos is resume state, not a leftover)."""
-    return sorted(p.name for p in root.rglob(".*") if p.name.endswith(".tmp") or ".tmp." in p.name
-                  or (p.name.endswith(".partial") and p.name != ".partial") or p.name.startswith(".vpt-write-probe"))
+    return sorted(
+        p.name
+        for p in root.rglob(".*")
+        if p.name.endswith(".tmp")
+        or ".tmp." in p.name
+        or (p.name.endswith(".partial") and p.name != ".partial")
+        or p.name.startswith(".vpt-write-probe")
+    )
 
 
 def _tree(root: Path) -> dict[str, bytes]:
     """Every visible file under `root` with its bytes (frame folders compare exactly)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
 
 
 def _h5_contents(root: Path) -> dict[str, list]:
@@ -156,7 +169,9 @@ def tmpfs(tmp_path):
     def mount(size: str) -> Path:
         point = tmp_path / f"mnt{len(mounted)}"
         point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or 'not permitted'})")
         mounted.append(point)
@@ -188,7 +203,9 @@ def test_extract_frames_killed_mid_run_leaves_no_workers_and_resumes_identically
         out = tmp_path / f"out{attempt}"
         children, survivors = _kill_mid_run(
             ["extract-frames", "--video-dir", clips, "--out-dir", out, "--workers", "2"],
-            started=lambda: any(out.rglob(".*.partial")), delay=rng.uniform(0.0, 0.8 * work))
+            started=lambda: any(out.rglob(".*.partial")),
+            delay=rng.uniform(0.0, 0.8 * work),
+        )
         assert not survivors, f"workers {children} outlived their killed parent"
         caught_workers += bool(children)
         result = invoke("extract-frames", "--video-dir", clips, "--out-dir", out, "--workers", "2")
@@ -222,8 +239,11 @@ def test_convert_killed_mid_run_resumes_identically(clips, tmp_path, invoke):
     caught_workers = redone = 0
     for attempt in range(KILL_TRIES):
         out = tmp_path / f"out{attempt}"
-        children, survivors = _kill_mid_run(["convert-h5", *common, "--out-dir", out],
-                                            started=lambda: (out / ".vpt-convert.json").is_file(), delay=rng.uniform(0.0, 0.8 * work))
+        children, survivors = _kill_mid_run(
+            ["convert-h5", *common, "--out-dir", out],
+            started=lambda: (out / ".vpt-convert.json").is_file(),
+            delay=rng.uniform(0.0, 0.8 * work),
+        )
         assert not survivors, f"workers {children} outlived their killed parent"
         caught_workers += bool(children)
         result = invoke("convert-h5", *common, "--out-dir", out)
@@ -242,7 +262,18 @@ def _truncate(path: Path) -> None:
 
 
 def test_convert_rebuilds_a_truncated_finished_shard(clips, tmp_path, invoke):
-    common = ["--data-dir", clips, "--out-dir", tmp_path / "h5", "--image-size", "32", "--videos-per-shard", "2", "--workers", "1"]
+    common = [
+        "--data-dir",
+        clips,
+        "--out-dir",
+        tmp_path / "h5",
+        "--image-size",
+        "32",
+        "--videos-per-shard",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert invoke("convert-h5", *common).exit_code == 0
     reference = _h5_contents(tmp_path / "h5")
     shards = tmp_path / "h5" / "train"
@@ -254,8 +285,9 @@ def test_convert_rebuilds_a_truncated_finished_shard(clips, tmp_path, invoke):
     assert "2 videos converted" in result.output and "4 already done" in result.output
     got = _h5_contents(tmp_path / "h5")
     assert all(np.array_equal(a[2], b[2]) and a[:2] == b[:2] for a, b in zip(got["train"], reference["train"]))
-    assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.name != "shard_0002.hdf5"} == \
-        {k: v for k, v in stamps.items() if k != "shard_0002.hdf5"}
+    assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.name != "shard_0002.hdf5"} == {
+        k: v for k, v in stamps.items() if k != "shard_0002.hdf5"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -316,14 +348,38 @@ def test_second_convert_on_one_out_dir_is_refused_until_the_holder_dies(clips, t
 
 def test_second_train_ae_on_one_run_is_refused_until_the_holder_dies(frames_h5, tmp_path, invoke):
     run = tmp_path / "run"
-    args = ["train-ae", "--config", AE_CONFIG, "--data", frames_h5, "--run", run,
-            "--set", "autoencoder.arch.ch=8", "--set", "autoencoder.arch.ch_mult=[1,2]", "--set", "autoencoder.arch.resolution=32",
-            "--set", "autoencoder.arch.n_embed=64", "--set", "train.batch_size=2", "--set", "train.log_every=1",
-            "--set", "loss.discriminator=none", "--set", "train.val_every=1000", "--set", "train.sample_every=1000"]
+    args = [
+        "train-ae",
+        "--config",
+        AE_CONFIG,
+        "--data",
+        frames_h5,
+        "--run",
+        run,
+        "--set",
+        "autoencoder.arch.ch=8",
+        "--set",
+        "autoencoder.arch.ch_mult=[1,2]",
+        "--set",
+        "autoencoder.arch.resolution=32",
+        "--set",
+        "autoencoder.arch.n_embed=64",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "loss.discriminator=none",
+        "--set",
+        "train.val_every=1000",
+        "--set",
+        "train.sample_every=1000",
+    ]
     holder = _vpt(*args, "--max-steps", "100000")
     try:
-        assert _wait_for(lambda: run.joinpath("metrics.jsonl").is_file() and _holding(run, holder.pid), holder), \
+        assert _wait_for(lambda: run.joinpath("metrics.jsonl").is_file() and _holding(run, holder.pid), holder), (
             "the first train-ae ended before it logged"
+        )
         holder.send_signal(signal.SIGSTOP)
         logged = (run / "metrics.jsonl").read_bytes()
         second = invoke(*args, "--max-steps", "2")
@@ -346,9 +402,11 @@ def test_read_only_output_is_one_line_before_any_work(clips, frames_h5, vqvae_ck
     mount, remount = tmpfs
     point = mount("1m")
     remount(point, "ro")
-    for args in (["extract-frames", "--video-dir", clips, "--out-dir", point / "frames"],
-                 ["convert-h5", "--data-dir", clips, "--out-dir", point / "h5", "--image-size", "32"],
-                 ["save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", point / "latents"]):
+    for args in (
+        ["extract-frames", "--video-dir", clips, "--out-dir", point / "frames"],
+        ["convert-h5", "--data-dir", clips, "--out-dir", point / "h5", "--image-size", "32"],
+        ["save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--out", point / "latents"],
+    ):
         result = invoke(*args)
         assert result.exit_code == 1, result.output
         line = _one_line_error(result.output)
@@ -356,7 +414,18 @@ def test_read_only_output_is_one_line_before_any_work(clips, frames_h5, vqvae_ck
 
 
 def test_convert_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed(clips, tmp_path, tmpfs, invoke):
-    common = ["--data-dir", clips, "--image-size", "48", "--compression", "none", "--videos-per-shard", "2", "--workers", "2"]
+    common = [
+        "--data-dir",
+        clips,
+        "--image-size",
+        "48",
+        "--compression",
+        "none",
+        "--videos-per-shard",
+        "2",
+        "--workers",
+        "2",
+    ]
     assert invoke("convert-h5", *common, "--out-dir", tmp_path / "reference").exit_code == 0
     mount, remount = tmpfs
     point = mount("1m")  # the 6 clips need about 1 MB uncompressed
@@ -374,7 +443,10 @@ def test_convert_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed
 
 
 def test_extract_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed(clips, tmp_path, tmpfs, invoke):
-    assert invoke("extract-frames", "--video-dir", clips, "--out-dir", tmp_path / "reference", "--workers", "2").exit_code == 0
+    assert (
+        invoke("extract-frames", "--video-dir", clips, "--out-dir", tmp_path / "reference", "--workers", "2").exit_code
+        == 0
+    )
     mount, remount = tmpfs
     point = mount("8m")
     _fill(point, leave=256 * 1024)
@@ -388,7 +460,9 @@ def test_extract_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed
     assert _tree(point / "frames") == _tree(tmp_path / "reference")
 
 
-def test_save_latents_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed(frames_h5, vqvae_ckpt, tmp_path, tmpfs, invoke):
+def test_save_latents_on_a_full_disk_stops_cleanly_and_continues_after_space_is_freed(
+    frames_h5, vqvae_ckpt, tmp_path, tmpfs, invoke
+):
     args = ["save-latents", "--ae", vqvae_ckpt, "--data", frames_h5, "--workers", "0"]
     assert invoke(*args, "--out", tmp_path / "reference").exit_code == 0
     mount, remount = tmpfs
@@ -409,7 +483,9 @@ def test_run_lock_survives_fresh_force_and_does_not_disturb_the_run_layout(tmp_p
 
     def other_process_can_lock(directory: Path) -> bool:
         code = "import sys; from vpt.fsutil import exclusive_lock\nwith exclusive_lock(sys.argv[1]): pass"
-        return subprocess.run([sys.executable, "-c", code, str(directory)], env=ENV, capture_output=True).returncode == 0
+        return (
+            subprocess.run([sys.executable, "-c", code, str(directory)], env=ENV, capture_output=True).returncode == 0
+        )
 
     root = tmp_path / "runs" / "r"
     run = Run.open(root)

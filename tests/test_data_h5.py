@@ -25,13 +25,23 @@ def _tree(path):
     """Everything the layout fixes: objects, kinds, shapes, dtypes, chunks, compression, scalars, attrs."""
     entries = {}
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Group):
                 entries[name] = ("group", len(obj), dict(obj.attrs))
             else:
                 value = obj[()].item() if obj.shape == () else None
-                entries[name] = ("dataset", obj.shape, str(obj.dtype), obj.chunks, obj.compression, obj.shuffle, value,
-                                 dict(obj.attrs))
+                entries[name] = (
+                    "dataset",
+                    obj.shape,
+                    str(obj.dtype),
+                    obj.chunks,
+                    obj.compression,
+                    obj.shuffle,
+                    value,
+                    dict(obj.attrs),
+                )
+
         f.visititems(visit)
         entries["/"] = ("root", len(f), dict(f.attrs))
     return entries
@@ -59,8 +69,24 @@ def test_reads_fixture_river_shards_as_specified(river_h5):
 
 def test_convert_river_layout_matches_fixture_exactly(river_h5, tmp_path):
     out = tmp_path / "h5"
-    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(river_h5 / "frames"), "--out-dir", str(out),
-                                      "--image-size", "8", "--extension", "png", "--layout", "river", "--workers", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert-h5",
+            "--data-dir",
+            str(river_h5 / "frames"),
+            "--out-dir",
+            str(out),
+            "--image-size",
+            "8",
+            "--extension",
+            "png",
+            "--layout",
+            "river",
+            "--workers",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for split in SPLITS:
         assert [p.name for p in list_shards(out / split)] == ["shard_0001.hdf5"]
@@ -73,8 +99,20 @@ def test_convert_river_layout_matches_fixture_exactly(river_h5, tmp_path):
 
 
 def test_vpt_layout_holds_the_same_frames_as_river(river_h5, tmp_path):
-    result = CliRunner().invoke(app, ["convert-h5", "--data-dir", str(river_h5 / "frames"), "--out-dir", str(tmp_path),
-                                      "--image-size", "8", "--workers", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert-h5",
+            "--data-dir",
+            str(river_h5 / "frames"),
+            "--out-dir",
+            str(tmp_path),
+            "--image-size",
+            "8",
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ours, theirs = VideoH5(tmp_path / "train"), VideoH5(river_h5 / "h5" / "train")
     assert ours.layout == "vpt" and ours.attrs["vpt_layout_version"] == 1 and ours.attrs["image_size"] == 8
@@ -134,8 +172,9 @@ def test_failed_writer_leaves_no_shard(tmp_path):
 
 def test_latent_shards(tmp_path):
     latents = np.random.default_rng(0).standard_normal((5, 4, 2, 2)).astype(np.float16)
-    with ShardWriter(tmp_path / "shard_0001.hdf5", kind="latents", compression=None,
-                     attrs={"ae": "vqgan_f8_small", "scale": 0.5}) as shard:
+    with ShardWriter(
+        tmp_path / "shard_0001.hdf5", kind="latents", compression=None, attrs={"ae": "vqgan_f8_small", "scale": 0.5}
+    ) as shard:
         shard.add(latents, name="0")
     videos = VideoH5(tmp_path)
     assert videos.kind == "latents" and videos.attrs["ae"] == "vqgan_f8_small" and videos.attrs["scale"] == 0.5

@@ -16,8 +16,22 @@ from vpt.errors import UsageError
 def _make(tmp_path, name, seed, num_videos=20, frames=12):
     out = tmp_path / name
     with pytest.raises(SystemExit) as exit_info:
-        main(["make-data", "shapes", "--out", str(out), "--num-videos", str(num_videos), "--frames", str(frames),
-              "--seed", str(seed), "--workers", "2"])
+        main(
+            [
+                "make-data",
+                "shapes",
+                "--out",
+                str(out),
+                "--num-videos",
+                str(num_videos),
+                "--frames",
+                str(frames),
+                "--seed",
+                str(seed),
+                "--workers",
+                "2",
+            ]
+        )
     assert exit_info.value.code == 0
     return out
 
@@ -67,8 +81,14 @@ def test_rendered_clip_follows_its_trajectory_and_stays_in_frame():
         assert 12 <= 2 * clip.radius <= 16
         if motion != "falls":
             assert np.allclose(np.linalg.norm(np.diff(centres, axis=0), axis=1), 2.0)  # constant 2 px/frame
-    assert sample_clip(np.random.default_rng(0), motion="left", colour="red", shape="circle").instruction == "the red circle moves left"
-    assert sample_clip(np.random.default_rng(0), motion="falls", colour="blue", shape="circle").instruction == "the blue circle falls"
+    assert (
+        sample_clip(np.random.default_rng(0), motion="left", colour="red", shape="circle").instruction
+        == "the red circle moves left"
+    )
+    assert (
+        sample_clip(np.random.default_rng(0), motion="falls", colour="blue", shape="circle").instruction
+        == "the blue circle falls"
+    )
 
 
 def test_long_clips_bounce_off_walls():

@@ -68,7 +68,9 @@ def test_resample_indices():
 def test_streaming_decode_matches_read_video(clip, fps):
     streamed = np.stack(list(iter_frames(clip, size=32, fps=fps, chunk=7)))
     assert np.array_equal(streamed, read_video(clip, size=32, fps=fps))
-    assert np.array_equal(np.stack(list(iter_frames(clip, fps=fps, backend="pyav"))), read_video(clip, fps=fps, backend="pyav"))
+    assert np.array_equal(
+        np.stack(list(iter_frames(clip, fps=fps, backend="pyav"))), read_video(clip, fps=fps, backend="pyav")
+    )
 
 
 def test_resize_policies():
@@ -106,7 +108,9 @@ def test_png_fast_path_equals_pillow(tmp_path):
         image.save(tmp_path / f"{name}.png")
         expected = np.asarray(video_io.to_rgb8(Image.open(tmp_path / f"{name}.png")))  # 16-bit scaled, not clipped
         assert np.array_equal(read_image(tmp_path / f"{name}.png"), expected), name
-        resized = np.asarray(video_io.to_rgb8(Image.open(tmp_path / f"{name}.png")).resize((6, 6), Image.Resampling.BICUBIC))
+        resized = np.asarray(
+            video_io.to_rgb8(Image.open(tmp_path / f"{name}.png")).resize((6, 6), Image.Resampling.BICUBIC)
+        )
         assert np.array_equal(read_image(tmp_path / f"{name}.png", size=6), resized), name
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
     with pytest.raises(video_io.VideoReadError):

@@ -11,10 +11,14 @@ from vpt.data.h5 import VideoH5
 from vpt.data.sources import frame_files
 from vpt.data.video import read_image
 
-UCF_TRAIN = {1: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Biking/v_Biking_g09_c02.avi"],
-             2: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Biking/v_Biking_g01_c01.avi"]}
-UCF_TEST = {1: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Biking/v_Biking_g01_c01.avi"],
-            2: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Biking/v_Biking_g09_c02.avi"]}
+UCF_TRAIN = {
+    1: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Biking/v_Biking_g09_c02.avi"],
+    2: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Biking/v_Biking_g01_c01.avi"],
+}
+UCF_TEST = {
+    1: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Biking/v_Biking_g01_c01.avi"],
+    2: ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Biking/v_Biking_g09_c02.avi"],
+}
 CLASSES = {"ApplyEyeMakeup": 1, "Biking": 2}
 
 
@@ -57,13 +61,28 @@ def _split(out, split) -> dict[str, str]:
 def test_ucf101_splits_are_the_fold_files_and_no_test_video_is_trained_on(ucf, tmp_path, invoke):
     for fold in (1, 2):
         out = tmp_path / f"fold{fold}"
-        result = invoke("convert-h5", "--data-dir", ucf, "--out-dir", out, "--dataset", "ucf101", "--fold", fold,
-                        "--image-size", "16", "--workers", "1")
+        result = invoke(
+            "convert-h5",
+            "--data-dir",
+            ucf,
+            "--out-dir",
+            out,
+            "--dataset",
+            "ucf101",
+            "--fold",
+            fold,
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+        )
         assert result.exit_code == 0, result.output
         train, test = _split(out, "train"), _split(out, "test")
         assert sorted(train) == UCF_TRAIN[fold] and sorted(test) == UCF_TEST[fold]
         assert not set(train) & set(test)  # upstream PVDM evaluated on its training loader
-        assert {**train, **test} == {name: name.split("/")[0] for name in UCF_TRAIN[fold] + UCF_TEST[fold]}  # class as caption
+        assert {**train, **test} == {
+            name: name.split("/")[0] for name in UCF_TRAIN[fold] + UCF_TEST[fold]
+        }  # class as caption
         assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["test", "train"]  # no val split
     frames = VideoH5(tmp_path / "fold1" / "test")
     assert frames.num_frames(0) == 5 and frames.read(0).shape == (5, 16, 16, 3)
@@ -72,7 +91,9 @@ def test_ucf101_splits_are_the_fold_files_and_no_test_video_is_trained_on(ucf, t
 def test_ucf101_accepts_the_fold_files_inside_the_class_folder_root(ucf, tmp_path, invoke):
     (ucf / "ucfTrainTestlist").rename(ucf / "UCF-101" / "ucfTrainTestlist")
     out = tmp_path / "out"
-    result = invoke("convert-h5", "--data-dir", ucf / "UCF-101", "--out-dir", out, "--dataset", "ucf101", "--image-size", "16")
+    result = invoke(
+        "convert-h5", "--data-dir", ucf / "UCF-101", "--out-dir", out, "--dataset", "ucf101", "--image-size", "16"
+    )
     assert result.exit_code == 0, result.output
     assert sorted(_split(out, "test")) == UCF_TEST[1]
 
@@ -99,20 +120,34 @@ def test_ucf101_mistakes_are_one_line(ucf, tmp_path, invoke):
 def sky(tmp_path):
     """root/sky_train/<video>/<clip>/*.jpg (three clips of two videos) and root/sky_test (one clip)."""
     root = tmp_path / "sky"
-    clips = {"sky_train/07U1fSrk9oI/07U1fSrk9oI_1": 4, "sky_train/07U1fSrk9oI/07U1fSrk9oI_2": 3,
-             "sky_train/0Bm3HxYsHnY/0Bm3HxYsHnY_1": 5, "sky_test/1Bx0sF2dyW8/1Bx0sF2dyW8_1": 4}
+    clips = {
+        "sky_train/07U1fSrk9oI/07U1fSrk9oI_1": 4,
+        "sky_train/07U1fSrk9oI/07U1fSrk9oI_2": 3,
+        "sky_train/0Bm3HxYsHnY/0Bm3HxYsHnY_1": 5,
+        "sky_test/1Bx0sF2dyW8/1Bx0sF2dyW8_1": 4,
+    }
     for seed, (clip, frames) in enumerate(clips.items()):
-        frame_folder(root / clip, moving_clip(frames, 16, 16, seed), ext="jpg", pattern=clip.rsplit("/", 1)[-1] + "_frames_{:08d}")
+        frame_folder(
+            root / clip,
+            moving_clip(frames, 16, 16, seed),
+            ext="jpg",
+            pattern=clip.rsplit("/", 1)[-1] + "_frames_{:08d}",
+        )
     return root
 
 
 def test_sky_clip_folders_become_videos_of_their_split(sky, tmp_path, invoke):
     out = tmp_path / "out"
-    result = invoke("convert-h5", "--data-dir", sky, "--out-dir", out, "--dataset", "sky", "--image-size", "16", "--workers", "1")
+    result = invoke(
+        "convert-h5", "--data-dir", sky, "--out-dir", out, "--dataset", "sky", "--image-size", "16", "--workers", "1"
+    )
     assert result.exit_code == 0, result.output
     train, test = VideoH5(out / "train"), VideoH5(out / "test")
     assert {train.name(i): train.num_frames(i) for i in range(len(train))} == {
-        "07U1fSrk9oI/07U1fSrk9oI_1": 4, "07U1fSrk9oI/07U1fSrk9oI_2": 3, "0Bm3HxYsHnY/0Bm3HxYsHnY_1": 5}
+        "07U1fSrk9oI/07U1fSrk9oI_1": 4,
+        "07U1fSrk9oI/07U1fSrk9oI_2": 3,
+        "0Bm3HxYsHnY/0Bm3HxYsHnY_1": 5,
+    }
     assert [test.name(0), test.num_frames(0)] == ["1Bx0sF2dyW8/1Bx0sF2dyW8_1", 4]
     # frames are the JPEGs in order (JPEG loses a little, so compare to the decoded files)
     expected = np.stack([read_image(f) for f in frame_files(sky / "sky_test" / "1Bx0sF2dyW8" / "1Bx0sF2dyW8_1")])
@@ -120,7 +155,9 @@ def test_sky_clip_folders_become_videos_of_their_split(sky, tmp_path, invoke):
 
     for split in ("train", "test"):  # the folder names upstream PVDM's loader uses
         (sky / f"sky_{split}").rename(sky / split)
-    again = invoke("convert-h5", "--data-dir", sky, "--out-dir", tmp_path / "again", "--dataset", "sky", "--image-size", "16")
+    again = invoke(
+        "convert-h5", "--data-dir", sky, "--out-dir", tmp_path / "again", "--dataset", "sky", "--image-size", "16"
+    )
     assert again.exit_code == 0, again.output
     assert VideoH5(tmp_path / "again" / "test").name(0) == "1Bx0sF2dyW8/1Bx0sF2dyW8_1"
 

@@ -93,7 +93,9 @@ def _run_with_outside_checkpoint(tmp_path: Path, pointer: str, text: str) -> Run
     return run
 
 
-@pytest.mark.parametrize("text", ["../../elsewhere/step_000002\n", "{tmp}/elsewhere/step_000002\n", "step_000002/../step_000001"])
+@pytest.mark.parametrize(
+    "text", ["../../elsewhere/step_000002\n", "{tmp}/elsewhere/step_000002\n", "step_000002/../step_000001"]
+)
 def test_latest_pointing_outside_the_run_is_refused(tmp_path, text):
     run = _run_with_outside_checkpoint(tmp_path, "latest", text.format(tmp=tmp_path))
     with pytest.raises(UsageError, match="not a step_NNNNNN folder inside"):
@@ -216,8 +218,9 @@ def test_set_values_are_read_by_the_declared_type():
     from vpt.config import load_config
 
     assert load_config(_TrainSchema, overrides=["train.precision=no"]).train.precision == "no"
-    section = _typed("train.lr=1e-3", "train.steps=010", "train.flag=on", "train.name=off", "train.ratio=null",
-                     "train.sizes=08,9")
+    section = _typed(
+        "train.lr=1e-3", "train.steps=010", "train.flag=on", "train.name=off", "train.ratio=null", "train.sizes=08,9"
+    )
     assert section.lr == 1e-3 and section.steps == 10 and section.flag is True
     assert section.name == "off" and section.ratio is None and section.sizes == [8, 9]
     assert _typed("train.flag=no").flag is False and _typed("train.flag=YES").flag is True
@@ -232,7 +235,9 @@ def test_set_values_are_read_by_the_declared_type():
 def test_set_python_tag_is_never_built(tmp_path):
     marker = tmp_path / "marker"
     with pytest.raises(ConfigError, match="'train.steps' expects int"):
-        _typed(f"train.steps=!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path [{str(marker)!r}]]")
+        _typed(
+            f"train.steps=!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path [{str(marker)!r}]]"
+        )
     assert not marker.exists()
 
 
@@ -300,8 +305,14 @@ def test_metadata_with_a_second_pickle_is_refused(tmp_path):
 def _tiny_diffusers_vae(folder: Path) -> Path:
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8, layers_per_block=1)
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
     vae.save_pretrained(folder, safe_serialization=False)
     return folder / "diffusion_pytorch_model.bin"
 
@@ -317,7 +328,11 @@ def test_diffusers_folder_with_a_code_running_bin_is_one_line(tmp_path, invoke):
     with pytest.raises(UnsafeWeightsError) as caught:
         KLVAE.from_diffusers(tmp_path / "vae")
     message = str(caught.value)
-    assert "\n" not in message and str(weights) in message and "convert diffusion_pytorch_model.bin to safetensors" in message
+    assert (
+        "\n" not in message
+        and str(weights) in message
+        and "convert diffusion_pytorch_model.bin to safetensors" in message
+    )
     assert "weights_only" not in message
     assert not marker.exists()
 
@@ -331,19 +346,30 @@ def _saved(tmp_path: Path, image: Image.Image, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("make", "name", "expected"), [
-    (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)), "grey16.png", (128, 128, 128)),  # opens as I;16
-    (lambda: Image.fromarray(np.full((4, 4), 65535, np.uint16)), "white16.png", (255, 255, 255)),
-    (lambda: Image.fromarray(np.full((4, 4), 257 * 10, np.uint16)), "dark16.png", (10, 10, 10)),
-    (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)).convert("I"), "grey32.tif", (128, 128, 128)),
-    (lambda: Image.frombytes("I;16B", (4, 4), np.full((4, 4), 32768, ">u2").tobytes()), "grey16b.tif", (128, 128, 128)),
-    (lambda: Image.new("L", (4, 4), 77), "grey8.png", (77, 77, 77)),
-    (lambda: Image.new("LA", (4, 4), (77, 0)), "greyalpha.png", (77, 77, 77)),  # alpha ignored, as FFmpeg's path
-    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "rgba.png", (10, 20, 30)),
-    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "rgba.tif", (10, 20, 30)),  # Pillow path agrees with FFmpeg's
-    (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "cmyk.jpg", (255, 255, 255)),
-    (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "red.tif", (255, 0, 0)),
-])
+@pytest.mark.parametrize(
+    ("make", "name", "expected"),
+    [
+        (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)), "grey16.png", (128, 128, 128)),  # opens as I;16
+        (lambda: Image.fromarray(np.full((4, 4), 65535, np.uint16)), "white16.png", (255, 255, 255)),
+        (lambda: Image.fromarray(np.full((4, 4), 257 * 10, np.uint16)), "dark16.png", (10, 10, 10)),
+        (lambda: Image.fromarray(np.full((4, 4), 32768, np.uint16)).convert("I"), "grey32.tif", (128, 128, 128)),
+        (
+            lambda: Image.frombytes("I;16B", (4, 4), np.full((4, 4), 32768, ">u2").tobytes()),
+            "grey16b.tif",
+            (128, 128, 128),
+        ),
+        (lambda: Image.new("L", (4, 4), 77), "grey8.png", (77, 77, 77)),
+        (lambda: Image.new("LA", (4, 4), (77, 0)), "greyalpha.png", (77, 77, 77)),  # alpha ignored, as FFmpeg's path
+        (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "rgba.png", (10, 20, 30)),
+        (
+            lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)),
+            "rgba.tif",
+            (10, 20, 30),
+        ),  # Pillow path agrees with FFmpeg's
+        (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "cmyk.jpg", (255, 255, 255)),
+        (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "red.tif", (255, 0, 0)),
+    ],
+)
 def test_read_image_scales_each_mode(tmp_path, make, name, expected):
     from vpt.data.video import read_image
 
@@ -363,8 +389,13 @@ def test_read_image_palette_with_transparency(tmp_path):
     assert tuple(read_image(_saved(tmp_path, image, "p.gif"))[0, 0]) == (200, 100, 50)
 
 
-@pytest.mark.parametrize("make", [lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)),
-                                  lambda: Image.fromarray(np.full((4, 4), 1 << 20, np.int32))])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)),
+        lambda: Image.fromarray(np.full((4, 4), 1 << 20, np.int32)),
+    ],
+)
 def test_read_image_refuses_images_without_a_known_range(tmp_path, make):
     from vpt.data.video import VideoReadError, read_image
 
@@ -403,12 +434,21 @@ def test_extract_frames_refuses_an_unfinished_target_that_is_a_symlink(tmp_path,
     assert (elsewhere / "keep.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize(("text", "why"), [
-    ("{not json", "not JSON"),
-    ("[1, 2]", "expected an object with 'settings' and 'shards'"),
-    ('{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": "big", "videos": 1, "failed": []}}}', "bad record"),
-    ('{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": 1, "videos": 1, "failed": [3]}}}', "bad record"),
-])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected an object with 'settings' and 'shards'"),
+        (
+            '{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": "big", "videos": 1, "failed": []}}}',
+            "bad record",
+        ),
+        (
+            '{"settings": {}, "shards": {"train/shard_0001.hdf5": {"size": 1, "videos": 1, "failed": [3]}}}',
+            "bad record",
+        ),
+    ],
+)
 def test_convert_h5_tampered_state_file_is_one_line(tmp_path, invoke, text, why):
     frames = tmp_path / "frames" / "train" / "v0"
     frames.mkdir(parents=True)
@@ -446,9 +486,17 @@ def test_make_data_out_naming_a_file_is_one_line(tmp_path, invoke):
 def test_second_make_data_on_the_same_out_is_refused(tmp_path, invoke):
     out = tmp_path / "shapes"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vpt.fsutil import DirectoryLock; "
-                               "DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from vpt.fsutil import DirectoryLock; "
+            "DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         line = _one_line(invoke("make-data", "shapes", "--out", out, "--num-videos", "1", "--frames", "2"))
@@ -465,13 +513,22 @@ def test_second_eval_fvd_on_the_same_out_folder_is_refused(tmp_path, invoke):
     out = tmp_path / "scores"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vpt.fsutil import DirectoryLock; "
-                               "DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from vpt.fsutil import DirectoryLock; "
+            "DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = _one_line(invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake",
-                                "--out", out / "metrics.json"))
+        line = _one_line(
+            invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--out", out / "metrics.json")
+        )
         assert f"another vpt process (pid {holder.pid}" in line
         assert not (out / "metrics.json").exists()
     finally:
@@ -517,8 +574,12 @@ def _alive(pid: int) -> bool:
 def test_dataloader_workers_die_within_a_second_of_a_kill_9(tmp_path):
     script = tmp_path / "loader.py"
     script.write_text(_LOADER_SCRIPT)
-    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"})
+    main = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"},
+    )
     workers: list[int] = []
     try:
         workers = [int(pid) for pid in main.stdout.readline().split()]
@@ -544,8 +605,12 @@ def test_trainer_state_is_checked_field_by_field(tmp_path):
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text('{"step": 2, "world_size": 1, "sharded": false, "best": 0.5}')
     assert Run.read_trainer_state(checkpoint)["step"] == 2
-    for text, why in [('{"step": "2"}', "step='2'"), ('{"step": 2, "best": "x"}', "best='x'"), ("[2]", "not a JSON object"),
-                      ("{", "unreadable trainer state")]:
+    for text, why in [
+        ('{"step": "2"}', "step='2'"),
+        ('{"step": 2, "best": "x"}', "best='x'"),
+        ("[2]", "not a JSON object"),
+        ("{", "unreadable trainer state"),
+    ]:
         (checkpoint / "trainer_state.json").write_text(text)
         with pytest.raises(VptError, match=r"trainer_state.json: .*" + why.replace("[", r"\[")):
             Run.read_trainer_state(checkpoint)
@@ -556,8 +621,19 @@ def test_trainer_state_is_checked_field_by_field(tmp_path):
 
 @pytest.mark.parametrize("lr", ["-1", "nan"])
 def test_train_lr_must_be_a_positive_number(tmp_path, invoke, lr):
-    line = _one_line(invoke("train-ae", "--config", Path(__file__).parents[1] / "configs" / "ae" / "shapes.yaml",
-                            "--data", tmp_path / "missing", "--run", tmp_path / "r", "--set", f"train.lr={lr}"))
+    line = _one_line(
+        invoke(
+            "train-ae",
+            "--config",
+            Path(__file__).parents[1] / "configs" / "ae" / "shapes.yaml",
+            "--data",
+            tmp_path / "missing",
+            "--run",
+            tmp_path / "r",
+            "--set",
+            f"train.lr={lr}",
+        )
+    )
     assert "train.lr" in line and "positive" in line
 
 
@@ -594,8 +670,14 @@ def test_tampered_latents_manifest_is_one_line(tmp_path, text):
     from vpt.data.latents import _claim
 
     (tmp_path / "latents.json").write_text(text)
-    manifest = {"autoencoder": "a", "autoencoder_sha256": "0", "data": "d", "dtype": "float16", "image_size": 32,
-                "posterior": False}
+    manifest = {
+        "autoencoder": "a",
+        "autoencoder_sha256": "0",
+        "data": "d",
+        "dtype": "float16",
+        "image_size": 32,
+        "posterior": False,
+    }
     with pytest.raises(VptError, match="latents.json"):
         shards = _claim(tmp_path, manifest)["shards"]
         assert isinstance(shards, dict), shards

@@ -24,8 +24,16 @@ from vpt.models.latte import (
 
 ATOL, RTOL = 1e-5, 1e-4
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "latte"
-TINY = dict(latent_channels=4, num_frames=4, patch_size=2, num_layers=4, hidden_size=32, num_heads=2, head_dim=12,
-            timestep_emb_dim=16)
+TINY = dict(
+    latent_channels=4,
+    num_frames=4,
+    patch_size=2,
+    num_layers=4,
+    hidden_size=32,
+    num_heads=2,
+    head_dim=12,
+    timestep_emb_dim=16,
+)
 
 
 def _tiny_dit() -> LatteDiT:
@@ -37,13 +45,19 @@ def _tiny_dit() -> LatteDiT:
 def test_embeddings_match_upstream():
     io = torch.load(fixture("latte", "embeddings_io.pt"))
     inputs, outputs = io["inputs"], io["outputs"]
-    torch.testing.assert_close(timestep_features(inputs["t"], inputs["temb_dim"]), outputs["timestep_embedding"],
-                               atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        timestep_features(inputs["t"], inputs["temb_dim"]), outputs["timestep_embedding"], atol=ATOL, rtol=RTOL
+    )
     rows, cols = inputs["grid_size"]
-    torch.testing.assert_close(patch_position_table(inputs["pos_emb_dim"], rows, cols), outputs["patch_pos_embedding"],
-                               atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(timestep_features(inputs["frame_positions"], inputs["frame_emb_dim"]),
-                               outputs["frame_embedding"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        patch_position_table(inputs["pos_emb_dim"], rows, cols), outputs["patch_pos_embedding"], atol=ATOL, rtol=RTOL
+    )
+    torch.testing.assert_close(
+        timestep_features(inputs["frame_positions"], inputs["frame_emb_dim"]),
+        outputs["frame_embedding"],
+        atol=ATOL,
+        rtol=RTOL,
+    )
 
 
 def test_denoiser_matches_upstream():
@@ -97,7 +111,9 @@ def test_official_configs_build_the_released_architecture(name, classes):
     path = CONFIGS / f"{name}.yaml"
     cfg = validate(train_schema(Latte), yaml.safe_load(path.read_text()), source=str(path))
     keys = "ucf101_XL2_classcond" if classes else "sky_ffs_taichi_XL2_uncond"
-    upstream = {k: torch.empty(s, device="meta") for k, s in key_shapes("latte", f"keys_official_latte_{keys}.txt").items()}
+    upstream = {
+        k: torch.empty(s, device="meta") for k, s in key_shapes("latte", f"keys_official_latte_{keys}.txt").items()
+    }
     for key, value in config_from_official_state(upstream).items():
         assert getattr(cfg.model, key) == value, key
     assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.train.ema_decay) == ("stylegan-v", 2048, 0.9999)
@@ -122,8 +138,9 @@ def test_scheduler_matches_upstream():
     inputs, outputs = io["inputs"], io["outputs"]
     torch.testing.assert_close(scheduler.betas, outputs["betas"], atol=1e-7, rtol=0)
     torch.testing.assert_close(scheduler.alphas_cumprod, outputs["alpha_cum_prod"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(scheduler.add_noise(inputs["x0"], inputs["noise"], inputs["t"]), outputs["add_noise"],
-                               atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        scheduler.add_noise(inputs["x0"], inputs["noise"], inputs["t"]), outputs["add_noise"], atol=ATOL, rtol=RTOL
+    )
     scheduler.set_timesteps(1000)
     step = scheduler.step(inputs["pred_noise"], 500, inputs["xt_single"], generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(step.prev_sample, outputs["prev_t500"], atol=ATOL, rtol=RTOL)
@@ -137,12 +154,23 @@ def test_scheduler_matches_upstream():
 
 
 def _tiny_backend(**overrides) -> Latte:
-    cfg = LatteConfig(**{**TINY, "latent_channels": 12, "hidden_size": 32, "num_frames": 4, "sampler": "ddim",
-                         "steps": 3, **overrides})
+    cfg = LatteConfig(
+        **{
+            **TINY,
+            "latent_channels": 12,
+            "hidden_size": 32,
+            "num_frames": 4,
+            "sampler": "ddim",
+            "steps": 3,
+            **overrides,
+        }
+    )
     model = Latte(cfg, autoencoder=PixelAutoencoder(2))  # frames (3, 16, 16) <-> latents (12, 8, 8)
     torch.manual_seed(0)
-    for layer in [block.modulation for block in model.denoiser.blocks] + [model.denoiser.final.modulation,
-                                                                          model.denoiser.final.linear]:
+    for layer in [block.modulation for block in model.denoiser.blocks] + [
+        model.denoiser.final.modulation,
+        model.denoiser.final.linear,
+    ]:
         torch.nn.init.normal_(layer.weight, std=0.02)  # a non-zero prediction, so sampling depends on the model
     return model.eval()
 
@@ -173,8 +201,16 @@ def test_predict_generates_and_continues_in_windows():
 def test_class_conditional_guidance_and_label_dropout():
     model = _tiny_backend(num_classes=3, class_dropout=0.5)
     assert model.takes_class_labels and "class_labels" in model.sampling_options()
-    runs = {label: model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels=label, guidance_scale=3.0,
-                                 generator=torch.Generator().manual_seed(0)) for label in (0, 2, None)}
+    runs = {
+        label: model.predict(
+            torch.zeros(1, 0, 3, 16, 16),
+            2,
+            class_labels=label,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for label in (0, 2, None)
+    }
     assert not torch.allclose(runs[0], runs[2]) and not torch.allclose(runs[0], runs[None])
     with pytest.raises(UsageError, match="class_labels"):
         model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels=3)
@@ -220,7 +256,11 @@ def test_variance_vlb_is_the_gaussian_kl_and_the_decoder_nll():
 
     abar = Latte(LatteConfig(**TINY), autoencoder=PixelAutoencoder())._scheduler().alphas_cumprod
     torch.manual_seed(0)
-    x0, xt, eps = torch.rand(2, 3, 4, 5).double() * 2 - 1, torch.randn(2, 3, 4, 5).double(), torch.randn(2, 3, 4, 5).double()
+    x0, xt, eps = (
+        torch.rand(2, 3, 4, 5).double() * 2 - 1,
+        torch.randn(2, 3, 4, 5).double(),
+        torch.randn(2, 3, 4, 5).double(),
+    )
     v = torch.rand(2, 3, 4, 5).double() * 2 - 1
     t = torch.tensor([400, 0])
     got = variance_vlb(abar, x0, xt, t, eps, v).flatten(1).mean(dim=1)
@@ -255,24 +295,41 @@ def test_learned_sigma_model_trains_and_samples():
     losses["loss"].backward()
     model.eval()
     for sampler in ("ddpm", "ddim"):
-        clip = model.predict(torch.zeros(2, 0, 3, 16, 16), 4, sampler=sampler, class_labels=[0, 1], guidance_scale=4.0,
-                             generator=torch.Generator().manual_seed(0))
+        clip = model.predict(
+            torch.zeros(2, 0, 3, 16, 16),
+            4,
+            sampler=sampler,
+            class_labels=[0, 1],
+            guidance_scale=4.0,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert clip.shape == (2, 4, 3, 16, 16) and torch.isfinite(clip).all()
 
 
 # --- official (Vchitect/Latte) checkpoints -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, classes, elements", [("keys_official_latte_ucf101_XL2_classcond.txt", 101, 674_112_416),
-                                                     ("keys_official_latte_sky_ffs_taichi_XL2_uncond.txt", 0, 673_994_912)])
+@pytest.mark.parametrize(
+    "name, classes, elements",
+    [
+        ("keys_official_latte_ucf101_XL2_classcond.txt", 101, 674_112_416),
+        ("keys_official_latte_sky_ffs_taichi_XL2_uncond.txt", 0, 673_994_912),
+    ],
+)
 def test_official_keys_convert_onto_latte_xl2(name, classes, elements):
     from vpt.models.latte import config_from_official_state, convert_official_state
 
     upstream = {key: torch.empty(shape, device="meta") for key, shape in key_shapes("latte", name).items()}
     fields = config_from_official_state(upstream)
-    assert fields == {**{k: v for k, v in vars(LatteConfig(size="XL/2")).items() if k in fields}, "latent_channels": 4,
-                      "timestep_emb_dim": 256, "num_frames": 16, "num_classes": classes, "learn_sigma": True,
-                      "position_order": "column"}
+    assert fields == {
+        **{k: v for k, v in vars(LatteConfig(size="XL/2")).items() if k in fields},
+        "latent_channels": 4,
+        "timestep_emb_dim": 256,
+        "num_frames": 16,
+        "num_classes": classes,
+        "learn_sigma": True,
+        "position_order": "column",
+    }
     with torch.device("meta"):
         model = LatteDiT(LatteConfig(**fields))
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -298,22 +355,40 @@ def test_official_conventions_convert_exactly():
     cos_first = torch.cat([timestep_features(t, 16)[:, 8:], timestep_features(t, 16)[:, :8]], dim=1)
     torch.testing.assert_close(timestep_features(t, 16) @ converted["time_embed.0.weight"].T, cos_first @ time_weight.T)
     column_first = patch_position_table(8, 2, 3, order="column").reshape(2, 3, 8)
-    torch.testing.assert_close(column_first[1, 2], torch.cat([timestep_features(torch.tensor([2]), 4)[0],
-                                                              timestep_features(torch.tensor([1]), 4)[0]]))
+    torch.testing.assert_close(
+        column_first[1, 2],
+        torch.cat([timestep_features(torch.tensor([2]), 4)[0], timestep_features(torch.tensor([1]), 4)[0]]),
+    )
 
 
 def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
     """A checkpoint in the official layout ({"model", "ema"}, fixed tables inside) is recognised, built
     from its weights with the EMA copy, and carries the StyleGAN-V protocol."""
-    config = LatteConfig(**{**TINY, "learn_sigma": True, "num_classes": 3, "position_order": "column",
-                            "num_heads": 6, "head_dim": 64, "hidden_size": 384})  # Latte-S width, 2 layers deep
+    config = LatteConfig(
+        **{
+            **TINY,
+            "learn_sigma": True,
+            "num_classes": 3,
+            "position_order": "column",
+            "num_heads": 6,
+            "head_dim": 64,
+            "hidden_size": 384,
+        }
+    )  # Latte-S width, 2 layers deep
     source = LatteDiT(config)
-    renames = {"patch_embed.weight": "x_embedder.proj.weight", "patch_embed.bias": "x_embedder.proj.bias",
-               "time_embed.0.weight": "t_embedder.mlp.0.weight", "time_embed.0.bias": "t_embedder.mlp.0.bias",
-               "time_embed.2.weight": "t_embedder.mlp.2.weight", "time_embed.2.bias": "t_embedder.mlp.2.bias",
-               "label_embed.weight": "y_embedder.embedding_table.weight", "final.linear.weight": "final_layer.linear.weight",
-               "final.linear.bias": "final_layer.linear.bias", "final.modulation.weight": "final_layer.adaLN_modulation.1.weight",
-               "final.modulation.bias": "final_layer.adaLN_modulation.1.bias"}
+    renames = {
+        "patch_embed.weight": "x_embedder.proj.weight",
+        "patch_embed.bias": "x_embedder.proj.bias",
+        "time_embed.0.weight": "t_embedder.mlp.0.weight",
+        "time_embed.0.bias": "t_embedder.mlp.0.bias",
+        "time_embed.2.weight": "t_embedder.mlp.2.weight",
+        "time_embed.2.bias": "t_embedder.mlp.2.bias",
+        "label_embed.weight": "y_embedder.embedding_table.weight",
+        "final.linear.weight": "final_layer.linear.weight",
+        "final.linear.bias": "final_layer.linear.bias",
+        "final.modulation.weight": "final_layer.adaLN_modulation.1.weight",
+        "final.modulation.bias": "final_layer.adaLN_modulation.1.bias",
+    }
     official = {}
     for key, value in source.state_dict().items():
         if key.startswith("blocks."):
@@ -332,7 +407,12 @@ def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.denoiser.state_dict()[key], value + 1.0)
     protocol = model.default_protocol()
-    assert (protocol.fvd_preset, protocol.clips, protocol.predicted_frames, model.frame_size) == ("stylegan-v", 2048, 16, 256)
+    assert (protocol.fvd_preset, protocol.clips, protocol.predicted_frames, model.frame_size) == (
+        "stylegan-v",
+        2048,
+        16,
+        256,
+    )
     with pytest.raises(UsageError, match="--ae"):
         Latte.from_checkpoint(path)
 
@@ -374,7 +454,7 @@ def test_frame_conditioned_training_gives_known_frames_clean_and_scores_only_the
         torch.testing.assert_close(seen[i, :k, :12], latents[i, :k])
         assert (seen[i, :k, 12] == 1).all() and (seen[i, k:, 12] == 0).all()
     unknown = (torch.arange(4)[None] >= count[:, None]).float()[..., None, None, None]
-    expected = (noise ** 2 * unknown).sum() / (unknown.sum() * 12 * 8 * 8)  # zero prediction: the noise itself
+    expected = (noise**2 * unknown).sum() / (unknown.sum() * 12 * 8 * 8)  # zero prediction: the noise itself
     torch.testing.assert_close(loss, expected)
 
 
@@ -415,8 +495,9 @@ def test_training_from_frames_draws_from_a_kl_autoencoders_posterior():
     from vpt.models.autoencoders.kl import KLVAE, KLVAEConfig
 
     torch.manual_seed(0)
-    ae = KLVAE(KLVAEConfig(block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4,
-                           mid_block_add_attention=False)).eval()
+    ae = KLVAE(
+        KLVAEConfig(block_out_channels=[8, 8], layers_per_block=1, norm_num_groups=4, mid_block_add_attention=False)
+    ).eval()
     frames = torch.rand(2, 4, 3, 16, 16) * 2 - 1  # (B, F, 3, H, W)
     with torch.no_grad():
         mean, logvar = ae.encode_posterior(frames)  # (2, 4, 4, 8, 8)
@@ -439,15 +520,35 @@ def test_vg_checkpoint_samples_through_a_preset(tmp_path, invoke, monkeypatch):
     upstream = torch.load(fixture("latte", "ditv_tiny_state_dict.pt"))
     torch.save(upstream, checkpoint)
     preset = tmp_path / "vg_tiny.yaml"
-    preset.write_text(yaml.safe_dump({"backend": "latte", "model": {**TINY, "sampler": "ddim", "steps": 2},
-                                      "data": {"frames": 4, "image_size": 32},
-                                      "eval": {"predicted_frames": 4, "fvd_preset": "stylegan-v"}}))
+    preset.write_text(
+        yaml.safe_dump(
+            {
+                "backend": "latte",
+                "model": {**TINY, "sampler": "ddim", "steps": 2},
+                "data": {"frames": 4, "image_size": 32},
+                "eval": {"predicted_frames": 4, "fvd_preset": "stylegan-v"},
+            }
+        )
+    )
     monkeypatch.setitem(latte_module.VG_PRESETS, "vg-tiny", str(preset))
     autoencoder = Path(__file__).parent / "fixtures" / "neuralsde" / "shapes_ae"  # kl-vae: 32x32 -> 4x8x8
 
     out = tmp_path / "generated.png"
-    result = invoke("sample", "--checkpoint", checkpoint, "--preset", "vg-tiny", "--ae", autoencoder,
-                    "--num-samples", 2, "--device", "cpu", "--out", out)
+    result = invoke(
+        "sample",
+        "--checkpoint",
+        checkpoint,
+        "--preset",
+        "vg-tiny",
+        "--ae",
+        autoencoder,
+        "--num-samples",
+        2,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert (record["backend"], record["context_frames"], record["frames"], record["image_size"]) == ("latte", 0, 4, 32)
@@ -456,8 +557,10 @@ def test_vg_checkpoint_samples_through_a_preset(tmp_path, invoke, monkeypatch):
     for key, value in convert_vg_state(upstream).items():
         torch.testing.assert_close(model.denoiser.state_dict()[key], value, atol=0, rtol=0)
 
-    for extra, message in (([], "names no architecture; pass --release vg-ucf or --release vg-mnist"),
-                           (["--release", "vg-ucf"], "does not fit the vg-ucf architecture (vg_ucf.yaml)"),
-                           (["--preset", "bair64"], "not a VideoGeneration-PyTorch release")):
+    for extra, message in (
+        ([], "names no architecture; pass --release vg-ucf or --release vg-mnist"),
+        (["--release", "vg-ucf"], "does not fit the vg-ucf architecture (vg_ucf.yaml)"),
+        (["--preset", "bair64"], "not a VideoGeneration-PyTorch release"),
+    ):
         result = invoke("sample", "--checkpoint", checkpoint, "--ae", autoencoder, "--out", out, *extra)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

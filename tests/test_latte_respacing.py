@@ -19,8 +19,16 @@ from vpt.models.latent import PixelAutoencoder
 from vpt.models.latte import Latte, LatteConfig, space_timesteps
 
 T = 1000
-TINY = dict(latent_channels=4, num_frames=3, patch_size=2, num_layers=2, hidden_size=32, num_heads=2, head_dim=16,
-            timestep_emb_dim=16)
+TINY = dict(
+    latent_channels=4,
+    num_frames=3,
+    patch_size=2,
+    num_layers=2,
+    hidden_size=32,
+    num_heads=2,
+    head_dim=16,
+    timestep_emb_dim=16,
+)
 SHAPE = (2, 3, 4, 4, 4)  # (B, F, c, h, w)
 
 
@@ -51,17 +59,30 @@ def reference_tables(kept: list[int]) -> dict[str, np.ndarray]:
     ac_prev = np.append(1.0, ac[:-1])
     post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
     return {
-        "betas": betas, "ac": ac, "ac_prev": ac_prev, "post_var": post_var,
+        "betas": betas,
+        "ac": ac,
+        "ac_prev": ac_prev,
+        "post_var": post_var,
         "post_log_var": np.log(np.append(post_var[1], post_var[1:])),
         "large_var": np.append(post_var[1], betas[1:]),
-        "recip": np.sqrt(1.0 / ac), "recipm1": np.sqrt(1.0 / ac - 1.0),
+        "recip": np.sqrt(1.0 / ac),
+        "recipm1": np.sqrt(1.0 / ac - 1.0),
         "coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
         "coef2": (1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac),
     }
 
 
-def reference_sample(net, cfg: LatteConfig, sampler: str, steps: int, spacing: str, seed: int,
-                     labels=None, guidance: float = 1.0, vg_step: bool = False) -> torch.Tensor:
+def reference_sample(
+    net,
+    cfg: LatteConfig,
+    sampler: str,
+    steps: int,
+    spacing: str,
+    seed: int,
+    labels=None,
+    guidance: float = 1.0,
+    vg_step: bool = False,
+) -> torch.Tensor:
     kept = reference_timesteps(steps, spacing)
     tab = reference_tables(kept)
     at = lambda name, i: torch.tensor(tab[name][i], dtype=torch.float64).float()  # noqa: E731
@@ -73,7 +94,9 @@ def reference_sample(net, cfg: LatteConfig, sampler: str, steps: int, spacing: s
         if labels is None or guidance == 1.0:
             out = net(x, t, labels)
         else:  # upstream's forward_with_cfg: guided noise channels, the labelled half's variance
-            both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, cfg.num_classes)]))
+            both = net(
+                torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, cfg.num_classes)])
+            )
             cond, uncond = both.chunk(2)
             out = torch.cat([uncond[:, :, :c] + guidance * (cond[:, :, :c] - uncond[:, :, :c]), cond[:, :, c:]], dim=2)
         eps, var_values = out[:, :, :c], out[:, :, c:]
@@ -120,7 +143,9 @@ class _Plausible(torch.nn.Module):
     def forward(self, x, t, labels=None):
         out = self.base(x, t, labels)
         c = self.channels
-        return torch.cat([0.3 * out[:, :, :c] + self.scale[t].reshape(-1, 1, 1, 1, 1) * x, torch.tanh(out[:, :, c:])], dim=2)
+        return torch.cat(
+            [0.3 * out[:, :, :c] + self.scale[t].reshape(-1, 1, 1, 1, 1) * x, torch.tanh(out[:, :, c:])], dim=2
+        )
 
 
 def _model(**fields) -> Latte:
@@ -147,8 +172,15 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _vpt(model: Latte, sampler: str, steps: int, seed: int, labels=None, guidance: float = 1.0) -> torch.Tensor:
     known = torch.zeros(SHAPE[0], 0, *SHAPE[2:])
-    return model.sample_latents(known, SHAPE[1], labels, steps=steps, sampler=sampler, guidance_scale=guidance,
-                                generator=torch.Generator().manual_seed(seed))
+    return model.sample_latents(
+        known,
+        SHAPE[1],
+        labels,
+        steps=steps,
+        sampler=sampler,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
@@ -168,8 +200,10 @@ def test_vg_1000_steps_match_its_own_ancestral_step():
     """At 1000 steps the respaced process is VideoGeneration-PyTorch's own (posterior variance, ε-form mean)."""
     model = _model(**FLAVOURS["vg"])
     with torch.no_grad():
-        difference = _relative(_vpt(model, "ddpm", 1000, seed=3),
-                               reference_sample(model.denoiser, model.cfg, "ddpm", 1000, "even", seed=3, vg_step=True))
+        difference = _relative(
+            _vpt(model, "ddpm", 1000, seed=3),
+            reference_sample(model.denoiser, model.cfg, "ddpm", 1000, "even", seed=3, vg_step=True),
+        )
     MEASURED["ddpm vg 1000 (VG step)"] = difference
     assert difference <= 1e-5, difference
 

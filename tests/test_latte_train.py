@@ -31,15 +31,32 @@ def test_tiny_latte_trains_generates_and_predicts(tmp_path, invoke):
     torch.manual_seed(0)
     frames = shapes_h5(tmp_path, num_videos=24, frames=8, size=32)
     latents = tmp_path / "latents"
-    assert invoke("save-latents", "--ae", AUTOENCODER, "--data", frames, "--out", latents, "--workers", 0).exit_code == 0
+    assert (
+        invoke("save-latents", "--ae", AUTOENCODER, "--data", frames, "--out", latents, "--workers", 0).exit_code == 0
+    )
     (tmp_path / "latte.yaml").write_text(CONFIG)
     run = tmp_path / "latte"
     result = invoke("train", "latte", "--config", tmp_path / "latte.yaml", "--data", latents, "--run", run)
     assert result.exit_code == 0, result.output
 
     generated = tmp_path / "generated.png"
-    result = invoke("sample", "--run", run, "--num-samples", 2, "--frames", 6, "--size", 32, "--out", generated,
-                    "--option", "class_labels=right", "--guidance-scale", 2)
+    result = invoke(
+        "sample",
+        "--run",
+        run,
+        "--num-samples",
+        2,
+        "--frames",
+        6,
+        "--size",
+        32,
+        "--out",
+        generated,
+        "--option",
+        "class_labels=right",
+        "--guidance-scale",
+        2,
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(generated.with_name(generated.name + ".json").read_text())
     assert (record["context_frames"], record["frames"], record["sampler"]["sampler"]) == (0, 6, "ddim")

@@ -12,18 +12,35 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vpt"
-BACKENDS = ("vpt.models.river", "vpt.models.neuralsde", "vpt.models.latte", "vpt.models.pvdm", "vpt.models.rsvp",
-            "vpt.models.seer")
-BASE = ("vpt.errors", "vpt.console", "vpt.config", "vpt.fsutil", "vpt.weights", "vpt.runs", "vpt.progress",
-        "vpt.precision", "vpt.distributed")
+BACKENDS = (
+    "vpt.models.river",
+    "vpt.models.neuralsde",
+    "vpt.models.latte",
+    "vpt.models.pvdm",
+    "vpt.models.rsvp",
+    "vpt.models.seer",
+)
+BASE = (
+    "vpt.errors",
+    "vpt.console",
+    "vpt.config",
+    "vpt.fsutil",
+    "vpt.weights",
+    "vpt.runs",
+    "vpt.progress",
+    "vpt.precision",
+    "vpt.distributed",
+)
 # what each layer must never import (a prefix matches the module and everything under it)
 FORBIDDEN = {
     "vpt.models": ("vpt.training", "vpt.metrics", "vpt.commands", "vpt.cli"),
     "vpt.data": ("vpt.models", "vpt.training", "vpt.metrics", "vpt.commands", "vpt.cli"),
     "vpt.training": ("vpt.metrics", "vpt.commands", "vpt.cli"),
     "vpt.metrics": ("vpt.training", "vpt.commands", "vpt.cli"),
-    **{base: ("vpt.data", "vpt.models", "vpt.training", "vpt.metrics", "vpt.commands", "vpt.cli", "vpt.visualize")
-       for base in BASE},
+    **{
+        base: ("vpt.data", "vpt.models", "vpt.training", "vpt.metrics", "vpt.commands", "vpt.cli", "vpt.visualize")
+        for base in BASE
+    },
 }
 
 
@@ -41,9 +58,12 @@ def _imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names if alias.name.startswith("vpt")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vpt") and node.level == 0:
             found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names
-                      if (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
-                      or (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).is_dir()}
+            found |= {
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+                or (PACKAGE.parent / f"{node.module}.{alias.name}".replace(".", "/")).is_dir()
+            }
     return found
 
 
@@ -60,12 +80,18 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     for module, imported in graph.items():
         for layer, banned in FORBIDDEN.items():
             if _within(module, layer):
-                problems += [f"{module} imports {name} (upward)" for name in sorted(imported)
-                             if any(_within(name, b) for b in banned)]
+                problems += [
+                    f"{module} imports {name} (upward)"
+                    for name in sorted(imported)
+                    if any(_within(name, b) for b in banned)
+                ]
         own = next((b for b in BACKENDS if _within(module, b)), None)
         if own is not None:
-            problems += [f"{module} imports another backend, {name}" for name in sorted(imported)
-                         if any(_within(name, b) for b in BACKENDS if b != own)]
+            problems += [
+                f"{module} imports another backend, {name}"
+                for name in sorted(imported)
+                if any(_within(name, b) for b in BACKENDS if b != own)
+            ]
     return problems
 
 
@@ -73,14 +99,17 @@ def test_the_package_keeps_its_layers():
     assert layering_violations(_graph()) == []
 
 
-@pytest.mark.parametrize(("module", "imported"), [
-    ("vpt.models.latte", "vpt.models.river"),  # backend -> backend
-    ("vpt.models.seer.backend", "vpt.models.pvdm"),  # a backend package counts as one backend
-    ("vpt.models.backend", "vpt.training.loop"),  # model -> training loop
-    ("vpt.models.autoencoders.objective", "vpt.metrics.lpips"),  # model -> metrics
-    ("vpt.data.datasets", "vpt.models.latent"),  # data -> models
-    ("vpt.runs", "vpt.training"),  # base -> training
-])
+@pytest.mark.parametrize(
+    ("module", "imported"),
+    [
+        ("vpt.models.latte", "vpt.models.river"),  # backend -> backend
+        ("vpt.models.seer.backend", "vpt.models.pvdm"),  # a backend package counts as one backend
+        ("vpt.models.backend", "vpt.training.loop"),  # model -> training loop
+        ("vpt.models.autoencoders.objective", "vpt.metrics.lpips"),  # model -> metrics
+        ("vpt.data.datasets", "vpt.models.latent"),  # data -> models
+        ("vpt.runs", "vpt.training"),  # base -> training
+    ],
+)
 def test_an_upward_or_sideways_import_is_caught(module, imported):
     graph = _graph()
     graph[module] = graph.get(module, set()) | {imported}

@@ -56,14 +56,21 @@ def _numbers(report: dict) -> dict:
 
 def _command(args: list) -> list[str]:
     """`vpt eval-fvd ARGS` in a fresh Python with the counting backend registered."""
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import eval_cache_backend; "
-            "eval_cache_backend.register(); from vpt.cli import main; main(sys.argv[1:])")
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import eval_cache_backend; "
+        "eval_cache_backend.register(); from vpt.cli import main; main(sys.argv[1:])"
+    )
     return [sys.executable, "-c", code, "eval-fvd", *map(str, args)]
 
 
 def _env(log: Path, sleep: float) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            eval_cache_backend.PREDICT_LOG: str(log), eval_cache_backend.PREDICT_SLEEP: str(sleep)}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        eval_cache_backend.PREDICT_LOG: str(log),
+        eval_cache_backend.PREDICT_SLEEP: str(sleep),
+    }
 
 
 def _lines(path: Path) -> int:
@@ -75,12 +82,32 @@ def test_kill_during_run_evaluation_resumes_without_resampling(tmp_path, detecto
     data = _write_h5(tmp_path / "data", moving_videos(batches, 10, 16, seed=7))
     run = _write_run(tmp_path / "run", noise=0.2)  # stochastic: equal numbers need the per-batch seeds
     cache = tmp_path / "cache"
-    args = ["--run", run, "--data", data, "--i3d", detector, "--context-frames", 2, "--pred-frames", 8,
-            "--samples", samples, "--batch-size", 1, "--seed", 3]
+    args = [
+        "--run",
+        run,
+        "--data",
+        data,
+        "--i3d",
+        detector,
+        "--context-frames",
+        2,
+        "--pred-frames",
+        8,
+        "--samples",
+        samples,
+        "--batch-size",
+        1,
+        "--seed",
+        3,
+    ]
 
     killed_log = tmp_path / "killed.log"
-    process = subprocess.Popen(_command([*args, "--cache", cache, "--out", tmp_path / "m.json"]),
-                               env=_env(killed_log, sleep=0.3), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _command([*args, "--cache", cache, "--out", tmp_path / "m.json"]),
+        env=_env(killed_log, sleep=0.3),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while len(list(cache.glob("run-*/batch-*.npz"))) < 2:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
@@ -92,12 +119,20 @@ def test_kill_during_run_evaluation_resumes_without_resampling(tmp_path, detecto
     assert _lines(killed_log) >= saved * samples
 
     resumed_log = tmp_path / "resumed.log"
-    resumed = subprocess.run(_command([*args, "--cache", cache, "--out", tmp_path / "m.json"]),
-                             env=_env(resumed_log, sleep=0), capture_output=True, timeout=300)
+    resumed = subprocess.run(
+        _command([*args, "--cache", cache, "--out", tmp_path / "m.json"]),
+        env=_env(resumed_log, sleep=0),
+        capture_output=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _lines(resumed_log) == (batches - saved) * samples  # nothing finished is sampled again
-    straight = subprocess.run(_command([*args, "--no-cache", "--out", tmp_path / "straight.json"]),
-                              env=_env(tmp_path / "straight.log", sleep=0), capture_output=True, timeout=300)
+    straight = subprocess.run(
+        _command([*args, "--no-cache", "--out", tmp_path / "straight.json"]),
+        env=_env(tmp_path / "straight.log", sleep=0),
+        capture_output=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     report = json.loads((tmp_path / "m.json").read_text())
@@ -131,8 +166,22 @@ def test_another_run_on_the_same_data_reuses_the_real_features(tmp_path, detecto
 def test_changed_protocol_values_do_not_reuse_predictions(tmp_path, detector, counting):
     data = _write_h5(tmp_path / "data", moving_videos(4, 10, 16, seed=2))
     run = _write_run(tmp_path / "run", noise=0.3)
-    common = ["--run", run, "--data", data, "--i3d", detector, "--context-frames", 2, "--pred-frames", 8,
-              "--batch-size", 2, "--out", tmp_path / "m.json"]
+    common = [
+        "--run",
+        run,
+        "--data",
+        data,
+        "--i3d",
+        detector,
+        "--context-frames",
+        2,
+        "--pred-frames",
+        8,
+        "--batch-size",
+        2,
+        "--out",
+        tmp_path / "m.json",
+    ]
     first = _evaluate([*common, "--seed", 0])
     assert counting() == 2
     again = _evaluate([*common, "--seed", 0])
@@ -150,8 +199,20 @@ def test_videos_mode_shares_real_features_and_notices_changed_files(tmp_path, de
     real, fake_a, fake_b = (moving_videos(4, 10, 16, seed=s) for s in (0, 1, 2))
     for name, videos in (("real", real), ("a", fake_a), ("b", fake_b)):
         write_frame_folders(tmp_path / name, videos)
-    common = ["--real", tmp_path / "real", "--i3d", detector, "--frames", 10, "--batch-size", 3,
-              "--cache", tmp_path / "cache", "--out", tmp_path / "m.json"]
+    common = [
+        "--real",
+        tmp_path / "real",
+        "--i3d",
+        detector,
+        "--frames",
+        10,
+        "--batch-size",
+        3,
+        "--cache",
+        tmp_path / "cache",
+        "--out",
+        tmp_path / "m.json",
+    ]
     first = _evaluate([*common, "--fake", tmp_path / "a"])
     assert first["protocol"]["cache"]["real"]["computed_batches"] == 2
     second = _evaluate([*common, "--fake", tmp_path / "b"])
@@ -171,6 +232,8 @@ def test_videos_mode_shares_real_features_and_notices_changed_files(tmp_path, de
 
 
 def test_cache_options_contradicting_each_other_are_refused(tmp_path, detector):
-    result = CliRunner().invoke(app, ["eval-fvd", "--real", str(tmp_path), "--fake", str(tmp_path), "--cache",
-                                      str(tmp_path / "c"), "--no-cache"])
+    result = CliRunner().invoke(
+        app,
+        ["eval-fvd", "--real", str(tmp_path), "--fake", str(tmp_path), "--cache", str(tmp_path / "c"), "--no-cache"],
+    )
     assert "--cache and --no-cache" in str(result.exception)

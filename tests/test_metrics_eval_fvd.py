@@ -73,9 +73,27 @@ def test_videos_mode_scores_pairs_and_records_the_protocol(tmp_path, detector, a
     backbone, heads = alex
     monkeypatch.setattr("vpt.models.lpips.lpips_heads_path", lambda net: heads)
     out = tmp_path / "metrics.json"
-    result = _invoke(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--i3d", str(detector),
-                      "--frames", "10", "--paired", "--lpips-net", "alex", "--lpips-weights", str(backbone),
-                      "--batch-size", "3", "--out", str(out)])
+    result = _invoke(
+        [
+            "--real",
+            str(tmp_path / "real"),
+            "--fake",
+            str(tmp_path / "fake"),
+            "--i3d",
+            str(detector),
+            "--frames",
+            "10",
+            "--paired",
+            "--lpips-net",
+            "alex",
+            "--lpips-weights",
+            str(backbone),
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report) == {"fvd", "kvd", "psnr", "ssim", "lpips", "details", "timing", "protocol"}
@@ -102,21 +120,61 @@ def test_identical_sets_have_zero_fvd_and_short_videos_are_counted(tmp_path, det
     write_frame_folders(tmp_path / "a", videos)
     write_frame_folders(tmp_path / "b", videos[:, :9])  # 9 frames: too short for 10-frame clips
     out = tmp_path / "m.json"
-    same = _invoke(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "a"), "--i3d", str(detector),
-                    "--frames", "10", "--clip-offset", "random", "--seed", "4", "--out", str(out)])
+    same = _invoke(
+        [
+            "--real",
+            str(tmp_path / "a"),
+            "--fake",
+            str(tmp_path / "a"),
+            "--i3d",
+            str(detector),
+            "--frames",
+            "10",
+            "--clip-offset",
+            "random",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert same.exit_code == 0, same.output
     report = json.loads(out.read_text())
     assert abs(report["fvd"]) < 1e-4
     assert report["protocol"]["clip_offset"] == "random" and report["protocol"]["seeds"]["clip_offset"] == 4
-    short = _invoke(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "b"), "--i3d", str(detector),
-                     "--frames", "10", "--out", str(out)])
+    short = _invoke(
+        [
+            "--real",
+            str(tmp_path / "a"),
+            "--fake",
+            str(tmp_path / "b"),
+            "--i3d",
+            str(detector),
+            "--frames",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert isinstance(short.exception, UsageError) and "(5 too short)" in str(short.exception)
 
 
 def test_fewer_than_nine_frames_are_refused(tmp_path, detector):
     write_frame_folders(tmp_path / "v", moving_videos(3, 8, 16, seed=0))
-    result = _invoke(["--real", str(tmp_path / "v"), "--fake", str(tmp_path / "v"), "--i3d", str(detector),
-                      "--frames", "8", "--out", str(tmp_path / "m.json")])
+    result = _invoke(
+        [
+            "--real",
+            str(tmp_path / "v"),
+            "--fake",
+            str(tmp_path / "v"),
+            "--i3d",
+            str(detector),
+            "--frames",
+            "8",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert isinstance(result.exception, UsageError) and "at least 9 frames" in str(result.exception)
     assert not (tmp_path / "m.json").exists()
     usage = _invoke(["--real", str(tmp_path / "v")])
@@ -129,8 +187,14 @@ def _write_run(root, noise: float, data: dict | None = None, protocol: dict | No
     from vpt.runs import Run
 
     run = Run.open(root)
-    run.write_config({"backend": CopyLastBackend.name, "model": {"noise": noise}, "data": data or {"image_size": None},
-                      **({"eval": protocol} if protocol else {})})
+    run.write_config(
+        {
+            "backend": CopyLastBackend.name,
+            "model": {"noise": noise},
+            "data": data or {"image_size": None},
+            **({"eval": protocol} if protocol else {}),
+        }
+    )
     pending = run.pending_dir(1)
     pending.mkdir(parents=True)
     save_file({"gain": torch.tensor(1.0)}, pending / "model.safetensors")
@@ -150,24 +214,52 @@ def _write_h5(root, videos: np.ndarray):
 def test_run_mode_predicts_and_scores_against_the_truth(tmp_path, detector, monkeypatch):
     monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
     monkeypatch.delenv("VPT_LPIPS_ALEX", raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no AlexNet weights: LPIPS (alex by default) is skipped
+    monkeypatch.setenv(
+        "TORCH_HOME", str(tmp_path / "no_torch_cache")
+    )  # no AlexNet weights: LPIPS (alex by default) is skipped
     videos = moving_videos(5, 10, 16, seed=1)
     data = _write_h5(tmp_path / "data", videos)
     run = _write_run(tmp_path / "run", noise=0.0)
     out = tmp_path / "m.json"
-    result = _invoke(["--run", str(run), "--data", str(data), "--split", "test", "--i3d", str(detector),
-                      "--context-frames", "2", "--pred-frames", "8", "--batch-size", "2", "--out", str(out)])
+    result = _invoke(
+        [
+            "--run",
+            str(run),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--i3d",
+            str(detector),
+            "--context-frames",
+            "2",
+            "--pred-frames",
+            "8",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    last = torch.from_numpy(videos[:, 1:2]).permute(0, 1, 4, 2, 3).expand(-1, 8, -1, -1, -1).flatten(0, 1).double() / 255
+    last = (
+        torch.from_numpy(videos[:, 1:2]).permute(0, 1, 4, 2, 3).expand(-1, 8, -1, -1, -1).flatten(0, 1).double() / 255
+    )
     future = torch.from_numpy(videos[:, 2:]).permute(0, 1, 4, 2, 3).flatten(0, 1).double() / 255
     assert report["psnr"] == pytest.approx(float(np.mean(psnr(last, future))), abs=1e-9)
     assert report["ssim"] == pytest.approx(float(np.mean(ssim(last, future))), abs=1e-9)
     assert "lpips" not in report and "VPT_LPIPS_ALEX" in report["protocol"]["frame_metrics"]["lpips"]["skipped"]
     assert len(report["details"]["psnr"]["per_frame"]) == 8
     protocol = report["protocol"]
-    assert protocol["mode"] == "run" and protocol["backend"] == "copy-last-test" and protocol["checkpoint_dir"].endswith("step_000001")
-    assert protocol["context_frames"] == 2 and protocol["predicted_frames"] == 8 and protocol["samples_per_sequence"] == 1
+    assert (
+        protocol["mode"] == "run"
+        and protocol["backend"] == "copy-last-test"
+        and protocol["checkpoint_dir"].endswith("step_000001")
+    )
+    assert (
+        protocol["context_frames"] == 2 and protocol["predicted_frames"] == 8 and protocol["samples_per_sequence"] == 1
+    )
     assert protocol["context_in_fvd_clips"] is True and protocol["clip_length"] == 10
     assert protocol["counts"] == {"sequences": 5, "skipped_short": 0, "real_clips": 5, "fake_clips": 5}
 
@@ -180,8 +272,22 @@ def test_run_mode_cuts_clips_like_the_runs_data_section(tmp_path, detector, monk
     data = _write_h5(tmp_path / "data", videos)
     run = _write_run(tmp_path / "run", noise=0.0, data={"frame_skip": 1, "image_size": 12, "resize": "squash"})
     out = tmp_path / "m.json"
-    result = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "2",
-                      "--pred-frames", "8", "--out", str(out)])
+    result = _invoke(
+        [
+            "--run",
+            str(run),
+            "--data",
+            str(data),
+            "--i3d",
+            str(detector),
+            "--context-frames",
+            "2",
+            "--pred-frames",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["protocol"]["frame_stride"] == 2 and report["protocol"]["source_image_size"] == 12
@@ -195,8 +301,25 @@ def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, dete
     monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
     data = _write_h5(tmp_path / "data", moving_videos(4, 10, 16, seed=2))
     run = _write_run(tmp_path / "run", noise=0.3)
-    common = ["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "1",
-              "--pred-frames", "9", "--samples", "3", "--seed", "5", "--batch-size", "3", "--no-cache"]
+    common = [
+        "--run",
+        str(run),
+        "--data",
+        str(data),
+        "--i3d",
+        str(detector),
+        "--context-frames",
+        "1",
+        "--pred-frames",
+        "9",
+        "--samples",
+        "3",
+        "--seed",
+        "5",
+        "--batch-size",
+        "3",
+        "--no-cache",
+    ]
     reports = []
     for name, extra in (("a", []), ("b", []), ("c", ["--no-context-in-fvd", "--fvd-pooling", "per-sample"])):
         result = _invoke(common + extra + ["--out", str(tmp_path / f"{name}.json")])
@@ -208,7 +331,9 @@ def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, dete
     assert a["ssim"] > a["details"]["ssim"]["mean_over_samples"]
     assert a["protocol"]["counts"]["fake_clips"] == 12 and a["protocol"]["sampling_seed"] == 5
     assert c["protocol"]["context_in_fvd_clips"] is False and c["protocol"]["fvd_pooling"] == "per-sample"
-    assert len(c["details"]["fvd_per_sample"]) == 3 and c["fvd"] == pytest.approx(np.mean(c["details"]["fvd_per_sample"]))
+    assert len(c["details"]["fvd_per_sample"]) == 3 and c["fvd"] == pytest.approx(
+        np.mean(c["details"]["fvd_per_sample"])
+    )
     assert c["fvd"] != a["fvd"]
 
 
@@ -216,8 +341,12 @@ def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
     """No protocol flags: context, predicted frames, samples and preset come from the run's `eval:` section."""
     monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
     data = _write_h5(tmp_path / "data", moving_videos(3, 12, 16, seed=3))
-    run = _write_run(tmp_path / "run", noise=0.2, data={"frames": 6, "image_size": 16},
-                     protocol={"context_frames": 3, "predicted_frames": 9, "samples": 2, "fvd_preset": "stylegan-v"})
+    run = _write_run(
+        tmp_path / "run",
+        noise=0.2,
+        data={"frames": 6, "image_size": 16},
+        protocol={"context_frames": 3, "predicted_frames": 9, "samples": 2, "fvd_preset": "stylegan-v"},
+    )
     out = tmp_path / "m.json"
     result = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -226,8 +355,21 @@ def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
     assert protocol["preset"] == "stylegan-v" and protocol["clip_length"] == 12 and protocol["precision"] == "fp32"
     assert "3 context -> 9 predicted frames, 2 sample(s)" in " ".join(result.output.split())
     # an explicit option still wins, and a protocol whose FVD clips are too short is refused before predicting
-    short = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--pred-frames", "7",
-                     "--no-context-in-fvd", "--out", str(out)])
+    short = _invoke(
+        [
+            "--run",
+            str(run),
+            "--data",
+            str(data),
+            "--i3d",
+            str(detector),
+            "--pred-frames",
+            "7",
+            "--no-context-in-fvd",
+            "--out",
+            str(out),
+        ]
+    )
     assert isinstance(short.exception, UsageError) and "these clips have 7" in str(short.exception)
 
 
@@ -241,16 +383,30 @@ def test_checkpoint_mode_uses_the_release_protocol_and_caches_by_file(tmp_path, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # LPIPS skipped: not what this checks
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
     data = _write_h5(tmp_path / "data", moving_videos(2, 4, 32, seed=3))
-    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--no-fvd", "--pred-frames", "1", "--steps", "2",
-            "--samples", "1",
-            "--cache", str(tmp_path / "cache")]
+    args = [
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--no-fvd",
+        "--pred-frames",
+        "1",
+        "--steps",
+        "2",
+        "--samples",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     first = _invoke([*args, "--out", str(tmp_path / "a.json")])
     assert first.exit_code == 0, first.output
     report = json.loads((tmp_path / "a.json").read_text())
     protocol = report["protocol"]
     assert protocol["mode"] == "checkpoint" and protocol["backend"] == "river"
     assert protocol["checkpoint"] == str(checkpoint.resolve()) and protocol["release"] is None
-    assert protocol["context_frames"] == 1 and protocol["predicted_frames"] == 1 and protocol["samples_per_sequence"] == 1
+    assert (
+        protocol["context_frames"] == 1 and protocol["predicted_frames"] == 1 and protocol["samples_per_sequence"] == 1
+    )
     assert protocol["source_image_size"] == 64
     assert protocol["cache"]["computed_batches"] == 1 and np.isfinite(report["psnr"])
 
@@ -271,14 +427,31 @@ def _write_latte_run(root, frames: int):
     from vpt.models.latte import Latte, LatteConfig
     from vpt.runs import Run
 
-    model_cfg = dict(autoencoder="pixels:4", latent_channels=48, num_frames=frames, patch_size=1, num_layers=2,
-                     hidden_size=16, num_heads=2, head_dim=8, timestep_emb_dim=16, sampler="ddim", steps=2)
+    model_cfg = dict(
+        autoencoder="pixels:4",
+        latent_channels=48,
+        num_frames=frames,
+        patch_size=1,
+        num_layers=2,
+        hidden_size=16,
+        num_heads=2,
+        head_dim=8,
+        timestep_emb_dim=16,
+        sampler="ddim",
+        steps=2,
+    )
     torch.manual_seed(0)
     model = Latte(LatteConfig(**model_cfg))
     torch.nn.init.normal_(model.denoiser.final.linear.weight, std=0.1)  # a fresh DiT predicts ε = 0
     run = Run.open(root)
-    run.write_config({"backend": "latte", "model": model_cfg, "data": {"frames": frames, "image_size": 16},
-                      "eval": {"predicted_frames": frames, "fvd_preset": "stylegan-v"}})
+    run.write_config(
+        {
+            "backend": "latte",
+            "model": model_cfg,
+            "data": {"frames": frames, "image_size": 16},
+            "eval": {"predicted_frames": frames, "fvd_preset": "stylegan-v"},
+        }
+    )
     pending = run.pending_dir(1)
     pending.mkdir(parents=True)
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, pending / "model.safetensors")

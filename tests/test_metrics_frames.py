@@ -64,8 +64,12 @@ def test_gray_conversion_is_bit_exact_with_pil():
 
 
 def test_best_of_n_keeps_the_best_sample_per_metric():
-    mse = np.array([[[0.01, 0.01], [0.0001, 0.1]],  # sequence 0: 20 dB vs (40 + 10) / 2 = 25 dB per frame
-                    [[0.1, 0.1], [0.01, 0.01]]])  # sequence 1: 10 dB vs 20 dB
+    mse = np.array(
+        [
+            [[0.01, 0.01], [0.0001, 0.1]],  # sequence 0: 20 dB vs (40 + 10) / 2 = 25 dB per frame
+            [[0.1, 0.1], [0.01, 0.01]],
+        ]
+    )  # sequence 1: 10 dB vs 20 dB
     lpips = np.array([[[0.3, 0.3], [0.1, 0.9]], [[0.2, 0.4], [0.5, 0.5]]])
     best = BestOfN("frame")
     best.add("psnr", mse)

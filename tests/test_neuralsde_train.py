@@ -40,12 +40,15 @@ def test_staged_neuralsde_beats_copy_last_frame(tmp_path, invoke):
     torch.manual_seed(0)
     frames = shapes_h5(tmp_path, num_videos=100, frames=10, size=32)
     latents = tmp_path / "latents"
-    assert invoke("save-latents", "--ae", AUTOENCODER, "--data", frames, "--out", latents, "--workers", 0).exit_code == 0
+    assert (
+        invoke("save-latents", "--ae", AUTOENCODER, "--data", frames, "--out", latents, "--workers", 0).exit_code == 0
+    )
 
     def train(stage: str, config: str):
         (tmp_path / f"{stage}.yaml").write_text(config)
-        return invoke("train", "neuralsde", "--config", tmp_path / f"{stage}.yaml", "--data", latents,
-                      "--run", tmp_path / stage)
+        return invoke(
+            "train", "neuralsde", "--config", tmp_path / f"{stage}.yaml", "--data", latents, "--run", tmp_path / stage
+        )
 
     for stage, steps in (("f", 300), ("d", 100)):
         result = train(stage, _config(stage, steps))

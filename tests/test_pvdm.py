@@ -39,7 +39,10 @@ def test_config_read_off_the_tiny_weights_matches_upstream_kwargs(cond_model):
     upstream = yaml.safe_load(fixture("pvdm", "config_tiny.yaml").read_text())["unet_tiny_cond"]
     cfg = cond_model.cfg
     assert (cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks) == (
-        upstream["model_channels"], upstream["channel_mult"], upstream["num_res_blocks"])
+        upstream["model_channels"],
+        upstream["channel_mult"],
+        upstream["num_res_blocks"],
+    )
     assert sorted(cfg.attention_resolutions) == sorted(upstream["attention_resolutions"])
     assert cfg.cond_model and cfg.latent_length == 2048
 
@@ -70,7 +73,9 @@ def test_schedule_tables_match_upstream(cond_model):
 def test_q_sample_and_loss_match_upstream(cond_model):
     io = torch.load(fixture("pvdm", "ddpm_io.pt"))
     inputs, outputs = io["inputs"], io["outputs"]
-    torch.testing.assert_close(cond_model.q_sample(inputs["x0"], inputs["t"], inputs["noise"]), outputs["q_sample"], **TOL)
+    torch.testing.assert_close(
+        cond_model.q_sample(inputs["x0"], inputs["t"], inputs["noise"]), outputs["q_sample"], **TOL
+    )
     loss = cond_model.diffusion_loss(inputs["x0"], inputs["cond"], inputs["t"], inputs["noise"])
     torch.testing.assert_close(loss, outputs["p_losses_loss"], **TOL)
 
@@ -106,8 +111,15 @@ def test_ddim_sampling_matches_upstream_with_its_noises(cond_model, monkeypatch)
 
 def small_model() -> PVDM:
     """A fast conditional model (8x8 planes of 4 frames) with every weight random, heads included."""
-    cfg = PVDMConfig(latent_size=8, latent_frames=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-                     attention_resolutions=[2], num_heads=4)
+    cfg = PVDMConfig(
+        latent_size=8,
+        latent_frames=4,
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[2],
+        num_heads=4,
+    )
     torch.manual_seed(0)
     model = PVDM(cfg)
     with torch.no_grad():
@@ -124,7 +136,7 @@ def test_guidance_mixes_conditional_and_zero_condition_noise(monkeypatch):
     t = torch.tensor([999, 999])
     guided = 3.0 * model.unet(x, cond, t) - 2.0 * model.unet(x, torch.zeros_like(cond), t)
     schedule = model.schedule()
-    expected = (schedule["sqrt_recip_alphas_cumprod"][999] * x - schedule["sqrt_recipm1_alphas_cumprod"][999] * guided)
+    expected = schedule["sqrt_recip_alphas_cumprod"][999] * x - schedule["sqrt_recipm1_alphas_cumprod"][999] * guided
     monkeypatch.setattr(torch, "randn", lambda shape, **_kwargs: x.clone())
     torch.testing.assert_close(model.sample_latents(2, cond, steps=1, w=2.0), expected.clamp(-1, 1), **TOL)
     assert not torch.allclose(model.sample_latents(2, cond, steps=1, w=0.0), expected.clamp(-1, 1))
@@ -160,7 +172,12 @@ def test_configs_validate_as_whole_training_configs(name):
     assert cfg.backend == "pvdm" and cfg.eval.context_frames == cfg.eval.predicted_frames == 16
     assert cfg.eval.context_in_fvd is False
     if name != "shapes.yaml":  # the published recipe: constant lr, no clipping, EMA every 25 steps
-        assert (cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.ema_every, cfg.train.ema_decay) == (0, 0.0, 25, 0.9999)
+        assert (cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.ema_every, cfg.train.ema_decay) == (
+            0,
+            0.0,
+            25,
+            0.9999,
+        )
 
 
 def test_sky_config_differs_from_ucf_only_in_cond_prob():
@@ -183,15 +200,22 @@ def test_released_checkpoint_is_recognised(tmp_path):
 def tiny_ae_release(tmp_path) -> Path:
     """The tiny upstream autoencoder of the fixtures as a `model_last.pth` (32 px, 16 frames: 144 tokens)."""
     path = tmp_path / "model_last.pth"
-    torch.save({**torch.load(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
-                **torch.load(fixture("pvdm", "ae_tiny_state_dict_part2.pt"))}, path)
+    torch.save(
+        {
+            **torch.load(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
+            **torch.load(fixture("pvdm", "ae_tiny_state_dict_part2.pt")),
+        },
+        path,
+    )
     return path
 
 
 def _release(tmp_path: Path, kind: str) -> Path:
     """A tiny UNet as a release file, with the config.json that names its heads (not the released size)."""
     path = tmp_path / f"ema_model_{kind}.pth"
-    torch.save({f"module.{k}": v for k, v in torch.load(fixture("pvdm", f"unet_tiny_{kind}_state_dict.pt")).items()}, path)
+    torch.save(
+        {f"module.{k}": v for k, v in torch.load(fixture("pvdm", f"unet_tiny_{kind}_state_dict.pt")).items()}, path
+    )
     (tmp_path / "config.json").write_text('{"model": {"num_heads": 4}}')
     return path
 
@@ -217,8 +241,17 @@ def test_released_unet_on_an_autoencoder_of_other_latents_is_one_line(tmp_path, 
 
 def model_on_tiny_ae(release: Path, cond_prob: float = 0.3) -> PVDM:
     """A small random conditional UNet on the tiny upstream autoencoder's 4 x 144 latents."""
-    cfg = PVDMConfig(autoencoder=str(release), latent_size=4, latent_frames=16, model_channels=32, channel_mult=[1, 2],
-                     num_res_blocks=1, attention_resolutions=[2], num_heads=4, cond_prob=cond_prob)
+    cfg = PVDMConfig(
+        autoencoder=str(release),
+        latent_size=4,
+        latent_frames=16,
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[2],
+        num_heads=4,
+        cond_prob=cond_prob,
+    )
     torch.manual_seed(0)
     model = PVDM(cfg)
     with torch.no_grad():
@@ -251,12 +284,15 @@ def test_short_context_is_padded_in_front_with_black_frames(tiny_ae_release, cap
     assert short.shape == (1, 4, 3, 32, 32)
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(latent_size=30), "latent_size"),
-    (dict(model_channels=48), "multiple of 32"),
-    (dict(num_heads=3), "num_heads"),
-    (dict(steps=0), "steps"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(latent_size=30), "latent_size"),
+        (dict(model_channels=48), "multiple of 32"),
+        (dict(num_heads=3), "num_heads"),
+        (dict(steps=0), "steps"),
+    ],
+)
 def test_invalid_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValueError, match=message):
         PVDMConfig(**fields)
@@ -264,8 +300,15 @@ def test_invalid_sizes_are_one_line_errors(fields, message):
 
 def test_other_plane_sizes_build_and_run():
     """Plane sizes follow the config (upstream hard-codes 32 / 16 / 2048): 8x8 planes of 4 frames."""
-    cfg = PVDMConfig(latent_size=8, latent_frames=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-                     attention_resolutions=[2], num_heads=4)
+    cfg = PVDMConfig(
+        latent_size=8,
+        latent_frames=4,
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[2],
+        num_heads=4,
+    )
     assert cfg.latent_length == 8 * 8 + 2 * 4 * 8
     model = PVDM(cfg)
     x = torch.randn(2, 4, cfg.latent_length)

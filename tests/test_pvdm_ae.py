@@ -20,8 +20,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ae"
 
 
 def _tiny_state() -> dict[str, torch.Tensor]:
-    return {**read_weights(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
-            **read_weights(fixture("pvdm", "ae_tiny_state_dict_part2.pt"))}
+    return {
+        **read_weights(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
+        **read_weights(fixture("pvdm", "ae_tiny_state_dict_part2.pt")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,12 @@ def _config_arch(name: str) -> dict:
 def test_tiny_architecture_is_read_off_the_upstream_weights(tiny):
     ddconfig = yaml.safe_load(fixture("pvdm", "config_tiny.yaml").read_text())["autoencoder_tiny"]["ddconfig"]
     config = tiny.config
-    assert (config.channels, config.resolution, config.timesteps, config.splits) == \
-        (ddconfig["channels"], ddconfig["resolution"], ddconfig["timesteps"], ddconfig["splits"])
+    assert (config.channels, config.resolution, config.timesteps, config.splits) == (
+        ddconfig["channels"],
+        ddconfig["resolution"],
+        ddconfig["timesteps"],
+        ddconfig["splits"],
+    )
     assert (config.embed_dim, config.patch_size, config.depth) == (4, 8, 8)
 
 
@@ -60,7 +66,9 @@ def test_tiny_matches_upstream(tiny, io):
     torch.testing.assert_close(latents[:, 0], expected["extract"], atol=ATOL, rtol=RTOL)
     flat = lambda v: rearrange(v, "b t c h w -> (b t) c h w")  # noqa: E731  upstream's frame-fastest layout
     torch.testing.assert_close(flat(tiny.decode(latents)), expected["decode_from_sample"], atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(flat(tiny.forward_train(video).reconstruction), expected["forward_recon"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        flat(tiny.forward_train(video).reconstruction), expected["forward_recon"], atol=ATOL, rtol=RTOL
+    )
 
 
 @torch.no_grad()
@@ -91,7 +99,9 @@ def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(tiny
     from vpt.models.autoencoders import pvdm
 
     calls = []
-    monkeypatch.setattr(pvdm, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
+    monkeypatch.setattr(
+        pvdm, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k)
+    )
     video = rearrange(io["inputs"]["video"], "b c t h w -> b t c h w")[:1]
     grads = []
     for checkpointing in (False, True):
@@ -150,26 +160,49 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("resolution, patch, frames, splits", [
-    (48, 8, 6, 1),  # 6 frames on a 6 x 6 grid
-    (128, 4, 4, 2),  # the 128 px / patch 4 setting upstream breaks on; 2 splits of 2 frames
-])
+@pytest.mark.parametrize(
+    "resolution, patch, frames, splits",
+    [
+        (48, 8, 6, 1),  # 6 frames on a 6 x 6 grid
+        (128, 4, 4, 2),  # the 128 px / patch 4 setting upstream breaks on; 2 splits of 2 frames
+    ],
+)
 def test_other_resolutions_and_frame_counts_derive_their_planes(resolution, patch, frames, splits):
-    model = build_autoencoder("pvdm", {"channels": 16, "resolution": resolution, "timesteps": frames, "splits": splits,
-                                       "depth": 1, "patch_size": patch}).eval()
+    model = build_autoencoder(
+        "pvdm",
+        {
+            "channels": 16,
+            "resolution": resolution,
+            "timesteps": frames,
+            "splits": splits,
+            "depth": 1,
+            "patch_size": patch,
+        },
+    ).eval()
     grid, k = resolution // patch, frames // splits
-    assert model.frames_per_latent == k and model.plane_shapes() == {"xy": (grid, grid), "yt": (k, grid), "xt": (k, grid)}
+    assert model.frames_per_latent == k and model.plane_shapes() == {
+        "xy": (grid, grid),
+        "yt": (k, grid),
+        "xt": (k, grid),
+    }
     video = torch.rand(1, 2 * k, 3, resolution, resolution) * 2 - 1
     latents = model.encode(video)
-    assert latents.shape == (1, 2, 4, grid * grid + 2 * k * grid) == (1, *model.latent_shape(2 * k, resolution, resolution))
+    assert (
+        latents.shape
+        == (1, 2, 4, grid * grid + 2 * k * grid)
+        == (1, *model.latent_shape(2 * k, resolution, resolution))
+    )
     assert model.decode(latents).shape == video.shape
 
 
-@pytest.mark.parametrize("arch, needle", [
-    ({"resolution": 36}, "resolution 36 is not divisible by patch_size 8"),
-    ({"timesteps": 16, "splits": 3}, "timesteps 16 is not divisible by splits 3"),
-    ({"channels": 4}, "channels must be >= 8"),
-])
+@pytest.mark.parametrize(
+    "arch, needle",
+    [
+        ({"resolution": 36}, "resolution 36 is not divisible by patch_size 8"),
+        ({"timesteps": 16, "splits": 3}, "timesteps 16 is not divisible by splits 3"),
+        ({"channels": 4}, "channels must be >= 8"),
+    ],
+)
 def test_invalid_sizes_are_one_line(arch, needle):
     with pytest.raises(ConfigError) as error:
         build_autoencoder("pvdm", {"channels": 16, "resolution": 32, "depth": 1, **arch})
@@ -189,19 +222,35 @@ def _objective(**loss):
 
     torch.manual_seed(0)
     ae = build_autoencoder("pvdm", {"channels": 16, "resolution": 16, "timesteps": 4, "depth": 1})
-    settings = dict(discriminator="pvdm", adaptive_weight=False, reconstruction_weight=4.0, feature_matching_weight=4.0,
-                    gan_weight=1.0, disc_factor=1.0, disc_layers=2, disc_channels=8, disc_start=0)
+    settings = dict(
+        discriminator="pvdm",
+        adaptive_weight=False,
+        reconstruction_weight=4.0,
+        feature_matching_weight=4.0,
+        gan_weight=1.0,
+        disc_factor=1.0,
+        disc_layers=2,
+        disc_channels=8,
+        disc_start=0,
+    )
     return ae.build_objective(LossConfig(**{**settings, **loss})).train()
 
 
 def test_discriminators_have_the_loss_last_pth_layout():
     objective = _objective(disc_layers=3, disc_channels=64)
-    released = {k: v for k, v in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()
-                if k.startswith("discriminator_")}
+    released = {
+        k: v
+        for k, v in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()
+        if k.startswith("discriminator_")
+    }
     ours = {k: tuple(v.shape) for k, v in objective.state_dict().items() if k.startswith("discriminator_")}
     assert ours == released
-    state = {k: torch.full(shape, 0.5) if k.endswith("weight") else torch.zeros(shape, dtype=torch.long if "num_batches" in k else torch.float)
-             for k, shape in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()}
+    state = {
+        k: torch.full(shape, 0.5)
+        if k.endswith("weight")
+        else torch.zeros(shape, dtype=torch.long if "num_batches" in k else torch.float)
+        for k, shape in key_shapes("pvdm", "keys_pvdm_loss_lpips_discriminators.txt").items()
+    }
     objective.load_upstream_discriminators(state)  # LPIPS keys are dropped, the discriminators fit
     assert objective.discriminator_3d.model4[0].weight.eq(0.5).all()
 
@@ -224,8 +273,10 @@ def _gradients(video, **loss) -> dict:
     torch.manual_seed(1)  # the same frame is chosen in every call
     out = objective.loss(video)
     out["loss"].backward()
-    grads = {name: torch.cat([p.grad.flatten() for p in getattr(objective, name).parameters()])
-             for name in ("autoencoder", "discriminator_2d", "discriminator_3d")}
+    grads = {
+        name: torch.cat([p.grad.flatten() for p in getattr(objective, name).parameters()])
+        for name in ("autoencoder", "discriminator_2d", "discriminator_3d")
+    }
     return {**{k: float(v) for k, v in out.items() if k != "loss"}, **grads}
 
 
@@ -241,11 +292,14 @@ def test_each_player_gets_only_the_gradient_of_its_own_objective():
     assert not torch.allclose(both["autoencoder"], no_generator_terms["autoencoder"])  # the GAN terms do reach the AE
 
 
-@pytest.mark.parametrize("loss, needle", [
-    ({"discriminator": "patchgan"}, "trains with 'pvdm'"),
-    ({"adaptive_weight": True}, "fixed loss.gan_weight"),
-    ({"gan_loss": "lsgan"}, "hinge or vanilla"),
-])
+@pytest.mark.parametrize(
+    "loss, needle",
+    [
+        ({"discriminator": "patchgan"}, "trains with 'pvdm'"),
+        ({"adaptive_weight": True}, "fixed loss.gan_weight"),
+        ({"gan_loss": "lsgan"}, "hinge or vanilla"),
+    ],
+)
 def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
     with pytest.raises(ConfigError, match=needle):
         _objective(**loss)
@@ -272,9 +326,26 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
     from vpt.data.h5 import VideoH5
 
     h5, run = shapes_32, tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", h5, "--run", run, *TINY,
-                          "--set", "train.batch_size=2", "--set", "train.val_every=2", "--set", "loss.discriminator=pvdm", "--set", "loss.disc_start=1",
-                          "--max-steps", "2")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "pvdm_shapes.yaml",
+        "--data",
+        h5,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.val_every=2",
+        "--set",
+        "loss.discriminator=pvdm",
+        "--set",
+        "loss.disc_start=1",
+        "--max-steps",
+        "2",
+    )
     assert code == 0, output
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("feature_matching" in r for r in losses) and any("val_psnr" in r for r in losses)
@@ -293,14 +364,29 @@ def test_train_ae_then_save_latents_stores_planes_that_decode_back(shapes_32, tm
         torch.testing.assert_close(ae.decode(stored), ae.reconstruct(video), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ("autoencoder.arch.resolution=36", "resolution 36 is not divisible by patch_size 8"),
-    ("loss.discriminator=patchgan", "trains with 'pvdm'"),
-    ("data.image_size=64", "built for 32x32 frames, got 64x64"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("autoencoder.arch.resolution=36", "resolution 36 is not divisible by patch_size 8"),
+        ("loss.discriminator=patchgan", "trains with 'pvdm'"),
+        ("data.image_size=64", "built for 32x32 frames, got 64x64"),
+    ],
+)
 def test_train_ae_mistakes_are_one_line(shapes_32, tmp_path, invoke, setting, needle):
-    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", tmp_path / "run",
-                          *TINY, "--set", setting, "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "pvdm_shapes.yaml",
+        "--data",
+        shapes_32,
+        "--run",
+        tmp_path / "run",
+        *TINY,
+        "--set",
+        setting,
+        "--max-steps",
+        "1",
+    )
     assert code != 0
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and needle in error[0], output
@@ -311,19 +397,44 @@ def test_discriminators_start_from_loss_last_pth(shapes_32, tmp_path, invoke):
 
     source = _objective(disc_layers=2, disc_channels=8)
     torch.manual_seed(3)
-    upstream = {f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v
-                for k, v in source.state_dict().items() if k.startswith("discriminator_")}
+    upstream = {
+        f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in source.state_dict().items()
+        if k.startswith("discriminator_")
+    }
     upstream["module.perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)  # LPIPS entries are skipped
     path = tmp_path / "loss_last.pth"
     torch.save(upstream, path)
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
-                          "--set", "loss.discriminator=pvdm", "--set", "loss.disc_channels=8",
-                          "--set", f"loss.discriminator_init_from={path}", "--set", "train.lr=1e-12",
-                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "pvdm_shapes.yaml",
+        "--data",
+        shapes_32,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "loss.discriminator=pvdm",
+        "--set",
+        "loss.disc_channels=8",
+        "--set",
+        f"loss.discriminator_init_from={path}",
+        "--set",
+        "train.lr=1e-12",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.batch_size=1",
+        "--max-steps",
+        "1",
+    )
     assert code == 0, output
     saved = load_file(next((run / "checkpoints").glob("step_*")) / "model.safetensors")
-    torch.testing.assert_close(saved["discriminator_3d.model2.0.weight"], upstream["module.discriminator_3d.model2.0.weight"])
+    torch.testing.assert_close(
+        saved["discriminator_3d.model2.0.weight"], upstream["module.discriminator_3d.model2.0.weight"]
+    )
 
 
 def test_init_from_model_last_pth_keeps_the_configs_checkpointing(shapes_32, tmp_path, invoke):
@@ -332,9 +443,28 @@ def test_init_from_model_last_pth_keeps_the_configs_checkpointing(shapes_32, tmp
     path = tmp_path / "model_last.pth"
     torch.save(source.state_dict(), path)
     run = tmp_path / "run"
-    code, output = invoke("train-ae", "--config", CONFIGS / "pvdm_shapes.yaml", "--data", shapes_32, "--run", run, *TINY,
-                          "--set", "autoencoder.arch.checkpointing=true", "--init-from", path, "--set", "train.lr=0.0",
-                          "--set", "train.val_every=0", "--set", "train.batch_size=1", "--max-steps", "1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "pvdm_shapes.yaml",
+        "--data",
+        shapes_32,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "autoencoder.arch.checkpointing=true",
+        "--init-from",
+        path,
+        "--set",
+        "train.lr=0.0",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.batch_size=1",
+        "--max-steps",
+        "1",
+    )
     assert code == 0, output
     assert yaml.safe_load((run / "config.yaml").read_text())["autoencoder"]["arch"]["checkpointing"] is True
     trained = load_autoencoder(run)

@@ -25,19 +25,57 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     torch.manual_seed(0)
     frames = shapes_h5(tmp_path / "shapes", num_videos=6, frames=32, size=32)
     ae_run = tmp_path / "ae"
-    code, output = invoke("train-ae", "--config", CONFIGS / "ae" / "pvdm_shapes.yaml", "--data", frames, "--run", ae_run,
-                          "--set", "autoencoder.arch.channels=16", "--set", "autoencoder.arch.depth=1",
-                          "--set", "train.batch_size=2", "--set", "train.val_every=0", "--max-steps", "2")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "ae" / "pvdm_shapes.yaml",
+        "--data",
+        frames,
+        "--run",
+        ae_run,
+        "--set",
+        "autoencoder.arch.channels=16",
+        "--set",
+        "autoencoder.arch.depth=1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.val_every=0",
+        "--max-steps",
+        "2",
+    )
     assert code == 0, output
     latents = tmp_path / "latents"
     code, output = invoke("save-latents", "--ae", ae_run, "--data", frames, "--out", latents, "--workers", 0)
     assert code == 0, output
 
     run = tmp_path / "pvdm"
-    code, output = invoke("train", "pvdm", "--config", CONFIGS / "pvdm" / "shapes.yaml", "--data", latents, "--run", run,
-                          "--set", "train.max_steps=4", "--set", "train.batch_size=2", "--set", "train.ema_every=3",
-                          "--set", "train.ema_start=100", "--set", "train.checkpoint_every=3",
-                          "--set", "train.sample_every=4", "--set", "model.steps=2", "--set", "model.cond_prob=1.0")
+    code, output = invoke(
+        "train",
+        "pvdm",
+        "--config",
+        CONFIGS / "pvdm" / "shapes.yaml",
+        "--data",
+        latents,
+        "--run",
+        run,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.ema_every=3",
+        "--set",
+        "train.ema_start=100",
+        "--set",
+        "train.checkpoint_every=3",
+        "--set",
+        "train.sample_every=4",
+        "--set",
+        "model.steps=2",
+        "--set",
+        "model.cond_prob=1.0",
+    )
     assert code == 0, output
     assert list((run / "samples").glob("step_000004.*"))  # the periodic sample: next clip from a decoded real clip
     # Before ema_start the EMA copies the weights, and ema_every=3 lets it do so at step 3 only.
@@ -48,8 +86,9 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     torch.testing.assert_close(read_weights(step4 / "ema.safetensors")[name], model3, atol=0, rtol=0)
 
     prediction = tmp_path / "next_clip.png"
-    code, output = invoke("sample", "--run", run, "--data", frames, "--split", "test", "--num-samples", 1,
-                          "--out", prediction)
+    code, output = invoke(
+        "sample", "--run", run, "--data", frames, "--split", "test", "--num-samples", 1, "--out", prediction
+    )
     assert code == 0, output
     record = json.loads(prediction.with_name(prediction.name + ".json").read_text())
     assert (record["context_frames"], record["frames"]) == (16, 16)
@@ -70,8 +109,23 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     # not the released UNet size: its heads, which the weights do not show, go in a config.json beside it
     (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": model.cfg.num_heads}}))
     from_release = tmp_path / "from_release.png"
-    code, output = invoke("sample", "--checkpoint", released, "--ae", ae_run, "--data", frames, "--split", "test",
-                          "--num-samples", 1, "--steps", 2, "--out", from_release)
+    code, output = invoke(
+        "sample",
+        "--checkpoint",
+        released,
+        "--ae",
+        ae_run,
+        "--data",
+        frames,
+        "--split",
+        "test",
+        "--num-samples",
+        1,
+        "--steps",
+        2,
+        "--out",
+        from_release,
+    )
     assert code == 0, output
     record = json.loads(from_release.with_name(from_release.name + ".json").read_text())
     assert record["sampler"]["steps"] == 2 and (record["context_frames"], record["frames"]) == (16, 16)
@@ -80,8 +134,21 @@ def test_pvdm_trains_on_latents_and_predicts_the_next_clip(tmp_path, invoke, mon
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no LPIPS weights: skipped
     detector = write_tiny_detector(tmp_path / "i3d_torchscript.pt")
     report_path = tmp_path / "metrics.json"
-    code, output = invoke("eval-fvd", "--run", run, "--data", frames, "--split", "train", "--i3d", detector,
-                          "--batch-size", 2, "--out", report_path)
+    code, output = invoke(
+        "eval-fvd",
+        "--run",
+        run,
+        "--data",
+        frames,
+        "--split",
+        "train",
+        "--i3d",
+        detector,
+        "--batch-size",
+        2,
+        "--out",
+        report_path,
+    )
     assert code == 0, output
     protocol = json.loads(report_path.read_text())["protocol"]
     assert protocol["backend"] == "pvdm"

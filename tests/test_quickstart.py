@@ -56,8 +56,9 @@ def test_a_minutes_cap_cuts_training_short_and_says_so(tmp_path):
     out = tmp_path / "qs"
     threads = torch.get_num_threads()
     try:
-        result = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--num-videos", "20", "--minutes", "0.2",
-                                          "--threads", "1"])
+        result = CliRunner().invoke(
+            app, ["quickstart", "--out", str(out), "--num-videos", "20", "--minutes", "0.2", "--threads", "1"]
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"

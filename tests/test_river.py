@@ -29,8 +29,13 @@ def test_regressor_matches_upstream(head):
     inputs = torch.load(fixture("river", f"vfr_tiny_{head}.inputs.pt"))
     expected = torch.load(fixture("river", f"vfr_tiny_{head}.outputs.pt"))["output"]
     with torch.no_grad():
-        output = model.regressor(inputs["input_latents"], inputs["reference_latents"], inputs["conditioning_latents"],
-                                 inputs["index_distances"], inputs["timestamps"])
+        output = model.regressor(
+            inputs["input_latents"],
+            inputs["reference_latents"],
+            inputs["conditioning_latents"],
+            inputs["index_distances"],
+            inputs["timestamps"],
+        )
     assert count_parameters(model.regressor) == 323_588
     torch.testing.assert_close(output, expected, atol=ATOL, rtol=0)
 
@@ -41,8 +46,9 @@ def test_converter_accepts_ddp_prefix():
     assert convert_upstream_regressor(prefixed).keys() == convert_upstream_regressor(upstream).keys()
 
 
-@pytest.mark.parametrize("name, params", [("bair_64", 98_084_868), ("kth", 98_084_868), ("clevrer", 98_084_868),
-                                          ("bair_256", 98_121_736)])
+@pytest.mark.parametrize(
+    "name, params", [("bair_64", 98_084_868), ("kth", 98_084_868), ("clevrer", 98_084_868), ("bair_256", 98_121_736)]
+)
 def test_fullsize_key_lists_convert_onto_published_configs(name, params):
     """Every `module.vector_field_regressor.*` key of a released model.pth lands on a vpt parameter of
     the same shape, and the config read off the weights is the published configs/river/ one."""
@@ -57,9 +63,12 @@ def test_fullsize_key_lists_convert_onto_published_configs(name, params):
     published = yaml.safe_load((Path(__file__).parents[1] / "configs" / "river" / f"{config_name}.yaml").read_text())
     cfg = RiverConfig(**{k: v for k, v in published["model"].items() if k != "autoencoder"})
     assert config_from_regressor_state(converted) == {
-        k: getattr(cfg, k) for k in ("latent_channels", "inner_dim", "depth", "mid_depth", "heads", "out_norm")}
+        k: getattr(cfg, k) for k in ("latent_channels", "inner_dim", "depth", "mid_depth", "heads", "out_norm")
+    }
     with torch.device("meta"):
-        regressor = VectorFieldRegressor(cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm)
+        regressor = VectorFieldRegressor(
+            cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm
+        )
     ours = {k: tuple(v.shape) for k, v in regressor.state_dict().items()}
     assert ours == {k: tuple(v.shape) for k, v in converted.items()}
     assert count_parameters(regressor) == params
@@ -120,8 +129,10 @@ def test_integrators_reach_their_order(method, order):
     f = lambda t, y: torch.cos(t) * y  # noqa: E731
     exact = torch.exp(torch.sin(torch.tensor(1.0, dtype=torch.float64)))
     y0 = torch.ones((), dtype=torch.float64)
-    errors = [(integrate(f, y0, torch.linspace(0, 1, n + 1, dtype=torch.float64), method) - exact).abs().item()
-              for n in (8, 16)]
+    errors = [
+        (integrate(f, y0, torch.linspace(0, 1, n + 1, dtype=torch.float64), method) - exact).abs().item()
+        for n in (8, 16)
+    ]
     assert errors[0] / errors[1] == pytest.approx(2**order, rel=0.25)
 
 
@@ -152,7 +163,10 @@ def test_training_objective_matches_upstream():
 def _published_checkpoint(path: Path, *, ddp: bool = True) -> Path:
     """An upstream-format model.pth holding the tiny fixture weights (regressor + ldm-vq AE)."""
     prefix = "module." if ddp else ""
-    state = {f"{prefix}vector_field_regressor.{k}": v for k, v in load_file(fixture("river", "vfr_tiny_ln.weights.safetensors")).items()}
+    state = {
+        f"{prefix}vector_field_regressor.{k}": v
+        for k, v in load_file(fixture("river", "vfr_tiny_ln.weights.safetensors")).items()
+    }
     state |= {f"{prefix}ae.{k}": v for k, v in load_file(fixture("river", "ldmvq_tiny.weights.safetensors")).items()}
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "global_step": 300000}, path)
     return path
@@ -233,14 +247,18 @@ def test_compile_sampler_compiles_the_regressor_once_and_agrees_with_eager(monke
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     model.cfg.compile_sampler = False
     eager = model.rollout(context, 2, steps=2, sampler="rk4", generator=torch.Generator().manual_seed(5))
-    assert modes == ["default"] and graphs == 1  # CPU: inductor's default mode (CUDA graphs only on CUDA); no recompiles
+    assert (
+        modes == ["default"] and graphs == 1
+    )  # CPU: inductor's default mode (CUDA graphs only on CUDA); no recompiles
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
     assert not any("compiled" in key or "_orig_mod" in key for key in model.state_dict())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="inductor's first compile of even the tiny regressor took ~2 min on this project's "
-                           "2-core CPU (measured; ~9 s once cached): too slow for CI, so it runs where CUDA is")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="inductor's first compile of even the tiny regressor took ~2 min on this project's "
+    "2-core CPU (measured; ~9 s once cached): too slow for CI, so it runs where CUDA is",
+)
 def test_inductor_compiled_rollout_matches_eager_within_fp32_tolerance():
     torch._dynamo.reset()
     model = _tiny_river("ln", compile_sampler=True).cuda()

@@ -47,7 +47,16 @@ def test_documented_river_path_trains_on_latents_and_predicts_frames(tmp_path):
     (tmp_path / "river.yaml").write_text(RIVER_CONFIG)
     _run("train-ae", "--config", tmp_path / "ae.yaml", "--data", tmp_path / "h5", "--run", tmp_path / "ae")
     _run("save-latents", "--ae", tmp_path / "ae", "--data", tmp_path / "h5", "--out", tmp_path / "latents")
-    _run("train", "river", "--config", tmp_path / "river.yaml", "--data", tmp_path / "latents", "--run", tmp_path / "river")
+    _run(
+        "train",
+        "river",
+        "--config",
+        tmp_path / "river.yaml",
+        "--data",
+        tmp_path / "latents",
+        "--run",
+        tmp_path / "river",
+    )
 
     assert Run(tmp_path / "river").latest_step() == 40
     model = Backend.from_run(tmp_path / "river")

@@ -22,8 +22,17 @@ TOL = dict(atol=1e-5, rtol=1e-4)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pvdm"
 
 #: upstream's tiny MosoModel arguments (fixture README), in vpt's names
-FIXTURE_CONFIG = dict(latent_channels=8, latent_size=8, clip_frames=4, given_frames=2, model_channels=32,
-                      channel_mult=[1, 1], num_res_blocks=1, attention_resolutions=[1, 2], num_heads=4)
+FIXTURE_CONFIG = dict(
+    latent_channels=8,
+    latent_size=8,
+    clip_frames=4,
+    given_frames=2,
+    model_channels=32,
+    channel_mult=[1, 1],
+    num_res_blocks=1,
+    attention_resolutions=[1, 2],
+    num_heads=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,9 @@ def test_masked_l1_loss_matches_upstream(upstream_model, recorded):
     assert inputs["mask"][:, :2].all() and not inputs["mask"][:, 2:].any()  # the mask our config builds
     torch.testing.assert_close(upstream_model.given_mask(2, "cpu"), inputs["mask"])
     with torch.no_grad():
-        loss = upstream_model.diffusion_loss(inputs["x"], inputs["mask"], inputs["t"], inputs["noise"], inputs["context"])
+        loss = upstream_model.diffusion_loss(
+            inputs["x"], inputs["mask"], inputs["t"], inputs["noise"], inputs["context"]
+        )
     torch.testing.assert_close(loss, recorded["outputs"]["p_losses_moso_l1"], **TOL)
 
 
@@ -100,9 +111,11 @@ class MosoDouble(nn.Module):
         """(B, L) ids as floats, laid out [scene | object | motion] -> token grids (as the MOSO AE stores them)."""
         cell = self.grid * self.grid
         ids = latents.round().long()
-        return {"scene": ids[:, :cell].unflatten(1, (self.grid, self.grid)),
-                "object": ids[:, cell:2 * cell].unflatten(1, (self.grid, self.grid)),
-                "motion": ids[:, 2 * cell:].unflatten(1, (-1, self.grid, self.grid))}
+        return {
+            "scene": ids[:, :cell].unflatten(1, (self.grid, self.grid)),
+            "object": ids[:, cell : 2 * cell].unflatten(1, (self.grid, self.grid)),
+            "motion": ids[:, 2 * cell :].unflatten(1, (-1, self.grid, self.grid)),
+        }
 
     def diffusion_input(self, motion: torch.Tensor) -> torch.Tensor:
         return rearrange(self.codebook(motion), "b t h w d -> b d t h w")
@@ -111,15 +124,31 @@ class MosoDouble(nn.Module):
         return torch.cat([self.codebook(scene).flatten(1, 2), self.codebook(object_tokens).flatten(1, 2)], dim=1)
 
     def decode_diffusion(self, x: torch.Tensor, scene: torch.Tensor, object_tokens: torch.Tensor) -> torch.Tensor:
-        level = F.interpolate(x.mean(1, keepdim=True).tanh(), scale_factor=(1, self.size // self.grid, self.size // self.grid))
+        level = F.interpolate(
+            x.mean(1, keepdim=True).tanh(), scale_factor=(1, self.size // self.grid, self.size // self.grid)
+        )
         return level.expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
 
 
 def small_model(**changes) -> RSVPM:
     torch.manual_seed(0)
-    cfg = RSVPMConfig(**{**dict(latent_channels=8, latent_size=4, clip_frames=4, given_frames=2, model_channels=32,
-                                channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[2], num_heads=4,
-                                steps=4), **changes})
+    cfg = RSVPMConfig(
+        **{
+            **dict(
+                latent_channels=8,
+                latent_size=4,
+                clip_frames=4,
+                given_frames=2,
+                model_channels=32,
+                channel_mult=[1, 2],
+                num_res_blocks=1,
+                attention_resolutions=[2],
+                num_heads=4,
+                steps=4,
+            ),
+            **changes,
+        }
+    )
     return RSVPM(cfg, autoencoder=MosoDouble()).eval()
 
 
@@ -200,8 +229,9 @@ def test_training_on_cached_tokens_equals_training_on_their_frames():
     # and periodic samples can show cached latents as frames: the decoded clip of its tokens
     assert model.can_show_latents
     x, _context, _tokens = model.embed(clip)
-    torch.testing.assert_close(model.decode(latents[:, None].expand(-1, 2, -1)),
-                               model.decode_motion(x, tokens).repeat(1, 2, 1, 1, 1))
+    torch.testing.assert_close(
+        model.decode(latents[:, None].expand(-1, 2, -1)), model.decode_motion(x, tokens).repeat(1, 2, 1, 1, 1)
+    )
 
 
 def test_motion_shape_other_than_the_config_is_one_line():

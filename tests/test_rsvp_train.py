@@ -23,27 +23,76 @@ def test_rsvp_trains_on_cached_tokens_and_predicts_with_the_given_frames_kept(tm
     torch.manual_seed(0)
     frames = shapes_h5(tmp_path / "shapes", num_videos=6, frames=16, size=32)
     ae_run = tmp_path / "ae"
-    code, output = invoke("train-ae", "--config", CONFIGS / "ae" / "moso_shapes.yaml", "--data", frames, "--run", ae_run,
-                          "--set", "train.batch_size=2", "--set", "train.val_every=0", "--max-steps", "2")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        CONFIGS / "ae" / "moso_shapes.yaml",
+        "--data",
+        frames,
+        "--run",
+        ae_run,
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.val_every=0",
+        "--max-steps",
+        "2",
+    )
     assert code == 0, output
     latents = tmp_path / "latents"
     code, output = invoke("save-latents", "--ae", ae_run, "--data", frames, "--out", latents, "--workers", 0)
     assert code == 0, output
 
     run = tmp_path / "rsvp"
-    code, output = invoke("train", "rsvp", "--config", CONFIGS / "pvdm" / "rsvp_m_shapes.yaml", "--data", latents,
-                          "--run", run, "--set", "data.frames=1", "--set", "train.max_steps=3",
-                          "--set", "train.batch_size=2", "--set", "train.checkpoint_every=3",
-                          "--set", "train.val_every=0", "--set", "train.sample_every=3", "--set", "model.steps=2")
+    code, output = invoke(
+        "train",
+        "rsvp",
+        "--config",
+        CONFIGS / "pvdm" / "rsvp_m_shapes.yaml",
+        "--data",
+        latents,
+        "--run",
+        run,
+        "--set",
+        "data.frames=1",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.checkpoint_every=3",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.sample_every=3",
+        "--set",
+        "model.steps=2",
+    )
     assert code == 0, output
     assert list((run / "samples").glob("step_000003.*"))  # periodic samples decode the cached tokens to frames
-    losses = [r["loss"] for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
-              if "loss" in r]
+    losses = [
+        r["loss"]
+        for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert losses and all(loss == loss and loss > 0 for loss in losses)  # the masked L1 was computed, finite
 
     prediction = tmp_path / "next.png"
-    code, output = invoke("sample", "--run", run, "--data", frames, "--split", "test", "--num-samples", 1,
-                          "--steps", 2, "--out", prediction)
+    code, output = invoke(
+        "sample",
+        "--run",
+        run,
+        "--data",
+        frames,
+        "--split",
+        "test",
+        "--num-samples",
+        1,
+        "--steps",
+        2,
+        "--out",
+        prediction,
+    )
     assert code == 0, output
     record = json.loads(prediction.with_name(prediction.name + ".json").read_text())
     assert (record["context_frames"], record["frames"]) == (8, 8)  # the run's protocol: first 8 given, 8 predicted

@@ -22,8 +22,9 @@ class Schema:
 def test_new_run_writes_resolved_config(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("train:\n  max_steps: 5\n  lr: 0.01\n")
-    run, cfg = start_run(Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=["train.seed=3"],
-                         log_every=2)
+    run, cfg = start_run(
+        Schema, run_dir=tmp_path / "run", config_file=cfg_file, overrides=["train.seed=3"], log_every=2
+    )
     stored = yaml.safe_load(run.config_path.read_text())
     assert stored["train"]["max_steps"] == 5 and stored["train"]["seed"] == 3 and stored["train"]["log_every"] == 2
     assert stored["train"]["batch_size"] == TrainConfig().batch_size  # defaults are written out too

@@ -56,8 +56,23 @@ def test_train_writes_checkpoint_metrics_and_samples(tiny_run):
 
 def test_sample_from_hdf5_index_records_settings(tiny_run, tmp_path):
     out = tmp_path / "pred.png"
-    result = _invoke("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 1, "--frames", 3,
-                     "--num-samples", 2, "--seed", 7, "--out", out)
+    result = _invoke(
+        "sample",
+        "--run",
+        tiny_run["run"],
+        "--data",
+        tiny_run["h5"],
+        "--index",
+        1,
+        "--frames",
+        3,
+        "--num-samples",
+        2,
+        "--seed",
+        7,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(out))
     # truth row + 2 samples, each 2 context + 3 predicted frames, 2 px gaps
@@ -69,8 +84,26 @@ def test_sample_from_hdf5_index_records_settings(tiny_run, tmp_path):
     assert record["model_config"]["sampler"] == "euler" and record["run"] == str(tiny_run["run"].resolve())
 
     again = tmp_path / "again.png"
-    assert _invoke("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 1, "--frames", 3,
-                   "--num-samples", 2, "--seed", 7, "--out", again).exit_code == 0
+    assert (
+        _invoke(
+            "sample",
+            "--run",
+            tiny_run["run"],
+            "--data",
+            tiny_run["h5"],
+            "--index",
+            1,
+            "--frames",
+            3,
+            "--num-samples",
+            2,
+            "--seed",
+            7,
+            "--out",
+            again,
+        ).exit_code
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(again)), image)  # the record is enough to redo it
 
 
@@ -81,15 +114,20 @@ def test_sample_compile_compiles_the_sampler_and_changes_no_pixel(tiny_run, tmp_
     import vpt.models.river as river
 
     modes = []
-    monkeypatch.setattr(river, "compile_network",
-                        lambda network, mode: modes.append(mode) or torch.compile(network, backend="eager", dynamic=False))
+    monkeypatch.setattr(
+        river,
+        "compile_network",
+        lambda network, mode: modes.append(mode) or torch.compile(network, backend="eager", dynamic=False),
+    )
     args = ("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--index", 0, "--frames", 2, "--seed", 3)
     assert _invoke(*args, "--out", tmp_path / "eager.png").exit_code == 0
     result = _invoke(*args, "--compile", "--out", tmp_path / "compiled.png")
     assert result.exit_code == 0, result.output
     assert modes == ["default"]
     assert json.loads((tmp_path / "compiled.png.json").read_text())["model_config"]["compile_sampler"] is True
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "compiled.png")), np.asarray(Image.open(tmp_path / "eager.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "compiled.png")), np.asarray(Image.open(tmp_path / "eager.png"))
+    )
 
 
 def test_sample_from_images_and_a_video(tiny_run, tmp_path):
@@ -103,16 +141,32 @@ def test_sample_from_images_and_a_video(tiny_run, tmp_path):
         Image.fromarray(clip[i]).save(path)
         images.append(path)
     out = tmp_path / "from_images.gif"
-    result = _invoke("sample", "--run", tiny_run["run"], "--image", images[0], "--image", images[1], "--frames", 2,
-                     "--out", out)
+    result = _invoke(
+        "sample", "--run", tiny_run["run"], "--image", images[0], "--image", images[1], "--frames", 2, "--out", out
+    )
     assert result.exit_code == 0, result.output
     with Image.open(out) as gif:
         assert gif.n_frames == 4 and gif.size == (SIZE, SIZE)
-    assert json.loads((tmp_path / "from_images.gif.json").read_text())["context"]["images"] == [str(p.resolve()) for p in images]
+    assert json.loads((tmp_path / "from_images.gif.json").read_text())["context"]["images"] == [
+        str(p.resolve()) for p in images
+    ]
 
     out = tmp_path / "from_video.mp4"
-    result = _invoke("sample", "--run", tiny_run["run"], "--video", frames[0], "--context-frames", 3, "--frames", 2,
-                     "--option", "sampler=heun", "--out", out)
+    result = _invoke(
+        "sample",
+        "--run",
+        tiny_run["run"],
+        "--video",
+        frames[0],
+        "--context-frames",
+        3,
+        "--frames",
+        2,
+        "--option",
+        "sampler=heun",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert len(read_video(out)) == 5
     record = json.loads((tmp_path / "from_video.mp4.json").read_text())
@@ -126,18 +180,34 @@ def test_sample_uses_newest_run_and_says_so(tiny_run, tmp_path, monkeypatch):
     assert "newest run" in result.output and "tiny" in result.output
 
 
-@pytest.mark.parametrize("args, message, code", [
-    (["--prompt", "go left"], "backend 'river' takes no text prompt", 2),
-    (["--guidance-scale", "3"], "backend 'river' has no guidance scale", 2),
-    (["--option", "eta=1"], "backend 'river' has no such sampling option (it has: past_horizon, sampler, warm_start)", 2),
-    (["--video", "x.mp4"], "exactly one of --image FILE..., --video FILE or --data DIR --index I", 2),
-    (["--out", "x.avi"], "use a .mp4, .gif or .png file", 2),
-    (["--index", "999"], "--index 999 is out of range", 2),
-])
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (["--prompt", "go left"], "backend 'river' takes no text prompt", 2),
+        (["--guidance-scale", "3"], "backend 'river' has no guidance scale", 2),
+        (
+            ["--option", "eta=1"],
+            "backend 'river' has no such sampling option (it has: past_horizon, sampler, warm_start)",
+            2,
+        ),
+        (["--video", "x.mp4"], "exactly one of --image FILE..., --video FILE or --data DIR --index I", 2),
+        (["--out", "x.avi"], "use a .mp4, .gif or .png file", 2),
+        (["--index", "999"], "--index 999 is out of range", 2),
+    ],
+)
 def test_sample_errors_are_one_line(tiny_run, tmp_path, capsys, args, message, code):
     from vpt.cli import main
 
-    argv = ["sample", "--run", str(tiny_run["run"]), "--data", str(tiny_run["h5"]), "--out", str(tmp_path / "x.png"), *args]
+    argv = [
+        "sample",
+        "--run",
+        str(tiny_run["run"]),
+        "--data",
+        str(tiny_run["h5"]),
+        "--out",
+        str(tmp_path / "x.png"),
+        *args,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err
@@ -145,10 +215,17 @@ def test_sample_errors_are_one_line(tiny_run, tmp_path, capsys, args, message, c
     assert message in " ".join(err.split()) and "Traceback" not in err
 
 
-@pytest.mark.parametrize("config_text, message", [
-    ("backend: seer\n", "'backend' expects one of ['river'], got 'seer'"),
-    ("backend: river\nmodel: {inner_dim: 32, depth: 1, mid_depth: 1}\ndata: {frames: 4}\n", "needs a frozen autoencoder: pass --ae"),
-], ids=["config of another backend", "frames without an autoencoder"])
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("backend: seer\n", "'backend' expects one of ['river'], got 'seer'"),
+        (
+            "backend: river\nmodel: {inner_dim: 32, depth: 1, mid_depth: 1}\ndata: {frames: 4}\n",
+            "needs a frozen autoencoder: pass --ae",
+        ),
+    ],
+    ids=["config of another backend", "frames without an autoencoder"],
+)
 def test_train_config_mistakes_exit_2(tiny_run, tmp_path, invoke, config_text, message):
     config = tmp_path / "config.yaml"
     config.write_text(config_text)
@@ -165,8 +242,19 @@ def test_sample_from_published_checkpoint(tmp_path):
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
     image = tmp_path / "ctx.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
-    result = _invoke("sample", "--checkpoint", checkpoint, "--image", image, "--frames", 2, "--steps", 3,
-                     "--out", tmp_path / "published.png")
+    result = _invoke(
+        "sample",
+        "--checkpoint",
+        checkpoint,
+        "--image",
+        image,
+        "--frames",
+        2,
+        "--steps",
+        3,
+        "--out",
+        tmp_path / "published.png",
+    )
     assert result.exit_code == 0, result.output
     assert "RIVER bair64 (64 px frames, 1 -> 15 frames) assumed" in " ".join(result.output.split())
     assert "--release kth" in result.output
@@ -175,12 +263,26 @@ def test_sample_from_published_checkpoint(tmp_path):
     assert record["image_size"] == 64 and record["protocol"]["predicted_frames"] == 15  # a 32 px input is resized
     assert np.asarray(Image.open(tmp_path / "published.png")).shape == (64, 3 * 64 + 2 * 2, 3)
 
-    kth = _invoke("sample", "--checkpoint", checkpoint, "--release", "kth", "--image", image, "--frames", 1,
-                  "--steps", 2, "--out", tmp_path / "kth.png")
+    kth = _invoke(
+        "sample",
+        "--checkpoint",
+        checkpoint,
+        "--release",
+        "kth",
+        "--image",
+        image,
+        "--frames",
+        1,
+        "--steps",
+        2,
+        "--out",
+        tmp_path / "kth.png",
+    )
     assert kth.exit_code == 0, kth.output
     assert json.loads((tmp_path / "kth.png.json").read_text())["protocol"]["context_frames"] == 10
-    wrong = _invoke("sample", "--checkpoint", checkpoint, "--preset", "clevrer", "--image", image,
-                    "--out", tmp_path / "x.png")
+    wrong = _invoke(
+        "sample", "--checkpoint", checkpoint, "--preset", "clevrer", "--image", image, "--out", tmp_path / "x.png"
+    )
     assert "does not fit" in str(wrong.exception)  # a UsageError: one line, exit 2 through `vpt`
 
 

@@ -17,11 +17,16 @@ from vpt.models.seer.backend import FSTextSection, SamplerSection, TextSection, 
 
 
 def toy_config(**overrides) -> SeerConfig:
-    values = dict(vae="none", frames=3, context_frames=1, trainable="all",
-                  unet=UNetSection(block_out_channels=[32, 32, 64], layers_per_block=1, heads=2),
-                  fstext=FSTextSection(layers=1, heads=2, pos_frames=4),
-                  text=TextSection(hidden_size=32, layers=1, heads=2, max_length=10),
-                  sampler=SamplerSection(steps=3, guidance_scale=3.0))
+    values = dict(
+        vae="none",
+        frames=3,
+        context_frames=1,
+        trainable="all",
+        unet=UNetSection(block_out_channels=[32, 32, 64], layers_per_block=1, heads=2),
+        fstext=FSTextSection(layers=1, heads=2, pos_frames=4),
+        text=TextSection(hidden_size=32, layers=1, heads=2, max_length=10),
+        sampler=SamplerSection(steps=3, guidance_scale=3.0),
+    )
     values.update(overrides)
     return SeerConfig(**values)
 
@@ -43,8 +48,10 @@ def model() -> Seer:
 
 def _batch(size: int = 2) -> dict:
     generator = torch.Generator().manual_seed(0)
-    return {"video": torch.rand(size, 3, 3, 16, 16, generator=generator) * 2 - 1,
-            "text": ["the red square moves left", "the blue circle moves right"][:size]}
+    return {
+        "video": torch.rand(size, 3, 3, 16, 16, generator=generator) * 2 - 1,
+        "text": ["the red square moves left", "the blue circle moves right"][:size],
+    }
 
 
 def test_registered_and_takes_text():
@@ -96,7 +103,9 @@ def test_null_context_is_clip_of_empty_text_repeated(model):
     null = model.null_context(2, 3)
     clip = model.clip_text([""])
     assert null.shape == (2, 3, 10, 32)
-    torch.testing.assert_close(null, clip[:, None].expand(2, 3, -1, -1), atol=1e-5, rtol=1e-5)  # batch of 2 vs 1: rounding only
+    torch.testing.assert_close(
+        null, clip[:, None].expand(2, 3, -1, -1), atol=1e-5, rtol=1e-5
+    )  # batch of 2 vs 1: rounding only
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -112,8 +121,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_predict_shapes_determinism_and_prompts(model):
     context = _batch()["video"][:, :1]
+
     def run(prompt, **kw):
         return model.predict(context, 2, prompt=prompt, generator=torch.Generator().manual_seed(7), **kw)
+
     left = run(["moves left"] * 2)
     assert left.shape == (2, 2, 3, 16, 16) and left.min() >= -1 and left.max() <= 1
     assert torch.equal(left, run("moves left"))  # one prompt broadcasts to the batch
@@ -136,8 +147,11 @@ def test_predict_more_frames_than_a_window_continues_autoregressively(model, cap
 def test_sampler_switches_change_the_samples():
     context = _batch()["video"][:1, :1]
     outputs = []
-    for sampler in (SamplerSection(steps=3), SamplerSection(steps=3, schedule="upstream"),
-                    SamplerSection(steps=3, reference_ff_skip=False)):
+    for sampler in (
+        SamplerSection(steps=3),
+        SamplerSection(steps=3, schedule="upstream"),
+        SamplerSection(steps=3, reference_ff_skip=False),
+    ):
         m = open_text_path(Seer(toy_config(sampler=sampler))).eval()
         outputs.append(m.predict(context, 2, prompt="x", generator=torch.Generator().manual_seed(0)))
     assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
@@ -166,10 +180,14 @@ def test_run_checkpoint_holds_everything_without_pretrained(model):
     assert any(k.startswith("text_encoder.") for k in keys) and model.frozen_prefixes == ()
     clone = Seer(dataclasses.replace(toy_config(), init_seed=1))
     clone.load_state_dict(model.state_dict(), strict=True)
-    assert torch.equal(clone.text_encoder.get_input_embeddings().weight, model.text_encoder.get_input_embeddings().weight)
+    assert torch.equal(
+        clone.text_encoder.get_input_embeddings().weight, model.text_encoder.get_input_embeddings().weight
+    )
 
 
-@pytest.mark.parametrize("name, frames, context", [("tiny", 8, 1), ("sthv2", 12, 2), ("bridge", 16, 1), ("epic", 16, 1)])
+@pytest.mark.parametrize(
+    "name, frames, context", [("tiny", 8, 1), ("sthv2", 12, 2), ("bridge", 16, 1), ("epic", 16, 1)]
+)
 def test_shipped_configs_validate(name, frames, context):
     from pathlib import Path
 
@@ -177,9 +195,19 @@ def test_shipped_configs_validate(name, frames, context):
     from vpt.config import load_config
 
     cfg = load_config(train_schema(Seer), Path(__file__).resolve().parents[1] / "configs" / "seer" / f"{name}.yaml")
-    assert (cfg.backend, cfg.model.frames, cfg.model.context_frames, cfg.data.frames) == ("seer", frames, context, frames)
+    assert (cfg.backend, cfg.model.frames, cfg.model.context_frames, cfg.data.frames) == (
+        "seer",
+        frames,
+        context,
+        frames,
+    )
     if name != "tiny":  # the paper's recipe: SD v1.5 frozen, SAWT + FSText trained, 256 px centre crops
-        assert (cfg.model.trainable, cfg.model.vae, cfg.data.image_size, cfg.data.resize) == ("temporal", "pretrained", 256, "crop")
+        assert (cfg.model.trainable, cfg.model.vae, cfg.data.image_size, cfg.data.resize) == (
+            "temporal",
+            "pretrained",
+            256,
+            "crop",
+        )
         assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.grad_clip) == (1.024e-4, 10000, 0.3)
 
 

@@ -10,9 +10,22 @@ import torch
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "seer" / "tiny.yaml"
 # configs/seer/tiny.yaml shrunk further so the whole round trip stays within seconds.
-SMALL = ["--set", "model.frames=3", "--set", "data.frames=3", "--set", "data.image_size=16",
-         "--set", "model.unet.block_out_channels=[32,32,64]", "--set", "train.batch_size=2",
-         "--set", "train.checkpoint_every=2", "--set", "model.sampler.steps=2"]
+SMALL = [
+    "--set",
+    "model.frames=3",
+    "--set",
+    "data.frames=3",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "model.unet.block_out_channels=[32,32,64]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "model.sampler.steps=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +47,38 @@ def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, invoke, sh
     assert code == 0, output
     assert (run / "checkpoints" / "step_000002" / "model.safetensors").is_file()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
-    assert f'vpt sample --run {run} --image FRAME.png --prompt "INSTRUCTION"' in " ".join(output.split())  # the hint fits text models
+    assert f'vpt sample --run {run} --image FRAME.png --prompt "INSTRUCTION"' in " ".join(
+        output.split()
+    )  # the hint fits text models
 
     book = tmp_path / "book.jpg"
     Image.new("RGB", (48, 40), (200, 120, 40)).save(book)
     out = tmp_path / "pred.gif"
-    code, output = invoke("sample", "--run", run, "--image", book, "--prompt", "close book",
-                          "--guidance-scale", 2.5, "--num-samples", 2, "--seed", 3, "--out", out)
+    code, output = invoke(
+        "sample",
+        "--run",
+        run,
+        "--image",
+        book,
+        "--prompt",
+        "close book",
+        "--guidance-scale",
+        2.5,
+        "--num-samples",
+        2,
+        "--seed",
+        3,
+        "--out",
+        out,
+    )
     assert code == 0, output
     record = json.loads(out.with_name("pred.gif.json").read_text())
-    assert (record["prompt"], record["guidance_scale"], record["frames"], record["image_size"]) == ("close book", 2.5, 2, 16)
+    assert (record["prompt"], record["guidance_scale"], record["frames"], record["image_size"]) == (
+        "close book",
+        2.5,
+        2,
+        16,
+    )
     with Image.open(out) as gif:
         assert gif.n_frames == 3  # the image + F - R = 2 predicted frames
 
@@ -56,7 +91,20 @@ def test_train_tiny_then_sample_from_an_image_with_a_prompt(tmp_path, invoke, sh
 
 
 def test_missing_sd_folder_is_a_one_line_error(tmp_path, invoke, shapes):
-    code, output = invoke("train", "seer", "--config", TINY, "--data", shapes, "--run", tmp_path / "run",
-                          "--set", "model.vae=pretrained", "--set", f"model.pretrained={tmp_path / 'no_sd'}", *SMALL)
+    code, output = invoke(
+        "train",
+        "seer",
+        "--config",
+        TINY,
+        "--data",
+        shapes,
+        "--run",
+        tmp_path / "run",
+        "--set",
+        "model.vae=pretrained",
+        "--set",
+        f"model.pretrained={tmp_path / 'no_sd'}",
+        *SMALL,
+    )
     assert code == 1
     assert "Stable Diffusion folder not found" in output and "Traceback" not in output

@@ -28,9 +28,15 @@ def _tiny_config() -> dict:
 @pytest.fixture(scope="module")
 def tiny_unet() -> SeerUNet:
     u = _tiny_config()["unet"]
-    size = UNetSize(in_channels=u["in_channels"], out_channels=u["out_channels"], block_out_channels=u["block_out_channels"],
-                    layers_per_block=u["layers_per_block"], heads=u["attention_head_dim"],
-                    cross_attention_dim=u["cross_attention_dim"], norm_eps=u["norm_eps"])
+    size = UNetSize(
+        in_channels=u["in_channels"],
+        out_channels=u["out_channels"],
+        block_out_channels=u["block_out_channels"],
+        layers_per_block=u["layers_per_block"],
+        heads=u["attention_head_dim"],
+        cross_attention_dim=u["cross_attention_dim"],
+        norm_eps=u["norm_eps"],
+    )
     unet = SeerUNet(size).eval()
     unet.load_state_dict(_load("unet_tiny_state_dict.pt"), strict=True)
     return unet
@@ -56,8 +62,13 @@ def test_tiny_unet_scalar_timestep_matches_upstream(tiny_unet):
 @pytest.mark.parametrize("frames", [4, 5])
 def test_tiny_fstext_matches_upstream(frames):
     f = _tiny_config()["fstext"]
-    fstext = FSText(dim=f["out_channels"], heads=f["n_heads"], layers=f["num_layers"], pos_frames=f["num_frames"],
-                    context_dim=f["cross_attention_dim"]).eval()
+    fstext = FSText(
+        dim=f["out_channels"],
+        heads=f["n_heads"],
+        layers=f["num_layers"],
+        pos_frames=f["num_frames"],
+        context_dim=f["cross_attention_dim"],
+    ).eval()
     fstext.load_state_dict(_load("fstext_tiny_state_dict.pt"), strict=True)
     io = _load("fstext_tiny_io.pt")
     with torch.no_grad():
@@ -75,10 +86,14 @@ def test_ddim_tables_match_upstream_sampler():
     assert torch.allclose(scheduler.alphas_cumprod.double(), tables["sampler_alphas_cumprod"], atol=1e-6)
     assert torch.allclose(scheduler.alphas_cumprod[timesteps], tables["ddim_alphas"], atol=1e-6)
     gap = 1000 // 30
-    previous = torch.stack([scheduler.alphas_cumprod[t - gap] if t >= gap else scheduler.final_alpha_cumprod for t in timesteps])
+    previous = torch.stack(
+        [scheduler.alphas_cumprod[t - gap] if t >= gap else scheduler.final_alpha_cumprod for t in timesteps]
+    )
     assert torch.allclose(previous, tables["ddim_alphas_prev"], atol=1e-6)
     assert torch.allclose(training_scheduler().alphas_cumprod.double(), tables["train_alphas_cumprod"], atol=1e-6)
-    assert torch.allclose(sampling_scheduler(30, "train").alphas_cumprod.double(), tables["train_alphas_cumprod"], atol=1e-6)
+    assert torch.allclose(
+        sampling_scheduler(30, "train").alphas_cumprod.double(), tables["train_alphas_cumprod"], atol=1e-6
+    )
 
 
 def test_ddim_step_is_upstream_update():
@@ -113,8 +128,10 @@ def _key_table(name: str) -> dict:
 
 def _our_table(model: torch.nn.Module, trained: set[int]) -> dict:
     params = dict(model.named_parameters())
-    return {k: (tuple(v.shape), "param" if k in params else "buffer", k in params and id(params[k]) in trained)
-            for k, v in model.state_dict().items()}
+    return {
+        k: (tuple(v.shape), "param" if k in params else "buffer", k in params and id(params[k]) in trained)
+        for k, v in model.state_dict().items()
+    }
 
 
 def test_full_size_unet_keys_match_released_checkpoint():
@@ -186,10 +203,12 @@ def test_sawt_windows_and_causality():
     x = torch.randn(1, frames * size * size, 16)
     out = attn(x, frames, size, size)
     changed = x.clone()
-    changed[:, 2 * size * size:] += 1.0  # the last frame
+    changed[:, 2 * size * size :] += 1.0  # the last frame
     out_changed = attn(changed, frames, size, size)
     first_two = 2 * size * size
-    assert torch.allclose(out[:, :first_two], out_changed[:, :first_two], atol=1e-6)  # earlier frames never see later ones
+    assert torch.allclose(
+        out[:, :first_two], out_changed[:, :first_two], atol=1e-6
+    )  # earlier frames never see later ones
     # Window locality: a token in the top-left 4x4 window of frame 1 ignores the top-right window.
     moved = x.clone()
     grid = rearrange(moved, "b (f y x) c -> b f y x c", f=frames, y=size)
@@ -208,6 +227,9 @@ def test_upstream_fp16_angle_switch():
     half = x.half()
     angles = (torch.arange(3000.0)[:, None] * exact.freqs[None]).repeat_interleave(2, -1)
     rounded = angles.half().float()
-    expected = half.float() * rounded.cos() + torch.stack((-half.float()[..., 1::2], half.float()[..., 0::2]), -1).flatten(-2) * rounded.sin()
+    expected = (
+        half.float() * rounded.cos()
+        + torch.stack((-half.float()[..., 1::2], half.float()[..., 0::2]), -1).flatten(-2) * rounded.sin()
+    )
     assert (upstream(half).float() - expected).abs().max() < 2e-2
     assert (exact(half).float() - expected).abs().max() > 0.5  # at late positions the rounding moves angles by ~1 rad

@@ -25,15 +25,36 @@ def write_tiny_sd(root: Path) -> Path:
     torch.manual_seed(0)
     tokenizer = builtin_tokenizer(12)
     tokenizer.save_pretrained(root / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-                  norm_num_groups=32).save_pretrained(root / "vae")
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32, 64), layers_per_block=1, attention_head_dim=2,
-                                cross_attention_dim=32, down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2)
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=12,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).save_pretrained(root / "text_encoder")
+    AutoencoderKL(
+        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+    ).save_pretrained(root / "vae")
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        attention_head_dim=2,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2,
+    )
     for param in unet.parameters():  # SD's zero-initialised outputs would hide mistakes
         torch.nn.init.normal_(param, std=0.05)
     unet.save_pretrained(root / "unet")
@@ -46,8 +67,13 @@ def sd_dir(tmp_path_factory) -> Path:
 
 
 def _config(sd_dir: Path, **overrides) -> SeerConfig:
-    values = dict(pretrained=str(sd_dir), frames=3, context_frames=1,
-                  fstext=FSTextSection(layers=1, heads=2, pos_frames=4), sampler=SamplerSection(steps=2))
+    values = dict(
+        pretrained=str(sd_dir),
+        frames=3,
+        context_frames=1,
+        fstext=FSTextSection(layers=1, heads=2, pos_frames=4),
+        sampler=SamplerSection(steps=2),
+    )
     values.update(overrides)
     return SeerConfig(**values)
 
@@ -80,8 +106,9 @@ def test_pretrained_parts_are_frozen_and_left_out_of_checkpoints(seer):
     assert any(n.startswith("fstext.") for n in trainable)
     saved = set(seer.state_dict())
     assert not any(k.startswith(("vae.", "text_encoder.")) for k in saved)
-    assert {k for k in saved if k.startswith("unet.")} == {k for k in seer.state_dict(keep_all=True)
-                                                        if k.startswith("unet.") and ".temporal_attentions." in k}
+    assert {k for k in saved if k.startswith("unet.")} == {
+        k for k in seer.state_dict(keep_all=True) if k.startswith("unet.") and ".temporal_attentions." in k
+    }
     # A checkpoint of the trained part loads back strictly (frozen keys come from `pretrained`).
     seer.load_state_dict(seer.state_dict(), strict=True)
     with pytest.raises(RuntimeError):
@@ -99,10 +126,13 @@ def test_vae_and_clip_come_from_the_folder(sd_dir, seer):
     assert not torch.allclose(clip[0], clip[1])
 
 
-@pytest.mark.parametrize("broken, message", [
-    ("missing", "Stable Diffusion folder not found"),
-    ("no_vae", "missing vae/"),
-])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("missing", "Stable Diffusion folder not found"),
+        ("no_vae", "missing vae/"),
+    ],
+)
 def test_bad_pretrained_paths_are_errors(tmp_path, sd_dir, broken, message):
     import shutil
 
@@ -234,15 +264,35 @@ def test_vpt_sample_with_a_released_checkpoint(tmp_path, capsys, sd_dir):
     from vpt.cli import main
 
     unet = SeerUNet(UNetSize.from_diffusers_config(sd_dir / "unet" / "config.json"))
-    release = _write_release(tmp_path / "bridge_seer" / "learned_sdunet-steps-80000", unet,
-                             _tiny_fstext(heads=8, layers=8, pos_frames=16))
+    release = _write_release(
+        tmp_path / "bridge_seer" / "learned_sdunet-steps-80000", unet, _tiny_fstext(heads=8, layers=8, pos_frames=16)
+    )
     image = tmp_path / "book.png"
     Image.new("RGBA", (50, 40), (10, 200, 30, 255)).save(image)  # RGBA and not square (upstream needed RGB)
     out = tmp_path / "pred.png"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["sample", "--checkpoint", str(release.parent), "--ae", str(sd_dir), "--image", str(image),
-              "--prompt", "close book", "--size", "32", "--steps", "1", "--frames", "3", "--out", str(out)])
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(release.parent),
+                "--ae",
+                str(sd_dir),
+                "--image",
+                str(image),
+                "--prompt",
+                "close book",
+                "--size",
+                "32",
+                "--steps",
+                "1",
+                "--frames",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
     assert exit_info.value.code in (0, None), capsys.readouterr().err
     record = json.loads(out.with_name("pred.png.json").read_text())
     assert record["backend"] == "seer" and record["frames"] == 3 and record["prompt"] == "close book"

@@ -53,8 +53,14 @@ def test_checkpoints_are_pruned_and_latest_points_to_newest(tmp_path):
     assert names == ["step_000006", "step_000008"]  # keep_last=2
     assert (run.checkpoints_dir / "latest").read_text().strip() == "step_000008"
     ckpt = run.latest_checkpoint()
-    for name in ("model.safetensors", "ema.safetensors", "config.json", "trainer_state.json", "rng_state_0.pt",
-                 "training_state/optimizer.bin"):
+    for name in (
+        "model.safetensors",
+        "ema.safetensors",
+        "config.json",
+        "trainer_state.json",
+        "rng_state_0.pt",
+        "training_state/optimizer.bin",
+    ):
         assert (ckpt / name).is_file(), name
     # the weights live once, beside accelerate's state, and nothing in it needs numpy to unpickle
     assert sorted(p.name for p in (ckpt / "training_state").iterdir()) == ["optimizer.bin"]
@@ -159,9 +165,25 @@ def test_accelerate_launch_two_processes_trains_and_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
 
     def launch(run_dir: Path, steps: int, kill_at: int | None = None, expect_rc: int = 0) -> None:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(script), "--run", str(run_dir), "--max-steps", str(steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            "--run",
+            str(run_dir),
+            "--max-steps",
+            str(steps),
+        ]
         cmd += ["--kill-at", str(kill_at)] if kill_at else []
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert (result.returncode == 0) == (expect_rc == 0), result.stderr[-3000:]
@@ -221,8 +243,16 @@ def test_fsdp2_sharded_parameters_through_the_loops_helpers(tmp_path):
     only on GPUs; benchmarks/multi_gpu_check.sh runs the whole loop under it there."""
     script = Path(__file__).parent / "fsdp_dtensor_check.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "ema.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path / "ema.safetensors"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fsdp2 dtensor checks passed" in result.stdout
@@ -233,13 +263,39 @@ def test_resume_on_more_processes_warns_about_the_data_order(tmp_path):
     the data order changes, and no step is lost or repeated."""
     script = Path(__file__).parent / "tiny_training.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), "--run", str(tmp_path / "run"), "--max-steps", "6",
-                          "--kill-at", "5"], env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), "--run", str(tmp_path / "run"), "--max-steps", "6", "--kill-at", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 130 and Run(tmp_path / "run").latest_step() == 4, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-                          "--run", str(tmp_path / "run"), "--max-steps", "6"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            "--run",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "6",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "written by 1 processes, resuming with 2: the data order changes" in " ".join(two.stderr.split())
     assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 7))
@@ -247,8 +303,15 @@ def test_resume_on_more_processes_warns_about_the_data_order(tmp_path):
     assert state["world_size"] == 2
 
 
-@pytest.mark.parametrize("kind, fsdp2, refused", [("FSDP", False, "fsdp_version: 2"), ("DEEPSPEED", False, "DeepSpeed"),
-                                                  ("FSDP", True, None), ("MULTI_GPU", False, None)])
+@pytest.mark.parametrize(
+    "kind, fsdp2, refused",
+    [
+        ("FSDP", False, "fsdp_version: 2"),
+        ("DEEPSPEED", False, "DeepSpeed"),
+        ("FSDP", True, None),
+        ("MULTI_GPU", False, None),
+    ],
+)
 def test_unsupported_parallelism_is_one_line(kind, fsdp2, refused):
     from types import SimpleNamespace
 

@@ -24,20 +24,54 @@ from vpt.training import Hooks, train
 
 REPO = Path(__file__).resolve().parents[1]
 AE_CONFIG = REPO / "configs" / "ae" / "shapes.yaml"
-AE_TINY = ["--set", "autoencoder.arch.ch=8", "--set", "autoencoder.arch.ch_mult=[1,2]",
-           "--set", "autoencoder.arch.resolution=32", "--set", "autoencoder.arch.n_embed=32",
-           "--set", "autoencoder.arch.norm_groups=4", "--set", "train.batch_size=4", "--set", "train.val_every=0",
-           "--set", "train.sample_every=0", "--set", "loss.disc_start=0", "--log-every", "1"]
+AE_TINY = [
+    "--set",
+    "autoencoder.arch.ch=8",
+    "--set",
+    "autoencoder.arch.ch_mult=[1,2]",
+    "--set",
+    "autoencoder.arch.resolution=32",
+    "--set",
+    "autoencoder.arch.n_embed=32",
+    "--set",
+    "autoencoder.arch.norm_groups=4",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.val_every=0",
+    "--set",
+    "train.sample_every=0",
+    "--set",
+    "loss.disc_start=0",
+    "--log-every",
+    "1",
+]
 RIVER_CONFIG = """
 backend: river
 model: {latent_channels: 4, inner_dim: 32, depth: 1, mid_depth: 1, heads: 2, dropout: 0.1, context_frames: 1}
 data: {frames: 4}
 train: {max_steps: 3, batch_size: 2, log_every: 1, checkpoint_every: 3, sample_every: 0, val_every: 0}
 """
-SEER_TINY = ["--set", "model.frames=3", "--set", "data.frames=3", "--set", "data.image_size=16",
-             "--set", "model.unet.block_out_channels=[32,32,64]", "--set", "train.batch_size=2",
-             "--set", "train.checkpoint_every=2", "--set", "train.log_every=1", "--set", "train.sample_every=0",
-             "--set", "train.val_every=0"]
+SEER_TINY = [
+    "--set",
+    "model.frames=3",
+    "--set",
+    "data.frames=3",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "model.unet.block_out_channels=[32,32,64]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.sample_every=0",
+    "--set",
+    "train.val_every=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +101,76 @@ def _assert_identical_runs(a: Path, b: Path) -> None:
 
 def test_train_ae_is_bit_identical_for_the_same_seed(shapes, tmp_path, invoke):
     for name in ("a", "b"):
-        code, output = invoke("train-ae", "--config", AE_CONFIG, "--data", shapes / "h5", "--run", tmp_path / name,
-                              "--max-steps", 3, *AE_TINY)
+        code, output = invoke(
+            "train-ae",
+            "--config",
+            AE_CONFIG,
+            "--data",
+            shapes / "h5",
+            "--run",
+            tmp_path / name,
+            "--max-steps",
+            3,
+            *AE_TINY,
+        )
         assert code == 0, output
     _assert_identical_runs(tmp_path / "a", tmp_path / "b")
-    code, output = invoke("train-ae", "--config", AE_CONFIG, "--data", shapes / "h5", "--run", tmp_path / "c",
-                          "--max-steps", 3, *AE_TINY, "--set", "train.seed=1")
+    code, output = invoke(
+        "train-ae",
+        "--config",
+        AE_CONFIG,
+        "--data",
+        shapes / "h5",
+        "--run",
+        tmp_path / "c",
+        "--max-steps",
+        3,
+        *AE_TINY,
+        "--set",
+        "train.seed=1",
+    )
     assert code == 0, output
     assert _weights(tmp_path / "c") != _weights(tmp_path / "a")  # the seed is what decides
 
 
 def test_train_river_is_bit_identical_for_the_same_seed(shapes, tmp_path, invoke):
-    code, output = invoke("train-ae", "--config", AE_CONFIG, "--data", shapes / "h5", "--run", tmp_path / "ae",
-                          "--max-steps", 1, *AE_TINY)
+    code, output = invoke(
+        "train-ae", "--config", AE_CONFIG, "--data", shapes / "h5", "--run", tmp_path / "ae", "--max-steps", 1, *AE_TINY
+    )
     assert code == 0, output
     (tmp_path / "river.yaml").write_text(RIVER_CONFIG)
     for name in ("a", "b"):
-        code, output = invoke("train", "river", "--config", tmp_path / "river.yaml", "--data", shapes / "h5",
-                              "--ae", tmp_path / "ae", "--run", tmp_path / name)
+        code, output = invoke(
+            "train",
+            "river",
+            "--config",
+            tmp_path / "river.yaml",
+            "--data",
+            shapes / "h5",
+            "--ae",
+            tmp_path / "ae",
+            "--run",
+            tmp_path / name,
+        )
         assert code == 0, output
     _assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
 
 def test_train_seer_is_bit_identical_for_the_same_seed(shapes, tmp_path, invoke):
     for name in ("a", "b"):
-        code, output = invoke("train", "seer", "--config", REPO / "configs" / "seer" / "tiny.yaml",
-                              "--data", shapes / "videos", "--run", tmp_path / name, "--max-steps", 2, *SEER_TINY)
+        code, output = invoke(
+            "train",
+            "seer",
+            "--config",
+            REPO / "configs" / "seer" / "tiny.yaml",
+            "--data",
+            shapes / "videos",
+            "--run",
+            tmp_path / name,
+            "--max-steps",
+            2,
+            *SEER_TINY,
+        )
         assert code == 0, output
     _assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
@@ -104,11 +182,27 @@ def test_first_ctrl_c_finishes_the_step_and_keeps_a_checkpoint(shapes, tmp_path)
     """A real `vpt train-ae` process gets SIGINT mid-run: it writes a checkpoint at the step it reached,
     says so, exits 130, and the same command continues exactly as an uninterrupted run."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vpt", "train-ae", "--config", str(AE_CONFIG), "--data", str(shapes / "h5"),
-               *AE_TINY, "--set", "train.checkpoint_every=1000"]
+    command = [
+        sys.executable,
+        "-m",
+        "vpt",
+        "train-ae",
+        "--config",
+        str(AE_CONFIG),
+        "--data",
+        str(shapes / "h5"),
+        *AE_TINY,
+        "--set",
+        "train.checkpoint_every=1000",
+    ]
     run = tmp_path / "run"
-    process = subprocess.Popen([*command, "--run", str(run), "--max-steps", "1000"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--run", str(run), "--max-steps", "1000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while len(Run(run).read_metrics()) < 3:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
@@ -124,8 +218,13 @@ def test_first_ctrl_c_finishes_the_step_and_keeps_a_checkpoint(shapes, tmp_path)
 
     finish = stopped + 2
     for name in ("run", "straight"):
-        result = subprocess.run([*command, "--run", str(tmp_path / name), "--max-steps", str(finish)], env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [*command, "--run", str(tmp_path / name), "--max-steps", str(finish)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     assert _metrics_without_timing(run) == _metrics_without_timing(tmp_path / "straight")
 
@@ -206,8 +305,12 @@ def test_each_player_is_clipped_on_its_own(tmp_path):
     models = {}
     for scale in (1.0, 1000.0):
         models[scale] = _TwoPlayers(scale)
-        train(models[scale], TinyDataset(), tiny_config(max_steps=4, grad_clip=0.05, ema_decay=0.0),
-              Run.open(tmp_path / f"scale{scale}"))
+        train(
+            models[scale],
+            TinyDataset(),
+            tiny_config(max_steps=4, grad_clip=0.05, ema_decay=0.0),
+            Run.open(tmp_path / f"scale{scale}"),
+        )
     for name, value in models[1.0].a.state_dict().items():
         assert torch.equal(value, models[1000.0].a.state_dict()[name])
     assert not torch.equal(models[1.0].b.weight, torch.zeros_like(models[1.0].b.weight))
@@ -217,12 +320,15 @@ def test_gan_objective_gives_each_player_its_own_group():
     from vpt.models.autoencoders import build_autoencoder
     from vpt.models.autoencoders.objective import LossConfig
 
-    autoencoder = build_autoencoder("vqgan", {"ch": 8, "ch_mult": [1, 2], "resolution": 32, "n_embed": 16,
-                                              "norm_groups": 4})
+    autoencoder = build_autoencoder(
+        "vqgan", {"ch": 8, "ch_mult": [1, 2], "resolution": 32, "n_embed": 16, "norm_groups": 4}
+    )
     objective = autoencoder.build_objective(LossConfig(perceptual_weight=0.0))
     groups = objective.param_groups()
     assert [set(map(id, g["params"])) for g in groups] == [
-        {id(p) for p in objective.autoencoder.parameters()}, {id(p) for p in objective.discriminator.parameters()}]
+        {id(p) for p in objective.autoencoder.parameters()},
+        {id(p) for p in objective.discriminator.parameters()},
+    ]
 
 
 def test_resume_without_rng_state_continues_and_says_it_is_not_exact(tmp_path, capsys):
@@ -250,8 +356,14 @@ def test_library_training_leaves_the_host_programs_ctrl_c_alone(tmp_path):
         train(TinyModel(), TinyDataset(), tiny_config(max_steps=2, val_every=1), Run.open(tmp_path / "a"), hooks)
         assert inside and all(handler is host_handler for handler in inside)
         inside.clear()
-        train(TinyModel(), TinyDataset(), tiny_config(max_steps=2, val_every=1), Run.open(tmp_path / "b"), hooks,
-              checkpoint_on_ctrl_c=True)
+        train(
+            TinyModel(),
+            TinyDataset(),
+            tiny_config(max_steps=2, val_every=1),
+            Run.open(tmp_path / "b"),
+            hooks,
+            checkpoint_on_ctrl_c=True,
+        )
         assert inside and all(handler is not host_handler for handler in inside)  # the loop's own, while it ran
         assert signal.getsignal(signal.SIGINT) is host_handler  # and the host's again after
     finally:

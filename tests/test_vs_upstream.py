@@ -44,8 +44,20 @@ def test_xformers_stand_in_offers_what_upstream_imports():
 
 
 def test_seer_workload_without_checkout_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_upstream.py"), "--only", "seer-forward",
-                             "--seer", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "vs_upstream.py"),
+            "--only",
+            "seer-forward",
+            "--seer",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
-    assert result.stderr.strip() == (f"vs_upstream: --seer {tmp_path}: not an upstream checkout "
-                                     "(seer/models/unet_3d_condition.py not found)")
+    assert result.stderr.strip() == (
+        f"vs_upstream: --seer {tmp_path}: not an upstream checkout (seer/models/unet_3d_condition.py not found)"
+    )

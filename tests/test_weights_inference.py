@@ -19,20 +19,31 @@ from vpt.models.uvit import convert_upstream_regressor
 
 # vpt regressor names -> upstream's (the inverse of the converter's renames, "ln" heads)
 _TO_UPSTREAM = [
-    (r"^pos_embed\.row\.", "position_encoding.row_embed."), (r"^pos_embed\.col\.", "position_encoding.col_embed."),
-    (r"^token_proj\.", "project_in.1."), (r"^distance_embed\.", "time_projection."),
-    (r"^out_blocks\.(\d+)\.skip_proj\.", r"out_blocks.\1.0."), (r"^out_blocks\.(\d+)\.layer\.", r"out_blocks.\1.1."),
-    (r"\.attn\.qkv\.weight$", ".self_attn.in_proj_weight"), (r"\.attn\.qkv\.bias$", ".self_attn.in_proj_bias"),
-    (r"\.attn\.proj\.", ".self_attn.out_proj."), (r"\.fc1\.", ".linear1."), (r"\.fc2\.", ".linear2."),
-    (r"^head\.proj\.", "project_out.0."), (r"^head\.norm\.", "project_out.2."), (r"^head\.conv\.", "project_out.4."),
+    (r"^pos_embed\.row\.", "position_encoding.row_embed."),
+    (r"^pos_embed\.col\.", "position_encoding.col_embed."),
+    (r"^token_proj\.", "project_in.1."),
+    (r"^distance_embed\.", "time_projection."),
+    (r"^out_blocks\.(\d+)\.skip_proj\.", r"out_blocks.\1.0."),
+    (r"^out_blocks\.(\d+)\.layer\.", r"out_blocks.\1.1."),
+    (r"\.attn\.qkv\.weight$", ".self_attn.in_proj_weight"),
+    (r"\.attn\.qkv\.bias$", ".self_attn.in_proj_bias"),
+    (r"\.attn\.proj\.", ".self_attn.out_proj."),
+    (r"\.fc1\.", ".linear1."),
+    (r"\.fc2\.", ".linear2."),
+    (r"^head\.proj\.", "project_out.0."),
+    (r"^head\.norm\.", "project_out.2."),
+    (r"^head\.conv\.", "project_out.4."),
 ]
 
 
-def _upstream_file(tmp_path: Path, stage: str, channels: int, window: int, heads: int = 4, name: str = "model.pth") -> Path:
+def _upstream_file(
+    tmp_path: Path, stage: str, channels: int, window: int, heads: int = 4, name: str = "model.pth"
+) -> Path:
     """A NeuralSDE f or d network of `window` latents of `channels` channels, saved as upstream does."""
     torch.manual_seed(0)
-    cfg = NeuralSDEConfig(stage=stage, latent_channels=channels, window=window, inner_dim=32, depth=1, mid_depth=1,
-                          heads=heads)
+    cfg = NeuralSDEConfig(
+        stage=stage, latent_channels=channels, window=window, inner_dim=32, depth=1, mid_depth=1, heads=heads
+    )
     net = NeuralSDE(cfg).net.state_dict()
     upstream = {}
     for key, value in net.items():
@@ -104,15 +115,22 @@ def test_drift_of_another_window_and_heads(tmp_path):
 def tiny_ae_release(tmp_path) -> Path:
     path = tmp_path / "ae" / "model_last.pth"
     path.parent.mkdir()
-    torch.save({**torch.load(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
-                **torch.load(fixture("pvdm", "ae_tiny_state_dict_part2.pt"))}, path)
+    torch.save(
+        {
+            **torch.load(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
+            **torch.load(fixture("pvdm", "ae_tiny_state_dict_part2.pt")),
+        },
+        path,
+    )
     return path
 
 
 def _tiny_unet(tmp_path: Path) -> Path:
     """The tiny upstream UNet (4 heads; widths unlike the release) as a release-style file."""
     path = tmp_path / "ema_model_uncond.pth"
-    torch.save({f"module.{k}": v for k, v in torch.load(fixture("pvdm", "unet_tiny_uncond_state_dict.pt")).items()}, path)
+    torch.save(
+        {f"module.{k}": v for k, v in torch.load(fixture("pvdm", "unet_tiny_uncond_state_dict.pt")).items()}, path
+    )
     return path
 
 

@@ -29,8 +29,17 @@ from vpt.errors import VptError
 from vpt.weights import Placeholder, UnsafeWeightsError, read_restricted, read_state_dict, read_weights
 
 FORMATS = ["zip", "legacy"]
-TINY_VQGAN = {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 32,
-              "z_channels": 4, "embed_dim": 4, "n_embed": 16, "norm_groups": 4}
+TINY_VQGAN = {
+    "ch": 8,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "resolution": 32,
+    "z_channels": 4,
+    "embed_dim": 4,
+    "n_embed": 16,
+    "norm_groups": 4,
+}
 
 
 class TouchMarker:
@@ -58,10 +67,15 @@ def save(obj, path: Path, fmt: str) -> Path:
     return path
 
 
-def evil_checkpoint(path: Path, fmt: str, marker: Path, state: dict[str, torch.Tensor], key: str = "state_dict") -> Path:
+def evil_checkpoint(
+    path: Path, fmt: str, marker: Path, state: dict[str, torch.Tensor], key: str = "state_dict"
+) -> Path:
     """A plausible checkpoint (real tensors under `key`) whose extra entries run code when unpickled."""
-    return save({key: state, "callbacks": ShellMarker(marker), "hyper_parameters": TouchMarker(marker),
-                 "global_step": 7}, path, fmt)
+    return save(
+        {key: state, "callbacks": ShellMarker(marker), "hyper_parameters": TouchMarker(marker), "global_step": 7},
+        path,
+        fmt,
+    )
 
 
 @pytest.fixture()
@@ -125,14 +139,21 @@ def hand_written(payload: bytes, fmt: str, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("payload, verdict", [
-    (b"(S'touch pwned'\nios\nsystem\n.", "call os.system"),  # protocol-0 INST
-    (b"cbuiltins\neval\n(S'1+1'\ntR.", "call builtins.eval"),
-    (b"ccopyreg\n_reconstructor\n(ccollections\nOrderedDict\nc__builtin__\nobject\nNtR.", "through copyreg"),
-    # BUILD with slot state on an allowed function would set its __defaults__ for every later load
-    (b"ctorch._utils\n_rebuild_tensor_v2\n(N(dS'__defaults__'\n(I1\nI2\ntstb.", "modify torch._utils._rebuild_tensor_v2"),
-    (b"ctorch\nFloatStorage\n(dS'dtype'\nI1\nsb.", "modify torch.FloatStorage"),
-], ids=["inst", "reduce", "copyreg", "build-function", "build-storage"])
+@pytest.mark.parametrize(
+    "payload, verdict",
+    [
+        (b"(S'touch pwned'\nios\nsystem\n.", "call os.system"),  # protocol-0 INST
+        (b"cbuiltins\neval\n(S'1+1'\ntR.", "call builtins.eval"),
+        (b"ccopyreg\n_reconstructor\n(ccollections\nOrderedDict\nc__builtin__\nobject\nNtR.", "through copyreg"),
+        # BUILD with slot state on an allowed function would set its __defaults__ for every later load
+        (
+            b"ctorch._utils\n_rebuild_tensor_v2\n(N(dS'__defaults__'\n(I1\nI2\ntstb.",
+            "modify torch._utils._rebuild_tensor_v2",
+        ),
+        (b"ctorch\nFloatStorage\n(dS'dtype'\nI1\nsb.", "modify torch.FloatStorage"),
+    ],
+    ids=["inst", "reduce", "copyreg", "build-function", "build-storage"],
+)
 def test_hand_written_pickles_can_neither_call_nor_modify(tmp_path, fmt, payload, verdict):
     defaults = weights._tensor.__defaults__
     path = hand_written(payload, fmt, tmp_path / "crafted.pt")
@@ -144,11 +165,24 @@ def test_hand_written_pickles_can_neither_call_nor_modify(tmp_path, fmt, payload
 def _plain_checkpoint() -> dict:
     generator = torch.Generator().manual_seed(0)
     state = collections.OrderedDict(
-        weight=torch.randn(4, 3, generator=generator), bias=torch.arange(4),
-        half=torch.randn(2, 2, generator=generator).to(torch.bfloat16), flag=torch.tensor([True, False]))
+        weight=torch.randn(4, 3, generator=generator),
+        bias=torch.arange(4),
+        half=torch.randn(2, 2, generator=generator).to(torch.bfloat16),
+        flag=torch.tensor([True, False]),
+    )
     state["view"] = state["weight"][1:, ::2]  # shares its storage with `weight`
-    return {"state_dict": state, "epoch": 3, "name": "tiny", "lr": 0.5, "steps": [1, 2], "pair": (1, "a"),
-            "blob": b"\x00\xff", "tags": {"a", "b"}, "param": torch.nn.Parameter(torch.ones(2)), "none": None}
+    return {
+        "state_dict": state,
+        "epoch": 3,
+        "name": "tiny",
+        "lr": 0.5,
+        "steps": [1, 2],
+        "pair": (1, "a"),
+        "blob": b"\x00\xff",
+        "tags": {"a", "b"},
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "none": None,
+    }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -159,7 +193,9 @@ def test_legitimate_checkpoints_load_through_both_readers(tmp_path, fmt):
         assert type(loaded["state_dict"]) is collections.OrderedDict
         assert list(loaded["state_dict"]) == list(expected["state_dict"])
         for key, tensor in expected["state_dict"].items():
-            assert loaded["state_dict"][key].dtype == tensor.dtype and torch.equal(loaded["state_dict"][key], tensor), key
+            assert loaded["state_dict"][key].dtype == tensor.dtype and torch.equal(loaded["state_dict"][key], tensor), (
+                key
+            )
         plain = {k: v for k, v in expected.items() if k not in ("state_dict", "param")}
         assert {k: loaded[k] for k in plain} == plain
         assert isinstance(loaded["param"], torch.nn.Parameter) and torch.equal(loaded["param"], expected["param"])
@@ -181,8 +217,16 @@ def test_lightning_checkpoint_with_custom_objects_keeps_tensors_and_imports_noth
     state = collections.OrderedDict(w=torch.randn(3, 2), b=torch.zeros(3))
     sys.modules[module_name] = module  # only while saving: pickle names classes by module
     try:
-        path = save({"state_dict": state, "callbacks": {ModelCheckpoint: {"best": np.float64(0.25)}},
-                     "checkpoint_callback": ModelCheckpoint(), "epoch": 2}, tmp_path / "last.ckpt", fmt)
+        path = save(
+            {
+                "state_dict": state,
+                "callbacks": {ModelCheckpoint: {"best": np.float64(0.25)}},
+                "checkpoint_callback": ModelCheckpoint(),
+                "epoch": 2,
+            },
+            tmp_path / "last.ckpt",
+            fmt,
+        )
     finally:
         del sys.modules[module_name]
 
@@ -191,7 +235,7 @@ def test_lightning_checkpoint_with_custom_objects_keeps_tensors_and_imports_noth
     loaded = read_weights(path, lenient=True)
     assert module_name not in sys.modules
     assert loaded["epoch"] == 2 and all(torch.equal(loaded["state_dict"][k], v) for k, v in state.items())
-    (callback_class, callback_state), = loaded["callbacks"].items()
+    ((callback_class, callback_state),) = loaded["callbacks"].items()
     assert issubclass(callback_class, Placeholder) and callback_class.qualified_name == f"{module_name}.ModelCheckpoint"
     assert isinstance(callback_state["best"], Placeholder)  # a numpy scalar: kept out, not rebuilt
     assert isinstance(loaded["checkpoint_callback"], callback_class)
@@ -202,7 +246,11 @@ def test_lightning_checkpoint_with_custom_objects_keeps_tensors_and_imports_noth
 @pytest.mark.parametrize("lenient", [False, True])
 def test_truncated_and_foreign_files_are_one_line(tmp_path, fmt, lenient):
     data = save(_plain_checkpoint(), tmp_path / "full.pt", fmt).read_bytes()
-    for name, content in (("cut.pt", data[: len(data) - 7]), ("half.pt", data[: len(data) // 2]), ("text.pt", b"hello")):
+    for name, content in (
+        ("cut.pt", data[: len(data) - 7]),
+        ("half.pt", data[: len(data) // 2]),
+        ("text.pt", b"hello"),
+    ):
         path = tmp_path / name
         path.write_bytes(content)
         with pytest.raises(VptError) as error:
@@ -259,8 +307,9 @@ def _dcp_checkpoint(directory: Path) -> Path:
 def test_training_state_with_sharded_metadata_is_checked_before_torch_unpickles_it(tmp_path, marker):
     state = tmp_path / "training_state"
     _dcp_checkpoint(state / "pytorch_model_fsdp_0")
-    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]},
-               state / "optimizer.bin")
+    torch.save(
+        {"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]}, state / "optimizer.bin"
+    )
     weights.check_training_state(state)  # what torch and accelerate write passes
     (state / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(ShellMarker(marker)))
     with pytest.raises(UnsafeWeightsError, match=r"\.metadata: refusing to load: .*posix\.system"):
@@ -295,8 +344,11 @@ def image(tmp_path) -> Path:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_save_latents_ae(tmp_path, marker, invoke, frames_h5, fmt):
     evil = evil_checkpoint(tmp_path / "vqvae.ckpt", fmt, marker, tiny_vqgan_state())
-    assert_refused(invoke("save-latents", "--ae", evil, "--data", frames_h5, "--out", tmp_path / "latents",
-                          "--workers", 0), evil, marker)
+    assert_refused(
+        invoke("save-latents", "--ae", evil, "--data", frames_h5, "--out", tmp_path / "latents", "--workers", 0),
+        evil,
+        marker,
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -304,8 +356,23 @@ def test_train_ae_init_from(tmp_path, marker, invoke, frames_h5, fmt):
     from test_ae_train import CONFIG
 
     evil = evil_checkpoint(tmp_path / "vqvae.ckpt", fmt, marker, tiny_vqgan_state())
-    assert_refused(invoke("train-ae", "--config", CONFIG, "--data", frames_h5, "--run", tmp_path / "run",
-                          "--init-from", evil, "--max-steps", 1), evil, marker)
+    assert_refused(
+        invoke(
+            "train-ae",
+            "--config",
+            CONFIG,
+            "--data",
+            frames_h5,
+            "--run",
+            tmp_path / "run",
+            "--init-from",
+            evil,
+            "--max-steps",
+            1,
+        ),
+        evil,
+        marker,
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -314,25 +381,59 @@ def test_sample_published_checkpoint_with_ae(tmp_path, marker, invoke, image, fm
 
     checkpoint = _published_checkpoint(tmp_path / "model.pth")
     evil = evil_checkpoint(tmp_path / "vqvae.ckpt", fmt, marker, tiny_vqgan_state())
-    assert_refused(invoke("sample", "--checkpoint", checkpoint, "--ae", evil, "--image", image, "--frames", 1,
-                          "--out", tmp_path / "out.png"), evil, marker)
+    assert_refused(
+        invoke(
+            "sample",
+            "--checkpoint",
+            checkpoint,
+            "--ae",
+            evil,
+            "--image",
+            image,
+            "--frames",
+            1,
+            "--out",
+            tmp_path / "out.png",
+        ),
+        evil,
+        marker,
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sample_published_river_checkpoint(tmp_path, marker, invoke, image, fmt):
-    state = {"module.vector_field_regressor.token_proj.weight": torch.zeros(8, 12),
-             "module.ae.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
+    state = {
+        "module.vector_field_regressor.token_proj.weight": torch.zeros(8, 12),
+        "module.ae.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
+    }
     evil = evil_checkpoint(tmp_path / "model.pth", fmt, marker, state, key="model")
-    assert_refused(invoke("sample", "--checkpoint", evil, "--image", image, "--frames", 1,
-                          "--out", tmp_path / "out.png"), evil, marker)
+    assert_refused(
+        invoke("sample", "--checkpoint", evil, "--image", image, "--frames", 1, "--out", tmp_path / "out.png"),
+        evil,
+        marker,
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_eval_fvd_i3d(tmp_path, marker, invoke, fmt):
-    evil = evil_checkpoint(tmp_path / "i3d_pretrained_400.pt", fmt, marker,
-                           {"conv3d_1a_7x7.conv3d.weight": torch.zeros(64, 3, 7, 7, 7)})
-    assert_refused(invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--i3d", evil,
-                          "--out", tmp_path / "metrics.json"), evil, marker)
+    evil = evil_checkpoint(
+        tmp_path / "i3d_pretrained_400.pt", fmt, marker, {"conv3d_1a_7x7.conv3d.weight": torch.zeros(64, 3, 7, 7, 7)}
+    )
+    assert_refused(
+        invoke(
+            "eval-fvd",
+            "--real",
+            tmp_path / "real",
+            "--fake",
+            tmp_path / "fake",
+            "--i3d",
+            evil,
+            "--out",
+            tmp_path / "metrics.json",
+        ),
+        evil,
+        marker,
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -342,9 +443,26 @@ def test_eval_fvd_lpips_weights(tmp_path, marker, invoke, monkeypatch, fmt):
     heads = tmp_path / "vgg_heads.pth"
     write_heads(heads, "vgg")
     monkeypatch.setattr("vpt.models.lpips.lpips_heads_path", lambda net: heads)
-    evil = evil_checkpoint(tmp_path / "vgg16-397923af.pth", fmt, marker, {"features.0.weight": torch.zeros(64, 3, 3, 3)})
-    assert_refused(invoke("eval-fvd", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--no-fvd", "--paired",
-                          "--lpips-weights", evil, "--out", tmp_path / "metrics.json"), evil, marker)
+    evil = evil_checkpoint(
+        tmp_path / "vgg16-397923af.pth", fmt, marker, {"features.0.weight": torch.zeros(64, 3, 3, 3)}
+    )
+    assert_refused(
+        invoke(
+            "eval-fvd",
+            "--real",
+            tmp_path / "real",
+            "--fake",
+            tmp_path / "fake",
+            "--no-fvd",
+            "--paired",
+            "--lpips-weights",
+            evil,
+            "--out",
+            tmp_path / "metrics.json",
+        ),
+        evil,
+        marker,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +478,29 @@ def test_sample_released_seer_folder(tmp_path, marker, invoke, image, sd_dir, fm
     release.mkdir(parents=True)
     evil = evil_checkpoint(release / "pytorch_model.bin", fmt, marker, {"conv_in.weight": torch.zeros(32, 4, 3, 3)})
     torch.save({"pos_embed": torch.zeros(1, 16, 32)}, release / "pytorch_model_1.bin")
-    assert_refused(invoke("sample", "--checkpoint", release.parent, "--ae", sd_dir, "--image", image, "--prompt", "go",
-                          "--size", 32, "--steps", 1, "--frames", 1, "--out", tmp_path / "out.png"), evil, marker)
+    assert_refused(
+        invoke(
+            "sample",
+            "--checkpoint",
+            release.parent,
+            "--ae",
+            sd_dir,
+            "--image",
+            image,
+            "--prompt",
+            "go",
+            "--size",
+            32,
+            "--steps",
+            1,
+            "--frames",
+            1,
+            "--out",
+            tmp_path / "out.png",
+        ),
+        evil,
+        marker,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -372,9 +511,26 @@ def finished_run(tmp_path_factory, frames_h5) -> tuple[Path, list]:
     from vpt.cli import main
 
     run = tmp_path_factory.mktemp("ae") / "run"
-    args = ["train-ae", "--config", CONFIG, "--data", frames_h5, "--run", run, *TINY,
-            "--set", "loss.discriminator=none", "--set", "train.batch_size=2", "--set", "train.checkpoint_every=1",
-            "--set", "train.val_every=0", "--set", "train.sample_every=0"]
+    args = [
+        "train-ae",
+        "--config",
+        CONFIG,
+        "--data",
+        frames_h5,
+        "--run",
+        run,
+        *TINY,
+        "--set",
+        "loss.discriminator=none",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.val_every=0",
+        "--set",
+        "train.sample_every=0",
+    ]
     try:
         main([str(a) for a in args + ["--max-steps", 1]])
     except SystemExit as exc:  # typer exits 0 after a command

@@ -48,8 +48,18 @@ class TinyModel(nn.Module):
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    values = dict(max_steps=8, batch_size=4, lr=1e-2, log_every=1, checkpoint_every=2, keep_last=2,
-                  ema_decay=0.9, warmup_steps=2, lr_schedule="cosine", seed=7)
+    values = dict(
+        max_steps=8,
+        batch_size=4,
+        lr=1e-2,
+        log_every=1,
+        checkpoint_every=2,
+        keep_last=2,
+        ema_decay=0.9,
+        warmup_steps=2,
+        lr_schedule="cosine",
+        seed=7,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -63,8 +73,13 @@ def main() -> None:
     torch.manual_seed(0)
     run = Run.open(Path(args.run))
     try:
-        train(TinyModel(kill_at=args.kill_at), TinyDataset(), tiny_config(max_steps=args.max_steps), run,
-              checkpoint_on_ctrl_c=True)
+        train(
+            TinyModel(kill_at=args.kill_at),
+            TinyDataset(),
+            tiny_config(max_steps=args.max_steps),
+            run,
+            checkpoint_on_ctrl_c=True,
+        )
     except KeyboardInterrupt:
         raise SystemExit(130)
 

@@ -9,8 +9,12 @@ import typer
 
 from vpt.errors import VptError
 
-_STORAGE_ERRORS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk quota exceeded",
-                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
 
 app = typer.Typer(
     name="vpt",
@@ -32,8 +36,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                 help="Print vpt's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print vpt's version and exit."
+    ),
 ) -> None:
     """vpt: video prediction toolkit - videos -> frames -> HDF5 -> autoencoder -> latents -> model -> samples -> metrics."""
 
@@ -64,18 +69,47 @@ def _register() -> None:
 
     app.command("info", help="Versions, devices, attention backend and optional packages.")(info.info)
     app.add_typer(make_data.app, name="make-data")
-    app.command("extract-frames", help="Videos -> folders of numbered frames (parallel, resumable).")(_interruptible(extract_frames.extract_frames, "finished videos are kept; run the same command to continue"))
-    app.command("convert-h5", help="Frame folders or videos -> HDF5 shards (parallel, resumable; vpt or RIVER layout).")(_interruptible(convert_h5.convert_h5, "finished shards are kept; run the same command to continue"))
-    app.command("eval-fvd", help="FVD/KVD (I3D, published presets) and PSNR/SSIM/LPIPS of videos or of a run's predictions, with the protocol recorded.")(_interruptible(eval_fvd.eval_fvd, "finished batches stay in the eval cache (unless --no-cache); run the same command to resume"))
+    app.command("extract-frames", help="Videos -> folders of numbered frames (parallel, resumable).")(
+        _interruptible(extract_frames.extract_frames, "finished videos are kept; run the same command to continue")
+    )
+    app.command(
+        "convert-h5", help="Frame folders or videos -> HDF5 shards (parallel, resumable; vpt or RIVER layout)."
+    )(_interruptible(convert_h5.convert_h5, "finished shards are kept; run the same command to continue"))
+    app.command(
+        "eval-fvd",
+        help="FVD/KVD (I3D, published presets) and PSNR/SSIM/LPIPS of videos or of a run's predictions, with the protocol recorded.",
+    )(
+        _interruptible(
+            eval_fvd.eval_fvd,
+            "finished batches stay in the eval cache (unless --no-cache); run the same command to resume",
+        )
+    )
     from vpt.commands import quickstart, sample, train
 
-    app.command("train", help="Train a backend (river, seer, ...) on the shared loop; resumes a run.")(_interruptible(train.train, TRAINING_ABORTED))
-    app.command("sample", help="Predict frames from images, a video or a dataset item with a trained or published model.")(_interruptible(sample.sample, NOTHING_WRITTEN))
-    app.command("quickstart", help="Built-in data -> autoencoder -> RIVER -> scored predictions and a report, on a CPU in minutes.")(_interruptible(quickstart.quickstart, RESUMES))
+    app.command("train", help="Train a backend (river, seer, ...) on the shared loop; resumes a run.")(
+        _interruptible(train.train, TRAINING_ABORTED)
+    )
+    app.command(
+        "sample", help="Predict frames from images, a video or a dataset item with a trained or published model."
+    )(_interruptible(sample.sample, NOTHING_WRITTEN))
+    app.command(
+        "quickstart",
+        help="Built-in data -> autoencoder -> RIVER -> scored predictions and a report, on a CPU in minutes.",
+    )(_interruptible(quickstart.quickstart, RESUMES))
     from vpt.commands import save_latents, train_ae
 
-    app.command("train-ae", help="Train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE) on the shared loop; resumes a run.")(_interruptible(train_ae.train_ae, TRAINING_ABORTED))
-    app.command("save-latents", help="Encode every video of every split with an autoencoder into latent HDF5 (same indexing, resumable).")(_interruptible(save_latents.save_latents, "finished videos and shards are kept; run the same command to continue"))
+    app.command(
+        "train-ae",
+        help="Train an autoencoder (VQGAN, RIVER VQVAE, KL-VAE, Latte VAE) on the shared loop; resumes a run.",
+    )(_interruptible(train_ae.train_ae, TRAINING_ABORTED))
+    app.command(
+        "save-latents",
+        help="Encode every video of every split with an autoencoder into latent HDF5 (same indexing, resumable).",
+    )(
+        _interruptible(
+            save_latents.save_latents, "finished videos and shards are kept; run the same command to continue"
+        )
+    )
 
 
 _register()
@@ -94,12 +128,17 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]: finished checkpoints and outputs are kept; run the same command to resume")
+        console.print(
+            "[bold red]interrupted[/]: finished checkpoints and outputs are kept; run the same command to resume"
+        )
         sys.exit(130)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRORS:
             raise
         where = f" while writing {exc.filename}" if exc.filename else ""
-        console.print(f"[bold red]error:[/] {escape(_STORAGE_ERRORS[exc.errno])}{escape(where)}; finished outputs are "
-                      "kept, fix this and run the same command to continue", highlight=False)
+        console.print(
+            f"[bold red]error:[/] {escape(_STORAGE_ERRORS[exc.errno])}{escape(where)}; finished outputs are "
+            "kept, fix this and run the same command to continue",
+            highlight=False,
+        )
         sys.exit(1)

@@ -19,13 +19,17 @@ from vpt.errors import ConfigError
 def check_parallelism(accelerator) -> None:
     """FSDP2 and DDP are what the loop supports; the others are refused with the reason."""
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ConfigError("vpt trains under FSDP version 2 only (per-player gradient clipping and the EMA need "
-                          "DTensor parameters): set fsdp_version: 2 in the accelerate config")
+        raise ConfigError(
+            "vpt trains under FSDP version 2 only (per-player gradient clipping and the EMA need "
+            "DTensor parameters): set fsdp_version: 2 in the accelerate config"
+        )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError("vpt does not train under DeepSpeed yet: its engine steps inside backward(), past vpt's "
-                          "per-player clipping and its stop-before-the-update check; use FSDP "
-                          "(configs/accelerate/fsdp_8gpu.yaml), which shards like ZeRO-3, or like ZeRO-2 with "
-                          "fsdp_reshard_after_forward: false")
+        raise ConfigError(
+            "vpt does not train under DeepSpeed yet: its engine steps inside backward(), past vpt's "
+            "per-player clipping and its stop-before-the-update check; use FSDP "
+            "(configs/accelerate/fsdp_8gpu.yaml), which shards like ZeRO-3, or like ZeRO-2 with "
+            "fsdp_reshard_after_forward: false"
+        )
 
 
 def is_sharded(accelerator) -> bool:

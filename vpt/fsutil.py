@@ -127,7 +127,9 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
 
 def cache_dir(*parts: str) -> Path:
     """A per-user cache folder for converted weights: `$VPT_CACHE`, else `$XDG_CACHE_HOME/vpt`, else ~/.cache/vpt."""
-    root = os.environ.get("VPT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vpt")
+    root = os.environ.get("VPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vpt"
+    )
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -187,7 +189,9 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise VptError(f"{path}: unreadable {what} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
+        raise VptError(
+            f"{path}: unreadable {what} ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
+        ) from None
     if not isinstance(value, dict):
         raise VptError(f"{path}: damaged {what} (not a JSON object)")
     return value
@@ -249,8 +253,10 @@ class DirectoryLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise VptError(f"another vpt process ({_holder(path)}) is using {self.what} {self.directory}; "
-                               "wait for it or stop it") from None
+                raise VptError(
+                    f"another vpt process ({_holder(path)}) is using {self.what} {self.directory}; "
+                    "wait for it or stop it"
+                ) from None
             # The previous holder removes the file on release: a lock on that unlinked file guards nothing.
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -264,8 +270,9 @@ class DirectoryLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise VptError(f"{path} is a symbolic link, not a vpt lock file; remove the link "
-                               "(vpt never writes through it)") from None
+                raise VptError(
+                    f"{path} is a symbolic link, not a vpt lock file; remove the link (vpt never writes through it)"
+                ) from None
             if exc.errno == errno.EISDIR:
                 raise self._not_a_file(path) from None
             raise
@@ -323,8 +330,11 @@ def _holder(path: Path) -> str:
 
 def out_of_space(exc: BaseException) -> bool:
     """A full disk or quota. h5py drops the errno but keeps the system's message."""
-    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
-                                         or "Disk quota exceeded" in str(exc))
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        or "No space left on device" in str(exc)
+        or "Disk quota exceeded" in str(exc)
+    )
 
 
 @contextlib.contextmanager
@@ -335,5 +345,7 @@ def disk_full_is_an_error(where: str | os.PathLike, kept: str = "shards") -> Ite
     except OSError as exc:
         if not out_of_space(exc):
             raise
-        raise VptError(f"disk full while writing {exc.filename or where}; finished {kept} are kept, "
-                       "free space and run the same command to continue") from None
+        raise VptError(
+            f"disk full while writing {exc.filename or where}; finished {kept} are kept, "
+            "free space and run the same command to continue"
+        ) from None

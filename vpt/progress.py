@@ -20,9 +20,18 @@ from vpt.console import console, is_main_process
 
 
 class ProgressBar:
-    def __init__(self, description: str, total: int, *, unit: str = "", completed: int = 0,
-                 fields: dict[str, str] | None = None, eta: bool = True, transient: bool = False,
-                 enabled: bool | None = None):
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        *,
+        unit: str = "",
+        completed: int = 0,
+        fields: dict[str, str] | None = None,
+        eta: bool = True,
+        transient: bool = False,
+        enabled: bool | None = None,
+    ):
         self.description = description
         self.started = time.perf_counter()
         self.first = completed

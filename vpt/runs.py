@@ -59,8 +59,9 @@ class Run:
 
     # --- create / resume --------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path, *, fresh: bool = False, force: bool = False, is_main: bool = True,
-             lock: bool = True) -> Run:
+    def open(
+        cls, root: str | Path, *, fresh: bool = False, force: bool = False, is_main: bool = True, lock: bool = True
+    ) -> Run:
         """A new directory is created; an existing run is resumed; `fresh` wipes it (needs `force`).
 
         The main process takes the run's lock (`lock`) and holds it until `release()` or its end;
@@ -144,7 +145,9 @@ class Run:
         """Checkpoint directories that were completely written, oldest first."""
         if not self.checkpoints_dir.is_dir():
             return []
-        found = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.is_symlink() and STEP_DIR.match(p.name)]
+        found = [
+            p for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.is_symlink() and STEP_DIR.match(p.name)
+        ]
         return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
     def latest_checkpoint(self) -> Path | None:
@@ -169,11 +172,15 @@ class Run:
         try:
             text = pointer.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{pointer}: unreadable ({exc.__class__.__name__}); delete it to use the newest checkpoint") from None
+            raise UsageError(
+                f"{pointer}: unreadable ({exc.__class__.__name__}); delete it to use the newest checkpoint"
+            ) from None
         target = self.checkpoints_dir / text
         if not STEP_DIR.match(text) or target.is_symlink():
-            raise UsageError(f"{pointer} names {text[:100]!r}, not a step_NNNNNN folder inside {self.checkpoints_dir}; "
-                             "delete it to use the newest checkpoint")
+            raise UsageError(
+                f"{pointer} names {text[:100]!r}, not a step_NNNNNN folder inside {self.checkpoints_dir}; "
+                "delete it to use the newest checkpoint"
+            )
         return target if target.is_dir() else None
 
     def latest_step(self) -> int:
@@ -186,13 +193,18 @@ class Run:
         sharded (bool), best (number or null); a damaged or hand-edited file is one line."""
         path = checkpoint / "trainer_state.json"
         record = read_json_object(path, "trainer state")
-        checks = {"step": lambda v: type(v) is int and v >= 0, "world_size": lambda v: type(v) is int and v >= 1,
-                  "sharded": lambda v: isinstance(v, bool),
-                  "best": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        checks = {
+            "step": lambda v: type(v) is int and v >= 0,
+            "world_size": lambda v: type(v) is int and v >= 1,
+            "sharded": lambda v: isinstance(v, bool),
+            "best": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        }
         for key, ok in checks.items():
             if (key in record or key == "step") and not ok(record.get(key)):
-                raise UsageError(f"{path}: damaged trainer state ({key}={record.get(key)!r}); "
-                                 "delete this checkpoint folder to resume from the one before")
+                raise UsageError(
+                    f"{path}: damaged trainer state ({key}={record.get(key)!r}); "
+                    "delete this checkpoint folder to resume from the one before"
+                )
         return record
 
     def pending_dir(self, step: int) -> Path:
@@ -304,8 +316,10 @@ def start_run(
             requested = config_to_dict(load_config(schema, config_file, overrides, defaults=defaults))
             changed = _changed_keys(config_to_dict(cfg), requested)
             if changed:
-                warn(f"{run.root} resumes with its own config.yaml; {config_file} differs in "
-                     f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} (use --set to change a value)")
+                warn(
+                    f"{run.root} resumes with its own config.yaml; {config_file} differs in "
+                    f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} (use --set to change a value)"
+                )
     elif config_file is None and run.config_path.exists():  # the same start again, after one that stopped early
         cfg = load_config(schema, run.config_path, overrides)
     else:

@@ -41,7 +41,7 @@ def strip(rows: list[np.ndarray], num_context: int | list[int]) -> np.ndarray:
     for i, (row, count) in enumerate(zip(rows, counts)):
         for j, frame in enumerate(mark_context(row, count)):
             y, x = i * (height + GAP), j * (width + GAP)
-            image[y:y + height, x:x + width] = frame
+            image[y : y + height, x : x + width] = frame
     return image
 
 
@@ -56,8 +56,12 @@ def side_by_side(videos: list[np.ndarray], num_context: int | list[int]) -> np.n
     height, width = marked[0].shape[1:3]
     out = np.full((length, height, len(marked) * (width + GAP) - GAP, 3), GAP_COLOR, np.uint8)
     for i, video in enumerate(marked):
-        held = np.concatenate([video, np.repeat(video[-1:], length - len(video), axis=0)]) if len(video) < length else video
-        out[:, :, i * (width + GAP):i * (width + GAP) + width] = held
+        held = (
+            np.concatenate([video, np.repeat(video[-1:], length - len(video), axis=0)])
+            if len(video) < length
+            else video
+        )
+        out[:, :, i * (width + GAP) : i * (width + GAP) + width] = held
     return out
 
 
@@ -71,8 +75,14 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-def save_prediction(path: str | os.PathLike, samples: list[np.ndarray], num_context: int, *, fps: float = 4.0,
-                    truth: np.ndarray | None = None) -> Path:
+def save_prediction(
+    path: str | os.PathLike,
+    samples: list[np.ndarray],
+    num_context: int,
+    *,
+    fps: float = 4.0,
+    truth: np.ndarray | None = None,
+) -> Path:
     """Write predicted videos as .png (one strip row per sample, truth on top) or .mp4/.gif (side by side).
 
     `samples`: videos (T, H, W, 3) that start with their `num_context` context frames.
@@ -92,8 +102,9 @@ def save_prediction(path: str | os.PathLike, samples: list[np.ndarray], num_cont
 CHART_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 
 
-def line_charts(panels: dict[str, dict[str, list[float]]], *, x_label: str = "predicted frame",
-                width: int = 320, height: int = 200) -> np.ndarray:
+def line_charts(
+    panels: dict[str, dict[str, list[float]]], *, x_label: str = "predicted frame", width: int = 320, height: int = 200
+) -> np.ndarray:
     """Small line charts side by side as one uint8 image: per panel title, {series label: y values}
     (x = 1, 2, ...). Drawn with Pillow alone, so reports need no plotting library."""
     from PIL import Image, ImageDraw

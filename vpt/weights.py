@@ -73,8 +73,10 @@ def read_restricted(path: str | Path) -> Any:
         with open(path, "rb") as handle:
             return _read_legacy(handle, size=path.stat().st_size)
     except _Refused as exc:
-        raise UnsafeWeightsError(f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
-                                 "vpt reads only tensors and plain data from weight files") from None
+        raise UnsafeWeightsError(
+            f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
+            "vpt reads only tensors and plain data from weight files"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any other failure means a corrupt or foreign file
         raise _unreadable(path, exc) from None
 
@@ -107,7 +109,9 @@ def shard_files(path: Path) -> list[Path]:
             names = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise VptError(f"{path}: not a weights index with a weight_map ({type(exc).__name__})") from None
-        outside = [name for name in names if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")]
+        outside = [
+            name for name in names if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")
+        ]
         if outside:
             raise VptError(f"{path}: shard {outside[0]!r} is not a file name next to the index")
         return [path.parent / name for name in names]
@@ -149,10 +153,14 @@ def _torch_refusal(path: Path, exc: pickle.UnpicklingError) -> VptError:
     text = str(exc)
     found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", text)
     if found:
-        return UnsafeWeightsError(f"{path}: refusing to load: it pickles {found.group(1)}; "
-                                  "vpt reads only tensors and plain data from weight files")
+        return UnsafeWeightsError(
+            f"{path}: refusing to load: it pickles {found.group(1)}; "
+            "vpt reads only tensors and plain data from weight files"
+        )
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    return VptError(f"{path}: not a readable weights file ({detail.group(1)[:160] if detail else 'not a torch.save file'})")
+    return VptError(
+        f"{path}: not a readable weights file ({detail.group(1)[:160] if detail else 'not a torch.save file'})"
+    )
 
 
 # --- the restricted unpickler ---------------------------------------------------------------------
@@ -232,7 +240,11 @@ def _storage_dtypes() -> dict[str, torch.dtype]:
     with warnings.catch_warnings():  # reading .dtype of the legacy storage classes warns about TypedStorage
         warnings.simplefilter("ignore")
         for name, value in vars(torch).items():  # vars(): never triggers torch's lazy submodule imports
-            if name.endswith("Storage") and isinstance(value, type) and isinstance(getattr(value, "dtype", None), torch.dtype):
+            if (
+                name.endswith("Storage")
+                and isinstance(value, type)
+                and isinstance(getattr(value, "dtype", None), torch.dtype)
+            ):
                 dtypes[name] = value.dtype
     return dtypes
 
@@ -246,11 +258,16 @@ def _is_int_tuple(value) -> bool:
     return isinstance(value, (tuple, torch.Size)) and all(isinstance(v, int) for v in value)
 
 
-def _tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None,
-            dtype=None) -> torch.Tensor:
+def _tensor(
+    storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None, dtype=None
+) -> torch.Tensor:
     """A tensor on a storage this unpickler built; hooks (callables) are never taken from a file."""
-    if not (isinstance(storage, torch.storage.TypedStorage) and isinstance(offset, int)
-            and _is_int_tuple(size) and _is_int_tuple(stride)):
+    if not (
+        isinstance(storage, torch.storage.TypedStorage)
+        and isinstance(offset, int)
+        and _is_int_tuple(size)
+        and _is_int_tuple(stride)
+    ):
         raise ValueError("malformed tensor record")
     if dtype is not None:  # v3 records: an untyped storage plus the tensor's dtype
         if not isinstance(dtype, torch.dtype):
@@ -316,8 +333,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 # Value types that metadata in Lightning checkpoints commonly holds (numpy scalars and arrays as a
 # monitored score): calling these yields a placeholder instead of being refused.
-_INERT_VALUES = {(module, name) for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray")
-                 for name in ("scalar", "_reconstruct", "dtype")}
+_INERT_VALUES = {
+    (module, name)
+    for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("scalar", "_reconstruct", "dtype")
+}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -346,9 +366,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._classes[qualified]
 
     def persistent_load(self, saved_id):
-        if not (isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] in ("storage", b"storage")
-                and isinstance(saved_id[1], _StorageType) and isinstance(saved_id[4], int) and saved_id[4] >= 0
-                and self._storage is not None):
+        if not (
+            isinstance(saved_id, tuple)
+            and len(saved_id) >= 5
+            and saved_id[0] in ("storage", b"storage")
+            and isinstance(saved_id[1], _StorageType)
+            and isinstance(saved_id[4], int)
+            and saved_id[4] >= 0
+            and self._storage is not None
+        ):
             raise ValueError("unexpected persistent id (only tensor storages are read)")
         key = saved_id[2].decode("ascii") if isinstance(saved_id[2], bytes) else str(saved_id[2])
         return self._storage(saved_id[1].dtype, key, saved_id[4], saved_id[5:])
@@ -442,8 +468,10 @@ def check_pickled_weights(folder: str | Path) -> None:
         try:
             read_weights(path, mmap=True)
         except VptError as exc:
-            raise UnsafeWeightsError(f"{exc}; convert {path.name} to safetensors (e.g. with safetensors.torch.save_file "
-                                     "where you trust the file)") from None
+            raise UnsafeWeightsError(
+                f"{exc}; convert {path.name} to safetensors (e.g. with safetensors.torch.save_file "
+                "where you trust the file)"
+            ) from None
 
 
 # --- accelerate's training state ------------------------------------------------------------------
@@ -452,8 +480,15 @@ def check_pickled_weights(folder: str | Path) -> None:
 # torch values they hold. torch reads that file with a plain `pickle.load`, so vpt checks it first.
 _DCP_METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": {
-        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "BytesStorageMetadata",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
@@ -497,11 +532,15 @@ def _check_dcp_metadata(path: Path) -> None:
         with open(path, "rb") as handle:
             _DcpMetadataUnpickler(handle).load()
             if handle.read(1):
-                raise UnsafeWeightsError(f"{path}: refusing to load: data follows its metadata pickle (a second pickle "
-                                         "is never checked); a checkpoint's metadata is a single pickle")
+                raise UnsafeWeightsError(
+                    f"{path}: refusing to load: data follows its metadata pickle (a second pickle "
+                    "is never checked); a checkpoint's metadata is a single pickle"
+                )
     except _Refused as exc:
-        raise UnsafeWeightsError(f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
-                                 "a checkpoint's metadata names only torch's checkpoint records") from None
+        raise UnsafeWeightsError(
+            f"{path}: refusing to load: its pickle tries to {exc}, which could run code; "
+            "a checkpoint's metadata names only torch's checkpoint records"
+        ) from None
     except UnsafeWeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or foreign
@@ -520,5 +559,5 @@ def settings_beside(path: Path) -> tuple[dict[str, Any], str | None]:
         raise ConfigError(f"{file}: not readable JSON ({error})") from None
     section = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(section, dict):
-        raise ConfigError(f"{file}: expected a JSON object of model settings (or one with a \"model\" object)")
+        raise ConfigError(f'{file}: expected a JSON object of model settings (or one with a "model" object)')
     return section, str(file)

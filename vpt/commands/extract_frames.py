@@ -10,12 +10,34 @@ import typer
 from vpt.commands.options import FrameFormat, Resize
 from vpt.errors import VptError
 
-SizeOption = Annotated[Optional[int], typer.Option("--size", min=1, help="Resize frames to SIZE x SIZE (default: keep the video's size).")]
-ResizeOption = Annotated[Resize, typer.Option("--resize", help="squash: stretch to SIZE x SIZE as RIVER does; crop: short side to SIZE, centre crop.")]
-FpsOption = Annotated[Optional[float], typer.Option("--fps", min=0.01, help="Resample to this frame rate (default: keep every frame).")]
-WorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding processes (default: all cores).")]
-SkipBadOption = Annotated[bool, typer.Option("--skip-bad", help="Exit 0 even when some videos could not be read (they are still listed in failed.txt).")]
-SplitsOption = Annotated[Optional[str], typer.Option("--splits", help="Spread a flat folder over train/val/test with these fractions, e.g. 0.9,0.05,0.05 (deterministic per file name).")]
+SizeOption = Annotated[
+    Optional[int], typer.Option("--size", min=1, help="Resize frames to SIZE x SIZE (default: keep the video's size).")
+]
+ResizeOption = Annotated[
+    Resize,
+    typer.Option(
+        "--resize", help="squash: stretch to SIZE x SIZE as RIVER does; crop: short side to SIZE, centre crop."
+    ),
+]
+FpsOption = Annotated[
+    Optional[float], typer.Option("--fps", min=0.01, help="Resample to this frame rate (default: keep every frame).")
+]
+WorkersOption = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="Decoding processes (default: all cores).")
+]
+SkipBadOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad", help="Exit 0 even when some videos could not be read (they are still listed in failed.txt)."
+    ),
+]
+SplitsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--splits",
+        help="Spread a flat folder over train/val/test with these fractions, e.g. 0.9,0.05,0.05 (deterministic per file name).",
+    ),
+]
 
 
 def report(summary, dst: Path, skip_bad: bool, unit: str) -> None:
@@ -25,10 +47,14 @@ def report(summary, dst: Path, skip_bad: bool, unit: str) -> None:
     from vpt.console import console, info, warn
 
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
-    info(f"{summary.done} videos {unit} ({summary.frames:,} frames, {rate:,.0f} frames/s), "
-         f"{summary.skipped} already done, {len(summary.failed)} failed - {dst}")
+    info(
+        f"{summary.done} videos {unit} ({summary.frames:,} frames, {rate:,.0f} frames/s), "
+        f"{summary.skipped} already done, {len(summary.failed)} failed - {dst}"
+    )
     if summary.redone:
-        warn(f"{summary.redone} of them had an incomplete output folder (an interrupted run or a hand edit) and were {unit} again")
+        warn(
+            f"{summary.redone} of them had an incomplete output folder (an interrupted run or a hand edit) and were {unit} again"
+        )
     if summary.failed:
         for name, reason in summary.failed[:10]:
             console.print(f"  [red]failed[/] {escape(name)}: {escape(reason)}", highlight=False)
@@ -37,17 +63,28 @@ def report(summary, dst: Path, skip_bad: bool, unit: str) -> None:
         if skip_bad:
             warn(f"{len(summary.failed)} videos skipped (--skip-bad); list in {dst / 'failed.txt'}")
         else:
-            raise VptError(f"{len(summary.failed)} of {summary.total} videos could not be read (listed in {dst / 'failed.txt'}); "
-                           "fix or remove them, or pass --skip-bad")
+            raise VptError(
+                f"{len(summary.failed)} of {summary.total} videos could not be read (listed in {dst / 'failed.txt'}); "
+                "fix or remove them, or pass --skip-bad"
+            )
 
 
 def extract_frames(
-    video_dir: Annotated[Path, typer.Option("--video-dir", help="Folder searched recursively for videos (mp4, avi, mkv, webm, mov, mpg, m4v, gif, ...).")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Output: OUT_DIR/<relative path without extension>/00000.<ext>.")],
+    video_dir: Annotated[
+        Path,
+        typer.Option(
+            "--video-dir", help="Folder searched recursively for videos (mp4, avi, mkv, webm, mov, mpg, m4v, gif, ...)."
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Output: OUT_DIR/<relative path without extension>/00000.<ext>.")
+    ],
     size: SizeOption = None,
     resize: ResizeOption = Resize.squash,
     fps: FpsOption = None,
-    ext: Annotated[FrameFormat, typer.Option("--ext", help="Frame image format: png (lossless) or jpg (quality 95).")] = FrameFormat.png,
+    ext: Annotated[
+        FrameFormat, typer.Option("--ext", help="Frame image format: png (lossless) or jpg (quality 95).")
+    ] = FrameFormat.png,
     workers: WorkersOption = None,
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
@@ -57,6 +94,14 @@ def extract_frames(
     from vpt.data.parallel import default_workers
     from vpt.data.sources import parse_splits
 
-    summary = run(video_dir, out_dir, size=size, resize=resize.value, fps=fps, ext=ext.value,
-                  workers=workers or default_workers(), splits=parse_splits(splits))
+    summary = run(
+        video_dir,
+        out_dir,
+        size=size,
+        resize=resize.value,
+        fps=fps,
+        ext=ext.value,
+        workers=workers or default_workers(),
+        splits=parse_splits(splits),
+    )
     report(summary, out_dir, skip_bad, "extracted")

@@ -35,7 +35,12 @@ def info() -> None:
         devices = "cpu only"
     table.add_row("devices", devices)
     table.add_row("cpu threads", str(torch.get_num_threads()))
-    table.add_row("attention", f"{backend_name()} (torch.nn.functional.scaled_dot_product_attention unless xformers is selected)")
-    table.add_row("decord", "importable (fast decode path)" if importlib.util.find_spec("decord") else "not importable (PyAV decodes)")
+    table.add_row(
+        "attention", f"{backend_name()} (torch.nn.functional.scaled_dot_product_attention unless xformers is selected)"
+    )
+    table.add_row(
+        "decord",
+        "importable (fast decode path)" if importlib.util.find_spec("decord") else "not importable (PyAV decodes)",
+    )
     table.add_row("xformers", "importable" if xformers_available() else "not importable")
     console.print(table)

@@ -9,12 +9,36 @@ from typing import Annotated, Optional
 
 import typer
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/<backend>/<name>.yaml). Required for a new run; a resumed run uses its own config.yaml.")]
-RunOption = Annotated[Path, typer.Option("--run", help="Run directory: created when new, resumed from its latest checkpoint when it exists.")]
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable; values are typed: ints, floats, bools, lists).")]
-MaxStepsOption = Annotated[Optional[int], typer.Option("--max-steps", help="Train until this step (same as --set train.max_steps=N).", min=1)]
-LogEveryOption = Annotated[Optional[int], typer.Option("--log-every", help="Log to metrics.jsonl every N steps (same as --set train.log_every=N).", min=1)]
-FreshOption = Annotated[bool, typer.Option("--fresh", help="Start the run over instead of resuming it (needs --force when it has checkpoints).")]
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (configs/<backend>/<name>.yaml). Required for a new run; a resumed run uses its own config.yaml.",
+    ),
+]
+RunOption = Annotated[
+    Path,
+    typer.Option("--run", help="Run directory: created when new, resumed from its latest checkpoint when it exists."),
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        help="Override a config value, e.g. --set train.lr=1e-4 (repeatable; values are typed: ints, floats, bools, lists).",
+    ),
+]
+MaxStepsOption = Annotated[
+    Optional[int], typer.Option("--max-steps", help="Train until this step (same as --set train.max_steps=N).", min=1)
+]
+LogEveryOption = Annotated[
+    Optional[int],
+    typer.Option("--log-every", help="Log to metrics.jsonl every N steps (same as --set train.log_every=N).", min=1),
+]
+FreshOption = Annotated[
+    bool,
+    typer.Option("--fresh", help="Start the run over instead of resuming it (needs --force when it has checkpoints)."),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Allow --fresh to delete an existing run.")]
 
 

@@ -8,14 +8,39 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-CheckpointOption = Annotated[Optional[Path], typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth).")]
-BackendOption = Annotated[Optional[str], typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically.")]
-ReleaseOption = Annotated[Optional[str], typer.Option("--release", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.")]
-AutoencoderOption = Annotated[Optional[Path], typer.Option("--ae", help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.")]
+CheckpointOption = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth)."),
+]
+BackendOption = Annotated[
+    Optional[str],
+    typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically."),
+]
+ReleaseOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--release",
+        help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.",
+    ),
+]
+AutoencoderOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--ae",
+        help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.",
+    ),
+]
 
 
-def load_predictor(run: Path | None, checkpoint: Path | None, backend: str | None, ae: Path | None,
-                   release: str | None, *, newest_run_default: bool = True) -> tuple[Any, dict, dict]:
+def load_predictor(
+    run: Path | None,
+    checkpoint: Path | None,
+    backend: str | None,
+    ae: Path | None,
+    release: str | None,
+    *,
+    newest_run_default: bool = True,
+) -> tuple[Any, dict, dict]:
     """(model, where it came from, the run's config or {} for published weights)."""
     from vpt.console import info
     from vpt.errors import UsageError
@@ -27,8 +52,9 @@ def load_predictor(run: Path | None, checkpoint: Path | None, backend: str | Non
             raise UsageError("give either --run or --checkpoint, not both")
         return _published(checkpoint, backend, ae, release), published_origin(checkpoint, ae, release), {}
     if ae is not None or backend is not None or release is not None:
-        raise UsageError("--ae, --backend and --release go with --checkpoint; a run names its own backend, "
-                         "autoencoder and protocol")
+        raise UsageError(
+            "--ae, --backend and --release go with --checkpoint; a run names its own backend, autoencoder and protocol"
+        )
     if run is None:
         run = newest_run("runs") if newest_run_default else None
         if run is None:
@@ -37,11 +63,19 @@ def load_predictor(run: Path | None, checkpoint: Path | None, backend: str | Non
     handle = Run(run)
     step_dir = handle.latest_checkpoint()
     model = Backend.from_run(run)
-    return model, {"run": str(Path(run).resolve()), "checkpoint_dir": str(step_dir) if step_dir else None}, handle.read_config()
+    return (
+        model,
+        {"run": str(Path(run).resolve()), "checkpoint_dir": str(step_dir) if step_dir else None},
+        handle.read_config(),
+    )
 
 
 def published_origin(checkpoint: Path, ae: Path | None, release: str | None) -> dict:
-    return {"checkpoint": str(checkpoint.resolve()), "autoencoder": str(ae.resolve()) if ae else None, "release": release}
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "autoencoder": str(ae.resolve()) if ae else None,
+        "release": release,
+    }
 
 
 def _published(checkpoint: Path, backend: str | None, ae: Path | None, release: str | None):
@@ -55,7 +89,10 @@ def _published(checkpoint: Path, backend: str | None, ae: Path | None, release: 
     else:
         claimed = [n for n in backend_names() if get_backend(n).recognizes_checkpoint(checkpoint)]
         if len(claimed) != 1:
-            raise UsageError(f"{checkpoint}: cannot tell which backend it belongs to"
-                             + (f" ({', '.join(claimed)} all accept it)" if claimed else "") + "; pass --backend NAME")
+            raise UsageError(
+                f"{checkpoint}: cannot tell which backend it belongs to"
+                + (f" ({', '.join(claimed)} all accept it)" if claimed else "")
+                + "; pass --backend NAME"
+            )
         backend_cls = get_backend(claimed[0])
     return backend_cls.from_checkpoint(checkpoint, autoencoder=ae, preset=release)

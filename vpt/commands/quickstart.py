@@ -25,12 +25,44 @@ KEPT_FRACTION = 0.3  # the object is kept when >= 30 % of its true pixel count h
 
 
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", help="Working folder: data/, runs/ae, runs/river, report.html, metrics.json.")] = Path("quickstart"),
-    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (10-15 minutes on 2 quiet cores).", min=0.2)] = None,
-    num_videos: Annotated[int, typer.Option("--num-videos", help="Built-in shapes videos to make (80/10/10 train/val/test).", min=20)] = NUM_VIDEOS,
-    ae_steps: Annotated[Optional[int], typer.Option("--ae-steps", help="Autoencoder training steps. Default: configs/ae/quickstart.yaml's train.max_steps.", min=1)] = None,
-    river_steps: Annotated[Optional[int], typer.Option("--river-steps", help="RIVER training steps. Default: configs/river/shapes.yaml's train.max_steps (more continues an earlier run).", min=1)] = None,
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine 1 is often faster.", min=0)] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Working folder: data/, runs/ae, runs/river, report.html, metrics.json.")
+    ] = Path("quickstart"),
+    minutes: Annotated[
+        Optional[float],
+        typer.Option(
+            "--minutes",
+            help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (10-15 minutes on 2 quiet cores).",
+            min=0.2,
+        ),
+    ] = None,
+    num_videos: Annotated[
+        int, typer.Option("--num-videos", help="Built-in shapes videos to make (80/10/10 train/val/test).", min=20)
+    ] = NUM_VIDEOS,
+    ae_steps: Annotated[
+        Optional[int],
+        typer.Option(
+            "--ae-steps",
+            help="Autoencoder training steps. Default: configs/ae/quickstart.yaml's train.max_steps.",
+            min=1,
+        ),
+    ] = None,
+    river_steps: Annotated[
+        Optional[int],
+        typer.Option(
+            "--river-steps",
+            help="RIVER training steps. Default: configs/river/shapes.yaml's train.max_steps (more continues an earlier run).",
+            min=1,
+        ),
+    ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine 1 is often faster.",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     """Make data, train a small autoencoder and RIVER on it, and score predictions against a baseline."""
     import torch
@@ -64,22 +96,35 @@ def quickstart(
 
     truncated = _truncated(ae_run, river_run)
     if truncated and minutes:
-        warn(f"--minutes {minutes:g} cut training short ({truncated}): these scores depend on this machine's speed; "
-             f"run without --minutes (or again: training continues) for the reference result")
-    metrics.update({"minutes": round((time.perf_counter() - started) / 60, 2), "stage_seconds": timings,
-                    "ae_run": str(ae_run), "river_run": str(river_run), "truncated_by_minutes": truncated or None})
+        warn(
+            f"--minutes {minutes:g} cut training short ({truncated}): these scores depend on this machine's speed; "
+            f"run without --minutes (or again: training continues) for the reference result"
+        )
+    metrics.update(
+        {
+            "minutes": round((time.perf_counter() - started) / 60, 2),
+            "stage_seconds": timings,
+            "ae_run": str(ae_run),
+            "river_run": str(river_run),
+            "truncated_by_minutes": truncated or None,
+        }
+    )
     from vpt.fsutil import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _print_table(metrics)
     gain = metrics["psnr"] - metrics["baseline_psnr"]
-    placement = (f"object position error {metrics['position_error']:.2f} vs {metrics['baseline_position_error']:.2f} px, "
-                 f"object kept in {metrics['object_kept']:.0%} of predicted frames")
+    placement = (
+        f"object position error {metrics['position_error']:.2f} vs {metrics['baseline_position_error']:.2f} px, "
+        f"object kept in {metrics['object_kept']:.0%} of predicted frames"
+    )
     if metrics["beats_baseline"]:
         info(f"RIVER beats copying the last frame: {gain:+.2f} dB PSNR, {placement}. Report: {out / 'report.html'}")
     else:
-        warn(f"RIVER does NOT beat copying the last frame ({gain:+.2f} dB PSNR, {placement}): it needs more "
-             f"training (`--river-steps N` with N above the current step continues it). Report: {out / 'report.html'}")
+        warn(
+            f"RIVER does NOT beat copying the last frame ({gain:+.2f} dB PSNR, {placement}): it needs more "
+            f"training (`--river-steps N` with N above the current step continues it). Report: {out / 'report.html'}"
+        )
     info(f"Finished in {metrics['minutes']:.1f} min; metrics in {out / 'metrics.json'}")
 
 
@@ -112,7 +157,9 @@ def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float 
 
     run_dir = out / "runs" / "ae"
     overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides()]
-    run, cfg = start_run(train_ae_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides)
+    run, cfg = start_run(
+        train_ae_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides
+    )
     train_autoencoder(cfg, run)
     return run_dir
 
@@ -137,10 +184,15 @@ def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minu
     from vpt.runs import start_run
 
     run_dir = out / "runs" / "river"
-    overrides = [path_setting("data.path", latents), path_setting("model.autoencoder", ae_run),
-                 *_budget(steps, minutes), *_quiet_overrides()]
-    run, cfg = start_run(train_schema(River), run_dir=run_dir, config_file=_config_file("river", "shapes.yaml"),
-                         overrides=overrides)
+    overrides = [
+        path_setting("data.path", latents),
+        path_setting("model.autoencoder", ae_run),
+        *_budget(steps, minutes),
+        *_quiet_overrides(),
+    ]
+    run, cfg = start_run(
+        train_schema(River), run_dir=run_dir, config_file=_config_file("river", "shapes.yaml"), overrides=overrides
+    )
     train_backend(River, cfg, run)
     return run_dir, cfg
 
@@ -189,9 +241,10 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
     truth = video[:, num_context:]
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        predicted = torch.cat([model.predict(chunk, truth.shape[1], generator=generator)
-                               for chunk in video[:, :num_context].split(25)])
-    baseline = video[:, num_context - 1:num_context].expand_as(truth)
+        predicted = torch.cat(
+            [model.predict(chunk, truth.shape[1], generator=generator) for chunk in video[:, :num_context].split(25)]
+        )
+    baseline = video[:, num_context - 1 : num_context].expand_as(truth)
 
     def unit(frames):  # (N, T, 3, H, W) in [-1, 1] -> (N, T, 3, H, W) in [0, 1]
         return ((frames.float() + 1) / 2).clamp(0, 1)
@@ -200,24 +253,36 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
         scores = metric(unit(frames).flatten(0, 1), unit(truth).flatten(0, 1))
         return np.asarray(scores, dtype=np.float64).reshape(count, -1).mean(0)
 
-    curves = {"psnr": per_frame(psnr, predicted), "baseline_psnr": per_frame(psnr, baseline),
-              "ssim": per_frame(ssim, predicted), "baseline_ssim": per_frame(ssim, baseline)}
+    curves = {
+        "psnr": per_frame(psnr, predicted),
+        "baseline_psnr": per_frame(psnr, baseline),
+        "ssim": per_frame(ssim, predicted),
+        "baseline_ssim": per_frame(ssim, baseline),
+    }
     errors, kept = _position_scores(predicted, truth, truth_positions, num_context)
     baseline_errors, _ = _position_scores(baseline, truth, truth_positions, num_context)
     curves.update(position_error=errors.mean(0), baseline_position_error=baseline_errors.mean(0))
     scores = {name: float(np.mean(values)) for name, values in curves.items()}
     scores["object_kept"] = float(kept.mean())
     # PSNR alone is dominated by the flat background: a model must also place the object better
-    scores["beats_baseline"] = bool(scores["psnr"] > scores["baseline_psnr"]
-                                    and scores["position_error"] < scores["baseline_position_error"])
-    scores.update({"test_clips": count, "context_frames": num_context, "predicted_frames": truth.shape[1],
-                   "river_step": _step(river_run), "baseline": "copy the last context frame",
-                   "per_frame": {name: [round(float(v), 4) for v in values] for name, values in curves.items()},
-                   "metric_protocol": "mean over test clips and predicted frames; frames in [0, 1]; SSIM 11x11 "
-                                      "Gaussian (sigma 1.5); position error: distance (px) between the centroid of "
-                                      "the object's colour and the generator's true centre, "
-                                      f"{MISSING_ERROR:g} px where the object is lost; object_kept: fraction of "
-                                      f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels"})
+    scores["beats_baseline"] = bool(
+        scores["psnr"] > scores["baseline_psnr"] and scores["position_error"] < scores["baseline_position_error"]
+    )
+    scores.update(
+        {
+            "test_clips": count,
+            "context_frames": num_context,
+            "predicted_frames": truth.shape[1],
+            "river_step": _step(river_run),
+            "baseline": "copy the last context frame",
+            "per_frame": {name: [round(float(v), 4) for v in values] for name, values in curves.items()},
+            "metric_protocol": "mean over test clips and predicted frames; frames in [0, 1]; SSIM 11x11 "
+            "Gaussian (sigma 1.5); position error: distance (px) between the centroid of "
+            "the object's colour and the generator's true centre, "
+            f"{MISSING_ERROR:g} px where the object is lost; object_kept: fraction of "
+            f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels",
+        }
+    )
     _write_report(out, video, predicted, num_context, scores)
     return scores
 
@@ -230,8 +295,10 @@ def _true_positions(data: Path, names: list[str | None]) -> list[dict]:
 
     record = data.parent / "shapes" / "positions.json"
     if not record.is_file():
-        raise VptError(f"{record} is missing: the quickstart data predates position records; delete {data.parent} "
-                       "and run the quickstart again")
+        raise VptError(
+            f"{record} is missing: the quickstart data predates position records; delete {data.parent} "
+            "and run the quickstart again"
+        )
     positions = json.loads(record.read_text())
     return [positions[f"test/{name}"] for name in names]
 
@@ -247,7 +314,7 @@ def _position_scores(frames, truth, records: list[dict], num_context: int):
     for clip, true_clip, record in zip(frames, truth, records):
         centre, pixels = colour_centroid(clip, record["colour"])  # (T, 2), (T,)
         _, true_pixels = colour_centroid(true_clip, record["colour"])
-        target = np.asarray(record["centre"])[num_context:num_context + len(clip)]
+        target = np.asarray(record["centre"])[num_context : num_context + len(clip)]
         distance = np.linalg.norm(centre - target, axis=1)
         present = pixels >= KEPT_FRACTION * np.maximum(true_pixels, 1)
         errors.append(np.where(present & np.isfinite(distance), distance, MISSING_ERROR))
@@ -284,12 +351,22 @@ def _write_report(out: Path, video, predicted, num_context: int, scores: dict[st
         write_video(gifs / f"clip_{i:02d}.gif", side_by_side([context, truth, prediction], num_context), fps=4)
         rows.append(f'<tr><td>{i}</td><td><img src="report/clip_{i:02d}.gif" width="{3 * 160}"></td></tr>')
     curves = scores["per_frame"]
-    save_image(gifs / "per_frame.png", line_charts({
-        metric: {"RIVER": curves[metric], "copy last frame": curves[f"baseline_{metric}"]}
-        for metric in ("psnr", "ssim", "position_error")}))
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" if isinstance(v, float)
-                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in scores.items() if k != "per_frame")
+    save_image(
+        gifs / "per_frame.png",
+        line_charts(
+            {
+                metric: {"RIVER": curves[metric], "copy last frame": curves[f"baseline_{metric}"]}
+                for metric in ("psnr", "ssim", "position_error")
+            }
+        ),
+    )
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in scores.items()
+        if k != "per_frame"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vpt quickstart</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}} img{{image-rendering:pixelated}}</style></head>
 <body><h1>vpt quickstart: RIVER on the built-in shapes</h1>
@@ -298,7 +375,7 @@ def _write_report(out: Path, video, predicted, num_context: int, scores: dict[st
 <p><img src="report/per_frame.png" alt="PSNR, SSIM and position error per predicted frame"></p>
 <h2>Test clips: context | truth | prediction</h2>
 <p>Red borders mark the {num_context} context frames the model was given; the rest is predicted.</p>
-<table>{''.join(rows)}</table></body></html>
+<table>{"".join(rows)}</table></body></html>
 """
     atomic_write_text(out / "report.html", page)
 
@@ -308,14 +385,26 @@ def _print_table(metrics: dict[str, Any]) -> None:
 
     from vpt.console import console
 
-    table = Table(title=f"test clips: {metrics['context_frames']} context -> {metrics['predicted_frames']} predicted frames")
+    table = Table(
+        title=f"test clips: {metrics['context_frames']} context -> {metrics['predicted_frames']} predicted frames"
+    )
     table.add_column("prediction")
     table.add_column("PSNR (dB)", justify="right")
     table.add_column("SSIM", justify="right")
     table.add_column("position error (px)", justify="right")
     table.add_column("object kept", justify="right")
-    table.add_row(f"RIVER (step {metrics['river_step']})", f"{metrics['psnr']:.2f}", f"{metrics['ssim']:.3f}",
-                  f"{metrics['position_error']:.2f}", f"{metrics['object_kept']:.0%}")
-    table.add_row("copy last frame", f"{metrics['baseline_psnr']:.2f}", f"{metrics['baseline_ssim']:.3f}",
-                  f"{metrics['baseline_position_error']:.2f}", "100%")
+    table.add_row(
+        f"RIVER (step {metrics['river_step']})",
+        f"{metrics['psnr']:.2f}",
+        f"{metrics['ssim']:.3f}",
+        f"{metrics['position_error']:.2f}",
+        f"{metrics['object_kept']:.0%}",
+    )
+    table.add_row(
+        "copy last frame",
+        f"{metrics['baseline_psnr']:.2f}",
+        f"{metrics['baseline_ssim']:.3f}",
+        f"{metrics['baseline_position_error']:.2f}",
+        "100%",
+    )
     console.print(table)

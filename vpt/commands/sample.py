@@ -23,31 +23,116 @@ from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointO
 
 
 def sample(
-    run: Annotated[Optional[Path], typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs.")] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs."),
+    ] = None,
     checkpoint: CheckpointOption = None,
     backend: BackendOption = None,
-    release: Annotated[Optional[str], typer.Option("--release", "--preset", help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.")] = None,
+    release: Annotated[
+        Optional[str],
+        typer.Option(
+            "--release",
+            "--preset",
+            help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.",
+        ),
+    ] = None,
     ae: AutoencoderOption = None,
-    image: Annotated[Optional[list[Path]], typer.Option("--image", help="Context image(s), in order (repeat the option for several frames).")] = None,
-    video: Annotated[Optional[Path], typer.Option("--video", help="Context video file; its first --context-frames frames are the context.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset (HDF5 shards or video tree); with --index, its first frames are the context and the rest the truth.")] = None,
+    image: Annotated[
+        Optional[list[Path]],
+        typer.Option("--image", help="Context image(s), in order (repeat the option for several frames)."),
+    ] = None,
+    video: Annotated[
+        Optional[Path],
+        typer.Option("--video", help="Context video file; its first --context-frames frames are the context."),
+    ] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Dataset (HDF5 shards or video tree); with --index, its first frames are the context and the rest the truth.",
+        ),
+    ] = None,
     index: Annotated[int, typer.Option("--index", help="Video number in --data.", min=0)] = 0,
     split: Annotated[str, typer.Option("--split", help="Split of --data.")] = "test",
-    context_frames: Annotated[Optional[int], typer.Option("--context-frames", help="Frames of --video/--data given as context. Default: the model's context_frames (the whole --video when it names none).", min=1)] = None,
-    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames to predict. Default: the training clip length minus the context (15 without a run config).", min=1)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps. Default: the model's own setting.", min=1)] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", help="Predictions from the same context (different noise).", min=1)] = 1,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per forward pass. Default: all at once.", min=1)] = None,
+    context_frames: Annotated[
+        Optional[int],
+        typer.Option(
+            "--context-frames",
+            help="Frames of --video/--data given as context. Default: the model's context_frames (the whole --video when it names none).",
+            min=1,
+        ),
+    ] = None,
+    frames: Annotated[
+        Optional[int],
+        typer.Option(
+            "--frames",
+            help="Frames to predict. Default: the training clip length minus the context (15 without a run config).",
+            min=1,
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", help="Sampling steps. Default: the model's own setting.", min=1)
+    ] = None,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", help="Predictions from the same context (different noise).", min=1)
+    ] = 1,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Samples per forward pass. Default: all at once.", min=1)
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (noise of every sample).")] = 0,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption.")] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale, for backends that use it. Default: the model's own.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river; upsample=4 for neuralsde: 4 frames per predicted frame, the in-between ones decoded from the SDE state, linear between accepted steps of the adaptive solver); repeatable.")] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).", min=8)] = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption."
+        ),
+    ] = None,
+    guidance_scale: Annotated[
+        Optional[float],
+        typer.Option(
+            "--guidance-scale",
+            help="Classifier-free guidance scale, for backends that use it. Default: the model's own.",
+        ),
+    ] = None,
+    option: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--option",
+            help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river; upsample=4 for neuralsde: 4 frames per predicted frame, the in-between ones decoded from the SDE state, linear between accepted steps of the adaptive solver); repeatable.",
+        ),
+    ] = None,
+    size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--size",
+            help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).",
+            min=8,
+        ),
+    ] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.")] = Path("prediction.mp4"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.",
+        ),
+    ] = Path("prediction.mp4"),
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).")] = None,
-    compile_sampler: Annotated[bool, typer.Option("--compile", help="torch.compile the sampler's network call (CUDA graphs on CUDA); pays off on long rollouts. Backends with `model.compile_sampler`.")] = False,
+    precision: Annotated[
+        Optional[Precision],
+        typer.Option(
+            "--precision",
+            help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).",
+        ),
+    ] = None,
+    compile_sampler: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the sampler's network call (CUDA graphs on CUDA); pays off on long rollouts. Backends with `model.compile_sampler`.",
+        ),
+    ] = False,
 ) -> None:
     """Predict the next frames of a context with a trained (or published) model."""
     import torch
@@ -69,28 +154,41 @@ def sample(
     model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release)
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
-        raise UsageError("give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
-                         + (f" (got {', '.join(sources)})" if sources else ""))
+        raise UsageError(
+            "give the context with exactly one of --image FILE..., --video FILE or --data DIR --index I"
+            + (f" (got {', '.join(sources)})" if sources else "")
+        )
     predict_kwargs = _predict_kwargs(model, prompt, guidance_scale, option or [])
     if compile_sampler:
         model.compile_sampler()
     model.to(torch_device).eval()
     protocol = run_protocol(run_config, model)
-    info(f"{type(model).name} on {torch_device} ({precision_name}); protocol: {protocol['context_frames']} context -> "
-         f"{protocol['predicted_frames']} predicted frames at {protocol['image_size'] or 'the input size'}")
+    info(
+        f"{type(model).name} on {torch_device} ({precision_name}); protocol: {protocol['context_frames']} context -> "
+        f"{protocol['predicted_frames']} predicted frames at {protocol['image_size'] or 'the input size'}"
+    )
 
     size = size or protocol["image_size"]
     wanted_context = context_frames or protocol["context_frames"]
-    context, truth, context_record, caption = _read_context(image, video, data, index, split, wanted_context, size,
-                                                            model.resize, blank=None if sources else size)
+    context, truth, context_record, caption = _read_context(
+        image, video, data, index, split, wanted_context, size, model.resize, blank=None if sources else size
+    )
     if caption and prompt is None and model.takes_text:
         predict_kwargs["prompt"] = caption
     num_context = context.shape[0]
     frames = frames or protocol["predicted_frames"]
 
-    predictions = _predict(model, context.to(torch_device), frames, num_samples=num_samples,
-                           batch_size=batch_size or num_samples, steps=steps, seed=seed, kwargs=predict_kwargs,
-                           precision=precision_name)
+    predictions = _predict(
+        model,
+        context.to(torch_device),
+        frames,
+        num_samples=num_samples,
+        batch_size=batch_size or num_samples,
+        steps=steps,
+        seed=seed,
+        kwargs=predict_kwargs,
+        precision=precision_name,
+    )
 
     from vpt.data.video import to_uint8_frames
     from vpt.visualize import save_prediction
@@ -100,19 +198,38 @@ def sample(
     upsample = max(1, len(predictions[0]) // frames)
     context_shown = context.repeat_interleave(upsample, dim=0)
     rows = [to_uint8_frames(torch.cat([context_shown, p])) for p in predictions]
-    truth_row = (to_uint8_frames(truth[:num_context + frames].repeat_interleave(upsample, dim=0))
-                 if truth is not None else None)
+    truth_row = (
+        to_uint8_frames(truth[: num_context + frames].repeat_interleave(upsample, dim=0)) if truth is not None else None
+    )
     save_prediction(out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row)
     options = {k: v for k, v in predict_kwargs.items() if k != "prompt"}
     record = {
-        "command": "vpt sample", "argv": sys.argv[1:], "backend": type(model).name, **origin,
-        "context": context_record, "context_frames": num_context, "image_size": size, "resize": model.resize,
-        "frames": frames, "steps": steps, "num_samples": num_samples, "batch_size": batch_size or num_samples,
-        "seed": seed, "prompt": predict_kwargs.get("prompt"), "guidance_scale": guidance_scale, "options": options,
-        "sampler": model.sample_record(steps=steps, **options), "protocol": protocol,
-        "device": str(torch_device), "precision": precision_name, "fps": fps * upsample, "upsample": upsample,
-        "out": str(out.resolve()), "model_config": config_to_dict(model.cfg),
-        "versions": _versions(), "seconds": round(time.perf_counter() - started, 2),
+        "command": "vpt sample",
+        "argv": sys.argv[1:],
+        "backend": type(model).name,
+        **origin,
+        "context": context_record,
+        "context_frames": num_context,
+        "image_size": size,
+        "resize": model.resize,
+        "frames": frames,
+        "steps": steps,
+        "num_samples": num_samples,
+        "batch_size": batch_size or num_samples,
+        "seed": seed,
+        "prompt": predict_kwargs.get("prompt"),
+        "guidance_scale": guidance_scale,
+        "options": options,
+        "sampler": model.sample_record(steps=steps, **options),
+        "protocol": protocol,
+        "device": str(torch_device),
+        "precision": precision_name,
+        "fps": fps * upsample,
+        "upsample": upsample,
+        "out": str(out.resolve()),
+        "model_config": config_to_dict(model.cfg),
+        "versions": _versions(),
+        "seconds": round(time.perf_counter() - started, 2),
     }
     record_path = out.with_name(out.name + ".json")
     atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
@@ -220,14 +337,22 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
     prompt = kwargs.get("prompt")
     extra = {k: v for k, v in kwargs.items() if k != "prompt"}
     results = []
-    with ProgressBar("sample", num_samples * frames, unit="frames", transient=True) as bar, \
-            model.reporting_frames(bar.advance):
+    with (
+        ProgressBar("sample", num_samples * frames, unit="frames", transient=True) as bar,
+        model.reporting_frames(bar.advance),
+    ):
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
             batch = context[None].expand(count, *context.shape)  # (B, n, 3, H, W)
             with torch.no_grad(), inference_autocast(device, precision):
-                predicted = model.predict(batch, frames, prompt=[prompt] * count if prompt else None, steps=steps,
-                                          generator=generator, **extra)
+                predicted = model.predict(
+                    batch,
+                    frames,
+                    prompt=[prompt] * count if prompt else None,
+                    steps=steps,
+                    generator=generator,
+                    **extra,
+                )
             results.extend(predicted.float().clamp(-1, 1).cpu())
     return results
 

@@ -18,30 +18,79 @@ from vpt.commands.options import LatentDtype
 
 
 def save_latents(
-    ae: Annotated[Path, typer.Option("--ae", help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, PVDM model_last.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.")],
-    data: Annotated[Path, typer.Option("--data", help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")] = 64,
-    dtype: Annotated[LatentDtype, typer.Option("--dtype", help="Storage type of the latents: float32 or float16.")] = LatentDtype.float32,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Resize frames to S x S before encoding (default: as stored).")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="taming preset a bare VQGAN checkpoint must match: f8_small, f8 or f16 (default: read off the weights).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available, bf16 autocast), cpu or cuda[:N].")] = "auto",
+    ae: Annotated[
+        Path,
+        typer.Option(
+            "--ae",
+            help="The autoencoder: a `vpt train-ae` run, RIVER vqvae.ckpt/vqvae.pth, PVDM model_last.pth, a taming/VG checkpoint, or a diffusers AutoencoderKL folder.",
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="HDF5 frames from `vpt convert-h5`: a root with split folders (every split is encoded) or one split folder.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output root; gets the same split folders and shard names as --data.")
+    ],
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Frames per encoder call (videos are packed together).")
+    ] = 64,
+    dtype: Annotated[
+        LatentDtype, typer.Option("--dtype", help="Storage type of the latents: float32 or float16.")
+    ] = LatentDtype.float32,
+    image_size: Annotated[
+        Optional[int],
+        typer.Option("--image-size", min=8, help="Resize frames to S x S before encoding (default: as stored)."),
+    ] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--preset",
+            help="taming preset a bare VQGAN checkpoint must match: f8_small, f8 or f16 (default: read off the weights).",
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA when available, bf16 autocast), cpu or cuda[:N].")
+    ] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes reading and resizing frames.")] = 2,
 ) -> None:
     """Encode every video of every split into latent HDF5 with the same indexing (resumable)."""
     from vpt.console import info
 
-    summary = encode_dataset(ae, data, out, batch_frames=batch_size, dtype=dtype.value, image_size=image_size,
-                             preset=preset, device=device, workers=workers)
+    summary = encode_dataset(
+        ae,
+        data,
+        out,
+        batch_frames=batch_size,
+        dtype=dtype.value,
+        image_size=image_size,
+        preset=preset,
+        device=device,
+        workers=workers,
+    )
     done = summary["videos"] - summary["encoded_videos"]
     what = "Posterior mean and log-variance" if summary["posterior"] else "Latents"
-    info(f"{what} of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
-         f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`")
+    info(
+        f"{what} of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
+        f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`"
+    )
 
 
-def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_frames: int = 64,
-                   dtype: Literal["float32", "float16"] = "float32", image_size: int | None = None,
-                   preset: str | None = None, device: str = "auto", workers: int = 0) -> dict[str, Any]:
+def encode_dataset(
+    ae: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_frames: int = 64,
+    dtype: Literal["float32", "float16"] = "float32",
+    image_size: int | None = None,
+    preset: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+) -> dict[str, Any]:
     """The library form of `vpt save-latents`: load the autoencoder at `ae`, then encode (vpt.data.latents)."""
     from vpt.data import latents
     from vpt.models.autoencoders import load_autoencoder
@@ -49,5 +98,6 @@ def encode_dataset(ae: str | Path, data: str | Path, out: str | Path, *, batch_f
 
     latents.split_dirs(Path(data))  # a wrong --data is one line before any weights are read
     model = load_autoencoder(ae, preset=preset).to(resolve_device(device)).eval()
-    return latents.encode_dataset(model, data, out, batch_frames=batch_frames, dtype=dtype, image_size=image_size,
-                                  workers=workers)
+    return latents.encode_dataset(
+        model, data, out, batch_frames=batch_frames, dtype=dtype, image_size=image_size, workers=workers
+    )

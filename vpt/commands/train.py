@@ -53,8 +53,20 @@ def train(
     backend: Annotated[str, typer.Argument(help=f"Backend to train: {', '.join(backend_names())}.")],
     run: RunOption,
     config: ConfigOption = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Training data (sets data.path): HDF5 shards of frames or of latents from `vpt save-latents`, or a train/val/test tree of videos.")] = None,
-    ae: Annotated[Optional[Path], typer.Option("--ae", help="Frozen autoencoder for backends that use one (sets model.autoencoder): a `vpt train-ae` run or published AE weights. Default for latent data: the autoencoder that wrote them.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Training data (sets data.path): HDF5 shards of frames or of latents from `vpt save-latents`, or a train/val/test tree of videos.",
+        ),
+    ] = None,
+    ae: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ae",
+            help="Frozen autoencoder for backends that use one (sets model.autoencoder): a `vpt train-ae` run or published AE weights. Default for latent data: the autoencoder that wrote them.",
+        ),
+    ] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -75,9 +87,17 @@ def train(
 
             raise UsageError(f"backend '{backend}' has no autoencoder to set; drop --ae")
         overrides.append(path_setting("model.autoencoder", ae))
-    run_dir, cfg = start_run(train_schema(backend_cls), run_dir=run, config_file=config, overrides=overrides,
-                             max_steps=max_steps, log_every=log_every, fresh=fresh, force=force,
-                             complete=lambda cfg: resolve_autoencoder(backend_cls, cfg))
+    run_dir, cfg = start_run(
+        train_schema(backend_cls),
+        run_dir=run,
+        config_file=config,
+        overrides=overrides,
+        max_steps=max_steps,
+        log_every=log_every,
+        fresh=fresh,
+        force=force,
+        complete=lambda cfg: resolve_autoencoder(backend_cls, cfg),
+    )
     train_backend(backend_cls, cfg, run_dir)
 
 
@@ -118,12 +138,16 @@ def resolve_autoencoder(backend_cls: type, cfg: Any) -> None:
         if recorded is not None and Path(cfg.model.autoencoder).resolve() != Path(recorded).resolve():
             from vpt.console import warn
 
-            warn(f"{cfg.data.path} was encoded by {recorded} but model.autoencoder is {cfg.model.autoencoder}; "
-                 f"samples are only right if both are the same autoencoder")
+            warn(
+                f"{cfg.data.path} was encoded by {recorded} but model.autoencoder is {cfg.model.autoencoder}; "
+                f"samples are only right if both are the same autoencoder"
+            )
         return
     if cfg.model.autoencoder is None:
-        raise UsageError(f"{cfg.backend} on frame data needs a frozen autoencoder: pass --ae RUN "
-                         f"(a `vpt train-ae` run), or train on latents written by `vpt save-latents`")
+        raise UsageError(
+            f"{cfg.backend} on frame data needs a frozen autoencoder: pass --ae RUN "
+            f"(a `vpt train-ae` run), or train on latents written by `vpt save-latents`"
+        )
 
 
 class TrainingData:
@@ -169,7 +193,7 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
 
         indices = list(range(min(count, len(validation))))
         for start in range(0, len(indices), cfg.train.batch_size):
-            items = [validation[i] for i in indices[start:start + cfg.train.batch_size]]
+            items = [validation[i] for i in indices[start : start + cfg.train.batch_size]]
             yield (validation.collate or default_collate)(items)
 
     def validate(model) -> dict[str, float]:
@@ -197,8 +221,9 @@ def _hooks(cfg: Any, validation: TrainingData) -> Any:
         prompt = clips.get("text") if model.takes_text else None
         generator = torch.Generator(device).manual_seed(cfg.train.seed)
         with inference_autocast(device):
-            predicted = model.predict(video[:, :num_context], video.shape[1] - num_context, prompt=prompt,
-                                      generator=generator)
+            predicted = model.predict(
+                video[:, :num_context], video.shape[1] - num_context, prompt=prompt, generator=generator
+            )
         rows = [to_uint8_frames(torch.cat([video[i, :num_context], predicted[i].float()])) for i in range(len(video))]
         truth = [to_uint8_frames(v) for v in video]
         name = out_dir / f"step_{step:06d}"

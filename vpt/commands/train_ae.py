@@ -49,19 +49,34 @@ def train_ae_schema() -> type:
     from vpt.models.autoencoders.objective import LossConfig
     from vpt.training import TrainConfig
 
-    return dataclasses.make_dataclass("TrainAESchema", [
-        ("autoencoder", AutoencoderSection, field(default_factory=AutoencoderSection)),
-        ("data", DataConfig, field(default_factory=lambda: DataConfig(frames=1))),
-        ("loss", LossConfig, field(default_factory=LossConfig)),
-        ("train", TrainConfig, field(default_factory=TrainConfig)),
-    ])
+    return dataclasses.make_dataclass(
+        "TrainAESchema",
+        [
+            ("autoencoder", AutoencoderSection, field(default_factory=AutoencoderSection)),
+            ("data", DataConfig, field(default_factory=lambda: DataConfig(frames=1))),
+            ("loss", LossConfig, field(default_factory=LossConfig)),
+            ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ],
+    )
 
 
 def train_ae(
     run: RunOption,
     config: ConfigOption = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Training frames (sets data.path): HDF5 shards from `vpt convert-h5`, or a train/val/test tree of videos.")] = None,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Training frames (sets data.path): HDF5 shards from `vpt convert-h5`, or a train/val/test tree of videos.",
+        ),
+    ] = None,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init-from",
+            help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.",
+        ),
+    ] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -76,8 +91,16 @@ def train_ae(
         overrides.append(path_setting("data.path", data))
     if init_from is not None:
         overrides.append(path_setting("autoencoder.init_from", init_from))
-    run_dir, cfg = start_run(train_ae_schema(), run_dir=run, config_file=config, overrides=overrides,
-                             max_steps=max_steps, log_every=log_every, fresh=fresh, force=force)
+    run_dir, cfg = start_run(
+        train_ae_schema(),
+        run_dir=run,
+        config_file=config,
+        overrides=overrides,
+        max_steps=max_steps,
+        log_every=log_every,
+        fresh=fresh,
+        force=force,
+    )
     train_autoencoder(cfg, run_dir)
 
 
@@ -97,8 +120,10 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
     if dataset.is_latent:
         raise UsageError(f"{cfg.data.path} holds latents; an autoencoder trains on frames (HDF5 from `vpt convert-h5`)")
     if cfg.data.frames % autoencoder.frames_per_latent:
-        raise UsageError(f"data.frames={cfg.data.frames} is not a multiple of the {autoencoder.frames_per_latent} "
-                         f"frames {autoencoder.type} encodes at once")
+        raise UsageError(
+            f"data.frames={cfg.data.frames} is not a multiple of the {autoencoder.frames_per_latent} "
+            f"frames {autoencoder.type} encodes at once"
+        )
     perceptual, reason = load_perceptual(cfg.loss)
     if perceptual is None and cfg.loss.perceptual_weight > 0:
         warn(f"training without LPIPS: {reason}")
@@ -108,8 +133,10 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         objective.start()  # e.g. PVDM's discriminators from loss_last.pth; a resume has them in its checkpoint
     validation = _validation_data(cfg)
     hooks = _hooks(cfg, validation) if validation is not None else None
-    info(f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "
-         f"from {cfg.data.path} -> {run.root}")
+    info(
+        f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "
+        f"from {cfg.data.path} -> {run.root}"
+    )
     step = train_loop(objective, dataset, cfg.train, run, hooks)
     info(f"{run.root}: step {step}. Cache latents with: vpt save-latents --ae {run.root} --data DATA --out LATENTS")
     return step
@@ -128,8 +155,11 @@ def _autoencoder(cfg: Any, run: Any):
         return build_autoencoder(section.type, section.arch, source="autoencoder.arch")
     # A bare weights file gets the config's arch for what tensor shapes cannot tell (e.g. pvdm's checkpointing);
     # loading still checks every shape against it. A run or diffusers folder carries its own architecture.
-    source = load_autoencoder(section.init_from, arch=section.arch or None) if Path(section.init_from).is_file() \
+    source = (
+        load_autoencoder(section.init_from, arch=section.arch or None)
+        if Path(section.init_from).is_file()
         else load_autoencoder(section.init_from)
+    )
     if autoencoder_class(section.type).type != source.type:
         raise ConfigError(f"autoencoder.init_from is a {source.type} but autoencoder.type is {section.type}")
     if section.arch and config_to_dict(resolve_arch(section.type, section.arch)) != config_to_dict(source.config):
@@ -182,7 +212,7 @@ def _hooks(cfg: Any, validation: Any):
     def clips(count: int):
         indices = list(range(min(count, len(validation))))
         for start in range(0, len(indices), cfg.train.batch_size):
-            yield default_collate([validation[i] for i in indices[start:start + cfg.train.batch_size]])["video"]
+            yield default_collate([validation[i] for i in indices[start : start + cfg.train.batch_size]])["video"]
 
     def frames_and_reconstructions(autoencoder, video):
         """(B, T, C, H, W) -> originals and reconstructions as (N, C, H, W) in [-1, 1]."""

@@ -84,7 +84,9 @@ def _load(job: _Job) -> tuple[_Job, np.ndarray | CompressedChunks | None, str | 
 _Entry = tuple[str, Path, str, str | None]  # (name relative to the split, path, "video" | "frames", caption)
 
 
-def _split_entries(src: Path, ext: str, splits: tuple[float, float, float] | None) -> dict[str, list[tuple[str, Path, str]]]:
+def _split_entries(
+    src: Path, ext: str, splits: tuple[float, float, float] | None
+) -> dict[str, list[tuple[str, Path, str]]]:
     present = split_dirs(src)
     if splits is not None:
         if present:
@@ -102,20 +104,36 @@ def _folder_entries(src: Path, ext: str, splits: tuple[float, float, float] | No
     """A train/val/test tree (or a flat folder split by hash), captions from captions.json/csv."""
     found = _split_entries(src, ext, splits)
     captions = load_captions(src, *(src / split for split in found))
-    return {split: [(name, path, kind, caption_for(captions, name, split)) for name, path, kind in videos]
-            for split, videos in found.items()}
+    return {
+        split: [(name, path, kind, caption_for(captions, name, split)) for name, path, kind in videos]
+        for split, videos in found.items()
+    }
 
 
 def _dataset_entries(src: Path, dataset: str, fold: int) -> dict[str, list[_Entry]]:
     """A released dataset's own layout; its splits come from the dataset (UCF-101: the fold files)."""
-    return {split: [(source.name(i), source.paths[i], source.kinds[i], source.text(i)) for i in range(len(source))]
-            for split, source in dataset_splits(src, dataset, fold).items()}
+    return {
+        split: [(source.name(i), source.paths[i], source.kinds[i], source.text(i)) for i in range(len(source))]
+        for split, source in dataset_splits(src, dataset, fold).items()
+    }
 
 
-def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64, resize: ResizeMode = "squash",
-               extension: str = "png", layout: Layout = "vpt", fps: float | None = None,
-               videos_per_shard: int | None = None, compression: str = "lzf", workers: int = 1,
-               splits: tuple[float, float, float] | None = None, dataset: str = "folders", fold: int = 1) -> RunSummary:
+def convert_h5(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    image_size: int | None = 64,
+    resize: ResizeMode = "squash",
+    extension: str = "png",
+    layout: Layout = "vpt",
+    fps: float | None = None,
+    videos_per_shard: int | None = None,
+    compression: str = "lzf",
+    workers: int = 1,
+    splits: tuple[float, float, float] | None = None,
+    dataset: str = "folders",
+    fold: int = 1,
+) -> RunSummary:
     """Convert `src` into `dst/<split>/shard_NNNN.hdf5`; resumable; returns what was done and what failed.
 
     `dataset`: "folders" (a train/val/test tree, or a flat folder with `splits`), or a released dataset's
@@ -138,9 +156,16 @@ def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64,
     if not any(entries.values()):
         raise UsageError(f"{src}: no videos or frame folders (*.{extension}) found")
 
-    settings = {"layout": layout, "image_size": image_size, "resize": resize, "extension": extension, "fps": fps,
-                "videos_per_shard": videos_per_shard, "compression": compression,
-                "videos": {split: len(found) for split, found in entries.items()}}
+    settings = {
+        "layout": layout,
+        "image_size": image_size,
+        "resize": resize,
+        "extension": extension,
+        "fps": fps,
+        "videos_per_shard": videos_per_shard,
+        "compression": compression,
+        "videos": {split: len(found) for split, found in entries.items()},
+    }
     if dataset != "folders":  # only then, so state files of earlier versions still resume
         settings |= {"dataset": dataset} | ({"fold": fold} if dataset == "ucf101" else {})
     ensure_writable(dst, "--out-dir")
@@ -155,29 +180,55 @@ def convert_h5(src: str | Path, dst: str | Path, *, image_size: int | None = 64,
                 stale.unlink()
             for first in range(0, max(len(found), 1), videos_per_shard):
                 shard = f"{split}/{shard_name(first // videos_per_shard + 1)}"
-                members = found[first:first + videos_per_shard]
+                members = found[first : first + videos_per_shard]
                 if _finished(dst, shard, state, len(members)):
                     summary.skipped += len(members)
                     continue
                 shard_sizes[shard] = len(members)
                 frame_ext = extension if dataset == "folders" else None  # released layouts: any image file is a frame
-                jobs += [_Job(shard, name, text, path, kind, image_size, resize, fps, frame_ext,
-                              compression if layout == "vpt" else None)
-                         for name, path, kind, text in members]
+                jobs += [
+                    _Job(
+                        shard,
+                        name,
+                        text,
+                        path,
+                        kind,
+                        image_size,
+                        resize,
+                        fps,
+                        frame_ext,
+                        compression if layout == "vpt" else None,
+                    )
+                    for name, path, kind, text in members
+                ]
         attrs = {"source": str(src.resolve()), "resize": resize} | ({"image_size": image_size} if image_size else {})
-        _convert(jobs, shard_sizes, dst, state, summary, layout=layout, attrs=attrs, compression=compression, workers=workers)
+        _convert(
+            jobs, shard_sizes, dst, state, summary, layout=layout, attrs=attrs, compression=compression, workers=workers
+        )
         summary.failed = [tuple(f) for record in state["shards"].values() for f in _record(record)["failed"]]
         write_failures(dst, summary.failed)
     return summary
 
 
-def _convert(jobs: list[_Job], shard_sizes: dict[str, int], dst: Path, state: dict, summary: RunSummary, *,
-             layout: Layout, attrs: dict, compression: str, workers: int) -> None:
+def _convert(
+    jobs: list[_Job],
+    shard_sizes: dict[str, int],
+    dst: Path,
+    state: dict,
+    summary: RunSummary,
+    *,
+    layout: Layout,
+    attrs: dict,
+    compression: str,
+    workers: int,
+) -> None:
     """Decode `jobs` in workers and write them, shard by shard, recording each finished shard in `state`."""
     writer: ShardWriter | None = None
     with MediaProgress(len(jobs), f"convert-h5 ({layout} layout)") as progress:
         try:
-            for shard in [s for s, n in shard_sizes.items() if n == 0]:  # an empty split still gets its shard, as upstream
+            for shard in [
+                s for s, n in shard_sizes.items() if n == 0
+            ]:  # an empty split still gets its shard, as upstream
                 _new_writer(dst / shard, layout, attrs, compression).close()
                 _commit(dst, state, shard, [], videos=0)
             remaining = dict(shard_sizes)
@@ -248,8 +299,10 @@ def _load_state(dst: Path, settings: dict) -> dict:
     state = _read_state(path)
     if state.get("settings") != settings:
         changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
-        raise UsageError(f"{dst} was converted with different {', '.join(changed)} (or the source changed); "
-                         "use the same options to resume, or a new --out-dir")
+        raise UsageError(
+            f"{dst} was converted with different {', '.join(changed)} (or the source changed); "
+            "use the same options to resume, or a new --out-dir"
+        )
     return state
 
 
@@ -259,14 +312,21 @@ def _read_state(path: Path) -> dict:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise _damaged(path, f"not JSON: {str(exc)[:120]}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not isinstance(state.get("shards"), dict):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("settings"), dict)
+        or not isinstance(state.get("shards"), dict)
+    ):
         raise _damaged(path, "expected an object with 'settings' and 'shards'")
     for shard, value in state["shards"].items():
         record = _record(value)
-        counts_ok = all(record.get(k) is None or (type(record.get(k)) is int and record[k] >= 0) for k in ("size", "videos"))
+        counts_ok = all(
+            record.get(k) is None or (type(record.get(k)) is int and record[k] >= 0) for k in ("size", "videos")
+        )
         failed = record.get("failed")
         failed_ok = isinstance(failed, list) and all(
-            isinstance(f, list) and len(f) == 2 and all(isinstance(part, str) for part in f) for f in failed)
+            isinstance(f, list) and len(f) == 2 and all(isinstance(part, str) for part in f) for f in failed
+        )
         if not (isinstance(value, (dict, list)) and counts_ok and failed_ok):
             raise _damaged(path, f"bad record for shard {shard[:80]!r}")
     return state

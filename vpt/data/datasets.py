@@ -44,7 +44,9 @@ class DataConfig:
     split: str = "train"
     frames: int = 16  # frames per clip
     frame_skip: int = 0  # frames skipped between clip frames (stride = frame_skip + 1), upstream's skip_frames
-    clip_sampling: Literal["random", "uniform", "trilinear"] = "random"  # random window | whole video at T evenly spaced frames | Seer's trilinear blend of the whole video
+    clip_sampling: Literal["random", "uniform", "trilinear"] = (
+        "random"  # random window | whole video at T evenly spaced frames | Seer's trilinear blend of the whole video
+    )
     image_size: Optional[int] = None  # resize frames to S x S; None keeps the stored size (ignored for latents)
     resize: Literal["squash", "crop"] = "squash"  # squash to S x S (RIVER) or short side + centre crop (Seer)
     hflip: bool = False  # flip each training clip horizontally with probability 1/2
@@ -67,7 +69,9 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if is_h5_data(path):
         return "h5"
-    if (path / "annotations").is_dir() and any((path / "annotations" / f).is_file() for f in ("train.json", "validation.json")):
+    if (path / "annotations").is_dir() and any(
+        (path / "annotations" / f).is_file() for f in ("train.json", "validation.json")
+    ):
         return "ssv2"
     if any(p.is_file() for p in (path / "path_id_bridgedata.txt", path / "dataset" / "path_id_bridgedata.txt")):
         return "bridge"
@@ -79,7 +83,9 @@ def detect_format(path: str | Path) -> str:
 def open_source(path: str | Path, split: str = "train", format: str = "auto"):
     """The video source (`VideoH5` or `EntrySource`) for one split of the data at `path`."""
     if not str(path):
-        raise ConfigError("data.path is empty: point it at HDF5 shards, a folder of videos/frame folders, or use --data")
+        raise ConfigError(
+            "data.path is empty: point it at HDF5 shards, a folder of videos/frame folders, or use --data"
+        )
     path = Path(path)
     if not path.exists():
         raise UsageError(f"data path not found: {path}")
@@ -122,13 +128,17 @@ def whole_video_indices(length: int, frames: int) -> np.ndarray:
 def trilinear_resample(video: torch.Tensor, frames: int) -> torch.Tensor:
     """Seer upstream: linear blend along time to `frames` frames (align_corners=False). (N, C, H, W) -> (T, C, H, W)."""
     stacked = rearrange(video, "n c h w -> 1 c n h w")
-    resampled = torch.nn.functional.interpolate(stacked, size=(frames, *video.shape[-2:]), mode="trilinear", align_corners=False)
+    resampled = torch.nn.functional.interpolate(
+        stacked, size=(frames, *video.shape[-2:]), mode="trilinear", align_corners=False
+    )
     return rearrange(resampled, "1 c t h w -> t c h w")
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1], i.e. x / 127.5 - 1 (one pass; ~2x torch's float().div().sub())."""
-    out = np.empty((frames.shape[0], frames.shape[3], frames.shape[1], frames.shape[2]), dtype=np.float32)  # (T, C, H, W)
+    out = np.empty(
+        (frames.shape[0], frames.shape[3], frames.shape[1], frames.shape[2]), dtype=np.float32
+    )  # (T, C, H, W)
     np.multiply(rearrange(frames, "t h w c -> t c h w"), np.float32(1 / 127.5), out=out, dtype=np.float32)
     out -= 1.0
     return torch.from_numpy(out)
@@ -146,7 +156,9 @@ class _SourceDataset(Dataset):
         self.has_posterior = self.is_latent and bool(getattr(self.source, "attrs", {}).get("latent_posterior", False))
         self.has_text = bool(self.source.has_text)
         if self.is_latent and config.hflip:
-            raise ConfigError("data.hflip cannot be used with latent HDF5 (a flipped latent is not the latent of the flipped frames)")
+            raise ConfigError(
+                "data.hflip cannot be used with latent HDF5 (a flipped latent is not the latent of the flipped frames)"
+            )
 
     def _tensors(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         """The item's tensors: {"video"}, or {"video": mean, "latent_logvar"} for posterior latents."""
@@ -194,11 +206,15 @@ class ClipDataset(_SourceDataset):
         if config.clip_sampling == "random" and isinstance(self.source, VideoH5):
             long_enough = self.source.lengths >= config.span
             if not long_enough.all():
-                warn(f"{self.source.path}: {int((~long_enough).sum())} of {len(long_enough)} videos are shorter than "
-                     f"the clip span ({config.span} frames) and are left out")
+                warn(
+                    f"{self.source.path}: {int((~long_enough).sum())} of {len(long_enough)} videos are shorter than "
+                    f"the clip span ({config.span} frames) and are left out"
+                )
             self._usable = np.flatnonzero(long_enough)
         if len(self._usable) == 0:
-            raise UsageError(f"{config.path}: no video is long enough for {config.frames} frames with frame_skip {config.frame_skip}")
+            raise UsageError(
+                f"{config.path}: no video is long enough for {config.frames} frames with frame_skip {config.frame_skip}"
+            )
 
     def __len__(self) -> int:
         return len(self._usable)
@@ -217,7 +233,9 @@ class ClipDataset(_SourceDataset):
                 start = clip_start(length, cfg.span, generator)
             except VptError as exc:
                 raise VptError(f"{self.source.name(source_index) or source_index}: {exc}") from None
-            tensors = self._tensors(self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start)))
+            tensors = self._tensors(
+                self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start))
+            )
         elif cfg.clip_sampling == "uniform":
             tensors = self._tensors(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
         else:
@@ -246,6 +264,14 @@ class VideoDataset(_SourceDataset):
 
 
 __all__ = [
-    "DataConfig", "ClipDataset", "VideoDataset", "open_source", "detect_format", "clip_start", "clip_indices",
-    "whole_video_indices", "trilinear_resample", "frames_to_tensor",
+    "DataConfig",
+    "ClipDataset",
+    "VideoDataset",
+    "open_source",
+    "detect_format",
+    "clip_start",
+    "clip_indices",
+    "whole_video_indices",
+    "trilinear_resample",
+    "frames_to_tensor",
 ]

@@ -129,8 +129,9 @@ def _one_line(exc: Exception, source: Path) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-def plan_targets(src: Path, dst: Path, splits: tuple[float, float, float] | None, *, ext: str | None = None,
-                 videos_only: bool = True) -> list[tuple[str, Path, str, Path]]:
+def plan_targets(
+    src: Path, dst: Path, splits: tuple[float, float, float] | None, *, ext: str | None = None, videos_only: bool = True
+) -> list[tuple[str, Path, str, Path]]:
     """(name, source, kind, target-without-extension) for every video under `src`, target under `dst`.
 
     With `splits`, a flat folder is spread over dst/train, dst/val, dst/test by a hash of each name.
@@ -160,9 +161,17 @@ def copy_captions(src: Path, dst: Path) -> None:
             atomic_write_text(dst / name, (src / name).read_text(encoding="utf-8"))
 
 
-def extract_frames(src: str | Path, dst: str | Path, *, size: int | None = None, resize: ResizeMode = "squash",
-                   fps: float | None = None, ext: str = "png", workers: int = 1,
-                   splits: tuple[float, float, float] | None = None) -> RunSummary:
+def extract_frames(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    size: int | None = None,
+    resize: ResizeMode = "squash",
+    fps: float | None = None,
+    ext: str = "png",
+    workers: int = 1,
+    splits: tuple[float, float, float] | None = None,
+) -> RunSummary:
     """Extract every video under `src` into `dst/<relative path without extension>/00000.<ext>`."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -180,8 +189,10 @@ def extract_frames(src: str | Path, dst: str | Path, *, size: int | None = None,
         jobs = []
         for name, path, _, target in planned:
             if target.is_symlink() and not (target.is_dir() and _is_complete(target, path)):
-                raise UsageError(f"{target} is a symbolic link and no finished extraction of {name}; extract-frames "
-                                 "never deletes through a link: remove it or choose another --out-dir")
+                raise UsageError(
+                    f"{target} is a symbolic link and no finished extraction of {name}; extract-frames "
+                    "never deletes through a link: remove it or choose another --out-dir"
+                )
             if target.is_dir():
                 if _is_complete(target, path):
                     summary.skipped += 1

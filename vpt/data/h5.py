@@ -55,8 +55,10 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
         return [directory] if directory.suffix in SHARD_SUFFIXES else []
     if not directory.is_dir():
         return []
-    return sorted((p for p in directory.iterdir() if p.suffix in SHARD_SUFFIXES and not p.name.startswith(".")),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in directory.iterdir() if p.suffix in SHARD_SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
 
 
 def find_split_dir(root: str | os.PathLike, split: str) -> Path:
@@ -74,7 +76,9 @@ def find_split_dir(root: str | os.PathLike, split: str) -> Path:
     if list_shards(root):
         return root
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and list_shards(p)) if root.is_dir() else []
-    hint = f" (splits found: {', '.join(found)})" if found else " (no .hdf5/.h5 files found; run `vpt convert-h5` first)"
+    hint = (
+        f" (splits found: {', '.join(found)})" if found else " (no .hdf5/.h5 files found; run `vpt convert-h5` first)"
+    )
     raise UsageError(f"{root}: no HDF5 shards for split '{split}'{hint}")
 
 
@@ -150,8 +154,10 @@ class ShardWriter:
             video = np.asarray(video)
             shape, dtype = video.shape, video.dtype
         index = len(self._lengths)
-        self._ensure_space((sum(len(c) for _, c in compressed.chunks) if compressed is not None else video.nbytes)
-                           + SPACE_PER_FRAME * shape[0])
+        self._ensure_space(
+            (sum(len(c) for _, c in compressed.chunks) if compressed is not None else video.nbytes)
+            + SPACE_PER_FRAME * shape[0]
+        )
         if self.kind == "frames" and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3):
             raise ValueError(f"frames must be uint8 (T, H, W, 3), got {dtype} {shape}")
         if self.kind == "latents" and (len(shape) not in (3, 4) or dtype not in (np.float16, np.float32)):
@@ -167,14 +173,21 @@ class ShardWriter:
             if compressed.compression != self.compression:
                 raise ValueError(f"chunks compressed with {compressed.compression!r}, shard uses {self.compression!r}")
             dataset = self._file["videos"].create_dataset(
-                str(index), shape=shape, dtype=dtype, chunks=(1, *shape[1:]), compression=self.compression,
+                str(index),
+                shape=shape,
+                dtype=dtype,
+                chunks=(1, *shape[1:]),
+                compression=self.compression,
             )
             origin = (0,) * (len(shape) - 1)
             for t, (filter_mask, chunk) in enumerate(compressed.chunks):
                 dataset.id.write_direct_chunk((t, *origin), chunk, filter_mask=filter_mask)
         else:
             self._file["videos"].create_dataset(
-                str(index), data=video, chunks=(1, *shape[1:]), compression=self.compression,
+                str(index),
+                data=video,
+                chunks=(1, *shape[1:]),
+                compression=self.compression,
             )
         self._lengths.append(shape[0])
         self._names.append(name or "")
@@ -308,7 +321,9 @@ def _read_meta(path: Path) -> tuple[_ShardMeta, dict[str, Any]]:
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             if attrs.get(LAYOUT_ATTR) == "vpt":
                 if int(attrs.get(VERSION_ATTR, 0)) > LAYOUT_VERSION:
-                    raise UsageError(f"{path}: written by a newer vpt (layout version {attrs[VERSION_ATTR]}); upgrade vpt")
+                    raise UsageError(
+                        f"{path}: written by a newer vpt (layout version {attrs[VERSION_ATTR]}); upgrade vpt"
+                    )
                 lengths = f["lengths"][()].astype(np.int64)
                 names = _decode(f["names"][()])
                 texts = _decode(f["text"][()]) if "text" in f else None
@@ -398,7 +413,9 @@ class VideoH5:
             frame_indices = np.arange(length)
         frame_indices = np.asarray(frame_indices, dtype=np.int64)
         if len(frame_indices) and (frame_indices.min() < 0 or frame_indices.max() >= length):
-            raise IndexError(f"frames {frame_indices.min()}..{frame_indices.max()} outside video {index} ({length} frames)")
+            raise IndexError(
+                f"frames {frame_indices.min()}..{frame_indices.max()} outside video {index} ({length} frames)"
+            )
         handle = self._file(shard)
         if self._shards[shard].layout == "river":
             group = handle[str(local)]
@@ -436,9 +453,9 @@ def _read_rows(dataset, rows: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return np.zeros((0, *dataset.shape[1:]), dtype=dataset.dtype)
     if len(rows) == 1:
-        return dataset[int(rows[0]):int(rows[0]) + 1]
+        return dataset[int(rows[0]) : int(rows[0]) + 1]
     steps = np.diff(rows)
     if steps[0] > 0 and np.all(steps == steps[0]):
-        return dataset[int(rows[0]):int(rows[-1]) + 1:int(steps[0])]
+        return dataset[int(rows[0]) : int(rows[-1]) + 1 : int(steps[0])]
     unique, inverse = np.unique(rows, return_inverse=True)
     return dataset[unique][inverse]

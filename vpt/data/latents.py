@@ -62,9 +62,16 @@ PARTIAL = ".partial"
 _MANIFEST_DEFAULTS = {"posterior": False}
 
 
-def encode_dataset(model, data: str | Path, out: str | Path, *, batch_frames: int = 64,
-                   dtype: Literal["float32", "float16"] = "float32", image_size: int | None = None,
-                   workers: int = 0) -> dict[str, Any]:
+def encode_dataset(
+    model,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_frames: int = 64,
+    dtype: Literal["float32", "float16"] = "float32",
+    image_size: int | None = None,
+    workers: int = 0,
+) -> dict[str, Any]:
     """Encode the frames under `data` with `model` (an autoencoder in eval mode on its device) into `out`;
     returns counts and the latent shape."""
     data, out = Path(data), Path(out)
@@ -77,25 +84,48 @@ def encode_dataset(model, data: str | Path, out: str | Path, *, batch_frames: in
 
         sources = {name: VideoH5(path) for name, path in splits}
         jobs = [(name, shard, source) for name, source in sources.items() for shard in range(len(source.shard_paths))]
-        todo = [(name, shard, source) for name, shard, source in jobs if not _finished(out, name, source, shard, manifest)]
-        remaining = sum(int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo)
+        todo = [
+            (name, shard, source) for name, shard, source in jobs if not _finished(out, name, source, shard, manifest)
+        ]
+        remaining = sum(
+            int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo
+        )
         encoded = 0
         with _Progress(remaining) as progress:
             for name, shard, source in todo:
-                encoded += _encode_shard(model, source, shard, out, name, manifest, progress, batch_frames=batch_frames,
-                                         dtype=dtype, image_size=image_size, device=target, workers=workers)
+                encoded += _encode_shard(
+                    model,
+                    source,
+                    shard,
+                    out,
+                    name,
+                    manifest,
+                    progress,
+                    batch_frames=batch_frames,
+                    dtype=dtype,
+                    image_size=image_size,
+                    device=target,
+                    workers=workers,
+                )
     first = next(iter(sources.values()))
     height, width = (image_size, image_size) if image_size else first.frame_shape()[:2]
-    return {"videos": sum(len(s) for s in sources.values()), "encoded_videos": encoded, "splits": [n for n, _ in splits],
-            "latent_shape": model.latent_dims(height, width), "posterior": model.has_posterior}
+    return {
+        "videos": sum(len(s) for s in sources.values()),
+        "encoded_videos": encoded,
+        "splits": [n for n, _ in splits],
+        "latent_shape": model.latent_dims(height, width),
+        "posterior": model.has_posterior,
+    }
 
 
 def _check_dtype(model, dtype: str) -> None:
     """Token ids stored as floats must stay exact: float16 holds every integer only up to 2048."""
     codes = model.codebook_size
     if dtype == "float16" and model.identity().get("latent_kind") == "token_ids" and codes > 2048:
-        raise UsageError(f"--dtype float16 cannot hold the {model.type} autoencoder's token ids exactly "
-                         f"({codes} codes, float16 is exact up to 2048); use --dtype float32")
+        raise UsageError(
+            f"--dtype float16 cannot hold the {model.type} autoencoder's token ids exactly "
+            f"({codes} codes, float16 is exact up to 2048); use --dtype float32"
+        )
 
 
 # --- layout ---------------------------------------------------------------------------------------
@@ -131,9 +161,16 @@ def _unfinished(out: Path, split: str, source, shard: int) -> list[int]:
 def _manifest(model, data: Path, dtype: str, image_size: int | None) -> dict[str, Any]:
     identity = model.identity()
     provenance = model.provenance
-    return {"autoencoder": identity, "autoencoder_path": provenance.get("source", ""),
-            "autoencoder_sha256": provenance.get("sha256", ""), "autoencoder_format": provenance.get("format", ""),
-            "data": str(data.resolve()), "dtype": dtype, "image_size": image_size, "posterior": model.has_posterior}
+    return {
+        "autoencoder": identity,
+        "autoencoder_path": provenance.get("source", ""),
+        "autoencoder_sha256": provenance.get("sha256", ""),
+        "autoencoder_format": provenance.get("format", ""),
+        "data": str(data.resolve()),
+        "dtype": dtype,
+        "image_size": image_size,
+        "posterior": model.has_posterior,
+    }
 
 
 def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +184,16 @@ def _claim(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         existing = read_json_object(path, "latents manifest")
         if not isinstance(existing.get("shards", {}), dict):
             raise VptError(f"{path}: damaged latents manifest (shards is not an object); delete {out} to start over")
-        differing = [k for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size", "posterior")
-                     if existing.get(k, _MANIFEST_DEFAULTS.get(k)) != manifest[k]]
+        differing = [
+            k
+            for k in ("autoencoder", "autoencoder_sha256", "data", "dtype", "image_size", "posterior")
+            if existing.get(k, _MANIFEST_DEFAULTS.get(k)) != manifest[k]
+        ]
         if differing:
-            raise VptError(f"{out} already holds latents made with a different {', '.join(differing)} "
-                           f"(from {existing.get('autoencoder_path') or 'another autoencoder'}); choose another --out or delete it")
+            raise VptError(
+                f"{out} already holds latents made with a different {', '.join(differing)} "
+                f"(from {existing.get('autoencoder_path') or 'another autoencoder'}); choose another --out or delete it"
+            )
         return manifest | {"shards": existing.get("shards", {})}
     if out.exists() and any(p for p in out.iterdir() if p.name not in (PARTIAL, LOCK_FILE)):
         raise VptError(f"{out} exists and is not a save-latents output (no {MANIFEST}); choose another --out")
@@ -199,21 +241,44 @@ def _shard_attrs(manifest: dict[str, Any], source, shard: int) -> dict[str, Any]
     identity = manifest["autoencoder"]
     planes = {"latent_planes": json.dumps(identity["planes"])} if "planes" in identity else {}
     layout = {"latent_layout": json.dumps(identity["layout"])} if "layout" in identity else {}
-    return planes | layout | {
-        "autoencoder_path": manifest["autoencoder_path"], "autoencoder_type": identity["type"],
-        "autoencoder": json.dumps(identity), "autoencoder_sha256": manifest["autoencoder_sha256"],
-        "autoencoder_format": manifest["autoencoder_format"], "latent_scale": identity["latent_scale"],
-        "latent_shift": identity["latent_shift"], "frames_per_latent": identity["frames_per_latent"],
-        "source_shard": str(source.shard_paths[shard].resolve()), "source_layout": source.layout,
-        "image_size": manifest["image_size"] or 0, "latent_posterior": manifest["posterior"],
-    }
+    return (
+        planes
+        | layout
+        | {
+            "autoencoder_path": manifest["autoencoder_path"],
+            "autoencoder_type": identity["type"],
+            "autoencoder": json.dumps(identity),
+            "autoencoder_sha256": manifest["autoencoder_sha256"],
+            "autoencoder_format": manifest["autoencoder_format"],
+            "latent_scale": identity["latent_scale"],
+            "latent_shift": identity["latent_shift"],
+            "frames_per_latent": identity["frames_per_latent"],
+            "source_shard": str(source.shard_paths[shard].resolve()),
+            "source_layout": source.layout,
+            "image_size": manifest["image_size"] or 0,
+            "latent_posterior": manifest["posterior"],
+        }
+    )
 
 
 # --- encoding -------------------------------------------------------------------------------------
 
 
-def _encode_shard(model, source, shard: int, out: Path, split: str, manifest: dict[str, Any], progress, *,
-                  batch_frames: int, dtype: str, image_size: int | None, device, workers: int) -> int:
+def _encode_shard(
+    model,
+    source,
+    shard: int,
+    out: Path,
+    split: str,
+    manifest: dict[str, Any],
+    progress,
+    *,
+    batch_frames: int,
+    dtype: str,
+    image_size: int | None,
+    device,
+    workers: int,
+) -> int:
     """Encode the unfinished videos of one input shard, then assemble the output shard. Returns videos encoded."""
     partial = _partial_dir(out, split, source, shard)
     partial.mkdir(parents=True, exist_ok=True)
@@ -236,6 +301,7 @@ def _encode_shard(model, source, shard: int, out: Path, split: str, manifest: di
 
 def _read_videos(source, indices: list[int], image_size: int | None, workers: int) -> Iterator[tuple[int, Any]]:
     """(index, frames (T, 3, H, W) float in [-1, 1]) for each video, read and resized in worker processes."""
+
     class Videos(Dataset):
         def __len__(self) -> int:
             return len(indices)
@@ -244,8 +310,13 @@ def _read_videos(source, indices: list[int], image_size: int | None, workers: in
             index = indices[position]
             return index, frames_to_tensor(resize_frames(source.read(index), image_size))
 
-    loader = DataLoader(Videos(), batch_size=None, num_workers=workers if len(indices) > 1 else 0,
-                        pin_memory=torch.cuda.is_available(), worker_init_fn=exit_with_parent())
+    loader = DataLoader(
+        Videos(),
+        batch_size=None,
+        num_workers=workers if len(indices) > 1 else 0,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=exit_with_parent(),
+    )
     yield from loader
 
 
@@ -266,7 +337,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
         offset = 0
         for index, piece in pending:
             steps = len(piece) // k
-            pieces[index].append(latents[offset:offset + steps])
+            pieces[index].append(latents[offset : offset + steps])
             offset += steps
         pending.clear()
 
@@ -277,7 +348,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
 
     for index, video in videos:
         usable = len(video) // k * k
-        chunks = [video[start:start + per_batch] for start in range(0, usable, per_batch)]
+        chunks = [video[start : start + per_batch] for start in range(0, usable, per_batch)]
         if not chunks:  # shorter than one clip: no latent steps
             channels, *grid = model.latent_dims(*video.shape[-2:])
             yield index, torch.zeros((0, channels * (1 + model.has_posterior), *grid)).numpy()
@@ -309,6 +380,7 @@ def _save_npy(path: Path, array) -> None:
 
 class _Progress(ProgressBar):
     """Frames encoded, with frames/s and the time left."""
+
     def __init__(self, total: int):
         super().__init__("save-latents", total, unit="frames", fields={"rate": "- frames/s"})
 

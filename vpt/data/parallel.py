@@ -29,8 +29,12 @@ def default_workers() -> int:
 def _pool(workers: int) -> ProcessPoolExecutor:
     # fork starts workers in milliseconds and these commands never touch CUDA or threads before it.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 _PR_SET_PDEATHSIG = 1
@@ -74,7 +78,9 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, *, ordered: bool = True) -> Iterator[Any]:
+def parallel_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, *, ordered: bool = True
+) -> Iterator[Any]:
     """`map(fn, items)` over `workers` processes (in-process when workers <= 1).
 
     At most 4 x workers tasks are in flight, so results that the caller consumes slowly (a shard

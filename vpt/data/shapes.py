@@ -22,8 +22,14 @@ from vpt.errors import UsageError
 from vpt.fsutil import LOCK_FILE, atomic_write_text, check_output_dir, exclusive_lock
 
 COLOURS = {
-    "red": (230, 45, 45), "green": (45, 200, 70), "blue": (60, 100, 245), "yellow": (235, 215, 45),
-    "magenta": (220, 60, 220), "cyan": (45, 210, 225), "orange": (245, 140, 35), "white": (235, 235, 235),
+    "red": (230, 45, 45),
+    "green": (45, 200, 70),
+    "blue": (60, 100, 245),
+    "yellow": (235, 215, 45),
+    "magenta": (220, 60, 220),
+    "cyan": (45, 210, 225),
+    "orange": (245, 140, 35),
+    "white": (235, 235, 235),
 }
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = ("left", "right", "up", "down", "falls")
@@ -56,8 +62,15 @@ class ShapeClip:
         return f"the {self.colour} {self.shape} {verb}"
 
 
-def sample_clip(rng: np.random.Generator, *, size: int = 64, frames: int = 16, motion: str | None = None,
-                shape: str | None = None, colour: str | None = None) -> ShapeClip:
+def sample_clip(
+    rng: np.random.Generator,
+    *,
+    size: int = 64,
+    frames: int = 16,
+    motion: str | None = None,
+    shape: str | None = None,
+    colour: str | None = None,
+) -> ShapeClip:
     """Draw one clip; `motion`, `shape`, `colour` fix those choices (e.g. for an instruction test)."""
     motion = motion or MOTIONS[int(rng.integers(len(MOTIONS)))]
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
@@ -204,8 +217,16 @@ def _make_one(task: tuple[Path, int, int, int, int, float]) -> int:
     return frames
 
 
-def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, size: int = 64, seed: int = 0,
-                fps: float = 8.0, workers: int | None = None) -> dict[str, str]:
+def make_shapes(
+    out: str | Path,
+    *,
+    num_videos: int = 1000,
+    frames: int = 16,
+    size: int = 64,
+    seed: int = 0,
+    fps: float = 8.0,
+    workers: int | None = None,
+) -> dict[str, str]:
     """Write `out/{train,val,test}/NNNNN.mp4`, `out/captions.json`, `out/positions.json` (per video: the
     shape, colour and true centre (x, y) of the object in every frame) and `out/shapes.json` (the settings).
 
@@ -214,7 +235,14 @@ def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, si
     if num_videos < 1 or frames < 2 or size < 16:
         raise UsageError("make-data shapes needs --num-videos >= 1, --frames >= 2 and --size >= 16")
     out = Path(out)
-    settings = {"generator": "shapes", "num_videos": num_videos, "frames": frames, "size": size, "seed": seed, "fps": fps}
+    settings = {
+        "generator": "shapes",
+        "num_videos": num_videos,
+        "frames": frames,
+        "size": size,
+        "seed": seed,
+        "fps": fps,
+    }
     check_output_dir(out, "--out")
     with exclusive_lock(out, "the --out folder"):  # creates `out`
         stamp = out / "shapes.json"
@@ -230,8 +258,12 @@ def make_shapes(out: str | Path, *, num_videos: int = 1000, frames: int = 16, si
                 name = f"{split}/{k:05d}.mp4"
                 clip = _clip_for(seed, number, size, frames)
                 captions[name] = clip.instruction
-                positions[name] = {"shape": clip.shape, "colour": clip.colour, "motion": clip.motion,
-                                   "centre": np.round(trajectory(clip, frames, size), 3).tolist()}
+                positions[name] = {
+                    "shape": clip.shape,
+                    "colour": clip.colour,
+                    "motion": clip.motion,
+                    "centre": np.round(trajectory(clip, frames, size), 3).tolist(),
+                }
                 if not (out / name).is_file():
                     tasks.append((out / name, seed, number, size, frames, fps))
                 number += 1
@@ -252,5 +284,17 @@ def _stored_settings(stamp: Path) -> dict | None:
         return None
 
 
-__all__ = ["ShapeClip", "sample_clip", "trajectory", "render", "shape_centroid", "colour_centroid", "make_shapes", "split_counts",
-           "COLOURS", "SHAPES", "MOTIONS", "BACKGROUND"]
+__all__ = [
+    "ShapeClip",
+    "sample_clip",
+    "trajectory",
+    "render",
+    "shape_centroid",
+    "colour_centroid",
+    "make_shapes",
+    "split_counts",
+    "COLOURS",
+    "SHAPES",
+    "MOTIONS",
+    "BACKGROUND",
+]

@@ -43,7 +43,9 @@ def _is_image(name: str, ext: str | None) -> bool:
 def frame_files(folder: str | os.PathLike, ext: str | None = None) -> list[Path]:
     """Image files of a frame folder in natural order (`ext` matches case-sensitively, as upstream)."""
     folder = Path(folder)
-    names = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".") and _is_image(e.name, ext)]
+    names = [
+        e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".") and _is_image(e.name, ext)
+    ]
     return [folder / n for n in sorted(names, key=natural_key)]
 
 
@@ -191,9 +193,17 @@ class EntrySource:
     over hundreds of thousands of videos costs nothing until they are read.
     """
 
-    def __init__(self, names: list[str], paths: list[Path], kinds: list[str], texts: list[str | None] | None = None,
-                 *, ext: str | None = None, frame_ranges: list[tuple[int, int]] | None = None,
-                 frame_pattern: str | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        paths: list[Path],
+        kinds: list[str],
+        texts: list[str | None] | None = None,
+        *,
+        ext: str | None = None,
+        frame_ranges: list[tuple[int, int]] | None = None,
+        frame_pattern: str | None = None,
+    ):
         self.names, self.paths, self.kinds = names, paths, kinds
         self.texts = texts if texts is not None and any(t is not None for t in texts) else None
         self.ext, self.frame_ranges, self.frame_pattern = ext, frame_ranges, frame_pattern
@@ -245,8 +255,9 @@ class EntrySource:
         return np.stack([read_image(files[int(i)]) for i in frame_indices])
 
 
-def folder_source(split_dir: str | os.PathLike, *, split: str | None = None, caption_dirs: Sequence[Path] = (),
-                  ext: str | None = None) -> EntrySource:
+def folder_source(
+    split_dir: str | os.PathLike, *, split: str | None = None, caption_dirs: Sequence[Path] = (), ext: str | None = None
+) -> EntrySource:
     """All videos (files or frame folders) under one split directory, with captions when present."""
     split_dir = Path(split_dir)
     found = discover_videos(split_dir, ext)
@@ -294,21 +305,29 @@ def bridge_source(root: str | os.PathLike, split: str) -> EntrySource:
     """BridgeData: frames `rawframes/<task>/<episode>/`, episodes listed by `path_id_bridgedata.txt` (a JSON
     list of "task/episode") or found on disk; first 80 % train, last 20 % val, as Seer splits it."""
     root = Path(root)
-    listing = next((p for p in (root / "path_id_bridgedata.txt", root / "dataset" / "path_id_bridgedata.txt") if p.is_file()), None)
+    listing = next(
+        (p for p in (root / "path_id_bridgedata.txt", root / "dataset" / "path_id_bridgedata.txt") if p.is_file()), None
+    )
     frames_root = root / "rawframes"
     if listing is not None:
         episodes = [str(e) for e in _load_json(listing)]
     elif frames_root.is_dir():
-        episodes = sorted((f"{t.name}/{e.name}" for t in frames_root.iterdir() if t.is_dir() for e in t.iterdir() if e.is_dir()),
-                          key=natural_key)
+        episodes = sorted(
+            (f"{t.name}/{e.name}" for t in frames_root.iterdir() if t.is_dir() for e in t.iterdir() if e.is_dir()),
+            key=natural_key,
+        )
     else:
         raise UsageError(f"{root}: no Bridge data (expected rawframes/<task>/<episode>/ or path_id_bridgedata.txt)")
     cut = int(len(episodes) * 0.8)
     chosen = {"train": episodes[:cut], "val": episodes[cut:]}.get(split)
     if chosen is None:
         raise UsageError(f"Bridge has splits train and val, not '{split}'")
-    return EntrySource(chosen, [frames_root / e for e in chosen], ["frames"] * len(chosen),
-                       [bridge_caption(e.split("/")[0]) for e in chosen])
+    return EntrySource(
+        chosen,
+        [frames_root / e for e in chosen],
+        ["frames"] * len(chosen),
+        [bridge_caption(e.split("/")[0]) for e in chosen],
+    )
 
 
 def epic_source(root: str | os.PathLike, split: str) -> EntrySource:
@@ -318,10 +337,16 @@ def epic_source(root: str | os.PathLike, split: str) -> EntrySource:
     file_name = {"train": "EPIC_100_train.csv", "val": "EPIC_100_validation.csv"}.get(split)
     if file_name is None:
         raise UsageError(f"Epic-Kitchens has splits train and val, not '{split}'")
-    candidates = [root / file_name, root / "epic-kitchens-100-annotations" / file_name, root / "annotations" / file_name]
+    candidates = [
+        root / file_name,
+        root / "epic-kitchens-100-annotations" / file_name,
+        root / "annotations" / file_name,
+    ]
     table = next((p for p in candidates if p.is_file()), None)
     if table is None:
-        raise UsageError(f"{root}: {file_name} not found (looked in the root, epic-kitchens-100-annotations/ and annotations/)")
+        raise UsageError(
+            f"{root}: {file_name} not found (looked in the root, epic-kitchens-100-annotations/ and annotations/)"
+        )
     frames_root = root / "EPIC-KITCHENS" if (root / "EPIC-KITCHENS").is_dir() else root
     names, paths, ranges, texts = [], [], [], []
     with open(table, newline="", encoding="utf-8") as handle:
@@ -330,8 +355,9 @@ def epic_source(root: str | os.PathLike, split: str) -> EntrySource:
             paths.append(frames_root / row["participant_id"] / "rgb_frames" / row["video_id"])
             ranges.append((int(row["start_frame"]), int(row["stop_frame"])))
             texts.append(row["narration"])
-    return EntrySource(names, paths, ["frames"] * len(names), texts, frame_ranges=ranges,
-                       frame_pattern="frame_{:010d}.jpg")
+    return EntrySource(
+        names, paths, ["frames"] * len(names), texts, frame_ranges=ranges, frame_pattern="frame_{:010d}.jpg"
+    )
 
 
 UCF101_FOLDS = (1, 2, 3)
@@ -342,7 +368,9 @@ def _ucf101_dirs(root: Path) -> tuple[Path, Path]:
     """(class folders, fold-file folder): `root/UCF-101/` beside `root/ucfTrainTestlist/`, or `root` holding
     the class folders with `ucfTrainTestlist/` among them (the layout upstream PVDM reads)."""
     videos = root / "UCF-101" if (root / "UCF-101").is_dir() else root
-    lists = next((d / "ucfTrainTestlist" for d in (root, videos) if (d / "ucfTrainTestlist").is_dir()), root / "ucfTrainTestlist")
+    lists = next(
+        (d / "ucfTrainTestlist" for d in (root, videos) if (d / "ucfTrainTestlist").is_dir()), root / "ucfTrainTestlist"
+    )
     return videos, lists
 
 
@@ -365,11 +393,15 @@ def ucf101_source(root: str | os.PathLike, split: str, fold: int = 1) -> EntrySo
     videos, lists = _ucf101_dirs(Path(root))
     list_file = lists / f"{list_name}{fold:02d}.txt"
     if not list_file.is_file():
-        raise UsageError(f"{list_file}: UCF-101 fold file not found (expected ucfTrainTestlist/ beside or inside the class folders)")
+        raise UsageError(
+            f"{list_file}: UCF-101 fold file not found (expected ucfTrainTestlist/ beside or inside the class folders)"
+        )
     names = ucf101_fold_entries(list_file)
     missing = [name for name in names if not (videos / name).is_file()]
     if missing:
-        raise UsageError(f"{list_file.name}: {len(missing)} of {len(names)} listed videos are missing under {videos} (e.g. {missing[0]})")
+        raise UsageError(
+            f"{list_file.name}: {len(missing)} of {len(names)} listed videos are missing under {videos} (e.g. {missing[0]})"
+        )
     return EntrySource(names, [videos / n for n in names], ["video"] * len(names), [n.split("/")[0] for n in names])
 
 
@@ -388,8 +420,10 @@ def sky_source(root: str | os.PathLike, split: str) -> EntrySource:
     split_dir = sky_split_dir(root, split)
     if split_dir is None:
         raise UsageError(f"{root}: no SkyTimelapse {split} folder (expected sky_{split}/<video>/<clip>/*.jpg)")
-    clips = sorted((f"{video.name}/{clip.name}" for video in _visible_dirs(split_dir) for clip in _visible_dirs(video)),
-                   key=natural_key)
+    clips = sorted(
+        (f"{video.name}/{clip.name}" for video in _visible_dirs(split_dir) for clip in _visible_dirs(video)),
+        key=natural_key,
+    )
     if not clips:
         raise UsageError(f"{split_dir}: no clip folders (expected <video>/<clip>/*.jpg)")
     return EntrySource(clips, [split_dir / c for c in clips], ["frames"] * len(clips))
@@ -406,6 +440,8 @@ def dataset_splits(root: str | os.PathLike, dataset: str, fold: int = 1) -> dict
     if dataset == "sky":
         present = [split for split in SKY_SPLIT_DIRS if sky_split_dir(root, split) is not None]
         if not present:
-            raise UsageError(f"{root}: no SkyTimelapse folders (expected sky_train/ and sky_test/ with <video>/<clip>/*.jpg)")
+            raise UsageError(
+                f"{root}: no SkyTimelapse folders (expected sky_train/ and sky_test/ with <video>/<clip>/*.jpg)"
+            )
         return {split: sky_source(root, split) for split in present}
     raise UsageError(f"unknown dataset layout '{dataset}' (expected ucf101 or sky)")

@@ -27,8 +27,24 @@ from vpt.errors import UsageError, VptError
 from vpt.fsutil import atomic_path
 
 VIDEO_EXTENSIONS = (
-    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".gif", ".flv", ".wmv",
-    ".3gp", ".ogv", ".ts", ".mts", ".m2ts", ".vob", ".y4m",
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".mpg",
+    ".mpeg",
+    ".m4v",
+    ".gif",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".vob",
+    ".y4m",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ResizeMode = Literal["squash", "crop"]
@@ -108,8 +124,10 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT or image.mode == "I":
         values = np.asarray(image).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()}, not 16-bit; "
-                             "save it as an 8- or 16-bit PNG")
+            raise ValueError(
+                f"32-bit integer image with values {values.min()}..{values.max()}, not 16-bit; "
+                "save it as an 8- or 16-bit PNG"
+            )
         grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")  # uint8 (H, W): mode L
     if image.mode == "F":
@@ -290,7 +308,9 @@ def _use_decord(path, backend: Backend) -> bool:
         return True
     if backend != "auto":
         raise UsageError(f"backend must be auto, pyav or decord, got {backend!r}")
-    return _DECORD_AVAILABLE and Path(path).suffix.lower() not in _DECORD_UNSUPPORTED and str(path) not in _DECORD_FAILED
+    return (
+        _DECORD_AVAILABLE and Path(path).suffix.lower() not in _DECORD_UNSUPPORTED and str(path) not in _DECORD_FAILED
+    )
 
 
 def _decord_reader(path):
@@ -416,5 +436,13 @@ def _write_h264(path: Path, frames: np.ndarray, fps: float, container_format: st
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     images = [Image.fromarray(frame) for frame in frames]
     duration_ms = max(20, int(round(1000.0 / fps)))  # browsers treat < 20 ms as 100 ms
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
-                   optimize=False, disposal=1)
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=duration_ms,
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )

@@ -28,8 +28,16 @@ from vpt.fsutil import atomic_path, atomic_write_text
 CACHE_FORMAT = 1  # bump when what a batch file holds changes
 DEFAULT_FOLDER = ".vpt-eval-cache"
 # the `PredictionProtocol` fields that change a batch's arrays (pooling and reductions come after them)
-SAMPLING_FIELDS = ("context_frames", "predicted_frames", "samples", "context_in_fvd", "steps", "seed", "batch_size",
-                   "precision")
+SAMPLING_FIELDS = (
+    "context_frames",
+    "predicted_frames",
+    "samples",
+    "context_in_fvd",
+    "steps",
+    "seed",
+    "batch_size",
+    "precision",
+)
 
 
 def digest(description: dict) -> str:
@@ -56,7 +64,9 @@ class BatchStore:
                 arrays = {name: stored[name] for name in stored.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # an object array is a ValueError
             detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-            raise VptError(f"{path}: not an eval-cache batch ({detail}); delete it to compute that batch again") from None
+            raise VptError(
+                f"{path}: not an eval-cache batch ({detail}); delete it to compute that batch again"
+            ) from None
         if any(len(values) != len(batch) for values in arrays.values()):
             return None  # written under another batch size: the key should have differed, so recompute
         self.reused += 1
@@ -76,8 +86,11 @@ class BatchStore:
             from accelerate.utils import gather_object
 
             counts = gather_object(counts)
-        return {"dir": str(self.folder), "reused_batches": sum(r for r, _ in counts),
-                "computed_batches": sum(c for _, c in counts)}
+        return {
+            "dir": str(self.folder),
+            "reused_batches": sum(r for r, _ in counts),
+            "computed_batches": sum(c for _, c in counts),
+        }
 
 
 def split_plan(store: BatchStore | None, plan: list[list[int]]) -> tuple[list[tuple[int, dict]], list[list[int]]]:
@@ -108,6 +121,7 @@ class EvalCache:
 def open_cache(root: Path, kind: str, batches: dict, real: dict | None) -> EvalCache:
     """Stores under `root` for the descriptions `batches` (everything that changes a batch's arrays; its
     folder is named `<kind>-<hash>`) and `real` (everything that changes the real clips' features)."""
+
     def store(name: str, description: dict) -> BatchStore:
         description = {"cache_format": CACHE_FORMAT, "kind": name, **description}
         return BatchStore(Path(root) / f"{name}-{digest(description)}", description)
@@ -143,8 +157,12 @@ def checkpoint_fingerprint(run_dir: Path, checkpoint: Path | None, config: dict)
     """A run's weights by their files' sizes and modification times (hashing gigabytes at every start
     would cost more than it protects), and its config."""
     weights = sorted((f.name, *_size_and_time(f)) for f in checkpoint.glob("*.safetensors")) if checkpoint else []
-    return {"run": str(Path(run_dir).resolve()), "checkpoint": checkpoint.name if checkpoint else None,
-            "weights": weights, "config_sha256": digest(config)}
+    return {
+        "run": str(Path(run_dir).resolve()),
+        "checkpoint": checkpoint.name if checkpoint else None,
+        "weights": weights,
+        "config_sha256": digest(config),
+    }
 
 
 def published_fingerprint(checkpoint: Path, autoencoder: Path | None, release: str | None) -> dict:
@@ -159,15 +177,27 @@ def published_fingerprint(checkpoint: Path, autoencoder: Path | None, release: s
 def clips_description(clips) -> dict:
     """How the clips of a `SourceClips` are cut (the seed matters only for random starts)."""
     spec = clips.spec
-    return {"count": len(clips), "frames": spec.frames, "stride": spec.stride, "offset": spec.offset,
-            "offset_seed": spec.seed if spec.offset == "random" else None, "image_size": spec.image_size,
-            "resize": spec.resize}
+    return {
+        "count": len(clips),
+        "frames": spec.frames,
+        "stride": spec.stride,
+        "offset": spec.offset,
+        "offset_seed": spec.seed if spec.offset == "random" else None,
+        "image_size": spec.image_size,
+        "resize": spec.resize,
+    }
 
 
 def features_description(fvd, device_type: str) -> dict:
     """What changes I3D features apart from the clips (the covariance normaliser does not)."""
-    return {"detector_sha256": fvd.detector.sha256, "preset": fvd.preset.name, "resize": fvd.preset.resize,
-            "bn_eps": fvd.detector.bn_eps, "batch_size": fvd.batch_size, "device": device_type}
+    return {
+        "detector_sha256": fvd.detector.sha256,
+        "preset": fvd.preset.name,
+        "resize": fvd.preset.resize,
+        "bn_eps": fvd.detector.bn_eps,
+        "batch_size": fvd.batch_size,
+        "device": device_type,
+    }
 
 
 def _set_description(source: dict, clips, window: tuple[int, int], features: dict) -> dict:
@@ -175,27 +205,36 @@ def _set_description(source: dict, clips, window: tuple[int, int], features: dic
     return {"source": source, "clips": clips_description(clips), "window": list(window), **features}
 
 
-def videos_cache(root: Path, real: Path, fake: Path, real_clips, fake_clips, split: str, fvd,
-                 device_type: str) -> EvalCache:
+def videos_cache(
+    root: Path, real: Path, fake: Path, real_clips, fake_clips, split: str, fvd, device_type: str
+) -> EvalCache:
     """--real/--fake: the fake set's features are the batches; both sets' stores are shared by key."""
     features = features_description(fvd, device_type)
     window = (0, real_clips.spec.frames)
     fake_set = _set_description(source_fingerprint(fake, split), fake_clips, window, features)
-    return open_cache(root, "features", fake_set,
-                      _set_description(source_fingerprint(real, split), real_clips, window, features))
+    return open_cache(
+        root, "features", fake_set, _set_description(source_fingerprint(real, split), real_clips, window, features)
+    )
 
 
-def run_cache(root: Path, model: dict, data: Path, split: str, clips, protocol, fvd, frame_scores: dict,
-              device_type: str) -> EvalCache:
+def run_cache(
+    root: Path, model: dict, data: Path, split: str, clips, protocol, fvd, frame_scores: dict, device_type: str
+) -> EvalCache:
     """--run / --checkpoint: a batch's scores and features depend on the model (`checkpoint_fingerprint` or
     `published_fingerprint`), the clips, the sampling protocol, the detector and the frame scorer; its real
     features only on the clips and the detector."""
     source, cut = source_fingerprint(data, split), clips_description(clips)
     sampling = {name: getattr(protocol, name) for name in SAMPLING_FIELDS}
     features = features_description(fvd, device_type) if fvd is not None else None
-    batches = {"model": model,
-               "source": source, "clips": cut, "sampling": sampling, "features": features,
-               "frame_scores": frame_scores, "device": device_type}
+    batches = {
+        "model": model,
+        "source": source,
+        "clips": cut,
+        "sampling": sampling,
+        "features": features,
+        "frame_scores": frame_scores,
+        "device": device_type,
+    }
     if fvd is None:
         return open_cache(root, "run", batches, None)
     window = (0 if protocol.context_in_fvd else protocol.context_frames, clips.spec.frames)

@@ -120,8 +120,10 @@ def open_clips(path, spec: ClipSpec, *, split: str = "test", max_videos: int | N
         source = open_source(path, split)
     clips = SourceClips(source, spec, max_videos=max_videos)
     if len(clips) == 0:
-        raise UsageError(f"{path}: no video has the {spec.span} frames a {spec.frames}-frame clip with stride "
-                         f"{spec.stride} needs ({clips.skipped} too short)")
+        raise UsageError(
+            f"{path}: no video has the {spec.span} frames a {spec.frames}-frame clip with stride "
+            f"{spec.stride} needs ({clips.skipped} too short)"
+        )
     return clips
 
 
@@ -155,8 +157,8 @@ class FrameScorer:
         device = self.lpips.shift.device
         distances = []
         for start in range(0, len(pred), self.lpips_chunk):
-            a = pred[start:start + self.lpips_chunk].to(device).float() / 127.5 - 1.0  # (n, 3, H, W) in [-1, 1]
-            b = truth[start:start + self.lpips_chunk].to(device).float() / 127.5 - 1.0
+            a = pred[start : start + self.lpips_chunk].to(device).float() / 127.5 - 1.0  # (n, 3, H, W) in [-1, 1]
+            b = truth[start : start + self.lpips_chunk].to(device).float() / 127.5 - 1.0
             distances.append(self.lpips(a, b).double().cpu().numpy())
         return np.concatenate(distances)
 
@@ -181,8 +183,9 @@ class FvdSettings:
 def _distances(real: np.ndarray, fake: np.ndarray, settings: FvdSettings) -> dict[str, float]:
     values = {"fvd": fvd_from_stats(stats_of(real), stats_of(fake), settings.preset)}
     if settings.kvd:
-        values["kvd"] = kernel_distance(real, fake, subsets=settings.kvd_subsets,
-                                        subset_size=settings.kvd_subset_size, seed=settings.seed)
+        values["kvd"] = kernel_distance(
+            real, fake, subsets=settings.kvd_subsets, subset_size=settings.kvd_subset_size, seed=settings.seed
+        )
     return values
 
 
@@ -205,18 +208,41 @@ def _add_times(total: ExtractionTimes, part: ExtractionTimes) -> None:
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
-def evaluate_videos(real: SourceClips, fake: SourceClips, *, fvd: FvdSettings | None, scorer: FrameScorer | None,
-                    psnr_reduction: Literal["frame", "video"] = "frame", workers: int = 0, accelerator=None,
-                    progress=None, cache: EvalCache | None = None) -> Evaluation:
+def evaluate_videos(
+    real: SourceClips,
+    fake: SourceClips,
+    *,
+    fvd: FvdSettings | None,
+    scorer: FrameScorer | None,
+    psnr_reduction: Literal["frame", "video"] = "frame",
+    workers: int = 0,
+    accelerator=None,
+    progress=None,
+    cache: EvalCache | None = None,
+) -> Evaluation:
     """FVD/KVD between two sets of clips; with `scorer`, also frame metrics of clip pairs (same order).
     With `cache`, the real features go to `cache.real` and the fake ones to `cache.batches`."""
-    result = Evaluation(counts={"real": len(real), "fake": len(fake), "real_skipped_short": real.skipped,
-                                "fake_skipped_short": fake.skipped})
+    result = Evaluation(
+        counts={
+            "real": len(real),
+            "fake": len(fake),
+            "real_skipped_short": real.skipped,
+            "fake_skipped_short": fake.skipped,
+        }
+    )
     if fvd is not None:
         features = []
         for clips, store in ((real, cache and cache.real), (fake, cache and cache.batches)):
-            values, times = extract_features(fvd.detector, clips, fvd.preset, batch_size=fvd.batch_size,
-                                             workers=workers, accelerator=accelerator, progress=progress, store=store)
+            values, times = extract_features(
+                fvd.detector,
+                clips,
+                fvd.preset,
+                batch_size=fvd.batch_size,
+                workers=workers,
+                accelerator=accelerator,
+                progress=progress,
+                store=store,
+            )
             features.append(values)
             _add_times(result.times, times)
         result.metrics.update(_distances(*features, fvd))
@@ -241,7 +267,9 @@ class _Pairs:
     def __getitem__(self, k: int) -> np.ndarray:
         real, fake = self.real[k], self.fake[k]
         if real.shape != fake.shape:
-            raise UsageError(f"{self.real.name(k)} and {self.fake.name(k)} differ in shape ({real.shape} vs {fake.shape})")
+            raise UsageError(
+                f"{self.real.name(k)} and {self.fake.name(k)} differ in shape ({real.shape} vs {fake.shape})"
+            )
         return np.stack([real, fake])  # (2, T, H, W, 3)
 
 
@@ -249,8 +277,9 @@ def _paired_scores(real, fake, scorer: FrameScorer, batch_size: int, accelerator
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else torch.device("cpu")
     pieces = []
-    for first, pairs, _ in batch_loader(_Pairs(real, fake), batch_plan(len(real), batch_size, rank, world),
-                                        workers=0, device=device):
+    for first, pairs, _ in batch_loader(
+        _Pairs(real, fake), batch_plan(len(real), batch_size, rank, world), workers=0, device=device
+    ):
         if isinstance(pairs, list):
             raise UsageError("--paired needs all videos at one size")
         pairs = rearrange(pairs.to(device), "b two t h w c -> two b t c h w")
@@ -279,11 +308,18 @@ class PredictionProtocol:
     precision: Literal["fp32", "bf16"] = "fp32"  # numeric mode of `predict` (bf16: autocast)
 
     def record(self) -> dict:
-        return {"context_frames": self.context_frames, "predicted_frames": self.predicted_frames,
-                "samples_per_sequence": self.samples, "context_in_fvd_clips": self.context_in_fvd,
-                "fvd_pooling": self.fvd_pooling, "psnr_reduction": self.psnr_reduction, "sampler_steps": self.steps,
-                "sampling_seed": self.seed, "precision": self.precision,
-                "generated_frames": "quantised to uint8 ((x+1)*127.5, rounded) before scoring"}
+        return {
+            "context_frames": self.context_frames,
+            "predicted_frames": self.predicted_frames,
+            "samples_per_sequence": self.samples,
+            "context_in_fvd_clips": self.context_in_fvd,
+            "fvd_pooling": self.fvd_pooling,
+            "psnr_reduction": self.psnr_reduction,
+            "sampler_steps": self.steps,
+            "sampling_seed": self.seed,
+            "precision": self.precision,
+            "generated_frames": "quantised to uint8 ((x+1)*127.5, rounded) before scoring",
+        }
 
 
 def sample_seed(seed: int, first_index: int, sample: int) -> int:
@@ -297,9 +333,19 @@ def quantise(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtocol, *, fvd: FvdSettings | None,
-                         scorer: FrameScorer | None, device: torch.device, workers: int = 0, accelerator=None,
-                         progress=None, cache: EvalCache | None = None) -> Evaluation:
+def evaluate_predictions(
+    backend,
+    clips: SourceClips,
+    protocol: PredictionProtocol,
+    *,
+    fvd: FvdSettings | None,
+    scorer: FrameScorer | None,
+    device: torch.device,
+    workers: int = 0,
+    accelerator=None,
+    progress=None,
+    cache: EvalCache | None = None,
+) -> Evaluation:
     """Predict `predicted_frames` from the first `context_frames` of every clip, `samples` times, and
     score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`). With no context the
     backend generates, and `scorer` is None: generated clips have no ground truth to be compared with
@@ -311,8 +357,14 @@ def evaluate_predictions(backend, clips: SourceClips, protocol: PredictionProtoc
     if clips.spec.frames != p.context_frames + p.predicted_frames:
         raise ValueError("clips must hold context + predicted frames")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    result = Evaluation(counts={"sequences": len(clips), "skipped_short": clips.skipped,
-                                "real_clips": len(clips), "fake_clips": len(clips) * p.samples})
+    result = Evaluation(
+        counts={
+            "sequences": len(clips),
+            "skipped_short": clips.skipped,
+            "real_clips": len(clips),
+            "fake_clips": len(clips) * p.samples,
+        }
+    )
     pieces, todo = split_plan(cache and cache.batches, batch_plan(len(clips), p.batch_size, rank, world))
     if progress is not None and pieces:
         progress(sum(len(next(iter(arrays.values()))) for _, arrays in pieces) * world)  # every array is (B, ...)
@@ -359,13 +411,21 @@ def _stored_features(store: BatchStore | None, batch: list[int]) -> np.ndarray |
     return None if arrays is None else arrays["features"]
 
 
-def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: PredictionProtocol,
-                   fvd: FvdSettings | None, scorer: FrameScorer | None, times: ExtractionTimes,
-                   real: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _predict_batch(
+    backend,
+    truth: torch.Tensor,
+    prompts,
+    first: int,
+    p: PredictionProtocol,
+    fvd: FvdSettings | None,
+    scorer: FrameScorer | None,
+    times: ExtractionTimes,
+    real: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """One batch of test clips -> per-frame scores (B, N, T_pred) and I3D features of real/fake clips
     (`real`: the real clips' features when they are already known)."""
     truth = rearrange(truth, "b t h w c -> b t c h w")  # uint8
-    context_u8, future_u8 = truth[:, :p.context_frames], truth[:, p.context_frames:]
+    context_u8, future_u8 = truth[:, : p.context_frames], truth[:, p.context_frames :]
     context = context_u8.float() / 127.5 - 1.0  # (B, T_ctx, 3, H, W) in [-1, 1]
     out: dict[str, list] = {}
     if fvd is not None:
@@ -380,12 +440,15 @@ def _predict_batch(backend, truth: torch.Tensor, prompts, first: int, p: Predict
         predicted = predicted.float()
         expected = (len(truth), p.predicted_frames)
         if tuple(predicted.shape[:2]) != expected or predicted.shape[-2:] != truth.shape[-2:]:
-            raise UsageError(f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, *truth.shape[-2:])}")
+            raise UsageError(
+                f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, *truth.shape[-2:])}"
+            )
         predicted_u8 = quantise(predicted.expand(-1, -1, 3, -1, -1) if predicted.shape[2] == 1 else predicted)
         for metric, values in (scorer(predicted_u8, future_u8) if scorer is not None else {}).items():
             out.setdefault(metric, []).append(values)  # (B, T_pred)
         if fvd is not None:
             fake_clip = torch.cat([context_u8, predicted_u8], dim=1) if p.context_in_fvd else predicted_u8
             out.setdefault("fake", []).append(
-                detector_features(fvd.detector, rearrange(fake_clip, "b t c h w -> b t h w c"), fvd.preset, times))
+                detector_features(fvd.detector, rearrange(fake_clip, "b t c h w -> b t h w c"), fvd.preset, times)
+            )
     return {key: (value if key == "real" else np.stack(value, axis=1)) for key, value in out.items()}

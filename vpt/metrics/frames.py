@@ -107,7 +107,11 @@ class BestOfN:
     def _sample_scores(self, metric: str, values: np.ndarray) -> np.ndarray:
         """(S, N, T) -> (S, N) score per sample."""
         if metric == "psnr":
-            return psnr_from_mse(values.mean(axis=-1)) if self.psnr_reduction == "video" else psnr_from_mse(values).mean(axis=-1)
+            return (
+                psnr_from_mse(values.mean(axis=-1))
+                if self.psnr_reduction == "video"
+                else psnr_from_mse(values).mean(axis=-1)
+            )
         return values.mean(axis=-1)
 
     def summary(self) -> dict[str, dict]:
@@ -123,8 +127,12 @@ class BestOfN:
                 best_frames = psnr_from_mse(best_frames)
             std = float(best.std(ddof=1)) if len(best) > 1 else 0.0
             results[metric] = {
-                "value": float(best.mean()), "std": std, "ci95": 1.96 * std / math.sqrt(len(best)),
-                "mean_over_samples": float(per_sample.mean()), "per_frame": best_frames.mean(axis=0).tolist(),
-                "sequences": len(values), "samples": values.shape[1],
+                "value": float(best.mean()),
+                "std": std,
+                "ci95": 1.96 * std / math.sqrt(len(best)),
+                "mean_over_samples": float(per_sample.mean()),
+                "per_frame": best_frames.mean(axis=0).tolist(),
+                "sequences": len(values),
+                "samples": values.shape[1],
             }
         return results

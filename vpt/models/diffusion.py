@@ -12,7 +12,7 @@ import torch
 def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: float) -> dict[str, torch.Tensor]:
     """The float32 tables the loss and the sampler read, computed in float64 from
     β_t = (linspace(√start, √end, T))² (what LDM calls the "linear" schedule)."""
-    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+    betas = torch.linspace(linear_start**0.5, linear_end**0.5, num_timesteps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     tables = {
         "betas": betas,
@@ -25,8 +25,14 @@ def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: floa
     return {name: table.float() for name, table in tables.items()}
 
 
-SCHEDULE_TABLES = ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                   "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
+SCHEDULE_TABLES = (
+    "betas",
+    "alphas_cumprod",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+)
 
 
 class DiffusionTables:
@@ -48,10 +54,17 @@ def ddim_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]:
     return list(zip(times[:-1], times[1:]))
 
 
-def ddim_sample(eps: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, pairs: list[tuple[int, int]],
-                schedule: dict[str, torch.Tensor], eta: float, noise: Callable[[], torch.Tensor], *,
-                clip_denoised: bool = True,
-                after_step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def ddim_sample(
+    eps: Callable[[torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    pairs: list[tuple[int, int]],
+    schedule: dict[str, torch.Tensor],
+    eta: float,
+    noise: Callable[[], torch.Tensor],
+    *,
+    clip_denoised: bool = True,
+    after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """DDIM from x = x_T along `pairs`; `eps(x, t)` predicts the noise, `noise()` draws one step's noise.
 
     Each step estimates x̂0 = √(1/ᾱ_t) x - √(1/ᾱ_t - 1) ε̂, clamped to [-1, 1] unless `clip_denoised`
@@ -68,5 +81,5 @@ def ddim_sample(eps: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tenso
             return keep(x0)
         alpha, alpha_next = abar[t], abar[t_next]
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
-        x = keep(x0 * alpha_next.sqrt() + (1 - alpha_next - sigma ** 2).sqrt() * predicted + sigma * noise())
+        x = keep(x0 * alpha_next.sqrt() + (1 - alpha_next - sigma**2).sqrt() * predicted + sigma * noise())
     return x

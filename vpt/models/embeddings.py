@@ -7,8 +7,9 @@ import math
 import torch
 
 
-def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, *, scale: float = 1.0, max_period: float = 10000.0,
-                         cos_first: bool = True) -> torch.Tensor:
+def sinusoidal_embedding(
+    timesteps: torch.Tensor, dim: int, *, scale: float = 1.0, max_period: float = 10000.0, cos_first: bool = True
+) -> torch.Tensor:
     """(B,) scalar times -> (B, dim) sinusoidal features (the Transformer / DDPM timestep embedding).
 
     freq_k = max_period^(-k / half) for k < half = dim // 2, features [cos(scale t freq), sin(...)]

@@ -62,8 +62,13 @@ def integrate(f: VelocityField, y0: torch.Tensor, times: torch.Tensor, method: M
     return y
 
 
-def time_grid(start: float, steps: int, *, rule: Literal["uniform", "upstream"] = "uniform",
-              device: torch.device | str | None = None) -> torch.Tensor:
+def time_grid(
+    start: float,
+    steps: int,
+    *,
+    rule: Literal["uniform", "upstream"] = "uniform",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The grid of a sampler that starts at flow time `start` (warm start) and ends at 1.
 
     "uniform": `steps` counts solver steps over the whole [0, 1]; a warm start keeps the same step
@@ -87,4 +92,3 @@ def time_grid(start: float, steps: int, *, rule: Literal["uniform", "upstream"] 
 def number_of_evaluations(method: Method, grid: torch.Tensor) -> int:
     """Velocity-field evaluations one `integrate` call makes on `grid`."""
     return EVALUATIONS_PER_STEP[method] * max(0, len(grid) - 1)
-

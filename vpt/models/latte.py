@@ -49,7 +49,8 @@ LATTE_WIDTHS: dict[str, dict[str, int]] = {
 }
 LATTE_SIZES: dict[str, dict[str, int]] = {
     f"{width}/{patch}": {**values, "head_dim": values["hidden_size"] // values["num_heads"], "patch_size": patch}
-    for width, values in LATTE_WIDTHS.items() for patch in (2, 4, 8)
+    for width, values in LATTE_WIDTHS.items()
+    for patch in (2, 4, 8)
 }
 
 
@@ -116,10 +117,14 @@ class LatteConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_layers % 2:
-            raise ValueError(f"model.num_layers ({self.num_layers}) must be even: spatial and temporal blocks alternate")
+            raise ValueError(
+                f"model.num_layers ({self.num_layers}) must be even: spatial and temporal blocks alternate"
+            )
         if self.class_words:
             if self.num_classes not in (0, len(self.class_words)):
-                raise ValueError(f"model.num_classes ({self.num_classes}) differs from the {len(self.class_words)} class_words")
+                raise ValueError(
+                    f"model.num_classes ({self.num_classes}) differs from the {len(self.class_words)} class_words"
+                )
             self.num_classes = len(self.class_words)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"model.class_dropout must be in [0, 1), got {self.class_dropout}")
@@ -137,8 +142,9 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return sinusoidal_embedding(t, dim, cos_first=False)
 
 
-def patch_position_table(dim: int, rows: int, cols: int, device: torch.device | None = None,
-                         order: str = "row") -> torch.Tensor:
+def patch_position_table(
+    dim: int, rows: int, cols: int, device: torch.device | None = None, order: str = "row"
+) -> torch.Tensor:
     """(rows * cols, dim) table of a row-major patch grid: first half the row index and second the
     column ("row"), or the other way round ("column", the official model's table)."""
     row_features = repeat(timestep_features(torch.arange(rows, device=device), dim // 2), "r d -> r c d", c=cols)
@@ -220,13 +226,13 @@ class LatteDiT(nn.Module):
         dim = cfg.hidden_size
         self.dim, self.timestep_emb_dim = dim, cfg.timestep_emb_dim
         in_channels = cfg.latent_channels + (1 if cfg.condition_frames else 0)  # + the known-frame mask
-        self.patch_embed = nn.Linear(cfg.patch_size ** 2 * in_channels, dim)
+        self.patch_embed = nn.Linear(cfg.patch_size**2 * in_channels, dim)
         self.time_embed = nn.Sequential(nn.Linear(cfg.timestep_emb_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         # one extra row: the "no label" class that label dropout and guidance use
         self.label_embed = nn.Embedding(cfg.num_classes + 1, dim) if cfg.num_classes > 0 else None
         self.blocks = nn.ModuleList(DiTBlock(dim, cfg.num_heads, cfg.head_dim) for _ in range(cfg.num_layers))
         out_channels = cfg.latent_channels * (2 if cfg.learn_sigma else 1)  # [ε | variance interpolation]
-        self.final = FinalLayer(dim, cfg.patch_size ** 2 * out_channels)
+        self.final = FinalLayer(dim, cfg.patch_size**2 * out_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -244,8 +250,9 @@ class LatteDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
-                num_images: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, num_images: int = 0
+    ) -> torch.Tensor:
         """x (B, F, c, h, w), t (B,) integer steps, labels (B,) class indices (num_classes or None: no label)."""
         batch, frames, _, height, width = x.shape
         rows, cols = height // self.patch, width // self.patch
@@ -271,8 +278,9 @@ class LatteDiT(nn.Module):
             tokens = rearrange(tokens, "(b n) f d -> (b f) n d", b=batch)
 
         out = self.final(tokens, cond)  # (BF, N, p^2 c)
-        return rearrange(out, "(b f) (nh nw) (ph pw c) -> b f c (nh ph) (nw pw)", b=batch, nh=rows, ph=self.patch,
-                         pw=self.patch)
+        return rearrange(
+            out, "(b f) (nh nw) (ph pw c) -> b f c (nh ph) (nw pw)", b=batch, nh=rows, ph=self.patch, pw=self.patch
+        )
 
 
 # --- learned variance (IDDPM) ----------------------------------------------------------------------
@@ -280,7 +288,7 @@ class LatteDiT(nn.Module):
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of Φ that IDDPM's discretised likelihood uses."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -295,8 +303,14 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                 eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def variance_vlb(
+    alphas_cumprod: torch.Tensor,
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    v: torch.Tensor,
+) -> torch.Tensor:
     """IDDPM's variational bound term for a learned variance, in bits, per element (B, ...).
 
     x0, xt, eps (the predicted noise, detached by the caller so only the variance learns from this
@@ -319,11 +333,15 @@ def variance_vlb(alphas_cumprod: torch.Tensor, x0: torch.Tensor, xt: torch.Tenso
     model_mean = pick(coef_x0) * x0_pred + pick(coef_xt) * xt
     frac = (v + 1) / 2
     model_log_var = frac * pick(torch.log(beta)) + (1 - frac) * true_log_var
-    kl = 0.5 * (-1.0 + model_log_var - true_log_var + torch.exp(true_log_var - model_log_var)
-                + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var))
+    kl = 0.5 * (
+        -1.0
+        + model_log_var
+        - true_log_var
+        + torch.exp(true_log_var - model_log_var)
+        + (true_mean - model_mean) ** 2 * torch.exp(-model_log_var)
+    )
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
     return torch.where((t == 0).reshape(shape), nll, kl) / math.log(2.0)
-
 
 
 # --- respaced sampling (IDDPM) ---------------------------------------------------------------------
@@ -342,8 +360,10 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "even") -> li
         for stride in range(1, num_timesteps):
             if len(range(0, num_timesteps, stride)) == steps:
                 return list(range(0, num_timesteps, stride))
-        raise UsageError(f"model.timestep_spacing ddim: no integer stride gives exactly {steps} of "
-                         f"{num_timesteps} steps; choose another step count or timestep_spacing: even")
+        raise UsageError(
+            f"model.timestep_spacing ddim: no integer stride gives exactly {steps} of "
+            f"{num_timesteps} steps; choose another step count or timestep_spacing: even"
+        )
     if spacing != "even":
         raise UsageError(f"model.timestep_spacing must be even or ddim, got {spacing!r}")
     stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1
@@ -364,7 +384,9 @@ def respaced_tables(betas: torch.Tensor, kept: list[int]) -> dict[str, torch.Ten
     posterior_variance = beta * (1.0 - prev) / (1.0 - alphas_cumprod)
     first = posterior_variance[1:2] if len(kept) > 1 else beta[:1]  # the posterior variance is 0 at i = 0
     return {
-        "alphas_cumprod": alphas_cumprod, "alphas_cumprod_prev": prev, "betas": beta,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": prev,
+        "betas": beta,
         "posterior_variance": posterior_variance,
         "posterior_log_variance_clipped": torch.log(torch.cat([first, posterior_variance[1:]])),
         # fixed_large: β' (with the clipped posterior variance at i = 0, as IDDPM)
@@ -457,13 +479,17 @@ def config_from_official_state(state: dict[str, torch.Tensor]) -> dict[str, Any]
     out_values = state["final_layer.linear.weight"].shape[0]
     labels = state.get("y_embedder.embedding_table.weight")
     return {
-        "latent_channels": channels, "patch_size": patch, "hidden_size": hidden, "num_heads": heads[hidden],
+        "latent_channels": channels,
+        "patch_size": patch,
+        "hidden_size": hidden,
+        "num_heads": heads[hidden],
         "head_dim": hidden // heads[hidden],
         "num_layers": len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
         "timestep_emb_dim": state["t_embedder.mlp.0.weight"].shape[1],
         "num_frames": state["temp_embed"].shape[1] if "temp_embed" in state else 16,
         "num_classes": labels.shape[0] - 1 if labels is not None else 0,
-        "learn_sigma": out_values == 2 * patch * patch * channels, "position_order": "column",
+        "learn_sigma": out_values == 2 * patch * patch * channels,
+        "position_order": "column",
     }
 
 
@@ -513,8 +539,14 @@ class Latte(LatentBackend):
         """A fresh diffusers scheduler with the training betas: linear in β, ε-prediction, no clipping."""
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        common = dict(num_train_timesteps=self.cfg.num_timesteps, beta_start=self.cfg.beta_start,
-                      beta_end=self.cfg.beta_end, beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+        common = dict(
+            num_train_timesteps=self.cfg.num_timesteps,
+            beta_start=self.cfg.beta_start,
+            beta_end=self.cfg.beta_end,
+            beta_schedule="linear",
+            prediction_type="epsilon",
+            clip_sample=False,
+        )
         if sampler == "ddpm":
             return DDPMScheduler(**common, variance_type="learned_range" if self.cfg.learn_sigma else "fixed_small")
         if sampler == "ddim":
@@ -531,7 +563,9 @@ class Latte(LatentBackend):
         latents = self._training_latents(batch)  # (B, F, c, h, w)
         video_frames = latents.shape[1] - self.cfg.num_images
         if video_frames < 1:
-            raise ConfigError(f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}")
+            raise ConfigError(
+                f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}"
+            )
         if self.cfg.num_images:
             latents = torch.cat([latents[:, :video_frames], latents[:, video_frames:].roll(1, dims=0)], dim=1)
         batch_size = latents.shape[0]
@@ -548,12 +582,13 @@ class Latte(LatentBackend):
         def mean_over_scored(values: torch.Tensor) -> torch.Tensor:  # (B, F, c, h, w) -> mean over unknown frames
             return (values * scored).sum() / (scored.sum() * values[0, 0].numel())
 
-        eps = predicted[:, :, :latents.shape[2]]
+        eps = predicted[:, :, : latents.shape[2]]
         mse = mean_over_scored((eps - noise) ** 2)
         if not self.cfg.learn_sigma:
             return {"loss": mse}
-        vlb = mean_over_scored(variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(),
-                                            predicted[:, :, latents.shape[2]:]))
+        vlb = mean_over_scored(
+            variance_vlb(scheduler.alphas_cumprod, latents, noisy, t, eps.detach(), predicted[:, :, latents.shape[2] :])
+        )
         return {"loss": mse + vlb, "mse": mse.detach(), "vlb": vlb.detach()}
 
     def _training_latents(self, batch: Any) -> torch.Tensor:
@@ -599,8 +634,10 @@ class Latte(LatentBackend):
         elif isinstance(batch, dict) and "label" in batch:
             labels = torch.as_tensor(batch["label"], device=device).long()
         else:
-            raise ConfigError("model.num_classes > 0 but the batches carry no 'label'; set model.class_words to "
-                              "read classes off the captions")
+            raise ConfigError(
+                "model.num_classes > 0 but the batches carry no 'label'; set model.class_words to "
+                "read classes off the captions"
+            )
         dropped = torch.rand(batch_size, device=device) < self.cfg.class_dropout
         return torch.where(dropped, torch.full_like(labels, self.cfg.num_classes), labels)
 
@@ -646,15 +683,24 @@ class Latte(LatentBackend):
         window = self.cfg.num_frames
         produced = 0
         while produced < num_frames:
-            keep = min(history.shape[1], window - 1 if produced == 0 else window // 2, self.cfg.condition_frames or window)
-            known = history[:, history.shape[1] - keep:]
+            keep = min(
+                history.shape[1], window - 1 if produced == 0 else window // 2, self.cfg.condition_frames or window
+            )
+            known = history[:, history.shape[1] - keep :]
             new = min(window - keep, num_frames - produced)
-            clip = self.sample_latents(known, keep + new, labels, steps=steps, generator=generator, sampler=sampler,
-                                       guidance_scale=guidance_scale)
+            clip = self.sample_latents(
+                known,
+                keep + new,
+                labels,
+                steps=steps,
+                generator=generator,
+                sampler=sampler,
+                guidance_scale=guidance_scale,
+            )
             history = torch.cat([history, clip[:, keep:]], dim=1)
             produced += new
             self.frames_done(batch_size * new)
-        return self.decode(history[:, history.shape[1] - num_frames:])
+        return self.decode(history[:, history.shape[1] - num_frames :])
 
     def _empty_latents(self, context: torch.Tensor) -> torch.Tensor:
         """(B, 0, c, h, w) for an empty (B, 0, 3, H, W) context: the latent grid of one blank frame."""
@@ -669,8 +715,9 @@ class Latte(LatentBackend):
                 return index
         raise ConfigError(f"caption {caption!r} names none of model.class_words ({', '.join(self.cfg.class_words)})")
 
-    def _sampling_labels(self, class_labels: int | str | list | None, batch_size: int,
-                         device: torch.device) -> torch.Tensor | None:
+    def _sampling_labels(
+        self, class_labels: int | str | list | None, batch_size: int, device: torch.device
+    ) -> torch.Tensor | None:
         if class_labels is None:  # class-conditional models then sample the "no label" class
             return None
         if self.cfg.num_classes == 0:
@@ -679,8 +726,10 @@ class Latte(LatentBackend):
         try:  # a class word (e.g. "left") stands for its index
             indices = [self.cfg.class_words.index(n) if isinstance(n, str) else int(n) for n in names]
         except ValueError:
-            raise UsageError(f"class_labels {class_labels!r}: not among model.class_words "
-                             f"({', '.join(self.cfg.class_words) or 'none'})") from None
+            raise UsageError(
+                f"class_labels {class_labels!r}: not among model.class_words "
+                f"({', '.join(self.cfg.class_words) or 'none'})"
+            ) from None
         labels = torch.tensor(indices, device=device).long()
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
@@ -689,9 +738,17 @@ class Latte(LatentBackend):
         return labels
 
     @torch.no_grad()
-    def sample_latents(self, known: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None, *,
-                       steps: int | None = None, generator: torch.Generator | None = None,
-                       sampler: str | None = None, guidance_scale: float | None = None) -> torch.Tensor:
+    def sample_latents(
+        self,
+        known: torch.Tensor,
+        num_frames: int,
+        labels: torch.Tensor | None = None,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
         """Reverse diffusion of a (B, num_frames, c, h, w) latent clip whose first frames are `known`
         (B, k, c, h, w) (k may be 0), returned exactly. They are imposed by replacement (noised to each
         step), or given clean with the mask channel to a model trained with condition_frames >= k."""
@@ -711,7 +768,9 @@ class Latte(LatentBackend):
         draw = lambda size: torch.randn(size, generator=generator, device=draw_device).to(known)  # noqa: E731
         x = draw(shape)
         if count > self.cfg.condition_frames > 0:
-            raise UsageError(f"this Latte model was trained on up to {self.cfg.condition_frames} known frames, got {count}")
+            raise UsageError(
+                f"this Latte model was trained on up to {self.cfg.condition_frames} known frames, got {count}"
+            )
         known_mask = (torch.arange(num_frames, device=known.device) < count).reshape(1, num_frames, 1, 1, 1)
         self.denoiser.eval()
         for i in reversed(range(len(kept))):
@@ -738,15 +797,23 @@ class Latte(LatentBackend):
                 continue
             if self.cfg.learn_sigma:  # IDDPM's learned range between the posterior variance and β'
                 frac = (out[:, :, channels:] + 1) / 2
-                log_variance = frac * math.log(table["betas"][i]) + (1 - frac) * table["posterior_log_variance_clipped"][i]
+                log_variance = (
+                    frac * math.log(table["betas"][i]) + (1 - frac) * table["posterior_log_variance_clipped"][i]
+                )
             else:
-                name = "large_log_variance" if self.cfg.variance_type == "fixed_large" else "posterior_log_variance_clipped"
+                name = (
+                    "large_log_variance"
+                    if self.cfg.variance_type == "fixed_large"
+                    else "posterior_log_variance_clipped"
+                )
                 log_variance = torch.full_like(mean, table[name][i])
             x = mean + torch.exp(0.5 * log_variance) * draw(shape)
         x[:, :count] = known
         return x
 
-    def _guided_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def _guided_noise(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
         """ε̂ (and v), with classifier-free guidance ε_∅ + s (ε_y - ε_∅) when the model is class-conditional
         and s != 1; guidance moves the noise channels only, a learned variance is the labelled one."""
         if labels is None or scale == 1.0:
@@ -770,7 +837,9 @@ class Latte(LatentBackend):
             raise
         except Exception:  # not a torch file, or not Latte's layout
             return False
-        return {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "temp_embed"} <= state.keys() or _is_vg_state(state)
+        return {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "temp_embed"} <= state.keys() or _is_vg_state(
+            state
+        )
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None) -> Latte:
@@ -790,14 +859,19 @@ class Latte(LatentBackend):
         if _is_vg_state(state):
             return cls._from_vg_state(path, state, autoencoder, preset)
         if preset is not None:
-            raise UsageError(f"--release names a VideoGeneration-PyTorch release ({', '.join(VG_PRESETS)}); "
-                             f"{path.name} is an official Latte checkpoint, which needs none")
+            raise UsageError(
+                f"--release names a VideoGeneration-PyTorch release ({', '.join(VG_PRESETS)}); "
+                f"{path.name} is an official Latte checkpoint, which needs none"
+            )
         if autoencoder is None:
-            raise UsageError(f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)")
+            raise UsageError(
+                f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)"
+            )
         fields = config_from_official_state(state)
         # the official sampler: 250 evenly respaced DDPM steps, fixed_large noise unless the variance is learned
-        cfg = LatteConfig(**fields, steps=250, variance_type="fixed_large",
-                          guidance_scale=7.0 if fields["num_classes"] else 1.0)
+        cfg = LatteConfig(
+            **fields, steps=250, variance_type="fixed_large", guidance_scale=7.0 if fields["num_classes"] else 1.0
+        )
         model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
         model.denoiser.load_state_dict({key: value.float() for key, value in convert_official_state(state).items()})
         model.frame_size, model.resize = 256, "crop"
@@ -805,18 +879,23 @@ class Latte(LatentBackend):
         return model.eval()
 
     @classmethod
-    def _from_vg_state(cls, path: Path, state: dict[str, torch.Tensor], autoencoder: str | Path | None,
-                       preset: str | None) -> Latte:
+    def _from_vg_state(
+        cls, path: Path, state: dict[str, torch.Tensor], autoencoder: str | Path | None, preset: str | None
+    ) -> Latte:
         """A VideoGeneration-PyTorch DiT built from the preset's config (model, frame size, protocol)."""
         import yaml
 
         from vpt.config import validate
 
         if preset is None:
-            raise UsageError(f"{path.name} is a VideoGeneration-PyTorch DiT, whose checkpoint names no architecture; "
-                             f"pass --release {' or --release '.join(VG_PRESETS)}")
+            raise UsageError(
+                f"{path.name} is a VideoGeneration-PyTorch DiT, whose checkpoint names no architecture; "
+                f"pass --release {' or --release '.join(VG_PRESETS)}"
+            )
         if preset not in VG_PRESETS:
-            raise UsageError(f"--release {preset}: not a VideoGeneration-PyTorch release; choose one of {', '.join(VG_PRESETS)}")
+            raise UsageError(
+                f"--release {preset}: not a VideoGeneration-PyTorch release; choose one of {', '.join(VG_PRESETS)}"
+            )
         if autoencoder is None:
             raise UsageError(f"{path.name}: pass --ae with the release's frame VAE (its vae_autoencoder_ckpt.pth)")
         config_path = VG_CONFIGS / VG_PRESETS[preset]
@@ -828,14 +907,18 @@ class Latte(LatentBackend):
         found = {key: tuple(value.shape) for key, value in converted.items()}
         if found != expected:
             differing = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
-            raise UsageError(f"{path.name} does not fit the {preset} architecture ({config_path.name}): "
-                             f"{differing[0]} is {found.get(differing[0], 'missing')}, expected {expected.get(differing[0], 'none')}")
+            raise UsageError(
+                f"{path.name} does not fit the {preset} architecture ({config_path.name}): "
+                f"{differing[0]} is {found.get(differing[0], 'missing')}, expected {expected.get(differing[0], 'none')}"
+            )
         model = cls(cfg, autoencoder=build_autoencoder(str(autoencoder)))
         model.denoiser.load_state_dict({key: value.float() for key, value in converted.items()})
         data = raw.get("data") or {}
         model.frame_size, model.resize = data.get("image_size"), data.get("resize", "squash")
         model.trained_frames = data.get("frames")
-        model.published_protocol = validate(EvalProtocol, raw.get("eval") or {}, source=str(config_path), prefix="eval.")
+        model.published_protocol = validate(
+            EvalProtocol, raw.get("eval") or {}, source=str(config_path), prefix="eval."
+        )
         return model.eval()
 
     def default_protocol(self) -> EvalProtocol | None:
@@ -843,8 +926,12 @@ class Latte(LatentBackend):
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
         steps = options.get("steps") or self.cfg.steps
-        return {"sampler": options.get("sampler") or self.cfg.sampler, "steps": steps,
-                "timestep_spacing": self.cfg.timestep_spacing,
-                "variance": "learned_range" if self.cfg.learn_sigma else self.cfg.variance_type,
-                "window_frames": self.cfg.num_frames, "conditioning": "replacement (context noised to each step)",
-                "guidance_scale": options.get("guidance_scale") or self.cfg.guidance_scale}
+        return {
+            "sampler": options.get("sampler") or self.cfg.sampler,
+            "steps": steps,
+            "timestep_spacing": self.cfg.timestep_spacing,
+            "variance": "learned_range" if self.cfg.learn_sigma else self.cfg.variance_type,
+            "window_frames": self.cfg.num_frames,
+            "conditioning": "replacement (context noised to each step)",
+            "guidance_scale": options.get("guidance_scale") or self.cfg.guidance_scale,
+        }

@@ -29,17 +29,52 @@ SCALE = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
 
 # torchvision `features` layouts: ("conv", in, out, kernel, stride, padding) | ("relu",) | ("pool", kernel, stride).
-_VGG16 = [("conv", 3, 64, 3, 1, 1), ("relu",), ("conv", 64, 64, 3, 1, 1), ("relu",), ("pool", 2, 2),
-          ("conv", 64, 128, 3, 1, 1), ("relu",), ("conv", 128, 128, 3, 1, 1), ("relu",), ("pool", 2, 2),
-          ("conv", 128, 256, 3, 1, 1), ("relu",), ("conv", 256, 256, 3, 1, 1), ("relu",),
-          ("conv", 256, 256, 3, 1, 1), ("relu",), ("pool", 2, 2),
-          ("conv", 256, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-          ("conv", 512, 512, 3, 1, 1), ("relu",), ("pool", 2, 2),
-          ("conv", 512, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-          ("conv", 512, 512, 3, 1, 1), ("relu",)]
-_ALEXNET = [("conv", 3, 64, 11, 4, 2), ("relu",), ("pool", 3, 2), ("conv", 64, 192, 5, 1, 2), ("relu",),
-            ("pool", 3, 2), ("conv", 192, 384, 3, 1, 1), ("relu",), ("conv", 384, 256, 3, 1, 1), ("relu",),
-            ("conv", 256, 256, 3, 1, 1), ("relu",)]
+_VGG16 = [
+    ("conv", 3, 64, 3, 1, 1),
+    ("relu",),
+    ("conv", 64, 64, 3, 1, 1),
+    ("relu",),
+    ("pool", 2, 2),
+    ("conv", 64, 128, 3, 1, 1),
+    ("relu",),
+    ("conv", 128, 128, 3, 1, 1),
+    ("relu",),
+    ("pool", 2, 2),
+    ("conv", 128, 256, 3, 1, 1),
+    ("relu",),
+    ("conv", 256, 256, 3, 1, 1),
+    ("relu",),
+    ("conv", 256, 256, 3, 1, 1),
+    ("relu",),
+    ("pool", 2, 2),
+    ("conv", 256, 512, 3, 1, 1),
+    ("relu",),
+    ("conv", 512, 512, 3, 1, 1),
+    ("relu",),
+    ("conv", 512, 512, 3, 1, 1),
+    ("relu",),
+    ("pool", 2, 2),
+    ("conv", 512, 512, 3, 1, 1),
+    ("relu",),
+    ("conv", 512, 512, 3, 1, 1),
+    ("relu",),
+    ("conv", 512, 512, 3, 1, 1),
+    ("relu",),
+]
+_ALEXNET = [
+    ("conv", 3, 64, 11, 4, 2),
+    ("relu",),
+    ("pool", 3, 2),
+    ("conv", 64, 192, 5, 1, 2),
+    ("relu",),
+    ("pool", 3, 2),
+    ("conv", 192, 384, 3, 1, 1),
+    ("relu",),
+    ("conv", 384, 256, 3, 1, 1),
+    ("relu",),
+    ("conv", 256, 256, 3, 1, 1),
+    ("relu",),
+]
 
 
 @dataclass(frozen=True)
@@ -53,8 +88,12 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vgg": BackboneSpec(_VGG16, (3, 8, 15, 22, 29), (64, 128, 256, 512, 512), "vgg16-397923af.pth", "VPT_LPIPS_VGG", 16),
-    "alex": BackboneSpec(_ALEXNET, (1, 4, 7, 9, 11), (64, 192, 384, 256, 256), "alexnet-owt-7be5be79.pth", "VPT_LPIPS_ALEX", 31),
+    "vgg": BackboneSpec(
+        _VGG16, (3, 8, 15, 22, 29), (64, 128, 256, 512, 512), "vgg16-397923af.pth", "VPT_LPIPS_VGG", 16
+    ),
+    "alex": BackboneSpec(
+        _ALEXNET, (1, 4, 7, 9, 11), (64, 192, 384, 256, 256), "alexnet-owt-7be5be79.pth", "VPT_LPIPS_ALEX", 31
+    ),
 }
 
 
@@ -99,8 +138,10 @@ class LPIPS(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if min(a.shape[-2:]) < BACKBONES[self.net].min_size:
-            raise VptError(f"LPIPS-{self.net} needs frames of at least {BACKBONES[self.net].min_size} px, got "
-                           f"{tuple(a.shape[-2:])}; resize them (MCVD scores LPIPS at 128x128) or drop LPIPS")
+            raise VptError(
+                f"LPIPS-{self.net} needs frames of at least {BACKBONES[self.net].min_size} px, got "
+                f"{tuple(a.shape[-2:])}; resize them (MCVD scores LPIPS at 128x128) or drop LPIPS"
+            )
         distance = 0.0
         for feat_a, feat_b, lin in zip(self.activations(a), self.activations(b), self.lins):
             unit_a = feat_a / (feat_a.square().sum(dim=1, keepdim=True).sqrt() + NORM_EPS)
@@ -124,19 +165,28 @@ def find_backbone(net: Net = "vgg", path: str | os.PathLike | None = None) -> Pa
     chosen = path or os.environ.get(spec.env)
     if chosen:
         return Path(chosen).expanduser()
-    torch_home = Path(os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "torch")
+    torch_home = Path(
+        os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "torch"
+    )
     cached = torch_home.expanduser() / "hub" / "checkpoints" / spec.torchvision_file
     return cached if cached.is_file() else None
 
 
 def missing_weights_message(net: Net = "vgg") -> str:
     spec = BACKBONES[net]
-    return (f"LPIPS needs the ImageNet {'VGG-16' if net == 'vgg' else 'AlexNet'} weights: put torchvision's "
-            f"{spec.torchvision_file} somewhere and pass --lpips-weights PATH or set {spec.env}")
+    return (
+        f"LPIPS needs the ImageNet {'VGG-16' if net == 'vgg' else 'AlexNet'} weights: put torchvision's "
+        f"{spec.torchvision_file} somewhere and pass --lpips-weights PATH or set {spec.env}"
+    )
 
 
-def load_lpips(net: Net = "vgg", *, backbone_path: str | os.PathLike | None = None,
-               heads_path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LPIPS:
+def load_lpips(
+    net: Net = "vgg",
+    *,
+    backbone_path: str | os.PathLike | None = None,
+    heads_path: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+) -> LPIPS:
     """Build a frozen LPIPS from local files; raises VptError naming the missing file otherwise."""
     if net not in BACKBONES:
         raise VptError(f"unknown LPIPS backbone '{net}'; choose vgg or alex")
@@ -146,8 +196,10 @@ def load_lpips(net: Net = "vgg", *, backbone_path: str | os.PathLike | None = No
         raise VptError(missing_weights_message(net) + where)
     heads = Path(heads_path) if heads_path else lpips_heads_path(net)
     if heads is None or not heads.is_file():
-        raise VptError("LPIPS linear heads not found: `pip install --no-deps lpips` ships them (weights/v0.1/"
-                       f"{net}.pth), or pass heads_path")
+        raise VptError(
+            "LPIPS linear heads not found: `pip install --no-deps lpips` ships them (weights/v0.1/"
+            f"{net}.pth), or pass heads_path"
+        )
     model = LPIPS(net)
     state = read_state_dict(backbone)
     features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
@@ -163,4 +215,3 @@ def load_lpips(net: Net = "vgg", *, backbone_path: str | os.PathLike | None = No
     except (KeyError, RuntimeError) as exc:
         raise VptError(f"{heads}: not LPIPS {net} linear heads ({exc})") from None
     return model.to(device)
-

@@ -110,8 +110,10 @@ class NeuralSDEConfig:
         if len(self.logit_range) != 2 or self.logit_range[0] >= self.logit_range[1]:
             raise ValueError(f"model.logit_range must be [low, high] with low < high, got {self.logit_range}")
         if self.stage == "g" and not self.f_run:
-            raise ValueError("stage g fits the residual of a frozen drift: train stage f first "
-                             "(vpt train neuralsde --config <data>_f.yaml --run RUN) and set model.f_run=RUN")
+            raise ValueError(
+                "stage g fits the residual of a frozen drift: train stage f first "
+                "(vpt train neuralsde --config <data>_f.yaml --run RUN) and set model.f_run=RUN"
+            )
         if self.stage != "g" and (self.f_run or self.d_run):
             raise ValueError(f"model.f_run/model.d_run are read by stage g only; this run trains stage {self.stage}")
         if self.steps < 1:
@@ -129,8 +131,17 @@ class StateRegressor(VectorFieldRegressor):
     upstream's layout, frozen because it is never used (DDP would wait for its gradients)."""
 
     def __init__(self, cfg: NeuralSDEConfig, *, whole_window: bool):
-        super().__init__(cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm,
-                         cfg.dropout, input_grids=cfg.window, output_grids=cfg.window if whole_window else 1)
+        super().__init__(
+            cfg.latent_channels,
+            cfg.inner_dim,
+            cfg.depth,
+            cfg.mid_depth,
+            cfg.heads,
+            cfg.out_norm,
+            cfg.dropout,
+            input_grids=cfg.window,
+            output_grids=cfg.window if whole_window else 1,
+        )
         self.distance_embed.requires_grad_(False)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:  # (B, W c, h, w)
@@ -161,8 +172,16 @@ class WindowSDE:
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, known_steps: torch.Tensor, *, drift: nn.Module | None, denoiser: nn.Module | None,
-                 diffusion: nn.Module | None, denoiser_weight: float, logit_range: list[float]):
+    def __init__(
+        self,
+        known_steps: torch.Tensor,
+        *,
+        drift: nn.Module | None,
+        denoiser: nn.Module | None,
+        diffusion: nn.Module | None,
+        denoiser_weight: float,
+        logit_range: list[float],
+    ):
         self.known_steps = rearrange(known_steps, "b n c h w -> b (n c) h w")
         self.channels = known_steps.shape[2]
         self.grid = known_steps.shape[-2:]
@@ -179,7 +198,7 @@ class WindowSDE:
         """Drift: known steps for the older slots, f(X) for the newest (zero without f), plus α d(X)."""
         self.evaluations += 1
         state = self._state(flat)
-        newest = self.drift_net(state) if self.drift_net is not None else torch.zeros_like(state[:, -self.channels:])
+        newest = self.drift_net(state) if self.drift_net is not None else torch.zeros_like(state[:, -self.channels :])
         velocity = torch.cat([self.known_steps.to(state.dtype), newest.to(state.dtype)], dim=1)
         if self.denoiser is not None:
             velocity = velocity + self.denoiser(state).to(state.dtype) * self.denoiser_weight
@@ -191,7 +210,7 @@ class WindowSDE:
         state = self._state(flat)
         sigma = torch.zeros_like(state)
         if self.diffusion_net is not None:
-            sigma[:, -self.channels:] = torch.exp(log_std(self.diffusion_net(state), self.logit_range))
+            sigma[:, -self.channels :] = torch.exp(log_std(self.diffusion_net(state), self.logit_range))
         return sigma.flatten(1)
 
     @property
@@ -199,8 +218,9 @@ class WindowSDE:
         return self.diffusion_net is not None
 
 
-def euler_maruyama(sde: WindowSDE, y0: torch.Tensor, steps: int, upsample: int,
-                   generator: torch.Generator | None) -> torch.Tensor:
+def euler_maruyama(
+    sde: WindowSDE, y0: torch.Tensor, steps: int, upsample: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """Fixed steps of length 1/steps over [0, 1]: y += F(y) h + G(y) ⊙ √h ε with ε from `generator`.
 
     Returns the states at t = m/upsample, m = 1..upsample, (upsample, B, D); a time between two grid
@@ -227,18 +247,29 @@ def euler_maruyama(sde: WindowSDE, y0: torch.Tensor, steps: int, upsample: int,
     return torch.stack(states)
 
 
-def adaptive_solve(sde: WindowSDE, y0: torch.Tensor, upsample: int, *, entropy: int, atol: float, rtol: float,
-                   initial_dt: float, dt_min: float) -> torch.Tensor:
+def adaptive_solve(
+    sde: WindowSDE,
+    y0: torch.Tensor,
+    upsample: int,
+    *,
+    entropy: int,
+    atol: float,
+    rtol: float,
+    initial_dt: float,
+    dt_min: float,
+) -> torch.Tensor:
     """Upstream's solver: torchsde's adaptive step doubling ("milstein", Euler–Maruyama here) over [0, 1]
     on the Brownian path of `entropy`. Returns the states at t = m/upsample, (upsample, B, D); between
     accepted solver points torchsde interpolates linearly. The error is pooled over the whole batch, so
     the steps (and a sample's path) depend on the other samples; fixed-step Euler–Maruyama does not."""
     torchsde = _import_torchsde()
     ts = torch.linspace(0, 1, upsample + 1, dtype=y0.dtype, device=y0.device)
-    brownian = torchsde.BrownianInterval(t0=ts[0], t1=ts[-1], size=tuple(y0.shape), dtype=y0.dtype,
-                                         device=y0.device, entropy=entropy)
-    ys = torchsde.sdeint(sde, y0, ts, bm=brownian, method="milstein", dt=initial_dt, adaptive=True,
-                         rtol=rtol, atol=atol, dt_min=dt_min)  # (upsample + 1, B, D)
+    brownian = torchsde.BrownianInterval(
+        t0=ts[0], t1=ts[-1], size=tuple(y0.shape), dtype=y0.dtype, device=y0.device, entropy=entropy
+    )
+    ys = torchsde.sdeint(
+        sde, y0, ts, bm=brownian, method="milstein", dt=initial_dt, adaptive=True, rtol=rtol, atol=atol, dt_min=dt_min
+    )  # (upsample + 1, B, D)
     return ys[1:]
 
 
@@ -246,8 +277,9 @@ def _import_torchsde():
     try:
         import torchsde
     except ImportError:
-        raise UsageError("the adaptive NeuralSDE sampler needs torchsde: pip install torchsde "
-                         "(or use sampler=euler)") from None
+        raise UsageError(
+            "the adaptive NeuralSDE sampler needs torchsde: pip install torchsde (or use sampler=euler)"
+        ) from None
     return torchsde
 
 
@@ -277,8 +309,13 @@ class NeuralSDE(LatentBackend):
     name = "neuralsde"
     Config = NeuralSDEConfig
 
-    def __init__(self, cfg: NeuralSDEConfig, autoencoder: nn.Module | None = None, *,
-                 frozen_weights: dict[str, dict[str, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        cfg: NeuralSDEConfig,
+        autoencoder: nn.Module | None = None,
+        *,
+        frozen_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.net = StateRegressor(cfg, whole_window=cfg.stage == "d")
@@ -321,7 +358,9 @@ class NeuralSDE(LatentBackend):
 
     def _require_frozen(self) -> None:
         if self.drift is not None and not bool(self.frozen_loaded):
-            raise UsageError(self._frozen_problem or "stage g has no trained drift; set model.f_run to a finished f run")
+            raise UsageError(
+                self._frozen_problem or "stage g has no trained drift; set model.f_run to a finished f run"
+            )
 
     # --- training -----------------------------------------------------------------------------------
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -336,7 +375,7 @@ class NeuralSDE(LatentBackend):
         if cfg.stage == "d":
             mse = F.mse_loss(self.net(noisy).float(), -noise)
             return {"loss": mse, "mse": mse}
-        velocity = (end - (1 - cfg.sigma_min) * start)[:, -cfg.latent_channels:]  # (B, c, h, w): z_k - z_{k-1}
+        velocity = (end - (1 - cfg.sigma_min) * start)[:, -cfg.latent_channels :]  # (B, c, h, w): z_k - z_{k-1}
         if cfg.stage == "f":
             return drift_objective(self.net(noisy).float(), velocity, cfg.drift_loss, cfg.nll_delta)
         with torch.no_grad():
@@ -349,8 +388,10 @@ class NeuralSDE(LatentBackend):
         clip, is_latent = clip_from_batch(batch)  # (B, T, C, H, W)
         batch_size, num_frames = clip.shape[:2]
         if num_frames <= cfg.window:
-            raise ConfigError(f"NeuralSDE trains on clips of more than model.window={cfg.window} frames, "
-                              f"got {num_frames} (data.frames)")
+            raise ConfigError(
+                f"NeuralSDE trains on clips of more than model.window={cfg.window} frames, "
+                f"got {num_frames} (data.frames)"
+            )
         target = torch.randint(cfg.window, num_frames, (batch_size,))
         frames = target[:, None] - cfg.window + torch.arange(cfg.window + 1)  # (B, W + 1): k-W .. k
         picked = clip[torch.arange(batch_size)[:, None], frames.to(clip.device)]
@@ -391,8 +432,16 @@ class NeuralSDE(LatentBackend):
         its accepted points, as upstream.
         """
         self.check_request(prompt, num_frames)
-        latents = self.rollout(self.encode(context), num_frames, steps=steps, generator=generator, sampler=sampler,
-                               denoiser_weight=denoiser_weight, diffusion=diffusion, upsample=upsample)
+        latents = self.rollout(
+            self.encode(context),
+            num_frames,
+            steps=steps,
+            generator=generator,
+            sampler=sampler,
+            denoiser_weight=denoiser_weight,
+            diffusion=diffusion,
+            upsample=upsample,
+        )
         return self.decode(latents)
 
     @torch.no_grad()
@@ -435,10 +484,15 @@ class NeuralSDE(LatentBackend):
         newest = slice(-context_latents[0, 0].numel(), None)  # the newest slot of a flattened state
         outputs, evaluations = [], 0
         for frame in range(num_frames):
-            window = torch.stack(history[-cfg.window:], dim=1)  # (B, W, c, h, w)
-            sde = WindowSDE(window[:, 1:] - window[:, :-1], drift=drift, denoiser=denoiser,
-                            diffusion=diffusion_net if use_diffusion else None, denoiser_weight=alpha,
-                            logit_range=cfg.logit_range)
+            window = torch.stack(history[-cfg.window :], dim=1)  # (B, W, c, h, w)
+            sde = WindowSDE(
+                window[:, 1:] - window[:, :-1],
+                drift=drift,
+                denoiser=denoiser,
+                diffusion=diffusion_net if use_diffusion else None,
+                denoiser_weight=alpha,
+                logit_range=cfg.logit_range,
+            )
             y0 = window.flatten(1)  # (B, W c h w), frame-major as the state's channel blocks
             if drift is None:  # denoiser only: start from a noised window, as the d stage trains
                 y0 = y0 + cfg.noise_std * standard_normal(y0, generator)
@@ -446,14 +500,26 @@ class NeuralSDE(LatentBackend):
                 states = euler_maruyama(sde, y0, steps, upsample, generator)
             else:
                 entropy = entropies[frame] if entropies is not None else draw_entropy(generator)
-                states = adaptive_solve(sde, y0, upsample, entropy=entropy, atol=cfg.atol, rtol=cfg.rtol,
-                                        initial_dt=cfg.initial_dt, dt_min=cfg.dt_min)
+                states = adaptive_solve(
+                    sde,
+                    y0,
+                    upsample,
+                    entropy=entropy,
+                    atol=cfg.atol,
+                    rtol=cfg.rtol,
+                    initial_dt=cfg.initial_dt,
+                    dt_min=cfg.dt_min,
+                )
             frames = states[:, :, newest].reshape(upsample, batch_size, *window.shape[2:])  # (U, B, c, h, w)
             outputs.extend(frames.unbind(dim=0))
             history.append(frames[-1])
             evaluations += sde.evaluations
-        self.sampling_stats = {"sampler": sampler, "steps": steps if sampler == "euler" else None,
-                               "upsample": upsample, "drift_evaluations_per_frame": evaluations / num_frames}
+        self.sampling_stats = {
+            "sampler": sampler,
+            "steps": steps if sampler == "euler" else None,
+            "upsample": upsample,
+            "drift_evaluations_per_frame": evaluations / num_frames,
+        }
         return torch.stack(outputs, dim=1)
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
@@ -486,8 +552,9 @@ class NeuralSDE(LatentBackend):
         return out_channels == in_channels or (in_channels % out_channels == 0 and in_channels // out_channels >= 4)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None,
-                        **overrides: Any) -> NeuralSDE:
+    def from_checkpoint(
+        cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None, **overrides: Any
+    ) -> NeuralSDE:
         """Build from an upstream `.pth` of an f, d or g run; the AE comes from `autoencoder` or the
         `ae.*` weights the same file carries."""
         if preset is not None:
@@ -496,14 +563,21 @@ class NeuralSDE(LatentBackend):
         parts = convert_upstream_state(state)
         if not parts["net"]:
             raise UsageError(f"{path} holds no vector_field_regressor.* weights; not an upstream NeuralSDE checkpoint")
-        ae = build_autoencoder(str(autoencoder)) if autoencoder is not None else frozen_autoencoder_from_upstream_state(state, path)
+        ae = (
+            build_autoencoder(str(autoencoder))
+            if autoencoder is not None
+            else frozen_autoencoder_from_upstream_state(state, path)
+        )
         # what the shapes leave open (heads; a lone denoiser's W and c) comes from overrides, a config.json
         # beside the weights, the autoencoder's latent channels, or upstream's fixed 8 heads
         beside, source = settings_beside(path)
         given = {**beside, **overrides}
         hints = {key: given[key] for key in ("latent_channels", "window", "heads") if key in given}
         net = parts["net"]
-        if net["head.conv.weight"].shape[0] == net["token_proj.weight"].shape[1] and not {"latent_channels", "window"} & hints.keys():
+        if (
+            net["head.conv.weight"].shape[0] == net["token_proj.weight"].shape[1]
+            and not {"latent_channels", "window"} & hints.keys()
+        ):
             channels = _latent_channels_of(ae)  # a lone denoiser: its c is the autoencoder's
             if channels is not None:
                 hints["latent_channels"] = channels
@@ -512,7 +586,9 @@ class NeuralSDE(LatentBackend):
             fields.update(stage="g", f_run=str(path), d_run=str(path) if parts["denoiser"] else None)
         for key, value in beside.items():
             if key in fields and value != fields[key]:
-                raise ConfigError(f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}")
+                raise ConfigError(
+                    f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}"
+                )
         from vpt.config import validate
 
         cfg = validate(NeuralSDEConfig, {**beside, **fields, **overrides}, source=source or str(path), prefix="model.")
@@ -521,7 +597,9 @@ class NeuralSDE(LatentBackend):
         return model.eval()
 
 
-def drift_objective(predicted: torch.Tensor, velocity: torch.Tensor, kind: str, delta: float) -> dict[str, torch.Tensor]:
+def drift_objective(
+    predicted: torch.Tensor, velocity: torch.Tensor, kind: str, delta: float
+) -> dict[str, torch.Tensor]:
     """Stage f. "nll": mean(ln((u - f)^2 + δ) - ln δ), the Gaussian likelihood with its variance
     profiled out, zero at a perfect fit; "mse": plain MSE."""
     squared = (velocity - predicted) ** 2
@@ -580,8 +658,11 @@ def _copy_stage_weights(run_dir: Path, stage: str, target: nn.Module) -> str | N
 # --- converter for upstream checkpoints ----------------------------------------------------------------
 
 #: Where the networks of an upstream Model state dict live (after a `module.` prefix is removed).
-_UPSTREAM_PARTS = {"net": "vector_field_regressor.", "drift": "f.vector_field_regressor.",
-                   "denoiser": "d.vector_field_regressor."}
+_UPSTREAM_PARTS = {
+    "net": "vector_field_regressor.",
+    "drift": "f.vector_field_regressor.",
+    "denoiser": "d.vector_field_regressor.",
+}
 
 
 def convert_upstream_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -589,13 +670,18 @@ def convert_upstream_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str
     trained network ("net") and, for a g run, the frozen "drift" and "denoiser" (empty when absent)."""
     state = strip_module_prefix(state)
     return {
-        part: convert_upstream_regressor({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        part: convert_upstream_regressor({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         for part, prefix in _UPSTREAM_PARTS.items()
     }
 
 
-def config_from_state(state: dict[str, torch.Tensor], *, latent_channels: int | None = None,
-                      window: int | None = None, heads: int | None = None) -> dict[str, Any]:
+def config_from_state(
+    state: dict[str, torch.Tensor],
+    *,
+    latent_channels: int | None = None,
+    window: int | None = None,
+    heads: int | None = None,
+) -> dict[str, Any]:
     """Architecture fields of NeuralSDEConfig, and the stage (f or d), read off converted network weights.
 
     f and g emit one latent (c channels) from W c inputs, so both are in the shapes. The denoiser emits
@@ -610,26 +696,39 @@ def config_from_state(state: dict[str, torch.Tensor], *, latent_channels: int | 
     where = "(model.{} in a config.json beside the weights)"
     if is_denoiser:
         if latent_channels is None and window is None:
-            raise ConfigError(f"a NeuralSDE denoiser of {window_channels} channels (window x latent channels) does not say "
-                              f"its window: pass --ae with its autoencoder, or set {where.format('window')}")
+            raise ConfigError(
+                f"a NeuralSDE denoiser of {window_channels} channels (window x latent channels) does not say "
+                f"its window: pass --ae with its autoencoder, or set {where.format('window')}"
+            )
         channels = latent_channels if latent_channels is not None else window_channels // window
     else:
         channels = out_channels
         if latent_channels is not None and latent_channels != channels:
-            raise ConfigError(f"model.latent_channels is {latent_channels}, but the network emits {channels}-channel latents")
+            raise ConfigError(
+                f"model.latent_channels is {latent_channels}, but the network emits {channels}-channel latents"
+            )
     if channels < 1 or window_channels % channels:
-        raise ConfigError(f"the network reads {window_channels} channels, not a whole window of {channels}-channel "
-                          f"latents; check model.latent_channels and model.window (or the autoencoder)")
+        raise ConfigError(
+            f"the network reads {window_channels} channels, not a whole window of {channels}-channel "
+            f"latents; check model.latent_channels and model.window (or the autoencoder)"
+        )
     if window is not None and window != window_channels // channels:
-        raise ConfigError(f"model.window is {window}, but the network reads a window of {window_channels // channels} "
-                          f"latents of {channels} channels")
+        raise ConfigError(
+            f"model.window is {window}, but the network reads a window of {window_channels // channels} "
+            f"latents of {channels} channels"
+        )
     heads = 8 if heads is None else heads
     if heads < 1 or inner_dim % heads:
         raise ConfigError(f"model.heads ({heads}) must divide the network width {inner_dim}")
     count = lambda prefix: len({k.split(".")[1] for k in state if k.startswith(prefix)})  # noqa: E731
     return {
-        "stage": "d" if is_denoiser else "f", "latent_channels": channels, "window": window_channels // channels,
-        "inner_dim": inner_dim, "depth": count("in_blocks."), "mid_depth": count("mid_blocks."), "heads": heads,
+        "stage": "d" if is_denoiser else "f",
+        "latent_channels": channels,
+        "window": window_channels // channels,
+        "inner_dim": inner_dim,
+        "depth": count("in_blocks."),
+        "mid_depth": count("mid_blocks."),
+        "heads": heads,
         "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
     }
 
@@ -647,4 +746,3 @@ def _latent_channels_of(autoencoder: nn.Module | None) -> int | None:
             return int(autoencoder.encode(torch.zeros(1, 1, 3, 64, 64)).shape[-3])
     except Exception:
         return None
-

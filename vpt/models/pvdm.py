@@ -127,8 +127,9 @@ class TriplaneUNet(nn.Module):
         if cfg.cond_model:  # the condition of a clip without a predecessor (and of `forward(x, None, t)`)
             self.register_buffer("zeros", torch.zeros(1, channels, cfg.latent_length))
         emb_channels = 4 * cfg.model_channels
-        self.time_embed = nn.Sequential(nn.Linear(cfg.model_channels, emb_channels), nn.SiLU(),
-                                        nn.Linear(emb_channels, emb_channels))
+        self.time_embed = nn.Sequential(
+            nn.Linear(cfg.model_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
+        )
 
         def res_block(ch_in: int, ch_out: int, resample=None) -> ResBlock:
             return ResBlock(ch_in, emb_channels, ch_out, cfg.dropout, resample)
@@ -225,7 +226,8 @@ class PVDM(DiffusionTables, LatentBackend):
                 f"the autoencoder gives latents of {channels} x {length} but the model expects "
                 f"{self.cfg.latent_channels} x {self.cfg.latent_length} (model.latent_channels, and planes of "
                 f"model.latent_size={self.cfg.latent_size}, latent_frames={self.cfg.latent_frames}); set them to "
-                f"the autoencoder's")
+                f"the autoencoder's"
+            )
 
     @property
     def clip_frames(self) -> int:
@@ -235,13 +237,17 @@ class PVDM(DiffusionTables, LatentBackend):
     # --- training -------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε for (B, c, L) latents and (B,) steps."""
-        return self.sqrt_alphas_cumprod[t][:, None, None] * x0 + self.sqrt_one_minus_alphas_cumprod[t][:, None, None] * noise
+        return (
+            self.sqrt_alphas_cumprod[t][:, None, None] * x0
+            + self.sqrt_one_minus_alphas_cumprod[t][:, None, None] * noise
+        )
 
-    def diffusion_loss(self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
-                       noise: torch.Tensor) -> torch.Tensor:
+    def diffusion_loss(
+        self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Mean over (c, L) of the ε error per clip (squared, or absolute with loss_type l1), then over the batch."""
         error = self.unet(self.q_sample(x0, t, noise), cond, t).float() - noise
-        per_clip = (error.abs() if self.cfg.loss_type == "l1" else error ** 2).mean(dim=(1, 2))
+        per_clip = (error.abs() if self.cfg.loss_type == "l1" else error**2).mean(dim=(1, 2))
         return per_clip.mean()
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -260,10 +266,12 @@ class PVDM(DiffusionTables, LatentBackend):
         if positions < needed:
             unit = "latent clips" if is_latent else "frames"
             what = "a condition clip and its successor" if self.cfg.cond_model else "one clip"
-            raise ConfigError(f"pvdm trains on clips of {needed} {unit} ({what}) or more, got {positions} (data.frames)")
+            raise ConfigError(
+                f"pvdm trains on clips of {needed} {unit} ({what}) or more, got {positions} (data.frames)"
+            )
 
         def latent_at(start: int) -> torch.Tensor:  # (B, c, L) latent of the clip at `start`
-            piece = clip[:, start:start + span]
+            piece = clip[:, start : start + span]
             latents = piece if is_latent else self.encode(piece)
             self._check_latents(latents)
             return latents[:, 0].float()
@@ -319,16 +327,25 @@ class PVDM(DiffusionTables, LatentBackend):
         if context.shape[1] == 0:
             return None
         if context.shape[1] < k:
-            self.warn_once(f"pvdm: a context of {context.shape[1]} frames is padded in front with black frames to one "
-                           f"{k}-frame clip, as upstream pads short videos; the model saw such clips only rarely")
+            self.warn_once(
+                f"pvdm: a context of {context.shape[1]} frames is padded in front with black frames to one "
+                f"{k}-frame clip, as upstream pads short videos; the model saw such clips only rarely"
+            )
             pad = context.new_full((context.shape[0], k - context.shape[1], *context.shape[2:]), -1.0)
             context = torch.cat([pad, context], dim=1)
         return self.encode(context[:, -k:])[:, 0].float()
 
     @torch.no_grad()
-    def sample_latents(self, batch_size: int, cond: torch.Tensor | None, *, steps: int | None = None,
-                       generator: torch.Generator | None = None, eta: float | None = None,
-                       w: float | None = None) -> torch.Tensor:
+    def sample_latents(
+        self,
+        batch_size: int,
+        cond: torch.Tensor | None,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        eta: float | None = None,
+        w: float | None = None,
+    ) -> torch.Tensor:
         """One (B, c, L) latent clip by DDIM, conditioned on `cond` (None: the zero condition)."""
         steps = self.cfg.steps if steps is None else steps
         if not 1 <= steps <= self.cfg.num_timesteps:
@@ -357,10 +374,13 @@ class PVDM(DiffusionTables, LatentBackend):
         return ddim_sample(eps, draw(), pairs, self.schedule(), eta, draw)
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
-        return {"sampler": "ddim (upstream's truncated grid)", "steps": options.get("steps") or self.cfg.steps,
-                "eta": self.cfg.eta if options.get("eta") is None else options["eta"],
-                "w": self.cfg.w if options.get("w") is None else options["w"],
-                "conditioning": "previous clip's latent" if self.cfg.cond_model else "none (unconditional)"}
+        return {
+            "sampler": "ddim (upstream's truncated grid)",
+            "steps": options.get("steps") or self.cfg.steps,
+            "eta": self.cfg.eta if options.get("eta") is None else options["eta"],
+            "w": self.cfg.w if options.get("w") is None else options["w"],
+            "conditioning": "previous clip's latent" if self.cfg.cond_model else "none (unconditional)",
+        }
 
     # --- published checkpoints -----------------------------------------------------------------------
     @classmethod
@@ -400,19 +420,35 @@ class PVDM(DiffusionTables, LatentBackend):
         beside, source = settings_beside(path)
         for key, value in beside.items():
             if key in fields and value != fields[key]:
-                raise ConfigError(f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}")
+                raise ConfigError(
+                    f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}"
+                )
         released = PVDMConfig()  # the released UNet's widths
         widths = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")
         if "num_heads" not in beside and any(fields[key] != getattr(released, key) for key in widths):
-            raise ConfigError(f"{path.name} is not the released UNet size, and its weights do not say its attention heads: "
-                              f"set model.num_heads in a config.json beside it")
+            raise ConfigError(
+                f"{path.name} is not the released UNet size, and its weights do not say its attention heads: "
+                f"set model.num_heads in a config.json beside it"
+            )
         from vpt.config import validate
 
-        cfg = validate(PVDMConfig, {**PUBLISHED[release]["model"], **beside, **fields, "latent_size": planes["xy"][0],
-                                    "latent_frames": planes["yt"][0]}, source=source or str(path), prefix="model.")
+        cfg = validate(
+            PVDMConfig,
+            {
+                **PUBLISHED[release]["model"],
+                **beside,
+                **fields,
+                "latent_size": planes["xy"][0],
+                "latent_frames": planes["yt"][0],
+            },
+            source=source or str(path),
+            prefix="model.",
+        )
         if "zeros" in state and state["zeros"].shape[-1] != cfg.latent_length:
-            raise UsageError(f"{path.name} was trained on latents of {state['zeros'].shape[-1]} tokens, but --ae "
-                             f"{autoencoder} gives {cfg.latent_length}")
+            raise UsageError(
+                f"{path.name} was trained on latents of {state['zeros'].shape[-1]} tokens, but --ae "
+                f"{autoencoder} gives {cfg.latent_length}"
+            )
         model = cls(cfg, autoencoder=ae)
         model.unet.load_state_dict(state)
         model.release = release
@@ -427,7 +463,9 @@ class PVDM(DiffusionTables, LatentBackend):
 #: The released models: the README's sampling ("400/400-s, eta=1") and the paper's 16-frame FVD
 #: protocol (StyleGAN-V's, 2048 clips), here scored on the clip predicted from 16 real frames, at the
 #: autoencoder's frame size (256 px for both releases).
-_PAPER_PROTOCOL = dict(context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, context_in_fvd=False)
+_PAPER_PROTOCOL = dict(
+    context_frames=16, predicted_frames=16, fvd_preset="stylegan-v", clips=2048, context_in_fvd=False
+)
 PUBLISHED: dict[str, dict[str, Any]] = {
     "ucf101": {"model": dict(steps=400, cond_prob=0.3, num_heads=8), "protocol": _PAPER_PROTOCOL},
     "sky": {"model": dict(steps=400, cond_prob=0.2, num_heads=8), "protocol": _PAPER_PROTOCOL},
@@ -443,8 +481,11 @@ def convert_upstream_unet(state: Any) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not any(str(k).startswith(("diffusion_model.", "module.")) for k in state):
         raise UsageError("not a PVDM diffusion checkpoint: expected a state dict with 'diffusion_model.' keys")
     state = strip_module_prefix(state)
-    return {key.removeprefix("diffusion_model."): value.float() for key, value in state.items()
-            if key.startswith("diffusion_model.")}
+    return {
+        key.removeprefix("diffusion_model."): value.float()
+        for key, value in state.items()
+        if key.startswith("diffusion_model.")
+    }
 
 
 def config_from_unet_state(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> dict[str, Any]:
@@ -459,11 +500,17 @@ def config_from_unet_state(state: dict[str, torch.Tensor], *, num_heads: int | N
     ups = {key.split(".")[1] for key in state if re.match(r"output_blocks\.\d+\.[12]\.in_layers\.", key)}
     levels = len(ups) + 1
     per_level = outputs // levels  # num_res_blocks + 1
-    channel_mult = [state[f"output_blocks.{(levels - 1 - level) * per_level}.0.out_layers.3.weight"].shape[0] // model_channels
-                    for level in range(levels)]
-    attention = [2 ** level for level in range(levels)
-                 if f"input_blocks.{1 + level * per_level}.1.qkv.weight" in state]
-    return {"latent_channels": latent_channels, "model_channels": model_channels, "channel_mult": channel_mult,
-            "num_res_blocks": per_level - 1, "attention_resolutions": attention[::-1],
-            "cond_model": first_in == 2 * latent_channels, **({"num_heads": num_heads} if num_heads is not None else {})}
-
+    channel_mult = [
+        state[f"output_blocks.{(levels - 1 - level) * per_level}.0.out_layers.3.weight"].shape[0] // model_channels
+        for level in range(levels)
+    ]
+    attention = [2**level for level in range(levels) if f"input_blocks.{1 + level * per_level}.1.qkv.weight" in state]
+    return {
+        "latent_channels": latent_channels,
+        "model_channels": model_channels,
+        "channel_mult": channel_mult,
+        "num_res_blocks": per_level - 1,
+        "attention_resolutions": attention[::-1],
+        "cond_model": first_in == 2 * latent_channels,
+        **({"num_heads": num_heads} if num_heads is not None else {}),
+    }

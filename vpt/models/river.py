@@ -97,7 +97,13 @@ class River(LatentBackend):
         super().__init__()
         self.cfg = cfg
         self.regressor = VectorFieldRegressor(
-            cfg.latent_channels, cfg.inner_dim, cfg.depth, cfg.mid_depth, cfg.heads, cfg.out_norm, cfg.dropout,
+            cfg.latent_channels,
+            cfg.inner_dim,
+            cfg.depth,
+            cfg.mid_depth,
+            cfg.heads,
+            cfg.out_norm,
+            cfg.dropout,
         )
         self._attach_autoencoder(autoencoder)
 
@@ -156,8 +162,15 @@ class River(LatentBackend):
         self.check_request(prompt, num_frames)
         self._warn_outside_training(context.shape[1], num_frames, past_horizon)
         context_latents = self.encode(context)  # (B, n, c, h, w)
-        latents = self.rollout(context_latents, num_frames, steps=steps, generator=generator,
-                               warm_start=warm_start, sampler=sampler, past_horizon=past_horizon)
+        latents = self.rollout(
+            context_latents,
+            num_frames,
+            steps=steps,
+            generator=generator,
+            warm_start=warm_start,
+            sampler=sampler,
+            past_horizon=past_horizon,
+        )
         return self.decode(latents)
 
     def compile_sampler(self) -> None:
@@ -170,9 +183,11 @@ class River(LatentBackend):
         reach = horizon - 1 if horizon else max(num_context, 2) + num_frames - 2
         trained = self.trained_frames - 2 if self.trained_frames else None  # training: target k <= T-1, context >= 0
         if trained and reach > trained:
-            self.warn_once(f"river: frame distances up to {reach}, but training clips of {self.trained_frames} frames only "
-                 f"showed distances up to {trained}; the distance embedding extrapolates - pass "
-                 f"--option past_horizon={trained + 1} to keep the context within the trained range")
+            self.warn_once(
+                f"river: frame distances up to {reach}, but training clips of {self.trained_frames} frames only "
+                f"showed distances up to {trained}; the distance embedding extrapolates - pass "
+                f"--option past_horizon={trained + 1} to keep the context within the trained range"
+            )
 
     @torch.no_grad()
     def rollout(
@@ -266,8 +281,9 @@ class River(LatentBackend):
         return token_proj.shape[1] == 3 * head.shape[0]
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None,
-                        **overrides: Any) -> River:
+    def from_checkpoint(
+        cls, path: Path, *, autoencoder: str | Path | None = None, preset: str | None = None, **overrides: Any
+    ) -> River:
         """Build RIVER from a published `model.pth`; the AE comes from `autoencoder` (e.g. vqvae.ckpt)
         or, when omitted, from the `ae.*` weights the same file carries.
 
@@ -315,15 +331,21 @@ def _published_release(cfg: RiverConfig, autoencoder: Any, preset: str | None, p
         if preset not in PUBLISHED:
             raise UsageError(f"--release {preset}: unknown RIVER release; choose one of {', '.join(PUBLISHED)}")
         if preset not in candidates:
-            raise UsageError(f"--release {preset} does not fit {path} (its weights are those of {' or '.join(candidates)})")
+            raise UsageError(
+                f"--release {preset} does not fit {path} (its weights are those of {' or '.join(candidates)})"
+            )
         return preset
     release = candidates[0]
     protocol = PUBLISHED[release]["protocol"]
-    message = (f"{path.name}: RIVER {release} ({PUBLISHED[release]['frame_size']} px frames, "
-               f"{protocol['context_frames']} -> {protocol['predicted_frames']} frames)")
+    message = (
+        f"{path.name}: RIVER {release} ({PUBLISHED[release]['frame_size']} px frames, "
+        f"{protocol['context_frames']} -> {protocol['predicted_frames']} frames)"
+    )
     if len(candidates) > 1:
-        warn(f"{message} assumed: {' and '.join(candidates)} have the same weights' shapes; "
-             f"pass --release {candidates[1]} for the other")
+        warn(
+            f"{message} assumed: {' and '.join(candidates)} have the same weights' shapes; "
+            f"pass --release {candidates[1]} for the other"
+        )
     else:
         info(message)
     return release

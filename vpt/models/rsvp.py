@@ -84,9 +84,11 @@ class RSVPMConfig:
             raise ValueError(f"model.clip_frames must be >= 2 (given and predicted frames), got {self.clip_frames}")
         given = self.given_indices()
         if not given or given[0] < 0 or given[-1] >= self.clip_frames - 1 or len(set(given)) != len(given):
-            raise ValueError(f"model.given_frames ({self.given_frames}) must be a count in 1..{self.clip_frames - 1} or "
-                             f"distinct frame indices below {self.clip_frames - 1}, so that a frame after the last "
-                             f"given one is predicted")
+            raise ValueError(
+                f"model.given_frames ({self.given_frames}) must be a count in 1..{self.clip_frames - 1} or "
+                f"distinct frame indices below {self.clip_frames - 1}, so that a frame after the last "
+                f"given one is predicted"
+            )
 
     def given_indices(self) -> list[int]:
         """The given frame positions of a clip, ascending."""
@@ -112,8 +114,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         source = x if context is None else context
-        q, k, v = (rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
-                   for proj, inp in ((self.to_q, x), (self.to_k, source), (self.to_v, source)))
+        q, k, v = (
+            rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
+            for proj, inp in ((self.to_q, x), (self.to_k, source), (self.to_v, source))
+        )
         out = attention(q, k, v)  # (B, heads, N, d)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -168,7 +172,8 @@ class SpatialTemporalTransformer(nn.Module):
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)  # upstream's eps here (the ResBlocks keep 1e-5)
         self.proj_in = nn.Conv3d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            [TransformerBlock(channels, heads, dropout, context_dim) for _ in range(depth)])
+            [TransformerBlock(channels, heads, dropout, context_dim) for _ in range(depth)]
+        )
         self.proj_out = zero_init(nn.Conv3d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W), (B, M, D)
@@ -193,8 +198,9 @@ class MosoUNet(nn.Module):
         self.model_channels = cfg.model_channels
         channels, emb_channels = cfg.latent_channels, 4 * cfg.model_channels
         self.mask_embed = nn.Embedding(2, channels)
-        self.time_embed = nn.Sequential(nn.Linear(cfg.model_channels, emb_channels), nn.SiLU(),
-                                        nn.Linear(emb_channels, emb_channels))
+        self.time_embed = nn.Sequential(
+            nn.Linear(cfg.model_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
+        )
 
         def res_block(ch_in: int, ch_out: int, resample=None) -> ResBlock:
             return ResBlock(ch_in, emb_channels, ch_out, cfg.dropout, resample, dims=3)
@@ -274,8 +280,14 @@ class RSVPM(DiffusionTables, LatentBackend):
 
     def given_mask(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
         """(B, T, h, w) int64: 1 at the given frames."""
-        mask = torch.zeros(batch_size, self.cfg.clip_frames, self.cfg.latent_size, self.cfg.latent_size,
-                           dtype=torch.long, device=device)
+        mask = torch.zeros(
+            batch_size,
+            self.cfg.clip_frames,
+            self.cfg.latent_size,
+            self.cfg.latent_size,
+            dtype=torch.long,
+            device=device,
+        )
         mask[:, self.cfg.given_indices()] = 1
         return mask
 
@@ -298,9 +310,11 @@ class RSVPM(DiffusionTables, LatentBackend):
     def _check_motion(self, x: torch.Tensor) -> None:
         expected = (self.cfg.latent_channels, self.cfg.clip_frames, self.cfg.latent_size, self.cfg.latent_size)
         if tuple(x.shape[1:]) != expected:
-            raise ConfigError(f"the autoencoder gives motion embeddings of {tuple(x.shape[1:])} (D, T, h, w) but the "
-                              f"model expects {expected} (model.latent_channels, clip_frames, latent_size); set them "
-                              f"to the autoencoder's")
+            raise ConfigError(
+                f"the autoencoder gives motion embeddings of {tuple(x.shape[1:])} (D, T, h, w) but the "
+                f"model expects {expected} (model.latent_channels, clip_frames, latent_size); set them "
+                f"to the autoencoder's"
+            )
 
     @torch.no_grad()
     def decode_motion(self, x: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -319,16 +333,16 @@ class RSVPM(DiffusionTables, LatentBackend):
         return torch.cat(clips, dim=1)
 
     # --- training ---------------------------------------------------------------------------------------
-    def diffusion_loss(self, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       context: torch.Tensor) -> torch.Tensor:
+    def diffusion_loss(
+        self, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """The masked ε objective for x0 (B, D, T, h, w), mask (B, T, h, w), steps (B,), noise like x0.
 
         x_t is x0 noised everywhere and then clean again at the given positions; the prediction is
         replaced by the target there, so only the predicted positions carry error (and gradient)."""
         given = mask[:, None].bool()  # (B, 1, T, h, w)
         scale = [-1] + [1] * (x0.dim() - 1)
-        noisy = (self.sqrt_alphas_cumprod[t].view(scale) * x0
-                 + self.sqrt_one_minus_alphas_cumprod[t].view(scale) * noise)
+        noisy = self.sqrt_alphas_cumprod[t].view(scale) * x0 + self.sqrt_one_minus_alphas_cumprod[t].view(scale) * noise
         noisy = torch.where(given, x0, noisy)
         predicted = torch.where(given, noise, self.unet(noisy, mask, t, context).float())
         error = (predicted - noise).abs() if self.cfg.loss_type == "l1" else (predicted - noise) ** 2
@@ -353,20 +367,23 @@ class RSVPM(DiffusionTables, LatentBackend):
         clip, is_latent = clip_from_batch(batch)
         if is_latent:
             if self.cfg.train_tokens == "as_predicted":
-                raise ConfigError("model.train_tokens: as_predicted tokenises the given frames anew, which cached "
-                                  "token latents cannot do; train on frames with --ae")
+                raise ConfigError(
+                    "model.train_tokens: as_predicted tokenises the given frames anew, which cached "
+                    "token latents cannot do; train on frames with --ae"
+                )
             return self.embed_tokens(self._tokens_of_a_latent_clip(clip))
         frames = self.cfg.clip_frames
         if clip.shape[1] < frames:
-            raise ConfigError(f"rsvp trains on clips of {frames} frames (model.clip_frames), got {clip.shape[1]} "
-                              f"(data.frames)")
+            raise ConfigError(
+                f"rsvp trains on clips of {frames} frames (model.clip_frames), got {clip.shape[1]} (data.frames)"
+            )
         start = int(torch.randint(0, clip.shape[1] - frames + 1, ()))
-        clip = clip[:, start:start + frames]  # (B, T, 3, H, W)
+        clip = clip[:, start : start + frames]  # (B, T, 3, H, W)
         x0, context, _tokens = self.embed(clip)
         if self.cfg.train_tokens == "whole_clip":
             return x0, context
         given = self.cfg.given_indices()
-        x_seen, context_seen, _tokens = self.embed(self._clip_to_complete(list(clip[:, :given[-1] + 1].unbind(1))))
+        x_seen, context_seen, _tokens = self.embed(self._clip_to_complete(list(clip[:, : given[-1] + 1].unbind(1))))
         is_given = torch.zeros(frames, dtype=torch.bool, device=x0.device)
         is_given[given] = True
         return torch.where(is_given.view(1, 1, -1, 1, 1), x_seen, x0), context_seen
@@ -377,15 +394,25 @@ class RSVPM(DiffusionTables, LatentBackend):
         ae = self._require_autoencoder()
         latents = latents.flatten(2) if latents.dim() == 4 else latents  # (B, n, L)
         if latents.dim() != 3 or not hasattr(ae, "split_latent"):
-            raise ConfigError(f"rsvp reads cached latents of a MOSO autoencoder ((clips, L) token ids per video), got "
-                              f"latents of shape {tuple(latents.shape[1:])}; train on frames with --ae instead")
+            raise ConfigError(
+                f"rsvp reads cached latents of a MOSO autoencoder ((clips, L) token ids per video), got "
+                f"latents of shape {tuple(latents.shape[1:])}; train on frames with --ae instead"
+            )
         index = int(torch.randint(0, latents.shape[1], ()))
         return ae.split_latent(latents[:, index])
 
     # --- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def inpaint(self, x_given: torch.Tensor, mask: torch.Tensor, context: torch.Tensor, *, steps: int | None = None,
-                generator: torch.Generator | None = None, eta: float | None = None) -> torch.Tensor:
+    def inpaint(
+        self,
+        x_given: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        eta: float | None = None,
+    ) -> torch.Tensor:
         """DDIM over (B, D, T, h, w) motion embeddings whose given positions (mask 1) are `x_given`'s.
 
         As upstream, the start is pure noise everywhere and the given positions are written back after
@@ -406,8 +433,16 @@ class RSVPM(DiffusionTables, LatentBackend):
 
         self.unet.eval()
         pairs = ddim_time_pairs(self.cfg.num_timesteps, steps)
-        return ddim_sample(eps, draw(), pairs, self.schedule(), eta, draw, clip_denoised=self.cfg.clip_denoised,
-                           after_step=lambda x: torch.where(given, x_given, x))
+        return ddim_sample(
+            eps,
+            draw(),
+            pairs,
+            self.schedule(),
+            eta,
+            draw,
+            clip_denoised=self.cfg.clip_denoised,
+            after_step=lambda x: torch.where(given, x_given, x),
+        )
 
     @torch.no_grad()
     def predict(
@@ -427,19 +462,22 @@ class RSVPM(DiffusionTables, LatentBackend):
         (DDIM steps), `eta`."""
         self.check_request(prompt, num_frames)
         if context.shape[1] < self.context_frames:
-            raise UsageError(f"rsvp needs {self.context_frames} context frames (model.given_frames "
-                             f"{self.cfg.given_frames}), got {context.shape[1]}")
+            raise UsageError(
+                f"rsvp needs {self.context_frames} context frames (model.given_frames "
+                f"{self.cfg.given_frames}), got {context.shape[1]}"
+            )
         known = list(context.unbind(dim=1))
         last_given = self.cfg.given_indices()[-1]
         while len(known) < context.shape[1] + num_frames:
             clip = self._clip_to_complete(known)  # (B, T, 3, H, W)
             x, cross_context, tokens = self.embed(clip)
-            motion = self.inpaint(x, self.given_mask(len(x), x.device), cross_context, steps=steps,
-                                  generator=generator, eta=eta)
-            new = self.decode_motion(motion, tokens)[:, last_given + 1:]
+            motion = self.inpaint(
+                x, self.given_mask(len(x), x.device), cross_context, steps=steps, generator=generator, eta=eta
+            )
+            new = self.decode_motion(motion, tokens)[:, last_given + 1 :]
             known.extend(new.unbind(dim=1))
             self.frames_done(new.shape[0] * new.shape[1])
-        return torch.stack(known[context.shape[1]:context.shape[1] + num_frames], dim=1)
+        return torch.stack(known[context.shape[1] : context.shape[1] + num_frames], dim=1)
 
     def _clip_to_complete(self, known: list[torch.Tensor]) -> torch.Tensor:
         """A clip with the newest known frames at the given positions (the newest at the last given
@@ -452,8 +490,11 @@ class RSVPM(DiffusionTables, LatentBackend):
         return torch.stack([frame_at[g] for g in nearest], dim=1)
 
     def sample_record(self, **options: Any) -> dict[str, Any]:
-        return {"sampler": "ddim (upstream's truncated grid), given positions reset after every step",
-                "steps": options.get("steps") or self.cfg.steps,
-                "eta": self.cfg.eta if options.get("eta") is None else options["eta"],
-                "given_frames": self.cfg.given_indices(), "clip_frames": self.cfg.clip_frames,
-                "clip_denoised": self.cfg.clip_denoised}
+        return {
+            "sampler": "ddim (upstream's truncated grid), given positions reset after every step",
+            "steps": options.get("steps") or self.cfg.steps,
+            "eta": self.cfg.eta if options.get("eta") is None else options["eta"],
+            "given_frames": self.cfg.given_indices(),
+            "clip_frames": self.cfg.clip_frames,
+            "clip_denoised": self.cfg.clip_denoised,
+        }

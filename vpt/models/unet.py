@@ -16,15 +16,19 @@ def check_unet_fields(cfg: Any, halved: tuple[str, ...]) -> None:
     if cfg.num_res_blocks < 1 or cfg.num_heads < 1:
         raise ValueError("model.num_res_blocks and model.num_heads must be >= 1")
     if cfg.model_channels < 32 or cfg.model_channels % 32:
-        raise ValueError(f"model.model_channels must be a multiple of 32 (GroupNorm of 32 groups), got {cfg.model_channels}")
+        raise ValueError(
+            f"model.model_channels must be a multiple of 32 (GroupNorm of 32 groups), got {cfg.model_channels}"
+        )
     if not cfg.channel_mult or min(cfg.channel_mult) < 1:
         raise ValueError(f"model.channel_mult needs positive multipliers, got {cfg.channel_mult}")
     factor = 2 ** (len(cfg.channel_mult) - 1)
     for name in halved:
         size = getattr(cfg, name)
         if size < 1 or size % factor:
-            raise ValueError(f"model.{name} ({size}) must be a positive multiple of {factor}: the UNet halves it "
-                             f"{len(cfg.channel_mult) - 1} times (len(channel_mult) - 1)")
+            raise ValueError(
+                f"model.{name} ({size}) must be a positive multiple of {factor}: the UNet halves it "
+                f"{len(cfg.channel_mult) - 1} times (len(channel_mult) - 1)"
+            )
     for width in {cfg.model_channels * m for m in cfg.channel_mult}:
         if width % cfg.num_heads:
             raise ValueError(f"model.num_heads ({cfg.num_heads}) must divide every UNet width, not {width}")
@@ -55,15 +59,26 @@ class ResBlock(nn.Module):
     ("down": 2x2 average pooling, "up": nearest 2x) both branches change resolution. `dims=3` makes
     it a video block (N, C, T, H, W): 3x3x3 convolutions, resampling over H and W only."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
-                 resample: Literal["down", "up", None] = None, dims: Literal[2, 3] = 2):
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        out_channels: int,
+        dropout: float,
+        resample: Literal["down", "up", None] = None,
+        dims: Literal[2, 3] = 2,
+    ):
         super().__init__()
         self.resample = resample
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), conv(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
-                                        zero_init(conv(out_channels, out_channels, 3, padding=1)))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_init(conv(out_channels, out_channels, 3, padding=1)),
+        )
         self.skip_connection = nn.Identity() if out_channels == channels else conv(channels, out_channels, 1)
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, [T,] H, W): time is never resampled

@@ -134,8 +134,19 @@ class VectorFieldRegressor(nn.Module):
     3 in, 1 out); other backends on the same trunk (NeuralSDE) change these and call `transform`.
     """
 
-    def __init__(self, latent_channels: int, inner_dim: int, depth: int, mid_depth: int, heads: int = 8,
-                 out_norm: str = "ln", dropout: float = 0.05, *, input_grids: int = 3, output_grids: int = 1):
+    def __init__(
+        self,
+        latent_channels: int,
+        inner_dim: int,
+        depth: int,
+        mid_depth: int,
+        heads: int = 8,
+        out_norm: str = "ln",
+        dropout: float = 0.05,
+        *,
+        input_grids: int = 3,
+        output_grids: int = 1,
+    ):
         super().__init__()
         self.inner_dim = inner_dim
         self.pos_embed = PositionEmbedding2d(inner_dim)
@@ -157,8 +168,14 @@ class VectorFieldRegressor(nn.Module):
                 nn.init.zeros_(module.qkv.bias)
                 nn.init.zeros_(module.proj.bias)
 
-    def forward(self, noisy: torch.Tensor, reference: torch.Tensor, context: torch.Tensor,
-                distance: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        reference: torch.Tensor,
+        context: torch.Tensor,
+        distance: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
         """noisy/reference/context (B, c, h, w), distance (B,) int >= 1, t (B,) in [0, 1] -> (B, c, h, w)."""
         height, width = noisy.shape[-2:]
         time_token = sinusoidal_embedding(t, self.inner_dim, scale=200.0)[:, None]  # (B, 1, D)
@@ -207,8 +224,11 @@ def convert_upstream_regressor(state: dict[str, torch.Tensor]) -> dict[str, torc
     """Upstream regressor weights (bare, `vector_field_regressor.`- or `module.`-prefixed) -> vpt names."""
     state = strip_module_prefix(state)
     if any(key.startswith("vector_field_regressor.") for key in state):
-        state = {key.removeprefix("vector_field_regressor."): value
-                 for key, value in state.items() if key.startswith("vector_field_regressor.")}
+        state = {
+            key.removeprefix("vector_field_regressor."): value
+            for key, value in state.items()
+            if key.startswith("vector_field_regressor.")
+        }
     converted = {}
     for key, value in state.items():
         for pattern, replacement in _REGRESSOR_RENAMES:
@@ -222,8 +242,11 @@ def config_from_regressor_state(state: dict[str, torch.Tensor]) -> dict[str, Any
     inner_dim, three_c = state["token_proj.weight"].shape
     count = lambda prefix: len({k.split(".")[1] for k in state if k.startswith(prefix)})  # noqa: E731
     return {
-        "latent_channels": three_c // 3, "inner_dim": inner_dim, "depth": count("in_blocks."),
-        "mid_depth": count("mid_blocks."), "heads": 8,
+        "latent_channels": three_c // 3,
+        "inner_dim": inner_dim,
+        "depth": count("in_blocks."),
+        "mid_depth": count("mid_blocks."),
+        "heads": 8,
         "out_norm": "bn" if "head.norm.running_mean" in state else "ln",
     }
 

@@ -1,12 +1,12 @@
 """Checkpoints of a training run: writing one atomically, resuming from one, and the RNG state.
 
-    step_NNNNNN/
-      model.safetensors, ema.safetensors   full weights for inference, gathered when sharded
-      config.json                          the run's config, so the weights stand on their own
-      trainer_state.json                   step, samples seen, world size, best score
-      rng_state_<rank>.pt                  every generator of each process (tensors only)
-      training_state/                      accelerate's save_state: optimizer (sharded under FSDP),
-                                           grad scaler, and under FSDP the sharded model
+step_NNNNNN/
+  model.safetensors, ema.safetensors   full weights for inference, gathered when sharded
+  config.json                          the run's config, so the weights stand on their own
+  trainer_state.json                   step, samples seen, world size, best score
+  rng_state_<rank>.pt                  every generator of each process (tensors only)
+  training_state/                      accelerate's save_state: optimizer (sharded under FSDP),
+                                       grad scaler, and under FSDP the sharded model
 """
 
 from __future__ import annotations
@@ -90,10 +90,15 @@ def save_checkpoint(state: TrainingState, score: float | None) -> None:
             save_file(_contiguous(ema), pending / "ema.safetensors")
         (pending / "config.json").write_text(json.dumps(_run_config(state), indent=2))
         cfg = state.cfg
-        record = {"step": step, "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-                  "world_size": accelerator.num_processes, "sharded": is_sharded(accelerator), "best": state.best,
-                  "precision": accelerator.mixed_precision,
-                  "lr": state.optimizer.param_groups[0]["lr"]}
+        record = {
+            "step": step,
+            "samples_seen": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+            "world_size": accelerator.num_processes,
+            "sharded": is_sharded(accelerator),
+            "best": state.best,
+            "precision": accelerator.mixed_precision,
+            "lr": state.optimizer.param_groups[0]["lr"],
+        }
         (pending / "trainer_state.json").write_text(json.dumps(record, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -121,8 +126,10 @@ def load_checkpoint(path: Path, state: TrainingState) -> int:
     accelerator = state.accelerator
     record = Run.read_trainer_state(path)
     if bool(record.get("sharded", False)) != is_sharded(accelerator):
-        raise VptError(f"{path} was written {'with' if record.get('sharded') else 'without'} FSDP; resume it with "
-                       f"the accelerate config that wrote it")
+        raise VptError(
+            f"{path} was written {'with' if record.get('sharded') else 'without'} FSDP; resume it with "
+            f"the accelerate config that wrote it"
+        )
     if (path / TRAINING_STATE).is_dir():
         check_training_state(path / TRAINING_STATE)
         if not is_sharded(accelerator):  # FSDP loads its sharded copy inside load_state
@@ -133,8 +140,10 @@ def load_checkpoint(path: Path, state: TrainingState) -> int:
     for group in state.optimizer.param_groups:  # the schedule is recomputed from this run's config
         group["base_lr"] = state.cfg.lr * group.get("lr_scale", 1.0)
     if record.get("world_size", 1) != accelerator.num_processes:
-        warn(f"{path.name} was written by {record['world_size']} processes, resuming with "
-             f"{accelerator.num_processes}: the data order changes from here on")
+        warn(
+            f"{path.name} was written by {record['world_size']} processes, resuming with "
+            f"{accelerator.num_processes}: the data order changes from here on"
+        )
     return int(record["step"])
 
 
@@ -157,9 +166,11 @@ def _rng_state() -> dict[str, Any]:
     """Every generator's state as tensors and plain values, so that it reads back with weights_only."""
     version, words, gauss = random.getstate()
     bit_generator, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {"python": [version, torch.tensor(words, dtype=torch.int64), gauss],
-             "numpy": [bit_generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, torch.tensor(words, dtype=torch.int64), gauss],
+        "numpy": [bit_generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -170,14 +181,18 @@ def restore_rng(path: Path, rank: int) -> None:
     if not file.exists():
         file = path / "rng_state_0.pt"
     if not file.exists():  # e.g. deleted because an older vpt wrote it as a pickle this one refuses
-        warn(f"{path.name} has no random-generator state: training continues, but not bit-identical to an "
-             f"uninterrupted run")
+        warn(
+            f"{path.name} has no random-generator state: training continues, but not bit-identical to an "
+            f"uninterrupted run"
+        )
         return
     try:
         state = read_weights(file)
     except UnsafeWeightsError as exc:
-        raise UnsafeWeightsError(f"{exc}. If vpt 0.1 before its safe RNG format wrote this run, delete "
-                                 f"{path}/rng_state_*.pt to resume (then not bit-identical)") from None
+        raise UnsafeWeightsError(
+            f"{exc}. If vpt 0.1 before its safe RNG format wrote this run, delete "
+            f"{path}/rng_state_*.pt to resume (then not bit-identical)"
+        ) from None
     try:
         version, words, gauss = state["python"]
         random.setstate((version, tuple(words.tolist()), gauss))

@@ -56,8 +56,15 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks: Hooks | None = None, *,
-          checkpoint_on_ctrl_c: bool | None = None) -> int:
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    run: Run,
+    hooks: Hooks | None = None,
+    *,
+    checkpoint_on_ctrl_c: bool | None = None,
+) -> int:
     """Train `model` on `dataset` until `cfg.max_steps`, resuming from the run's latest checkpoint.
 
     `checkpoint_on_ctrl_c` (default: only when the `vpt` command owns the process) installs the Ctrl-C
@@ -72,8 +79,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
     accelerator = _accelerator(cfg, run)
     state = TrainingState(model, None, accelerator, cfg, run, best=read_best(run))
     if hooks.sample and cfg.sample_every and is_sharded(accelerator):
-        warn("train.sample_every is skipped under FSDP: sample strips run on the main process alone, which a "
-             "sharded model cannot; `vpt sample` reads any checkpoint's full weights")
+        warn(
+            "train.sample_every is skipped under FSDP: sample strips run on the main process alone, which a "
+            "sharded model cannot; `vpt sample` reads any checkpoint's full weights"
+        )
         hooks = dataclasses.replace(hooks, sample=None)
     model.to(accelerator.device)
     state.optimizer = _optimizer(model, cfg, accelerator.device)
@@ -102,8 +111,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
 
     started, started_step = time.perf_counter(), state.step
     try:
-        with _TrainingBar(accelerator.is_main_process, cfg, state.step) as progress, _StopRequests(
-                cli_owns_process() if checkpoint_on_ctrl_c is None else checkpoint_on_ctrl_c) as ctrl_c:
+        with (
+            _TrainingBar(accelerator.is_main_process, cfg, state.step) as progress,
+            _StopRequests(cli_owns_process() if checkpoint_on_ctrl_c is None else checkpoint_on_ctrl_c) as ctrl_c,
+        ):
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
@@ -116,11 +127,15 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Run, hooks:
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or out_of_time or interrupted:
                     save_checkpoint(state, evaluated.get(cfg.best_metric))
                 if interrupted:
-                    raise Interrupted(f"stopped at step {state.step} (Ctrl-C); checkpoint "
-                                      f"{run.latest_checkpoint()} is kept: run the same command to continue")
+                    raise Interrupted(
+                        f"stopped at step {state.step} (Ctrl-C); checkpoint "
+                        f"{run.latest_checkpoint()} is kept: run the same command to continue"
+                    )
                 if out_of_time:
-                    info(f"train.max_minutes={cfg.max_minutes:g} reached at step {state.step}; the checkpoint is "
-                         f"kept (run the same command to continue)")
+                    info(
+                        f"train.max_minutes={cfg.max_minutes:g} reached at step {state.step}; the checkpoint is "
+                        f"kept (run the same command to continue)"
+                    )
                     break
     except BaseException:
         for tracker in accelerator.trackers:  # the logs so far are kept; the processes exit on the error
@@ -170,11 +185,14 @@ def _forget_previous_accelerator_settings() -> None:
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """AdamW over the model's parameter groups (one per player for a GAN: each is clipped on its own)."""
-    groups = model.param_groups() if hasattr(model, "param_groups") else [
-        {"params": [p for p in model.parameters() if p.requires_grad]}
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    groups = (
+        model.param_groups()
+        if hasattr(model, "param_groups")
+        else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    )
+    optimizer = torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+    )
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", 1.0)
         group["base_lr"] = cfg.lr * group["lr_scale"]
@@ -184,12 +202,22 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
 def _batches(dataset: Dataset, cfg: TrainConfig, accelerator, *, start_step: int) -> Iterator[Any]:
     """The endless stream of this process's micro-batches from global position `start_step`, on the device."""
     device, world = accelerator.device, accelerator.num_processes
-    sampler = ResumableSampler(len(dataset), seed=cfg.seed, rank=accelerator.process_index, world=world,
-                               start=start_step * cfg.batch_size * cfg.grad_accum * world)
+    sampler = ResumableSampler(
+        len(dataset),
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world=world,
+        start=start_step * cfg.batch_size * cfg.grad_accum * world,
+    )
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=getattr(dataset, "collate", None), pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0, drop_last=True,
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=getattr(dataset, "collate", None),
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=True,
         worker_init_fn=exit_with_parent() if cfg.num_workers > 0 else None,  # workers die with a kill -9 of the loop
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
@@ -223,8 +251,11 @@ def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Itera
         raise diverged(state, f"loss became {loss_value}")
     norms = _clip_per_group(state)
     if cfg.precision != "fp16" and not all(math.isfinite(n) for n in norms):
-        raise diverged(state, f"loss is finite ({loss_value:.4g}) but the gradient norm became "
-                               f"{next(n for n in norms if not math.isfinite(n))}")
+        raise diverged(
+            state,
+            f"loss is finite ({loss_value:.4g}) but the gradient norm became "
+            f"{next(n for n in norms if not math.isfinite(n))}",
+        )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return reduced
@@ -251,8 +282,12 @@ def _log(state: TrainingState, reduced: dict[str, torch.Tensor], steps_per_s: fl
     cfg = state.cfg
     if state.step % cfg.log_every and state.step != cfg.max_steps:
         return
-    record = {"step": state.step, **{k: v.item() for k, v in reduced.items()},
-              "lr": state.optimizer.param_groups[0]["lr"], "steps_per_s": steps_per_s}
+    record = {
+        "step": state.step,
+        **{k: v.item() for k, v in reduced.items()},
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "steps_per_s": steps_per_s,
+    }
     if state.accelerator.is_main_process:
         state.run.log_metrics(record)
         if cfg.log_with:
@@ -310,7 +345,7 @@ def _with_ema(ema: EMA | None, model: nn.Module, fn: Callable[[nn.Module], Any])
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), (ema.swapped_in(model) if ema is not None else contextlib.nullcontext()):
+        with torch.no_grad(), ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
             return fn(model)
     finally:
         model.train(was_training)
@@ -335,8 +370,9 @@ class _TrainingBar(ProgressBar):
     def __init__(self, enabled: bool, cfg: TrainConfig, completed: int):
         self.budget = 60.0 * cfg.max_minutes
         fields = {"rate": "- it/s", "loss": "loss -"} | ({"budget": self._budget_left(0.0)} if self.budget else {})
-        super().__init__("train", cfg.max_steps, completed=completed, fields=fields, eta=not self.budget,
-                         enabled=enabled)
+        super().__init__(
+            "train", cfg.max_steps, completed=completed, fields=fields, eta=not self.budget, enabled=enabled
+        )
 
     def _budget_left(self, elapsed: float) -> str:
         left = max(0.0, self.budget - elapsed)

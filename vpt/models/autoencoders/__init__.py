@@ -17,6 +17,13 @@ from vpt.models.autoencoders.loading import (
 )
 
 __all__ = [
-    "Autoencoder", "FrameAutoencoder", "TrainOutput", "AUTOENCODERS", "autoencoder_class", "autoencoder_from_upstream_state", "build_autoencoder",
-    "load_autoencoder", "resolve_arch",
+    "Autoencoder",
+    "FrameAutoencoder",
+    "TrainOutput",
+    "AUTOENCODERS",
+    "autoencoder_class",
+    "autoencoder_from_upstream_state",
+    "build_autoencoder",
+    "load_autoencoder",
+    "resolve_arch",
 ]

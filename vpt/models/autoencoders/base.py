@@ -175,8 +175,13 @@ class Autoencoder(nn.Module, abc.ABC):
         """What names this autoencoder in latent files and run configs."""
         from vpt.config import config_to_dict
 
-        return {"type": self.type, "arch": config_to_dict(self.config), "frames_per_latent": self.frames_per_latent,
-                "latent_scale": self.latent_scale, "latent_shift": self.latent_shift}
+        return {
+            "type": self.type,
+            "arch": config_to_dict(self.config),
+            "frames_per_latent": self.frames_per_latent,
+            "latent_scale": self.latent_scale,
+            "latent_shift": self.latent_shift,
+        }
 
 
 class FrameAutoencoder(Autoencoder):

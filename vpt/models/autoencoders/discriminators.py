@@ -22,8 +22,11 @@ class NLayerDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(channels * prev, channels * mult, 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(channels * mult), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(channels * prev, channels * mult, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(channels * mult),
+                nn.LeakyReLU(0.2),
+            ]
         layers.append(nn.Conv2d(channels * mult, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
         # taming's weights_init: conv weights N(0, 0.02), BN scale N(1, 0.02) and shift 0; conv biases keep torch's default.
@@ -47,11 +50,13 @@ class LatteDiscriminator(nn.Module):
         last = len(dims) - 2
         self.layers = nn.ModuleList()
         for i in range(len(dims) - 1):
-            self.layers.append(nn.Sequential(
-                nn.Conv2d(dims[i], dims[i + 1], 4, stride=2 if i < last else 1, padding=1, bias=i == 0),
-                nn.BatchNorm2d(dims[i + 1]) if 0 < i < last else nn.Identity(),
-                nn.LeakyReLU(0.2) if i < last else nn.Identity(),
-            ))
+            self.layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dims[i], dims[i + 1], 4, stride=2 if i < last else 1, padding=1, bias=i == 0),
+                    nn.BatchNorm2d(dims[i + 1]) if 0 < i < last else nn.Identity(),
+                    nn.LeakyReLU(0.2) if i < last else nn.Identity(),
+                )
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = images

@@ -35,8 +35,11 @@ class KLVAEConfig:
 
 class KLVAE(FrameAutoencoder):
     type = "kl-vae"
-    presets = {"sd": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-                          scaling_factor=0.18215)}
+    presets = {
+        "sd": dict(
+            block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, scaling_factor=0.18215
+        )
+    }
     Config = KLVAEConfig
     has_posterior = True
 
@@ -46,12 +49,17 @@ class KLVAE(FrameAutoencoder):
         super().__init__(config)
         levels = len(config.block_out_channels)
         self.vae = AutoencoderKL(
-            in_channels=config.in_channels, out_channels=config.out_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
-            latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            latent_channels=config.latent_channels,
+            norm_num_groups=config.norm_num_groups,
             mid_block_add_attention=config.mid_block_add_attention,
-            scaling_factor=config.scaling_factor, shift_factor=config.shift_factor,
+            scaling_factor=config.scaling_factor,
+            shift_factor=config.shift_factor,
         )
 
     @classmethod
@@ -65,17 +73,24 @@ class KLVAE(FrameAutoencoder):
         vae = AutoencoderKL.from_pretrained(str(folder))
         cfg = vae.config
         plain = all(t == "DownEncoderBlock2D" for t in cfg.down_block_types) and all(
-            t == "UpDecoderBlock2D" for t in cfg.up_block_types)
+            t == "UpDecoderBlock2D" for t in cfg.up_block_types
+        )
         if not plain or not cfg.use_quant_conv or not cfg.use_post_quant_conv:
             from vpt.errors import VptError
 
-            raise VptError(f"{folder}: this AutoencoderKL uses blocks vpt does not rebuild "
-                           f"({cfg.down_block_types}); only the Stable Diffusion layout is supported")
+            raise VptError(
+                f"{folder}: this AutoencoderKL uses blocks vpt does not rebuild "
+                f"({cfg.down_block_types}); only the Stable Diffusion layout is supported"
+            )
         config = KLVAEConfig(
-            in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-            block_out_channels=list(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-            latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
-            mid_block_add_attention=cfg.mid_block_add_attention, scaling_factor=float(cfg.scaling_factor),
+            in_channels=cfg.in_channels,
+            out_channels=cfg.out_channels,
+            block_out_channels=list(cfg.block_out_channels),
+            layers_per_block=cfg.layers_per_block,
+            latent_channels=cfg.latent_channels,
+            norm_num_groups=cfg.norm_num_groups,
+            mid_block_add_attention=cfg.mid_block_add_attention,
+            scaling_factor=float(cfg.scaling_factor),
             shift_factor=float(cfg.shift_factor or 0.0),
         )
         model = cls.__new__(cls)

@@ -22,7 +22,9 @@ from vpt.models.autoencoders.layers import MultiheadSelfAttention
 
 
 def _resnet_half(groups: int, in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.GroupNorm(groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+    return nn.Sequential(
+        nn.GroupNorm(groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    )
 
 
 class ResnetStack(nn.Module):
@@ -33,12 +35,23 @@ class ResnetStack(nn.Module):
     layer (when enabled), MidBlock after every layer but the last, which is the order upstream runs.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_resnets: int, attend_after: list[int],
-                 groups: int, num_heads: int):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_resnets: int,
+        attend_after: list[int],
+        groups: int,
+        num_heads: int,
+    ):
         super().__init__()
         widths = [in_channels] + [out_channels] * num_resnets
-        self.resnet_conv_first = nn.ModuleList(_resnet_half(groups, widths[i], out_channels) for i in range(num_resnets))
-        self.resnet_conv_second = nn.ModuleList(_resnet_half(groups, out_channels, out_channels) for _ in range(num_resnets))
+        self.resnet_conv_first = nn.ModuleList(
+            _resnet_half(groups, widths[i], out_channels) for i in range(num_resnets)
+        )
+        self.resnet_conv_second = nn.ModuleList(
+            _resnet_half(groups, out_channels, out_channels) for _ in range(num_resnets)
+        )
         self.attend_after = attend_after
         if attend_after:
             self.attention_norms = nn.ModuleList(nn.GroupNorm(groups, out_channels) for _ in attend_after)
@@ -61,7 +74,9 @@ class ResnetStack(nn.Module):
 
 class DownBlock(ResnetStack):
     def __init__(self, in_channels, out_channels, *, down_sample, num_layers, attn, groups, num_heads):
-        super().__init__(in_channels, out_channels, num_layers, list(range(num_layers)) if attn else [], groups, num_heads)
+        super().__init__(
+            in_channels, out_channels, num_layers, list(range(num_layers)) if attn else [], groups, num_heads
+        )
         if down_sample:
             self.down_sample_conv = nn.Conv2d(out_channels, out_channels, 4, stride=2, padding=1)
 
@@ -82,7 +97,9 @@ class MidBlock(ResnetStack):
 
 class UpBlock(ResnetStack):
     def __init__(self, in_channels, out_channels, *, up_sample, num_layers, attn, groups, num_heads):
-        super().__init__(in_channels, out_channels, num_layers, list(range(num_layers)) if attn else [], groups, num_heads)
+        super().__init__(
+            in_channels, out_channels, num_layers, list(range(num_layers)) if attn else [], groups, num_heads
+        )
         if up_sample:
             self.up_sample_conv = nn.ConvTranspose2d(in_channels, in_channels, 4, stride=2, padding=1)
 
@@ -114,18 +131,37 @@ class LatteVAEConfig:
         if self.mid_channels[0] != self.down_channels[-1] or self.mid_channels[-1] != self.down_channels[-1]:
             raise ValueError("autoencoder.arch.mid_channels must start and end with down_channels[-1]")
         if len(self.down_sample) != levels or len(self.attn_down) != levels:
-            raise ValueError(f"autoencoder.arch.down_sample and attn_down need {levels} entries (len(down_channels) - 1)")
+            raise ValueError(
+                f"autoencoder.arch.down_sample and attn_down need {levels} entries (len(down_channels) - 1)"
+            )
 
 
 class LatteVAE(FrameAutoencoder):
     type = "latte-vae"
     Config = LatteVAEConfig
     presets = {  # VideoGeneration-PyTorch config/ucf.yaml and config/mnist.yaml
-        "vg-ucf": dict(in_channels=3, down_channels=[128, 256, 384, 512], mid_channels=[512],
-                       down_sample=[True, True, True], attn_down=[False, False, False], num_heads=4,
-                       num_down_layers=2, num_mid_layers=2, num_up_layers=2),
-        "vg-mnist": dict(in_channels=1, down_channels=[32, 64, 128], mid_channels=[128], down_sample=[True, True],
-                         attn_down=[False, False], num_heads=16, num_down_layers=1, num_mid_layers=1, num_up_layers=1),
+        "vg-ucf": dict(
+            in_channels=3,
+            down_channels=[128, 256, 384, 512],
+            mid_channels=[512],
+            down_sample=[True, True, True],
+            attn_down=[False, False, False],
+            num_heads=4,
+            num_down_layers=2,
+            num_mid_layers=2,
+            num_up_layers=2,
+        ),
+        "vg-mnist": dict(
+            in_channels=1,
+            down_channels=[32, 64, 128],
+            mid_channels=[128],
+            down_sample=[True, True],
+            attn_down=[False, False],
+            num_heads=16,
+            num_down_layers=1,
+            num_mid_layers=1,
+            num_up_layers=1,
+        ),
     }
 
     @classmethod
@@ -138,12 +174,14 @@ class LatteVAE(FrameAutoencoder):
         levels = count_indices(state, r"encoder_layers\.(\d+)\.")
         mids = count_indices(state, r"encoder_mids\.(\d+)\.")
         down = [state["encoder_conv_in.weight"].shape[0]] + [
-            state[f"encoder_layers.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(levels)]
+            state[f"encoder_layers.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(levels)
+        ]
         inferred = dict(
-            in_channels=state["encoder_conv_in.weight"].shape[1], z_channels=state["post_quant_conv.weight"].shape[0],
+            in_channels=state["encoder_conv_in.weight"].shape[1],
+            z_channels=state["post_quant_conv.weight"].shape[0],
             down_channels=down,
-            mid_channels=[down[-1]] + [state[f"encoder_mids.{i}.resnet_conv_first.0.2.weight"].shape[0]
-                                       for i in range(mids)],
+            mid_channels=[down[-1]]
+            + [state[f"encoder_mids.{i}.resnet_conv_first.0.2.weight"].shape[0] for i in range(mids)],
             down_sample=[f"encoder_layers.{i}.down_sample_conv.weight" in state for i in range(levels)],
             attn_down=[f"encoder_layers.{i}.attentions.0.in_proj_weight" in state for i in range(levels)],
             num_down_layers=count_indices(state, r"encoder_layers\.0\.resnet_conv_first\.(\d+)\."),
@@ -152,6 +190,7 @@ class LatteVAE(FrameAutoencoder):
         if mids:
             inferred["num_mid_layers"] = count_indices(state, r"encoder_mids\.0\.attentions\.(\d+)\.")
         return inferred
+
     has_posterior = True
 
     def __init__(self, config: LatteVAEConfig):
@@ -160,12 +199,20 @@ class LatteVAE(FrameAutoencoder):
         blocks = dict(groups=c.norm_channels, num_heads=c.num_heads)
         self.encoder_conv_in = nn.Conv2d(c.in_channels, c.down_channels[0], 3, padding=1)
         self.encoder_layers = nn.ModuleList(
-            DownBlock(c.down_channels[i], c.down_channels[i + 1], down_sample=c.down_sample[i],
-                      num_layers=c.num_down_layers, attn=c.attn_down[i], **blocks)
-            for i in range(len(c.down_channels) - 1))
+            DownBlock(
+                c.down_channels[i],
+                c.down_channels[i + 1],
+                down_sample=c.down_sample[i],
+                num_layers=c.num_down_layers,
+                attn=c.attn_down[i],
+                **blocks,
+            )
+            for i in range(len(c.down_channels) - 1)
+        )
         self.encoder_mids = nn.ModuleList(
             MidBlock(c.mid_channels[i], c.mid_channels[i + 1], num_layers=c.num_mid_layers, **blocks)
-            for i in range(len(c.mid_channels) - 1))
+            for i in range(len(c.mid_channels) - 1)
+        )
         self.encoder_norm_out = nn.GroupNorm(c.norm_channels, c.down_channels[-1])
         self.encoder_conv_out = nn.Conv2d(c.down_channels[-1], 2 * c.z_channels, 3, padding=1)
         self.pre_quant_conv = nn.Conv2d(2 * c.z_channels, 2 * c.z_channels, 1)
@@ -174,11 +221,19 @@ class LatteVAE(FrameAutoencoder):
         self.decoder_conv_in = nn.Conv2d(c.z_channels, c.mid_channels[-1], 3, padding=1)
         self.decoder_mids = nn.ModuleList(
             MidBlock(c.mid_channels[i], c.mid_channels[i - 1], num_layers=c.num_mid_layers, **blocks)
-            for i in reversed(range(1, len(c.mid_channels))))
+            for i in reversed(range(1, len(c.mid_channels)))
+        )
         self.decoder_layers = nn.ModuleList(
-            UpBlock(c.down_channels[i], c.down_channels[i - 1], up_sample=c.down_sample[i - 1],
-                    num_layers=c.num_up_layers, attn=c.attn_down[i - 1], **blocks)
-            for i in reversed(range(1, len(c.down_channels))))
+            UpBlock(
+                c.down_channels[i],
+                c.down_channels[i - 1],
+                up_sample=c.down_sample[i - 1],
+                num_layers=c.num_up_layers,
+                attn=c.attn_down[i - 1],
+                **blocks,
+            )
+            for i in reversed(range(1, len(c.down_channels)))
+        )
         self.decoder_norm_out = nn.GroupNorm(c.norm_channels, c.down_channels[0])
         self.decoder_conv_out = nn.Conv2d(c.down_channels[0], c.in_channels, 3, padding=1)
 

@@ -39,7 +39,7 @@ AUTOENCODERS: dict[str, str] = {
 
 _DOWNLOAD_HINTS = {
     "vqvae.ckpt": "RIVER's taming VQGAN: download vqvae.ckpt from the Hugging Face repo cvg-unibe/river_bair_64 "
-                  "(or river_bair_256 / river_kth_64)",
+    "(or river_bair_256 / river_kth_64)",
     "vqvae.pth": "RIVER's CLEVRER VQVAE: download vqvae.pth from the Hugging Face repo cvg-unibe/river_clevrer_128",
     "model.pth": "a RIVER model: download model.pth from the Hugging Face repo cvg-unibe/river_<dataset>",
     "model_last.pth": "PVDM's autoencoder: the model_last.pth its first stage writes (a bare state dict)",
@@ -65,7 +65,9 @@ def autoencoder_class(name: str) -> type:
         return aliases[name]
     close = difflib.get_close_matches(name, [*AUTOENCODERS, *aliases], n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"autoencoder.type: unknown autoencoder '{name}'{hint}; available: {', '.join(sorted(AUTOENCODERS))}")
+    raise ConfigError(
+        f"autoencoder.type: unknown autoencoder '{name}'{hint}; available: {', '.join(sorted(AUTOENCODERS))}"
+    )
 
 
 def resolve_arch(name: str, arch: dict[str, Any], *, source: str = "autoencoder.arch"):
@@ -78,7 +80,9 @@ def resolve_arch(name: str, arch: dict[str, Any], *, source: str = "autoencoder.
     if preset is not None:
         table = cls.presets
         if preset not in table:
-            raise ConfigError(f"{source}.preset: unknown preset '{preset}' for {cls.type}; available: {', '.join(table) or 'none'}")
+            raise ConfigError(
+                f"{source}.preset: unknown preset '{preset}' for {cls.type}; available: {', '.join(table) or 'none'}"
+            )
         arch = {**table[preset], **arch}
     return validate(cls.Config, arch, source=source, prefix="autoencoder.arch.")
 
@@ -91,14 +95,18 @@ def build_autoencoder(name: str, arch: dict[str, Any] | None = None, *, source: 
 # --- loading --------------------------------------------------------------------------------------
 
 
-def load_autoencoder(path: str | Path, *, preset: str | None = None, arch: dict[str, Any] | None = None,
-                     ema: bool = True):
+def load_autoencoder(
+    path: str | Path, *, preset: str | None = None, arch: dict[str, Any] | None = None, ema: bool = True
+):
     """The autoencoder stored at `path`, in eval mode, with `.provenance` (source, format, sha256)."""
     path = Path(path)
     if not path.exists():
-        hint = _DOWNLOAD_HINTS.get(path.name, "a `vpt train-ae` run directory, a diffusers AutoencoderKL folder "
-                                              "(e.g. stabilityai/sd-vae-ft-ema downloaded there), or a taming/RIVER/"
-                                              "VideoGeneration-PyTorch checkpoint file")
+        hint = _DOWNLOAD_HINTS.get(
+            path.name,
+            "a `vpt train-ae` run directory, a diffusers AutoencoderKL folder "
+            "(e.g. stabilityai/sd-vae-ft-ema downloaded there), or a taming/RIVER/"
+            "VideoGeneration-PyTorch checkpoint file",
+        )
         raise VptError(f"autoencoder weights not found: {path} — expected {hint}; put it at that path")
     if path.is_dir():
         model, provenance = _load_directory(path, ema=ema)
@@ -115,20 +123,28 @@ def _load_directory(path: Path, *, ema: bool):
     if run.config_path.is_file():
         raw = run.read_config()
         if "autoencoder" not in raw:
-            raise UsageError(f"{path} is a vpt run but not an autoencoder run (config.yaml has no 'autoencoder' section)")
+            raise UsageError(
+                f"{path} is a vpt run but not an autoencoder run (config.yaml has no 'autoencoder' section)"
+            )
         return _load_run(run, raw["autoencoder"], ema=ema)
     for folder in (path, path / "vae"):
         config = folder / "config.json"
         if config.is_file() and '"AutoencoderKL"' in config.read_text():
             from vpt.models.autoencoders.kl import KLVAE
 
-            weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(folder.glob("diffusion_pytorch_model*.bin"))
+            weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(
+                folder.glob("diffusion_pytorch_model*.bin")
+            )
             if not weights:
-                raise VptError(f"{folder}: config.json but no diffusion_pytorch_model.safetensors/.bin; download the weights there")
+                raise VptError(
+                    f"{folder}: config.json but no diffusion_pytorch_model.safetensors/.bin; download the weights there"
+                )
             model = KLVAE.from_diffusers(folder)
             return model, {"source": str(folder.resolve()), "format": "diffusers", "sha256": _sha256_files(weights)}
-    raise UsageError(f"{path}: not an autoencoder directory (expected a `vpt train-ae` run with config.yaml, "
-                     "or a diffusers AutoencoderKL folder with config.json)")
+    raise UsageError(
+        f"{path}: not an autoencoder directory (expected a `vpt train-ae` run with config.yaml, "
+        "or a diffusers AutoencoderKL folder with config.json)"
+    )
 
 
 def _load_run(run, section: dict, *, ema: bool):
@@ -140,9 +156,16 @@ def _load_run(run, section: dict, *, ema: bool):
     weights = run.load_weights(ema=ema, checkpoint=checkpoint)
     state = {k.removeprefix("autoencoder."): v for k, v in weights.items() if k.startswith("autoencoder.")}
     _load_strict(model, state, run.root)
-    files = [checkpoint / "model.safetensors"] + ([checkpoint / "ema.safetensors"] if ema and (checkpoint / "ema.safetensors").exists() else [])
-    return model, {"source": str(run.root.resolve()), "format": "vpt-run", "checkpoint": checkpoint.name,
-                   "ema": len(files) > 1, "sha256": _sha256_files(files)}
+    files = [checkpoint / "model.safetensors"] + (
+        [checkpoint / "ema.safetensors"] if ema and (checkpoint / "ema.safetensors").exists() else []
+    )
+    return model, {
+        "source": str(run.root.resolve()),
+        "format": "vpt-run",
+        "checkpoint": checkpoint.name,
+        "ema": len(files) > 1,
+        "sha256": _sha256_files(files),
+    }
 
 
 def _load_file(path: Path, *, preset: str | None, arch: dict[str, Any] | None):
@@ -152,8 +175,13 @@ def _load_file(path: Path, *, preset: str | None, arch: dict[str, Any] | None):
     return model, {"source": str(path.resolve()), "format": container, "sha256": _sha256_files([path])}
 
 
-def autoencoder_from_upstream_state(state: dict[str, torch.Tensor], *, preset: str | None = None,
-                                    arch: dict[str, Any] | None = None, where: str = "autoencoder state dict"):
+def autoencoder_from_upstream_state(
+    state: dict[str, torch.Tensor],
+    *,
+    preset: str | None = None,
+    arch: dict[str, Any] | None = None,
+    where: str = "autoencoder state dict",
+):
     """An autoencoder from upstream weights already in memory (e.g. the `ae.*` part of RIVER's model.pth)."""
     state, _ = _unwrap(dict(state), where)
     return _from_state(state, preset=preset, arch=arch, where=where).eval().requires_grad_(False)
@@ -169,8 +197,10 @@ def _from_state(state: dict[str, torch.Tensor], *, preset: str | None, arch: dic
         expected = {**table[preset], **(arch or {})}
         clash = sorted(k for k, v in inferred.items() if k in expected and expected[k] != v)
         if clash:
-            raise VptError(f"{where}: the weights do not match preset {preset} "
-                           f"({', '.join(f'{k}={inferred[k]} vs {expected[k]}' for k in clash[:3])})")
+            raise VptError(
+                f"{where}: the weights do not match preset {preset} "
+                f"({', '.join(f'{k}={inferred[k]} vs {expected[k]}' for k in clash[:3])})"
+            )
         arch_values = {**inferred, **expected}
     else:
         arch_values = {**inferred, **(arch or {})}
@@ -185,8 +215,11 @@ def _load_strict(model, state: dict[str, torch.Tensor], where) -> None:
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        parts = [f"{label} {keys[:3]}" for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                          ("wrong shape", wrong)) if keys]
+        parts = [
+            f"{label} {keys[:3]}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        ]
         raise VptError(f"{where}: the weights do not fit a {model.type} ({'; '.join(parts)})")
     model.load_state_dict({k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
 
@@ -212,7 +245,9 @@ def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     # taming keeps the discriminator and LPIPS under loss.*, MOSO under _discriminator.* and perceptual_loss.*;
     # they are not part of the autoencoder
-    return {k: v for k, v in state.items() if not k.startswith(("loss.", "_discriminator.", "perceptual_loss."))}, container
+    return {
+        k: v for k, v in state.items() if not k.startswith(("loss.", "_discriminator.", "perceptual_loss."))
+    }, container
 
 
 def _recognize(state: dict[str, torch.Tensor], path: Path) -> type:
@@ -224,8 +259,10 @@ def _recognize(state: dict[str, torch.Tensor], path: Path) -> type:
         raise VptError(f"{path}: a diffusers AutoencoderKL state dict; pass its folder (config.json + weights) instead")
     if any(k.startswith("autoencoder.") for k in state):
         raise VptError(f"{path}: weights from a vpt run; pass the run directory (it holds the architecture)")
-    raise VptError(f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM, MOSO or "
-                   f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})")
+    raise VptError(
+        f"{path}: not a known autoencoder checkpoint (no taming VQGAN, RIVER VQVAE, PVDM, MOSO or "
+        f"VideoGeneration-PyTorch VAE keys; first keys: {list(state)[:3]})"
+    )
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -235,4 +272,3 @@ def _sha256_files(paths: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-

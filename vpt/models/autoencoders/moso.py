@@ -89,26 +89,48 @@ class MosoConfig:
     split_input_steps: int = 0  # train on split scene/object inputs for this many steps (upstream: 100000)
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "resolution", "frames", "num_hiddens", "num_residual_layers", "num_residual_hiddens",
-                     "embedding_dim", "num_embeddings", "ds_background", "ds_identity", "ds_motion", "ds_content",
-                     "num_heads", "head_dim", "time_head"):
+        for name in (
+            "in_channels",
+            "resolution",
+            "frames",
+            "num_hiddens",
+            "num_residual_layers",
+            "num_residual_hiddens",
+            "embedding_dim",
+            "num_embeddings",
+            "ds_background",
+            "ds_identity",
+            "ds_motion",
+            "ds_content",
+            "num_heads",
+            "head_dim",
+            "time_head",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"autoencoder.arch.{name} must be >= 1, got {getattr(self, name)}")
         if self.ds_content > min(self.ds_background, self.ds_identity):
-            raise ConfigError(f"autoencoder.arch.ds_content {self.ds_content} must not exceed ds_background "
-                              f"{self.ds_background} or ds_identity {self.ds_identity} (the decoder upsamples them to it)")
+            raise ConfigError(
+                f"autoencoder.arch.ds_content {self.ds_content} must not exceed ds_background "
+                f"{self.ds_background} or ds_identity {self.ds_identity} (the decoder upsamples them to it)"
+            )
         if not 0 <= self.ds_motion - self.ds_content <= 2:
-            raise ConfigError(f"autoencoder.arch.ds_motion must be ds_content to ds_content + 2 (the decoder's three scales), "
-                              f"got {self.ds_motion} with ds_content {self.ds_content}")
+            raise ConfigError(
+                f"autoencoder.arch.ds_motion must be ds_content to ds_content + 2 (the decoder's three scales), "
+                f"got {self.ds_motion} with ds_content {self.ds_content}"
+            )
         factor = 2 ** max(self.ds_background, self.ds_identity, self.ds_motion, self.ds_content + 2)
         if self.resolution % factor:
-            raise ConfigError(f"autoencoder.arch.resolution {self.resolution} is not divisible by {factor}: the token grids "
-                              f"(ds {self.ds_background}/{self.ds_identity}/{self.ds_motion}) and the decoder's "
-                              f"scales (2^(ds_content+2)) need whole cells")
+            raise ConfigError(
+                f"autoencoder.arch.resolution {self.resolution} is not divisible by {factor}: the token grids "
+                f"(ds {self.ds_background}/{self.ds_identity}/{self.ds_motion}) and the decoder's "
+                f"scales (2^(ds_content+2)) need whole cells"
+            )
         if self.frames % self.time_head:
             raise ConfigError(f"autoencoder.arch.frames {self.frames} is not divisible by time_head {self.time_head}")
         if self.num_hiddens % 2:
-            raise ConfigError(f"autoencoder.arch.num_hiddens must be even (the decoder halves it), got {self.num_hiddens}")
+            raise ConfigError(
+                f"autoencoder.arch.num_hiddens must be even (the decoder halves it), got {self.num_hiddens}"
+            )
         for name in ("commitment_cost", "split_input_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"autoencoder.arch.{name} must be >= 0, got {getattr(self, name)}")
@@ -129,8 +151,14 @@ class MosoConfig:
 def _downsampling_stack(in_channels: int, width: int, levels: int) -> nn.ModuleList:
     """Per level: conv5 s2 + BN + GELU + conv3 + BN + GELU (a ReLU follows in `_downsample`)."""
     return nn.ModuleList(
-        nn.Sequential(nn.Conv2d(in_channels if i == 0 else width, width, 5, stride=2, padding=2), nn.BatchNorm2d(width),
-                      nn.GELU(), nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.GELU())
+        nn.Sequential(
+            nn.Conv2d(in_channels if i == 0 else width, width, 5, stride=2, padding=2),
+            nn.BatchNorm2d(width),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.GELU(),
+        )
         for i in range(levels)
     )
 
@@ -147,8 +175,14 @@ class ResidualStack(nn.Module):
     def __init__(self, width: int, blocks: int, hidden: int):
         super().__init__()
         self._layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.GELU(),
-                          nn.Conv2d(hidden, width, 1), nn.BatchNorm2d(width), nn.GELU())
+            nn.Sequential(
+                nn.Conv2d(width, hidden, 3, padding=1),
+                nn.BatchNorm2d(hidden),
+                nn.GELU(),
+                nn.Conv2d(hidden, width, 1),
+                nn.BatchNorm2d(width),
+                nn.GELU(),
+            )
             for _ in range(blocks)
         )
 
@@ -166,7 +200,9 @@ class ContentEncoder(nn.Module):
         width = cfg.num_hiddens
         self._layers = _downsampling_stack(cfg.in_channels, width, levels)
         # upstream's suf_method "conv": the frames' features stacked on channels, mixed by one conv
-        self._suf_layer = nn.Sequential(nn.Conv2d(cfg.frames * width, width, 3, padding=1), nn.BatchNorm2d(width), nn.GELU())
+        self._suf_layer = nn.Sequential(
+            nn.Conv2d(cfg.frames * width, width, 3, padding=1), nn.BatchNorm2d(width), nn.GELU()
+        )
         self._residual = ResidualStack(width, cfg.num_residual_layers, cfg.num_residual_hiddens)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -189,7 +225,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x (S, n, width): S independent sequences of n tokens
-        q, k, v = (rearrange(proj(x), "s n (h d) -> s h n d", h=self.heads) for proj in (self.w_qs, self.w_ks, self.w_vs))
+        q, k, v = (
+            rearrange(proj(x), "s n (h d) -> s h n d", h=self.heads) for proj in (self.w_qs, self.w_ks, self.w_vs)
+        )
         p = self.dropout if self.training else 0.0
         out = rearrange(attention(q, k, v, dropout=p), "s h n d -> s n (h d)")
         return self.layer_norm(x + F.dropout(self.fc(out), p, self.training))
@@ -316,16 +354,21 @@ class MosoAutoencoder(Autoencoder):
         embedding_dim, num_embeddings = state["_vq_ema.embeddings"].shape
         attention_width = state["_encoder_mo._attention.w_qs.weight"].shape[0]
         heads = max(1, attention_width // 64)
-        return dict(in_channels=state["_encoder_bg._layers.0.0.weight"].shape[1], num_hiddens=width,
-                    frames=state["_encoder_bg._suf_layer.0.weight"].shape[1] // width,
-                    num_residual_layers=count_indices(state, r"_encoder_bg\._residual\._layers\.(\d+)\."),
-                    num_residual_hiddens=state["_encoder_bg._residual._layers.0.0.weight"].shape[0],
-                    embedding_dim=embedding_dim, num_embeddings=num_embeddings,
-                    ds_background=count_indices(state, r"_encoder_bg\._layers\.(\d+)\."),
-                    ds_identity=count_indices(state, r"_encoder_id\._layers\.(\d+)\."),
-                    ds_motion=count_indices(state, r"_encoder_mo\._layers\.(\d+)\."),
-                    ds_content=count_indices(state, r"_decoder\._layers\.(\d+)\."),
-                    num_heads=heads, head_dim=attention_width // heads)
+        return dict(
+            in_channels=state["_encoder_bg._layers.0.0.weight"].shape[1],
+            num_hiddens=width,
+            frames=state["_encoder_bg._suf_layer.0.weight"].shape[1] // width,
+            num_residual_layers=count_indices(state, r"_encoder_bg\._residual\._layers\.(\d+)\."),
+            num_residual_hiddens=state["_encoder_bg._residual._layers.0.0.weight"].shape[0],
+            embedding_dim=embedding_dim,
+            num_embeddings=num_embeddings,
+            ds_background=count_indices(state, r"_encoder_bg\._layers\.(\d+)\."),
+            ds_identity=count_indices(state, r"_encoder_id\._layers\.(\d+)\."),
+            ds_motion=count_indices(state, r"_encoder_mo\._layers\.(\d+)\."),
+            ds_content=count_indices(state, r"_decoder\._layers\.(\d+)\."),
+            num_heads=heads,
+            head_dim=attention_width // heads,
+        )
 
     @property
     def codebook_size(self) -> int:
@@ -340,8 +383,13 @@ class MosoAutoencoder(Autoencoder):
         self._decoder = Decoder(config)
         self._pre_vq_bg, self._pre_vq_id, self._pre_vq_mo = (nn.Conv2d(width, dim, 1) for _ in range(3))
         self._suf_vq_bg, self._suf_vq_id, self._suf_vq_mo = (nn.ConvTranspose2d(dim, width, 1) for _ in range(3))
-        self._vq_ema = EMAVectorQuantizer(config.num_embeddings, dim, commitment_cost=config.commitment_cost,
-                                          decay=config.decay, epsilon=config.epsilon)
+        self._vq_ema = EMAVectorQuantizer(
+            config.num_embeddings,
+            dim,
+            commitment_cost=config.commitment_cost,
+            decay=config.decay,
+            epsilon=config.epsilon,
+        )
         self.split_inputs = False  # set by the training objective during upstream's split-input phase
 
     # --- sizes ---
@@ -352,13 +400,18 @@ class MosoAutoencoder(Autoencoder):
     def token_grids(self) -> dict[str, tuple[int, ...]]:
         """Token grid of each stream, in latent order: scene (Hs, Ws), object (Ho, Wo), motion (k, Hm, Wm)."""
         c = self.config
-        return {"scene": (c.grid(c.ds_background),) * 2, "object": (c.grid(c.ds_identity),) * 2,
-                "motion": (c.frames, *(c.grid(c.ds_motion),) * 2)}
+        return {
+            "scene": (c.grid(c.ds_background),) * 2,
+            "object": (c.grid(c.ds_identity),) * 2,
+            "motion": (c.frames, *(c.grid(c.ds_motion),) * 2),
+        }
 
     def latent_dims(self, height: int, width: int) -> tuple[int, ...]:
         if (height, width) != (self.config.resolution,) * 2:
-            raise VptError(f"moso autoencoder is built for {self.config.resolution}x{self.config.resolution} frames, "
-                           f"got {height}x{width} (set autoencoder.arch.resolution or resize the frames)")
+            raise VptError(
+                f"moso autoencoder is built for {self.config.resolution}x{self.config.resolution} frames, "
+                f"got {height}x{width} (set autoencoder.arch.resolution or resize the frames)"
+            )
         return (1, sum(math.prod(grid) for grid in self.token_grids().values()))
 
     # --- encoding ---
@@ -382,8 +435,11 @@ class MosoAutoencoder(Autoencoder):
         """Pre-quantisation vectors: scene (N, D, Hs, Ws), object (N, D, Ho, Wo), motion (N*k, D, Hm, Wm)."""
         self._check_clips(clips)
         scene, obj, motion = self._stream_inputs(clips)
-        return {"scene": self._pre_vq_bg(self._encoder_bg(scene)), "object": self._pre_vq_id(self._encoder_id(obj)),
-                "motion": self._pre_vq_mo(self._encoder_mo(motion).flatten(0, 1))}
+        return {
+            "scene": self._pre_vq_bg(self._encoder_bg(scene)),
+            "object": self._pre_vq_id(self._encoder_id(obj)),
+            "motion": self._pre_vq_mo(self._encoder_mo(motion).flatten(0, 1)),
+        }
 
     def _clip_tokens(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, k, C, H, W) -> scene (N, Hs, Ws), object (N, Ho, Wo), motion (N, k, Hm, Wm) int64."""
@@ -423,7 +479,9 @@ class MosoAutoencoder(Autoencoder):
         features = self._suf_vq_mo(self._vq_ema.lookup(motion_tokens.flatten(0, 1)))  # (B*T, C, Hm, Wm)
         return rearrange(features, "(b t) c h w -> b c t h w", b=batch)
 
-    def _content_features(self, scene_tokens: torch.Tensor, object_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _content_features(
+        self, scene_tokens: torch.Tensor, object_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> scene (B, C, Hs, Ws) and object (B, C, Ho, Wo) codes through their suffix convs."""
         return self._suf_vq_bg(self._vq_ema.lookup(scene_tokens)), self._suf_vq_id(self._vq_ema.lookup(object_tokens))
 
@@ -434,7 +492,9 @@ class MosoAutoencoder(Autoencoder):
         scene, obj = self._content_features(scene_tokens, object_tokens)
         return torch.cat([rearrange(scene, "b c h w -> b (h w) c"), rearrange(obj, "b c h w -> b (h w) c")], dim=1)
 
-    def decode_diffusion(self, x: torch.Tensor, scene_tokens: torch.Tensor, object_tokens: torch.Tensor) -> torch.Tensor:
+    def decode_diffusion(
+        self, x: torch.Tensor, scene_tokens: torch.Tensor, object_tokens: torch.Tensor
+    ) -> torch.Tensor:
         """A sampled motion latent x (B, num_hiddens, T, Hm, Wm) with the clip's scene and object tokens ->
         video (B, C, T, H, W), roughly [-1, 1]. As upstream, x goes to the decoder as it is: no rounding
         to the nearest code (x lives after the suffix conv, where the codes have no fixed positions)."""
@@ -470,5 +530,8 @@ class MosoAutoencoder(Autoencoder):
         return MosoObjective(self, loss_config, grad_accum=grad_accum, perceptual=perceptual)
 
     def identity(self) -> dict:
-        return {**super().identity(), "layout": {name: list(grid) for name, grid in self.token_grids().items()},
-                "latent_kind": "token_ids"}
+        return {
+            **super().identity(),
+            "layout": {name: list(grid) for name, grid in self.token_grids().items()},
+            "latent_kind": "token_ids",
+        }

@@ -40,19 +40,24 @@ class StackedFramesDiscriminator(NLayerDiscriminator):
 
 def check_moso_loss(cfg: LossConfig) -> None:
     if cfg.discriminator not in ("patchgan", "none"):
-        raise ConfigError(f"loss.discriminator: the moso autoencoder trains with 'patchgan' (over stacked frames) or "
-                          f"'none', not '{cfg.discriminator}'")
+        raise ConfigError(
+            f"loss.discriminator: the moso autoencoder trains with 'patchgan' (over stacked frames) or "
+            f"'none', not '{cfg.discriminator}'"
+        )
 
 
 class MosoObjective(AutoencoderObjective):
     def __init__(self, autoencoder, cfg: LossConfig, *, grad_accum: int = 1, perceptual=None):
         check_moso_loss(cfg)
         # the base class would build a per-frame discriminator; the stacked-frame one is built here instead
-        super().__init__(autoencoder, dataclasses.replace(cfg, discriminator="none"), grad_accum=grad_accum, perceptual=perceptual)
+        super().__init__(
+            autoencoder, dataclasses.replace(cfg, discriminator="none"), grad_accum=grad_accum, perceptual=perceptual
+        )
         self.cfg = cfg
         if cfg.discriminator == "patchgan":
-            self.discriminator = StackedFramesDiscriminator(autoencoder.frames_per_latent, autoencoder.image_channels,
-                                                            cfg.disc_channels, cfg.disc_layers)
+            self.discriminator = StackedFramesDiscriminator(
+                autoencoder.frames_per_latent, autoencoder.image_channels, cfg.disc_channels, cfg.disc_layers
+            )
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         # upstream's first phase: scene and object streams see the still and the moving pixels apart

@@ -60,8 +60,16 @@ class LossConfig:
     discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
 
     def __post_init__(self) -> None:
-        for name in ("reconstruction_weight", "perceptual_weight", "codebook_weight", "kl_weight",
-                     "gan_weight", "disc_factor", "disc_lr_scale", "feature_matching_weight"):
+        for name in (
+            "reconstruction_weight",
+            "perceptual_weight",
+            "codebook_weight",
+            "kl_weight",
+            "gan_weight",
+            "disc_factor",
+            "disc_lr_scale",
+            "feature_matching_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_layers < 1 or self.disc_channels < 1:
@@ -74,7 +82,9 @@ def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.
     if kind == "vanilla":
         return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
     # LSGAN as VG: real -> 1, fake -> 0, mean of the two.
-    return 0.5 * (F.mse_loss(logits_real, torch.ones_like(logits_real)) + F.mse_loss(logits_fake, torch.zeros_like(logits_fake)))
+    return 0.5 * (
+        F.mse_loss(logits_real, torch.ones_like(logits_real)) + F.mse_loss(logits_fake, torch.zeros_like(logits_fake))
+    )
 
 
 def generator_loss(kind: str, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -211,8 +221,14 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
-    if autoencoder.type != "pvdm" and (cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from):
-        raise ConfigError("loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
-                          "the pvdm autoencoder's recipe")
+    if autoencoder.type != "pvdm" and (
+        cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from
+    ):
+        raise ConfigError(
+            "loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
+            "the pvdm autoencoder's recipe"
+        )
     if cfg.perceptual_weight > 0 and autoencoder.image_channels not in (1, 3):
-        raise ConfigError(f"loss.perceptual_weight: LPIPS needs 1- or 3-channel frames, the autoencoder has {autoencoder.image_channels}")
+        raise ConfigError(
+            f"loss.perceptual_weight: LPIPS needs 1- or 3-channel frames, the autoencoder has {autoencoder.image_channels}"
+        )

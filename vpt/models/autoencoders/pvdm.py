@@ -49,15 +49,28 @@ class PVDMConfig:
     checkpointing: bool = False  # recompute TimeSformer layers in the backward pass (less memory, ~30% slower)
 
     def __post_init__(self) -> None:
-        for name in ("channels", "resolution", "timesteps", "splits", "embed_dim", "patch_size", "in_channels", "depth"):
+        for name in (
+            "channels",
+            "resolution",
+            "timesteps",
+            "splits",
+            "embed_dim",
+            "patch_size",
+            "in_channels",
+            "depth",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"autoencoder.arch.{name} must be >= 1, got {getattr(self, name)}")
         if self.resolution % self.patch_size:
-            raise ConfigError(f"autoencoder.arch.resolution {self.resolution} is not divisible by patch_size {self.patch_size}")
+            raise ConfigError(
+                f"autoencoder.arch.resolution {self.resolution} is not divisible by patch_size {self.patch_size}"
+            )
         if self.timesteps % self.splits:
             raise ConfigError(f"autoencoder.arch.timesteps {self.timesteps} is not divisible by splits {self.splits}")
         if self.channels < 8:
-            raise ConfigError(f"autoencoder.arch.channels must be >= 8 (the plane transformers use C/8 per head), got {self.channels}")
+            raise ConfigError(
+                f"autoencoder.arch.channels must be >= 8 (the plane transformers use C/8 per head), got {self.channels}"
+            )
 
     @property
     def frames(self) -> int:
@@ -181,8 +194,13 @@ class TimeSformer(nn.Module):
         self.frame_rot_emb = FrameRotary(HEAD_DIM)
         self.image_rot_emb = AxialRotary(HEAD_DIM)
         self.layers = nn.ModuleList(
-            nn.ModuleList([PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)), PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)),
-                           PreNorm(dim, FeedForward(dim, 4 * dim, gated=True))])
+            nn.ModuleList(
+                [
+                    PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)),
+                    PreNorm(dim, Attention(dim, HEADS, HEAD_DIM)),
+                    PreNorm(dim, FeedForward(dim, 4 * dim, gated=True)),
+                ]
+            )
             for _ in range(depth)
         )
         self.checkpointing = checkpointing
@@ -212,8 +230,12 @@ class PlaneTransformer(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([PreNorm(dim, Attention(dim, PROJECTION_HEADS, dim // 8)),
-                           PreNorm(dim, FeedForward(dim, PROJECTION_MLP, gated=False))])
+            nn.ModuleList(
+                [
+                    PreNorm(dim, Attention(dim, PROJECTION_HEADS, dim // 8)),
+                    PreNorm(dim, FeedForward(dim, PROJECTION_MLP, gated=False)),
+                ]
+            )
             for _ in range(PROJECTION_DEPTH)
         )
 
@@ -240,18 +262,26 @@ class PVDMAutoencoder(Autoencoder):
         """Sizes from the tensors; `splits` cannot be told apart from a shorter clip, so it stays 1."""
         unpatchify = state["to_pixel.1.weight"]  # (C, C_img, p, p)
         patch = unpatchify.shape[-1]
-        return dict(channels=unpatchify.shape[0], in_channels=unpatchify.shape[1], patch_size=patch,
-                    embed_dim=state["pre_xy.weight"].shape[0], timesteps=state["xy_pos_embedding"].shape[1] - 1,
-                    resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
-                    depth=count_indices(state, r"encoder\.layers\.(\d+)\."))
+        return dict(
+            channels=unpatchify.shape[0],
+            in_channels=unpatchify.shape[1],
+            patch_size=patch,
+            embed_dim=state["pre_xy.weight"].shape[0],
+            timesteps=state["xy_pos_embedding"].shape[1] - 1,
+            resolution=(state["yt_pos_embedding"].shape[1] - 1) * patch,
+            depth=count_indices(state, r"encoder\.layers\.(\d+)\."),
+        )
 
     def __init__(self, config: PVDMConfig):
         super().__init__(config)
         c, k, g, p = config.channels, config.frames, config.grid, config.patch_size
-        self.encoder = TimeSformer(c, config.depth, patch_dim=config.in_channels * p * p, checkpointing=config.checkpointing)
+        self.encoder = TimeSformer(
+            c, config.depth, patch_dim=config.in_channels * p * p, checkpointing=config.checkpointing
+        )
         self.decoder = TimeSformer(c, config.depth, checkpointing=config.checkpointing)
-        self.to_pixel = nn.Sequential(Rearrange("b (t h w) c -> (b t) c h w", h=g, w=g),
-                                      nn.ConvTranspose2d(c, config.in_channels, p, stride=p))
+        self.to_pixel = nn.Sequential(
+            Rearrange("b (t h w) c -> (b t) c h w", h=g, w=g), nn.ConvTranspose2d(c, config.in_channels, p, stride=p)
+        )
         self.register_buffer("coords", torch.linspace(-1, 1, k)[:, None])  # unused; in upstream checkpoints
         # torch.randn like upstream; each learned token is appended to the sequence it summarises
         self.xy_token, self.xt_token, self.yt_token = (nn.Parameter(torch.randn(1, 1, c)) for _ in range(3))
@@ -275,8 +305,10 @@ class PVDMAutoencoder(Autoencoder):
 
     def latent_dims(self, height: int, width: int) -> tuple[int, ...]:
         if (height, width) != (self.config.resolution,) * 2:
-            raise VptError(f"pvdm autoencoder is built for {self.config.resolution}x{self.config.resolution} frames, "
-                           f"got {height}x{width} (set autoencoder.arch.resolution or resize the frames)")
+            raise VptError(
+                f"pvdm autoencoder is built for {self.config.resolution}x{self.config.resolution} frames, "
+                f"got {height}x{width} (set autoencoder.arch.resolution or resize the frames)"
+            )
         return (self.config.embed_dim, sum(r * c for r, c in self.plane_shapes().values()))
 
     # --- encoder ---
@@ -290,20 +322,27 @@ class PVDMAutoencoder(Autoencoder):
         patches = rearrange(clips, "n f c (h p1) (w p2) -> n (f h w) (p1 p2 c)", p1=p, p2=p)
         return self.encoder(self.encoder.to_patch_embedding(patches), k, g, g)
 
-    def _summarise(self, sequences: torch.Tensor, token: nn.Parameter, position: nn.Parameter,
-                   transformer: PlaneTransformer) -> torch.Tensor:
+    def _summarise(
+        self, sequences: torch.Tensor, token: nn.Parameter, position: nn.Parameter, transformer: PlaneTransformer
+    ) -> torch.Tensor:
         """(M, n, C) -> (M, C): upstream keeps output position 0, not the appended learned token."""
         x = torch.cat([sequences, token.expand(len(sequences), -1, -1)], dim=1)  # (M, n+1, C)
-        return transformer(x + position[:, :x.shape[1]])[:, 0]
+        return transformer(x + position[:, : x.shape[1]])[:, 0]
 
     def encode_planes(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, k, C, H, W) -> tanh planes {xy (N, e, h, w), yt (N, e, k, w), xt (N, e, k, h)}."""
         k, g = self.config.frames, self.config.grid
         cube = rearrange(self.encode_tokens(clips), "n (t h w) c -> n c t h w", t=k, h=g)
         batch = len(cube)
-        xy = self._summarise(rearrange(cube, "n c t h w -> (n h w) t c"), self.xy_token, self.xy_pos_embedding, self.xy_quant_attn)
-        yt = self._summarise(rearrange(cube, "n c t h w -> (n t w) h c"), self.yt_token, self.yt_pos_embedding, self.yt_quant_attn)
-        xt = self._summarise(rearrange(cube, "n c t h w -> (n t h) w c"), self.xt_token, self.xt_pos_embedding, self.xt_quant_attn)
+        xy = self._summarise(
+            rearrange(cube, "n c t h w -> (n h w) t c"), self.xy_token, self.xy_pos_embedding, self.xy_quant_attn
+        )
+        yt = self._summarise(
+            rearrange(cube, "n c t h w -> (n t w) h c"), self.yt_token, self.yt_pos_embedding, self.yt_quant_attn
+        )
+        xt = self._summarise(
+            rearrange(cube, "n c t h w -> (n t h) w c"), self.xt_token, self.xt_pos_embedding, self.xt_quant_attn
+        )
         return {
             "xy": torch.tanh(self.pre_xy(rearrange(xy, "(n h w) c -> n c h w", n=batch, h=g))),
             "yt": torch.tanh(self.pre_yt(rearrange(yt, "(n t w) c -> n c t w", n=batch, w=g))),
@@ -319,7 +358,9 @@ class PVDMAutoencoder(Autoencoder):
         """(N, e, L) -> {plane: (N, e, rows, cols)}."""
         shapes = self.plane_shapes()
         if latents.shape[-1] != sum(r * c for r, c in shapes.values()):
-            raise VptError(f"pvdm latents must have length {sum(r * c for r, c in shapes.values())}, got {latents.shape[-1]}")
+            raise VptError(
+                f"pvdm latents must have length {sum(r * c for r, c in shapes.values())}, got {latents.shape[-1]}"
+            )
         pieces = latents.split([r * c for r, c in shapes.values()], dim=-1)
         return {name: piece.unflatten(-1, shape) for (name, shape), piece in zip(shapes.items(), pieces)}
 

@@ -31,8 +31,10 @@ DISCRIMINATORS = ("discriminator_2d", "discriminator_3d")
 def check_pvdm_loss(cfg: LossConfig) -> None:
     """Settings of the generic recipe PVDM's has no place for (one line each)."""
     if cfg.discriminator not in ("pvdm", "none"):
-        raise ConfigError(f"loss.discriminator: the pvdm autoencoder trains with 'pvdm' (its 2-D + 3-D pair) or 'none', "
-                          f"not '{cfg.discriminator}'")
+        raise ConfigError(
+            f"loss.discriminator: the pvdm autoencoder trains with 'pvdm' (its 2-D + 3-D pair) or 'none', "
+            f"not '{cfg.discriminator}'"
+        )
     if cfg.adaptive_weight and cfg.discriminator == "pvdm":
         raise ConfigError("loss.adaptive_weight: PVDM's recipe uses the fixed loss.gan_weight; set it to false")
     if cfg.discriminator_init_from and cfg.discriminator != "pvdm":
@@ -45,7 +47,9 @@ class PVDMObjective(AutoencoderObjective):
     def __init__(self, autoencoder, cfg: LossConfig, *, grad_accum: int = 1, perceptual=None):
         check_pvdm_loss(cfg)
         # the base class builds the single generic discriminator; PVDM's pair is built here instead
-        super().__init__(autoencoder, dataclasses.replace(cfg, discriminator="none"), grad_accum=grad_accum, perceptual=perceptual)
+        super().__init__(
+            autoencoder, dataclasses.replace(cfg, discriminator="none"), grad_accum=grad_accum, perceptual=perceptual
+        )
         self.cfg = cfg
         self.gan = cfg.discriminator == "pvdm"
         if self.gan:
@@ -83,10 +87,13 @@ class PVDMObjective(AutoencoderObjective):
         if self.gan:
             on = float(step >= cfg.disc_start)
             real_clip, fake_clip = (rearrange(v, "n k c h w -> n c k h w") for v in (real, fake))
-            g_loss, matching, d_loss = self._adversarial(((self.discriminator_2d, real_frame, fake_frame),
-                                                          (self.discriminator_3d, real_clip, fake_clip)))
+            g_loss, matching, d_loss = self._adversarial(
+                ((self.discriminator_2d, real_frame, fake_frame), (self.discriminator_3d, real_clip, fake_clip))
+            )
             # Before disc_start every term is multiplied by 0 but still touches the discriminators (DDP bookkeeping).
-            total = total + on * (cfg.gan_weight * g_loss + cfg.feature_matching_weight * matching + cfg.disc_factor * d_loss)
+            total = total + on * (
+                cfg.gan_weight * g_loss + cfg.feature_matching_weight * matching + cfg.disc_factor * d_loss
+            )
             logs.update(g_loss=g_loss.detach(), feature_matching=matching.detach(), d_loss=d_loss.detach())
         return {"loss": total, **logs}
 

@@ -36,8 +36,9 @@ class VectorQuantizer(nn.Module):
         """(N, C, H, W) -> code indices (N, H, W); ||z||^2 + ||e||^2 - 2 z.e as upstream, so ties break alike."""
         flat = rearrange(z, "n c h w -> (n h w) c").float()
         codebook = self.embedding.weight.float()
-        distances = (flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
-                     - 2 * flat @ codebook.t())  # (N*H*W, num_codes)
+        distances = (
+            flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
+        )  # (N*H*W, num_codes)
         return distances.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def forward(self, z: torch.Tensor) -> Quantized:
@@ -77,7 +78,7 @@ class DebiasedEMA(nn.Module):
     def update(self, value: torch.Tensor) -> torch.Tensor:
         self._counter += 1
         self._hidden.lerp_(value, 1.0 - self.decay)
-        self.average.copy_(self._hidden / (1.0 - self.decay ** self._counter))
+        self.average.copy_(self._hidden / (1.0 - self.decay**self._counter))
         return self.average
 
 
@@ -96,8 +97,15 @@ class EMAVectorQuantizer(nn.Module):
     `_embeddings_cnt` counts how often each code was chosen in training (upstream's name).
     """
 
-    def __init__(self, num_codes: int, code_dim: int, *, commitment_cost: float = 0.25, decay: float = 0.99,
-                 epsilon: float = 1e-5):
+    def __init__(
+        self,
+        num_codes: int,
+        code_dim: int,
+        *,
+        commitment_cost: float = 0.25,
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+    ):
         super().__init__()
         self.num_codes, self.code_dim = num_codes, code_dim
         self.commitment_cost, self.epsilon = commitment_cost, epsilon

@@ -38,8 +38,11 @@ class ResidualBlock(nn.Module):
         self.bn2 = _norm(out_channels)
         if downsample_factor != 1 or in_channels != out_channels:
             # Index 1 is a parameter-free pooling; keeping it keeps upstream's `downsample.2.*` names.
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                            nn.AvgPool2d(downsample_factor), _norm(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                nn.AvgPool2d(downsample_factor),
+                _norm(out_channels),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.avg_pool2d(self.conv1(x), self.downsample_factor)
@@ -82,7 +85,9 @@ class Encoder(_AttentionTrunk):
     def __init__(self, in_channels: int, out_channels: int, width: int = 32):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.residuals = nn.Sequential(*(ResidualBlock(width * m, width * 2 * m, downsample_factor=2) for m in (1, 2, 4)))
+        self.residuals = nn.Sequential(
+            *(ResidualBlock(width * m, width * 2 * m, downsample_factor=2) for m in (1, 2, 4))
+        )
         self._add_trunk(8 * width)
         self.out_norm = _norm(8 * width)
         self.out_conv = nn.Conv2d(8 * width, out_channels, 3, padding=1)
@@ -97,9 +102,9 @@ class Decoder(_AttentionTrunk):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, width, 3, padding=1)
         self._add_trunk(width)
-        self.residuals = nn.Sequential(*(
-            nn.Sequential(ResidualBlock(width // d, width // (2 * d)), UpBlock(width // (2 * d))) for d in (1, 2, 4)
-        ))
+        self.residuals = nn.Sequential(
+            *(nn.Sequential(ResidualBlock(width // d, width // (2 * d)), UpBlock(width // (2 * d))) for d in (1, 2, 4))
+        )
         self.out_norm = _norm(width // 8)
         self.out_conv = nn.Conv2d(width // 8, out_channels, 3, padding=1)
 
@@ -119,7 +124,9 @@ class RiverVQVAEConfig:
 
     def __post_init__(self) -> None:
         if self.encoder_width % 32 or self.decoder_width % 256:
-            raise ValueError("autoencoder.arch: encoder_width must be a multiple of 32 and decoder_width of 256 (GroupNorm(32))")
+            raise ValueError(
+                "autoencoder.arch: encoder_width must be a multiple of 32 and decoder_width of 256 (GroupNorm(32))"
+            )
 
 
 class RiverVQVAE(FrameAutoencoder):
@@ -133,11 +140,13 @@ class RiverVQVAE(FrameAutoencoder):
 
     @classmethod
     def arch_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
-        return dict(in_channels=state["encoder.conv_in.weight"].shape[1],
-                    latent_channels=state["encoder.out_conv.weight"].shape[0],
-                    num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
-                    encoder_width=state["encoder.conv_in.weight"].shape[0],
-                    decoder_width=state["decoder.conv_in.weight"].shape[0])
+        return dict(
+            in_channels=state["encoder.conv_in.weight"].shape[1],
+            latent_channels=state["encoder.out_conv.weight"].shape[0],
+            num_embeddings=state["vector_quantizer.embedding.weight"].shape[0],
+            encoder_width=state["encoder.conv_in.weight"].shape[0],
+            decoder_width=state["decoder.conv_in.weight"].shape[0],
+        )
 
     def __init__(self, config: RiverVQVAEConfig):
         super().__init__(config)

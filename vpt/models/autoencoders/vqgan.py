@@ -110,17 +110,43 @@ class VQGANConfig:
             raise ValueError("autoencoder.arch.num_res_blocks must be >= 1")
         widths = [self.ch] + [self.ch * m for m in self.ch_mult]
         if any(w % self.norm_groups for w in widths):
-            raise ValueError(f"autoencoder.arch: every width (ch * ch_mult = {widths}) must be a multiple of "
-                             f"norm_groups={self.norm_groups}")
+            raise ValueError(
+                f"autoencoder.arch: every width (ch * ch_mult = {widths}) must be a multiple of "
+                f"norm_groups={self.norm_groups}"
+            )
 
 
 VQGAN_PRESETS: dict[str, dict] = {
-    "f8_small": dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], resolution=64,
-                     z_channels=4, embed_dim=4, n_embed=16384),
-    "f8": dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[32], resolution=256,
-               z_channels=4, embed_dim=4, n_embed=16384),
-    "f16": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], resolution=256,
-                z_channels=8, embed_dim=8, n_embed=16384),
+    "f8_small": dict(
+        ch=128,
+        ch_mult=[1, 2, 2, 4],
+        num_res_blocks=2,
+        attn_resolutions=[16],
+        resolution=64,
+        z_channels=4,
+        embed_dim=4,
+        n_embed=16384,
+    ),
+    "f8": dict(
+        ch=128,
+        ch_mult=[1, 2, 2, 4],
+        num_res_blocks=2,
+        attn_resolutions=[32],
+        resolution=256,
+        z_channels=4,
+        embed_dim=4,
+        n_embed=16384,
+    ),
+    "f16": dict(
+        ch=128,
+        ch_mult=[1, 1, 2, 2, 4],
+        num_res_blocks=2,
+        attn_resolutions=[16],
+        resolution=256,
+        z_channels=8,
+        embed_dim=8,
+        n_embed=16384,
+    ),
 }
 
 
@@ -230,17 +256,22 @@ class VQGAN(FrameAutoencoder):
         levels = count_indices(state, r"encoder\.down\.(\d+)\.")
         attn_levels = [i for i in range(levels) if f"encoder.down.{i}.attn.0.norm.weight" in state]
         inferred = dict(
-            ch=ch, in_channels=state["encoder.conv_in.weight"].shape[1], out_ch=state["decoder.conv_out.weight"].shape[0],
+            ch=ch,
+            in_channels=state["encoder.conv_in.weight"].shape[1],
+            out_ch=state["decoder.conv_out.weight"].shape[0],
             ch_mult=[state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
             num_res_blocks=count_indices(state, r"encoder\.down\.0\.block\.(\d+)\."),
-            z_channels=state["encoder.conv_out.weight"].shape[0], embed_dim=state["quant_conv.weight"].shape[0],
+            z_channels=state["encoder.conv_out.weight"].shape[0],
+            embed_dim=state["quant_conv.weight"].shape[0],
             n_embed=state["quantize.embedding.weight"].shape[0],
         )
         # Attention placement is what `resolution`/`attn_resolutions` encode: pick a matching preset's
         # values, else an equivalent pair (any resolution with the same levels gives the same network).
         for values in VQGAN_PRESETS.values():
-            if all(values[k] == inferred[k] for k in values if k in inferred) and \
-                    [i for i in range(levels) if values["resolution"] >> i in values["attn_resolutions"]] == attn_levels:
+            if (
+                all(values[k] == inferred[k] for k in values if k in inferred)
+                and [i for i in range(levels) if values["resolution"] >> i in values["attn_resolutions"]] == attn_levels
+            ):
                 return {**inferred, "resolution": values["resolution"], "attn_resolutions": values["attn_resolutions"]}
         resolution = 2 ** (levels + 4)
         return {**inferred, "resolution": resolution, "attn_resolutions": [resolution >> i for i in attn_levels]}

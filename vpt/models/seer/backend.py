@@ -65,7 +65,9 @@ class TextSection:
 
 @dataclass
 class SamplerSection:
-    steps: int = 30  # requested DDIM steps; upstream's uniform discretisation runs len(range(0, 1000, 1000 // steps)): 31 for 30
+    steps: int = (
+        30  # requested DDIM steps; upstream's uniform discretisation runs len(range(0, 1000, 1000 // steps)): 31 for 30
+    )
     guidance_scale: float = 7.5
     schedule: Literal["train", "upstream"] = "train"
     reference_ff_skip: bool = True
@@ -83,11 +85,15 @@ class SeerConfig:
     fstext_init_allow_partial: bool = False  # accept an fstext_init file that lacks some keys
     vae: str = "pretrained"  # "pretrained" (<pretrained>/vae), "none" (diffuse pixels), or an AutoencoderKL folder
     vae_latent: Literal["sample", "mode"] = "sample"  # how frames encoded on the fly become latents
-    latent_scale: Optional[float] = None  # model latents = (z - latent_shift) * latent_scale; None: the VAE's scaling_factor, 1 for pixels
+    latent_scale: Optional[float] = (
+        None  # model latents = (z - latent_shift) * latent_scale; None: the VAE's scaling_factor, 1 for pixels
+    )
     latent_shift: float = 0.0  # pixel-space models centre their frames with it (pure noise then matches the data mean)
     frames: int = 16  # F: frames per clip, reference frames included
     context_frames: int = 1  # R: reference frames given as context (the name `vpt train`/`sample` read)
-    trainable: Literal["temporal", "all"] = "temporal"  # temporal = upstream (SAWT blocks + FSText); all = whole UNet + FSText
+    trainable: Literal["temporal", "all"] = (
+        "temporal"  # temporal = upstream (SAWT blocks + FSText); all = whole UNet + FSText
+    )
     cond_drop_prob: float = 0.0  # probability of training a clip on the null text (CFG)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # upstream: epsilon (its v branch is unused)
     text_loss: bool = False  # add MSE(mean over frames of FSText, CLIP) (FSText initialisation objective)
@@ -140,16 +146,21 @@ class Seer(Backend):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         if cfg.vae == "pretrained" and not cfg.pretrained:
-            raise ConfigError("model.vae: 'pretrained' needs model.pretrained (an SD v1.5 folder); use 'none' for pixel space")
+            raise ConfigError(
+                "model.vae: 'pretrained' needs model.pretrained (an SD v1.5 folder); use 'none' for pixel space"
+            )
         sd = weights.check_sd_folder(cfg.pretrained) if cfg.pretrained else None
         if sd is not None:
             self.tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
             check_pickled_weights(sd / "text_encoder")
-            self.text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder"), dtype=torch.float32)  # fp32 as upstream
+            self.text_encoder = CLIPTextModel.from_pretrained(
+                str(sd / "text_encoder"), dtype=torch.float32
+            )  # fp32 as upstream
         else:
             self.tokenizer = builtin_tokenizer(cfg.text.max_length)
-            self.text_encoder = builtin_text_encoder(len(self.tokenizer), cfg.text.hidden_size, cfg.text.layers,
-                                                     cfg.text.heads, cfg.text.max_length)
+            self.text_encoder = builtin_text_encoder(
+                len(self.tokenizer), cfg.text.hidden_size, cfg.text.layers, cfg.text.heads, cfg.text.max_length
+            )
         text_dim = self.text_encoder.config.hidden_size
 
         vae_dir = {"pretrained": sd / "vae" if sd else None, "none": None}.get(cfg.vae, Path(cfg.vae).expanduser())
@@ -157,7 +168,9 @@ class Seer(Backend):
             raise VptError(f"model.vae: no AutoencoderKL folder at {vae_dir}")
         if vae_dir is not None:
             check_pickled_weights(vae_dir)
-        self.vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32) if vae_dir is not None else None
+        self.vae = (
+            AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32) if vae_dir is not None else None
+        )
         self.latent_channels = self.vae.config.latent_channels if self.vae is not None else 3
         default_scale = float(self.vae.config.scaling_factor) if self.vae is not None else 1.0
         self.latent_scale = default_scale if cfg.latent_scale is None else cfg.latent_scale
@@ -166,17 +179,29 @@ class Seer(Backend):
         if sd is not None:
             size = UNetSize.from_diffusers_config(sd / "unet" / "config.json")
         else:
-            size = UNetSize(in_channels=self.latent_channels, out_channels=self.latent_channels,
-                            block_out_channels=list(cfg.unet.block_out_channels), layers_per_block=cfg.unet.layers_per_block,
-                            heads=cfg.unet.heads, cross_attention_dim=text_dim)
+            size = UNetSize(
+                in_channels=self.latent_channels,
+                out_channels=self.latent_channels,
+                block_out_channels=list(cfg.unet.block_out_channels),
+                layers_per_block=cfg.unet.layers_per_block,
+                heads=cfg.unet.heads,
+                cross_attention_dim=text_dim,
+            )
         if size.in_channels != self.latent_channels or size.cross_attention_dim != text_dim:
-            raise VptError(f"UNet ({size.in_channels} latent channels, cross-attention {size.cross_attention_dim}) does not fit "
-                           f"the VAE ({self.latent_channels}) / text encoder ({text_dim})")
+            raise VptError(
+                f"UNet ({size.in_channels} latent channels, cross-attention {size.cross_attention_dim}) does not fit "
+                f"the VAE ({self.latent_channels}) / text encoder ({text_dim})"
+            )
         self.unet = SeerUNet(size)
         if sd is not None and not cfg.seer_checkpoint:  # a released checkpoint holds the SD weights too
             weights.load_sd_unet(self.unet, sd)
-        self.fstext = FSText(dim=text_dim, heads=cfg.fstext.heads, layers=cfg.fstext.layers,
-                             pos_frames=cfg.fstext.pos_frames, context_dim=text_dim)
+        self.fstext = FSText(
+            dim=text_dim,
+            heads=cfg.fstext.heads,
+            layers=cfg.fstext.layers,
+            pos_frames=cfg.fstext.pos_frames,
+            context_dim=text_dim,
+        )
         if cfg.fstext_init:
             weights.load_fstext_init(self.fstext, cfg.fstext_init, allow_partial=cfg.fstext_init_allow_partial)
         if cfg.seer_checkpoint:
@@ -184,8 +209,9 @@ class Seer(Backend):
 
         # Weights read from disk and never trained are left out of run checkpoints (`state_dict`); the
         # tuple holds whole keys (Backend.from_run matches them with str.startswith).
-        on_disk = ([k for k in self.state_dict(keep_all=True) if k.startswith("text_encoder.")] if sd else []) + \
-                  ([k for k in self.state_dict(keep_all=True) if k.startswith("vae.")] if vae_dir else [])
+        on_disk = ([k for k in self.state_dict(keep_all=True) if k.startswith("text_encoder.")] if sd else []) + (
+            [k for k in self.state_dict(keep_all=True) if k.startswith("vae.")] if vae_dir else []
+        )
         if sd is not None and cfg.trainable == "temporal":
             on_disk += [f"unet.{k}" for k in self.unet.state_dict() if ".temporal_attentions." not in k]
         self.frozen_prefixes = tuple(on_disk)
@@ -224,14 +250,24 @@ class Seer(Backend):
         """
         folder = weights.released_step_folder(Path(path))
         if folder is None:
-            raise UsageError(f"{path}: not a released Seer folder (needs {weights.RELEASED_UNET} and {weights.RELEASED_FSTEXT})")
+            raise UsageError(
+                f"{path}: not a released Seer folder (needs {weights.RELEASED_UNET} and {weights.RELEASED_FSTEXT})"
+            )
         if autoencoder is None:
-            raise UsageError("a released Seer checkpoint needs Stable Diffusion v1.5 for its VAE and CLIP: "
-                             "pass --ae SD15_DIR (diffusers layout: vae/, unet/, text_encoder/, tokenizer/)")
+            raise UsageError(
+                "a released Seer checkpoint needs Stable Diffusion v1.5 for its VAE and CLIP: "
+                "pass --ae SD15_DIR (diffusers layout: vae/, unet/, text_encoder/, tokenizer/)"
+            )
         context, frames = weights.released_clip_layout(folder)
-        config = SeerConfig(pretrained=str(autoencoder), seer_checkpoint=str(folder), frames=frames, context_frames=context,
-                            sampler=SamplerSection(steps=30, guidance_scale=7.5, schedule="upstream",
-                                                   reference_ff_skip=False, precision="fp16"))
+        config = SeerConfig(
+            pretrained=str(autoencoder),
+            seer_checkpoint=str(folder),
+            frames=frames,
+            context_frames=context,
+            sampler=SamplerSection(
+                steps=30, guidance_scale=7.5, schedule="upstream", reference_ff_skip=False, precision="fp16"
+            ),
+        )
         model = cls(config).eval()
         if preset is not None:
             raise UsageError("a released Seer folder names its own setup (sthv2/bridge/epic); drop --release")
@@ -240,8 +276,11 @@ class Seer(Backend):
 
     def default_protocol(self) -> EvalProtocol:
         """The paper's protocol of one window: R reference frames -> F - R predicted, FVD on I3D logits."""
-        return EvalProtocol(context_frames=self.cfg.context_frames, predicted_frames=self.cfg.frames - self.cfg.context_frames,
-                            fvd_preset="videogpt")
+        return EvalProtocol(
+            context_frames=self.cfg.context_frames,
+            predicted_frames=self.cfg.frames - self.cfg.context_frames,
+            fvd_preset="videogpt",
+        )
 
     # --- checkpoints: leave out what `pretrained` supplies ---------------------------------------------
     def state_dict(self, *args, keep_all: bool = False, **kwargs):
@@ -260,7 +299,9 @@ class Seer(Backend):
         frozen = set(self.frozen_prefixes)
         missing = [k for k in missing if k not in frozen]
         if strict and (missing or unexpected):
-            raise RuntimeError(f"Seer checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise RuntimeError(
+                f"Seer checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         return _IncompatibleKeys(missing, unexpected)
 
     # --- latents and text -------------------------------------------------------------------------------
@@ -276,13 +317,17 @@ class Seer(Backend):
         if self.vae is not None and channels == self.latent_channels:
             return video  # already model-ready (save-latents: posterior mean x scaling factor)
         if self.vae is None or channels != 3:
-            raise VptError(f"seer: clips have {channels} channels; this model takes 3-channel frames"
-                           + (f" or {self.latent_channels}-channel latents" if self.vae is not None else ""))
+            raise VptError(
+                f"seer: clips have {channels} channels; this model takes 3-channel frames"
+                + (f" or {self.latent_channels}-channel latents" if self.vae is not None else "")
+            )
         frames = rearrange(video, "b t c h w -> (b t) c h w").to(self.vae.dtype)
         with torch.no_grad():
             posterior = self.vae.encode(frames).latent_dist
             latents = posterior.sample(generator) if self.cfg.vae_latent == "sample" else posterior.mode()
-        return rearrange((latents - self.latent_shift) * self.latent_scale, "(b t) c h w -> b t c h w", b=video.shape[0])
+        return rearrange(
+            (latents - self.latent_shift) * self.latent_scale, "(b t) c h w -> b t c h w", b=video.shape[0]
+        )
 
     def check_latent_size(self, height: int, width: int) -> None:
         """Latents must halve cleanly at every level and fit the SAWT windows there (one line, not a shape error)."""
@@ -293,8 +338,10 @@ class Seer(Backend):
             for level in range(levels):
                 sawt_window(height >> level, width >> level)
         except ValueError as exc:
-            raise VptError(f"seer: {height}x{width} latents do not fit this model's UNet ({exc}); "
-                           "resize the frames (e.g. --size / data.image_size)") from None
+            raise VptError(
+                f"seer: {height}x{width} latents do not fit this model's UNet ({exc}); "
+                "resize the frames (e.g. --size / data.image_size)"
+            ) from None
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, c, h, w) latents -> (B, T, 3, H, W) frames in [-1, 1]."""
@@ -323,7 +370,9 @@ class Seer(Backend):
         if prompts is None:
             raise VptError("seer trains on captioned clips, but the data has no text (captions.json, SSv2 labels, ...)")
         if video.shape[1] < frames:
-            raise ConfigError(f"seer: clips have {video.shape[1]} frames, model.frames is {frames} (set data.frames >= {frames})")
+            raise ConfigError(
+                f"seer: clips have {video.shape[1]} frames, model.frames is {frames} (set data.frames >= {frames})"
+            )
         latents = self.encode(video[:, :frames])  # (B, F, c, h, w)
         self.check_latent_size(*latents.shape[-2:])
         reference_latents, target = latents[:, :reference], latents[:, reference:]
@@ -336,13 +385,19 @@ class Seer(Backend):
             losses["text_loss"] = F.mse_loss(context.float().mean(1), clip.float())
         if cfg.cond_drop_prob > 0:
             dropped = torch.rand(batch_size, device=latents.device) < cfg.cond_drop_prob
-            context = torch.where(dropped[:, None, None, None], self.null_context(batch_size, frames).to(context.dtype), context)
+            context = torch.where(
+                dropped[:, None, None, None], self.null_context(batch_size, frames).to(context.dtype), context
+            )
 
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (batch_size,), device=latents.device)
         noise = torch.randn_like(target)
         noisy = self.train_noise.add_noise(target, noise, timesteps)
-        prediction = self.unet(torch.cat([reference_latents, noisy], dim=1), timesteps, context, reference_frames=reference)
-        objective = noise if cfg.prediction_type == "epsilon" else self.train_noise.get_velocity(target, noise, timesteps)
+        prediction = self.unet(
+            torch.cat([reference_latents, noisy], dim=1), timesteps, context, reference_frames=reference
+        )
+        objective = (
+            noise if cfg.prediction_type == "epsilon" else self.train_noise.get_velocity(target, noise, timesteps)
+        )
         mse = F.mse_loss(prediction[:, reference:].float(), objective.float())
         losses.update(loss=mse + losses.get("text_loss", 0.0), mse=mse.detach())
         return losses
@@ -369,8 +424,10 @@ class Seer(Backend):
         batch = context.shape[0]
         prompts = _prompts(prompt, batch)
         if num_frames > frames - reference:
-            self.warn_once(f"seer: {num_frames} frames asked, one window predicts {frames - reference}; the rest continues "
-                 f"autoregressively from predicted frames (an extension: the paper predicts one window)")
+            self.warn_once(
+                f"seer: {num_frames} frames asked, one window predicts {frames - reference}; the rest continues "
+                f"autoregressively from predicted frames (an extension: the paper predicts one window)"
+            )
         steps = steps or cfg.sampler.steps
         scale = cfg.sampler.guidance_scale if guidance_scale is None else guidance_scale
         if context.shape[1] < reference:
@@ -392,10 +449,16 @@ class Seer(Backend):
         """What a sample run actually does (with upstream's rule, 30 requested DDIM steps run 31)."""
         sampler = self.cfg.sampler
         requested = steps or sampler.steps
-        return {"ddim_steps_requested": requested, "ddim_steps_run": len(upstream_timesteps(requested)),
-                "schedule": sampler.schedule, "eta": sampler.eta, "reference_ff_skip": sampler.reference_ff_skip,
-                "guidance_scale": sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                "frames": self.cfg.frames, "reference_frames": self.cfg.context_frames}
+        return {
+            "ddim_steps_requested": requested,
+            "ddim_steps_run": len(upstream_timesteps(requested)),
+            "schedule": sampler.schedule,
+            "eta": sampler.eta,
+            "reference_ff_skip": sampler.reference_ff_skip,
+            "guidance_scale": sampler.guidance_scale if guidance_scale is None else guidance_scale,
+            "frames": self.cfg.frames,
+            "reference_frames": self.cfg.context_frames,
+        }
 
     def _sample_window(self, reference_latents, text, null, steps, scale, generator) -> torch.Tensor:
         cfg = self.cfg

@@ -21,10 +21,12 @@ class FSTextLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, context_dim: int):
         super().__init__()
-        self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(dim, heads, dim // heads, cross_attention_dim=context_dim, activation_fn="geglu"),
-            CausalTemporalBlock(dim, heads, dim // heads),
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [
+                BasicTransformerBlock(dim, heads, dim // heads, cross_attention_dim=context_dim, activation_fn="geglu"),
+                CausalTemporalBlock(dim, heads, dim // heads),
+            ]
+        )
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:  # x (B, F, L, D); text (B, L_ctx, D_ctx)
         batch, frames, tokens, _ = x.shape
@@ -40,8 +42,15 @@ class FSTextLayer(nn.Module):
 class FSText(nn.Module):
     """(B, L, D_ctx) CLIP last hidden state -> (B, F, L, D) per-frame text; F may differ from the table's frames."""
 
-    def __init__(self, dim: int = 768, heads: int = 8, layers: int = 8, pos_frames: int = 16,
-                 max_tokens: int = 1024, context_dim: int = 768):
+    def __init__(
+        self,
+        dim: int = 768,
+        heads: int = 8,
+        layers: int = 8,
+        pos_frames: int = 16,
+        max_tokens: int = 1024,
+        context_dim: int = 768,
+    ):
         super().__init__()
         # Both zero-initialised as upstream; `fstext_init` or training fills them.
         self.learnable_query = nn.Parameter(torch.zeros(1, 1, 1, dim))

@@ -124,7 +124,9 @@ class SAWTAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
     def forward(self, x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:  # (B, F*h*w, C)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (self.to_q(x), self.to_k(x), self.to_v(x)))
+        q, k, v = (
+            rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (self.to_q(x), self.to_k(x), self.to_v(x))
+        )
         q, k = self.rotary_emb(q), self.rotary_emb(k)
         window = sawt_window(height, width)
         if window is None:
@@ -175,10 +177,13 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.norm = FrameGroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(channels, heads, channels // heads, cross_attention_dim=cross_attention_dim,
-                                  activation_fn="geglu")
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [
+                BasicTransformerBlock(
+                    channels, heads, channels // heads, cross_attention_dim=cross_attention_dim, activation_fn="geglu"
+                )
+            ]
+        )
         self.proj_out = _zero(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -214,8 +219,14 @@ class FrameResnet(ResnetBlock2D):
     """diffusers' ResnetBlock2D (same parameters) with clip-wide GroupNorm and one time embedding per clip."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, eps: float, groups: int = 32):
-        super().__init__(in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels,
-                         eps=eps, groups=groups, non_linearity="silu")
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            temb_channels=temb_channels,
+            eps=eps,
+            groups=groups,
+            non_linearity="silu",
+        )
         self.norm1 = FrameGroupNorm(groups, in_channels, eps=eps)
         self.norm2 = FrameGroupNorm(groups, out_channels, eps=eps)
 

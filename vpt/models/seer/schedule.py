@@ -22,8 +22,15 @@ Prediction = Literal["epsilon", "v_prediction"]
 def training_scheduler(prediction_type: Prediction = "epsilon") -> DDPMScheduler:
     """SD v1.5's scheduler config as used for training: epsilon targets (upstream), uniform t, no offset noise."""
     start, end = SCHEDULE_BETAS["train"]
-    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="scaled_linear", beta_start=start,
-                         beta_end=end, steps_offset=1, clip_sample=False, prediction_type=prediction_type)
+    return DDPMScheduler(
+        num_train_timesteps=TRAIN_TIMESTEPS,
+        beta_schedule="scaled_linear",
+        beta_start=start,
+        beta_end=end,
+        steps_offset=1,
+        clip_sample=False,
+        prediction_type=prediction_type,
+    )
 
 
 def upstream_timesteps(steps: int) -> list[int]:
@@ -41,8 +48,15 @@ def sampling_scheduler(steps: int, schedule: Schedule, prediction_type: Predicti
     between upstream's timesteps; the last step's previous alpha is alphas_cumprod[0] (not 1).
     """
     start, end = SCHEDULE_BETAS[schedule]
-    scheduler = DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="scaled_linear", beta_start=start,
-                              beta_end=end, set_alpha_to_one=False, clip_sample=False, prediction_type=prediction_type)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=TRAIN_TIMESTEPS,
+        beta_schedule="scaled_linear",
+        beta_start=start,
+        beta_end=end,
+        set_alpha_to_one=False,
+        clip_sample=False,
+        prediction_type=prediction_type,
+    )
     scheduler.set_timesteps(steps)
     scheduler.timesteps = torch.tensor(upstream_timesteps(steps), dtype=torch.long)
     return scheduler

@@ -80,15 +80,24 @@ def builtin_text_encoder(vocab_size: int, hidden_size: int, layers: int, heads: 
     """A small random CLIP text transformer (frozen like SD's; FSText learns on top of it)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_length,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     return CLIPTextModel(config)
 
 
 def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> torch.Tensor:
     """prompts -> CLIP last hidden state (B, L, D), padded to the tokenizer's max length, mask passed."""
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         return text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))[0]

@@ -49,7 +49,9 @@ class UNetSize:
             raise VptError("unet.block_out_channels needs at least two levels")
         for channels in self.block_out_channels:
             if channels % 32 or channels % self.heads:
-                raise VptError(f"unet.block_out_channels: {channels} is not divisible by 32 groups and {self.heads} heads")
+                raise VptError(
+                    f"unet.block_out_channels: {channels} is not divisible by 32 groups and {self.heads} heads"
+                )
 
     @classmethod
     def from_diffusers_config(cls, path: Path) -> UNetSize:
@@ -61,22 +63,32 @@ class UNetSize:
         sd_layout = {
             "down_block_types": ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
             "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
-            "norm_num_groups": 32, "use_linear_projection": False, "class_embed_type": None,
-            "addition_embed_type": None, "transformer_layers_per_block": 1,
+            "norm_num_groups": 32,
+            "use_linear_projection": False,
+            "class_embed_type": None,
+            "addition_embed_type": None,
+            "transformer_layers_per_block": 1,
         }
         for key, expected in sd_layout.items():
             value = config.get(key, expected)
             if (list(value) if isinstance(value, (list, tuple)) else value) != expected:
-                raise VptError(f"{path}: {key} = {value} is not a Stable Diffusion v1.x UNet (Seer inflates SD v1.x only)")
+                raise VptError(
+                    f"{path}: {key} = {value} is not a Stable Diffusion v1.x UNet (Seer inflates SD v1.x only)"
+                )
         heads = config.get("attention_head_dim", 8)
         if isinstance(heads, list):
             if len(set(heads)) != 1:
                 raise VptError(f"{path}: per-block head counts {heads} are not an SD v1.x UNet")
             heads = heads[0]
-        return cls(in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
-                   block_out_channels=list(config["block_out_channels"]),
-                   layers_per_block=config.get("layers_per_block", 2), heads=heads,
-                   cross_attention_dim=config.get("cross_attention_dim", 768), norm_eps=config.get("norm_eps", 1e-5))
+        return cls(
+            in_channels=config.get("in_channels", 4),
+            out_channels=config.get("out_channels", 4),
+            block_out_channels=list(config["block_out_channels"]),
+            layers_per_block=config.get("layers_per_block", 2),
+            heads=heads,
+            cross_attention_dim=config.get("cross_attention_dim", 768),
+            norm_eps=config.get("norm_eps", 1e-5),
+        )
 
 
 def _run(module_call, enabled: bool, *args):
@@ -92,11 +104,19 @@ class DownBlock(nn.Module):
     def __init__(self, size: UNetSize, in_ch: int, out_ch: int, temb: int, attention: bool, downsample: bool):
         super().__init__()
         layers = size.layers_per_block
-        self.resnets = nn.ModuleList(FrameResnet(in_ch if i == 0 else out_ch, out_ch, temb, size.norm_eps) for i in range(layers))
+        self.resnets = nn.ModuleList(
+            FrameResnet(in_ch if i == 0 else out_ch, out_ch, temb, size.norm_eps) for i in range(layers)
+        )
         if attention:
-            self.attentions = nn.ModuleList(SpatialTransformer(out_ch, size.heads, size.cross_attention_dim) for _ in range(layers))
+            self.attentions = nn.ModuleList(
+                SpatialTransformer(out_ch, size.heads, size.cross_attention_dim) for _ in range(layers)
+            )
             self.temporal_attentions = nn.ModuleList(TemporalTransformer(out_ch, size.heads) for _ in range(layers))
-        self.downsamplers = nn.ModuleList([Downsample2D(out_ch, use_conv=True, out_channels=out_ch, padding=1, name="op")]) if downsample else None
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_ch, use_conv=True, out_channels=out_ch, padding=1, name="op")])
+            if downsample
+            else None
+        )
         self.gradient_checkpointing = False
 
     def forward(self, x, temb, context, frames: int, reference: int):
@@ -133,15 +153,21 @@ class MidBlock(nn.Module):
 class UpBlock(nn.Module):
     """Per layer: concatenate a skip, resnet (-> spatial -> temporal); then an optional nearest x2 + conv."""
 
-    def __init__(self, size: UNetSize, in_ch: int, prev_ch: int, out_ch: int, temb: int, attention: bool, upsample: bool):
+    def __init__(
+        self, size: UNetSize, in_ch: int, prev_ch: int, out_ch: int, temb: int, attention: bool, upsample: bool
+    ):
         super().__init__()
         layers = size.layers_per_block + 1
         self.resnets = nn.ModuleList(
-            FrameResnet((prev_ch if i == 0 else out_ch) + (in_ch if i == layers - 1 else out_ch), out_ch, temb, size.norm_eps)
+            FrameResnet(
+                (prev_ch if i == 0 else out_ch) + (in_ch if i == layers - 1 else out_ch), out_ch, temb, size.norm_eps
+            )
             for i in range(layers)
         )
         if attention:
-            self.attentions = nn.ModuleList(SpatialTransformer(out_ch, size.heads, size.cross_attention_dim) for _ in range(layers))
+            self.attentions = nn.ModuleList(
+                SpatialTransformer(out_ch, size.heads, size.cross_attention_dim) for _ in range(layers)
+            )
             self.temporal_attentions = nn.ModuleList(TemporalTransformer(out_ch, size.heads) for _ in range(layers))
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch, use_conv=True, out_channels=out_ch)]) if upsample else None
         self.gradient_checkpointing = False
@@ -179,8 +205,15 @@ class SeerUNet(nn.Module):
         self.mid_block = MidBlock(size, channels[-1], temb)
         reversed_channels = channels[::-1]
         self.up_blocks = nn.ModuleList(
-            UpBlock(size, in_ch=reversed_channels[min(i + 1, last)], prev_ch=reversed_channels[max(i - 1, 0)],
-                    out_ch=reversed_channels[i], temb=temb, attention=i > 0, upsample=i < last)
+            UpBlock(
+                size,
+                in_ch=reversed_channels[min(i + 1, last)],
+                prev_ch=reversed_channels[max(i - 1, 0)],
+                out_ch=reversed_channels[i],
+                temb=temb,
+                attention=i > 0,
+                upsample=i < last,
+            )
             for i in range(len(channels))
         )
         self.conv_norm_out = FrameGroupNorm(32, channels[0], eps=size.norm_eps)
@@ -196,8 +229,9 @@ class SeerUNet(nn.Module):
         """What upstream trains: every parameter under a `temporal_attentions` module (not the rotary buffers)."""
         return [p for name, p in self.named_parameters() if ".temporal_attentions." in name]
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, context: torch.Tensor,
-                reference_frames: int = 0) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, context: torch.Tensor, reference_frames: int = 0
+    ) -> torch.Tensor:
         batch, frames = sample.shape[:2]
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))  # (B, 4*C0), one per clip
