@@ -44,8 +44,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):  # 0 is allowed: a run that only evaluates its init
+            raise ValueError(f"train.lr must be a finite number >= 0, got {self.lr}")
         if len(self.betas) != 2:
             raise ValueError(f"train.betas needs two values, got {self.betas}")
 
