@@ -368,3 +368,12 @@ def test_library_training_leaves_the_host_programs_ctrl_c_alone(tmp_path):
         assert signal.getsignal(signal.SIGINT) is host_handler  # and the host's again after
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_entry_point_owns_ctrl_c_only_while_it_runs():
+    from vpt.cli import main
+    from vpt.console import cli_owns_process
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert not cli_owns_process()  # a program that called main() keeps its own Ctrl-C afterwards

@@ -68,9 +68,10 @@ def test_window3_denoiser_without_autoencoder_or_config_is_one_line(tmp_path):
     path = _upstream_file(tmp_path, "d", channels=3, window=3)
     with pytest.raises(UsageError, match="--ae"):  # no ae.* in the file either
         NeuralSDE.from_checkpoint(path)
-    from vpt.models.neuralsde import _load_upstream_state, convert_upstream_state
+    from vpt.models.neuralsde import convert_upstream_state
+    from vpt.models.uvit import load_upstream_state
 
-    net = convert_upstream_state(_load_upstream_state(path))["net"]
+    net = convert_upstream_state(load_upstream_state(path))["net"]
     with pytest.raises(ConfigError, match=r"model\.window") as error:
         config_from_state(net)
     assert "\n" not in str(error.value)

@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and a non-zero exit code, not a traceback."""
     from rich.markup import escape
 
-    from vpt.console import claim_process, console
+    from vpt.console import console, owning_process
 
-    claim_process()
     try:
-        app(args=argv, prog_name="vpt")  # typer/click report usage errors themselves (exit 2)
+        with owning_process():
+            app(args=argv, prog_name="vpt")  # typer/click report usage errors themselves (exit 2)
     except VptError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)

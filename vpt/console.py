@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from rich.console import Console
@@ -12,10 +13,16 @@ console = Console(stderr=True, soft_wrap=True)
 _cli_owns_process = False
 
 
-def claim_process() -> None:
-    """Called by the `vpt` entry point: the process is vpt's, so vpt may take over signals (Ctrl-C)."""
+@contextlib.contextmanager
+def owning_process():
+    """Around the `vpt` entry point's work: the process is vpt's, so vpt may take over signals (Ctrl-C).
+    Restored after, so a program that called `vpt.cli.main` keeps its own Ctrl-C."""
     global _cli_owns_process
-    _cli_owns_process = True
+    previous, _cli_owns_process = _cli_owns_process, True
+    try:
+        yield
+    finally:
+        _cli_owns_process = previous
 
 
 def cli_owns_process() -> bool:
