@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -59,12 +60,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    try:
-        os.fchmod(fd, _CREATE_MODE & ~_umask())  # mkstemp's 0600 would make outputs private, unlike open()'s
-    finally:
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(path, suffix)
     try:
         yield tmp
         if tmp.exists():
@@ -77,18 +73,17 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-_CREATE_MODE = 0o666  # what open() asks for; the umask takes its bits away
-
-
-def _umask() -> int:
-    """The process's umask, from /proc on Linux; elsewhere read by setting it and setting it straight back."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_temp_file(path: Path, suffix: str) -> Path:
+    """A new empty `.NAME.<random>.tmpSUFFIX` beside `path`, created with mode 0666 so the kernel applies
+    the umask as for any file open() creates (tempfile.mkstemp's 0600 would make outputs private)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def remove_stale_temps(path: str | os.PathLike) -> None:
