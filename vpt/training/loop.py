@@ -93,9 +93,7 @@ def train(
     latest = run.latest_checkpoint()
     if latest is not None:
         state.step = load_checkpoint(latest, state)
-        info(f"Resuming {run.root} from step {state.step} ({latest.name})")
-        if accelerator.is_main_process:
-            run.truncate_metrics(after_step=state.step)
+        info(f"Resuming {run.root} from step {state.step} ({latest.name})")  # Run.open trimmed metrics.jsonl to it
     # The EMA starts from the loaded weights (or the checkpoint's own EMA), never from the random init.
     if cfg.ema_decay > 0:
         state.ema = EMA(model, cfg.ema_decay, cfg.ema_start)
