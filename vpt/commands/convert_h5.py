@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpt.commands.extract_frames import FpsOption, ResizeOption, SkipBadOption, SplitsOption, WorkersOption, report
+from vpt.commands.extract_frames import (
+    FpsOption,
+    OverwriteOption,
+    ResizeOption,
+    SkipBadOption,
+    SplitsOption,
+    WorkersOption,
+    report,
+)
 from vpt.commands.options import Compression, Layout, Resize
 
 
@@ -75,6 +83,7 @@ def convert_h5(
     fold: Annotated[
         int, typer.Option("--fold", help="UCF-101 fold (1, 2 or 3): trainlistNN.txt -> train, testlistNN.txt -> test.")
     ] = 1,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Convert videos to HDF5 shards with parallel decoding; an interrupted run resumes at the first unfinished shard."""
     from vpt.data.convert import convert_h5 as run
@@ -95,5 +104,6 @@ def convert_h5(
         splits=parse_splits(splits),
         dataset=dataset.value,
         fold=fold,
+        overwrite=overwrite,
     )
     report(summary, out_dir, skip_bad, "converted")

@@ -31,6 +31,13 @@ SkipBadOption = Annotated[
         "--skip-bad", help="Exit 0 even when some videos could not be read (they are still listed in failed.txt)."
     ),
 ]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Redo outputs that an earlier run made with other settings (without it such a rerun is refused; finished work with the same settings is always kept).",
+    ),
+]
 SplitsOption = Annotated[
     Optional[str],
     typer.Option(
@@ -51,6 +58,8 @@ def report(summary, dst: Path, skip_bad: bool, unit: str) -> None:
         f"{summary.done} videos {unit} ({summary.frames:,} frames, {rate:,.0f} frames/s), "
         f"{summary.skipped} already done, {len(summary.failed)} failed - {dst}"
     )
+    if summary.replaced:
+        warn(f"{summary.replaced} outputs made with other settings were replaced (--overwrite)")
     if summary.redone:
         warn(
             f"{summary.redone} of them had an incomplete output folder (an interrupted run or a hand edit) and were {unit} again"
@@ -88,6 +97,7 @@ def extract_frames(
     workers: WorkersOption = None,
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Decode every video into a folder of zero-padded frames; re-running skips finished videos."""
     from vpt.data.extract import extract_frames as run
@@ -103,5 +113,6 @@ def extract_frames(
         ext=ext.value,
         workers=workers or default_workers(),
         splits=parse_splits(splits),
+        overwrite=overwrite,
     )
     report(summary, out_dir, skip_bad, "extracted")

@@ -6,11 +6,15 @@ to the shard being written. Shards are the unit of resume: each is written to a 
 and renamed when complete, and `DST/.vpt-convert.json` records the settings (a resumed run must use
 the same ones, or shard boundaries would move) and, per finished shard, its size, video count and
 which of its videos failed. A resumed run re-checks every finished shard against that record and
-converts a damaged one (truncated, unreadable) again.
+converts a damaged one (truncated, unreadable) again. The settings include everything the shards
+hold besides the frames' source: the options, the videos per split, `--splits`, and a digest of the
+captions, so a rerun after adding `captions.json` or with another `--image-size` is refused (or,
+with `overwrite`, converted again from scratch) instead of keeping shards that no longer match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from vpt.console import warn
-from vpt.data.extract import RunSummary, write_failures
+from vpt.data.extract import RunSummary, shown_setting, write_failures
 from vpt.data.h5 import CompressedChunks, Layout, ShardWriter, compress_chunks, shard_damage, shard_name
 from vpt.data.parallel import MediaProgress, parallel_map
 from vpt.data.sources import (
+    SPLITS,
     assign_split,
     caption_for,
+    check_split_sizes,
     dataset_splits,
     discover_videos,
     frame_files,
@@ -43,6 +49,21 @@ from vpt.fsutil import (
 
 STATE_FILE = ".vpt-convert.json"
 DEFAULT_VIDEOS_PER_SHARD = {"vpt": 1000, "river": 100_000}  # river: upstream's value
+# The option (or input) behind each recorded setting, for the refusal message.
+SETTING_OPTIONS = {
+    "layout": "--layout",
+    "image_size": "--image-size",
+    "resize": "--resize",
+    "extension": "--extension",
+    "fps": "--fps",
+    "videos_per_shard": "--videos-per-shard",
+    "compression": "--compression",
+    "videos": "videos per split in --data-dir",
+    "splits": "--splits",
+    "captions": "captions (captions.json/.csv)",
+    "dataset": "--dataset",
+    "fold": "--fold",
+}
 
 
 @dataclass(frozen=True)
@@ -133,11 +154,13 @@ def convert_h5(
     splits: tuple[float, float, float] | None = None,
     dataset: str = "folders",
     fold: int = 1,
+    overwrite: bool = False,
 ) -> RunSummary:
     """Convert `src` into `dst/<split>/shard_NNNN.hdf5`; resumable; returns what was done and what failed.
 
     `dataset`: "folders" (a train/val/test tree, or a flat folder with `splits`), or a released dataset's
     own layout, "ucf101" (split by the official fold files of `fold`) or "sky" (SkyTimelapse).
+    A `dst` converted with other settings is refused, or with `overwrite` its shards are replaced.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -155,6 +178,7 @@ def convert_h5(
         entries = _dataset_entries(src, dataset, fold)
     if not any(entries.values()):
         raise UsageError(f"{src}: no videos or frame folders (*.{extension}) found")
+    check_split_sizes({split: len(found) for split, found in entries.items()}, splits)
 
     settings = {
         "layout": layout,
@@ -166,14 +190,19 @@ def convert_h5(
         "compression": compression,
         "videos": {split: len(found) for split, found in entries.items()},
     }
-    if dataset != "folders":  # only then, so state files of earlier versions still resume
+    # Each only when it applies, so state files of earlier versions (without these keys) still resume.
+    if dataset != "folders":  # a released layout's captions follow from the dataset itself
         settings |= {"dataset": dataset} | ({"fold": fold} if dataset == "ucf101" else {})
+    elif any(text is not None for found in entries.values() for *_, text in found):
+        settings["captions"] = _captions_digest(entries)
+    if splits is not None:
+        settings["splits"] = list(splits)
     ensure_writable(dst, "--out-dir")
     with exclusive_lock(dst), disk_full_is_an_error(dst):
-        state = _load_state(dst, settings)
+        state, replaced = _load_state(dst, settings, overwrite)
         jobs: list[_Job] = []
         shard_sizes: dict[str, int] = {}
-        summary = RunSummary(total=sum(len(found) for found in entries.values()))
+        summary = RunSummary(total=sum(len(found) for found in entries.values()), replaced=replaced)
         for split, found in entries.items():
             (dst / split).mkdir(parents=True, exist_ok=True)
             for stale in (dst / split).glob(".shard_*.tmp"):  # temp files of a killed run
@@ -287,23 +316,57 @@ def _new_writer(path: Path, layout: Layout, attrs: dict, compression: str) -> Sh
     return ShardWriter(path, layout="vpt", kind="frames", attrs=attrs, compression=compression)
 
 
-def _load_state(dst: Path, settings: dict) -> dict:
+def _captions_digest(entries: dict[str, list[_Entry]]) -> str:
+    """A short hash of every video's caption (None and "" differ), in conversion order."""
+    pairs = [[split, name, text] for split, found in entries.items() for name, _, _, text in found]
+    return hashlib.sha256(json.dumps(pairs).encode("utf-8")).hexdigest()[:16]
+
+
+def _load_state(dst: Path, settings: dict, overwrite: bool) -> tuple[dict, int]:
+    """The state to resume from, and how many shards made with other settings were removed (`overwrite`)."""
     path = dst / STATE_FILE
     remove_stale_temps(path)
     if not path.is_file():
         if dst.is_dir() and any(p for p in dst.iterdir() if p.name not in (STATE_FILE, LOCK_FILE)):
             raise UsageError(f"--out-dir {dst} exists and was not written by convert-h5; choose a new one")
-        state = {"settings": settings, "shards": {}}
-        _save_state(dst, state)
-        return state
+        return _new_state(dst, settings), 0
     state = _read_state(path)
-    if state.get("settings") != settings:
-        changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+    if state["settings"] == settings:
+        return state, 0
+    if not overwrite:
         raise UsageError(
-            f"{dst} was converted with different {', '.join(changed)} (or the source changed); "
-            "use the same options to resume, or a new --out-dir"
+            f"{dst} was converted with other settings ({_changes(state['settings'], settings)}); "
+            "use the same options to resume, pass --overwrite to convert again, or choose a new --out-dir"
         )
+    old_shards = []
+    for split in SPLITS:  # every split a conversion writes; never a name read from the file
+        if (dst / split).is_symlink():
+            raise UsageError(f"{dst / split} is a symbolic link; convert-h5 never deletes through a link: remove it")
+        old_shards += (dst / split).glob("shard_*.hdf5")
+    for shard in old_shards:
+        shard.unlink()
+    return _new_state(dst, settings), len(old_shards)
+
+
+def _new_state(dst: Path, settings: dict) -> dict:
+    state = {"settings": settings, "shards": {}}
+    _save_state(dst, state)
     return state
+
+
+def _changes(recorded: dict, wanted: dict) -> str:
+    """'--image-size was 16, now 32; captions (captions.json/.csv) added' for each differing setting."""
+    changes = []
+    for key in dict.fromkeys([*SETTING_OPTIONS, *recorded, *wanted]):
+        old, new = recorded.get(key), wanted.get(key)
+        if old == new:
+            continue
+        option = SETTING_OPTIONS.get(key, key)
+        if key == "captions":  # a digest: only whether they came or went says something
+            changes.append(f"{option} {'added' if old is None else 'removed' if new is None else 'changed'}")
+        else:
+            changes.append(f"{option} was {shown_setting(old)}, now {shown_setting(new)}")
+    return "; ".join(changes)
 
 
 def _read_state(path: Path) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vpt.console import warn
 from vpt.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, read_frames, read_image, video_info
 from vpt.errors import UsageError
 
@@ -53,12 +54,14 @@ def discover_videos(directory: str | os.PathLike, ext: str | None = None) -> lis
     """Every video under `directory`: (relative posix name, path, "video" | "frames"), sorted by name.
 
     A video is either a file with a video extension or a folder holding image files (`ext` to
-    restrict them). Hidden entries (temp folders of interrupted runs, captions) are skipped.
+    restrict them). Hidden entries (temp folders of interrupted runs, captions) are skipped. Symbolic
+    links to folders and files are followed (they are only read), except a link back to a folder
+    above it, which would loop.
     """
     directory = Path(directory)
     found: list[tuple[str, Path, str]] = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _links_upwards(os.path.join(root, d)))
         rel_root = Path(root).relative_to(directory)
         visible = [f for f in files if not f.startswith(".")]
         if any(_is_image(f, ext) for f in visible):
@@ -67,6 +70,17 @@ def discover_videos(directory: str | os.PathLike, ext: str | None = None) -> lis
             if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
                 found.append(((rel_root / name).as_posix(), Path(root) / name, "video"))
     return sorted(found, key=lambda item: natural_key(item[0]))
+
+
+def _links_upwards(path: str) -> bool:
+    """True when `path` is a symbolic link to a folder that holds it (following it would never end)."""
+    if not os.path.islink(path):
+        return False
+    target, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
+    if parent == target or parent.startswith(target.rstrip(os.sep) + os.sep):
+        warn(f"{path} links to {target}, a folder above it: skipped")
+        return True
+    return False
 
 
 def split_dirs(root: str | os.PathLike) -> dict[str, Path]:
@@ -92,6 +106,31 @@ def parse_splits(text: str | None) -> tuple[float, float, float] | None:
     if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
         raise UsageError(f"--splits {text!r}: expected three non-negative fractions for train,val,test summing to 1")
     return parts  # type: ignore[return-value]
+
+
+def check_split_sizes(counts: dict[str, int], fractions: Sequence[float] | None = None) -> None:
+    """Say in one line, before converting, when a split came out empty or much smaller than asked.
+
+    With `fractions` (`--splits`): no train video although a train share was asked is refused (nothing
+    could train on the output); a split with fewer than half its expected share is a warning. Without
+    (split folders): a missing or empty train split is a warning (a test-only tree is legitimate)."""
+    total = sum(counts.values())
+    if fractions is None:
+        if not counts.get("train"):
+            warn(
+                f"no train videos ({', '.join(f'{s} {n}' for s, n in counts.items())}): `vpt train` needs a train split"
+            )
+        return
+    asked = ",".join(f"{f:g}" for f in fractions)
+    got = ", ".join(f"{split} {counts.get(split, 0)}" for split in SPLITS)
+    if fractions[0] > 0 and counts.get("train", 0) == 0:
+        raise UsageError(
+            f"--splits {asked} put none of the {total} videos into train ({got}; each name's hash picks its "
+            "split, so few videos split unevenly): add videos or raise the train share, e.g. --splits 1,0,0"
+        )
+    small = [s for s, f in zip(SPLITS, fractions) if f > 0 and counts.get(s, 0) < f * total / 2]
+    if small:
+        warn(f"--splits {asked} on {total} videos gave {got}: {'/'.join(small)} much smaller than asked")
 
 
 def assign_split(name: str, fractions: Sequence[float]) -> str:
