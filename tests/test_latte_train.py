@@ -83,3 +83,31 @@ def test_tiny_latte_trains_generates_and_predicts(tmp_path, invoke):
     clip = model.sample_latents(known, 6, generator=generator)
     torch.testing.assert_close(clip[:, :2], known, atol=0, rtol=0)
     assert not torch.allclose(clip[:, 2:], torch.zeros_like(clip[:, 2:]))
+
+
+def test_class_words_on_uncaptioned_data_are_refused_before_the_model_is_built(tmp_path, invoke):
+    from vpt.data.shapes import make_shapes
+
+    data = tmp_path / "shapes"
+    make_shapes(data, num_videos=4, frames=8, size=32, workers=1)
+    (data / "captions.json").unlink()
+    (tmp_path / "latte.yaml").write_text(CONFIG)
+    run = tmp_path / "latte"
+    result = invoke("train", "latte", "--config", tmp_path / "latte.yaml", "--data", data, "--run", run)
+    assert result.exit_code == 2 and "model.class_words reads each clip's class off its caption" in result.output
+    assert not (run / "config.yaml").exists()
+    # without class_words captions are not needed: the start goes on to the next check (the autoencoder)
+    unconditional = invoke(
+        "train",
+        "latte",
+        "--config",
+        tmp_path / "latte.yaml",
+        "--data",
+        data,
+        "--run",
+        run,
+        "--set",
+        "model.class_words=[]",
+    )
+    assert unconditional.exit_code == 2 and "needs a frozen autoencoder" in unconditional.output
+    assert "captions" not in unconditional.output

@@ -108,3 +108,15 @@ def test_missing_sd_folder_is_a_one_line_error(tmp_path, invoke, shapes):
     )
     assert code == 1
     assert "Stable Diffusion folder not found" in output and "Traceback" not in output
+
+
+def test_uncaptioned_data_is_refused_before_the_model_is_built(tmp_path, invoke):
+    from vpt.data.shapes import make_shapes
+
+    data = tmp_path / "shapes"
+    make_shapes(data, num_videos=4, frames=4, size=16, workers=1)
+    (data / "captions.json").unlink()
+    run = tmp_path / "run"
+    code, output = invoke("train", "seer", "--config", TINY, "--data", data, "--run", run, *SMALL)
+    assert code == 2 and "has no captions, but seer needs them" in output and "captions.json" in output
+    assert not (run / "config.yaml").exists()  # refused before the run was started

@@ -96,7 +96,7 @@ def train(
         log_every=log_every,
         fresh=fresh,
         force=force,
-        complete=lambda cfg: resolve_autoencoder(backend_cls, cfg),
+        complete=lambda cfg: check_training_data(backend_cls, cfg),
     )
     train_backend(backend_cls, cfg, run_dir)
 
@@ -121,15 +121,30 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     return step
 
 
-def resolve_autoencoder(backend_cls: type, cfg: Any) -> None:
-    """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames
-    (before the run's config is written, so a refused start leaves no config behind)."""
+def check_training_data(backend_cls: type, cfg: Any) -> None:
+    """What the data must give the backend, checked before the run's config is written or a model is
+    built (so a refused start leaves no config behind and costs no model loading): captions where the
+    backend trains on them, and the frozen autoencoder (see `resolve_autoencoder`)."""
     from vpt.data.datasets import ClipDataset
     from vpt.errors import UsageError
 
-    if not backend_cls.uses_autoencoder:
+    why_captions = backend_cls.needs_captions(cfg.model)
+    if why_captions is None and not backend_cls.uses_autoencoder:
         return
     dataset = ClipDataset(cfg.data)
+    if why_captions is not None and not dataset.has_text:
+        raise UsageError(
+            f"{cfg.data.path} has no captions, but {cfg.backend} needs them ({why_captions}): add captions.json "
+            "or captions.csv beside the videos and convert again (docs/your-data.md#captions)"
+        )
+    if backend_cls.uses_autoencoder:
+        resolve_autoencoder(cfg, dataset)
+
+
+def resolve_autoencoder(cfg: Any, dataset: Any) -> None:
+    """Fill `model.autoencoder` from the latents' attributes when unset; check it is there for frames."""
+    from vpt.errors import UsageError
+
     if dataset.is_latent:
         recorded = dataset.source.attrs.get("autoencoder_path") or None
         if cfg.model.autoencoder is None and recorded is not None:

@@ -14,6 +14,8 @@ May declare (defaults in brackets)
     takes_class_labels           [False] `predict` takes `class_labels` (class-conditional generation)
     generates_without_context    [False] `predict` accepts an empty context (T_ctx = 0): generation
     uses_autoencoder             [False] the config has `autoencoder` (a frozen AE the backend encodes with)
+    needs_captions(cfg)          [why, for takes_text; else None] why training with this model config reads
+                                 captions: `vpt train` refuses uncaptioned data before building the model
     frozen_prefixes              [()] state-dict keys read from elsewhere and left out of run checkpoints
     context_frames               [cfg.context_frames] frames its evaluation protocol gives `predict`
     trained_frames               [None] clip length it was trained on, to warn when a request leaves it
@@ -112,6 +114,12 @@ class Backend(nn.Module, abc.ABC):
     def default_protocol(self) -> EvalProtocol | None:
         """The evaluation protocol of a published checkpoint (a trained run has its own `eval:` section)."""
         return None
+
+    @classmethod
+    def needs_captions(cls, cfg: Any) -> str | None:
+        """Why training with model config `cfg` reads each clip's caption (None: it does not). A backend
+        that takes text prompts learns them from the captions."""
+        return "its text prompts are learnt from the captions" if cls.takes_text else None
 
     @classmethod
     def sampling_options(cls) -> set[str]:

@@ -534,6 +534,12 @@ class Latte(LatentBackend):
     def takes_class_labels(self) -> bool:  # type: ignore[override]
         return self.cfg.num_classes > 0
 
+    @classmethod
+    def needs_captions(cls, cfg: LatteConfig) -> str | None:
+        if cfg.class_words:
+            return "model.class_words reads each clip's class off its caption"
+        return None
+
     # --- diffusion schedules --------------------------------------------------------------------------
     def _scheduler(self, sampler: str = "ddpm"):
         """A fresh diffusers scheduler with the training betas: linear in β, ε-prediction, no clipping."""
