@@ -387,3 +387,57 @@ def test_only_used_parameters_train():
     batch = {"latents": torch.randn(2, 6, 4, 16, 16)}
     model.train().loss(batch)["loss"].backward()
     assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad)
+
+
+# --- sampler at the published settings, window 3 (tests/fixtures/neuralsde/README.md) ---------------------
+
+PUBLISHED_TINY = dict(latent_channels=3, window=3, inner_dim=32, depth=1, mid_depth=1, heads=8, out_norm="bn")
+
+
+def _published_tiny(stage: str) -> NeuralSDE:
+    """The window-3 networks of sampler_published.*: a g model carries f and d frozen; an f model is f."""
+    weights = {
+        net: convert_upstream_regressor(load_file(fixture("neuralsde", f"sampler_published.{net}.weights.safetensors")))
+        for net in "fdg"
+    }
+    if stage == "g":
+        cfg = NeuralSDEConfig(stage="g", f_run="fixture", d_run="fixture", **PUBLISHED_TINY)
+        model = NeuralSDE(cfg, frozen_weights={"drift": weights["f"], "denoiser": weights["d"]})
+    else:
+        model = NeuralSDE(NeuralSDEConfig(stage="f", **PUBLISHED_TINY))
+    model.net.load_state_dict(weights[stage])
+    return model.eval()
+
+
+def _relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours - theirs).norm() / theirs.norm()).item()
+
+
+@pytest.mark.parametrize("stage", ["g", "f"])
+def test_adaptive_sampler_matches_upstream_generate_frames(stage):
+    """Upstream's only sampler (torchsde adaptive step doubling, atol 1e-2, rtol 1e-10, dt 1, dt_min 1e-10,
+    the values of configs/neuralsde/*) against upstream `generate_frames`, with its per-frame Brownian seeds."""
+    recorded = load_file(fixture("neuralsde", "sampler_published.safetensors"))
+    run = "adaptive_g" if stage == "g" else "adaptive_f_nll"
+    model = _published_tiny(stage)
+    latents = model.rollout(
+        recorded["context_latents"], 3, sampler="adaptive", entropies=recorded[f"{run}.entropies"].tolist()
+    )
+    difference = _relative(latents, recorded[f"{run}.predicted"])
+    assert difference <= 1e-5, difference
+
+
+def test_euler_maruyama_matches_torchsde_euler_on_upstream_terms():
+    """vpt's fixed-step sampler (10 steps per frame) against torchsde's Euler on upstream's SDE terms, with
+    the Brownian increments ε √h made from the noise vpt draws (recorded, and checked to be the same draws)."""
+    recorded = load_file(fixture("neuralsde", "sampler_published.safetensors"))
+    seed = int(recorded["euler_g.seed"])
+    noise = recorded["euler_g.noise"]  # (frames, steps, B, D)
+    generator = torch.Generator().manual_seed(seed)
+    torch.testing.assert_close(torch.randn(noise.shape[2:], generator=generator), noise[0, 0], atol=0, rtol=0)
+
+    latents = _published_tiny("g").rollout(
+        recorded["context_latents"], 3, sampler="euler", steps=10, generator=torch.Generator().manual_seed(seed)
+    )
+    difference = _relative(latents, recorded["euler_g.predicted"])
+    assert difference <= 1e-5, difference

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from fixture_paths import fixture, key_shapes
+from safetensors.torch import load_file
 
 from vpt.config import validate
 from vpt.errors import ConfigError, UsageError
@@ -316,3 +317,28 @@ def test_other_plane_sizes_build_and_run():
     loss = model.loss({"latents": torch.randn(2, 2, 4, cfg.latent_length)})["loss"]
     loss.backward()
     assert torch.isfinite(loss) and model.unet.input_blocks[0][0].weight.grad is not None
+
+
+@pytest.mark.parametrize("run_name", ["steps8_eta1_w0", "steps6_eta05_w15", "steps5_eta0_w2_nocond"])
+@torch.no_grad()
+def test_guided_ddim_matches_upstream_ddim_sample(run_name):
+    """`sample_latents` against upstream `DDPM.ddim_sample` with η and w (tests/fixtures/pvdm/README.md), on a
+    one-level, two-head UNet; start point and per-step noises are the stream of the recorded seed. The step
+    counts are small because each upstream-sized call costs ~0.5 s on a CPU; the 100- and 400-step grids
+    themselves are compared in `test_ddim_grids_match_upstream`."""
+    state = convert_upstream_unet(load_file(fixture("pvdm", "ddim_guided.weights.safetensors")))
+    model = PVDM(PVDMConfig(**config_from_unet_state(state, num_heads=2)))
+    model.unet.load_state_dict(state)
+    recorded = load_file(fixture("pvdm", "ddim_guided.safetensors"))
+    steps, eta, w, with_cond, seed = recorded[f"{run_name}.settings"].tolist()
+    sample = model.eval().sample_latents(
+        1,
+        recorded["cond"] if with_cond else None,
+        steps=int(steps),
+        eta=eta,
+        w=w,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
+    expected = recorded[f"{run_name}.sample"]
+    difference = ((sample - expected).norm() / expected.norm()).item()
+    assert difference <= 1e-5, difference

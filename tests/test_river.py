@@ -286,3 +286,27 @@ def test_config_checks():
     with pytest.raises(ValueError, match="warm_start"):
         RiverConfig(warm_start=1.0)
     assert RiverConfig(size="tiny").inner_dim == 64
+
+
+@pytest.mark.parametrize("run_name", ["ctx1_steps100", "ctx2_steps100", "ctx3_steps100_ws05"])
+def test_sampler_at_published_settings_matches_upstream(run_name):
+    """The published evaluation (RK4, `steps: 100` on upstream's grid) against upstream `generate_frames`
+    and torchdiffeq, on a network unlike the other fixtures' (BatchNorm head, width 32, 3 x 8 x 8 latents)."""
+    state = convert_upstream_regressor(load_file(fixture("river", "sampler_published.weights.safetensors")))
+    model = River(RiverConfig(**config_from_regressor_state(state), time_grid="upstream"))
+    model.regressor.load_state_dict(state)
+    recorder = _DistanceRecorder(model.eval().regressor)
+    model.regressor = recorder
+    recorded = load_file(fixture("river", "sampler_published.safetensors"))
+    num_context, steps, warm_start, seed = recorded[f"{run_name}.settings"].tolist()
+    expected = recorded[f"{run_name}.predicted"]  # (B, 2, c, h, w)
+
+    torch.manual_seed(int(seed))
+    latents = model.rollout(
+        recorded["context_latents"][:, : int(num_context)], 2, steps=int(steps), warm_start=warm_start
+    )
+
+    assert model.cfg.out_norm == "bn" and model.cfg.sampler == "rk4"
+    torch.testing.assert_close(torch.stack(recorder.distances), recorded[f"{run_name}.distances"], atol=0, rtol=0)
+    relative = ((latents - expected).norm() / expected.norm()).item()
+    assert relative <= 1e-5, relative
