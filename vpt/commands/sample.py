@@ -326,11 +326,11 @@ def _context_from_data(data: Path, index: int, split: str, wanted: int, size, re
 
 def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs, precision):
     """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run; the bar
-    ticks per predicted frame."""
+    ticks per solver step, with the predicted frames beside it."""
     import torch
 
     from vpt.precision import inference_autocast
-    from vpt.progress import ProgressBar
+    from vpt.progress import SolverStepBar, listening_to_solver_steps
 
     device = context.device
     generator = torch.Generator(device).manual_seed(seed)
@@ -338,8 +338,9 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
     extra = {k: v for k, v in kwargs.items() if k != "prompt"}
     results = []
     with (
-        ProgressBar("sample", num_samples * frames, unit="frames", transient=True) as bar,
-        model.reporting_frames(bar.advance),
+        SolverStepBar("sample", num_samples * frames, transient=True) as bar,
+        model.reporting_frames(bar.frames_done, started=bar.frames_started),
+        listening_to_solver_steps(bar.solver_step),
     ):
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
