@@ -6,6 +6,7 @@ import errno
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from vpt.errors import VptError
 
@@ -16,8 +17,33 @@ _STORAGE_ERRORS = {
     errno.EACCES: "permission denied",
 }
 
+# `vpt --help` lists the commands as a newcomer meets them: the quickstart, then the pipeline in the order
+# it runs, then `info`
+COMMAND_ORDER = (
+    "quickstart",
+    "make-data",
+    "extract-frames",
+    "convert-h5",
+    "train-ae",
+    "save-latents",
+    "train",
+    "sample",
+    "eval-fvd",
+    "info",
+)
+
+
+class _PipelineOrder(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        def position(name: str) -> int:
+            return COMMAND_ORDER.index(name) if name in COMMAND_ORDER else len(COMMAND_ORDER)
+
+        return sorted(super().list_commands(ctx), key=position)
+
+
 app = typer.Typer(
     name="vpt",
+    cls=_PipelineOrder,
     help="vpt: video prediction toolkit - videos -> frames -> HDF5 -> autoencoder -> latents -> model -> samples -> metrics.",
     no_args_is_help=True,
     add_completion=False,
@@ -37,7 +63,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", is_eager=True, callback=_print_version, help="Print vpt's version and exit."
+        False, "--version", is_eager=True, callback=_print_version, help="Print vpt's version and exit.", metavar=""
     ),
 ) -> None:
     """vpt: video prediction toolkit - videos -> frames -> HDF5 -> autoencoder -> latents -> model -> samples -> metrics."""

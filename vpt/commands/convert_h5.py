@@ -17,7 +17,7 @@ from vpt.commands.extract_frames import (
     WorkersOption,
     report,
 )
-from vpt.commands.options import Compression, Layout, Resize
+from vpt.commands.options import Compression, Layout, Resize, ThreadsOption, apply_threads, next_step
 
 
 class Dataset(str, enum.Enum):
@@ -84,11 +84,14 @@ def convert_h5(
         int, typer.Option("--fold", help="UCF-101 fold (1, 2 or 3): trainlistNN.txt -> train, testlistNN.txt -> test.")
     ] = 1,
     overwrite: OverwriteOption = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Convert videos to HDF5 shards with parallel decoding; an interrupted run resumes at the first unfinished shard."""
     from vpt.data.convert import convert_h5 as run
     from vpt.data.parallel import default_workers
     from vpt.data.sources import parse_splits
+
+    apply_threads(threads)  # before the pool forks: its workers inherit it
 
     summary = run(
         data_dir,
@@ -107,3 +110,6 @@ def convert_h5(
         overwrite=overwrite,
     )
     report(summary, out_dir, skip_bad, "converted")
+    next_step(
+        f"vpt train BACKEND --config CONFIG --data {out_dir} (latent backends: vpt train-ae --data {out_dir} first)"
+    )

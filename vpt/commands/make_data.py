@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vpt.commands.options import next_step
+
 app = typer.Typer(help="Generate built-in datasets (no downloads).", no_args_is_help=True)
 
 
@@ -37,3 +39,4 @@ def shapes(
     info(
         f"Wrote {len(captions)} videos ({counts}) of {frames} frames at {size}x{size} to {out}; captions in {out / 'captions.json'}"
     )
+    next_step(f"vpt convert-h5 --data-dir {out} --out-dir {out}-h5 --image-size {size}")

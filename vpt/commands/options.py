@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -35,11 +35,73 @@ LogEveryOption = Annotated[
     Optional[int],
     typer.Option("--log-every", help="Log to metrics.jsonl every N steps (same as --set train.log_every=N).", min=1),
 ]
+
+
+def flag(names: str, help: str, **options: Any) -> Any:
+    """A boolean option as a `--x/--no-x` pair, shown without a `<bool>` value (it takes none)."""
+    return typer.Option(names, help=help, metavar="", **options)
+
+
 FreshOption = Annotated[
     bool,
-    typer.Option("--fresh", help="Start the run over instead of resuming it (needs --force when it has checkpoints)."),
+    flag("--fresh/--no-fresh", "Start the run over instead of resuming it (needs --force when it has checkpoints)."),
 ]
-ForceOption = Annotated[bool, typer.Option("--force", help="Allow --fresh to delete an existing run.")]
+ForceOption = Annotated[bool, flag("--force/--no-force", "Allow --fresh to delete an existing run.")]
+
+
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU threads for torch. 0: torch's default (one per core), or a fair share of the cores when the "
+        "machine is already busy (load well above the core count). On a busy machine fewer is often much faster.",
+        min=0,
+        rich_help_panel="Resources",
+    ),
+]
+BUSY_LOAD = 1.5  # load average per core above which torch's one-thread-per-core default oversubscribes
+
+
+def fair_share_threads(load: float, cores: int) -> int | None:
+    """Threads to use when the 1-minute `load` on `cores` cores is well above them (None: not busy):
+    this process's share, cores x cores / load, at least one (2 cores at load 6: 1 thread)."""
+    if load <= BUSY_LOAD * cores:
+        return None
+    return max(1, int(cores * cores / load))
+
+
+def apply_threads(threads: int) -> None:
+    """`--threads`: set torch's intra-op threads; 0 keeps torch's default unless the machine is busy,
+    where it takes a fair share of the cores and says so in one line."""
+    import os
+
+    import torch
+
+    from vpt.console import info
+
+    if threads:
+        torch.set_num_threads(threads)
+        return
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no load average or affinity (Windows, macOS)
+        return
+    share = fair_share_threads(load, cores)
+    if share is not None and share < torch.get_num_threads():
+        torch.set_num_threads(share)
+        info(
+            f"[dim]busy machine (load {load:.1f} on {cores} cores): torch uses {share} thread"
+            f"{'s' if share > 1 else ''}; --threads N to choose[/]"
+        )
+
+
+def next_step(command: str) -> None:
+    """The one dim line a command ends with on success: what to run next."""
+    from rich.markup import escape
+
+    from vpt.console import info
+
+    info(f"[dim]next: {escape(command)}[/]")
 
 
 def path_setting(key: str, path: Path) -> str:

@@ -10,16 +10,25 @@ import typer
 
 CheckpointOption = Annotated[
     Optional[Path],
-    typer.Option("--checkpoint", help="Published upstream weights instead of a run (e.g. RIVER's model.pth)."),
+    typer.Option(
+        "--checkpoint",
+        rich_help_panel="Model",
+        help="Published upstream weights instead of a run (e.g. RIVER's model.pth).",
+    ),
 ]
 BackendOption = Annotated[
     Optional[str],
-    typer.Option("--backend", help="Backend of --checkpoint when the file is not recognised automatically."),
+    typer.Option(
+        "--backend",
+        rich_help_panel="Model",
+        help="Backend of --checkpoint when the file is not recognised automatically.",
+    ),
 ]
 ReleaseOption = Annotated[
     Optional[str],
     typer.Option(
         "--release",
+        rich_help_panel="Model",
         help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.",
     ),
 ]
@@ -27,6 +36,7 @@ AutoencoderOption = Annotated[
     Optional[Path],
     typer.Option(
         "--ae",
+        rich_help_panel="Model",
         help="Autoencoder weights for --checkpoint (e.g. RIVER's vqvae.ckpt); default: the one inside the checkpoint.",
     ),
 ]

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from vpt.commands.options import ThreadsOption
+
 AE_SHARE, EVAL_SHARE = 0.35, 0.12  # of a --minutes cap; RIVER may train until only the evaluation share is left
 NUM_VIDEOS, VIDEO_FRAMES, IMAGE_SIZE = 500, 16, 64
 EVAL_CLIPS, REPORT_CLIPS = 50, 8
@@ -55,22 +57,13 @@ def quickstart(
             min=1,
         ),
     ] = None,
-    threads: Annotated[
-        int,
-        typer.Option(
-            "--threads",
-            help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine 1 is often faster.",
-            min=0,
-        ),
-    ] = 0,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Make data, train a small autoencoder and RIVER on it, and score predictions against a baseline."""
-    import torch
-
+    from vpt.commands.options import apply_threads
     from vpt.console import info, warn
 
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -18,14 +18,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vpt.commands.options import Precision
+from vpt.commands.options import Precision, ThreadsOption, apply_threads, flag
 from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, load_predictor
 
 
 def sample(
     run: Annotated[
         Optional[Path],
-        typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs."),
+        typer.Option(
+            "--run", rich_help_panel="Model", help="Run directory of `vpt train`. Default: the newest run under ./runs."
+        ),
     ] = None,
     checkpoint: CheckpointOption = None,
     backend: BackendOption = None,
@@ -34,31 +36,44 @@ def sample(
         typer.Option(
             "--release",
             "--preset",
+            rich_help_panel="Model",
             help="Which release --checkpoint is, where its weights cannot tell (RIVER: bair64 or kth; a VideoGeneration-PyTorch Latte dit_ckpt.pth: vg-ucf or vg-mnist); sets its architecture where needed, frame size and protocol.",
         ),
     ] = None,
     ae: AutoencoderOption = None,
     image: Annotated[
         Optional[list[Path]],
-        typer.Option("--image", help="Context image(s), in order (repeat the option for several frames)."),
+        typer.Option(
+            "--image",
+            rich_help_panel="Context",
+            help="Context image(s), in order (repeat the option for several frames).",
+        ),
     ] = None,
     video: Annotated[
         Optional[Path],
-        typer.Option("--video", help="Context video file; its first --context-frames frames are the context."),
+        typer.Option(
+            "--video",
+            rich_help_panel="Context",
+            help="Context video file; its first --context-frames frames are the context.",
+        ),
     ] = None,
     data: Annotated[
         Optional[Path],
         typer.Option(
             "--data",
+            rich_help_panel="Context",
             help="Dataset (HDF5 shards or video tree); with --index, its first frames are the context and the rest the truth.",
         ),
     ] = None,
-    index: Annotated[int, typer.Option("--index", help="Video number in --data.", min=0)] = 0,
-    split: Annotated[str, typer.Option("--split", help="Split of --data.")] = "test",
+    index: Annotated[
+        int, typer.Option("--index", rich_help_panel="Context", help="Video number in --data.", min=0)
+    ] = 0,
+    split: Annotated[str, typer.Option("--split", rich_help_panel="Context", help="Split of --data.")] = "test",
     context_frames: Annotated[
         Optional[int],
         typer.Option(
             "--context-frames",
+            rich_help_panel="Context",
             help="Frames of --video/--data given as context. Default: the model's context_frames (the whole --video when it names none).",
             min=1,
         ),
@@ -67,30 +82,48 @@ def sample(
         Optional[int],
         typer.Option(
             "--frames",
+            rich_help_panel="Sampling",
             help="Frames to predict. Default: the training clip length minus the context (15 without a run config).",
             min=1,
         ),
     ] = None,
     steps: Annotated[
-        Optional[int], typer.Option("--steps", help="Sampling steps. Default: the model's own setting.", min=1)
+        Optional[int],
+        typer.Option(
+            "--steps", rich_help_panel="Sampling", help="Sampling steps. Default: the model's own setting.", min=1
+        ),
     ] = None,
     num_samples: Annotated[
-        int, typer.Option("--num-samples", help="Predictions from the same context (different noise).", min=1)
+        int,
+        typer.Option(
+            "--num-samples",
+            rich_help_panel="Sampling",
+            help="Predictions from the same context (different noise).",
+            min=1,
+        ),
     ] = 1,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", help="Samples per forward pass. Default: all at once.", min=1)
+        Optional[int],
+        typer.Option(
+            "--batch-size", rich_help_panel="Sampling", help="Samples per forward pass. Default: all at once.", min=1
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (noise of every sample).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", rich_help_panel="Sampling", help="Random seed (noise of every sample).")
+    ] = 0,
     prompt: Annotated[
         Optional[str],
         typer.Option(
-            "--prompt", help="Text instruction, for backends that take text. Default for --data: the video's caption."
+            "--prompt",
+            rich_help_panel="Sampling",
+            help="Text instruction, for backends that take text. Default for --data: the video's caption.",
         ),
     ] = None,
     guidance_scale: Annotated[
         Optional[float],
         typer.Option(
             "--guidance-scale",
+            rich_help_panel="Sampling",
             help="Classifier-free guidance scale, for backends that use it. Default: the model's own.",
         ),
     ] = None,
@@ -98,6 +131,7 @@ def sample(
         Optional[list[str]],
         typer.Option(
             "--option",
+            rich_help_panel="Sampling",
             help="Backend sampling option NAME=VALUE, a keyword of its predict (e.g. warm_start=0.5 for river; upsample=4 for neuralsde: 4 frames per predicted frame, the in-between ones decoded from the SDE state, linear between accepted steps of the adaptive solver); repeatable.",
         ),
     ] = None,
@@ -105,38 +139,49 @@ def sample(
         Optional[int],
         typer.Option(
             "--size",
+            rich_help_panel="Output",
             help="Resize context frames to SIZE x SIZE. Default: the run's data.image_size (the input size without one).",
             min=8,
         ),
     ] = None,
-    fps: Annotated[float, typer.Option("--fps", help="Frame rate of a .mp4/.gif output.")] = 4.0,
+    fps: Annotated[
+        float, typer.Option("--fps", rich_help_panel="Output", help="Frame rate of a .mp4/.gif output.")
+    ] = 4.0,
     out: Annotated[
         Path,
         typer.Option(
             "--out",
             "-o",
+            rich_help_panel="Output",
             help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.",
         ),
     ] = Path("prediction.mp4"),
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option("--device", rich_help_panel="Resources", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    ] = "auto",
     precision: Annotated[
         Optional[Precision],
         typer.Option(
             "--precision",
+            rich_help_panel="Resources",
             help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).",
         ),
     ] = None,
     compile_sampler: Annotated[
         bool,
-        typer.Option(
-            "--compile",
-            help="torch.compile the sampler's network call (CUDA graphs on CUDA); pays off on long rollouts. Backends with `model.compile_sampler`.",
+        flag(
+            "--compile/--no-compile",
+            "torch.compile the sampler's network call (CUDA graphs on CUDA); pays off on long rollouts. Backends with `model.compile_sampler`.",
+            rich_help_panel="Resources",
         ),
     ] = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Predict the next frames of a context with a trained (or published) model."""
     import torch
 
+    apply_threads(threads)
     from vpt.config import config_to_dict
     from vpt.console import info
     from vpt.errors import UsageError
@@ -326,11 +371,11 @@ def _context_from_data(data: Path, index: int, split: str, wanted: int, size, re
 
 def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kwargs, precision):
     """`num_samples` predictions (F, 3, H, W) on CPU, batched, one generator for the whole run; the bar
-    ticks per predicted frame."""
+    ticks per solver step, with the predicted frames beside it."""
     import torch
 
     from vpt.precision import inference_autocast
-    from vpt.progress import ProgressBar
+    from vpt.progress import SolverStepBar, listening_to_solver_steps
 
     device = context.device
     generator = torch.Generator(device).manual_seed(seed)
@@ -338,8 +383,9 @@ def _predict(model, context, frames, *, num_samples, batch_size, steps, seed, kw
     extra = {k: v for k, v in kwargs.items() if k != "prompt"}
     results = []
     with (
-        ProgressBar("sample", num_samples * frames, unit="frames", transient=True) as bar,
-        model.reporting_frames(bar.advance),
+        SolverStepBar("sample", num_samples * frames, transient=True) as bar,
+        model.reporting_frames(bar.frames_done, started=bar.frames_started),
+        listening_to_solver_steps(bar.solver_step),
     ):
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from vpt.commands.options import LatentDtype
+from vpt.commands.options import LatentDtype, ThreadsOption, apply_threads, next_step
 
 # the library is imported inside the functions: `vpt --help` must not pay for torch
 
@@ -56,10 +56,12 @@ def save_latents(
         str, typer.Option("--device", help="auto (CUDA when available, bf16 autocast), cpu or cuda[:N].")
     ] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes reading and resizing frames.")] = 2,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Encode every video of every split into latent HDF5 with the same indexing (resumable)."""
     from vpt.console import info
 
+    apply_threads(threads)
     summary = encode_dataset(
         ae,
         data,
@@ -75,8 +77,9 @@ def save_latents(
     what = "Posterior mean and log-variance" if summary["posterior"] else "Latents"
     info(
         f"{what} of {summary['videos']} videos ({summary['encoded_videos']} encoded now, {done} already done) "
-        f"in {out}: {summary['latent_shape']} per video step; train with `vpt train <backend> --data {out}`"
+        f"in {out}: {summary['latent_shape']} per video step"
     )
+    next_step(f"vpt train BACKEND --config CONFIG --data {out}")
 
 
 def encode_dataset(

@@ -23,6 +23,9 @@ from vpt.commands.options import (
     MaxStepsOption,
     RunOption,
     SetOption,
+    ThreadsOption,
+    apply_threads,
+    next_step,
     path_setting,
 )
 from vpt.models.registry import backend_names
@@ -72,11 +75,13 @@ def train(
     log_every: LogEveryOption = None,
     fresh: FreshOption = False,
     force: ForceOption = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Train a backend on the shared loop; the run directory resumes where it stopped."""
     from vpt.models.registry import get_backend
     from vpt.runs import start_run
 
+    apply_threads(threads)
     backend_cls = get_backend(backend)
     overrides = list(set_ or [])
     if data is not None:
@@ -117,7 +122,8 @@ def train_backend(backend_cls: type, cfg: Any, run: Any) -> int:
     info(f"Training {backend_cls.name} on {len(dataset)} {kind} videos from {cfg.data.path} -> {run.root}")
     step = train_loop(model, TrainingData(dataset), cfg.train, run, hooks)
     context = '--image FRAME.png --prompt "INSTRUCTION"' if backend_cls.takes_text else "--video CLIP.mp4"
-    info(f"{run.root}: step {step}. Predict with: vpt sample --run {run.root} {context} --out prediction.mp4")
+    info(f"{run.root}: step {step}")
+    next_step(f"vpt sample --run {run.root} {context} --out prediction.mp4")
     return step
 
 

@@ -27,6 +27,9 @@ from vpt.commands.options import (
     MaxStepsOption,
     RunOption,
     SetOption,
+    ThreadsOption,
+    apply_threads,
+    next_step,
     path_setting,
 )
 
@@ -82,10 +85,12 @@ def train_ae(
     log_every: LogEveryOption = None,
     fresh: FreshOption = False,
     force: ForceOption = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Train an autoencoder; the run directory resumes where it stopped."""
     from vpt.runs import start_run
 
+    apply_threads(threads)
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(path_setting("data.path", data))
@@ -138,7 +143,9 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         f"from {cfg.data.path} -> {run.root}"
     )
     step = train_loop(objective, dataset, cfg.train, run, hooks)
-    info(f"{run.root}: step {step}. Cache latents with: vpt save-latents --ae {run.root} --data DATA --out LATENTS")
+    info(f"{run.root}: step {step}")
+    data = Path(cfg.data.path)
+    next_step(f"vpt save-latents --ae {run.root} --data {data} --out {data.parent / (data.name + '-latents')}")
     return step
 
 

@@ -91,7 +91,7 @@ def encode_dataset(
             int(source.lengths[_unfinished(out, name, source, shard)].sum()) for name, shard, source in todo
         )
         encoded = 0
-        with _Progress(remaining) as progress:
+        with ProgressBar("save-latents", remaining, unit="frames") as progress:
             for name, shard, source in todo:
                 encoded += _encode_shard(
                     model,
@@ -376,13 +376,3 @@ def _save_npy(path: Path, array) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
-
-
-class _Progress(ProgressBar):
-    """Frames encoded, with frames/s and the time left."""
-
-    def __init__(self, total: int):
-        super().__init__("save-latents", total, unit="frames", fields={"rate": "- frames/s"})
-
-    def advance(self, frames: int) -> None:
-        super().advance(frames, rate=f"{self.rate():.0f} frames/s")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from vpt.progress import ProgressBar
+from vpt.progress import ProgressBar, format_rate
 
 
 def default_workers() -> int:
@@ -120,9 +120,9 @@ class MediaProgress(ProgressBar):
     """A progress bar counting videos, with frames and frames/s beside it."""
 
     def __init__(self, total: int, description: str):
-        super().__init__(description, total, unit="videos", fields={"frames": "0 frames"})
+        super().__init__(description, total, unit="videos", fields={"frames": "0 frames"}, rate=False)
         self.frames = 0
 
     def advance(self, videos: int = 1, frames: int = 0) -> None:
         self.frames += frames
-        super().advance(videos, frames=f"{self.frames:,} frames  {self.rate(self.frames):,.0f} frames/s")
+        super().advance(videos, frames=f"{self.frames:,} frames  {format_rate(self.frames, self.elapsed, 'frames')}")

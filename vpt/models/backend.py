@@ -27,8 +27,11 @@ May declare (defaults in brackets)
     sampling_options()           [predict's extra keyword arguments] backend-specific `--option`s
     sample_record(**options)     [{}] what the sampler really does (written next to each sample)
     compile_sampler()            [error] switch `predict` to a compiled network call (`vpt sample --compile`)
-    frames_done(count)           called by `predict` as frames come out, so commands can show progress
-                                 per frame (`reporting_frames(callback)` routes the calls)
+    frames_started(count), frames_done(count)
+                                 called by `predict` before and after each solve with the frames (every
+                                 sample counts) it produces; the solve's samplers call
+                                 `vpt.progress.solver_step` per step, so `vpt sample` counts solver steps
+                                 (`reporting_frames(done, started=)` routes the calls)
     recognizes_checkpoint(path), from_checkpoint(path, autoencoder=, preset=)
                                  [False / error] published upstream weights (`vpt sample --checkpoint`)
 
@@ -156,6 +159,12 @@ class Backend(nn.Module, abc.ABC):
         if num_frames < 1:
             raise UsageError(f"number of frames to predict must be >= 1, got {num_frames}")
 
+    def frames_started(self, count: int) -> None:
+        """`predict` calls this before a solve that produces `count` frames (every sample of a batch counts)."""
+        callback = self.__dict__.get("_frames_started_callback")
+        if callback is not None:
+            callback(count)
+
     def frames_done(self, count: int) -> None:
         """`predict` calls this as it finishes frames (every sample of a batch counts)."""
         callback = self.__dict__.get("_frames_callback")
@@ -163,13 +172,16 @@ class Backend(nn.Module, abc.ABC):
             callback(count)
 
     @contextlib.contextmanager
-    def reporting_frames(self, callback: Callable[[int], None]):
-        """Within this context, `frames_done(n)` calls `callback(n)` (e.g. to advance a progress bar)."""
+    def reporting_frames(self, callback: Callable[[int], None], started: Callable[[int], None] | None = None):
+        """Within this context, `frames_done(n)` calls `callback(n)` (e.g. to advance a progress bar) and
+        `frames_started(n)` calls `started(n)`."""
         self.__dict__["_frames_callback"] = callback
+        self.__dict__["_frames_started_callback"] = started
         try:
             yield self
         finally:
             self.__dict__.pop("_frames_callback", None)
+            self.__dict__.pop("_frames_started_callback", None)
 
     @classmethod
     def recognizes_checkpoint(cls, path: Path) -> bool:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from vpt.progress import solver_step
+
 
 def diffusion_schedule(num_timesteps: int, linear_start: float, linear_end: float) -> dict[str, torch.Tensor]:
     """The float32 tables the loss and the sampler read, computed in float64 from
@@ -72,14 +74,16 @@ def ddim_sample(
     `after_step` edits every new x, the returned one included (inpainting resets known positions)."""
     keep = after_step or (lambda value: value)
     abar = schedule["alphas_cumprod"]
-    for t, t_next in pairs:
+    for done, (t, t_next) in enumerate(pairs, start=1):
         predicted = eps(x, t)
         x0 = schedule["sqrt_recip_alphas_cumprod"][t] * x - schedule["sqrt_recipm1_alphas_cumprod"][t] * predicted
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
         if t_next < 0:
+            solver_step(done, len(pairs))
             return keep(x0)
         alpha, alpha_next = abar[t], abar[t_next]
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
         x = keep(x0 * alpha_next.sqrt() + (1 - alpha_next - sigma**2).sqrt() * predicted + sigma * noise())
+        solver_step(done, len(pairs))
     return x

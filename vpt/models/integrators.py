@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from vpt.progress import solver_step
+
 VelocityField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Method = Literal["euler", "heun", "rk4"]
 
@@ -57,8 +59,9 @@ def integrate(f: VelocityField, y0: torch.Tensor, times: torch.Tensor, method: M
     stepper = STEPPERS[method]
     times = times.to(y0.dtype)  # as torchdiffeq: evaluation times carry the state's dtype
     y = y0
-    for t0, t1 in zip(times[:-1], times[1:]):
+    for done, (t0, t1) in enumerate(zip(times[:-1], times[1:]), start=1):
         y = y + stepper(f, t0, t1 - t0, t1, y)
+        solver_step(done, len(times) - 1)
     return y
 
 

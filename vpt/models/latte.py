@@ -37,6 +37,7 @@ from vpt.models.attention import attention
 from vpt.models.backend import EvalProtocol
 from vpt.models.embeddings import sinusoidal_embedding
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch
+from vpt.progress import solver_step
 
 # --- config and sizes -------------------------------------------------------------------------------
 
@@ -694,6 +695,7 @@ class Latte(LatentBackend):
             )
             known = history[:, history.shape[1] - keep :]
             new = min(window - keep, num_frames - produced)
+            self.frames_started(batch_size * new)
             clip = self.sample_latents(
                 known,
                 keep + new,
@@ -779,7 +781,7 @@ class Latte(LatentBackend):
             )
         known_mask = (torch.arange(num_frames, device=known.device) < count).reshape(1, num_frames, 1, 1, 1)
         self.denoiser.eval()
-        for i in reversed(range(len(kept))):
+        for done, i in enumerate(reversed(range(len(kept))), start=1):
             abar = table["alphas_cumprod"][i]
             if self.cfg.condition_frames:
                 x[:, :count] = known
@@ -790,6 +792,7 @@ class Latte(LatentBackend):
                 inputs = x
             t = torch.full((shape[0],), kept[i], device=known.device, dtype=torch.long)
             out = self._guided_noise(inputs, t, labels, scale)  # (B, F, c or 2c, h, w)
+            solver_step(done, len(kept))  # the step's network evaluation, what a step costs
             eps = out[:, :, :channels]
             x0 = math.sqrt(1.0 / abar) * x - math.sqrt(1.0 / abar - 1.0) * eps  # not clipped (clip_denoised=False)
             if sampler_name == "ddim":  # η = 0: deterministic, a learned variance is not used

@@ -55,6 +55,7 @@ from torch import nn
 from vpt.errors import ConfigError, UsageError
 from vpt.models.latent import LatentBackend, build_autoencoder, clip_from_batch, frozen_autoencoder_from_upstream_state
 from vpt.models.uvit import VectorFieldRegressor, convert_upstream_regressor, load_upstream_state, resolve_trunk_size
+from vpt.progress import solver_step
 from vpt.weights import UnsafeWeightsError, settings_beside, strip_module_prefix
 
 Stage = Literal["f", "d", "g"]
@@ -229,13 +230,14 @@ def euler_maruyama(
     h = 1.0 / steps
     path = [y0]
     y = y0
-    for _ in range(steps):
+    for done in range(1, steps + 1):
         if sde.is_stochastic:
             brownian_step = standard_normal(y0, generator) * h**0.5
             y = y + sde.f(None, y) * h + sde.g(None, y) * brownian_step
         else:
             y = y + sde.f(None, y) * h
         path.append(y)
+        solver_step(done, steps)
     states = []
     for m in range(1, upsample + 1):
         index, rest = divmod(m * steps, upsample)  # t = m / upsample lies at grid point index + rest / upsample
@@ -496,6 +498,7 @@ class NeuralSDE(LatentBackend):
             y0 = window.flatten(1)  # (B, W c h w), frame-major as the state's channel blocks
             if drift is None:  # denoiser only: start from a noised window, as the d stage trains
                 y0 = y0 + cfg.noise_std * standard_normal(y0, generator)
+            self.frames_started(batch_size)
             if sampler == "euler":
                 states = euler_maruyama(sde, y0, steps, upsample, generator)
             else:
@@ -514,6 +517,7 @@ class NeuralSDE(LatentBackend):
             outputs.extend(frames.unbind(dim=0))
             history.append(frames[-1])
             evaluations += sde.evaluations
+            self.frames_done(batch_size)
         self.sampling_stats = {
             "sampler": sampler,
             "steps": steps if sampler == "euler" else None,

@@ -310,6 +310,7 @@ class PVDM(DiffusionTables, LatentBackend):
         cond = self._context_latent(context)  # (B, c, L) or None
         clips = []
         for _ in range(-(-num_frames // self.clip_frames)):
+            self.frames_started(len(context) * self.clip_frames)
             latent = self.sample_latents(len(context), cond, steps=steps, generator=generator, eta=eta, w=w)
             clips.append(latent)
             cond = latent if self.cfg.cond_model else None

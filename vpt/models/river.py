@@ -246,6 +246,7 @@ class River(LatentBackend):
 
             noise = torch.randn(reference.shape, generator=generator, device=draw_device).to(reference)
             start = (1 - (1 - sigma) * warm_start) * noise + warm_start * reference
+            self.frames_started(batch_size)
             history[:, length] = integrate(velocity, start, grid, method=sampler)
             self.frames_done(batch_size)
         return history[:, known:]

@@ -469,6 +469,7 @@ class RSVPM(DiffusionTables, LatentBackend):
         known = list(context.unbind(dim=1))
         last_given = self.cfg.given_indices()[-1]
         while len(known) < context.shape[1] + num_frames:
+            self.frames_started(context.shape[0] * (self.cfg.clip_frames - last_given - 1))
             clip = self._clip_to_complete(known)  # (B, T, 3, H, W)
             x, cross_context, tokens = self.embed(clip)
             motion = self.inpaint(

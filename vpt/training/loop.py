@@ -363,11 +363,11 @@ def _available_trackers(names: list[str]) -> list[str]:
 
 
 class _TrainingBar(ProgressBar):
-    """Steps with it/s and loss, and the time left: of `max_steps`, or of a `max_minutes` budget."""
+    """Steps with the loss, the rate and the time left: of `max_steps`, or of a `max_minutes` budget."""
 
     def __init__(self, enabled: bool, cfg: TrainConfig, completed: int):
         self.budget = 60.0 * cfg.max_minutes
-        fields = {"rate": "- it/s", "loss": "loss -"} | ({"budget": self._budget_left(0.0)} if self.budget else {})
+        fields = {"loss": "loss -"} | ({"budget": self._budget_left(0.0)} if self.budget else {})
         super().__init__(
             "train", cfg.max_steps, completed=completed, fields=fields, eta=not self.budget, enabled=enabled
         )
@@ -377,7 +377,7 @@ class _TrainingBar(ProgressBar):
         return f"{int(left // 60)}:{int(left % 60):02d} left of the {self.budget / 60:g} min budget"
 
     def step(self, step: int, loss: float) -> None:
-        fields = {"rate": f"{self.rate(step - self.first):.2f} it/s", "loss": f"loss {loss:.4f}"}
+        fields = {"loss": f"loss {loss:.4f}"}
         if self.budget:
             fields["budget"] = self._budget_left(self.elapsed)
         self.update(completed=step, **fields)

@@ -34,6 +34,7 @@ from vpt.models.seer.layers import RotaryEmbedding, sawt_window
 from vpt.models.seer.schedule import TRAIN_TIMESTEPS, sampling_scheduler, training_scheduler, upstream_timesteps
 from vpt.models.seer.text import builtin_text_encoder, builtin_tokenizer, encode_text
 from vpt.models.seer.unet import SeerUNet, UNetSize
+from vpt.progress import solver_step
 from vpt.weights import check_pickled_weights
 
 
@@ -439,6 +440,7 @@ class Seer(Backend):
             null = self.null_context(batch, frames).to(text.dtype) if scale != 1.0 else None
             produced: list[torch.Tensor] = []
             while sum(p.shape[1] for p in produced) < num_frames:
+                self.frames_started(batch * (frames - reference))
                 window = self._sample_window(latents, text, null, steps, scale, generator)  # (B, F - R, c, h, w)
                 produced.append(window)
                 self.frames_done(batch * window.shape[1])
@@ -469,7 +471,7 @@ class Seer(Backend):
         x = torch.randn(shape, generator=generator, device=noise_device).to(self.device)
         context = text if null is None else torch.cat([null, text])
         ff_skip = reference if cfg.sampler.reference_ff_skip else 0
-        for t in scheduler.timesteps:
+        for done, t in enumerate(scheduler.timesteps, start=1):
             model_input = torch.cat([reference_latents.to(x.dtype), x], dim=1)  # (B, F, c, h, w)
             if null is not None:
                 model_input = torch.cat([model_input, model_input])
@@ -478,6 +480,7 @@ class Seer(Backend):
                 uncond, cond = output.chunk(2)
                 output = uncond + scale * (cond - uncond)
             x = scheduler.step(output, int(t), x, eta=cfg.sampler.eta, generator=generator).prev_sample
+            solver_step(done, len(scheduler.timesteps))
         return x
 
     def _autocast(self):
