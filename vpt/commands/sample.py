@@ -18,15 +18,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vpt.commands.options import Precision
-from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, load_predictor
+from vpt.commands.options import VIEW_HEIGHT, Precision, ViewHeightOption
+from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, StepOption, load_predictor
 
 
 def sample(
     run: Annotated[
         Optional[Path],
-        typer.Option("--run", help="Run directory of `vpt train`. Default: the newest run under ./runs."),
+        typer.Option(
+            "--run",
+            help="Run directory of `vpt train`, or one of its checkpoints/step_NNNNNN folders. Default: the newest run under ./runs.",
+        ),
     ] = None,
+    step: StepOption = None,
     checkpoint: CheckpointOption = None,
     backend: BackendOption = None,
     release: Annotated[
@@ -115,9 +119,10 @@ def sample(
         typer.Option(
             "--out",
             "-o",
-            help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.",
+            help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border, true frames a green one.",
         ),
     ] = Path("prediction.mp4"),
+    view_height: ViewHeightOption = VIEW_HEIGHT,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[
         Optional[Precision],
@@ -151,7 +156,7 @@ def sample(
     torch_device = resolve_device(device)
     precision_name = (precision.value if precision else None) or default_precision(torch_device)
 
-    model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release)
+    model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release, step=step)
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
         raise UsageError(
@@ -201,7 +206,9 @@ def sample(
     truth_row = (
         to_uint8_frames(truth[: num_context + frames].repeat_interleave(upsample, dim=0)) if truth is not None else None
     )
-    save_prediction(out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row)
+    legend = save_prediction(
+        out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row, view_height=view_height
+    )
     options = {k: v for k, v in predict_kwargs.items() if k != "prompt"}
     record = {
         "command": "vpt sample",
@@ -227,6 +234,8 @@ def sample(
         "fps": fps * upsample,
         "upsample": upsample,
         "out": str(out.resolve()),
+        "view_height": view_height,
+        "legend": legend,
         "model_config": config_to_dict(model.cfg),
         "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 2),
