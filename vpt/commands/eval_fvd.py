@@ -5,7 +5,9 @@
     vpt eval-fvd --checkpoint FILE --data H5DIR       the same with published weights (their release's protocol)
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
-computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers. A run whose
+computed), `warnings` (scores that rest on too few clips or sequences to mean much), `details`, `timing`,
+and `protocol`, everything needed to reproduce the numbers (with --run: the checkpoint's `step`, chosen
+with --step). --save-samples N writes the first N scored clips as labelled videos, listed in `saved_samples`. A run whose
 protocol gives no context frames (an unconditional generator such as Latte) generates as many clips as
 it reads test clips and is scored by FVD/KVD only.
 
@@ -300,6 +302,9 @@ def eval_fvd(
         raise UsageError("--cache and --no-cache contradict each other")
     check_output_file(out, "--out")  # before any scoring: a wrong --out must not cost the results
     ensure_writable(out.parent, "--out")
+    samples_dir = out.with_name(f"{out.stem}_samples")
+    if save_samples:
+        ensure_writable(samples_dir, "--save-samples")
     # one evaluation at a time per --out folder (the kernel drops the lock if this process dies)
     lock = DirectoryLock(out.parent, "the --out folder").acquire() if is_main_process() else None
     cache_root = None if no_cache else cache or out.parent / ec.DEFAULT_FOLDER
@@ -430,7 +435,7 @@ def eval_fvd(
                 cache=eval_cache,
             )
         protocol = {
-            "mode": "run" if run else "checkpoint",
+            "mode": "run" if "run" in run_record else "checkpoint",
             "backend": type(model).name,
             **run_record,
             "data": str(data),
@@ -452,7 +457,7 @@ def eval_fvd(
     if accelerator.is_main_process:
         if save_samples:
             report["saved_samples"] = _save_samples(
-                model, clips, protocol_run, save_samples, out.with_name(f"{out.stem}_samples"), view_height, device_
+                model, clips, protocol_run, save_samples, samples_dir, view_height, device_
             )
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         _print_table(report)
@@ -527,7 +532,6 @@ def _save_samples(model, clips, protocol, count: int, folder: Path, view_height:
     from vpt.metrics.evaluate import predict_examples
     from vpt.visualize import save_prediction
 
-    folder.mkdir(exist_ok=True)
     files, legend = [], None
     for k, (truth, samples) in enumerate(predict_examples(model, clips, protocol, count, device)):
         path = folder / f"clip_{k:05d}.mp4"

@@ -1,11 +1,13 @@
 """`vpt sample`: predict frames with any backend through `Backend.predict`.
 
-The model comes from a training run (`--run`, default the newest under ./runs) or from published
-upstream weights (`--checkpoint`, for backends with a converter). The context comes from images, a
+The model comes from a training run (`--run`, default the newest under ./runs; its latest checkpoint,
+or the one `--step` or a `checkpoints/step_NNNNNN` folder names) or from published upstream weights
+(`--checkpoint`, for backends with a converter). The context comes from images, a
 video, or one video of an HDF5/video dataset. Backend-specific sampling options are keyword arguments
 of that backend's `predict` (e.g. `guidance_scale`, `warm_start`): `--guidance-scale` and
 `--option NAME=VALUE` reach only backends whose `predict` names them, anything else is an error
-that names the backend. Next to the output, `<out>.json` records every setting needed to redo it.
+that names the backend. The output is enlarged for viewing and labelled (`--view-height`). Next to it,
+`<out>.json` records every setting needed to redo it and the legend of the picture.
 """
 
 from __future__ import annotations
