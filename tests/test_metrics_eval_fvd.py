@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from vpt.cli import app
 from vpt.errors import UsageError
+from vpt.metrics.evaluate import few_clips_warning
 from vpt.metrics.frames import psnr, ssim
 from vpt.models.backend import Backend
 from vpt.models.lpips import load_lpips
@@ -96,7 +97,9 @@ def test_videos_mode_scores_pairs_and_records_the_protocol(tmp_path, detector, a
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert set(report) == {"fvd", "kvd", "psnr", "ssim", "lpips", "details", "timing", "protocol"}
+    assert set(report) == {"fvd", "kvd", "psnr", "ssim", "lpips", "warnings", "details", "timing", "protocol"}
+    assert report["warnings"] == [few_clips_warning(4, 4, 400)]  # 4 clips a set: said in metrics.json and on screen
+    assert "FVD/KVD rest on 4 real and 4 generated clips" in " ".join(result.output.split())
     assert report["psnr"] == pytest.approx(20 * np.log10(25.5), abs=1e-6)
     truth, pred = (torch.from_numpy(v).permute(0, 1, 4, 2, 3).flatten(0, 1) for v in (real, fake))  # (N*T, 3, H, W)
     assert report["ssim"] == pytest.approx(float(np.mean(ssim(pred / 255.0, truth / 255.0))), rel=1e-9)

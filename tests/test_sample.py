@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vpt.cli import app
+from vpt.visualize import CONTEXT_COLOR, LABEL_HEIGHT, TRUTH_COLOR, label_strip
 
 SIZE, FRAMES = 16, 8
 runner = CliRunner()
@@ -75,10 +76,20 @@ def test_sample_from_hdf5_index_records_settings(tiny_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(out))
-    # truth row + 2 samples, each 2 context + 3 predicted frames, 2 px gaps
-    assert image.shape == (3 * SIZE + 2 * 2, 5 * SIZE + 4 * 2, 3)
-    assert tuple(image[0, 0]) == (220, 40, 40)  # context frames carry the red border
+    # truth row + 2 samples, each 2 context + 3 predicted frames, enlarged 16x (to 256 px), 2 px gaps, a label
+    # strip above each row
+    tile, label = 16 * SIZE, LABEL_HEIGHT
+    assert image.shape == (3 * (label + tile) + 2 * 2, 5 * tile + 4 * 2, 3)
+    truth_top, prediction_top = label, 2 * (label + tile + 2) + label  # first pixel rows of frames
+    assert tuple(image[truth_top, 0]) == CONTEXT_COLOR  # context frames carry the red border,
+    assert tuple(image[truth_top, 2 * (tile + 2)]) == TRUTH_COLOR  # the true future a green one,
+    assert tuple(image[prediction_top, 2 * (tile + 2)]) not in (CONTEXT_COLOR, TRUTH_COLOR)  # predictions none
+    for top, text in ((0, "truth"), (label + tile + 2, "prediction 1")):
+        assert np.array_equal(image[top : top + label], label_strip(text, image.shape[1]))
+        assert (image[top : top + label] < 100).all(axis=-1).sum() > 20  # dark text pixels on the white strip
     record = json.loads((tmp_path / "pred.png.json").read_text())
+    assert record["legend"]["videos"] == ["truth", "prediction 1", "prediction 2"]
+    assert record["legend"]["scale"] == 16 and set(record["legend"]["borders"]) == {"red", "green", "none"}
     assert record["backend"] == "river" and record["context"]["index"] == 1 and record["context"]["split"] == "test"
     assert record["context_frames"] == 2 and record["frames"] == 3 and record["seed"] == 7
     assert record["model_config"]["sampler"] == "euler" and record["run"] == str(tiny_run["run"].resolve())
@@ -130,6 +141,26 @@ def test_sample_compile_compiles_the_sampler_and_changes_no_pixel(tiny_run, tmp_
     )
 
 
+def test_sample_view_height_0_writes_the_models_pixels_unlabelled(tiny_run, tmp_path):
+    from vpt.data.video import read_video
+
+    common = ("sample", "--run", tiny_run["run"], "--data", tiny_run["h5"], "--frames", 3, "--seed", 1)
+    assert _invoke(*common, "--view-height", 0, "--out", tmp_path / "raw.png").exit_code == 0
+    raw = np.asarray(Image.open(tmp_path / "raw.png"))
+    assert raw.shape == (2 * SIZE + 2, 5 * SIZE + 4 * 2, 3)  # truth + 1 sample at 16 px, no label strips
+    assert json.loads((tmp_path / "raw.png.json").read_text())["legend"]["labelled"] is False
+    assert _invoke(*common, "--view-height", 40, "--out", tmp_path / "big.png").exit_code == 0
+    big = np.asarray(Image.open(tmp_path / "big.png"))
+    # 40 px asked: a whole factor, 3x (48 px); every model pixel a 3x3 block of the same colour
+    assert big.shape == (2 * (LABEL_HEIGHT + 3 * SIZE) + 2, 5 * 3 * SIZE + 4 * 2, 3)
+    prediction = big[-3 * SIZE :, 4 * (3 * SIZE + 2) :]  # the last predicted frame, no border drawn on it
+    assert np.array_equal(prediction, raw[-SIZE:, 4 * (SIZE + 2) :].repeat(3, axis=0).repeat(3, axis=1))
+
+    assert _invoke(*common, "--out", tmp_path / "pred.mp4").exit_code == 0
+    video = read_video(tmp_path / "pred.mp4")  # truth and the sample side by side, 256 px frames
+    assert video.shape == (5, LABEL_HEIGHT + 16 * SIZE, 2 * 16 * SIZE + 2, 3)
+
+
 def test_sample_from_images_and_a_video(tiny_run, tmp_path):
     frames = [tiny_run["shapes"] / "test" / "00000.mp4"]
     from vpt.data.video import read_video
@@ -146,7 +177,7 @@ def test_sample_from_images_and_a_video(tiny_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     with Image.open(out) as gif:
-        assert gif.n_frames == 4 and gif.size == (SIZE, SIZE)
+        assert gif.n_frames == 4 and gif.size == (16 * SIZE, LABEL_HEIGHT + 16 * SIZE)  # enlarged, labelled
     assert json.loads((tmp_path / "from_images.gif.json").read_text())["context"]["images"] == [
         str(p.resolve()) for p in images
     ]
@@ -261,7 +292,7 @@ def test_sample_from_published_checkpoint(tmp_path):
     record = json.loads((tmp_path / "published.png.json").read_text())
     assert record["backend"] == "river" and record["checkpoint"] == str(checkpoint.resolve())
     assert record["image_size"] == 64 and record["protocol"]["predicted_frames"] == 15  # a 32 px input is resized
-    assert np.asarray(Image.open(tmp_path / "published.png")).shape == (64, 3 * 64 + 2 * 2, 3)
+    assert np.asarray(Image.open(tmp_path / "published.png")).shape == (LABEL_HEIGHT + 256, 3 * 256 + 2 * 2, 3)
 
     kth = _invoke(
         "sample",

@@ -15,6 +15,7 @@ command on the same run is refused instead of interleaving checkpoints and metri
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -185,7 +186,19 @@ class Run:
 
     def latest_step(self) -> int:
         latest = self.latest_checkpoint()
-        return int(STEP_DIR.match(latest.name).group(1)) if latest else 0
+        return checkpoint_step(latest) if latest else 0
+
+    def checkpoint_at(self, step: int) -> Path:
+        """The finished checkpoint of training step `step`; one line naming the steps there are when it
+        has none. Only a real folder inside checkpoints/ counts: a symlinked one is refused."""
+        if self.step_dir(step).is_symlink():
+            raise UsageError(f"{self.step_dir(step)} is a symlink; vpt reads a run's weights only from inside it")
+        finished = self.finished_checkpoints()
+        for path in finished:
+            if checkpoint_step(path) == step:
+                return path
+        available = ", ".join(str(checkpoint_step(p)) for p in finished) or "none yet"
+        raise UsageError(f"{self.root} has no checkpoint of step {step} (available steps: {available})")
 
     @staticmethod
     def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -268,6 +281,22 @@ class Run:
         kept = "".join(json.dumps(r) + "\n" for r in self.read_metrics() if r.get("step", 0) <= after_step)
         if kept != self.metrics_path.read_text():  # also drops a line cut short, which the next record would extend
             atomic_write_text(self.metrics_path, kept)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The training step of a checkpoints/step_NNNNNN folder."""
+    return int(STEP_DIR.match(checkpoint.name).group(1))
+
+
+def split_step_folder(path: str | Path) -> tuple[Path, int | None]:
+    """A path that may name a run or one of its checkpoint folders (`runs/x/checkpoints/step_000500`):
+    (the run directory, the step the path names or None)."""
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))  # `..` resolved by name, symlinks left as they are
+    match = STEP_DIR.match(absolute.name)
+    if match and absolute.parent.name == "checkpoints":
+        return absolute.parent.parent, int(match.group(1))
+    return path, None
 
 
 def newest_run(parent: str | Path = "runs") -> Path | None:

@@ -5,7 +5,9 @@
     vpt eval-fvd --checkpoint FILE --data H5DIR       the same with published weights (their release's protocol)
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
-computed), `details`, `timing`, and `protocol`, everything needed to reproduce the numbers. A run whose
+computed), `warnings` (scores that rest on too few clips or sequences to mean much), `details`, `timing`,
+and `protocol`, everything needed to reproduce the numbers (with --run: the checkpoint's `step`, chosen
+with --step). --save-samples N writes the first N scored clips as labelled videos, listed in `saved_samples`. A run whose
 protocol gives no context frames (an unconditional generator such as Latte) generates as many clips as
 it reads test clips and is scored by FVD/KVD only.
 
@@ -22,6 +24,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpt.commands.options import (
+    VIEW_HEIGHT,
     ClipOffset,
     FvdPooling,
     FvdPresetName,
@@ -29,11 +32,12 @@ from vpt.commands.options import (
     Precision,
     PsnrReduction,
     ThreadsOption,
+    ViewHeightOption,
     apply_threads,
     flag,
     next_step,
 )
-from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, ReleaseOption
+from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, ReleaseOption, StepOption
 from vpt.progress import ProgressBar
 
 PresetOption = Annotated[
@@ -71,6 +75,17 @@ def eval_fvd(
     backend: BackendOption = None,
     release: ReleaseOption = None,
     ae: AutoencoderOption = None,
+    step: StepOption = None,
+    save_samples: Annotated[
+        int,
+        typer.Option(
+            "--save-samples",
+            min=0,
+            rich_help_panel="Output",
+            help="--run/--checkpoint: also write the first N scored clips (truth and every sample, labelled, as vpt sample writes them) as .mp4 into <out>_samples/; they are predicted again with the seeds of the evaluation.",
+        ),
+    ] = 0,
+    view_height: ViewHeightOption = VIEW_HEIGHT,
     data: Annotated[
         Optional[Path],
         typer.Option(
@@ -339,7 +354,7 @@ def eval_fvd(
     import json
 
     from vpt.commands.predictor import load_predictor
-    from vpt.console import info, is_main_process
+    from vpt.console import info, is_main_process, warn
     from vpt.errors import UsageError
     from vpt.fsutil import DirectoryLock, atomic_write_text, check_output_file, ensure_writable
     from vpt.metrics import eval_cache as ec
@@ -356,6 +371,8 @@ def eval_fvd(
         raise UsageError("--real and --fake go together")
     if run_mode and data is None:
         raise UsageError(f"{'--run' if run else '--checkpoint'} needs --data (the test videos to predict)")
+    if videos_mode and (step is not None or save_samples):
+        raise UsageError("--step and --save-samples go with --run (or --checkpoint): --real/--fake are videos already")
     # plain strings from here on (the choices are typer Enums so --help and completion list them)
     clip_offset, psnr_reduction, fvd_pooling, lpips_net = (
         option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net)
@@ -368,6 +385,9 @@ def eval_fvd(
         raise UsageError("--cache and --no-cache contradict each other")
     check_output_file(out, "--out")  # before any scoring: a wrong --out must not cost the results
     ensure_writable(out.parent, "--out")
+    samples_dir = out.with_name(f"{out.stem}_samples")
+    if save_samples:
+        ensure_writable(samples_dir, "--save-samples")
     # one evaluation at a time per --out folder (the kernel drops the lock if this process dies)
     lock = DirectoryLock(out.parent, "the --out folder").acquire() if is_main_process() else None
     cache_root = None if no_cache else cache or out.parent / ec.DEFAULT_FOLDER
@@ -377,7 +397,9 @@ def eval_fvd(
     device_ = accelerator.device
 
     if run_mode:  # the run's (or the release's) own protocol, unless an option overrides a value
-        model, run_record, run_config = load_predictor(run, checkpoint, backend, ae, release, newest_run_default=False)
+        model, run_record, run_config = load_predictor(
+            run, checkpoint, backend, ae, release, step=step, newest_run_default=False
+        )
         declared = run_protocol(run_config, model)
         context_frames = context_frames or declared["context_frames"]
         pred_frames = pred_frames or declared["predicted_frames"]
@@ -472,7 +494,7 @@ def eval_fvd(
             if cache_root is None
             else ec.run_cache(
                 cache_root,
-                _model_fingerprint(run, checkpoint, ae, release),
+                _model_fingerprint(run_record, run_config),
                 data,
                 split,
                 clips,
@@ -496,7 +518,7 @@ def eval_fvd(
                 cache=eval_cache,
             )
         protocol = {
-            "mode": "run" if run else "checkpoint",
+            "mode": "run" if "run" in run_record else "checkpoint",
             "backend": type(model).name,
             **run_record,
             "data": str(data),
@@ -510,13 +532,20 @@ def eval_fvd(
     protocol["frame_metrics"] = _frame_protocol(scorer, lpips_net, lpips_note, psnr_reduction) if scorer else None
     report = {
         **{k: result.metrics[k] for k in ("fvd", "kvd", "psnr", "ssim", "lpips") if k in result.metrics},
+        "warnings": result.warnings,
         "details": result.details,
         "timing": _timing(result),
         "protocol": protocol,
     }
     if accelerator.is_main_process:
+        if save_samples:
+            report["saved_samples"] = _save_samples(
+                model, clips, protocol_run, save_samples, samples_dir, view_height, device_
+            )
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         _print_table(report)
+        for warning in result.warnings:
+            warn(warning)
         if eval_cache is not None:
             record = protocol["cache"]
             info(
@@ -572,15 +601,29 @@ def _load_lpips(net: str, weights: Path | None, device):
     return load_lpips(net, backbone_path=weights, device=device), None
 
 
-def _model_fingerprint(run: Path | None, checkpoint: Path | None, ae: Path | None, release: str | None) -> dict:
-    """What identifies the predicting model for the evaluation cache."""
+def _model_fingerprint(run_record: dict, run_config: dict) -> dict:
+    """What identifies the predicting model (a run's chosen checkpoint, or published weights) for the cache."""
     from vpt.metrics import eval_cache as ec
-    from vpt.runs import Run
 
-    if run is not None:
-        handle = Run(run)
-        return ec.checkpoint_fingerprint(handle.root, handle.latest_checkpoint(), handle.read_config())
-    return ec.published_fingerprint(checkpoint, ae, release)
+    if "run" in run_record:
+        return ec.checkpoint_fingerprint(Path(run_record["run"]), Path(run_record["checkpoint_dir"]), run_config)
+    autoencoder = run_record["autoencoder"]
+    return ec.published_fingerprint(
+        Path(run_record["checkpoint"]), Path(autoencoder) if autoencoder else None, run_record["release"]
+    )
+
+
+def _save_samples(model, clips, protocol, count: int, folder: Path, view_height: int, device) -> dict:
+    """The first `count` scored clips as labelled .mp4 files in `folder`: what a reader of the scores can look at."""
+    from vpt.metrics.evaluate import predict_examples
+    from vpt.visualize import save_prediction
+
+    files, legend = [], None
+    for k, (truth, samples) in enumerate(predict_examples(model, clips, protocol, count, device)):
+        path = folder / f"clip_{k:05d}.mp4"
+        legend = save_prediction(path, samples, protocol.context_frames, truth=truth, view_height=view_height)
+        files.append({"file": str(path.resolve()), "video": clips.name(k)})
+    return {"clips": files, "legend": legend}
 
 
 def _protocol(fvd_settings, spec, result, seed: int, processes: int) -> dict:
@@ -668,10 +711,11 @@ def _print_table(report: dict) -> None:
     for name, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS")):
         if name in report:
             details = report["details"][name]
+            spread = f" ± {details['ci95']:.4f}" if details["ci95"] is not None else " (no CI)"
             table.add_row(
                 label,
-                f"{report[name]:.4f} ± {details['ci95']:.4f}",
-                f"best of {details['samples']}, {details['sequences']} sequences (± 95% CI)",
+                f"{report[name]:.4f}{spread}",
+                f"best of {details['samples']}, {details['sequences']} sequence(s) (± 95% CI)",
             )
     counts = ", ".join(f"{k} {v}" for k, v in protocol["counts"].items())
     table.caption = f"clips of {protocol['clip_length']} frames (stride {protocol['frame_stride']}); {counts}"

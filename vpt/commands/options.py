@@ -169,3 +169,15 @@ class FvdPooling(str, enum.Enum):
 class LpipsNet(str, enum.Enum):
     alex = "alex"
     vgg = "vgg"
+
+
+VIEW_HEIGHT = 256  # least frame height of pictures made for viewing (a 32 px model is shown 8x)
+ViewHeightOption = Annotated[
+    int,
+    typer.Option(
+        "--view-height",
+        min=0,
+        rich_help_panel="Output",
+        help="Enlarge frames (nearest neighbour, a whole factor) to at least this many pixels high and label each video (truth, prediction); 0: the model's own pixels, unlabelled.",
+    ),
+]

@@ -41,6 +41,16 @@ AutoencoderOption = Annotated[
     ),
 ]
 
+StepOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--step",
+        min=0,
+        rich_help_panel="Model",
+        help="Use the run's checkpoint of this training step (default: its latest). --run may also name a step folder, runs/NAME/checkpoints/step_NNNNNN.",
+    ),
+]
+
 
 def load_predictor(
     run: Path | None,
@@ -49,17 +59,25 @@ def load_predictor(
     ae: Path | None,
     release: str | None,
     *,
+    step: int | None = None,
     newest_run_default: bool = True,
 ) -> tuple[Any, dict, dict]:
-    """(model, where it came from, the run's config or {} for published weights)."""
+    """(model, where it came from, the run's config or {} for published weights).
+
+    A run predicts with the checkpoint of `step` (default: its latest); `run` may also name one of its
+    checkpoint folders, and so may `checkpoint` (a vpt run's folder is never published weights)."""
     from vpt.console import info
     from vpt.errors import UsageError
     from vpt.models.backend import Backend
-    from vpt.runs import Run, newest_run
+    from vpt.runs import Run, checkpoint_step, newest_run, split_step_folder
 
+    if checkpoint is not None and run is None and _is_run_checkpoint(checkpoint):
+        run, checkpoint = checkpoint, None
     if checkpoint is not None:
         if run is not None:
             raise UsageError("give either --run or --checkpoint, not both")
+        if step is not None:
+            raise UsageError("--step chooses a checkpoint of a --run; published weights (--checkpoint) have no steps")
         return _published(checkpoint, backend, ae, release), published_origin(checkpoint, ae, release), {}
     if ae is not None or backend is not None or release is not None:
         raise UsageError(
@@ -70,14 +88,26 @@ def load_predictor(
         if run is None:
             raise UsageError("no run found under ./runs; pass --run DIR (a `vpt train` run) or --checkpoint FILE")
         info(f"Using the newest run under ./runs: {run}")
+    run, folder_step = split_step_folder(run)
+    if folder_step is not None and step is not None and folder_step != step:
+        raise UsageError(f"--run names the checkpoint of step {folder_step} and --step says {step}: give one")
+    step = folder_step if step is None else step
     handle = Run(run)
-    step_dir = handle.latest_checkpoint()
-    model = Backend.from_run(run)
-    return (
-        model,
-        {"run": str(Path(run).resolve()), "checkpoint_dir": str(step_dir) if step_dir else None},
-        handle.read_config(),
-    )
+    config = handle.read_config()  # first: a folder that is no run is told so, not that it lacks step N
+    step_dir = handle.latest_checkpoint() if step is None else handle.checkpoint_at(step)
+    if step_dir is None:
+        raise UsageError(f"{handle.root} has no finished checkpoint yet")
+    model = Backend.from_run(run, checkpoint=step_dir)
+    origin = {"run": str(handle.root.resolve()), "checkpoint_dir": str(step_dir), "step": checkpoint_step(step_dir)}
+    return model, origin, config
+
+
+def _is_run_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoints/step_NNNNNN folder of a vpt run."""
+    from vpt.runs import Run, split_step_folder
+
+    run, step = split_step_folder(path)
+    return step is not None and Run(run).config_path.is_file()
 
 
 def published_origin(checkpoint: Path, ae: Path | None, release: str | None) -> dict:

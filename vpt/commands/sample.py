@@ -1,11 +1,13 @@
 """`vpt sample`: predict frames with any backend through `Backend.predict`.
 
-The model comes from a training run (`--run`, default the newest under ./runs) or from published
-upstream weights (`--checkpoint`, for backends with a converter). The context comes from images, a
+The model comes from a training run (`--run`, default the newest under ./runs; its latest checkpoint,
+or the one `--step` or a `checkpoints/step_NNNNNN` folder names) or from published upstream weights
+(`--checkpoint`, for backends with a converter). The context comes from images, a
 video, or one video of an HDF5/video dataset. Backend-specific sampling options are keyword arguments
 of that backend's `predict` (e.g. `guidance_scale`, `warm_start`): `--guidance-scale` and
 `--option NAME=VALUE` reach only backends whose `predict` names them, anything else is an error
-that names the backend. Next to the output, `<out>.json` records every setting needed to redo it.
+that names the backend. The output is enlarged for viewing and labelled (`--view-height`). Next to it,
+`<out>.json` records every setting needed to redo it and the legend of the picture.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vpt.commands.options import Precision, ThreadsOption, apply_threads, flag
-from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, load_predictor
+from vpt.commands.options import VIEW_HEIGHT, Precision, ThreadsOption, ViewHeightOption, apply_threads, flag
+from vpt.commands.predictor import AutoencoderOption, BackendOption, CheckpointOption, StepOption, load_predictor
 
 
 def sample(
     run: Annotated[
         Optional[Path],
         typer.Option(
-            "--run", rich_help_panel="Model", help="Run directory of `vpt train`. Default: the newest run under ./runs."
+            "--run",
+            rich_help_panel="Model",
+            help="Run directory of `vpt train`, or one of its checkpoints/step_NNNNNN folders. Default: the newest run under ./runs.",
         ),
     ] = None,
+    step: StepOption = None,
     checkpoint: CheckpointOption = None,
     backend: BackendOption = None,
     release: Annotated[
@@ -153,9 +158,10 @@ def sample(
             "--out",
             "-o",
             rich_help_panel="Output",
-            help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border.",
+            help="Output: .mp4 or .gif (samples side by side) or .png (one strip per sample); context frames have a red border, true frames a green one.",
         ),
     ] = Path("prediction.mp4"),
+    view_height: ViewHeightOption = VIEW_HEIGHT,
     device: Annotated[
         str,
         typer.Option("--device", rich_help_panel="Resources", help="auto (CUDA when available), cpu, cuda or cuda:N."),
@@ -196,7 +202,7 @@ def sample(
     torch_device = resolve_device(device)
     precision_name = (precision.value if precision else None) or default_precision(torch_device)
 
-    model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release)
+    model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release, step=step)
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
         raise UsageError(
@@ -246,7 +252,9 @@ def sample(
     truth_row = (
         to_uint8_frames(truth[: num_context + frames].repeat_interleave(upsample, dim=0)) if truth is not None else None
     )
-    save_prediction(out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row)
+    legend = save_prediction(
+        out, rows, num_context * upsample, fps=fps * upsample, truth=truth_row, view_height=view_height
+    )
     options = {k: v for k, v in predict_kwargs.items() if k != "prompt"}
     record = {
         "command": "vpt sample",
@@ -272,6 +280,8 @@ def sample(
         "fps": fps * upsample,
         "upsample": upsample,
         "out": str(out.resolve()),
+        "view_height": view_height,
+        "legend": legend,
         "model_config": config_to_dict(model.cfg),
         "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 2),

@@ -180,6 +180,21 @@ class FvdSettings:
         return "full" if not self.kvd_subsets else f"subsets={self.kvd_subsets}x{self.kvd_subset_size}"
 
 
+MEANINGFUL_FVD_CLIPS = 256  # the smallest published protocol (BAIR / KTH test sets); StyleGAN-V uses 2048
+
+
+def few_clips_warning(real: int, fake: int, features: int) -> str | None:
+    """Why an FVD of `real` vs `fake` clips means little, or None when both sets are large enough."""
+    if min(real, fake) >= MEANINGFUL_FVD_CLIPS:
+        return None
+    return (
+        f"FVD/KVD rest on {real} real and {fake} generated clips: with fewer clips than the detector's {features} "
+        "features the covariances are rank-deficient, and the score mostly reflects the clip count; compare it only "
+        f"with scores on as many clips, and score at least {MEANINGFUL_FVD_CLIPS} (BAIR/KTH test sets) or 2048 "
+        "(StyleGAN-V) for a number that means something"
+    )
+
+
 def _distances(real: np.ndarray, fake: np.ndarray, settings: FvdSettings) -> dict[str, float]:
     values = {"fvd": fvd_from_stats(stats_of(real), stats_of(fake), settings.preset)}
     if settings.kvd:
@@ -195,12 +210,27 @@ class Evaluation:
     details: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     times: ExtractionTimes = field(default_factory=ExtractionTimes)
+    warnings: list[str] = field(default_factory=list)  # scores that rest on too few samples to mean much
 
 
 def _add_frame_metrics(result: Evaluation, best: BestOfN) -> None:
-    for metric, summary in best.summary().items():
+    summaries = best.summary()
+    for metric, summary in summaries.items():
         result.metrics[metric] = summary.pop("value")
         result.details[metric] = summary
+    if any(summary["ci95"] is None for summary in summaries.values()):
+        result.warnings.append(
+            f"{'/'.join(name.upper() for name in summaries)} rest on one test sequence: "
+            "one value has no spread, so there is no 95% confidence interval (ci95 is null); score more sequences"
+        )
+
+
+def _add_fvd(result: Evaluation, real: np.ndarray, fake: np.ndarray, settings: FvdSettings) -> dict[str, float]:
+    """FVD/KVD of real (S, D) vs fake (S', D) features, with a warning when the sets are too small."""
+    warning = few_clips_warning(len(real), len(fake), real.shape[1])
+    if warning is not None and warning not in result.warnings:
+        result.warnings.append(warning)
+    return _distances(real, fake, settings)
 
 
 def _add_times(total: ExtractionTimes, part: ExtractionTimes) -> None:
@@ -245,7 +275,7 @@ def evaluate_videos(
             )
             features.append(values)
             _add_times(result.times, times)
-        result.metrics.update(_distances(*features, fvd))
+        result.metrics.update(_add_fvd(result, *features, fvd))
     if scorer is not None:
         if len(real) != len(fake):
             raise UsageError(f"--paired needs as many fake as real videos (got {len(fake)} and {len(real)})")
@@ -396,9 +426,9 @@ def evaluate_predictions(
     if fvd is not None:
         real, fake = payload["real"], payload["fake"]  # (S, 400), (S, N, 400)
         if p.fvd_pooling == "pooled":
-            result.metrics.update(_distances(real, rearrange(fake, "s n d -> (s n) d"), fvd))
+            result.metrics.update(_add_fvd(result, real, rearrange(fake, "s n d -> (s n) d"), fvd))
         else:
-            per_sample = [_distances(real, fake[:, k], fvd) for k in range(p.samples)]
+            per_sample = [_add_fvd(result, real, fake[:, k], fvd) for k in range(p.samples)]
             for name in per_sample[0]:
                 values = [d[name] for d in per_sample]
                 result.metrics[name] = float(np.mean(values))
@@ -433,17 +463,7 @@ def _predict_batch(
             real_clip = truth if p.context_in_fvd else future_u8
             real = detector_features(fvd.detector, rearrange(real_clip, "b t c h w -> b t h w c"), fvd.preset, times)
         out["real"] = real
-    for k in range(p.samples):
-        generator = torch.Generator(device=truth.device).manual_seed(sample_seed(p.seed, first, k))
-        with inference_autocast(truth.device, p.precision):
-            predicted = backend.predict(context, p.predicted_frames, prompt=prompts, steps=p.steps, generator=generator)
-        predicted = predicted.float()
-        expected = (len(truth), p.predicted_frames)
-        if tuple(predicted.shape[:2]) != expected or predicted.shape[-2:] != truth.shape[-2:]:
-            raise UsageError(
-                f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, *truth.shape[-2:])}"
-            )
-        predicted_u8 = quantise(predicted.expand(-1, -1, 3, -1, -1) if predicted.shape[2] == 1 else predicted)
+    for predicted_u8 in _samples(backend, context, prompts, first, p):
         for metric, values in (scorer(predicted_u8, future_u8) if scorer is not None else {}).items():
             out.setdefault(metric, []).append(values)  # (B, T_pred)
         if fvd is not None:
@@ -452,3 +472,45 @@ def _predict_batch(
                 detector_features(fvd.detector, rearrange(fake_clip, "b t c h w -> b t h w c"), fvd.preset, times)
             )
     return {key: (value if key == "real" else np.stack(value, axis=1)) for key, value in out.items()}
+
+
+def _samples(backend, context: torch.Tensor, prompts, first: int, p: PredictionProtocol):
+    """Yield the `p.samples` predictions of one batch of contexts (B, T_ctx, 3, H, W) in [-1, 1] (the batch
+    starting at clip `first`), each uint8 (B, T_pred, 3, H, W), every one from its own seeded generator."""
+    height, width = context.shape[-2:]
+    for k in range(p.samples):
+        generator = torch.Generator(device=context.device).manual_seed(sample_seed(p.seed, first, k))
+        with inference_autocast(context.device, p.precision):
+            predicted = backend.predict(context, p.predicted_frames, prompt=prompts, steps=p.steps, generator=generator)
+        predicted = predicted.float()
+        expected = (len(context), p.predicted_frames)
+        if tuple(predicted.shape[:2]) != expected or tuple(predicted.shape[-2:]) != (height, width):
+            raise UsageError(f"the backend returned {tuple(predicted.shape)}, expected {(*expected, 3, height, width)}")
+        yield quantise(predicted.expand(-1, -1, 3, -1, -1) if predicted.shape[2] == 1 else predicted)
+
+
+@torch.no_grad()
+def predict_examples(backend, clips: SourceClips, protocol: PredictionProtocol, count: int, device: torch.device):
+    """Yield (truth or None, [context + prediction per sample]) of the first `count` clips, uint8 (T, H, W, 3)
+    each: predicted again in the batches and with the seeds `evaluate_predictions` used, so they are the clips
+    it scored. A generated clip (no context) has no truth."""
+    p = protocol
+    wanted = min(count, len(clips))
+    plan = [batch for batch in batch_plan(len(clips), p.batch_size, 0, 1) if batch[0] < wanted]
+    for first, videos, _ in batch_loader(clips, plan, workers=0, device=device):
+        truth = rearrange(videos.to(device), "b t h w c -> b t c h w")  # uint8
+        first, batch = int(first), range(int(first), int(first) + len(videos))
+        prompts = [clips.text(k) or "" for k in batch] if backend.takes_text else None
+        context_u8 = truth[:, : p.context_frames]
+        samples = [
+            torch.cat([context_u8, predicted], dim=1)
+            for predicted in _samples(backend, context_u8.float() / 127.5 - 1.0, prompts, first, p)
+        ]  # each (B, T, 3, H, W)
+        for i, k in enumerate(batch):
+            if k < wanted:
+                yield (_as_frames(truth[i]) if p.context_frames else None), [_as_frames(s[i]) for s in samples]
+
+
+def _as_frames(clip: torch.Tensor) -> np.ndarray:
+    """uint8 (T, 3, H, W) -> (T, H, W, 3) on the CPU, the layout pictures are drawn in."""
+    return rearrange(clip, "t c h w -> t h w c").cpu().numpy()

@@ -115,7 +115,8 @@ class BestOfN:
         return values.mean(axis=-1)
 
     def summary(self) -> dict[str, dict]:
-        """metric -> {best (mean over sequences of the best sample), std, ci95, per_frame of the best samples}."""
+        """metric -> {best (mean over sequences of the best sample), std, ci95 (both None from one sequence),
+        per_frame of the best samples}."""
         results = {}
         for metric, rows in self.scores.items():
             values = np.stack(rows)  # (S, N, T)
@@ -125,11 +126,11 @@ class BestOfN:
             best_frames = values[np.arange(len(values)), pick]  # (S, T)
             if metric == "psnr":
                 best_frames = psnr_from_mse(best_frames)
-            std = float(best.std(ddof=1)) if len(best) > 1 else 0.0
+            std = float(best.std(ddof=1)) if len(best) > 1 else None  # one sequence has no spread to tell
             results[metric] = {
                 "value": float(best.mean()),
                 "std": std,
-                "ci95": 1.96 * std / math.sqrt(len(best)),
+                "ci95": 1.96 * std / math.sqrt(len(best)) if std is not None else None,
                 "mean_over_samples": float(per_sample.mean()),
                 "per_frame": best_frames.mean(axis=0).tolist(),
                 "sequences": len(values),
