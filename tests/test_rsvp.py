@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 from einops import rearrange
-from fixture_paths import fixture, key_shapes
+from fixture_paths import fill_seeded, fixture, key_shapes
+from safetensors.torch import load_file
 from torch import nn
 
 from vpt.config import validate
@@ -303,3 +304,50 @@ def test_as_predicted_training_conditions_on_what_predict_can_see():
     torch.testing.assert_close(x0, x_real, atol=0, rtol=0)
     with pytest.raises(ConfigError, match="as_predicted"):
         model._training_pair({"latents": torch.zeros(2, 1, 48)})
+
+
+#: upstream's MosoModel of tests/fixtures/rsvp/record_inpainting_ddim.py, in vpt's names
+INPAINTING_CONFIG = dict(
+    latent_channels=4,
+    latent_size=4,
+    clip_frames=6,
+    given_frames=3,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    num_heads=2,
+)
+
+
+@pytest.mark.parametrize(
+    "run_name, tolerance",
+    [
+        ("published_steps100_eta1", 1e-5),
+        ("steps10_eta05_noclip", 1e-5),
+        ("steps8_eta0_given2_noclip", 1e-5),
+        # η = 0 with x̂0 clamped: upstream's loop itself turns a 1e-6 change of ε̂ into 1.5e-5 (README.md), and
+        # the two networks differ by ~8e-7 per call in float32
+        ("steps8_eta0_given2", 5e-5),
+    ],
+)
+def test_inpainting_ddim_matches_upstream_ddim_sample_moso(run_name, tolerance):
+    """`inpaint` against upstream `DDPM.ddim_sample_moso` (tests/fixtures/rsvp/README.md) from the same start
+    point and per-step noises (the stream of the recorded seed): 100 steps at η = 1 as upstream's validation
+    samples, a short run at η = 0.5 without clamping x̂0, and η = 0 with a single given frame in the middle."""
+    recorded = load_file(fixture("rsvp", "inpainting_ddim.safetensors"))
+    steps, eta, clip, seed = recorded[f"{run_name}.settings"].tolist()
+    model = RSVPM(RSVPMConfig(**INPAINTING_CONFIG, clip_denoised=bool(clip))).eval()
+    torch.testing.assert_close(fill_seeded(model.unet, 5), recorded["weights.parameter_sums"], rtol=1e-12, atol=0)
+    sample = model.inpaint(
+        recorded["x_given"],
+        recorded[f"{run_name}.mask"],
+        recorded["context"],
+        steps=int(steps),
+        eta=eta,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
+    expected = recorded[f"{run_name}.sample"]
+    difference = ((sample - expected).norm() / expected.norm()).item()
+    print(f"{run_name}: relative difference {difference:.1e}")
+    assert difference <= tolerance, difference

@@ -9,8 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from fixture_paths import fixture
+from fixture_paths import fill_seeded, fixture
+from safetensors.torch import load_file
 
+from vpt.models.seer import Seer, SeerConfig
+from vpt.models.seer.backend import FSTextSection, SamplerSection, TextSection, UNetSection
 from vpt.models.seer.fstext import FSText
 from vpt.models.seer.layers import FrameGroupNorm, RotaryEmbedding, SAWTAttention, sawt_window
 from vpt.models.seer.schedule import sampling_scheduler, training_scheduler, upstream_timesteps
@@ -233,3 +236,43 @@ def test_upstream_fp16_angle_switch():
     )
     assert (upstream(half).float() - expected).abs().max() < 2e-2
     assert (exact(half).float() - expected).abs().max() > 0.5  # at late positions the rounding moves angles by ~1 rad
+
+
+def guided_ddim_model() -> Seer:
+    """The backend around upstream's `SeerUNet` of tests/fixtures/seer/record_guided_ddim.py (pixel space,
+    3 channels, block widths 32, 32, 32, 64, one layer per block, 4 heads, text width 64), sampling as
+    upstream does: its schedule, the feed-forward skip off, η = 0."""
+    config = SeerConfig(
+        vae="none",
+        frames=6,
+        context_frames=2,
+        unet=UNetSection(block_out_channels=[32, 32, 32, 64], layers_per_block=1, heads=4),
+        fstext=FSTextSection(layers=1, heads=2, pos_frames=6),
+        text=TextSection(hidden_size=64, layers=1, heads=2, max_length=8),
+        sampler=SamplerSection(schedule="upstream", reference_ff_skip=False, eta=0.0, precision="fp32"),
+    )
+    return Seer(config).eval()
+
+
+@pytest.mark.parametrize("run_name", ["published_steps30_scale7.5", "steps10_scale1", "steps7_scale3"])
+def test_guided_ddim_matches_upstream_sampler(run_name):
+    """One window of Seer's sampler against upstream's `DDIMSampler.sample` called as its `ddim_sample` calls
+    it (tests/fixtures/seer/README.md), from the same start point: 30 requested steps (31 run) at guidance
+    7.5 as upstream's inference config, no guidance (upstream then passes no null text), and guidance 3."""
+    recorded = load_file(fixture("seer", "guided_ddim.safetensors"))
+    steps, scale, seed = recorded[f"{run_name}.settings"].tolist()
+    model = guided_ddim_model()
+    torch.testing.assert_close(fill_seeded(model.unet, 9), recorded["weights.parameter_sums"], rtol=1e-12, atol=0)
+    with torch.no_grad():
+        sample = model._sample_window(
+            recorded["reference"],
+            recorded["text"],
+            None if scale == 1.0 else recorded["null"],
+            int(steps),
+            scale,
+            torch.Generator().manual_seed(int(seed)),
+        )
+    expected = recorded[f"{run_name}.sample"]
+    difference = ((sample - expected).norm() / expected.norm()).item()
+    print(f"{run_name}: relative difference {difference:.1e}")
+    assert difference <= 1e-5, difference
