@@ -147,6 +147,8 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(7, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
     assert lr_factor(12, cfg) == pytest.approx(0.1)
     assert lr_factor(5, tiny_config(lr_schedule="constant", warmup_steps=0)) == 1.0
+    from_zero = tiny_config(max_steps=12, warmup_steps=2, lr_schedule="constant", warmup_from_zero=True)
+    assert [lr_factor(step, from_zero) for step in range(3)] == [0.0, 0.5, 1.0]  # transformers' warm-up
 
 
 def test_sampler_shards_and_resumes_the_same_stream():
