@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_training import TinyDataset, TinyModel, tiny_config
+from torch import nn
 
 from vpt.errors import TrainingDiverged
 from vpt.runs import Run
@@ -44,6 +45,32 @@ def test_resume_is_exact(tmp_path, grad_accum):
     a = Run(tmp_path / "straight").latest_checkpoint() / "model.safetensors"
     b = Run(tmp_path / "split").latest_checkpoint() / "model.safetensors"
     assert a.read_bytes() == b.read_bytes()
+
+
+class _ModelWithFrozenPart(TinyModel):
+    """A backend whose `train()` keeps a frozen part in eval mode (as NeuralSDE's frozen drift)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Dropout(0.5)  # built in training mode, as every new module
+        self.frozen_modes: list[bool] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def loss(self, batch):
+        self.frozen_modes.append(self.frozen.training)
+        return super().loss(batch)
+
+
+def test_the_loop_trains_through_the_models_own_train_method(tmp_path):
+    """Frozen parts are in eval mode from the first step, not only after a validation restored training mode."""
+    model = _ModelWithFrozenPart()
+    train(model, TinyDataset(), tiny_config(max_steps=3), Run.open(tmp_path / "run"))
+    assert model.frozen_modes == [False, False, False]
+    assert model.net.training
 
 
 def test_checkpoints_are_pruned_and_latest_points_to_newest(tmp_path):
@@ -147,6 +174,8 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(7, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
     assert lr_factor(12, cfg) == pytest.approx(0.1)
     assert lr_factor(5, tiny_config(lr_schedule="constant", warmup_steps=0)) == 1.0
+    from_zero = tiny_config(max_steps=12, warmup_steps=2, lr_schedule="constant", warmup_from_zero=True)
+    assert [lr_factor(step, from_zero) for step in range(3)] == [0.0, 0.5, 1.0]  # transformers' warm-up
 
 
 def test_sampler_shards_and_resumes_the_same_stream():

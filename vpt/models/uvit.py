@@ -68,7 +68,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         out = attention(q, k, v, dropout=self.dropout if self.training else 0.0)  # (B, heads, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, N, D)
+        # Projected sequence-first, as upstream's batch_first nn.MultiheadAttention does, and returned as a
+        # (B, N, D) view of that memory: dropout draws its mask in memory order, so the layer's dropout
+        # masks are upstream's for the same seed (training trajectories match, not only the forward).
+        sequence_first = rearrange(out, "b h n d -> n b (h d)").contiguous()  # (N, B, D)
+        return self.proj(sequence_first).transpose(0, 1)  # (B, N, D)
 
 
 class TransformerLayer(nn.Module):

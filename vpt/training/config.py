@@ -20,6 +20,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = 0
+    # Linear warm-up's first step: False -> lr / warmup_steps; True -> 0, as transformers' and diffusers'
+    # schedulers count it (upstream RIVER), so step s of the warm-up runs at lr * s / warmup_steps.
+    warmup_from_zero: bool = False
     min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
     lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
@@ -53,7 +56,7 @@ class TrainConfig:
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then constant, cosine or polynomial decay to `min_lr_ratio`."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return (step if cfg.warmup_from_zero else step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)

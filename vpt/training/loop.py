@@ -85,6 +85,9 @@ def train(
         )
         hooks = dataclasses.replace(hooks, sample=None)
     model.to(accelerator.device)
+    # Training mode through the model's own `train()`, which keeps frozen parts (autoencoders, NeuralSDE's
+    # frozen drift unless model.frozen_drift_dropout) in eval mode; a freshly built module is all in training mode.
+    model.train()
     state.optimizer = _optimizer(model, cfg, accelerator.device)
     loss_module = torch.compile(_LossModule(model)) if cfg.compile else _LossModule(model)
     # FSDP shards the parameters here, so the checkpoint is loaded into the prepared objects.

@@ -1,0 +1,125 @@
+"""Replaying a training trajectory recorded with upstream's own trainer through `vpt.training.train`.
+
+The recordings (tests/fixtures/<backend>/record_training.py) hold upstream's initial and final weights, the
+batches it trained on, its per-step losses and learning rates and the states its loss fed the network.
+vpt's loop — the one `vpt train` runs — gets the same weights and batches and a `train:` section set to
+upstream's optimiser and schedule. The random draws are not injected: the backends' losses and the
+U-ViT's dropout take them from the global generator in upstream's order, and the loop seeds it with
+`train.seed` as upstream's training_loop seeds it with --random-seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vpt.runs import Run
+from vpt.training import TrainConfig, train
+from vpt.training.sampler import ResumableSampler, SampleKey
+
+LOSS_RTOL = 1e-4  # per step, relative
+WEIGHT_RTOL = 1e-5  # per tensor, of the largest upstream value in it
+
+
+class RecordedBatches(Dataset):
+    """Upstream's batches, placed so that the loop's sampler (seeded by `seed`) hands them out in order."""
+
+    def __init__(self, batches: torch.Tensor, seed: int):  # (steps, B, T, c, h, w)
+        clips = batches.flatten(0, 1)  # (steps * B, T, c, h, w), in training order
+        sampler = iter(ResumableSampler(len(clips), seed=seed))
+        order = torch.tensor([next(sampler).index for _ in range(len(clips))])  # dataset item at each position
+        self.clips = torch.empty_like(clips)
+        self.clips[order] = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        return {"latents": self.clips[key.index]}  # (T, c, h, w)
+
+
+def upstream_trainer_config(
+    *, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int, lr_end: float, seed: int
+) -> TrainConfig:
+    """The `train:` section of upstream's Trainer.init_optimizer (RIVER and NeuralSDE share it): AdamW with
+    betas (0.9, 0.999), transformers' polynomial schedule (power 0.5, warm-up from lr 0), no clipping, fp32."""
+    return TrainConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=[0.9, 0.999],
+        lr_schedule="polynomial",
+        lr_power=0.5,
+        min_lr_ratio=lr_end / lr,
+        warmup_steps=warmup,
+        warmup_from_zero=True,
+        grad_clip=0.0,
+        precision="no",
+        seed=seed,
+        log_every=1,
+        checkpoint_every=steps,
+    )
+
+
+def replay(model: nn.Module, network: nn.Module, batches: torch.Tensor, cfg: TrainConfig, run_dir: Path):
+    """Train `model` with vpt's loop; returns the per-step (losses, learning rates) it logged and the
+    positional inputs `network` received at every call."""
+    calls = []
+    network.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
+    train(model, RecordedBatches(batches, cfg.seed), cfg, Run.open(run_dir))
+    metrics = [m for m in Run(run_dir).read_metrics() if "loss" in m]
+    losses = torch.tensor([m["loss"] for m in metrics], dtype=torch.float64)
+    learning_rates = torch.tensor([m["lr"] for m in metrics], dtype=torch.float64)
+    return losses, learning_rates, calls
+
+
+def largest_loss_error(losses: torch.Tensor, upstream: torch.Tensor) -> float:
+    upstream = upstream.double()
+    return ((losses - upstream).abs() / upstream.abs()).max().item()
+
+
+def weight_errors(ours: dict[str, torch.Tensor], upstream: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per floating tensor: largest difference over the largest upstream magnitude in it. Attention key
+    biases (the middle third of a packed q/k/v bias) are left out: see `key_bias_effect`."""
+    assert ours.keys() == upstream.keys()
+    errors = {}
+    for name, expected in upstream.items():
+        if not expected.is_floating_point():
+            assert torch.equal(ours[name], expected), name  # BatchNorm's num_batches_tracked
+            continue
+        mine = ours[name]
+        if name.endswith("attn.qkv.bias"):
+            mine, expected = _without_key_bias(mine), _without_key_bias(expected)
+        errors[name] = ((mine.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+    return errors
+
+
+def key_bias_effect(network: nn.Module, upstream: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> float:
+    """How much the output changes (relative, eval mode) when `network` takes upstream's key biases.
+
+    A key bias gets a zero gradient in exact arithmetic (adding q.b to every logit of a row leaves the
+    softmax unchanged), so both trainers see rounding noise that Adam rescales into lr-sized steps of random
+    sign: the values differ by about their own size, and the network does not depend on them.
+    """
+    ours = network.state_dict()
+    spliced = dict(ours)
+    for name, bias in ours.items():
+        if name.endswith("attn.qkv.bias"):
+            query, _, value = bias.chunk(3)
+            spliced[name] = torch.cat([query, upstream[name].chunk(3)[1], value])
+    network.eval()
+    with torch.no_grad():
+        before = network(*inputs)
+        network.load_state_dict(spliced)
+        after = network(*inputs)
+    network.load_state_dict(ours)
+    return ((before - after).norm() / before.norm()).item()
+
+
+def _without_key_bias(bias: torch.Tensor) -> torch.Tensor:
+    query, _, value = bias.chunk(3)  # (3D,) -> (2D,)
+    return torch.cat([query, value])
