@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_training import TinyDataset, TinyModel, tiny_config
 
 from vpt.errors import ConfigError, UsageError, VptError
 from vpt.fsutil import DirectoryLock, atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
 from vpt.runs import Run
-from vpt.training import TrainConfig
+from vpt.training import TrainConfig, train
 
 
 def _one_line(result) -> str:
@@ -167,6 +168,18 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == mode
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_weights_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        train(TinyModel(), TinyDataset(), tiny_config(max_steps=2), Run.open(tmp_path / "r"))
+    finally:
+        os.umask(old)
+    checkpoint = Run(tmp_path / "r").latest_checkpoint()
+    for name in ("model.safetensors", "ema.safetensors"):  # safetensors' own writer leaves 0600
+        assert (checkpoint / name).stat().st_mode & 0o777 == mode, name
 
 
 # --- output paths checked before the work ---------------------------------------------------------
