@@ -686,3 +686,29 @@ def test_tampered_latents_manifest_is_one_line(tmp_path, text):
     with pytest.raises(VptError, match="latents.json"):
         shards = _claim(tmp_path, manifest)["shards"]
         assert isinstance(shards, dict), shards
+
+
+def test_shard_missing_a_dataset_is_one_line(tmp_path):
+    import h5py
+
+    from vpt.data.h5 import ShardWriter, VideoH5
+
+    shard = tmp_path / "train" / "shard_0001.hdf5"
+    with ShardWriter(shard) as writer:
+        writer.add(np.zeros((2, 8, 8, 3), np.uint8), name="v0")
+    with h5py.File(shard, "a") as handle:
+        del handle["lengths"]
+    with pytest.raises(UsageError, match=r"shard_0001.hdf5: damaged shard \(.*'lengths'"):
+        VideoH5(tmp_path / "train")
+
+
+def test_save_latents_partial_result_holding_an_object_array_is_one_line(tmp_path):
+    from vpt.data.latents import _load_npy
+
+    marker = tmp_path / "marker"
+    with open(tmp_path / "0.npy", "wb") as handle:
+        np.save(handle, np.array([_TouchMarker(marker), 1], dtype=object), allow_pickle=True)
+    with pytest.raises(VptError) as caught:
+        _load_npy(tmp_path / "0.npy")
+    assert "\n" not in str(caught.value) and "0.npy: damaged partial result" in str(caught.value)
+    assert not marker.exists()
