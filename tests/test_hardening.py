@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_training import TinyDataset, TinyModel, tiny_config
 
 from vpt.errors import ConfigError, UsageError, VptError
 from vpt.fsutil import DirectoryLock, atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
 from vpt.runs import Run
-from vpt.training import TrainConfig
+from vpt.training import TrainConfig, train
 
 
 def _one_line(result) -> str:
@@ -167,6 +168,18 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == mode
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_weights_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        train(TinyModel(), TinyDataset(), tiny_config(max_steps=2), Run.open(tmp_path / "r"))
+    finally:
+        os.umask(old)
+    checkpoint = Run(tmp_path / "r").latest_checkpoint()
+    for name in ("model.safetensors", "ema.safetensors"):  # safetensors' own writer leaves 0600
+        assert (checkpoint / name).stat().st_mode & 0o777 == mode, name
 
 
 # --- output paths checked before the work ---------------------------------------------------------
@@ -673,3 +686,29 @@ def test_tampered_latents_manifest_is_one_line(tmp_path, text):
     with pytest.raises(VptError, match="latents.json"):
         shards = _claim(tmp_path, manifest)["shards"]
         assert isinstance(shards, dict), shards
+
+
+def test_shard_missing_a_dataset_is_one_line(tmp_path):
+    import h5py
+
+    from vpt.data.h5 import ShardWriter, VideoH5
+
+    shard = tmp_path / "train" / "shard_0001.hdf5"
+    with ShardWriter(shard) as writer:
+        writer.add(np.zeros((2, 8, 8, 3), np.uint8), name="v0")
+    with h5py.File(shard, "a") as handle:
+        del handle["lengths"]
+    with pytest.raises(UsageError, match=r"shard_0001.hdf5: damaged shard \(.*'lengths'"):
+        VideoH5(tmp_path / "train")
+
+
+def test_save_latents_partial_result_holding_an_object_array_is_one_line(tmp_path):
+    from vpt.data.latents import _load_npy
+
+    marker = tmp_path / "marker"
+    with open(tmp_path / "0.npy", "wb") as handle:
+        np.save(handle, np.array([_TouchMarker(marker), 1], dtype=object), allow_pickle=True)
+    with pytest.raises(VptError) as caught:
+        _load_npy(tmp_path / "0.npy")
+    assert "\n" not in str(caught.value) and "0.npy: damaged partial result" in str(caught.value)
+    assert not marker.exists()

@@ -86,6 +86,16 @@ def _new_temp_file(path: Path, suffix: str) -> Path:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give `path` the permissions open() gives a new file under the current umask: writers that make their
+    own private temp file and rename it (safetensors' save_file) otherwise leave outputs 0600."""
+    probe = _new_temp_file(Path(path), ".mode")
+    try:
+        os.chmod(path, probe.stat().st_mode & 0o777)
+    finally:
+        probe.unlink()
+
+
 def remove_stale_temps(path: str | os.PathLike) -> None:
     """Delete the temp files `atomic_path` made for `path` in processes that were killed mid-write
     (call it only while holding the folder's lock, so no live writer owns them)."""

@@ -334,6 +334,8 @@ def _read_meta(path: Path) -> tuple[_ShardMeta, dict[str, Any]]:
                 return _ShardMeta(path, "river", lengths, None, None), attrs
     except OSError as exc:
         raise UsageError(f"{path}: not a readable HDF5 file ({exc})") from None
+    except KeyError as exc:  # h5py's message names the missing dataset
+        raise UsageError(f"{path}: damaged shard ({exc.args[0]})") from None
     raise UsageError(f"{path}: neither a vpt nor a RIVER shard (no '{LAYOUT_ATTR}' attribute, no /len group)")
 
 

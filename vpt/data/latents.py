@@ -293,7 +293,7 @@ def _encode_shard(
     path = _out_shard(out, split, source, shard)
     with ShardWriter(path, kind="latents", attrs=_shard_attrs(manifest, source, shard)) as writer:
         for i in indices:
-            writer.add(np.load(partial / f"{i - first}.npy"), name=source.name(i), text=source.text(i))
+            writer.add(_load_npy(partial / f"{i - first}.npy"), name=source.name(i), text=source.text(i))
     _record_shard(out, path, manifest)
     shutil.rmtree(partial, ignore_errors=True)
     return len(todo)
@@ -370,6 +370,13 @@ def _stored_latents(model, video):
     if model.has_posterior:
         return torch.cat(model.encode_posterior(video), dim=2)
     return model.encode(video)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:  # an object array, or not an .npy file at all
+        raise VptError(f"{path}: damaged partial result ({exc}); delete it and run again") from None
 
 
 def _save_npy(path: Path, array) -> None:

