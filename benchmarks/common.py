@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 
 import numpy as np
 import torch
@@ -52,3 +53,25 @@ def run_vpt(args: list[str]) -> None:
     except SystemExit as exc:
         if exc.code:
             raise
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, *, size: int, repeats: int = 5) -> float:
+    """FLOP/s of one square (size x size) @ (size x size) matmul at `dtype`, best of `repeats` after a
+    warm-up: the rate this device reaches on the one op every transformer step is made of."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: kernel choice, allocation
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
