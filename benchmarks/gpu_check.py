@@ -103,9 +103,12 @@ class Settings:
     budget_s: float  # per section (compile:river gets twice this)
     total_s: float  # all sections together; those that find it spent are skipped
     compile_backend: str  # "inductor" on a GPU; "eager" in the dry run (dynamo without code generation)
+    precision: str = "bf16"  # of the training steps: bf16 autocast, or fp32 (benchmarks/cpu_efficiency.py)
 
     @property
     def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
@@ -129,26 +132,38 @@ class Workload:
 # --- building the workloads ------------------------------------------------------------------------------------
 
 
-def published_config(name: str, settings: Settings) -> Any:
+def published_config(
+    name: str, settings: Settings, config: str | None = None, model_changes: dict | None = None
+) -> tuple[Any, Any]:
+    """(whole config, model section) of `config` (default: the published one) for synthetic latents,
+    with `model_changes` applied (default: the toy sizes in the dry run)."""
     overrides = ["model.autoencoder=pixels"] if name in ("river", "neuralsde", "latte", "pvdm", "rsvp") else []
     if name == "seer":  # random weights of the released shape: no SD folder, no FSText init
         overrides = ["model.pretrained=", "model.fstext_init=", "model.vae=none"]
-    cfg = load_config(train_schema(get_backend(name)), ROOT / "configs" / PUBLISHED[name], overrides)
+    cfg = load_config(train_schema(get_backend(name)), ROOT / "configs" / (config or PUBLISHED[name]), overrides)
     model_cfg = cfg.model
     if name in ("pvdm", "rsvp"):
         model_cfg = dataclasses.replace(model_cfg, autoencoder=None)  # trained on cached latents
-    if settings.dry_run and name in TOY_MODELS:
-        model_cfg = dataclasses.replace(model_cfg, **TOY_MODELS[name])
-    return cfg, model_cfg
+    if model_changes is None:
+        model_changes = TOY_MODELS.get(name, {}) if settings.dry_run else {}
+    return cfg, dataclasses.replace(model_cfg, **model_changes)
 
 
-def build_workload(name: str, settings: Settings, batch_size: int | None = None) -> Workload:
-    """The backend `name` at its published config (toy sizes in the dry run), with a synthetic batch."""
+def build_workload(
+    name: str,
+    settings: Settings,
+    batch_size: int | None = None,
+    *,
+    config: str | None = None,
+    model_changes: dict | None = None,
+) -> Workload:
+    """The backend `name` at `config` (default: the published one; toy sizes in the dry run) and the
+    config's batch size unless given, with a synthetic batch of its latents."""
     device, dry = settings.device, settings.dry_run
     torch.manual_seed(0)
     if name == "seer":
-        return _seer_workload(settings, batch_size)
-    cfg, model_cfg = published_config(name, settings)
+        return _seer_workload(settings, batch_size, config)
+    cfg, model_cfg = published_config(name, settings, config, model_changes)
     model = get_backend(name)(model_cfg).to(device)
     batch_size = batch_size or (2 if dry else cfg.train.batch_size)
     randn = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
@@ -205,18 +220,20 @@ def build_workload(name: str, settings: Settings, batch_size: int | None = None)
     raise ValueError(f"no workload for backend {name!r}")
 
 
-def _seer_workload(settings: Settings, batch_size: int | None) -> Workload:
+def _seer_workload(settings: Settings, batch_size: int | None, config: str | None) -> Workload:
     """Seer at the released shape (SD v1.5 UNet with SAWT blocks, FSText 8 layers, CLIP-L-shaped text,
-    SD's VAE) with random weights, 2 reference + 10 predicted frames at 256 px; the dry run takes
-    configs/seer/tiny.yaml (pixel space) at 3 frames."""
+    SD's VAE) with random weights, 2 reference + 10 predicted frames at 256 px; a pixel-space `config`
+    (configs/seer/tiny.yaml) as it is; the dry run takes tiny.yaml at 3 frames of 16 px."""
     from vpt.config import validate
     from vpt.models.seer import Seer, SeerConfig
 
     device = settings.device
-    if settings.dry_run:
-        tiny = load_config(train_schema(get_backend("seer")), ROOT / "configs" / "seer" / "tiny.yaml", [])
-        cfg = dataclasses.replace(tiny.model, frames=3, context_frames=1)
-        resolution, batch_size, note = 16, batch_size or 1, "tiny config"
+    tiny, _ = published_config("seer", settings, config or "seer/tiny.yaml", {})
+    if settings.dry_run or config is not None and tiny.model.vae == "none":
+        cfg = dataclasses.replace(tiny.model, frames=3, context_frames=1) if settings.dry_run else tiny.model
+        resolution = 16 if settings.dry_run else tiny.data.image_size
+        batch_size = batch_size or (1 if settings.dry_run else tiny.train.batch_size)
+        note = "tiny config"
         model = Seer(cfg).to(device)
     else:
         from seer import full_config  # benchmarks/seer.py: the released shape with a random SD-shaped VAE
@@ -224,8 +241,8 @@ def _seer_workload(settings: Settings, batch_size: int | None) -> Workload:
         published, _ = published_config("seer", settings)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = full_config(Path(tmp) / "vae", published.model.frames, published.model.context_frames)
-            cfg = validate(SeerConfig, {**dataclasses.asdict(cfg), "fstext": dataclasses.asdict(published.model.fstext)},
-                           source="gpu_check")  # fmt: skip
+            published_parts = {key: dataclasses.asdict(getattr(published.model, key)) for key in ("fstext", "sampler")}
+            cfg = validate(SeerConfig, {**dataclasses.asdict(cfg), **published_parts}, source="gpu_check")
             model = Seer(cfg).to(device)
         resolution, batch_size = published.data.image_size, batch_size or published.train.batch_size
         note = "released shape, random weights, VAE included"
@@ -340,7 +357,7 @@ def train_section(workloads: Workloads, name: str, settings: Settings, peak: tup
         else "published"
         if work.batch_size == published_batch
         else f"reduced from {published_batch} (OOM)",
-        "precision": "bf16 autocast",
+        "precision": "bf16 autocast" if settings.precision == "bf16" else "fp32",
         "steps_per_s": steps_per_s,
         "clips_per_s": steps_per_s * work.batch_size,
         "peak_memory_gb": peak_memory_gb(settings.device),
