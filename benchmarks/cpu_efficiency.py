@@ -69,8 +69,9 @@ def measure(work: Workload, settings: Settings, steps: int) -> dict:
     return {"flops": flops, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "step": step}
 
 
-def profile(step, top: int) -> tuple[list[tuple[str, float, int]], float]:
-    """(top ops by self CPU time as (name, seconds, calls), share of self time in matmul/attention ops)."""
+def profile(step, top: int) -> tuple[list[tuple[str, float, int]], float, float]:
+    """(top ops by self CPU time as (name, seconds, calls), share of self time in matmul/attention ops,
+    total self seconds) of one call of `step`."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -80,7 +81,7 @@ def profile(step, top: int) -> tuple[list[tuple[str, float, int]], float]:
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if any(op in e.key for op in MATMUL_OPS))
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in events[:top]], matmul / total
+    return [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in events[:top]], matmul / total, total / 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<8} {batch:>5} {r['flops'] / 1e9:>11.2f} {r['wall_s']:>8.3f} {wall_rate / 1e9:>8.1f} "
               f"{100 * wall_rate / gemm['wall']:>7.1f}% {r['cpu_s']:>10.3f} {100 * cpu_rate / gemm['cpu']:>7.1f}% "
               f"{100 * profiles[name][1]:>11.1f}%")  # fmt: skip
-    for name, (ops, share) in profiles.items():
-        print(f"\n{name}: top ops by self CPU time (one step; matmul/conv/attention {100 * share:.1f}% of it)")
+    for name, (ops, share, total) in profiles.items():
+        print(
+            f"\n{name}: top ops by self CPU time (one profiled step, {total:.2f} s; matmul/conv/attention {100 * share:.1f}%)"
+        )
         for key, seconds, calls in ops:
             print(f"  {key:<45} {seconds * 1e3:>9.1f} ms {calls:>6} calls")
 
