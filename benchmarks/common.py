@@ -1,8 +1,10 @@
-"""What every benchmark shares: the line naming the machine a figure came from, and textured test clips."""
+"""What every benchmark shares: the line naming the machine a figure came from, textured test clips, and
+the matmul rate a device reaches (the limit its efficiency is measured against)."""
 
 from __future__ import annotations
 
 import platform
+import time
 
 import numpy as np
 import torch
@@ -52,3 +54,28 @@ def run_vpt(args: list[str]) -> None:
     except SystemExit as exc:
         if exc.code:
             raise
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_flops_per_s(
+    device: torch.device, dtype: torch.dtype, *, size: int, repeats: int = 5, clock=time.perf_counter
+) -> float:
+    """FLOP/s of one square (size x size) @ (size x size) matmul at `dtype`, best of `repeats` after a
+    warm-up: the rate this device reaches on the one op every transformer step is made of. `clock`:
+    wall time by default; `time.process_time` leaves out other processes' turns on a shared CPU."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: kernel choice, allocation
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        started = clock()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, clock() - started)
+    return 2 * size**3 / best
