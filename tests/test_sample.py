@@ -348,3 +348,27 @@ def test_requests_beyond_the_training_range_are_flagged(tiny_run, tmp_path, caps
     assert f"--option past_horizon={trained - 1}" in " ".join(capsys.readouterr().err.split())
     model.predict(torch.zeros(1, 2, 3, SIZE, SIZE), trained + 3, past_horizon=trained - 1)
     assert "extrapolates" not in capsys.readouterr().err
+
+
+def test_default_precision_is_fp32_for_published_weights_and_the_device_s_own_for_a_run(
+    tiny_run, tmp_path, monkeypatch
+):
+    """On a device with bf16 units (VPT_BF16=1 says so, as an AMX CPU would), a run's weights sample in bf16 by
+    default and published weights in fp32, as upstream samples them; --precision overrides either, and the
+    .json records what ran."""
+    from test_river import _published_checkpoint
+
+    monkeypatch.setenv("VPT_BF16", "1")
+    image = tmp_path / "ctx.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(image)
+    checkpoint = _published_checkpoint(tmp_path / "model.pth")
+    cases = (
+        (["--run", tiny_run["run"]], "bf16"),
+        (["--checkpoint", checkpoint, "--steps", 2], "fp32"),
+        (["--checkpoint", checkpoint, "--steps", 2, "--precision", "bf16"], "bf16"),
+    )
+    for number, (source, expected) in enumerate(cases):
+        out = tmp_path / f"p{number}.png"
+        result = _invoke("sample", *source, "--image", image, "--frames", 1, "--view-height", 0, "--out", out)
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.with_name(out.name + ".json").read_text())["precision"] == expected, source

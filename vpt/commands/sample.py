@@ -171,7 +171,7 @@ def sample(
         typer.Option(
             "--precision",
             rich_help_panel="Resources",
-            help="fp32, or bf16 autocast. Default: bf16 on CUDA GPUs that support it, fp32 elsewhere (eval-fvd defaults to fp32).",
+            help="fp32, or bf16 autocast. Default with --checkpoint (published weights): fp32 on every device, as upstream samples. Default with --run: bf16 where the device has bf16 units (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), fp32 elsewhere. The choice is recorded in the output's .json (eval-fvd defaults to fp32).",
         ),
     ] = None,
     compile_sampler: Annotated[
@@ -200,9 +200,12 @@ def sample(
         raise UsageError(f"--out {out}: use a .mp4, .gif or .png file")
     ensure_writable(out.parent, "--out")
     torch_device = resolve_device(device)
-    precision_name = (precision.value if precision else None) or default_precision(torch_device)
-
     model, origin, run_config = load_predictor(run, checkpoint, backend, ae, release, step=step)
+    # published weights are sampled as upstream samples them; a run's own weights where the device is fastest
+    published = not run_config
+    precision_name = (precision.value if precision else None) or (
+        "fp32" if published else default_precision(torch_device)
+    )
     sources = [name for name, given in (("--image", image), ("--video", video), ("--data", data)) if given]
     if len(sources) > 1 or (not sources and not model.generates_without_context):
         raise UsageError(
