@@ -495,3 +495,25 @@ def test_run_mode_scores_an_unconditional_generator(tmp_path, detector):
 
     no_fvd = _invoke(["--run", str(run), "--data", str(data), "--i3d", str(detector), "--no-fvd", "--out", str(out)])
     assert isinstance(no_fvd.exception, UsageError) and "FVD/KVD only" in str(no_fvd.exception)
+
+
+def test_frames_smaller_than_the_ssim_window_are_one_line(tmp_path, detector):
+    """8 px frames scored in pairs: SSIM's 11-tap window does not fit, said in one line, no metrics.json."""
+    write_frame_folders(tmp_path / "v", moving_videos(2, 10, 8, seed=0))
+    folder = str(tmp_path / "v")
+    args = [
+        "--real",
+        folder,
+        "--fake",
+        folder,
+        "--paired",
+        "--no-fvd",
+        "--frames",
+        "10",
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
+    result = _invoke(args)
+    assert isinstance(result.exception, UsageError), result.output
+    assert "SSIM needs frames of at least 11x11 pixels, got 8x8" in str(result.exception)
+    assert not (tmp_path / "m.json").exists()

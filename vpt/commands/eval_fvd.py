@@ -359,6 +359,7 @@ def eval_fvd(
     from vpt.fsutil import DirectoryLock, atomic_write_text, check_output_file, ensure_writable
     from vpt.metrics import eval_cache as ec
     from vpt.metrics import evaluate as ev
+    from vpt.metrics.frames import gaussian_taps
     from vpt.metrics.fvd import get_preset
     from vpt.metrics.i3d import MIN_FRAMES
     from vpt.models.backend import run_protocol
@@ -412,6 +413,11 @@ def eval_fvd(
         if context_frames == 0:  # generation: no clip of the test set is the truth of a generated one
             _check_generation(model, fvd)
             want_frames = False
+        if want_frames and image_size and image_size < len(gaussian_taps()):  # before any prediction is made
+            raise UsageError(
+                f"the protocol's frames of {image_size} px are smaller than SSIM's {len(gaussian_taps())}-pixel "
+                "window: frame metrics need frames of at least that size"
+            )
         task = f"{context_frames} context ->" if context_frames else "generation of"
         info(
             f"protocol of {run or checkpoint}: {task} {pred_frames} predicted frames, {samples} sample(s) per "

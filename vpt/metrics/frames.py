@@ -61,7 +61,12 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> n
     x, y = pred.double(), target.double()
     taps = gaussian_taps().to(x.device)
     if min(x.shape[-2:]) < len(taps):
-        raise ValueError(f"SSIM needs frames of at least {len(taps)}x{len(taps)} pixels, got {tuple(x.shape[-2:])}")
+        from vpt.errors import UsageError
+
+        raise UsageError(
+            f"SSIM needs frames of at least {len(taps)}x{len(taps)} pixels, got {x.shape[-2]}x{x.shape[-1]}: "
+            "score larger frames (--image-size) or FVD alone (without --paired)"
+        )
     mu_x, mu_y = _blur_valid(x, taps), _blur_valid(y, taps)
     var_x = _blur_valid(x * x, taps) - mu_x**2
     var_y = _blur_valid(y * y, taps) - mu_y**2
