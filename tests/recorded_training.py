@@ -27,18 +27,24 @@ WEIGHT_RTOL = 1e-5  # per tensor, of the largest upstream value in it
 class RecordedBatches(Dataset):
     """Upstream's batches, placed so that the loop's sampler (seeded by `seed`) hands them out in order."""
 
-    def __init__(self, batches: torch.Tensor, seed: int):  # (steps, B, T, c, h, w)
-        clips = batches.flatten(0, 1)  # (steps * B, T, c, h, w), in training order
-        sampler = iter(ResumableSampler(len(clips), seed=seed))
-        order = torch.tensor([next(sampler).index for _ in range(len(clips))])  # dataset item at each position
-        self.clips = torch.empty_like(clips)
-        self.clips[order] = clips
+    def __init__(self, batches: torch.Tensor, seed: int, labels: torch.Tensor | None = None):
+        # batches (steps, B, T, c, h, w); labels (steps, B) class indices, when upstream trained on them
+        recorded = {"latents": batches.flatten(0, 1)}  # (steps * B, T, c, h, w), in training order
+        if labels is not None:
+            recorded["label"] = labels.flatten()  # (steps * B,)
+        count = len(recorded["latents"])
+        sampler = iter(ResumableSampler(count, seed=seed))
+        order = torch.tensor([next(sampler).index for _ in range(count)])  # dataset item at each position
+        self.items = {}
+        for key, values in recorded.items():
+            self.items[key] = torch.empty_like(values)
+            self.items[key][order] = values
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.items["latents"])
 
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
-        return {"latents": self.clips[key.index]}  # (T, c, h, w)
+        return {name: values[key.index] for name, values in self.items.items()}  # latents (T, c, h, w)
 
 
 def upstream_trainer_config(
@@ -65,12 +71,19 @@ def upstream_trainer_config(
     )
 
 
-def replay(model: nn.Module, network: nn.Module, batches: torch.Tensor, cfg: TrainConfig, run_dir: Path):
+def replay(
+    model: nn.Module,
+    network: nn.Module,
+    batches: torch.Tensor,
+    cfg: TrainConfig,
+    run_dir: Path,
+    labels: torch.Tensor | None = None,
+):
     """Train `model` with vpt's loop; returns the per-step (losses, learning rates) it logged and the
     positional inputs `network` received at every call."""
     calls = []
     network.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
-    train(model, RecordedBatches(batches, cfg.seed), cfg, Run.open(run_dir))
+    train(model, RecordedBatches(batches, cfg.seed, labels), cfg, Run.open(run_dir))
     metrics = [m for m in Run(run_dir).read_metrics() if "loss" in m]
     losses = torch.tensor([m["loss"] for m in metrics], dtype=torch.float64)
     learning_rates = torch.tensor([m["lr"] for m in metrics], dtype=torch.float64)

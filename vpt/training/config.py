@@ -26,6 +26,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
     lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    grad_clip_start: int = 0  # clip from this step on; before it the norm is only measured (official Latte: 100000)
+    # The first step only accumulates its gradient, so the first update applies the first two batches'
+    # gradients summed (official Latte's train.py updates once train_steps > 0); every later step updates.
+    skip_first_update: bool = False
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the device has bf16 units
     ema_decay: float = 0.0  # 0 turns EMA off
     ema_start: int = 0  # EMA copies the weights until this step, then averages
@@ -42,6 +46,8 @@ class TrainConfig:
     log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (when installed)
 
     def __post_init__(self) -> None:
+        if self.grad_clip_start < 0:
+            raise ValueError(f"train.grad_clip_start must be >= 0, got {self.grad_clip_start}")
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")

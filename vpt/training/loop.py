@@ -257,20 +257,24 @@ def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Itera
             f"loss is finite ({loss_value:.4g}) but the gradient norm became "
             f"{next(n for n in norms if not math.isfinite(n))}",
         )
+    if cfg.skip_first_update and state.step == 0:
+        return reduced  # the gradient stays and the next step adds to it; the EMA then averages unchanged weights
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return reduced
 
 
 def _clip_per_group(state: TrainingState) -> list[float]:
-    """Gradient norm of each parameter group, clipped to `train.grad_clip` group by group.
+    """Gradient norm of each parameter group, clipped to `train.grad_clip` group by group (from
+    `train.grad_clip_start` on).
 
     A group is one player: for a GAN, the autoencoder's step size must not depend on the
     discriminator's gradient (or the other way round), so each is clipped against its own norm.
     Under FSDP2 the gradients are shards and torch returns the group's norm as a DTensor.
     """
     state.accelerator.unscale_gradients()  # fp16: true gradients before measuring them
-    limit = state.cfg.grad_clip if state.cfg.grad_clip > 0 else math.inf
+    clipping = state.cfg.grad_clip > 0 and state.step >= state.cfg.grad_clip_start
+    limit = state.cfg.grad_clip if clipping else math.inf
     norms = []
     for group in state.optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
