@@ -276,11 +276,14 @@ class PVDM(DiffusionTables, LatentBackend):
             self._check_latents(latents)
             return latents[:, 0].float()
 
+        def random_start(choices: int) -> int:  # one choice takes no draw, as upstream's fixed condition split
+            return int(torch.randint(0, choices, ())) if choices > 1 else 0
+
         if conditioned:
-            start = int(torch.randint(0, positions - 2 * span + 1, ()))
+            start = random_start(positions - 2 * span + 1)
             cond, target = latent_at(start), latent_at(start + span)
         else:
-            start = int(torch.randint(0, positions - span + 1, ()))
+            start = random_start(positions - span + 1)
             target = latent_at(start)
             cond = torch.zeros_like(target) if self.cfg.cond_model else None
         t = torch.randint(0, self.cfg.num_timesteps, (len(target),), device=target.device)

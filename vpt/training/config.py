@@ -34,6 +34,11 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 turns EMA off
     ema_start: int = 0  # EMA copies the weights until this step, then averages
     ema_every: int = 1  # EMA update every this many optimiser steps (PVDM upstream: 25)
+    # The EMA updates after steps ema_offset + k * ema_every, k >= 1. PVDM upstream: 1 (its loop counts
+    # iterations from 0 and skips iteration 0, so its updates follow optimiser steps 26, 51, ...).
+    ema_offset: int = 0
+    # LitEma's decay ramp (PVDM, latent-diffusion): the n-th update uses min(ema_decay, (1 + n) / (10 + n)).
+    ema_warmup: bool = False
     compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
@@ -51,6 +56,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ema_offset < 0:
+            raise ValueError(f"train.ema_offset must be >= 0, got {self.ema_offset}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):  # 0 is allowed: a run that only evaluates its init

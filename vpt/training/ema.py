@@ -18,8 +18,8 @@ class EMA:
     Under FSDP2 the parameters are DTensor shards; the shadow copies them and so is sharded the same way.
     """
 
-    def __init__(self, model: nn.Module, decay: float, start: int = 0):
-        self.decay, self.start = decay, start
+    def __init__(self, model: nn.Module, decay: float, start: int = 0, warmup: bool = False):
+        self.decay, self.start, self.warmup = decay, start, warmup
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def load(self, path: Path, device: torch.device) -> None:
@@ -38,8 +38,11 @@ class EMA:
         return gathered
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module, step: int, count: int = 1) -> None:
+        """Average in the weights after optimiser step `step`, the `count`-th update (from 1)."""
         decay = self.decay if step >= self.start else 0.0
+        if self.warmup:  # LitEma's ramp; the count follows from the step, so a resumed run continues it
+            decay = min(decay, (1 + count) / (10 + count))
         for name, param in model.named_parameters():
             if name in self.shadow:
                 self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)

@@ -99,7 +99,7 @@ def train(
         info(f"Resuming {run.root} from step {state.step} ({latest.name})")  # Run.open trimmed metrics.jsonl to it
     # The EMA starts from the loaded weights (or the checkpoint's own EMA), never from the random init.
     if cfg.ema_decay > 0:
-        state.ema = EMA(model, cfg.ema_decay, cfg.ema_start)
+        state.ema = EMA(model, cfg.ema_decay, cfg.ema_start, cfg.ema_warmup)
         if latest is not None and (latest / "ema.safetensors").exists():
             state.ema.load(latest / "ema.safetensors", accelerator.device)
     accelerator.wait_for_everyone()
@@ -119,8 +119,9 @@ def train(
             while state.step < cfg.max_steps:
                 reduced = _optimizer_step(state, loss_module, batches)
                 state.step += 1
-                if state.ema is not None and state.step % cfg.ema_every == 0:
-                    state.ema.update(model, state.step)
+                since_offset = state.step - cfg.ema_offset
+                if state.ema is not None and since_offset > 0 and since_offset % cfg.ema_every == 0:
+                    state.ema.update(model, state.step, count=since_offset // cfg.ema_every)
                 _log(state, reduced, (state.step - started_step) / max(time.perf_counter() - started, 1e-9))
                 progress.step(state.step, reduced["loss"].item())
                 evaluated = _periodic_work(state, hooks, progress)
