@@ -153,18 +153,9 @@ class Vpt:
 
 
 def _session_members(sid: int) -> list[int]:
-    """Live processes of session `sid` (the group a command started with start_new_session)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    """Live processes of session `sid` (the group a command started with start_new_session), as `ps` lists them."""
+    listing = subprocess.run(["ps", "-s", str(sid), "-o", "pid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, state in (line.split() for line in listing.splitlines()) if state[0] not in "ZX"]
 
 
 def _kill_group(pid: int) -> None:
