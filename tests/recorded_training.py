@@ -27,12 +27,16 @@ WEIGHT_RTOL = 1e-5  # per tensor, of the largest upstream value in it
 class RecordedBatches(Dataset):
     """Upstream's batches, placed so that the loop's sampler (seeded by `seed`) hands them out in order."""
 
-    def __init__(self, batches: torch.Tensor, seed: int, labels: torch.Tensor | None = None):
-        # batches (steps, B, T, c, h, w); labels (steps, B) class indices, when upstream trained on them
-        recorded = {"latents": batches.flatten(0, 1)}  # (steps * B, T, c, h, w), in training order
+    def __init__(self, batches: torch.Tensor | dict[str, torch.Tensor], seed: int, labels: torch.Tensor | None = None):
+        # batches (steps, B, T, c, h, w) latents, or {name: (steps, B, ...)} batch entries as the backend's loss
+        # reads them; labels (steps, B) class indices, when upstream trained on them
+        if isinstance(batches, dict):
+            recorded = {name: values.flatten(0, 1) for name, values in batches.items()}  # (steps * B, ...)
+        else:
+            recorded = {"latents": batches.flatten(0, 1)}  # (steps * B, T, c, h, w), in training order
         if labels is not None:
             recorded["label"] = labels.flatten()  # (steps * B,)
-        count = len(recorded["latents"])
+        count = len(next(iter(recorded.values())))
         sampler = iter(ResumableSampler(count, seed=seed))
         order = torch.tensor([next(sampler).index for _ in range(count)])  # dataset item at each position
         self.items = {}
@@ -41,10 +45,10 @@ class RecordedBatches(Dataset):
             self.items[key][order] = values
 
     def __len__(self) -> int:
-        return len(self.items["latents"])
+        return len(next(iter(self.items.values())))
 
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
-        return {name: values[key.index] for name, values in self.items.items()}  # latents (T, c, h, w)
+        return {name: values[key.index] for name, values in self.items.items()}  # e.g. latents (T, c, h, w)
 
 
 def upstream_trainer_config(
@@ -74,7 +78,7 @@ def upstream_trainer_config(
 def replay(
     model: nn.Module,
     network: nn.Module,
-    batches: torch.Tensor,
+    batches: torch.Tensor | dict[str, torch.Tensor],
     cfg: TrainConfig,
     run_dir: Path,
     labels: torch.Tensor | None = None,

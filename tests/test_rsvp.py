@@ -283,6 +283,12 @@ def test_ucf_config_has_upstreams_values():
     assert cfg.model == RSVPMConfig()  # the defaults are upstream's
     assert cfg.model.given_indices() == list(range(8)) and cfg.model.steps == 100 and cfg.model.loss_type == "l1"
     assert (cfg.train.ema_every, cfg.train.ema_decay, cfg.train.lr, cfg.train.warmup_steps) == (25, 0.9999, 1e-4, 0)
+    assert (cfg.train.grad_clip, cfg.train.grad_clip_mode, cfg.train.ema_offset, cfg.train.ema_warmup) == (
+        1.0,
+        "value",
+        1,
+        True,
+    )
     assert (cfg.eval.context_frames, cfg.eval.predicted_frames) == (8, 8)
 
 

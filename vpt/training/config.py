@@ -25,7 +25,10 @@ class TrainConfig:
     warmup_from_zero: bool = False
     min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
     lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    grad_clip: float = 1.0  # max gradient norm (or element, see grad_clip_mode); 0 turns clipping off
+    # norm: rescale each group's gradient to norm <= grad_clip; value: clamp every gradient element to
+    # ±grad_clip (RSVP upstream: clip_grad_value_ at 1.0).
+    grad_clip_mode: Literal["norm", "value"] = "norm"
     grad_clip_start: int = 0  # clip from this step on; before it the norm is only measured (official Latte: 100000)
     # The first step only accumulates its gradient, so the first update applies the first two batches'
     # gradients summed (official Latte's train.py updates once train_steps > 0); every later step updates.

@@ -266,8 +266,8 @@ def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Itera
 
 
 def _clip_per_group(state: TrainingState) -> list[float]:
-    """Gradient norm of each parameter group, clipped to `train.grad_clip` group by group (from
-    `train.grad_clip_start` on).
+    """Gradient norm of each parameter group (before clipping), clipped to `train.grad_clip` group by group
+    (from `train.grad_clip_start` on): the norm rescaled, or with `grad_clip_mode: value` every element clamped.
 
     A group is one player: for a GAN, the autoencoder's step size must not depend on the
     discriminator's gradient (or the other way round), so each is clipped against its own norm.
@@ -275,12 +275,15 @@ def _clip_per_group(state: TrainingState) -> list[float]:
     """
     state.accelerator.unscale_gradients()  # fp16: true gradients before measuring them
     clipping = state.cfg.grad_clip > 0 and state.step >= state.cfg.grad_clip_start
-    limit = state.cfg.grad_clip if clipping else math.inf
+    by_value = state.cfg.grad_clip_mode == "value"
+    limit = state.cfg.grad_clip if clipping and not by_value else math.inf
     norms = []
     for group in state.optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
             norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True))))
+            if clipping and by_value:
+                torch.nn.utils.clip_grad_value_(params, state.cfg.grad_clip, foreach=True)
     return norms
 
 
