@@ -52,7 +52,7 @@ def main(out: Path) -> None:
     for name, model in (("reference", reference), ("sharded", sharded)):
         state = SimpleNamespace(
             accelerator=SimpleNamespace(unscale_gradients=lambda: None),
-            cfg=SimpleNamespace(grad_clip=0.05, grad_clip_start=0),
+            cfg=TrainConfig(grad_clip=0.05),
             step=0,
             optimizer=model.optimizer,
         )
