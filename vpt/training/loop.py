@@ -267,7 +267,7 @@ def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Itera
 
 def _clip_per_group(state: TrainingState) -> list[float]:
     """Gradient norm of each parameter group, clipped to `train.grad_clip` group by group (from
-    `train.grad_clip_start` on).
+    `train.grad_clip_start` on; a group with `"grad_clip": False` is only measured).
 
     A group is one player: for a GAN, the autoencoder's step size must not depend on the
     discriminator's gradient (or the other way round), so each is clipped against its own norm.
@@ -280,7 +280,8 @@ def _clip_per_group(state: TrainingState) -> list[float]:
     for group in state.optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
-            norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True))))
+            group_limit = limit if group.get("grad_clip", True) else math.inf  # a group may opt out (Seer's FSText)
+            norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(params, group_limit, foreach=True))))
     return norms
 
 
