@@ -27,9 +27,15 @@ WEIGHT_RTOL = 1e-5  # per tensor, of the largest upstream value in it
 class RecordedBatches(Dataset):
     """Upstream's batches, placed so that the loop's sampler (seeded by `seed`) hands them out in order."""
 
-    def __init__(self, batches: torch.Tensor | dict[str, torch.Tensor], seed: int, labels: torch.Tensor | None = None):
+    def __init__(
+        self,
+        batches: torch.Tensor | dict[str, torch.Tensor],
+        seed: int,
+        labels: torch.Tensor | None = None,
+        prompts: list[str] | None = None,
+    ):
         # batches (steps, B, T, c, h, w) latents, or {name: (steps, B, ...)} batch entries as the backend's loss
-        # reads them; labels (steps, B) class indices, when upstream trained on them
+        # reads them; labels (steps, B) class indices, prompts steps * B texts, when upstream trained on them
         if isinstance(batches, dict):
             recorded = {name: values.flatten(0, 1) for name, values in batches.items()}  # (steps * B, ...)
         else:
@@ -43,6 +49,10 @@ class RecordedBatches(Dataset):
         for key, values in recorded.items():
             self.items[key] = torch.empty_like(values)
             self.items[key][order] = values
+        if prompts is not None:
+            self.items["text"] = [""] * count
+            for position, prompt in zip(order.tolist(), prompts):
+                self.items["text"][position] = prompt
 
     def __len__(self) -> int:
         return len(next(iter(self.items.values())))
@@ -82,12 +92,13 @@ def replay(
     cfg: TrainConfig,
     run_dir: Path,
     labels: torch.Tensor | None = None,
+    prompts: list[str] | None = None,
 ):
     """Train `model` with vpt's loop; returns the per-step (losses, learning rates) it logged and the
     positional inputs `network` received at every call."""
     calls = []
     network.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
-    train(model, RecordedBatches(batches, cfg.seed, labels), cfg, Run.open(run_dir))
+    train(model, RecordedBatches(batches, cfg.seed, labels, prompts), cfg, Run.open(run_dir))
     metrics = [m for m in Run(run_dir).read_metrics() if "loss" in m]
     losses = torch.tensor([m["loss"] for m in metrics], dtype=torch.float64)
     learning_rates = torch.tensor([m["lr"] for m in metrics], dtype=torch.float64)

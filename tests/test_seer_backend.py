@@ -62,11 +62,12 @@ def test_loss_is_noise_mse_on_target_frames(model):
     batch = _batch()
     torch.manual_seed(5)
     loss = model.loss(batch)["loss"]
-    # The same computation by hand, drawing the same random numbers in the same order.
+    # The same computation by hand, drawing the same random numbers in upstream's order and layout: the noise as
+    # (B, C, F - R, H, W), then the timesteps.
     torch.manual_seed(5)
-    t = torch.randint(0, 1000, (2,))
     target = batch["video"][:, 1:]
-    noise = torch.randn_like(target)
+    noise = torch.randn(target.transpose(1, 2).shape).transpose(1, 2)
+    t = torch.randint(0, 1000, (2,))
     alpha = model.train_noise.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
     noisy = alpha.sqrt() * target + (1 - alpha).sqrt() * noise
     with torch.no_grad():
@@ -221,9 +222,9 @@ def test_v_prediction_and_centred_pixels():
     torch.manual_seed(5)
     loss = model.loss(batch)["loss"]
     torch.manual_seed(5)
-    t = torch.randint(0, 1000, (2,))
     target = latents[:, 1:]
-    noise = torch.randn_like(target)
+    noise = torch.randn(target.transpose(1, 2).shape).transpose(1, 2)  # upstream's layout and order
+    t = torch.randint(0, 1000, (2,))
     alpha = model.train_noise.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
     noisy = alpha.sqrt() * target + (1 - alpha).sqrt() * noise
     with torch.no_grad():

@@ -23,6 +23,9 @@ class TrainConfig:
     # Linear warm-up's first step: False -> lr / warmup_steps; True -> 0, as transformers' and diffusers'
     # schedulers count it (upstream RIVER), so step s of the warm-up runs at lr * s / warmup_steps.
     warmup_from_zero: bool = False
+    # Steps the cosine / polynomial decay spans; 0 = max_steps. Upstream Seer's schedule spans twice its training
+    # (train.py multiplies the length by the accumulation steps, accelerate steps the schedule once per update).
+    lr_schedule_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine / polynomial decay to lr * min_lr_ratio
     lr_power: float = 1.0  # polynomial: lr factor (1 - progress) ** lr_power (RIVER: 0.5)
     grad_clip: float = 1.0  # max gradient norm (or element, see grad_clip_mode); 0 turns clipping off
@@ -59,6 +62,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule_steps < 0:
+            raise ValueError(f"train.lr_schedule_steps must be >= 0, got {self.lr_schedule_steps}")
         if self.ema_offset < 0:
             raise ValueError(f"train.ema_offset must be >= 0, got {self.ema_offset}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -75,7 +80,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step if cfg.warmup_from_zero else step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, (cfg.lr_schedule_steps or cfg.max_steps) - cfg.warmup_steps)
     if cfg.lr_schedule == "polynomial":  # as transformers' get_polynomial_decay_schedule_with_warmup
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - min(1.0, progress)) ** cfg.lr_power
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -268,6 +268,7 @@ def _optimizer_step(state: TrainingState, loss_module: nn.Module, batches: Itera
 def _clip_per_group(state: TrainingState) -> list[float]:
     """Gradient norm of each parameter group (before clipping), clipped to `train.grad_clip` group by group
     (from `train.grad_clip_start` on): the norm rescaled, or with `grad_clip_mode: value` every element clamped.
+    A group with `"grad_clip": False` is only measured.
 
     A group is one player: for a GAN, the autoencoder's step size must not depend on the
     discriminator's gradient (or the other way round), so each is clipped against its own norm.
@@ -281,8 +282,10 @@ def _clip_per_group(state: TrainingState) -> list[float]:
     for group in state.optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
-            norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True))))
-            if clipping and by_value:
+            clipped = clipping and group.get("grad_clip", True)  # a group may opt out (Seer's FSText)
+            group_limit = limit if clipped else math.inf
+            norms.append(float(full_tensor(torch.nn.utils.clip_grad_norm_(params, group_limit, foreach=True))))
+            if clipped and by_value:
                 torch.nn.utils.clip_grad_value_(params, state.cfg.grad_clip, foreach=True)
     return norms
 

@@ -12,6 +12,7 @@ Differences from upstream that change results are switches (docs/upstream-differ
   cond_drop_prob            text dropout for CFG training (upstream 0)
   vae_latent                "sample" = upstream's VAE sample, "mode" = posterior mode
   rotary_fp16_angles        upstream's fp16-rounded rotary angles under fp16 autocast
+  clip_fstext               false = upstream's clipping of the UNet's gradient alone
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class SeerConfig:
     )
     cond_drop_prob: float = 0.0  # probability of training a clip on the null text (CFG)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # upstream: epsilon (its v branch is unused)
+    clip_fstext: bool = True  # gradient clipping covers FSText too; false = upstream (the UNet's gradient only)
     text_loss: bool = False  # add MSE(mean over frames of FSText, CLIP) (FSText initialisation objective)
     rotary_fp16_angles: bool = False
     gradient_checkpointing: bool = False
@@ -228,7 +230,14 @@ class Seer(Backend):
         self.fstext.requires_grad_(True)
 
     def param_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        trained = [p for p in self.parameters() if p.requires_grad]
+        if self.cfg.clip_fstext:
+            return [{"params": trained}]
+        fstext = {id(p) for p in self.fstext.parameters()}
+        return [  # upstream clips the UNet's gradient alone and leaves FSText's as it is
+            {"params": [p for p in trained if id(p) not in fstext]},
+            {"params": [p for p in trained if id(p) in fstext], "grad_clip": False},
+        ]
 
     def train(self, mode: bool = True) -> Seer:
         super().train(mode)
@@ -390,8 +399,12 @@ class Seer(Backend):
                 dropped[:, None, None, None], self.null_context(batch_size, frames).to(context.dtype), context
             )
 
+        # Upstream's draws in its order and layout: the noise as (B, c, F - R, h, w), then the timesteps.
+        noise = rearrange(
+            torch.randn(target.transpose(1, 2).shape, device=target.device, dtype=target.dtype),
+            "b c f h w -> b f c h w",
+        )  # (B, F - R, c, h, w)
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (batch_size,), device=latents.device)
-        noise = torch.randn_like(target)
         noisy = self.train_noise.add_noise(target, noise, timesteps)
         prediction = self.unet(
             torch.cat([reference_latents, noisy], dim=1), timesteps, context, reference_frames=reference
