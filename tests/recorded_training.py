@@ -133,17 +133,23 @@ def key_bias_effect(network: nn.Module, upstream: dict[str, torch.Tensor], input
     softmax unchanged), so both trainers see rounding noise that Adam rescales into lr-sized steps of random
     sign: the values differ by about their own size, and the network does not depend on them.
     """
-    ours = network.state_dict()
-    spliced = dict(ours)
-    for name, bias in ours.items():
+    spliced = dict(network.state_dict())
+    for name, bias in spliced.items():
         if name.endswith("attn.qkv.bias"):
             query, _, value = bias.chunk(3)
             spliced[name] = torch.cat([query, upstream[name].chunk(3)[1], value])
+    return splice_effect(network, spliced, inputs)
+
+
+def splice_effect(network: nn.Module, spliced: dict[str, torch.Tensor], inputs: list[torch.Tensor], **kwargs) -> float:
+    """Relative change of `network(*inputs, **kwargs)` (eval mode) when it takes the state `spliced` (its own
+    with some entries replaced by upstream's); its own state is restored afterwards."""
+    ours = {name: value.clone() for name, value in network.state_dict().items()}
     network.eval()
     with torch.no_grad():
-        before = network(*inputs)
+        before = network(*inputs, **kwargs)
         network.load_state_dict(spliced)
-        after = network(*inputs)
+        after = network(*inputs, **kwargs)
     network.load_state_dict(ours)
     return ((before - after).norm() / before.norm()).item()
 

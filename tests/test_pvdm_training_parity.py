@@ -7,7 +7,7 @@ import re
 
 import torch
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, splice_effect, weight_errors
 from safetensors.torch import load_file
 
 from vpt.models.pvdm import PVDM, PVDMConfig, convert_upstream_unet
@@ -46,13 +46,7 @@ def _inert_effect(unet: torch.nn.Module, upstream: dict[str, torch.Tensor], inpu
     """How much the output changes (relative, eval mode) when `unet` takes upstream's values of the inert entries."""
     ours = unet.state_dict()
     spliced = {name: torch.where(_inert(name, value), upstream[name], value) for name, value in ours.items()}
-    unet.eval()
-    with torch.no_grad():
-        before = unet(*inputs)
-        unet.load_state_dict(spliced)
-        after = unet(*inputs)
-    unet.load_state_dict(ours)
-    return ((before - after).norm() / before.norm()).item()
+    return splice_effect(unet, spliced, inputs)
 
 
 def _weights(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

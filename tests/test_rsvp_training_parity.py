@@ -8,7 +8,7 @@ import re
 
 import torch
 from fixture_paths import fill_seeded, fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, splice_effect, weight_errors
 from safetensors.torch import load_file
 
 from vpt.models.rsvp import RSVPM, RSVPMConfig
@@ -39,13 +39,7 @@ def _inert_effect(unet: torch.nn.Module, upstream: dict[str, torch.Tensor], inpu
     """How much the output changes (relative, eval mode) when `unet` takes upstream's values of the inert biases."""
     ours = unet.state_dict()
     spliced = {name: upstream[name] if RESIDUAL_BIAS.search(name) else value for name, value in ours.items()}
-    unet.eval()
-    with torch.no_grad():
-        before = unet(*inputs)
-        unet.load_state_dict(spliced)
-        after = unet(*inputs)
-    unet.load_state_dict(ours)
-    return ((before - after).norm() / before.norm()).item()
+    return splice_effect(unet, spliced, inputs)
 
 
 def test_twenty_training_steps_match_upstream_moso_ddpm(tmp_path):
