@@ -8,6 +8,7 @@ import scipy.ndimage
 import torch
 from PIL import Image
 
+from vpt.errors import UsageError
 from vpt.metrics.frames import BestOfN, gray_uint8, psnr, ssim
 
 
@@ -51,7 +52,7 @@ def test_ssim_matches_scipy_gaussian_reference():
     expected = [_reference_ssim(p.numpy(), t.numpy()) for p, t in zip(pred, truth)]
     np.testing.assert_allclose(got, expected, rtol=1e-7)
     assert 0.1 < got.min() < got.max() < 0.99
-    with pytest.raises(ValueError, match="11x11"):
+    with pytest.raises(UsageError, match="11x11 pixels, got 10x10"):
         ssim(pred[..., :10, :10], truth[..., :10, :10])
 
 
