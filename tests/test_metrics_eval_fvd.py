@@ -418,7 +418,18 @@ def test_checkpoint_mode_uses_the_release_protocol_and_caches_by_file(tmp_path, 
     repeat = json.loads((tmp_path / "b.json").read_text())
     assert repeat["protocol"]["cache"]["reused_batches"] == 1 and repeat["psnr"] == report["psnr"]
 
-    both = _invoke(["--checkpoint", str(checkpoint), "--run", str(tmp_path), "--data", str(data)])
+    both = _invoke(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--run",
+            str(tmp_path),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "c.json"),
+        ]
+    )
     assert isinstance(both.exception, UsageError) and "either --run or --checkpoint" in str(both.exception)
 
 
