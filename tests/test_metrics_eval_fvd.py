@@ -97,7 +97,19 @@ def test_videos_mode_scores_pairs_and_records_the_protocol(tmp_path, detector, a
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert set(report) == {"fvd", "kvd", "psnr", "ssim", "lpips", "warnings", "details", "timing", "protocol"}
+    assert set(report) == {
+        "fvd",
+        "kvd",
+        "psnr",
+        "ssim",
+        "lpips",
+        "repeats",
+        "warnings",
+        "details",
+        "timing",
+        "protocol",
+    }
+    assert report["repeats"] == 1
     assert report["warnings"] == [few_clips_warning(4, 4, 400)]  # 4 clips a set: said in metrics.json and on screen
     assert "FVD/KVD rest on 4 real and 4 generated clips" in " ".join(result.output.split())
     assert report["psnr"] == pytest.approx(20 * np.log10(25.5), abs=1e-6)

@@ -5,11 +5,13 @@
     vpt eval-fvd --checkpoint FILE --data H5DIR       the same with published weights (their release's protocol)
 
 Both print a table and write --out (metrics.json): top-level numbers fvd, kvd, psnr, ssim, lpips (those
-computed), `warnings` (scores that rest on too few clips or sequences to mean much), `details`, `timing`,
+computed), `repeats`, `warnings` (scores that rest on too few clips or sequences to mean much), `details`, `timing`,
 and `protocol`, everything needed to reproduce the numbers (with --run: the checkpoint's `step`, chosen
 with --step). --save-samples N writes the first N scored clips as labelled videos, listed in `saved_samples`. A run whose
 protocol gives no context frames (an unconditional generator such as Latte) generates as many clips as
-it reads test clips and is scored by FVD/KVD only.
+it reads test clips and is scored by FVD/KVD only. --repeats K draws the generated clips under K sampling
+seeds (--seed + r): each metric is then the mean over the repeats, `<metric>_std` its sample standard
+deviation (ddof=1) and `per_repeat` each repeat's seed, metrics and details (in place of `details`).
 
 Finished batches are kept in a cache folder (default .vpt-eval-cache beside --out): the same command after
 a kill resumes where it stopped, and the real set's I3D features are reused by later evaluations of the
@@ -281,6 +283,15 @@ def eval_fvd(
             help="--run: frames to predict. Default: the run's protocol (eval.predicted_frames, else the training clip minus the context).",
         ),
     ] = None,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            rich_help_panel="Prediction (--run, --checkpoint)",
+            min=1,
+            help="--run: draw the generated clips K times, repeat r with sampling seed --seed + r (repeat 0 is the single evaluation), and report each metric's mean over the repeats with its sample standard deviation (ddof=1). The real clips and their features are the same in every repeat. Not with --real/--fake: given files have no sampling to repeat.",
+        ),
+    ] = 1,
     samples: Annotated[
         Optional[int],
         typer.Option(
@@ -352,6 +363,7 @@ def eval_fvd(
 ) -> None:
     """Score videos with FVD/KVD (I3D, published presets) and frame metrics, and write the protocol with them."""
     import json
+    from dataclasses import replace
 
     from vpt.commands.predictor import load_predictor
     from vpt.console import info, is_main_process, warn
@@ -372,8 +384,11 @@ def eval_fvd(
         raise UsageError("--real and --fake go together")
     if run_mode and data is None:
         raise UsageError(f"{'--run' if run else '--checkpoint'} needs --data (the test videos to predict)")
-    if videos_mode and (step is not None or save_samples):
-        raise UsageError("--step and --save-samples go with --run (or --checkpoint): --real/--fake are videos already")
+    if videos_mode and (step is not None or save_samples or repeats > 1):
+        raise UsageError(
+            "--step, --save-samples and --repeats go with --run (or --checkpoint): --real/--fake are videos "
+            "already, with no sampling to repeat"
+        )
     # plain strings from here on (the choices are typer Enums so --help and completion list them)
     clip_offset, psnr_reduction, fvd_pooling, lpips_net = (
         option.value for option in (clip_offset, psnr_reduction, fvd_pooling, lpips_net)
@@ -453,10 +468,10 @@ def eval_fvd(
         spec = ev.ClipSpec(frames, stride or 1, clip_offset, seed, image_size)
         real_clips = ev.open_clips(real, spec, split=split, max_videos=max_videos)
         fake_clips = ev.open_clips(fake, spec, split=split, max_videos=max_videos)
-        eval_cache = (
-            None
+        eval_caches = (
+            []
             if cache_root is None or fvd_settings is None
-            else ec.videos_cache(cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)
+            else [ec.videos_cache(cache_root, real, fake, real_clips, fake_clips, split, fvd_settings, device_.type)]
         )
         total = (len(real_clips) + len(fake_clips)) * bool(fvd) + len(real_clips) * paired
         with ProgressBar("eval-fvd", total, unit="clips", enabled=accelerator.is_main_process) as bar:
@@ -469,7 +484,7 @@ def eval_fvd(
                 workers=workers,
                 accelerator=accelerator,
                 progress=bar.advance,
-                cache=eval_cache,
+                cache=eval_caches[0] if eval_caches else None,
             )
         protocol = {
             "mode": "videos",
@@ -495,34 +510,40 @@ def eval_fvd(
         spec = ev.ClipSpec(context_frames + pred_frames, stride, clip_offset, seed, image_size, model.resize)
         clips = ev.open_clips(data, spec, split=split, max_videos=max_videos)
         frame_scores = {"gray_ssim": ssim_gray, "lpips": lpips_net if lpips is not None else None} if scorer else None
-        eval_cache = (
-            None
+        # one cache per sampling seed: a batch folder's key holds its seed, so repeats never share batches
+        eval_caches = (
+            [None] * repeats
             if cache_root is None
-            else ec.run_cache(
-                cache_root,
-                _model_fingerprint(run_record, run_config),
-                data,
-                split,
-                clips,
-                protocol_run,
-                fvd_settings,
-                frame_scores,
-                device_.type,
-            )
+            else [
+                ec.run_cache(
+                    cache_root,
+                    _model_fingerprint(run_record, run_config),
+                    data,
+                    split,
+                    clips,
+                    replace(protocol_run, seed=seed + r),
+                    fvd_settings,
+                    frame_scores,
+                    device_.type,
+                )
+                for r in range(repeats)
+            ]
         )
-        with ProgressBar("eval-fvd", len(clips), unit="clips", enabled=accelerator.is_main_process) as bar:
-            result = ev.evaluate_predictions(
+        total = len(clips) * repeats
+        with ProgressBar("eval-fvd", total, unit="clips", enabled=accelerator.is_main_process) as bar:
+            result = ev.evaluate_repeats(
                 model,
                 clips,
                 protocol_run,
                 fvd=fvd_settings,
+                caches=eval_caches,
                 scorer=scorer,
                 device=device_,
                 workers=workers,
                 accelerator=accelerator,
                 progress=bar.advance,
-                cache=eval_cache,
             )
+        eval_caches = [cache for cache in eval_caches if cache is not None]
         protocol = {
             "mode": "run" if "run" in run_record else "checkpoint",
             "backend": type(model).name,
@@ -534,15 +555,9 @@ def eval_fvd(
         }
 
     protocol.update(_protocol(fvd_settings, spec, result, seed, accelerator.num_processes))
-    protocol["cache"] = eval_cache.record(accelerator) if eval_cache is not None else None
+    protocol["cache"] = ec.record_repeats(eval_caches, accelerator) if eval_caches else None
     protocol["frame_metrics"] = _frame_protocol(scorer, lpips_net, lpips_note, psnr_reduction) if scorer else None
-    report = {
-        **{k: result.metrics[k] for k in ("fvd", "kvd", "psnr", "ssim", "lpips") if k in result.metrics},
-        "warnings": result.warnings,
-        "details": result.details,
-        "timing": _timing(result),
-        "protocol": protocol,
-    }
+    report = {**_scores(result, repeats), "timing": _timing(result), "protocol": protocol}
     if accelerator.is_main_process:
         if save_samples:
             report["saved_samples"] = _save_samples(
@@ -552,11 +567,11 @@ def eval_fvd(
         _print_table(report)
         for warning in result.warnings:
             warn(warning)
-        if eval_cache is not None:
+        if eval_caches:
             record = protocol["cache"]
             info(
-                f"cache {record['dir']}: {record['reused_batches']} batch(es) reused, "
-                f"{record['computed_batches']} computed"
+                f"cache {record['dir'] if repeats == 1 else cache_root}: {record['reused_batches']} batch(es) "
+                f"reused, {record['computed_batches']} computed"
             )
         info(f"wrote {out}")
         if run_mode:
@@ -683,6 +698,24 @@ def _frame_protocol(scorer, net: str, lpips_note: str | None, psnr_reduction: st
     }
 
 
+METRICS = ("fvd", "kvd", "psnr", "ssim", "lpips")
+
+
+def _scores(result, repeats: int) -> dict:
+    """The metrics part of metrics.json: each metric (with K > 1 repeats: its mean over them, `<metric>_std`
+    the sample standard deviation with ddof=1, and `per_repeat` each repeat's seed, metrics and details)."""
+    names = [name for name in METRICS if name in result.metrics]
+    scores: dict = {name: result.metrics[name] for name in names}
+    if repeats > 1:
+        scores.update({f"{name}_std": result.std[name] for name in names})
+    scores.update({"repeats": repeats, "warnings": result.warnings})
+    if repeats > 1:
+        scores["per_repeat"] = result.per_repeat
+    else:
+        scores["details"] = result.details
+    return scores
+
+
 def _timing(result) -> dict:
     times = result.times
     return {
@@ -699,30 +732,39 @@ def _print_table(report: dict) -> None:
 
     from vpt.console import console
 
-    protocol = report["protocol"]
+    protocol, repeats = report["protocol"], report["repeats"]
+    details = report["details"] if repeats == 1 else report["per_repeat"][0]["details"]
+
+    def value(name: str, digits: int, spread: str = "") -> str:
+        if repeats > 1:
+            spread = f" ± {report[name + '_std']:.{digits}f}"
+        return f"{report[name]:.{digits}f}{spread}"
+
     table = Table(title="vpt eval-fvd")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("value" if repeats == 1 else f"mean ± std over {repeats} seeds", justify="right")
     table.add_column("protocol")
     if "fvd" in report:
         detector = protocol["detector"]
         table.add_row(
             "FVD",
-            f"{report['fvd']:.3f}",
+            value("fvd", 3),
             f"preset {protocol['preset']} ({protocol['covariance']} cov, {protocol['resize']}), "
             f"{detector['file']} sha256 {detector['sha256'][:12]}",
         )
     if "kvd" in report:
-        table.add_row("KVD", f"{report['kvd']:.5f}", f"{protocol['kvd']['variant']}, scale 1")
+        table.add_row("KVD", value("kvd", 5), f"{protocol['kvd']['variant']}, scale 1")
     for name, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS")):
         if name in report:
-            details = report["details"][name]
-            spread = f" ± {details['ci95']:.4f}" if details["ci95"] is not None else " (no CI)"
+            ci95 = details[name]["ci95"]
+            interval = " (± 95% CI)" if repeats == 1 else ""
             table.add_row(
                 label,
-                f"{report[name]:.4f}{spread}",
-                f"best of {details['samples']}, {details['sequences']} sequence(s) (± 95% CI)",
+                value(name, 4, f" ± {ci95:.4f}" if ci95 is not None else " (no CI)"),
+                f"best of {details[name]['samples']}, {details[name]['sequences']} sequence(s){interval}",
             )
     counts = ", ".join(f"{k} {v}" for k, v in protocol["counts"].items())
     table.caption = f"clips of {protocol['clip_length']} frames (stride {protocol['frame_stride']}); {counts}"
+    if repeats > 1:
+        table.caption += f"; {repeats} repeats: mean ± sample std (ddof=1) over sampling seeds, counts per repeat"
     console.print(table)

@@ -118,6 +118,26 @@ class EvalCache:
         return record
 
 
+def record_repeats(caches: list[EvalCache], accelerator=None) -> dict[str, Any]:
+    """The record of the caches of one evaluation repeated under several sampling seeds (one each): every
+    batch folder, and the batch counts summed. One cache gives its own record."""
+    records = [cache.record(accelerator) for cache in caches]
+    if len(records) == 1:
+        return records[0]
+
+    def summed(parts: list[dict], dir_: Any) -> dict[str, Any]:
+        return {
+            "dir": dir_,
+            "reused_batches": sum(part["reused_batches"] for part in parts),
+            "computed_batches": sum(part["computed_batches"] for part in parts),
+        }
+
+    combined = summed(records, [record["dir"] for record in records])
+    real = [record["real"] for record in records if record["real"] is not None]
+    combined["real"] = summed(real, real[0]["dir"]) if real else None  # one folder: the real clips do not change
+    return combined
+
+
 def open_cache(root: Path, kind: str, batches: dict, real: dict | None) -> EvalCache:
     """Stores under `root` for the descriptions `batches` (everything that changes a batch's arrays; its
     folder is named `<kind>-<hash>`) and `real` (everything that changes the real clips' features)."""

@@ -9,7 +9,7 @@ numbers. With an `EvalCache`, finished batches are kept on disk and a rerun load
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -211,6 +211,9 @@ class Evaluation:
     counts: dict[str, int] = field(default_factory=dict)
     times: ExtractionTimes = field(default_factory=ExtractionTimes)
     warnings: list[str] = field(default_factory=list)  # scores that rest on too few samples to mean much
+    # with K > 1 sampling seeds (`evaluate_repeats`): metrics hold the means over the repeats, and
+    std: dict[str, float] = field(default_factory=dict)  # metric -> sample std (ddof=1) over the repeats
+    per_repeat: list[dict] = field(default_factory=list)  # {"seed", every metric, "details"} per repeat
 
 
 def _add_frame_metrics(result: Evaluation, best: BestOfN) -> None:
@@ -375,6 +378,7 @@ def evaluate_predictions(
     accelerator=None,
     progress=None,
     cache: EvalCache | None = None,
+    real_features: dict[int, np.ndarray] | None = None,
 ) -> Evaluation:
     """Predict `predicted_frames` from the first `context_frames` of every clip, `samples` times, and
     score the predictions (frame metrics: best of N; FVD/KVD: see `fvd_pooling`). With no context the
@@ -382,7 +386,9 @@ def evaluate_predictions(
     frame by frame, only the real set's statistics (FVD/KVD).
 
     With `cache`, every finished batch is saved to `cache.batches` (and its real features to `cache.real`)
-    before the next one starts, and batches found there are loaded instead of predicted."""
+    before the next one starts, and batches found there are loaded instead of predicted. `real_features`
+    (first clip index of a batch -> its real clips' features) is read before the cache and filled with
+    the features computed here, so evaluations of the same clips under other seeds compute them once."""
     p = protocol
     if clips.spec.frames != p.context_frames + p.predicted_frames:
         raise ValueError("clips must hold context + predicted frames")
@@ -406,10 +412,13 @@ def evaluate_predictions(
         first, batch = int(first), list(range(int(first), int(first) + len(videos)))
         result.times.decode += decode_seconds
         prompts = [clips.text(k) or "" for k in batch] if backend.takes_text else None
-        real = _stored_features(real_store, batch)
+        real = real_features.get(first) if real_features is not None else None
+        real = _stored_features(real_store, batch) if real is None else real
         payload = _predict_batch(backend, videos.to(device), prompts, first, p, fvd, scorer, result.times, real)
         if real_store is not None and real is None:
             real_store.save(first, {"features": payload["real"]})
+        if real_features is not None and fvd is not None:
+            real_features[first] = payload["real"]
         if cache is not None:
             cache.batches.save(first, payload)
         pieces.append((first, payload))
@@ -434,6 +443,52 @@ def evaluate_predictions(
                 result.metrics[name] = float(np.mean(values))
                 result.details[f"{name}_per_sample"] = values
     return result
+
+
+def evaluate_repeats(
+    backend,
+    clips: SourceClips,
+    protocol: PredictionProtocol,
+    *,
+    fvd: FvdSettings | None,
+    caches: list[EvalCache | None],
+    **options,
+) -> Evaluation:
+    """`evaluate_predictions` once per entry of `caches` (K repeats): repeat r samples, and draws its KVD
+    subsets, with seed `protocol.seed + r`, so repeat 0 is the single evaluation under that seed. The real
+    clips are the same in every repeat and their features are computed once. K = 1 gives that single
+    evaluation unchanged; K > 1 gives each metric's mean, its sample std (ddof=1) and every repeat's values."""
+    real_features: dict[int, np.ndarray] = {}  # first clip index of a batch -> real features, shared by repeats
+    seeds = [protocol.seed + r for r in range(len(caches))]
+    results = [
+        evaluate_predictions(
+            backend,
+            clips,
+            replace(protocol, seed=seed),
+            fvd=replace(fvd, seed=seed) if fvd is not None else None,
+            cache=cache,
+            real_features=real_features,
+            **options,
+        )
+        for seed, cache in zip(seeds, caches)
+    ]
+    return results[0] if len(results) == 1 else combine_repeats(results, seeds)
+
+
+def combine_repeats(results: list[Evaluation], seeds: list[int]) -> Evaluation:
+    """Evaluations of the same clips under sampling seeds `seeds` (at least 2) -> the mean of every metric,
+    its sample standard deviation (ddof=1) and each repeat's metrics and details; times add up, warnings
+    are kept once."""
+    combined = Evaluation(counts=results[0].counts)
+    for name in results[0].metrics:
+        values = np.array([result.metrics[name] for result in results])  # (K,)
+        combined.metrics[name] = float(values.mean())
+        combined.std[name] = float(values.std(ddof=1))
+    for seed, result in zip(seeds, results):
+        combined.per_repeat.append({"seed": seed, **result.metrics, "details": result.details})
+        _add_times(combined.times, result.times)
+        combined.warnings += [warning for warning in result.warnings if warning not in combined.warnings]
+    return combined
 
 
 def _stored_features(store: BatchStore | None, batch: list[int]) -> np.ndarray | None:
