@@ -352,6 +352,66 @@ def test_run_mode_best_of_n_is_seeded_and_context_setting_matters(tmp_path, dete
     assert c["fvd"] != a["fvd"]
 
 
+def test_repeats_are_evaluations_under_successive_seeds_with_the_real_features_computed_once(
+    tmp_path, detector, monkeypatch
+):
+    """--repeats 2 --seed 5: repeat r is the single evaluation with --seed 5 + r; the top level holds the
+    mean and the sample std (ddof=1) of every metric; the real clips go through I3D once, also without a
+    cache; a rerun with --repeats 3 reuses the cached repeats and computes only the new seed's batches."""
+    monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
+    monkeypatch.delenv("VPT_LPIPS_ALEX", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_cache"))  # no AlexNet weights: LPIPS is skipped
+    data = _write_h5(tmp_path / "data", moving_videos(4, 10, 16, seed=3))
+    run = _write_run(tmp_path / "run", noise=0.3)
+    common = ["--run", str(run), "--data", str(data), "--i3d", str(detector), "--context-frames", "1"]
+    common += ["--pred-frames", "9", "--samples", "2", "--batch-size", "2"]
+
+    printed = {}
+
+    def evaluate(name: str, *extra: str) -> dict:
+        result = _invoke([*common, *extra, "--out", str(tmp_path / name / "m.json")])
+        assert result.exit_code == 0, result.output
+        printed[name] = result.output
+        return json.loads((tmp_path / name / "m.json").read_text())
+
+    seed_5, seed_6 = (evaluate(f"plain{seed}", "--seed", str(seed), "--no-cache") for seed in (5, 6))
+    repeated = evaluate("repeated", "--seed", "5", "--repeats", "2", "--no-cache")
+    metrics = ("fvd", "kvd", "psnr", "ssim")
+    assert set(seed_5) == {*metrics, "repeats", "warnings", "details", "timing", "protocol"} and seed_5["repeats"] == 1
+    stds = {f"{name}_std" for name in metrics}
+    assert set(repeated) == {*metrics, *stds, "repeats", "per_repeat", "warnings", "timing", "protocol"}
+    assert repeated["repeats"] == 2 and f"{repeated['fvd']:.3f} ± {repeated['fvd_std']:.3f}" in printed["repeated"]
+    for plain, repeat in zip((seed_5, seed_6), repeated["per_repeat"]):
+        seed, details = plain["protocol"]["sampling_seed"], plain["details"]
+        assert repeat == {"seed": seed, **{name: plain[name] for name in metrics}, "details": details}
+    assert seed_5["psnr"] != seed_6["psnr"] and seed_5["fvd"] != seed_6["fvd"]  # the noise differs by seed
+    for name in metrics:
+        values = [repeat[name] for repeat in repeated["per_repeat"]]
+        assert repeated[name] == pytest.approx(np.mean(values), rel=1e-12)
+        assert repeated[f"{name}_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    # I3D clips: 4 real + 4 x 2 generated per seed; the repeats add only generated ones
+    assert seed_5["timing"]["detector_clips"] == 12 and repeated["timing"]["detector_clips"] == 4 + 2 * 8
+
+    cached = evaluate("cached", "--seed", "5", "--repeats", "2")
+    assert cached["per_repeat"] == repeated["per_repeat"]
+    record = cached["protocol"]["cache"]
+    assert len(record["dir"]) == 2 and record["computed_batches"] == 4  # 2 batches per seed, a folder each
+    assert record["real"]["computed_batches"] == 2 and record["real"]["reused_batches"] == 0
+    more = evaluate("cached", "--seed", "5", "--repeats", "3")
+    assert more["per_repeat"][:2] == repeated["per_repeat"] and more["per_repeat"][2]["seed"] == 7
+    assert more["protocol"]["cache"]["reused_batches"] == 4 and more["protocol"]["cache"]["computed_batches"] == 2
+    assert more["protocol"]["cache"]["real"]["computed_batches"] == 0
+
+
+def test_repeats_are_refused_for_given_videos(tmp_path, detector):
+    write_frame_folders(tmp_path / "v", moving_videos(2, 10, 16, seed=0))
+    folder = str(tmp_path / "v")
+    out = tmp_path / "m.json"
+    result = _invoke(["--real", folder, "--fake", folder, "--i3d", str(detector), "--repeats", "2", "--out", str(out)])
+    assert isinstance(result.exception, UsageError) and "--repeats go with --run" in str(result.exception)
+    assert not out.exists()
+
+
 def test_run_mode_takes_the_runs_own_protocol(tmp_path, detector, monkeypatch):
     """No protocol flags: context, predicted frames, samples and preset come from the run's `eval:` section."""
     monkeypatch.setitem(BACKENDS, CopyLastBackend.name, f"{__name__}:CopyLastBackend")
