@@ -3,6 +3,8 @@ backend's sampling maths on a tiny model."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -227,15 +229,105 @@ def test_loss_trains_on_latents_with_joint_image_frames():
     assert torch.isfinite(loss) and model.denoiser.patch_embed.weight.grad.abs().sum() > 0
 
 
-def test_classes_come_from_caption_words():
-    model = _tiny_backend(class_words=["left", "right", "up", "down", "falls"], class_dropout=0.0)
-    assert model.cfg.num_classes == 5
-    captions = ["the red square moves up", "the blue circle falls", "the green triangle moves left"]
-    labels = model._training_labels({"text": captions}, 3, torch.device("cpu"))
-    assert labels.tolist() == [2, 4, 0]
-    assert model._sampling_labels("down", 2, torch.device("cpu")).tolist() == [3, 3]
+# --- the label path, end to end: caption word -> class id -> embedding row -> guided sampling --------
+
+SHAPES_CLASS_WORDS = yaml.safe_load((CONFIGS / "shapes.yaml").read_text())["model"]["class_words"]
+
+
+def test_each_shapes_clip_gets_the_class_of_its_motion(tmp_path):
+    """Through the real data path (make-data shapes -> video folder + captions.json -> ClipDataset), every
+    clip's caption gives the index of its true motion in shapes.yaml's class_words."""
+    from vpt.data.datasets import ClipDataset, DataConfig
+    from vpt.data.shapes import make_shapes
+
+    make_shapes(tmp_path / "shapes", num_videos=24, frames=4, size=16, workers=0)
+    motions = {
+        name: entry["motion"]
+        for name, entry in json.loads((tmp_path / "shapes" / "positions.json").read_text()).items()
+    }
+    clips = ClipDataset(DataConfig(path=str(tmp_path / "shapes"), frames=4))
+    model = _tiny_backend(class_words=SHAPES_CLASS_WORDS)
+    classes = [model.class_of_caption(clips[i]["text"]) for i in range(len(clips))]
+    assert classes == [SHAPES_CLASS_WORDS.index(motions[f"train/{clips.source.name(i)}"]) for i in range(len(clips))]
+    assert set(classes) == set(range(5))  # every motion is among them, so each id was checked
+    assert model.cfg.num_classes == 5 and model.denoiser.label_embed.num_embeddings == 6  # + the "no label" row
     with pytest.raises(ConfigError, match="names none"):
         model.class_of_caption("a shape that stays")
+
+
+def test_training_gives_every_block_the_caption_class_and_drops_labels_to_the_null_class():
+    model = _tiny_backend(class_words=SHAPES_CLASS_WORDS, class_dropout=0.3).train()
+    classes = torch.arange(300) % 5
+    captions = [f"the red square {'falls' if c == 4 else 'moves ' + SHAPES_CLASS_WORDS[c]}" for c in classes]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.denoiser.label_embed.register_forward_hook(lambda m, args, out: seen.update(ids=args[0], rows=out)),
+        model.denoiser.time_embed.register_forward_hook(lambda m, args, out: seen.update(time=out)),
+        model.denoiser.blocks[-1].modulation.register_forward_hook(lambda m, args, out: seen.update(cond=args[0])),
+    ]
+    torch.manual_seed(0)
+    model.loss({"latents": torch.randn(300, 4, 12, 4, 4), "text": captions})  # (B, F, c, h, w)
+    for hook in hooks:
+        hook.remove()
+    ids = seen["ids"]  # (300,) the class ids the embedding was asked for
+    dropped = ids == 5
+    assert torch.equal(ids[~dropped], classes[~dropped])  # each clip its caption's class ...
+    assert 60 <= int(dropped.sum()) <= 120  # ... or, with probability 0.3 (90 expected, sd 7.9), "no label"
+    table = model.denoiser.label_embed.weight
+    torch.testing.assert_close(seen["rows"], table[ids])
+    assert len({tuple(row.tolist()) for row in table}) == 6  # five classes and the null class: six rows
+    # the label row is added to the step's embedding and conditions the blocks (here the last one)
+    torch.testing.assert_close(seen["cond"], torch.nn.functional.silu(seen["time"] + seen["rows"]))
+
+
+def test_sampling_guides_the_prompt_class_against_the_null_class_as_upstream():
+    """The prompt's class is the training class of that caption; each step the conditional branch sees
+    it and the unconditional the null class, on the same noisy latents, and the step uses
+    ε_∅ + s (ε_y − ε_∅). One DDIM step at ᾱ = 0.5 makes the sample z = √2 x_T − ε̂ exactly."""
+    model = _tiny_backend(class_words=SHAPES_CLASS_WORDS, beta_start=0.5, beta_end=0.5)
+    caption = "the blue circle moves down"
+    calls = []
+    hook = model.denoiser.register_forward_hook(lambda m, args, out: calls.append((args[0], args[2], out)))
+    for prompt in (caption, "down", "Down"):
+        frames = model.predict(
+            torch.zeros(2, 0, 3, 16, 16),
+            4,
+            class_labels=prompt,
+            guidance_scale=3.0,
+            steps=1,
+            generator=torch.Generator().manual_seed(0),
+        )  # (2, 4, 3, 16, 16)
+        (x, labels, out), *more = calls
+        assert not more
+        calls.clear()
+        trained = model.class_of_caption(caption)
+        assert labels.tolist() == [trained, trained, 5, 5]  # conditional half, then the unconditional half
+        torch.testing.assert_close(x[:2], x[2:], atol=0, rtol=0)
+        eps_label, eps_null = out.chunk(2)
+        guided = eps_null + 3.0 * (eps_label - eps_null)
+        expected = model.decode(math.sqrt(2.0) * x[:2] - guided)
+        torch.testing.assert_close(frames, expected)
+    hook.remove()
+    with pytest.raises(UsageError, match="names none of model.class_words"):
+        model.predict(torch.zeros(1, 0, 3, 16, 16), 2, class_labels="moves sideways")
+
+
+def test_only_the_class_changes_a_sample_drawn_from_the_same_noise():
+    model = _tiny_backend(class_words=SHAPES_CLASS_WORDS)
+
+    def sample(label, guidance_scale=3.0):
+        return model.predict(
+            torch.zeros(2, 0, 3, 16, 16),
+            4,
+            class_labels=label,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    torch.testing.assert_close(sample("left"), sample(0), atol=0, rtol=0)
+    for scale in (1.0, 3.0):
+        assert not torch.allclose(sample("left", scale), sample("right", scale), atol=1e-4)
+    assert not torch.allclose(sample("left"), sample(None), atol=1e-4)
 
 
 # --- learned variance (the official model's IDDPM objective) -------------------------------------------

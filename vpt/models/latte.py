@@ -678,7 +678,8 @@ class Latte(LatentBackend):
         At most num_frames - 1 context frames are used (the newest); longer predictions continue in
         windows that keep the newest half of a window (at most condition_frames) as the next context.
         Options: `sampler` (ddpm | ddim), `steps`, `class_labels` (one class or one per sample: an
-        index, or a word of `class_words`), `guidance_scale` (classifier-free guidance).
+        index, or text naming one of `class_words`, read as training reads captions), `guidance_scale`
+        (classifier-free guidance).
         """
         self.check_request(prompt, num_frames)
         batch_size = context.shape[0]
@@ -715,13 +716,21 @@ class Latte(LatentBackend):
         blank = self.encode(context.new_zeros(context.shape[0], 1, *context.shape[2:]))
         return blank[:, :0]
 
+    def class_of_text(self, text: str) -> int | None:
+        """Index of the first of `class_words` that is a word of `text` (case-insensitive), or None.
+        Training captions and sampling's `class_labels` both go through here, so "left", "Left" and
+        "the red square moves left" name the class a clip captioned that way was trained as."""
+        words = set(re.findall(r"\w+", text.lower()))
+        return next((index for index, word in enumerate(self.cfg.class_words) if word.lower() in words), None)
+
     def class_of_caption(self, caption: str) -> int:
-        """Index of the first of `class_words` that is a word of `caption`."""
-        words = set(re.findall(r"\w+", caption.lower()))
-        for index, word in enumerate(self.cfg.class_words):
-            if word.lower() in words:
-                return index
-        raise ConfigError(f"caption {caption!r} names none of model.class_words ({', '.join(self.cfg.class_words)})")
+        """The class of a training clip with this caption (see `class_of_text`)."""
+        index = self.class_of_text(caption)
+        if index is None:
+            raise ConfigError(
+                f"caption {caption!r} names none of model.class_words ({', '.join(self.cfg.class_words)})"
+            )
+        return index
 
     def _sampling_labels(
         self, class_labels: int | str | list | None, batch_size: int, device: torch.device
@@ -731,13 +740,13 @@ class Latte(LatentBackend):
         if self.cfg.num_classes == 0:
             raise UsageError("this Latte model is unconditional (model.num_classes is 0); drop class_labels")
         names = class_labels if isinstance(class_labels, list) else [class_labels]
-        try:  # a class word (e.g. "left") stands for its index
-            indices = [self.cfg.class_words.index(n) if isinstance(n, str) else int(n) for n in names]
-        except ValueError:
+        # text (a class word, or a caption naming one) maps to its class as training captions do
+        indices = [self.class_of_text(n) if isinstance(n, str) else int(n) for n in names]
+        if None in indices:
             raise UsageError(
-                f"class_labels {class_labels!r}: not among model.class_words "
+                f"class_labels {class_labels!r}: names none of model.class_words "
                 f"({', '.join(self.cfg.class_words) or 'none'})"
-            ) from None
+            )
         labels = torch.tensor(indices, device=device).long()
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
