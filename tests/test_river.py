@@ -160,6 +160,39 @@ def test_training_objective_matches_upstream():
     torch.testing.assert_close(direct, expected["target_vectors"], atol=ATOL, rtol=0)
 
 
+def test_context_noise_perturbs_the_conditions_after_upstreams_draws():
+    """model.context_noise > 0 adds N(0, level²) with level ~ U(0, context_noise) per clip to the reference
+    and the context latents given to the regressor, drawn after upstream's draws; 0 feeds them clean."""
+    latents = torch.randn(3, 6, 4, 16, 16)  # (B, T, c, h, w): latents go straight in, no autoencoder
+    calls = []
+
+    def conditions(noise_level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model = _tiny_river("ln", autoencoder=None, context_noise=noise_level)
+        handle = model.regressor.register_forward_hook(lambda module, args, out: calls.append(args))
+        torch.manual_seed(7)
+        with torch.no_grad():
+            model.loss({"latents": latents})
+        handle.remove()
+        return calls[-1][1], calls[-1][2]  # (B, c, h, w) reference, context
+
+    # upstream's draws in upstream's order, then the level and the two noises
+    torch.manual_seed(7)
+    target_index = torch.randint(2, 6, (3,))
+    context_index = torch.cat([torch.randint(0, int(k) - 1, (1,)) for k in target_index])
+    torch.randn(3, 4, 16, 16), torch.rand(3, 1, 1, 1)  # ε and t
+    level = torch.rand(3, 1, 1, 1) * 0.3
+    reference_noise, context_noise = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
+    rows = torch.arange(3)
+    clean_reference, clean_context = latents[rows, target_index - 1], latents[rows, context_index]
+
+    reference, context = conditions(0.3)
+    torch.testing.assert_close(reference, clean_reference + level * reference_noise, atol=1e-6, rtol=0)
+    torch.testing.assert_close(context, clean_context + level * context_noise, atol=1e-6, rtol=0)
+    reference, context = conditions(0.0)
+    torch.testing.assert_close(reference, clean_reference, atol=0, rtol=0)
+    torch.testing.assert_close(context, clean_context, atol=0, rtol=0)
+
+
 def _published_checkpoint(path: Path, *, ddp: bool = True) -> Path:
     """An upstream-format model.pth holding the tiny fixture weights (regressor + ldm-vq AE)."""
     prefix = "module." if ddp else ""
@@ -285,6 +318,8 @@ def test_config_checks():
         RiverConfig(past_horizon=1)
     with pytest.raises(ValueError, match="warm_start"):
         RiverConfig(warm_start=1.0)
+    with pytest.raises(ValueError, match="context_noise"):
+        RiverConfig(context_noise=-0.1)
     assert RiverConfig(size="tiny").inner_dim == 64
 
 

@@ -68,6 +68,10 @@ class RiverConfig:
     time_grid: Literal["uniform", "upstream"] = "uniform"  # see vpt.models.integrators.time_grid
     warm_start: float = 0.0  # start the flow at this time from the noisy previous latent
     past_horizon: int = 0  # context drawn from the newest N latents (incl. the reference); 0 = all
+    # vpt addition, 0 = upstream: training adds Gaussian noise of a per-clip level ~ U(0, context_noise) to
+    # the reference and context latents, so the model learns to correct the small errors of its own
+    # predictions, which a rollout feeds back as conditions (docs/river.md, "Rollout drift").
+    context_noise: float = 0.0
     # torch.compile the regressor call of the ODE sampler (`vpt sample --compile`): it runs steps x
     # evaluations per frame with fixed shapes; CUDA graphs on CUDA. Pays only once compiled (minutes on a CPU).
     compile_sampler: bool = False
@@ -82,6 +86,8 @@ class RiverConfig:
             raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
         if self.steps < 1:
             raise ValueError(f"model.steps must be >= 1, got {self.steps}")
+        if self.context_noise < 0:
+            raise ValueError(f"model.context_noise must be >= 0, got {self.context_noise}")
 
 
 # --- the backend ---------------------------------------------------------------------------------------
@@ -135,6 +141,10 @@ class River(LatentBackend):
         sigma = self.cfg.sigma_min
         noisy = (1 - (1 - sigma) * t) * noise + t * target
         velocity = target - (1 - sigma) * noise
+        if self.cfg.context_noise > 0:  # drawn after upstream's draws, so 0 leaves its random stream intact
+            level = torch.rand(batch_size, 1, 1, 1).to(target.device) * self.cfg.context_noise
+            reference = reference + level * torch.randn_like(reference)
+            context = context + level * torch.randn_like(context)
         distance = (target_index - 1 - context_index).to(target.device)
         predicted = self.regressor(noisy, reference, context, distance, t.flatten())
         return {"loss": F.mse_loss(predicted.float(), velocity)}
