@@ -1,11 +1,8 @@
-"""`vpt quickstart` on a reduced budget: every stage runs, and its model predicts motion.
+"""`vpt quickstart` at its defaults: every stage runs, and its model predicts the motion.
 
-The budget: RIVER 3,000 of its 4,000 steps, the autoencoder its full 1,000. Below that, whether the
-autoencoder keeps the objects' colours is a coin flip (73 / 40 % of reconstructed frames at 300 steps,
-78 / 90 % at 500, seeds 0 / 1), and RIVER cannot place what the autoencoder loses. Measured with this
-budget on the quickstart's own 50 test clips: position error 10.7 px (2 threads) and 11.0 px (1 thread)
-against 14.65 for copy-last, object kept in 77 % of predicted frames, PSNR +5.3 dB; at 2,000 RIVER steps
-the margin was 0.4 px, too thin to test."""
+The default budget (autoencoder 1,000 steps, RIVER 5,000) is what the README's figures come from; the
+thresholds below sit a little under the worst of three training seeds measured there (benchmarks/README.md,
+"The quickstart"), so a CPU whose float rounding takes training down another path still passes."""
 
 from __future__ import annotations
 
@@ -19,21 +16,23 @@ from vpt.cli import app
 
 
 @pytest.mark.slow
-def test_quickstart_places_the_moving_shape_better_than_copying_the_last_frame(tmp_path):
+def test_quickstart_places_the_moving_shape_far_better_than_copying_the_last_frame(tmp_path):
     out = tmp_path / "qs"
-    result = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--river-steps", "3000"])
+    result = CliRunner().invoke(app, ["quickstart", "--out", str(out)])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["context_frames"] == 2 and metrics["predicted_frames"] == 14 and metrics["test_clips"] == 50
-    assert metrics["river_step"] == 3000 and metrics["truncated_by_minutes"] is None  # fixed step counts
-    # the motion-aware scores: the object stays and is placed better than by copying the last frame
-    assert metrics["position_error"] < metrics["baseline_position_error"] - 2.0, metrics
-    assert metrics["object_kept"] > 0.65, metrics
-    assert metrics["psnr"] > metrics["baseline_psnr"] + 3.0 and metrics["beats_baseline"], metrics
+    assert metrics["river_step"] == 5000 and metrics["truncated_by_minutes"] is None  # fixed step counts
+    # the motion-aware scores: the object stays and is placed far better than by copying the last frame
+    assert metrics["position_error"] < 0.6 * metrics["baseline_position_error"], metrics
+    assert metrics["object_kept"] > 0.9, metrics
+    assert metrics["psnr"] > metrics["baseline_psnr"] + 4.0 and metrics["beats_baseline"], metrics
     per_frame = metrics["per_frame"]
     assert len(per_frame["position_error"]) == 14
-    assert per_frame["position_error"][-1] < per_frame["baseline_position_error"][-1]  # still ahead at the end
+    assert metrics["ahead_at_every_frame"], per_frame
+    assert all(p < b for p, b in zip(per_frame["position_error"], per_frame["baseline_position_error"]))
+    assert 0 < metrics["position_error_clip_std"] < metrics["baseline_position_error_clip_std"] + 10
 
     for run in ("ae", "river"):
         assert (out / "runs" / run / "checkpoints" / "latest").is_file()
@@ -52,7 +51,7 @@ def test_quickstart_places_the_moving_shape_better_than_copying_the_last_frame(t
     assert float(psnr(copied, truth).mean()) == pytest.approx(metrics["baseline_psnr"], abs=1e-6)
 
 
-def test_a_minutes_cap_cuts_training_short_and_says_so(tmp_path):
+def test_a_minutes_cap_cuts_training_short_and_says_so(tmp_path, invoke):
     out = tmp_path / "qs"
     threads = torch.get_num_threads()
     try:
@@ -64,6 +63,11 @@ def test_a_minutes_cap_cuts_training_short_and_says_so(tmp_path):
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     metrics = json.loads((out / "metrics.json").read_text())
     ae_step, river_step = (int(part.split()[1].split("/")[0]) for part in metrics["truncated_by_minutes"].split(", "))
-    assert metrics["truncated_by_minutes"] == f"ae {ae_step}/1000 steps, river {river_step}/4000 steps"
-    assert 1 <= ae_step < 1000 and 1 <= river_step < 4000 and metrics["river_step"] == river_step
+    assert metrics["truncated_by_minutes"] == f"ae {ae_step}/1000 steps, river {river_step}/5000 steps"
+    assert 1 <= ae_step < 1000 and 1 <= river_step < 5000 and metrics["river_step"] == river_step
     assert "cut training short" in " ".join(result.output.split())
+    assert "--minutes cut training short (ae " in (out / "report.html").read_text()
+
+    # the runs of this folder continue only under the seed they were trained with
+    again = invoke("quickstart", "--out", out, "--num-videos", "20", "--seed", "1")
+    assert again.exit_code == 2 and "trained with another --seed" in " ".join(again.output.split())

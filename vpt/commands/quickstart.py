@@ -57,6 +57,9 @@ def quickstart(
             min=1,
         ),
     ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Training seed of the autoencoder and RIVER (the data stay the same).")
+    ] = 0,
     threads: ThreadsOption = 0,
 ) -> None:
     """Make data, train a small autoencoder and RIVER on it, and score predictions against a baseline."""
@@ -75,24 +78,27 @@ def quickstart(
         timings[name] = round(time.perf_counter() - begin, 1)
         return result
 
+    _check_seed(out, seed)
     frames_h5 = stage("data", _make_data, out / "data", num_videos)
     latents = out / "data" / "latents"
     if _latents_started(latents):  # the autoencoder is frozen once RIVER's latents come from it
         ae_run = out / "runs" / "ae"
         info(f"quickstart: autoencoder {ae_run} kept as is (its latents are in {latents})")
     else:
-        ae_run = stage("autoencoder", _train_autoencoder, out, frames_h5, ae_steps, minutes and AE_SHARE * minutes)
+        ae_run = stage(
+            "autoencoder", _train_autoencoder, out, frames_h5, ae_steps, minutes and AE_SHARE * minutes, seed
+        )
     stage("latents", _save_latents, ae_run, frames_h5, latents)
     river_minutes = minutes and max(0.1 * minutes, (1 - EVAL_SHARE) * minutes - (time.perf_counter() - started) / 60)
-    river_run, cfg = stage("river", _train_river, out, latents, ae_run, river_steps, river_minutes)
-    metrics = stage("evaluation", _evaluate, river_run, frames_h5, cfg, out)
-
-    truncated = _truncated(ae_run, river_run)
-    if truncated and minutes:
+    river_run, cfg = stage("river", _train_river, out, latents, ae_run, river_steps, river_minutes, seed)
+    truncated = _truncated(ae_run, river_run) if minutes else ""
+    if truncated:
         warn(
             f"--minutes {minutes:g} cut training short ({truncated}): these scores depend on this machine's speed; "
             f"run without --minutes (or again: training continues) for the reference result"
         )
+    metrics = stage("evaluation", _evaluate, river_run, frames_h5, cfg, out, truncated)
+
     metrics.update(
         {
             "minutes": round((time.perf_counter() - started) / 60, 2),
@@ -143,13 +149,13 @@ def _config_file(*parts: str) -> Path:
     return path
 
 
-def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float | None) -> Path:
+def _train_autoencoder(out: Path, data: Path, steps: int | None, minutes: float | None, seed: int) -> Path:
     from vpt.commands.options import path_setting
     from vpt.commands.train_ae import train_ae_schema, train_autoencoder
     from vpt.runs import start_run
 
     run_dir = out / "runs" / "ae"
-    overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides()]
+    overrides = [path_setting("data.path", data), *_budget(steps, minutes), *_quiet_overrides(seed)]
     run, cfg = start_run(
         train_ae_schema(), run_dir=run_dir, config_file=_config_file("ae", "quickstart.yaml"), overrides=overrides
     )
@@ -170,7 +176,7 @@ def _save_latents(ae_run: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minutes: float | None):
+def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minutes: float | None, seed: int):
     from vpt.commands.options import path_setting
     from vpt.commands.train import train_backend, train_schema
     from vpt.models.river import River
@@ -181,7 +187,7 @@ def _train_river(out: Path, latents: Path, ae_run: Path, steps: int | None, minu
         path_setting("data.path", latents),
         path_setting("model.autoencoder", ae_run),
         *_budget(steps, minutes),
-        *_quiet_overrides(),
+        *_quiet_overrides(seed),
     ]
     run, cfg = start_run(
         train_schema(River), run_dir=run_dir, config_file=_config_file("river", "shapes.yaml"), overrides=overrides
@@ -208,12 +214,23 @@ def _truncated(*runs: Path) -> str:
     return ", ".join(short)
 
 
-def _quiet_overrides() -> list[str]:
-    """No periodic sampling during the quickstart: the report at the end shows predictions."""
-    return ["train.sample_every=0"]
+def _check_seed(out: Path, seed: int) -> None:
+    """Refuse to continue runs of `out` that were trained with another --seed."""
+    from vpt.errors import UsageError
+    from vpt.runs import Run
+
+    for name in ("ae", "river"):
+        config = out / "runs" / name / "config.yaml"
+        if config.is_file() and int(Run(config.parent).read_config()["train"].get("seed", 0)) != seed:
+            raise UsageError(f"{config.parent} was trained with another --seed; pass that seed or another --out")
 
 
-def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any]:
+def _quiet_overrides(seed: int) -> list[str]:
+    """The training seed, and no periodic sampling (the report at the end shows predictions)."""
+    return [f"train.seed={seed}", "train.sample_every=0"]
+
+
+def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) -> dict[str, Any]:
     """Predict every whole test video from its first frames (a rollout longer than the training clips)
     and score it next to copying the last context frame: PSNR/SSIM, and where the object is (its
     colour's centroid against the generator's true centre) and whether it is still there."""
@@ -242,24 +259,32 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
     def unit(frames):  # (N, T, 3, H, W) in [-1, 1] -> (N, T, 3, H, W) in [0, 1]
         return ((frames.float() + 1) / 2).clamp(0, 1)
 
-    def per_frame(metric, frames):  # (T,) mean over clips
+    def per_clip_and_frame(metric, frames):  # (N, T)
         scores = metric(unit(frames).flatten(0, 1), unit(truth).flatten(0, 1))
-        return np.asarray(scores, dtype=np.float64).reshape(count, -1).mean(0)
+        return np.asarray(scores, dtype=np.float64).reshape(count, -1)
 
-    curves = {
-        "psnr": per_frame(psnr, predicted),
-        "baseline_psnr": per_frame(psnr, baseline),
-        "ssim": per_frame(ssim, predicted),
-        "baseline_ssim": per_frame(ssim, baseline),
-    }
-    errors, kept = _position_scores(predicted, truth, truth_positions, num_context)
+    errors, kept = _position_scores(predicted, truth, truth_positions, num_context)  # (N, T) each
     baseline_errors, _ = _position_scores(baseline, truth, truth_positions, num_context)
-    curves.update(position_error=errors.mean(0), baseline_position_error=baseline_errors.mean(0))
+    tables = {
+        "psnr": per_clip_and_frame(psnr, predicted),
+        "baseline_psnr": per_clip_and_frame(psnr, baseline),
+        "ssim": per_clip_and_frame(ssim, predicted),
+        "baseline_ssim": per_clip_and_frame(ssim, baseline),
+        "position_error": errors,
+        "baseline_position_error": baseline_errors,
+    }
+    curves = {name: table.mean(0) for name, table in tables.items()}  # (T,) mean over clips
     scores = {name: float(np.mean(values)) for name, values in curves.items()}
+    # the spread over test clips of each clip's mean score (sample standard deviation)
+    scores.update({f"{name}_clip_std": float(table.mean(1).std(ddof=1)) for name, table in tables.items()})
     scores["object_kept"] = float(kept.mean())
     # PSNR alone is dominated by the flat background: a model must also place the object better
     scores["beats_baseline"] = bool(
         scores["psnr"] > scores["baseline_psnr"] and scores["position_error"] < scores["baseline_position_error"]
+    )
+    scores["ahead_at_every_frame"] = bool(
+        (curves["position_error"] < curves["baseline_position_error"]).all()
+        and (curves["psnr"] > curves["baseline_psnr"]).all()
     )
     scores.update(
         {
@@ -273,10 +298,12 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path) -> dict[str, Any
             "Gaussian (sigma 1.5); position error: distance (px) between the centroid of "
             "the object's colour and the generator's true centre, "
             f"{MISSING_ERROR:g} px where the object is lost; object_kept: fraction of "
-            f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels",
+            f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels; *_clip_std: "
+            "sample standard deviation over test clips of each clip's mean; ahead_at_every_frame: lower position "
+            "error and higher PSNR than the baseline at every predicted frame",
         }
     )
-    _write_report(out, video, predicted, num_context, scores)
+    _write_report(out, video, predicted, num_context, scores, truncated)
     return scores
 
 
@@ -324,7 +351,7 @@ def _step(run_dir: Path) -> int:
 # --- report -------------------------------------------------------------------------------------------
 
 
-def _write_report(out: Path, video, predicted, num_context: int, scores: dict[str, Any]) -> None:
+def _write_report(out: Path, video, predicted, num_context: int, scores: dict[str, Any], truncated: str) -> None:
     """report.html: the scores, then per clip a GIF of context | truth | prediction (context marked red)."""
     import html
 
@@ -360,9 +387,15 @@ def _write_report(out: Path, video, predicted, num_context: int, scores: dict[st
         for k, v in scores.items()
         if k != "per_frame"
     )
+    cut_short = (
+        f'<p style="color:#b00"><b>--minutes cut training short ({html.escape(truncated)}): these scores depend on '
+        "the machine's speed.</b></p>"
+        if truncated
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vpt quickstart</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}} img{{image-rendering:pixelated}}</style></head>
-<body><h1>vpt quickstart: RIVER on the built-in shapes</h1>
+<body><h1>vpt quickstart: RIVER on the built-in shapes</h1>{cut_short}
 <table>{table}</table>
 <h2>Per predicted frame (mean over test clips)</h2>
 <p><img src="report/per_frame.png" alt="PSNR, SSIM and position error per predicted frame"></p>
@@ -386,18 +419,20 @@ def _print_table(metrics: dict[str, Any]) -> None:
     table.add_column("SSIM", justify="right")
     table.add_column("position error (px)", justify="right")
     table.add_column("object kept", justify="right")
-    table.add_row(
-        f"RIVER (step {metrics['river_step']})",
-        f"{metrics['psnr']:.2f}",
-        f"{metrics['ssim']:.3f}",
-        f"{metrics['position_error']:.2f}",
-        f"{metrics['object_kept']:.0%}",
-    )
-    table.add_row(
-        "copy last frame",
-        f"{metrics['baseline_psnr']:.2f}",
-        f"{metrics['baseline_ssim']:.3f}",
-        f"{metrics['baseline_position_error']:.2f}",
-        "100%",
-    )
+
+    def spread(name: str, digits: int) -> str:  # mean ± standard deviation over test clips
+        return f"{metrics[name]:.{digits}f} ± {metrics[name + '_clip_std']:.{digits}f}"
+
+    for label, prefix, kept in (
+        (f"RIVER (step {metrics['river_step']})", "", f"{metrics['object_kept']:.0%}"),
+        ("copy last frame", "baseline_", "100%"),
+    ):
+        table.add_row(
+            label,
+            spread(f"{prefix}psnr", 2),
+            spread(f"{prefix}ssim", 3),
+            spread(f"{prefix}position_error", 2),
+            kept,
+        )
+    table.caption = "mean ± standard deviation over test clips"
     console.print(table)
