@@ -305,6 +305,30 @@ def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
         _objective(**loss)
 
 
+def test_alternating_schedule_is_refused_where_it_cannot_run(monkeypatch):
+    from vpt.models.autoencoders.objective import LossConfig, check_loss_config
+
+    vqgan = build_autoencoder(
+        "vqgan",
+        dict(
+            ch=8,
+            ch_mult=[1],
+            num_res_blocks=1,
+            attn_resolutions=[],
+            resolution=8,
+            z_channels=4,
+            embed_dim=4,
+            n_embed=8,
+            norm_groups=4,
+        ),
+    )
+    with pytest.raises(ConfigError, match="gan_schedule: alternating belong to the pvdm"):
+        check_loss_config(LossConfig(gan_schedule="alternating"), vqgan)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="alternating trains on one process"):
+        _objective(gan_schedule="alternating")
+
+
 # --- train-ae -> save-latents on the built-in data ---------------------------------------------------
 
 TINY = ["--set", "autoencoder.arch.channels=16", "--set", "autoencoder.arch.depth=1"]

@@ -58,6 +58,11 @@ class LossConfig:
     disc_lr_scale: float = 1.0  # discriminator lr = train.lr * disc_lr_scale
     feature_matching_weight: float = 0.0  # discriminator "pvdm": L1 between D features of x_hat and x (PVDM: 4.0)
     discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
+    # joint: both players update on every step from one backward pass (above). alternating (pvdm autoencoder only,
+    # one process): PVDM upstream's first_stage_train, whole optimizer steps of one player at a time (see
+    # pvdm_objective.py), each discriminator clipped against its own norm.
+    gan_schedule: Literal["joint", "alternating"] = "joint"
+    clip_autoencoder: bool = True  # false: train.grad_clip applies to the discriminators only (PVDM upstream)
 
     def __post_init__(self) -> None:
         for name in (
@@ -148,7 +153,8 @@ class AutoencoderObjective(nn.Module):
         return int(self.micro_steps) // self.grad_accum
 
     def param_groups(self) -> list[dict[str, Any]]:
-        groups = [{"params": [p for p in self.autoencoder.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        autoencoder = [p for p in self.autoencoder.parameters() if p.requires_grad]
+        groups = [{"params": autoencoder, "lr_scale": 1.0, "grad_clip": self.cfg.clip_autoencoder}]
         if self.discriminator is not None:
             groups.append({"params": list(self.discriminator.parameters()), "lr_scale": self.cfg.disc_lr_scale})
         return groups
@@ -222,11 +228,14 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
     if autoencoder.type != "pvdm" and (
-        cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from
+        cfg.discriminator == "pvdm"
+        or cfg.feature_matching_weight > 0
+        or cfg.discriminator_init_from
+        or cfg.gan_schedule == "alternating"
     ):
         raise ConfigError(
-            "loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
-            "the pvdm autoencoder's recipe"
+            "loss.discriminator: pvdm, loss.feature_matching_weight, loss.discriminator_init_from and "
+            "loss.gan_schedule: alternating belong to the pvdm autoencoder's recipe"
         )
     if cfg.perceptual_weight > 0 and autoencoder.image_channels not in (1, 3):
         raise ConfigError(

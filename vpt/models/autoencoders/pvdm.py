@@ -152,7 +152,8 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, f"{grouped} -> {_sequences(pattern)} h n d", h=self.heads, **sizes) for t in (q, k, v))
         if rotary is not None:
             sin, cos = rotary  # (n, d) float32: the angles need more precision than bf16 keeps
-            q, k = (_apply_rotary(t.float(), sin, cos).to(v.dtype) for t in (q, k))
+            rotated = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64, as upstream's
+            q, k = (_apply_rotary(t.to(rotated), sin, cos).to(v.dtype) for t in (q, k))
         out = attention(q, k, v)  # (sequences, heads, n, d)
         out = rearrange(out, f"{_sequences(pattern)} h n d -> {grouped}", **sizes)
         return self.to_out(out)

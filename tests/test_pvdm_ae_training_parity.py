@@ -1,0 +1,103 @@
+"""8 optimizer steps (24 micro-batches) of `vpt train-ae`'s loop against upstream PVDM's own autoencoder-training
+step, `first_stage_train`, with its alternating autoencoder / discriminator phases and `disc_start`
+(tests/recorded_training.py says how a recording is replayed; tests/fixtures/pvdm/README.md how it was made)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from fixture_paths import fixture
+from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from safetensors.torch import load_file
+
+from vpt.models.autoencoders import autoencoder_from_upstream_state
+from vpt.models.autoencoders.objective import LossConfig
+from vpt.runs import Run
+from vpt.training import TrainConfig
+from vpt.weights import read_weights
+
+DISCRIMINATORS = ("discriminator_2d", "discriminator_3d")
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "pvdm_ucf101.yaml"
+
+
+def _prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in record.items() if k.startswith(prefix)}
+
+
+def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
+    record = load_file(fixture("pvdm", "ae_training.safetensors"))
+    seed, batch_size, lr, disc_start, disc_channels, disc_layers, accum_iter = record["settings"].tolist()
+    seed, batch_size, disc_start, disc_channels, disc_layers, accum_iter = (
+        int(v) for v in (seed, batch_size, disc_start, disc_channels, disc_layers, accum_iter)
+    )
+    autoencoder = (
+        autoencoder_from_upstream_state(
+            {
+                **read_weights(fixture("pvdm", "ae_tiny_state_dict_part1.pt")),
+                **read_weights(fixture("pvdm", "ae_tiny_state_dict_part2.pt")),
+            },
+            where="ae_tiny",
+        )
+        .train()
+        .requires_grad_(True)
+    )  # as train-ae's --init-from makes a loaded autoencoder trainable
+    published = yaml.safe_load(CONFIG.read_text())
+    loss = LossConfig(  # the published loss section; LPIPS off and the recording's discriminators and disc_start
+        **{
+            **published["loss"],
+            "perceptual_weight": 0.0,
+            "disc_layers": disc_layers,
+            "disc_channels": disc_channels,
+            "disc_start": disc_start,
+        }
+    )
+    objective = autoencoder.build_objective(loss, grad_accum=accum_iter)  # what train_autoencoder builds
+    objective.load_upstream_discriminators(_prefixed(record, "initial."))
+    objective.double()  # the recording's precision (its docstring says why float64)
+    iterations = len(record["losses"])
+    steps = iterations // accum_iter
+    train_cfg = TrainConfig(  # the published train section (optimizer, clipping, accumulation) at the recording's size
+        **{
+            **published["train"],
+            "max_steps": steps,
+            "batch_size": batch_size,
+            "precision": "no",
+            "seed": seed,
+            "log_every": 1,
+            "val_every": 0,
+            "sample_every": 0,
+            "checkpoint_every": steps,
+        }
+    )
+    assert (train_cfg.lr, train_cfg.grad_accum) == (lr, accum_iter)
+    videos = record["batches"].double() / 127.5 - 1  # (iterations, B, T, C, H, W): upstream's normalisation
+
+    losses, _, calls = replay(objective, objective.discriminator_2d, {"video": videos}, train_cfg, tmp_path / "run")
+
+    # Every micro-batch's first 2-D discriminator call sees its real frames: the frame draws are upstream's.
+    shown = torch.stack([inputs[0] for inputs in calls[::2]])  # (iterations, B, C, H, W)
+    rows = torch.arange(batch_size)
+    expected = torch.stack([clip[rows, frames] for clip, frames in zip(videos, record["draws.frames"])])
+    torch.testing.assert_close(shown, expected, rtol=0, atol=0)
+    phases = record["phases"].view(steps, accum_iter)
+    assert (phases == phases[:, :1]).all()  # upstream's phases are whole updates
+    trained_discriminators = ["d_loss" in m for m in Run(tmp_path / "run").read_metrics() if "loss" in m]
+    assert trained_discriminators == phases[:, 0].tolist()
+    assert torch.equal(phases[:, 0], torch.tensor([objective.trains_discriminators(s) for s in range(steps)]))
+
+    loss_error = largest_loss_error(losses, record["losses"].double().view(steps, accum_iter).mean(dim=1))
+    upstream_final = {
+        "autoencoder": load_file(fixture("pvdm", "ae_training.final.safetensors")),
+        **{name: _prefixed(record, f"final.{name}.") for name in DISCRIMINATORS},
+    }
+    errors = {
+        f"{part}.{name}": error
+        for part, weights in upstream_final.items()
+        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
+    }
+    worst = max(errors, key=errors.get)
+    print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst})")
+    assert loss_error <= LOSS_RTOL
+    assert errors[worst] <= WEIGHT_RTOL, worst
