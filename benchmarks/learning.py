@@ -239,7 +239,9 @@ def run_seer(work: Path, budgets: dict, cap: float) -> list[dict]:
     args = ["train", "seer", "--config", str(seer_instructions.TINY), "--data", str(data), "--run", str(run)]
     run_vpt(args + ["--max-steps", str(budget["steps"]), *overrides(*settings)])
     pairs = {"left/right": ("left", "right", 0), "up/down": ("up", "down", 1)}
-    hits = {name: seer_instructions.evaluate(run, budget["seeds"], SEED, pair=pair)[0] for name, pair in pairs.items()}
+    hits = {
+        name: int(seer_instructions.evaluate(run, budget["seeds"], SEED, pair=pair)[0]) for name, pair in pairs.items()
+    }
     budget_text = (
         f"{budget['videos']} videos, 16 px, 1 + 3 frames, {budget['steps']} steps (configs/seer/tiny.yaml shrunk)"
     )
@@ -424,7 +426,8 @@ def _cell(values: dict) -> str:
         if name.endswith("_clip_std"):
             continue
         spread = values.get(f"{name}_clip_std")
-        parts.append(f"{name} {value:.2f}" + (f" ± {spread:.2f}" if spread is not None else ""))
+        shown = str(value) if isinstance(value, int) else f"{value:.2f}"  # counts as counts
+        parts.append(f"{name} {shown}" + (f" ± {spread:.2f}" if spread is not None else ""))
     return "; ".join(parts)
 
 
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"of {', '.join(BACKENDS)}",
     )
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="per backend; training stops at 80%% of it")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the budgets are for 2 cores)")
     parser.add_argument("--smoke", action="store_true", help="every code path at a toy budget (a few steps and videos)")
     args = parser.parse_args(argv)
 

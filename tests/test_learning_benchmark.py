@@ -40,6 +40,7 @@ def test_smoke_run_writes_one_scored_row_per_backend(tmp_path):
         )
     # copying the true last frame keeps the object everywhere; copying the previous clip places it worse
     assert rows["neuralsde-em2"]["baseline"]["object_kept"] == 1.0
+    assert rows["neuralsde-em2"]["baseline"]["shape_iou"] > 0.5  # a true frame, moved: the same shape
     assert rows["pvdm"]["baseline"]["position_error"] > 0
     assert "autoencoder's reconstruction" in rows["pvdm"]["notes"][0]
     table = (tmp_path / "learning.md").read_text()
