@@ -79,3 +79,78 @@ def gemm_flops_per_s(
         synchronize(device)
         best = min(best, clock() - started)
     return 2 * size**3 / best
+
+
+# --- the built-in shapes data, and scoring predictions of it --------------------------------------------
+
+
+def make_shapes_h5(root, num_videos: int, *, frames: int, size: int):
+    """root/shapes (videos, captions.json, positions.json: what the scoring reads) and root/h5; kept when present."""
+    from pathlib import Path
+
+    from vpt.data.convert import convert_h5
+    from vpt.data.shapes import make_shapes
+
+    root = Path(root)
+    if not (root / "h5").exists():
+        make_shapes(root / "shapes", num_videos=num_videos, frames=frames, size=size, workers=1)
+        convert_h5(root / "shapes", root / "h5", image_size=size, workers=1)
+    return root / "h5"
+
+
+def shapes_test_clips(h5, *, frames: int, count: int | None = None, split: str = "test"):
+    """The first `count` (all: None) videos of a split of `make_shapes_h5`'s data, cut to `frames`:
+    (N, frames, 3, H, W) in [-1, 1], and the generator's record (colour, true centres) of each."""
+    from vpt.commands.quickstart import _true_positions
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.h5 import VideoH5, find_split_dir
+
+    source = VideoH5(find_split_dir(h5, split))
+    count = len(source) if count is None else min(count, len(source))
+    video = torch.stack([frames_to_tensor(source.read(i)[:frames]) for i in range(count)])  # (N, T, 3, H, W)
+    return video, _true_positions(h5, [source.name(i) for i in range(count)])
+
+
+def centred_shape_iou(predicted: torch.Tensor, truth: torch.Tensor, colour: str) -> np.ndarray:
+    """Per frame, how well the object keeps its shape wherever it is: IoU of the object's colour mask in
+    the prediction and in the truth, each shifted so that its centroid sits at the frame centre; 0 where
+    either is empty. (T, 3, H, W) clips in [-1, 1] -> (T,)."""
+    from vpt.data.shapes import colour_mask
+
+    def centred(masks: np.ndarray) -> np.ndarray:  # (T, H, W) -> (T, H, W), each mask moved to the centre
+        out = np.zeros_like(masks)
+        for t, mask in enumerate(masks):
+            ys, xs = np.nonzero(mask)
+            if len(ys):
+                shift = (mask.shape[0] // 2 - int(round(ys.mean())), mask.shape[1] // 2 - int(round(xs.mean())))
+                out[t] = np.roll(mask, shift, axis=(0, 1))
+        return out
+
+    a, b = centred(colour_mask(predicted, colour)), centred(colour_mask(truth, colour))
+    union = (a | b).sum(axis=(1, 2))
+    return np.where(union > 0, (a & b).sum(axis=(1, 2)) / np.maximum(union, 1), 0.0)
+
+
+def rollout_scores(predicted: torch.Tensor, truth: torch.Tensor, records: list[dict], num_context: int) -> dict:
+    """The quickstart's scores of predicted shapes frames (N, T, 3, H, W) against the truth, frames
+    num_context ... of each record's video: position error (px; half the frame size where the object is
+    lost), object kept (its colour still covers >= 30 % of its true pixels), PSNR (dB), and how well the
+    object keeps its shape (`centred_shape_iou`). Each as the mean over clips and frames, with `<name>_clip_std`
+    the sample standard deviation over clips of each clip's mean."""
+    from vpt.commands.quickstart import _position_scores
+    from vpt.metrics.frames import psnr
+
+    count = len(predicted)
+    errors, kept = _position_scores(predicted, truth, records, num_context, missing_error=truth.shape[-1] / 2)
+    unit = lambda frames: ((frames.float() + 1) / 2).clamp(0, 1).flatten(0, 1)  # noqa: E731
+    tables = {  # (N, T) each
+        "position_error": errors,
+        "object_kept": kept.astype(np.float64),
+        "psnr": np.asarray(psnr(unit(predicted), unit(truth)), dtype=np.float64).reshape(count, -1),
+        "shape_iou": np.stack([centred_shape_iou(p, t, r["colour"]) for p, t, r in zip(predicted, truth, records)]),
+    }
+    scores = {name: float(table.mean()) for name, table in tables.items()}
+    scores.update(
+        {f"{name}_clip_std": float(table.mean(1).std(ddof=1)) if count > 1 else 0.0 for name, table in tables.items()}
+    )
+    return scores

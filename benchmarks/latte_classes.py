@@ -46,27 +46,36 @@ OVERRIDES = [
 PAIRS = {"horizontal": ("left", "right", 0), "vertical": ("up", "down", 1)}  # (negative, positive, centroid axis)
 
 
-def displacement(model, motion: str, seed: int, guidance_scale: float | None, axis: int) -> float:
+def displacement(
+    model, motion: str, seed: int, guidance_scale: float | None, axis: int, size: int = SIZE, frames: int = FRAMES
+) -> float:
     """Centroid shift (last frame minus first, px) along `axis` of one generated clip of class `motion`."""
-    empty = torch.zeros(1, 0, 3, SIZE, SIZE)  # no context: generation
+    empty = torch.zeros(1, 0, 3, size, size)  # no context: generation
     clip = model.predict(
-        empty, FRAMES, class_labels=motion, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)
-    )  # (1, FRAMES, 3, SIZE, SIZE)
+        empty, frames, class_labels=motion, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)
+    )  # (1, frames, 3, size, size)
     centroids = shape_centroid(clip[0])  # (FRAMES, 2), NaN where no shape is visible
     return float(centroids[-1, axis] - centroids[0, axis])
 
 
 def evaluate(
-    run: Path, count: int, seed: int, guidance_scale: float | None, checkpoint: Path | None = None
+    run: Path,
+    count: int,
+    seed: int,
+    guidance_scale: float | None,
+    checkpoint: Path | None = None,
+    size: int = SIZE,
+    frames: int = FRAMES,
 ) -> dict[str, tuple[int, list[tuple[float, float]]]]:
-    """Per pair of opposite classes: successes and (shift of the negative class, of the positive) per seed."""
+    """Per pair of opposite classes: successes and (shift of the negative class, of the positive) per seed,
+    generating clips of `frames` frames at `size` px."""
     model = Backend.from_run(run, checkpoint=checkpoint)
     results = {}
     for name, (negative, positive, axis) in PAIRS.items():
         shifts = [
             (
-                displacement(model, negative, seed + k, guidance_scale, axis),
-                displacement(model, positive, seed + k, guidance_scale, axis),
+                displacement(model, negative, seed + k, guidance_scale, axis, size, frames),
+                displacement(model, positive, seed + k, guidance_scale, axis, size, frames),
             )
             for k in range(count)
         ]

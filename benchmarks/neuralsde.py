@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine  # noqa: E402
+from common import machine, make_shapes_h5  # noqa: E402
 
 from vpt.cli import main as vpt  # noqa: E402
 
@@ -50,31 +50,36 @@ def run_cli(*args) -> None:
 
 
 def prepare_data(out: Path, videos: int, autoencoder: Path) -> tuple[Path, Path]:
-    from vpt.data.convert import convert_h5
-    from vpt.data.shapes import make_shapes
-
-    if not (out / "h5").is_dir():
-        make_shapes(out / "videos", num_videos=videos, frames=16, size=32, seed=0, workers=1)
-        convert_h5(out / "videos", out / "h5", image_size=32, workers=1)
     if not (out / "latents").is_dir():
+        make_shapes_h5(out, videos, frames=16, size=32)
         run_cli("save-latents", "--ae", autoencoder, "--data", out / "h5", "--out", out / "latents", "--workers", 0)
     return out / "h5", out / "latents"
 
 
-def train_all(out: Path, latents: Path, steps: int) -> dict[str, float]:
-    """Train RIVER and the three NeuralSDE stages; seconds per run."""
+def train_all(
+    out: Path,
+    latents: Path,
+    steps: int,
+    *,
+    networks: tuple[str, ...] = ("river", "f", "d", "g"),
+    context: int = CONTEXT,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Train `networks` of RIVER and the three NeuralSDE stages (g needs f and d), each predicting from
+    `context` frames, with `overrides` (`--set` items) on top; seconds per run."""
+    model = f"{NETWORK}, context_frames: {context}"
     configs = {
-        "river": f"backend: river\nmodel: {{{NETWORK}, context_frames: {CONTEXT}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
-        "f": f"backend: neuralsde\nmodel: {{stage: f, {NETWORK}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
-        "d": f"backend: neuralsde\nmodel: {{stage: d, {NETWORK}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
+        "river": f"backend: river\nmodel: {{{model}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
+        "f": f"backend: neuralsde\nmodel: {{stage: f, {model}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
+        "d": f"backend: neuralsde\nmodel: {{stage: d, {model}}}\ndata: {{frames: 8}}\n{TRAIN % steps}\n",
         "g": (
-            f"backend: neuralsde\nmodel: {{stage: g, f_run: '{out / 'f'}', d_run: '{out / 'd'}', {NETWORK}}}\n"
+            f"backend: neuralsde\nmodel: {{stage: g, f_run: '{out / 'f'}', d_run: '{out / 'd'}', {model}}}\n"
             f"data: {{frames: 8}}\n{TRAIN % steps}\n"
         ),
     }
     seconds = {}
-    for name, text in configs.items():
-        (out / f"{name}.yaml").write_text(text)
+    for name in networks:
+        (out / f"{name}.yaml").write_text(configs[name])
         started = time.perf_counter()
         run_cli(
             "train",
@@ -85,6 +90,7 @@ def train_all(out: Path, latents: Path, steps: int) -> dict[str, float]:
             latents,
             "--run",
             out / name,
+            *[item for override in overrides for item in ("--set", override)],
         )
         seconds[name] = time.perf_counter() - started
     return seconds

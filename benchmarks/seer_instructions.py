@@ -59,16 +59,23 @@ def first_frames(count: int, seed: int) -> list[tuple[np.ndarray, str]]:
 
 
 def evaluate(
-    run: Path, count: int, seed: int, guidance_scale: float | None = None, checkpoint: Path | None = None
+    run: Path,
+    count: int,
+    seed: int,
+    guidance_scale: float | None = None,
+    checkpoint: Path | None = None,
+    pair: tuple[str, str, int] = ("left", "right", 0),
 ) -> tuple[int, list[tuple[float, float]]]:
-    """Successes and (dx for "moves left", dx for "moves right") per first frame, in source pixels of SIZE."""
+    """Successes and (shift for "moves <negative>", for "moves <positive>") per first frame, in source pixels
+    of SIZE along the centroid axis of `pair` = (negative direction, positive direction, axis: 0 x, 1 y)."""
+    negative, positive, axis = pair
     model = Backend.from_run(run, checkpoint=checkpoint)
     successes, moves = 0, []
     for k, (frame, subject) in enumerate(first_frames(count, seed)):
         context = torch.from_numpy(frame).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]  # (1, 1, 3, H, W)
-        start = shape_centroid(frame)[0, 0]
+        start = shape_centroid(frame)[0, axis]
         shifts = []
-        for direction in ("left", "right"):
+        for direction in (negative, positive):
             predicted = model.predict(
                 context,
                 FRAMES - 1,
@@ -76,9 +83,9 @@ def evaluate(
                 generator=torch.Generator().manual_seed(seed + k),
                 guidance_scale=guidance_scale,
             )
-            shifts.append(float(shape_centroid(predicted[0, -1:])[0, 0] - start))
+            shifts.append(float(shape_centroid(predicted[0, -1:])[0, axis] - start))
         moves.append((shifts[0], shifts[1]))
-        successes += shifts[0] < 0 < shifts[1]
+        successes += shifts[0] < 0 < shifts[1]  # NaN (no shape found) compares False: a miss
     return successes, moves
 
 

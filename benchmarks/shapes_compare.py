@@ -30,21 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, make_shapes_h5  # noqa: E402
 
 SIZE, FRAMES, CONTEXT = 32, 16, 2
 SHOWN = ("psnr", "baseline_psnr", "ssim", "baseline_ssim", "position_error", "baseline_position_error", "object_kept")
-
-
-def make_data(root: Path, num_videos: int) -> Path:
-    """root/shapes (videos + positions.json, which the scoring reads) and root/h5; kept when present."""
-    from vpt.data.convert import convert_h5
-    from vpt.data.shapes import make_shapes
-
-    if not (root / "h5").exists():
-        make_shapes(root / "shapes", num_videos=num_videos, frames=FRAMES, size=SIZE)
-        convert_h5(root / "shapes", root / "h5", image_size=SIZE)
-    return root / "h5"
 
 
 def trained(run_dir: Path) -> bool:
@@ -57,6 +46,18 @@ def train(backend_cls, run_dir: Path, config: Path, overrides: list[str]) -> Non
 
     run, cfg = start_run(train_schema(backend_cls), run_dir=run_dir, config_file=config, overrides=overrides)
     train_backend(backend_cls, cfg, run)
+
+
+def train_ae(run_dir: Path, data: Path, config: Path, overrides: list[str]) -> None:
+    """`vpt train-ae` on the frames in `data` with `config` and `overrides`."""
+    from vpt.commands.options import path_setting
+    from vpt.commands.train_ae import train_ae_schema, train_autoencoder
+    from vpt.runs import start_run
+
+    run, cfg = start_run(
+        train_ae_schema(), run_dir=run_dir, config_file=config, overrides=[path_setting("data.path", data), *overrides]
+    )
+    train_autoencoder(cfg, run)
 
 
 def budget(minutes: float) -> list[str]:
@@ -83,27 +84,21 @@ def train_river(run_dir: Path, data: Path, minutes: float) -> None:
     )
 
 
-def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Path:
-    """MOSO autoencoder -> cached tokens -> RSVP-M with the first 2 of 16 frames given, all inside `minutes`."""
+def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float, given_frames: int = CONTEXT) -> Path:
+    """MOSO autoencoder -> cached tokens -> RSVP-M with the first `given_frames` of 16 frames given, all
+    inside `minutes`."""
     from vpt.commands.options import path_setting
     from vpt.commands.save_latents import encode_dataset
-    from vpt.commands.train_ae import train_ae_schema, train_autoencoder
     from vpt.models.rsvp import RSVPM
-    from vpt.runs import start_run
 
     started = time.perf_counter()
     ae_dir, latents, model_dir = run_dir / "moso", run_dir / "latents", run_dir / "rsvp"
-    run, cfg = start_run(
-        train_ae_schema(),
-        run_dir=ae_dir,
-        config_file=ROOT / "configs/ae/moso_shapes.yaml",
-        overrides=[
-            path_setting("data.path", data),
-            f"train.max_minutes={ae_share * minutes}",
-            "train.max_steps=1000000",
-        ],
+    train_ae(
+        ae_dir,
+        data,
+        ROOT / "configs/ae/moso_shapes.yaml",
+        [f"train.max_minutes={ae_share * minutes}", "train.max_steps=1000000"],
     )
-    train_autoencoder(cfg, run)
     encode_dataset(ae_dir, data, latents)
     left = minutes - (time.perf_counter() - started) / 60
     train(
@@ -113,10 +108,10 @@ def train_rsvp(run_dir: Path, data: Path, minutes: float, ae_share: float) -> Pa
         [
             path_setting("data.path", latents),
             path_setting("model.autoencoder", ae_dir),
-            "model.given_frames=2",
+            f"model.given_frames={given_frames}",
             "data.frames=1",  # a cached video is one row of tokens
-            "eval.context_frames=2",
-            "eval.predicted_frames=14",
+            f"eval.context_frames={given_frames}",
+            f"eval.predicted_frames={FRAMES - given_frames}",
             *budget(left),
         ],
     )
@@ -133,7 +128,7 @@ def score(run_dir: Path, data: Path, out: Path) -> dict:
     )
     out.mkdir(parents=True, exist_ok=True)
     begin = time.perf_counter()
-    scores = quickstart._evaluate(run_dir, data, cfg, out)
+    scores = quickstart._evaluate(run_dir, data, cfg, out, "")
     scores["eval_seconds"] = round(time.perf_counter() - begin, 1)
     scores.update(training_record(run_dir))
     return scores
@@ -194,7 +189,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    data = args.data or make_data(args.out / "data", args.num_videos)
+    data = args.data or make_shapes_h5(args.out / "data", args.num_videos, frames=FRAMES, size=SIZE)
     runs = dict(item.split("=", 1) for item in args.score)
     if args.train_river:
         if not trained(args.train_river):

@@ -142,3 +142,5 @@ def test_positions_record_and_colour_centroid_locate_the_object(tmp_path):
     blank = torch.full_like(truth, -1.0)  # the object faded to black: lost in every frame
     errors, kept = _position_scores(blank, truth, records, num_context=2)
     assert not kept.any() and (errors == 32.0).all()
+    errors, _ = _position_scores(blank, truth, records, num_context=2, missing_error=16.0)  # e.g. 32 px frames
+    assert (errors == 16.0).all()

@@ -323,9 +323,10 @@ def _true_positions(data: Path, names: list[str | None]) -> list[dict]:
     return [positions[f"test/{name}"] for name in names]
 
 
-def _position_scores(frames, truth, records: list[dict], num_context: int):
-    """Per clip and predicted frame: position error (px) of the object's colour centroid, and whether the
-    object is kept (its colour covers at least KEPT_FRACTION of the pixels it covers in the truth)."""
+def _position_scores(frames, truth, records: list[dict], num_context: int, missing_error: float = MISSING_ERROR):
+    """Per clip and predicted frame: position error (px) of the object's colour centroid (`missing_error`
+    where it is lost), and whether the object is kept (its colour covers at least KEPT_FRACTION of the
+    pixels it covers in the truth)."""
     import numpy as np
 
     from vpt.data.shapes import colour_centroid
@@ -337,7 +338,7 @@ def _position_scores(frames, truth, records: list[dict], num_context: int):
         target = np.asarray(record["centre"])[num_context : num_context + len(clip)]
         distance = np.linalg.norm(centre - target, axis=1)
         present = pixels >= KEPT_FRACTION * np.maximum(true_pixels, 1)
-        errors.append(np.where(present & np.isfinite(distance), distance, MISSING_ERROR))
+        errors.append(np.where(present & np.isfinite(distance), distance, missing_error))
         kept.append(present)
     return np.stack(errors), np.stack(kept)
 

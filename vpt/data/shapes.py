@@ -175,6 +175,16 @@ def shape_centroid(frames: np.ndarray, threshold: float = 40.0) -> np.ndarray:
     return np.stack([cx, cy], axis=1)
 
 
+def colour_mask(frames: np.ndarray, colour: str, threshold: float = 150.0) -> np.ndarray:
+    """(T, H, W) bool: the pixels whose summed |RGB - colour| is below `threshold` (see `colour_centroid`).
+    `frames` as in `shape_centroid`."""
+    frames = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
+    if frames.dtype != np.uint8:
+        frames = np.clip((frames.transpose(0, 2, 3, 1) + 1) * 127.5, 0, 255)
+    distance = np.abs(frames.astype(np.float32) - np.asarray(COLOURS[colour], np.float32)).sum(axis=-1)  # (T, H, W)
+    return distance < threshold
+
+
 def colour_centroid(frames: np.ndarray, colour: str, threshold: float = 150.0) -> tuple[np.ndarray, np.ndarray]:
     """Where the object of `colour` is in each frame: (x, y) centroid (T, 2), NaN where absent, and how
     many pixels are close to that colour (T,), so a faded or vanished object shows as a small count.
@@ -183,13 +193,9 @@ def colour_centroid(frames: np.ndarray, colour: str, threshold: float = 150.0) -
     150 is about half the way from the background to the nearest colour, so the colour shift of a lossy
     autoencoder's reconstruction (measured up to ~110) still counts while background and faded pixels do not.
     """
-    frames = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
-    if frames.dtype != np.uint8:
-        frames = np.clip((frames.transpose(0, 2, 3, 1) + 1) * 127.5, 0, 255)
-    distance = np.abs(frames.astype(np.float32) - np.asarray(COLOURS[colour], np.float32)).sum(axis=-1)  # (T, H, W)
-    mask = distance < threshold
+    mask = colour_mask(frames, colour, threshold)  # (T, H, W)
     count = mask.sum(axis=(1, 2))
-    ys, xs = np.arange(frames.shape[1]) + 0.5, np.arange(frames.shape[2]) + 0.5
+    ys, xs = np.arange(mask.shape[1]) + 0.5, np.arange(mask.shape[2]) + 0.5
     with np.errstate(invalid="ignore", divide="ignore"):
         cx = (mask.sum(axis=1) * xs).sum(axis=1) / count
         cy = (mask.sum(axis=2) * ys).sum(axis=1) / count
@@ -290,6 +296,7 @@ __all__ = [
     "trajectory",
     "render",
     "shape_centroid",
+    "colour_mask",
     "colour_centroid",
     "make_shapes",
     "split_counts",
