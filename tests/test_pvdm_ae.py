@@ -322,7 +322,7 @@ def test_alternating_schedule_is_refused_where_it_cannot_run(monkeypatch):
             norm_groups=4,
         ),
     )
-    with pytest.raises(ConfigError, match="gan_schedule: alternating belong to the pvdm"):
+    with pytest.raises(ConfigError, match="gan_schedule: alternating belongs to the pvdm and moso"):
         check_loss_config(LossConfig(gan_schedule="alternating"), vqgan)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="alternating trains on one process"):

@@ -39,8 +39,9 @@ What differs from upstream, and what could not be established:
   pixels whose largest channel of |2 x_t - x_{t-1} - x_{t+1}| lies in [0.1, 0.9], the scene stream
   the rest; afterwards both see whole frames. The band is upstream's data default (`limit` 0.5 with
   its fixed +-0.4); tokens are always extracted from whole frames, as upstream does.
-- The GAN: upstream alternates generator and discriminator steps once it is on; `vpt train-ae`
-  moves both on every step (see `moso_objective.py`). The published UCF-101 run never switched it on.
+- The GAN: upstream alternates generator and discriminator steps once it is on; `loss.gan_schedule:
+  alternating` does the same (the default `joint` moves both on every step, see `moso_objective.py`).
+  The published UCF-101 run never switched it on.
 - Neither repository publishes trained weights, so checkpoint loading was checked against upstream's
   code on random weights (names, shapes, outputs), not on a released model.
 """
@@ -511,10 +512,11 @@ class MosoAutoencoder(Autoencoder):
     def decode_clips(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode_tokens(self.split_latent(latents))
 
-    def forward_train(self, clips: torch.Tensor) -> TrainOutput:
+    def forward_train(self, clips: torch.Tensor, *, move_codes: bool = True) -> TrainOutput:
+        """`move_codes=False`: the codebook stays where it is (MOSO's discriminator phase, see `EMAVectorQuantizer`)."""
         features = self._features(clips)
         # one codebook, three calls in upstream's order: each training call moves the codebook the next one sees
-        quantized = {name: self._vq_ema(value) for name, value in features.items()}
+        quantized = {name: self._vq_ema(value, move_codes=move_codes) for name, value in features.items()}
         scene = self._suf_vq_bg(quantized["scene"].quantized)
         obj = self._suf_vq_id(quantized["object"].quantized)
         motion = self._suf_vq_mo(quantized["motion"].quantized).unflatten(0, (len(clips), -1))  # (N, k, C, Hm, Wm)

@@ -8,10 +8,18 @@ gives each player only the gradient of its own objective):
                       themselves move by moving averages, not by gradients)
 
 D is taming's PatchGAN over a whole clip, its k frames stacked on the channel axis (k * C inputs: 48
-for 16 RGB frames), as MOSO's `input_formation: concat_c`. Upstream's generator weight is fixed
-(`Gen_weight` 0.1: `loss.adaptive_weight: false`, `loss.gan_weight: 0.1`) and it alternates generator
-and discriminator steps once the GAN is on; here both move on every step. Its published UCF-101 run
-sets the GAN's start to the run's last step, so that run never trained against the discriminator.
+for 16 RGB frames), as MOSO's `input_formation: concat_c`, seeing upstream's [0, 1] frames. Upstream's
+generator weight is fixed (`Gen_weight` 0.1: `loss.adaptive_weight: false`, `loss.gan_weight: 0.1`).
+Its published UCF-101 run sets the GAN's start to the run's last step, so that run never trained
+against the discriminator.
+
+`loss.gan_schedule: joint` (the default) moves both players on every step from one backward pass.
+`alternating` is upstream's `train_dist.py` instead, one Adam over both players: steps before
+`disc_start` train the autoencoder alone (no discriminator call); from it on odd steps train the
+discriminator (L_discriminator, the reconstructions made without gradients and without moving the
+codebook) and even steps the autoencoder on L_autoencoder, whose GAN term there also reaches the
+discriminator's weights (upstream does not zero them for this model), pushing D(x_hat) up. In the
+discriminator's steps the autoencoder gets no gradient, so AdamW leaves it and its moments alone.
 """
 
 from __future__ import annotations
@@ -24,7 +32,13 @@ from einops import rearrange
 
 from vpt.errors import ConfigError
 from vpt.models.autoencoders.discriminators import NLayerDiscriminator
-from vpt.models.autoencoders.objective import AutoencoderObjective, LossConfig
+from vpt.models.autoencoders.objective import (
+    AutoencoderObjective,
+    LossConfig,
+    check_alternating_on_one_process,
+    discriminator_loss,
+    generator_loss,
+)
 
 
 class StackedFramesDiscriminator(NLayerDiscriminator):
@@ -35,7 +49,8 @@ class StackedFramesDiscriminator(NLayerDiscriminator):
         self.frames = frames
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return super().forward(rearrange(images, "(n k) c h w -> n (k c) h w", k=self.frames))
+        # images ((N k), C, H, W) in vpt's [-1, 1]; upstream's discriminator sees [0, 1] frames
+        return super().forward(rearrange((images + 1) / 2, "(n k) c h w -> n (k c) h w", k=self.frames))
 
 
 def check_moso_loss(cfg: LossConfig) -> None:
@@ -58,8 +73,36 @@ class MosoObjective(AutoencoderObjective):
             self.discriminator = StackedFramesDiscriminator(
                 autoencoder.frames_per_latent, autoencoder.image_channels, cfg.disc_channels, cfg.disc_layers
             )
+        self.alternating = cfg.gan_schedule == "alternating" and self.discriminator is not None
+        check_alternating_on_one_process(cfg)
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         # upstream's first phase: scene and object streams see the still and the moving pixels apart
         self.autoencoder.split_inputs = self.step < self.autoencoder.config.split_input_steps
-        return super().loss(batch)
+        if not self.alternating:
+            return super().loss(batch)
+        step = self.step
+        if self.training:
+            self.micro_steps += 1
+        if self.trains_discriminator(step):
+            return self._discriminator_step(batch)
+        _, fake, nll, ae_loss, logs = self._autoencoder_terms(batch)
+        if step < self.cfg.disc_start:
+            return {"loss": ae_loss, **logs}
+        g_loss = generator_loss(self.cfg.gan_loss, self.discriminator(fake))  # not frozen: as upstream
+        weight = self._gan_weight(nll, g_loss)
+        return {"loss": ae_loss + weight * g_loss, **logs, "g_loss": g_loss.detach(), "gan_weight": weight.detach()}
+
+    def trains_discriminator(self, step: int) -> bool:
+        """Whether optimizer step `step` (from 0) belongs to the discriminator under `gan_schedule: alternating`:
+        upstream's odd iterations from `disc_start` on."""
+        return step >= self.cfg.disc_start and step % 2 == 1
+
+    def _discriminator_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        video = batch["video"] if isinstance(batch, dict) else batch  # (B, T, C, H, W) in [-1, 1]
+        clips = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
+        with torch.no_grad():
+            fake = self.autoencoder.forward_train(clips, move_codes=False).reconstruction  # (N, k, C, H, W)
+        real, fake = (rearrange(v, "n k c h w -> (n k) c h w") for v in (clips, fake))
+        d_loss = discriminator_loss(self.cfg.gan_loss, self.discriminator(real), self.discriminator(fake))
+        return {"loss": self.cfg.disc_factor * d_loss, "d_loss": d_loss.detach()}

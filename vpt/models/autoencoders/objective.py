@@ -25,6 +25,7 @@ steps), lambda is the adaptive weight ||grad_last(rec)|| / (||grad_last(G)|| + 1
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,9 +59,9 @@ class LossConfig:
     disc_lr_scale: float = 1.0  # discriminator lr = train.lr * disc_lr_scale
     feature_matching_weight: float = 0.0  # discriminator "pvdm": L1 between D features of x_hat and x (PVDM: 4.0)
     discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
-    # joint: both players update on every step from one backward pass (above). alternating (pvdm autoencoder only,
-    # one process): PVDM upstream's first_stage_train, whole optimizer steps of one player at a time (see
-    # pvdm_objective.py), each discriminator clipped against its own norm.
+    # joint: both players update on every step from one backward pass (above). alternating (pvdm and moso
+    # autoencoders, one process): whole optimizer steps of one player at a time as upstream's trainer does them,
+    # PVDM's first_stage_train (pvdm_objective.py) or MOSO's train_dist.py (moso_objective.py).
     gan_schedule: Literal["joint", "alternating"] = "joint"
     clip_autoencoder: bool = True  # false: train.grad_clip applies to the discriminators only (PVDM upstream)
 
@@ -161,6 +162,26 @@ class AutoencoderObjective(nn.Module):
 
     # --- the loss ----------------------------------------------------------------------------
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        target, fake, nll, ae_loss, logs = self._autoencoder_terms(batch)
+        cfg = self.cfg
+        step = self.step
+        if self.training:
+            self.micro_steps += 1
+        total = ae_loss
+        if self.discriminator is not None:
+            gan_on = float(step >= cfg.disc_start)
+            g_loss = generator_loss(cfg.gan_loss, self._frozen_discriminator(fake))
+            weight = self._gan_weight(nll, g_loss) if gan_on else torch.zeros((), device=fake.device)
+            d_loss = discriminator_loss(cfg.gan_loss, self.discriminator(target), self.discriminator(fake.detach()))
+            # Before disc_start both terms are multiplied by 0: the graph still touches every
+            # discriminator parameter, which keeps DDP's gradient bookkeeping simple.
+            total = total + gan_on * weight * g_loss + gan_on * cfg.disc_factor * d_loss
+            logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), gan_weight=weight.detach())
+        return {"loss": total, **logs}
+
+    def _autoencoder_terms(self, batch: Any):
+        """The autoencoder's own objective on a batch: frames `target` and `fake` ((N k), C, H, W), the
+        reconstruction + LPIPS term `nll`, `ae_loss` = nll + weighted codebook / KL terms, and their logs."""
         video = batch["video"] if isinstance(batch, dict) else batch  # (B, T, C, H, W) in [-1, 1]
         clips = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
         out = self.autoencoder.forward_train(clips)
@@ -181,21 +202,7 @@ class AutoencoderObjective(nn.Module):
             weight = cfg.codebook_weight if name == "codebook" else cfg.kl_weight
             ae_loss = ae_loss + weight * value
             logs[name] = value.detach()
-
-        step = self.step
-        if self.training:
-            self.micro_steps += 1
-        total = ae_loss
-        if self.discriminator is not None:
-            gan_on = float(step >= cfg.disc_start)
-            g_loss = generator_loss(cfg.gan_loss, self._frozen_discriminator(fake))
-            weight = self._gan_weight(nll, g_loss) if gan_on else torch.zeros((), device=fake.device)
-            d_loss = discriminator_loss(cfg.gan_loss, self.discriminator(target), self.discriminator(fake.detach()))
-            # Before disc_start both terms are multiplied by 0: the graph still touches every
-            # discriminator parameter, which keeps DDP's gradient bookkeeping simple.
-            total = total + gan_on * weight * g_loss + gan_on * cfg.disc_factor * d_loss
-            logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), gan_weight=weight.detach())
-        return {"loss": total, **logs}
+        return target, fake, nll, ae_loss, logs
 
     def _perceptual_distance(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         network = self._perceptual
@@ -219,6 +226,13 @@ class AutoencoderObjective(nn.Module):
         return weight.clamp(0.0, 1e4).detach() * self.cfg.gan_weight
 
 
+def check_alternating_on_one_process(cfg: LossConfig) -> None:
+    """`gan_schedule: alternating` leaves the idle player's parameters without a gradient, which DDP's reducer
+    refuses."""
+    if cfg.gan_schedule == "alternating" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("loss.gan_schedule: alternating trains on one process; use joint with several")
+
+
 def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
     """discriminator(inputs) with detached parameters: gradients flow to `inputs` only."""
     frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
@@ -228,15 +242,14 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
     if autoencoder.type != "pvdm" and (
-        cfg.discriminator == "pvdm"
-        or cfg.feature_matching_weight > 0
-        or cfg.discriminator_init_from
-        or cfg.gan_schedule == "alternating"
+        cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from
     ):
         raise ConfigError(
-            "loss.discriminator: pvdm, loss.feature_matching_weight, loss.discriminator_init_from and "
-            "loss.gan_schedule: alternating belong to the pvdm autoencoder's recipe"
+            "loss.discriminator: pvdm, loss.feature_matching_weight and loss.discriminator_init_from belong to "
+            "the pvdm autoencoder's recipe"
         )
+    if autoencoder.type not in ("pvdm", "moso") and cfg.gan_schedule == "alternating":
+        raise ConfigError("loss.gan_schedule: alternating belongs to the pvdm and moso autoencoders' recipes")
     if cfg.perceptual_weight > 0 and autoencoder.image_channels not in (1, 3):
         raise ConfigError(
             f"loss.perceptual_weight: LPIPS needs 1- or 3-channel frames, the autoencoder has {autoencoder.image_channels}"

@@ -23,7 +23,6 @@ With `train.grad_accum: 3` a step is upstream's phase of 3 accumulated iteration
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import torch
@@ -32,7 +31,13 @@ from einops import rearrange
 
 from vpt.errors import ConfigError, VptError
 from vpt.models.autoencoders.discriminators import FeaturePatchDiscriminator
-from vpt.models.autoencoders.objective import AutoencoderObjective, LossConfig, discriminator_loss, frozen_call
+from vpt.models.autoencoders.objective import (
+    AutoencoderObjective,
+    LossConfig,
+    check_alternating_on_one_process,
+    discriminator_loss,
+    frozen_call,
+)
 
 DISCRIMINATORS = ("discriminator_2d", "discriminator_3d")
 
@@ -62,9 +67,7 @@ class PVDMObjective(AutoencoderObjective):
         self.cfg = cfg
         self.gan = cfg.discriminator == "pvdm"
         self.alternating = cfg.gan_schedule == "alternating"
-        if self.alternating and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # the idle player's parameters get no gradient, which DDP's reducer refuses
-            raise ConfigError("loss.gan_schedule: alternating trains on one process; use joint with several")
+        check_alternating_on_one_process(cfg)
         if self.gan:
             channels = autoencoder.image_channels
             self.discriminator_2d = FeaturePatchDiscriminator(2, channels, cfg.disc_channels, cfg.disc_layers)

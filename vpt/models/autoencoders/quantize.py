@@ -54,8 +54,8 @@ class VectorQuantizer(nn.Module):
         return Quantized(quantized, loss, indices)
 
 
-def _float32(tensor: torch.Tensor):
-    """Autocast off for `tensor`'s device: the codebook's arithmetic stays in float32 under bf16/fp16 training."""
+def _no_autocast(tensor: torch.Tensor):
+    """Autocast off for `tensor`'s device: the codebook's arithmetic keeps its precision under bf16/fp16 training."""
     return torch.autocast(tensor.device.type, enabled=False)
 
 
@@ -115,9 +115,10 @@ class EMAVectorQuantizer(nn.Module):
         self.ema_dw = DebiasedEMA((code_dim, num_codes), decay)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, D, H, W) -> code indices (N, H, W), by ||z||^2 - 2 z.e + ||e||^2 in float32."""
-        flat = rearrange(z, "n c h w -> (n h w) c").float()
-        with _float32(flat):  # autocast would run the matmul in bf16 and pick other codes
+        """(N, D, H, W) -> code indices (N, H, W), by ||z||^2 - 2 z.e + ||e||^2 in the codebook's precision
+        (float32, or float64 for a model made double)."""
+        flat = rearrange(z, "n c h w -> (n h w) c").to(self.embeddings.dtype)
+        with _no_autocast(flat):  # autocast would run the matmul in bf16 and pick other codes
             distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embeddings + self.embeddings.pow(2).sum(0)
         return distances.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
@@ -125,24 +126,27 @@ class EMAVectorQuantizer(nn.Module):
         """Code indices (N, H, W) -> code vectors (N, D, H, W)."""
         return rearrange(F.embedding(indices, self.embeddings.t()), "n h w c -> n c h w")
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        """(N, D, H, W) -> straight-through codes. In training mode the call then moves the codebook; the
-        codes it returns are those from before that move, as upstream."""
+    def forward(self, z: torch.Tensor, *, move_codes: bool = True) -> Quantized:
+        """(N, D, H, W) -> straight-through codes. In training mode the call counts the codes it chose and
+        then, unless `move_codes` is False (upstream's `is_training=False` calls in training, as MOSO's
+        discriminator phase makes them), moves the codebook; the codes it returns are those from before
+        that move, as upstream."""
         indices = self.nearest(z)  # (N, H, W)
         codes = self.lookup(indices).to(z.dtype)
         if self.training:
-            self._update(rearrange(z.detach(), "n c h w -> (n h w) c").float(), indices.flatten())
+            onehot = F.one_hot(indices.flatten(), self.num_codes).to(self.embeddings.dtype)  # (M, K)
+            self._embeddings_cnt += onehot.sum(0).to(torch.int32)
+            if move_codes:
+                self._update(rearrange(z.detach(), "n c h w -> (n h w) c").to(self.embeddings.dtype), onehot)
         loss = self.commitment_cost * torch.mean((codes.detach() - z) ** 2)
         return Quantized(z + (codes - z).detach(), loss, indices)
 
     @torch.no_grad()
-    def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        onehot = F.one_hot(indices, self.num_codes).float()  # (M, K)
-        counts = onehot.sum(0)
-        self._embeddings_cnt += counts.to(torch.int32)
-        with _float32(flat):  # the float32 statistics must not get autocast's bf16 matmul (lerp_ refuses mixed dtypes)
+    def _update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
+        # flat (M, D) vectors, onehot (M, K) their codes, both in the codebook's precision
+        with _no_autocast(flat):  # the statistics must not get autocast's bf16 matmul (lerp_ refuses mixed dtypes)
             sums = self.ema_dw.update(flat.t() @ onehot)  # (D, K)
-        sizes = self.ema_cluster_size.update(counts)  # (K,)
+        sizes = self.ema_cluster_size.update(onehot.sum(0))  # (K,)
         total = sizes.sum()
         smoothed = (sizes + self.epsilon) / (total + self.num_codes * self.epsilon) * total
         self.embeddings.copy_(sums / smoothed)

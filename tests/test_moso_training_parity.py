@@ -1,0 +1,106 @@
+"""20 steps of `vpt train-ae`'s loop on RSVP-M's first stage, MOSO's three-stream VQ-VAE, against MOSO's own
+training step (`train_dist.py` around `MoCoVQVAE_wCD_shareCB`): its EMA codebook updates, its single Adam and
+cosine schedule, and its alternating generator / discriminator iterations from `disc_start_step` on
+(tests/recorded_training.py says how a recording is replayed; tests/fixtures/rsvp/README.md how it was made)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from fixture_paths import fixture
+from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from safetensors.torch import load_file
+
+from vpt.models.autoencoders import autoencoder_from_upstream_state
+from vpt.models.autoencoders.objective import LossConfig
+from vpt.runs import Run
+from vpt.training import TrainConfig
+from vpt.weights import read_weights
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "moso_ucf101.yaml"
+PHASE_NO_GAN, PHASE_AUTOENCODER, PHASE_DISCRIMINATOR = -1, 0, 1  # upstream's optimizer_idx
+
+
+def _prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in record.items() if k.startswith(prefix)}
+
+
+def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
+    record = load_file(fixture("rsvp", "moso_training.safetensors"))
+    seed, batch_size, lr, disc_start, disc_channels, disc_layers, schedule_steps = record["settings"].tolist()
+    seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps = (
+        int(v) for v in (seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps)
+    )
+    autoencoder = (
+        autoencoder_from_upstream_state(
+            read_weights(fixture("moso", "moso_tiny_state_dict.pt")), arch={"resolution": 32}
+        )
+        .train()
+        .requires_grad_(True)
+    )  # as train-ae's --init-from makes a loaded autoencoder trainable; split inputs off (arch default), as recorded
+    published = yaml.safe_load(CONFIG.read_text())
+    loss = LossConfig(  # the published loss section; LPIPS off and the recording's discriminator and disc_start
+        **{
+            **published["loss"],
+            "perceptual_weight": 0.0,
+            "disc_channels": disc_channels,
+            "disc_layers": disc_layers,
+            "disc_start": disc_start,
+        }
+    )
+    objective = autoencoder.build_objective(loss)  # what train_autoencoder builds
+    objective.discriminator.load_state_dict(_prefixed(record, "initial._discriminator."))
+    objective.double()  # the recording's precision (its docstring says why float64)
+    iterations = len(record["losses"])
+    train_cfg = TrainConfig(  # the published train section (Adam, cosine over upstream's span) at the recording's size
+        **{
+            **published["train"],
+            "max_steps": iterations,
+            "batch_size": batch_size,
+            "lr": lr,
+            "lr_schedule_steps": schedule_steps,
+            "precision": "no",
+            "seed": seed,
+            "log_every": 1,
+            "val_every": 0,
+            "sample_every": 0,
+            "checkpoint_every": iterations,
+        }
+    )
+    videos = record["batches"].double() / 127.5 - 1  # (iterations, B, T, C, H, W): upstream's x / 255 on [-1, 1]
+
+    losses, learning_rates, calls = replay(
+        objective, objective.discriminator, {"video": videos}, train_cfg, tmp_path / "run"
+    )
+
+    phases = record["phases"]
+    assert phases.tolist() == [  # the recording crosses disc_start and alternates: odd iterations train D
+        PHASE_NO_GAN if i < disc_start else PHASE_DISCRIMINATOR if i % 2 else PHASE_AUTOENCODER
+        for i in range(iterations)
+    ]
+    assert phases.eq(PHASE_DISCRIMINATOR).tolist() == [objective.trains_discriminator(s) for s in range(iterations)]
+    metrics = [m for m in Run(tmp_path / "run").read_metrics() if "loss" in m]
+    assert ["d_loss" in m for m in metrics] == phases.eq(PHASE_DISCRIMINATOR).tolist()
+    assert ["g_loss" in m for m in metrics] == phases.eq(PHASE_AUTOENCODER).tolist()
+    # the discriminator judges real and reconstructed clips in its own steps, the reconstructions in the other's
+    assert len(calls) == 2 * int(phases.eq(PHASE_DISCRIMINATOR).sum()) + int(phases.eq(PHASE_AUTOENCODER).sum())
+    # upstream's LambdaLR is one step ahead (cosine at step + 1): 2e-9 of lr over 20 of 250,000 steps
+    torch.testing.assert_close(learning_rates, record["learning_rates"], rtol=1e-8, atol=0)
+
+    loss_error = largest_loss_error(losses, record["losses"])
+    upstream_final = {
+        "autoencoder": load_file(fixture("rsvp", "moso_training.final.safetensors")),
+        "discriminator": _prefixed(record, "final._discriminator."),
+    }
+    errors = {
+        f"{part}.{name}": error
+        for part, weights in upstream_final.items()
+        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
+    }
+    worst = max(errors, key=errors.get)
+    codebook = errors["autoencoder._vq_ema.embeddings"]
+    print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst}), codebook {codebook:.1e}")
+    assert loss_error <= LOSS_RTOL
+    assert errors[worst] <= WEIGHT_RTOL, worst
