@@ -23,7 +23,6 @@ With `train.grad_accum: 3` a step is upstream's phase of 3 accumulated iteration
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import torch
@@ -62,9 +61,6 @@ class PVDMObjective(AutoencoderObjective):
         self.cfg = cfg
         self.gan = cfg.discriminator == "pvdm"
         self.alternating = cfg.gan_schedule == "alternating"
-        if self.alternating and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # the idle player's parameters get no gradient, which DDP's reducer refuses
-            raise ConfigError("loss.gan_schedule: alternating trains on one process; use joint with several")
         if self.gan:
             channels = autoencoder.image_channels
             self.discriminator_2d = FeaturePatchDiscriminator(2, channels, cfg.disc_channels, cfg.disc_layers)
