@@ -95,9 +95,11 @@ def replay(
     prompts: list[str] | None = None,
 ):
     """Train `model` with vpt's loop; returns the per-step (losses, learning rates) it logged and the
-    positional inputs `network` received at every call."""
+    positional inputs `network` received at every call (non-tensor arguments, such as a None label, as given)."""
     calls = []
-    network.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
+    network.register_forward_pre_hook(
+        lambda module, args: calls.append([a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    )
     train(model, RecordedBatches(batches, cfg.seed, labels, prompts), cfg, Run.open(run_dir))
     metrics = [m for m in Run(run_dir).read_metrics() if "loss" in m]
     losses = torch.tensor([m["loss"] for m in metrics], dtype=torch.float64)
@@ -126,8 +128,11 @@ def weight_errors(ours: dict[str, torch.Tensor], upstream: dict[str, torch.Tenso
     return errors
 
 
-def key_bias_effect(network: nn.Module, upstream: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> float:
-    """How much the output changes (relative, eval mode) when `network` takes upstream's key biases.
+def key_bias_effect(
+    network: nn.Module, upstream: dict[str, torch.Tensor], inputs: list[torch.Tensor], **kwargs
+) -> float:
+    """How much the output changes (relative, eval mode) when `network` takes upstream's key biases
+    (`kwargs` go to the network's call, as for `splice_effect`).
 
     A key bias gets a zero gradient in exact arithmetic (adding q.b to every logit of a row leaves the
     softmax unchanged), so both trainers see rounding noise that Adam rescales into lr-sized steps of random
@@ -138,7 +143,7 @@ def key_bias_effect(network: nn.Module, upstream: dict[str, torch.Tensor], input
         if name.endswith("attn.qkv.bias"):
             query, _, value = bias.chunk(3)
             spliced[name] = torch.cat([query, upstream[name].chunk(3)[1], value])
-    return splice_effect(network, spliced, inputs)
+    return splice_effect(network, spliced, inputs, **kwargs)
 
 
 def splice_effect(network: nn.Module, spliced: dict[str, torch.Tensor], inputs: list[torch.Tensor], **kwargs) -> float:

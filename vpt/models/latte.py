@@ -89,6 +89,10 @@ class LatteConfig:
     # posterior every step ("sample", as both upstreams do; from frames, or from latents cached with
     # their posterior by `vpt save-latents`), or the posterior mean ("mean", one fixed target per frame).
     latent_posterior: Literal["sample", "mean"] = "sample"
+    # Order of a training step's two draws from the global generator: the step t, then the noise
+    # ("timestep_first", official Latte's training_losses), or the noise, then t ("noise_first",
+    # VideoGeneration-PyTorch's train_vae_ditv.py). Same distribution; the order lets a seeded run repeat upstream's.
+    training_draws: Literal["timestep_first", "noise_first"] = "timestep_first"
     # Diffusion: DDPM with betas linear from beta_start to beta_end, ε-prediction.
     num_timesteps: int = 1000
     beta_start: float = 1.0e-4
@@ -577,8 +581,12 @@ class Latte(LatentBackend):
             latents = torch.cat([latents[:, :video_frames], latents[:, video_frames:].roll(1, dims=0)], dim=1)
         batch_size = latents.shape[0]
         scheduler = self._scheduler()
-        t = torch.randint(0, self.cfg.num_timesteps, (batch_size,), device=latents.device)
-        noise = torch.randn_like(latents)
+        if self.cfg.training_draws == "noise_first":
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, self.cfg.num_timesteps, (batch_size,), device=latents.device)
+        else:
+            t = torch.randint(0, self.cfg.num_timesteps, (batch_size,), device=latents.device)
+            noise = torch.randn_like(latents)
         noisy = scheduler.add_noise(latents, noise, t)
         labels = self._training_labels(batch, batch_size, latents.device)
         known = self._known_frames(batch_size, latents.shape[1], latents.device)  # (B, F, 1, 1, 1) bool or None

@@ -35,7 +35,6 @@ from vpt.models.autoencoders.discriminators import NLayerDiscriminator
 from vpt.models.autoencoders.objective import (
     AutoencoderObjective,
     LossConfig,
-    check_alternating_on_one_process,
     discriminator_loss,
     generator_loss,
 )
@@ -74,7 +73,6 @@ class MosoObjective(AutoencoderObjective):
                 autoencoder.frames_per_latent, autoencoder.image_channels, cfg.disc_channels, cfg.disc_layers
             )
         self.alternating = cfg.gan_schedule == "alternating" and self.discriminator is not None
-        check_alternating_on_one_process(cfg)
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         # upstream's first phase: scene and object streams see the still and the moving pixels apart

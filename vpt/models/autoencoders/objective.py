@@ -20,6 +20,13 @@ gives the discriminator its own group (with `lr_scale`) so it can learn at a dif
 Schedule and weights follow taming: the GAN terms switch on at `disc_start` (counted in optimizer
 steps), lambda is the adaptive weight ||grad_last(rec)|| / (||grad_last(G)|| + 1e-4), clamped to
 [0, 1e4], times `gan_weight` (or just `gan_weight` when `adaptive_weight` is off, as Latte's VG does).
+
+`loss.gan_schedule: vg` is VideoGeneration-PyTorch's train_vae.py instead, on one process: before `disc_start`
+the discriminator is not run at all (no gradient, so AdamW leaves its weights and moments untouched and its
+bias correction starts at `disc_start`; its batch-norm statistics stay), and the generator's term runs the
+discriminator with live parameters, so that term's gradient reaches the discriminator too and its update
+descends L_discriminator + lambda * f(D(x_hat)) (upstream never clears that gradient before the
+discriminator's step).
 """
 
 from __future__ import annotations
@@ -61,8 +68,10 @@ class LossConfig:
     discriminator_init_from: str = ""  # discriminator "pvdm": start the discriminators from PVDM's loss_last.pth
     # joint: both players update on every step from one backward pass (above). alternating (pvdm and moso
     # autoencoders, one process): whole optimizer steps of one player at a time as upstream's trainer does them,
-    # PVDM's first_stage_train (pvdm_objective.py) or MOSO's train_dist.py (moso_objective.py).
-    gan_schedule: Literal["joint", "alternating"] = "joint"
+    # PVDM's first_stage_train (pvdm_objective.py) or MOSO's train_dist.py (moso_objective.py). vg (one
+    # discriminator, one process): VideoGeneration-PyTorch's train_vae.py, joint with the two differences in
+    # this module's docstring.
+    gan_schedule: Literal["joint", "alternating", "vg"] = "joint"
     clip_autoencoder: bool = True  # false: train.grad_clip applies to the discriminators only (PVDM upstream)
 
     def __post_init__(self) -> None:
@@ -141,6 +150,9 @@ class AutoencoderObjective(nn.Module):
         self.discriminator = build_discriminator(cfg, autoencoder.image_channels)
         self.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
         object.__setattr__(self, "_perceptual", perceptual)  # not a submodule: no checkpoint bloat
+        if cfg.gan_schedule != "joint" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # a player without gradient in some steps, which DDP's reducer refuses
+            raise ConfigError(f"loss.gan_schedule: {cfg.gan_schedule} trains on one process; use joint with several")
 
     def set_perceptual(self, network: nn.Module | None) -> None:
         object.__setattr__(self, "_perceptual", network)
@@ -168,12 +180,15 @@ class AutoencoderObjective(nn.Module):
         if self.training:
             self.micro_steps += 1
         total = ae_loss
-        if self.discriminator is not None:
+        vg = cfg.gan_schedule == "vg"
+        if self.discriminator is not None and (step >= cfg.disc_start or not vg):
             gan_on = float(step >= cfg.disc_start)
-            g_loss = generator_loss(cfg.gan_loss, self._frozen_discriminator(fake))
+            generated = self.discriminator(fake) if vg else self._frozen_discriminator(fake)
+            g_loss = generator_loss(cfg.gan_loss, generated)
             weight = self._gan_weight(nll, g_loss) if gan_on else torch.zeros((), device=fake.device)
-            d_loss = discriminator_loss(cfg.gan_loss, self.discriminator(target), self.discriminator(fake.detach()))
-            # Before disc_start both terms are multiplied by 0: the graph still touches every
+            logits_fake = self.discriminator(fake.detach())  # before the real batch, as upstream's batch-norm updates
+            d_loss = discriminator_loss(cfg.gan_loss, self.discriminator(target), logits_fake)
+            # Before disc_start (joint) both terms are multiplied by 0: the graph still touches every
             # discriminator parameter, which keeps DDP's gradient bookkeeping simple.
             total = total + gan_on * weight * g_loss + gan_on * cfg.disc_factor * d_loss
             logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), gan_weight=weight.detach())
@@ -226,13 +241,6 @@ class AutoencoderObjective(nn.Module):
         return weight.clamp(0.0, 1e4).detach() * self.cfg.gan_weight
 
 
-def check_alternating_on_one_process(cfg: LossConfig) -> None:
-    """`gan_schedule: alternating` leaves the idle player's parameters without a gradient, which DDP's reducer
-    refuses."""
-    if cfg.gan_schedule == "alternating" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("loss.gan_schedule: alternating trains on one process; use joint with several")
-
-
 def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
     """discriminator(inputs) with detached parameters: gradients flow to `inputs` only."""
     frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
@@ -241,6 +249,8 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
+    if cfg.gan_schedule == "vg" and cfg.discriminator not in ("patchgan", "latte"):
+        raise ConfigError("loss.gan_schedule: vg trains one discriminator: loss.discriminator patchgan or latte")
     if autoencoder.type != "pvdm" and (
         cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from
     ):

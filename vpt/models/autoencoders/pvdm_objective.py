@@ -34,7 +34,6 @@ from vpt.models.autoencoders.discriminators import FeaturePatchDiscriminator
 from vpt.models.autoencoders.objective import (
     AutoencoderObjective,
     LossConfig,
-    check_alternating_on_one_process,
     discriminator_loss,
     frozen_call,
 )
@@ -67,7 +66,6 @@ class PVDMObjective(AutoencoderObjective):
         self.cfg = cfg
         self.gan = cfg.discriminator == "pvdm"
         self.alternating = cfg.gan_schedule == "alternating"
-        check_alternating_on_one_process(cfg)
         if self.gan:
             channels = autoencoder.image_channels
             self.discriminator_2d = FeaturePatchDiscriminator(2, channels, cfg.disc_channels, cfg.disc_layers)

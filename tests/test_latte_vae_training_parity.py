@@ -1,0 +1,100 @@
+"""20 steps of `vpt train-ae`'s loop against VideoGeneration-PyTorch's own frame-VAE training step (train_vae.py),
+with its LSGAN discriminator switched on at `disc_start` (tests/recorded_training.py says how a recording is
+replayed; tests/fixtures/latte/README.md how it was made)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+from fixture_paths import fixture
+from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from safetensors.torch import load_file
+
+from vpt.models.autoencoders import build_autoencoder
+from vpt.models.autoencoders.objective import LossConfig
+from vpt.runs import Run
+from vpt.training import TrainConfig
+from vpt.weights import read_weights
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "vg_mnist.yaml"
+
+
+@contextmanager
+def float64_default():
+    """Upstream's VAE draws its posterior noise in the default dtype and vpt's in the mean's: float64 for both."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_vae_training_matches_upstream_train_vae(tmp_path):
+    record = load_file(fixture("latte", "vae_training.safetensors"))
+    seed, batch_size, lr, disc_start, acc_steps, steps = record["settings"].tolist()
+    seed, batch_size, disc_start, acc_steps, steps = (int(v) for v in (seed, batch_size, disc_start, acc_steps, steps))
+    tiny = yaml.safe_load(fixture("latte", "config_tiny.yaml").read_text())
+    vae, disc = tiny["vae_tiny_attn"], tiny["disc_tiny"]
+    arch = {k: v for k, v in vae["autoencoder_params"].items() if k != "codebook_size"}
+    autoencoder = build_autoencoder("latte-vae", {**arch, "in_channels": vae["im_channels"]})
+    autoencoder.load_state_dict(read_weights(fixture("latte", "vae_tiny_attn_state_dict.pt")))
+    autoencoder.train().requires_grad_(True)  # as train-ae makes a loaded autoencoder trainable
+    published = yaml.safe_load(CONFIG.read_text())
+    widths = disc["conv_channels"]
+    loss = LossConfig(  # the published loss section; LPIPS off and the recording's discriminator and disc_start
+        **{
+            **published["loss"],
+            "perceptual_weight": 0.0,
+            "disc_channels": widths[0],
+            "disc_layers": len(widths),
+            "disc_start": disc_start,
+        }
+    )
+    objective = autoencoder.build_objective(loss, grad_accum=acc_steps)  # what train_autoencoder builds
+    objective.discriminator.load_state_dict(read_weights(fixture("latte", "disc_tiny_state_dict.pt")))
+    train_cfg = TrainConfig(  # the published train section (Adam betas, no clipping) at the recording's size
+        **{
+            **published["train"],
+            "max_steps": steps,
+            "batch_size": batch_size,
+            "grad_accum": acc_steps,
+            "precision": "no",
+            "seed": seed,
+            "log_every": 1,
+            "val_every": 0,
+            "sample_every": 0,
+            "checkpoint_every": steps,
+        }
+    )
+    assert train_cfg.lr == lr
+    images = record["batches"].double()  # (steps, B, C, H, W)
+    with float64_default():  # the recording's precision (its docstring says why float64)
+        objective.double()
+        frames = images[:, :, None]  # (steps, B, 1, C, H, W): one-frame clips of upstream's images
+        losses, _, calls = replay(objective, objective.discriminator, {"video": frames}, train_cfg, tmp_path / "run")
+
+    # The discriminator runs only from disc_start on, three times a step: generator term, fake, real.
+    assert len(calls) == 3 * (steps - disc_start)
+    real = torch.stack([inputs[0] for inputs in calls[2::3]])  # (steps - disc_start, B, C, H, W)
+    torch.testing.assert_close(real, images[disc_start:], rtol=0, atol=0)
+    trained_discriminator = ["d_loss" in m for m in Run(tmp_path / "run").read_metrics() if "loss" in m]
+    assert trained_discriminator == [step >= disc_start for step in range(steps)]
+    # vpt's loss is both players' (upstream logs the generator's); the discriminator's is 0 before disc_start
+    loss_error = largest_loss_error(losses, record["g_losses"] + record["d_losses"])
+    upstream = {
+        part: {k.removeprefix(f"final.{part}."): v for k, v in record.items() if k.startswith(f"final.{part}.")}
+        for part in ("autoencoder", "discriminator")
+    }
+    errors = {
+        f"{part}.{name}": error
+        for part, weights in upstream.items()
+        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
+    }
+    worst = max(errors, key=errors.get)
+    print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst})")
+    assert loss_error <= LOSS_RTOL
+    assert errors[worst] <= WEIGHT_RTOL, worst
