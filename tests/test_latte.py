@@ -453,9 +453,9 @@ def test_official_conventions_convert_exactly():
     )
 
 
-def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
-    """A checkpoint in the official layout ({"model", "ema"}, fixed tables inside) is recognised, built
-    from its weights with the EMA copy, and carries the StyleGAN-V protocol."""
+def _official_checkpoint(tmp_path, **overrides) -> tuple[LatteConfig, LatteDiT, Path]:
+    """A tiny LatteDiT (and its config), and its weights + 1 as an official-layout file ({"model", "ema"},
+    fixed tables inside)."""
     config = LatteConfig(
         **{
             **TINY,
@@ -465,6 +465,7 @@ def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
             "num_heads": 6,
             "head_dim": 64,
             "hidden_size": 384,
+            **overrides,
         }
     )  # Latte-S width, 2 layers deep
     source = LatteDiT(config)
@@ -492,6 +493,14 @@ def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
     official["pos_embed"], official["temp_embed"] = torch.zeros(1, 24, 384), torch.zeros(1, 4, 384)
     path = tmp_path / "ucf101.pt"
     torch.save({"model": {k: v - 1.0 for k, v in official.items()}, "ema": official}, path)
+    return config, source, path
+
+
+def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
+    """A checkpoint in the official layout is recognised, built from its weights (heads from the config.json
+    beside it: a 4-layer model is no published size) with the EMA copy, and carries the StyleGAN-V protocol."""
+    _, source, path = _official_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": 6}}))
 
     assert Latte.recognizes_checkpoint(path)
     model = Latte.from_checkpoint(path, autoencoder="pixels:1")
@@ -507,6 +516,28 @@ def test_official_checkpoint_loads_with_ema_and_its_protocol(tmp_path):
     )
     with pytest.raises(UsageError, match="--ae"):
         Latte.from_checkpoint(path)
+
+
+def test_official_weights_of_no_published_size_need_their_heads(tmp_path):
+    """Heads are not in the weights: the old reader gave this 4-head Latte-S-width file the table's 6 heads
+    without a word; now a size outside the table asks for model.num_heads, which a config.json gives."""
+    config, source, path = _official_checkpoint(tmp_path, num_heads=4, head_dim=96)
+    with pytest.raises(ConfigError, match=r"model\.num_heads in a config\.json") as error:
+        Latte.from_checkpoint(path, autoencoder="pixels:1")
+    assert "\n" not in str(error.value)
+
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": 4}}))
+    model = Latte.from_checkpoint(path, autoencoder="pixels:1").eval()
+    assert (model.cfg.num_heads, model.cfg.head_dim) == (4, 96)
+    x, t, labels = torch.randn(1, 4, 4, 8, 8), torch.tensor([500]), torch.tensor([1])
+    shifted = LatteDiT(config).eval()
+    shifted.load_state_dict({key: value + 1.0 for key, value in source.state_dict().items()})
+    with torch.no_grad():
+        torch.testing.assert_close(model.denoiser(x, t, labels), shifted(x, t, labels), atol=1e-5, rtol=1e-5)
+
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": 4, "hidden_size": 768}}))
+    with pytest.raises(ConfigError, match="hidden_size"):
+        Latte.from_checkpoint(path, autoencoder="pixels:1")
 
 
 def rearrange_back(linear_weight: torch.Tensor, patch: int, channels: int) -> torch.Tensor:

@@ -475,21 +475,32 @@ def convert_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return converted
 
 
-def config_from_official_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """LatteConfig fields read off official weights (heads from DiT's size table by width)."""
+def config_from_official_state(state: dict[str, torch.Tensor], beside: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LatteConfig fields read off official weights. The heads are not in them: `beside` (a config.json's
+    model settings) gives `num_heads` (and `head_dim`, default width / heads); without it only a published
+    size (width and depth of DiT's table) takes the table's heads, and anything else is a one-line error."""
     hidden, channels, patch, _ = state["x_embedder.proj.weight"].shape
-    heads = {values["hidden_size"]: values["num_heads"] for values in LATTE_WIDTHS.values()}
-    if hidden not in heads:
-        raise UsageError(f"Latte width {hidden} is none of the published sizes ({', '.join(map(str, heads))})")
+    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    beside = beside or {}
+    if "num_heads" in beside:
+        heads = int(beside["num_heads"])
+    else:
+        published = {(v["hidden_size"], v["num_layers"]): v["num_heads"] for v in LATTE_WIDTHS.values()}
+        if (hidden, depth) not in published:
+            raise ConfigError(
+                f"Latte weights of width {hidden} and depth {depth} are no published size, and the weights do not "
+                "say their attention heads: set model.num_heads in a config.json beside them"
+            )
+        heads = published[hidden, depth]
     out_values = state["final_layer.linear.weight"].shape[0]
     labels = state.get("y_embedder.embedding_table.weight")
     return {
         "latent_channels": channels,
         "patch_size": patch,
         "hidden_size": hidden,
-        "num_heads": heads[hidden],
-        "head_dim": hidden // heads[hidden],
-        "num_layers": len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
+        "num_heads": heads,
+        "head_dim": int(beside.get("head_dim", hidden // heads)),
+        "num_layers": depth,
         "timestep_emb_dim": state["t_embedder.mlp.0.weight"].shape[1],
         "num_frames": state["temp_embed"].shape[1] if "temp_embed" in state else 16,
         "num_classes": labels.shape[0] - 1 if labels is not None else 0,
@@ -876,7 +887,7 @@ class Latte(LatentBackend):
         - a VideoGeneration-PyTorch `dit_ckpt.pth`, whose flat state dict names no architecture:
           `preset` (vg-ucf, vg-mnist) picks the config it was trained with, and `autoencoder` is the
           release's `vae_autoencoder_ckpt.pth`."""
-        from vpt.weights import read_weights
+        from vpt.weights import read_weights, settings_beside
 
         path = Path(path)
         if not path.is_file():
@@ -893,7 +904,13 @@ class Latte(LatentBackend):
             raise UsageError(
                 f"{path.name}: pass --ae with the release's vae/ folder (Stable Diffusion's sd-vae-ft-ema)"
             )
-        fields = config_from_official_state(state)
+        beside, source = settings_beside(path)
+        fields = config_from_official_state(state, beside)
+        for key, value in beside.items():
+            if key in fields and value != fields[key]:
+                raise ConfigError(
+                    f"{source}: model.{key} is {value!r}, but the weights in {path.name} have {fields[key]!r}"
+                )
         # the official sampler: 250 evenly respaced DDPM steps, fixed_large noise unless the variance is learned
         cfg = LatteConfig(
             **fields, steps=250, variance_type="fixed_large", guidance_scale=7.0 if fields["num_classes"] else 1.0
