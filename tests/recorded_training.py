@@ -85,6 +85,40 @@ def upstream_trainer_config(
     )
 
 
+def published_train_config(section: dict, *, steps: int, seed: int, **recording) -> TrainConfig:
+    """A shipped config's `train:` section (its optimiser, schedule, clipping) at a recording's size: the
+    recording's steps, seed and `recording` settings (batch size, accumulation, lr ...), fp32, a log line per
+    step, no validation or samples, one checkpoint at the end."""
+    return TrainConfig(
+        **{
+            **section,
+            **recording,
+            "max_steps": steps,
+            "precision": "no",
+            "seed": seed,
+            "log_every": 1,
+            "val_every": 0,
+            "sample_every": 0,
+            "checkpoint_every": steps,
+        }
+    )
+
+
+def prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a recording under `prefix`, with the prefix removed."""
+    return {key.removeprefix(prefix): value for key, value in record.items() if key.startswith(prefix)}
+
+
+def part_errors(owner: nn.Module, upstream: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+    """`weight_errors` of each named submodule of `owner` (e.g. autoencoder, discriminator) against upstream's
+    final weights of that part, keyed "part.tensor"."""
+    return {
+        f"{part}.{name}": error
+        for part, weights in upstream.items()
+        for name, error in weight_errors(getattr(owner, part).state_dict(), weights).items()
+    }
+
+
 def replay(
     model: nn.Module,
     network: nn.Module,

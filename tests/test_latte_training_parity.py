@@ -9,7 +9,15 @@ from pathlib import Path
 import torch
 import yaml
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, key_bias_effect, largest_loss_error, replay, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    key_bias_effect,
+    largest_loss_error,
+    published_train_config,
+    replay,
+    weight_errors,
+)
 from safetensors.torch import load_file
 
 from vpt.models.latte import Latte, LatteConfig, convert_official_state, convert_vg_state
@@ -103,19 +111,8 @@ def test_twenty_training_steps_match_videogeneration_pytorch_train_vae_ditv(tmp_
         )
     )
     model.denoiser.load_state_dict(convert_vg_state(read_weights(fixture("latte", "ditv_tiny_state_dict.pt"))))
-    train_cfg = TrainConfig(  # the published train section (AdamW, constant lr, no clipping, no EMA)
-        **{
-            **published["train"],
-            "max_steps": steps,
-            "batch_size": batch_size,
-            "grad_accum": acc_steps,
-            "precision": "no",
-            "seed": seed,
-            "log_every": 1,
-            "val_every": 0,
-            "sample_every": 0,
-            "checkpoint_every": steps,
-        }
+    train_cfg = published_train_config(  # the published train section (AdamW, constant lr, no clipping, no EMA)
+        published["train"], steps=steps, seed=seed, batch_size=batch_size, grad_accum=acc_steps
     )
     assert (train_cfg.lr, train_cfg.ema_decay) == (lr, 0.0)
     videos = record["batches"]  # (steps, B, F + images, c, h, w)

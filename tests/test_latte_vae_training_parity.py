@@ -10,13 +10,20 @@ from pathlib import Path
 import torch
 import yaml
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    largest_loss_error,
+    part_errors,
+    prefixed,
+    published_train_config,
+    replay,
+)
 from safetensors.torch import load_file
 
 from vpt.models.autoencoders import build_autoencoder
 from vpt.models.autoencoders.objective import LossConfig
 from vpt.runs import Run
-from vpt.training import TrainConfig
 from vpt.weights import read_weights
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "vg_mnist.yaml"
@@ -56,19 +63,8 @@ def test_vae_training_matches_upstream_train_vae(tmp_path):
     )
     objective = autoencoder.build_objective(loss, grad_accum=acc_steps)  # what train_autoencoder builds
     objective.discriminator.load_state_dict(read_weights(fixture("latte", "disc_tiny_state_dict.pt")))
-    train_cfg = TrainConfig(  # the published train section (Adam betas, no clipping) at the recording's size
-        **{
-            **published["train"],
-            "max_steps": steps,
-            "batch_size": batch_size,
-            "grad_accum": acc_steps,
-            "precision": "no",
-            "seed": seed,
-            "log_every": 1,
-            "val_every": 0,
-            "sample_every": 0,
-            "checkpoint_every": steps,
-        }
+    train_cfg = published_train_config(  # the published train section (Adam betas, no clipping) at the recording's size
+        published["train"], steps=steps, seed=seed, batch_size=batch_size, grad_accum=acc_steps
     )
     assert train_cfg.lr == lr
     images = record["batches"].double()  # (steps, B, C, H, W)
@@ -85,15 +81,8 @@ def test_vae_training_matches_upstream_train_vae(tmp_path):
     assert trained_discriminator == [step >= disc_start for step in range(steps)]
     # vpt's loss is both players' (upstream logs the generator's); the discriminator's is 0 before disc_start
     loss_error = largest_loss_error(losses, record["g_losses"] + record["d_losses"])
-    upstream = {
-        part: {k.removeprefix(f"final.{part}."): v for k, v in record.items() if k.startswith(f"final.{part}.")}
-        for part in ("autoencoder", "discriminator")
-    }
-    errors = {
-        f"{part}.{name}": error
-        for part, weights in upstream.items()
-        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
-    }
+    upstream = {part: prefixed(record, f"final.{part}.") for part in ("autoencoder", "discriminator")}
+    errors = part_errors(objective, upstream)
     worst = max(errors, key=errors.get)
     print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst})")
     assert loss_error <= LOSS_RTOL

@@ -10,21 +10,24 @@ from pathlib import Path
 import torch
 import yaml
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    largest_loss_error,
+    part_errors,
+    prefixed,
+    published_train_config,
+    replay,
+)
 from safetensors.torch import load_file
 
 from vpt.models.autoencoders import autoencoder_from_upstream_state
 from vpt.models.autoencoders.objective import LossConfig
 from vpt.runs import Run
-from vpt.training import TrainConfig
 from vpt.weights import read_weights
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "moso_ucf101.yaml"
 PHASE_NO_GAN, PHASE_AUTOENCODER, PHASE_DISCRIMINATOR = -1, 0, 1  # upstream's optimizer_idx
-
-
-def _prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(prefix): v for k, v in record.items() if k.startswith(prefix)}
 
 
 def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
@@ -51,23 +54,11 @@ def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
         }
     )
     objective = autoencoder.build_objective(loss)  # what train_autoencoder builds
-    objective.discriminator.load_state_dict(_prefixed(record, "initial._discriminator."))
+    objective.discriminator.load_state_dict(prefixed(record, "initial._discriminator."))
     objective.double()  # the recording's precision (its docstring says why float64)
     iterations = len(record["losses"])
-    train_cfg = TrainConfig(  # the published train section (Adam, cosine over upstream's span) at the recording's size
-        **{
-            **published["train"],
-            "max_steps": iterations,
-            "batch_size": batch_size,
-            "lr": lr,
-            "lr_schedule_steps": schedule_steps,
-            "precision": "no",
-            "seed": seed,
-            "log_every": 1,
-            "val_every": 0,
-            "sample_every": 0,
-            "checkpoint_every": iterations,
-        }
+    train_cfg = published_train_config(  # the published train section (Adam, cosine over upstream's span) at the recording's size
+        published["train"], steps=iterations, seed=seed, batch_size=batch_size, lr=lr, lr_schedule_steps=schedule_steps
     )
     videos = record["batches"].double() / 127.5 - 1  # (iterations, B, T, C, H, W): upstream's x / 255 on [-1, 1]
 
@@ -92,13 +83,9 @@ def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
     loss_error = largest_loss_error(losses, record["losses"])
     upstream_final = {
         "autoencoder": load_file(fixture("rsvp", "moso_training.final.safetensors")),
-        "discriminator": _prefixed(record, "final._discriminator."),
+        "discriminator": prefixed(record, "final._discriminator."),
     }
-    errors = {
-        f"{part}.{name}": error
-        for part, weights in upstream_final.items()
-        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
-    }
+    errors = part_errors(objective, upstream_final)
     worst = max(errors, key=errors.get)
     codebook = errors["autoencoder._vq_ema.embeddings"]
     print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst}), codebook {codebook:.1e}")

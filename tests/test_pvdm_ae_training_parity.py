@@ -9,21 +9,24 @@ from pathlib import Path
 import torch
 import yaml
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    largest_loss_error,
+    part_errors,
+    prefixed,
+    published_train_config,
+    replay,
+)
 from safetensors.torch import load_file
 
 from vpt.models.autoencoders import autoencoder_from_upstream_state
 from vpt.models.autoencoders.objective import LossConfig
 from vpt.runs import Run
-from vpt.training import TrainConfig
 from vpt.weights import read_weights
 
 DISCRIMINATORS = ("discriminator_2d", "discriminator_3d")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "pvdm_ucf101.yaml"
-
-
-def _prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(prefix): v for k, v in record.items() if k.startswith(prefix)}
 
 
 def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
@@ -54,22 +57,12 @@ def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
         }
     )
     objective = autoencoder.build_objective(loss, grad_accum=accum_iter)  # what train_autoencoder builds
-    objective.load_upstream_discriminators(_prefixed(record, "initial."))
+    objective.load_upstream_discriminators(prefixed(record, "initial."))
     objective.double()  # the recording's precision (its docstring says why float64)
     iterations = len(record["losses"])
     steps = iterations // accum_iter
-    train_cfg = TrainConfig(  # the published train section (optimizer, clipping, accumulation) at the recording's size
-        **{
-            **published["train"],
-            "max_steps": steps,
-            "batch_size": batch_size,
-            "precision": "no",
-            "seed": seed,
-            "log_every": 1,
-            "val_every": 0,
-            "sample_every": 0,
-            "checkpoint_every": steps,
-        }
+    train_cfg = published_train_config(  # the published train section (optimizer, clipping, accumulation) at the recording's size
+        published["train"], steps=steps, seed=seed, batch_size=batch_size
     )
     assert (train_cfg.lr, train_cfg.grad_accum) == (lr, accum_iter)
     videos = record["batches"].double() / 127.5 - 1  # (iterations, B, T, C, H, W): upstream's normalisation
@@ -90,13 +83,9 @@ def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
     loss_error = largest_loss_error(losses, record["losses"].double().view(steps, accum_iter).mean(dim=1))
     upstream_final = {
         "autoencoder": load_file(fixture("pvdm", "ae_training.final.safetensors")),
-        **{name: _prefixed(record, f"final.{name}.") for name in DISCRIMINATORS},
+        **{name: prefixed(record, f"final.{name}.") for name in DISCRIMINATORS},
     }
-    errors = {
-        f"{part}.{name}": error
-        for part, weights in upstream_final.items()
-        for name, error in weight_errors(getattr(objective, part).state_dict(), weights).items()
-    }
+    errors = part_errors(objective, upstream_final)
     worst = max(errors, key=errors.get)
     print(f"\nloss {loss_error:.1e}, weights {errors[worst]:.1e} ({worst})")
     assert loss_error <= LOSS_RTOL
