@@ -1,8 +1,10 @@
 """`vpt quickstart` at its defaults: every stage runs, and its model predicts the motion.
 
-The default budget (autoencoder 1,000 steps, RIVER 5,000) is what the README's figures come from; the
-thresholds below sit a little under the worst of three training seeds measured there (benchmarks/README.md,
-"The quickstart"), so a CPU whose float rounding takes training down another path still passes."""
+The default budget (autoencoder 1,000 steps, RIVER 5,000) is what the README's figures come from. Measured
+(benchmarks/README.md, "The quickstart"): seeds 0 / 1 / 2 on 1 thread 3.62 / 3.50 / 3.48 px, object kept
+94.7 / 94.3 / 96.4 %, PSNR +8.2 / +9.3 / +7.4 dB; seed 0 on 2 threads (this test in CI) 4.65 px, 91.4 %,
++7.7 dB. Thread count changes float rounding and so the training's path; the thresholds below are the
+goal's for position and PSNR and leave room under the worst measured object-kept rate."""
 
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ def test_quickstart_places_the_moving_shape_far_better_than_copying_the_last_fra
     assert metrics["context_frames"] == 2 and metrics["predicted_frames"] == 14 and metrics["test_clips"] == 50
     assert metrics["river_step"] == 5000 and metrics["truncated_by_minutes"] is None  # fixed step counts
     # the motion-aware scores: the object stays and is placed far better than by copying the last frame
-    assert metrics["position_error"] < 0.6 * metrics["baseline_position_error"], metrics
-    assert metrics["object_kept"] > 0.9, metrics
-    assert metrics["psnr"] > metrics["baseline_psnr"] + 4.0 and metrics["beats_baseline"], metrics
+    assert metrics["position_error"] < 0.5 * metrics["baseline_position_error"], metrics
+    assert metrics["object_kept"] > 0.85, metrics
+    assert metrics["psnr"] > metrics["baseline_psnr"] + 5.0 and metrics["beats_baseline"], metrics
     per_frame = metrics["per_frame"]
     assert len(per_frame["position_error"]) == 14
     assert metrics["ahead_at_every_frame"], per_frame
