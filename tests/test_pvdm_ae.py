@@ -305,7 +305,7 @@ def test_settings_the_recipe_has_no_place_for_are_refused(loss, needle):
         _objective(**loss)
 
 
-def test_alternating_schedule_is_refused_where_it_cannot_run(monkeypatch):
+def test_gan_schedules_are_refused_where_they_cannot_run(monkeypatch):
     from vpt.models.autoencoders.objective import LossConfig, check_loss_config
 
     vqgan = build_autoencoder(
@@ -324,6 +324,10 @@ def test_alternating_schedule_is_refused_where_it_cannot_run(monkeypatch):
     )
     with pytest.raises(ConfigError, match="gan_schedule: alternating belongs to the pvdm and moso"):
         check_loss_config(LossConfig(gan_schedule="alternating"), vqgan)
+    pvdm = build_autoencoder("pvdm", {"channels": 16, "resolution": 16, "timesteps": 4, "depth": 1})
+    for discriminator, autoencoder in (("none", vqgan), ("patchgan", pvdm)):  # vg: one discriminator, not PVDM's
+        with pytest.raises(ConfigError, match="gan_schedule: vg is VideoGeneration-PyTorch's recipe"):
+            check_loss_config(LossConfig(gan_schedule="vg", discriminator=discriminator), autoencoder)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="alternating trains on one process"):
         _objective(gan_schedule="alternating")

@@ -249,8 +249,13 @@ def frozen_call(discriminator: nn.Module, inputs: torch.Tensor):
 
 def check_loss_config(cfg: LossConfig, autoencoder) -> None:
     """Settings that make no sense for this autoencoder (one line, before any training)."""
-    if cfg.gan_schedule == "vg" and cfg.discriminator not in ("patchgan", "latte"):
-        raise ConfigError("loss.gan_schedule: vg trains one discriminator: loss.discriminator patchgan or latte")
+    if cfg.gan_schedule == "vg" and (
+        cfg.discriminator not in ("patchgan", "latte") or autoencoder.type in ("pvdm", "moso")
+    ):
+        raise ConfigError(
+            "loss.gan_schedule: vg is VideoGeneration-PyTorch's recipe: one patchgan or latte discriminator, "
+            "not the pvdm or moso autoencoder's"
+        )
     if autoencoder.type != "pvdm" and (
         cfg.discriminator == "pvdm" or cfg.feature_matching_weight > 0 or cfg.discriminator_init_from
     ):
