@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from vpt.runs import Run
 from vpt.training import TrainConfig, train
 from vpt.training.sampler import ResumableSampler, SampleKey
+from vpt.weights import read_weights
 
 LOSS_RTOL = 1e-4  # per step, relative
 WEIGHT_RTOL = 1e-5  # per tensor, of the largest upstream value in it
@@ -107,6 +108,12 @@ def published_train_config(section: dict, *, steps: int, seed: int, **recording)
 def prefixed(record: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of a recording under `prefix`, with the prefix removed."""
     return {key.removeprefix(prefix): value for key, value in record.items() if key.startswith(prefix)}
+
+
+def trained_ema(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The EMA weights of a run's newest checkpoint, named as inside the network `prefix` names (e.g. "unet.")."""
+    averaged = read_weights(Run(run_dir).latest_checkpoint() / "ema.safetensors")
+    return prefixed(averaged, prefix)
 
 
 def part_errors(owner: nn.Module, upstream: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:

@@ -16,12 +16,12 @@ from recorded_training import (
     largest_loss_error,
     published_train_config,
     replay,
+    trained_ema,
     weight_errors,
 )
 from safetensors.torch import load_file
 
 from vpt.models.latte import Latte, LatteConfig, convert_official_state, convert_vg_state
-from vpt.runs import Run
 from vpt.training import TrainConfig
 from vpt.weights import read_weights
 
@@ -79,8 +79,7 @@ def test_twenty_training_steps_match_official_train_py(tmp_path):
     torch.testing.assert_close(noisy, record["draws.noisy"], rtol=1e-5, atol=1e-5)
     loss_error = largest_loss_error(losses, record["losses"])
     errors = weight_errors(model.denoiser.state_dict(), _weights(record, "final."))
-    ema = read_weights(Run(run_dir).latest_checkpoint() / "ema.safetensors")
-    ema_errors = weight_errors({k.removeprefix("denoiser."): v for k, v in ema.items()}, _weights(record, "ema."))
+    ema_errors = weight_errors(trained_ema(run_dir, "denoiser."), _weights(record, "ema."))
     worst, worst_ema = max(errors, key=errors.get), max(ema_errors, key=ema_errors.get)
     inert = key_bias_effect(model.denoiser, _weights(record, "final."), calls[-1])
     print(

@@ -7,11 +7,18 @@ import re
 
 import torch
 from fixture_paths import fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, splice_effect, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    largest_loss_error,
+    replay,
+    splice_effect,
+    trained_ema,
+    weight_errors,
+)
 from safetensors.torch import load_file
 
 from vpt.models.pvdm import PVDM, PVDMConfig, convert_upstream_unet
-from vpt.runs import Run
 from vpt.training import TrainConfig
 
 # Width 32 means GroupNorm's 32 groups hold one channel each, so every GroupNorm removes a per-channel constant
@@ -98,8 +105,7 @@ def test_twenty_training_steps_match_upstream_latent_ddpm(tmp_path):
     assert torch.equal(cond[conditioned], batches[conditioned][:, :, 0])  # the condition is the first clip
     loss_error = largest_loss_error(losses, record["losses"])
     errors = weight_errors(_without_inert(model.unet.state_dict()), _without_inert(final))
-    averaged = load_file(Run(tmp_path / "run").latest_checkpoint() / "ema.safetensors")
-    averaged = {name.removeprefix("unet."): value for name, value in averaged.items()}
+    averaged = trained_ema(tmp_path / "run", "unet.")
     ema_errors = weight_errors(_without_inert(averaged), _without_inert(ema))
     worst, worst_ema = max(errors, key=errors.get), max(ema_errors, key=ema_errors.get)
     inert = _inert_effect(model.unet, final, calls[-1])

@@ -8,11 +8,18 @@ import re
 
 import torch
 from fixture_paths import fill_seeded, fixture
-from recorded_training import LOSS_RTOL, WEIGHT_RTOL, largest_loss_error, replay, splice_effect, weight_errors
+from recorded_training import (
+    LOSS_RTOL,
+    WEIGHT_RTOL,
+    largest_loss_error,
+    replay,
+    splice_effect,
+    trained_ema,
+    weight_errors,
+)
 from safetensors.torch import load_file
 
 from vpt.models.rsvp import RSVPM, RSVPMConfig
-from vpt.runs import Run
 from vpt.training import TrainConfig
 
 # Width 32 means GroupNorm's 32 groups hold one channel each (as in PVDM's training test), so every GroupNorm
@@ -90,8 +97,7 @@ def test_twenty_training_steps_match_upstream_moso_ddpm(tmp_path):
     assert record["clipped"].min() > 0  # value clipping acted at every step
     loss_error = largest_loss_error(losses, record["losses"])
     errors = weight_errors(_without_inert(model.unet.state_dict()), _without_inert(final))
-    averaged = load_file(Run(tmp_path / "run").latest_checkpoint() / "ema.safetensors")
-    averaged = {name.removeprefix("unet."): value for name, value in averaged.items()}
+    averaged = trained_ema(tmp_path / "run", "unet.")
     ema_errors = weight_errors(_without_inert(averaged), _without_inert(ema))
     worst, worst_ema = max(errors, key=errors.get), max(ema_errors, key=ema_errors.get)
     inert = _inert_effect(model.unet, final, calls[-1])
