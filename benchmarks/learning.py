@@ -9,9 +9,9 @@ Rows (full budgets in FULL below; each backend's training also stops at its shar
 
 - river: `vpt quickstart` (64 px, its configs' fixed step counts), its metrics.json: 2 -> 14 frames of
   the test clips, position error / object kept / PSNR against copying the last context frame.
-- neuralsde-em2, neuralsde-adaptive: NeuralSDE f + d + g (benchmarks/neuralsde.py's networks, 2 context
-  frames) on 32 px latents of the tests' tiny autoencoder; one training, sampled with 2 Euler-Maruyama
-  steps per frame and with the adaptive solver; scored as river.
+- neuralsde-em2, neuralsde-adaptive: NeuralSDE f + d + g (configs/neuralsde/shapes_*.yaml, 2 context
+  frames) on the quickstart autoencoder's latents; one training, sampled with 2 Euler-Maruyama steps per
+  frame and with the adaptive solver; scored as river.
 - seer: the tiny Seer of benchmarks/seer_instructions.py; "moves left"/"moves right" and "up"/"down" from
   the same first frame and noise, one pair per seed: a pair counts when both clips move as asked.
 - latte-class: configs/latte/shapes.yaml on the quickstart autoencoder's latents, class = the caption's
@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import latte_classes  # noqa: E402
-import neuralsde  # noqa: E402
 import seer_instructions  # noqa: E402
 import shapes_compare  # noqa: E402
 from common import machine, make_shapes_h5, rollout_scores, run_vpt, shapes_test_clips  # noqa: E402
@@ -65,7 +64,7 @@ BACKENDS = (
 # to fit 20 minutes of 2 cores per backend, evaluation included; --budget-minutes caps them by wall clock.
 FULL = {
     "quickstart": {"videos": 500, "ae_steps": None, "river_steps": None},  # shared by river and the Lattes
-    "neuralsde": {"videos": 200, "steps": 1500},  # per network (f, d, g)
+    "neuralsde": {"steps": 3000},  # per network (f, d, g), on the quickstart's data and autoencoder
     "seer": {"videos": 400, "steps": 1250, "seeds": 16},
     "latte": {"steps": None, "seeds": 16, "fvd_clips": 50},
     "pvdm": {"videos": 200, "ae_steps": None, "steps": 1500},
@@ -73,7 +72,7 @@ FULL = {
 }
 SMOKE = {
     "quickstart": {"videos": 20, "ae_steps": 2, "river_steps": 2},
-    "neuralsde": {"videos": 20, "steps": 2},
+    "neuralsde": {"steps": 2},
     "seer": {"videos": 20, "steps": 2, "seeds": 2},
     "latte": {"steps": 2, "seeds": 2, "fvd_clips": 3},
     "pvdm": {"videos": 20, "ae_steps": 2, "steps": 2},
@@ -84,7 +83,6 @@ SEED = 123  # first sampling seed of the direction tests
 GUIDANCE = 3.0  # Latte's classifier-free guidance (latte_classes.py's default)
 ROLLOUT_CRITERION = "lower position error and higher PSNR than the baseline"
 WALL_CLOCK_STEPS = 1_000_000  # the step count of shapes_compare.budget's wall-clock runs
-NEURALSDE_AE = ROOT / "tests" / "fixtures" / "neuralsde" / "shapes_ae"
 
 
 def overrides(*settings: str) -> list[str]:
@@ -177,17 +175,30 @@ def run_river(work: Path, budgets: dict, cap: float) -> list[dict]:
 
 
 def run_neuralsde(work: Path, budgets: dict, cap: float, samplers: list[str]) -> list[dict]:
+    from vpt.commands.options import path_setting
     from vpt.models.backend import Backend
 
     budget, out, context = budgets["neuralsde"], work / "neuralsde", 2
-    out.mkdir(parents=True, exist_ok=True)
-    h5, latents = neuralsde.prepare_data(out, budget["videos"], NEURALSDE_AE)
+    h5, ae_run, latents = quickstart_autoencoder(work, budgets["quickstart"], cap * 0.35)
     networks = ("f", "d", "g")
-    neuralsde.train_all(
-        out, latents, budget["steps"], networks=networks, context=context, overrides=(f"train.max_minutes={cap / 3}",)
-    )
+    for network in networks:  # g starts from the trained f and d
+        run = out / network
+        if shapes_compare.trained(run) and stage_record(run)["steps"] >= budget["steps"]:
+            continue
+        settings = [
+            f"model.context_frames={context}",
+            f"train.max_steps={budget['steps']}",
+            "train.sample_every=0",
+            "train.val_every=0",
+            f"train.max_minutes={cap * 0.65 / 3}",
+        ]
+        if network == "g":
+            settings += [path_setting("model.f_run", out / "f"), path_setting("model.d_run", out / "d")]
+        config = ROOT / "configs" / "neuralsde" / f"shapes_{network}.yaml"
+        args = ["train", "neuralsde", "--config", str(config), "--data", str(latents), "--ae", str(ae_run)]
+        run_vpt(args + ["--run", str(run), *overrides(*settings)])
     used = {name: stage_record(out / name) for name in networks}
-    video, records = shapes_test_clips(h5, frames=16)  # (N, 16, 3, 32, 32)
+    video, records = shapes_test_clips(h5, frames=16)  # (N, 16, 3, 64, 64)
     truth = video[:, context:]
     model = Backend.from_run(out / "g")
     options = {"em2": {"sampler": "euler", "steps": 2}, "adaptive": {"sampler": "adaptive"}}
@@ -199,7 +210,8 @@ def run_neuralsde(work: Path, budgets: dict, cap: float, samplers: list[str]) ->
         rows.append(
             rollout_row(
                 f"neuralsde-{sampler}",
-                f"{budget['videos']} videos of 32 px (tiny fixture autoencoder), {budget['steps']} steps per network f, d, g",
+                f"configs/neuralsde/shapes_*.yaml on the quickstart autoencoder's latents, 2 context frames, "
+                f"{budget['steps']} steps per network f, d, g",
                 used | {"drift_evaluations_per_frame": model.sampling_stats["drift_evaluations_per_frame"]},
                 predicted,
                 video[:, context - 1 : context].expand_as(truth),

@@ -19,6 +19,17 @@ class Result(NamedTuple):
     output: str
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """`--threads N` sets torch's thread count for the whole process: each test starts at the same count, so
+    one test's choice cannot change another's speed or float rounding."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def invoke(capsys):
     """Run `vpt ARGS` through the real entry point (one-line errors, exit codes) and capture what it printed."""

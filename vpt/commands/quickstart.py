@@ -103,6 +103,7 @@ def quickstart(
         {
             "minutes": round((time.perf_counter() - started) / 60, 2),
             "stage_seconds": timings,
+            "threads": _torch_threads(),  # float rounding, and so the trained path, depends on it
             "ae_run": str(ae_run),
             "river_run": str(river_run),
             "truncated_by_minutes": truncated or None,
@@ -437,3 +438,9 @@ def _print_table(metrics: dict[str, Any]) -> None:
         )
     table.caption = "mean ± standard deviation over test clips"
     console.print(table)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
