@@ -6,7 +6,7 @@ published sizes, compile on/off, bf16 against fp32, FSDP2 resume, xformers again
 
 Writes OUT/gpu_check.json (every number, every error) and OUT/gpu_check.md (the tables). Sections:
 
-  train:<backend>    a few optimiser steps of the backend's `loss` (backward, AdamW: fused on CUDA, as the
+  train:<backend>    a few optimiser steps of the backend's `loss` (backward, AdamW: fused, as the
                      training loop builds it) under bf16 autocast at the published config's model and batch
                      (the batch halves until it fits, and the table says so): steps/s, clips/s, peak memory,
                      FLOPs of one forward + backward counted by torch's FlopCounterMode, and MFU against the
@@ -283,13 +283,13 @@ def peak_memory_gb(device: torch.device) -> float:
 
 def make_step(work: Workload, settings: Settings, *, compiled: bool = False) -> Callable[[], torch.Tensor]:
     """One optimiser step as the training loop takes it: loss under autocast, backward, AdamW, zero_grad."""
-    from vpt.training.loop import _LossModule
+    from vpt.training.loop import _LossModule, adamw
 
     model = work.model.train()
     params = (
         model.param_groups() if hasattr(model, "param_groups") else [p for p in model.parameters() if p.requires_grad]
     )
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=settings.device.type == "cuda")
+    optimizer = adamw(params, settings.device, lr=1e-5)
     loss_module = _LossModule(model)
     if compiled:
         loss_module = torch.compile(loss_module, backend=settings.compile_backend)

@@ -185,6 +185,12 @@ def _forget_previous_accelerator_settings() -> None:
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def adamw(groups: Any, device: torch.device, **settings: Any) -> torch.optim.AdamW:
+    """torch's AdamW with its fused kernel on CUDA and CPU: one pass over all tensors instead of a loop of
+    small element-wise ops per parameter (RIVER's quickstart step on 2 CPU threads: 9.0 -> 11.9 steps/s)."""
+    return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **settings)
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """AdamW over the model's parameter groups (one per player for a GAN: each is clipped on its own)."""
     groups = (
@@ -192,11 +198,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
         if hasattr(model, "param_groups")
         else [{"params": [p for p in model.parameters() if p.requires_grad]}]
     )
-    # torch's fused kernel: one pass over every tensor instead of a loop of small element-wise ops per
-    # parameter (RIVER's quickstart step on 2 CPU threads: 9.0 -> 11.9 it/s; benchmarks/README.md)
-    optimizer = torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu")
-    )
+    optimizer = adamw(groups, device, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", 1.0)
         group["base_lr"] = cfg.lr * group["lr_scale"]
