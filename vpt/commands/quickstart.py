@@ -34,7 +34,7 @@ def quickstart(
         Optional[float],
         typer.Option(
             "--minutes",
-            help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (10-15 minutes on 2 quiet cores).",
+            help="Optional wall-clock cap: 35% for the autoencoder, RIVER until 12% is left for the evaluation; the result then depends on machine speed (it says so). Default: the configs' fixed step counts (about 9 minutes on 2 quiet cores).",
             min=0.2,
         ),
     ] = None,
@@ -103,7 +103,9 @@ def quickstart(
         {
             "minutes": round((time.perf_counter() - started) / 60, 2),
             "stage_seconds": timings,
-            "threads": _torch_threads(),  # float rounding, and so the trained path, depends on it
+            # float rounding, and so the trained path, depends on both: bf16 autocast where the CPU has bf16 units
+            "threads": _torch_threads(),
+            "training_precision": _training_precision(cfg),
             "ae_run": str(ae_run),
             "river_run": str(river_run),
             "truncated_by_minutes": truncated or None,
@@ -444,3 +446,10 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _training_precision(cfg) -> str:
+    from vpt.training.loop import mixed_precision
+
+    precision = mixed_precision(cfg.train)
+    return "fp32" if precision == "no" else precision

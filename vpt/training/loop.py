@@ -159,12 +159,20 @@ class _LossModule(nn.Module):
         return self.model.loss(batch)
 
 
+def mixed_precision(cfg: TrainConfig) -> str:
+    """What `train.precision` means on this machine, as accelerate's `mixed_precision` (no, bf16, fp16)."""
+    return training_precision(cfg.precision, _training_device())
+
+
+def _training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _accelerator(cfg: TrainConfig, run: Run):
     _forget_previous_accelerator_settings()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
-        cpu=device.type == "cpu",  # lets `accelerate launch --multi_gpu` run gloo on CPUs
-        mixed_precision=training_precision(cfg.precision, device),
+        cpu=_training_device().type == "cpu",  # lets `accelerate launch --multi_gpu` run gloo on CPUs
+        mixed_precision=mixed_precision(cfg),
         log_with=_available_trackers(cfg.log_with) or None,
         project_dir=str(run.root),
     )
