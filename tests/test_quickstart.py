@@ -67,6 +67,12 @@ def test_a_minutes_cap_cuts_training_short_and_says_so(tmp_path, invoke):
     assert 1 <= ae_step < 1000 and 1 <= river_step < 5000 and metrics["river_step"] == river_step
     assert "cut training short" in " ".join(result.output.split())
     assert "--minutes cut training short (ae " in (out / "report.html").read_text()
+    # the per-motion scores split the test clips: their clip-weighted means are the overall scores
+    by_motion = metrics["by_motion"]
+    assert sum(m["clips"] for m in by_motion.values()) == metrics["test_clips"]
+    for name in ("object_kept", "position_error"):
+        weighted = sum(m["clips"] * m[name] for m in by_motion.values()) / metrics["test_clips"]
+        assert weighted == pytest.approx(metrics[name], rel=1e-9)
 
     # the runs of this folder continue only under the seed they were trained with
     again = invoke("quickstart", "--out", out, "--num-videos", "20", "--seed", "1")

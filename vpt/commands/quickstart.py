@@ -281,6 +281,15 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) 
     # the spread over test clips of each clip's mean score (sample standard deviation)
     scores.update({f"{name}_clip_std": float(table.mean(1).std(ddof=1)) for name, table in tables.items()})
     scores["object_kept"] = float(kept.mean())
+    motions = [record["motion"] for record in truth_positions]
+    scores["by_motion"] = {}  # where the losses are: each motion of the generator on its own
+    for motion in sorted(set(motions)):
+        rows = [i for i, name in enumerate(motions) if name == motion]
+        scores["by_motion"][motion] = {
+            "clips": len(rows),
+            "position_error": float(errors[rows].mean()),
+            "object_kept": float(kept[rows].mean()),
+        }
     # PSNR alone is dominated by the flat background: a model must also place the object better
     scores["beats_baseline"] = bool(
         scores["psnr"] > scores["baseline_psnr"] and scores["position_error"] < scores["baseline_position_error"]
@@ -303,7 +312,8 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) 
             f"{MISSING_ERROR:g} px where the object is lost; object_kept: fraction of "
             f"predicted frames with >= {KEPT_FRACTION:.0%} of the object's true colour pixels; *_clip_std: "
             "sample standard deviation over test clips of each clip's mean; ahead_at_every_frame: lower position "
-            "error and higher PSNR than the baseline at every predicted frame",
+            "error and higher PSNR than the baseline at every predicted frame; by_motion: position error and "
+            "object_kept of the test clips of each motion",
         }
     )
     _write_report(out, video, predicted, num_context, scores, truncated)
@@ -438,7 +448,8 @@ def _print_table(metrics: dict[str, Any]) -> None:
             spread(f"{prefix}position_error", 2),
             kept,
         )
-    table.caption = "mean ± standard deviation over test clips"
+    by_motion = ", ".join(f"{motion} {m['object_kept']:.0%}" for motion, m in metrics["by_motion"].items())
+    table.caption = f"mean ± standard deviation over test clips; object kept by motion: {by_motion}"
     console.print(table)
 
 
