@@ -195,7 +195,8 @@ def _forget_previous_accelerator_settings() -> None:
 
 def adamw(groups: Any, device: torch.device, **settings: Any) -> torch.optim.AdamW:
     """torch's AdamW with its fused kernel on CUDA and CPU: one pass over all tensors instead of a loop of
-    small element-wise ops per parameter (RIVER's quickstart step on 2 CPU threads: 9.0 -> 11.9 steps/s)."""
+    small element-wise ops per parameter (RIVER's quickstart training on 2 CPU threads: 12.3-13.9 -> 14.6-15.5
+    steps/s; benchmarks/README.md, "The quickstart")."""
     return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **settings)
 
 
