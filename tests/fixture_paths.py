@@ -58,3 +58,22 @@ def fill_seeded(module: nn.Module, seed: int) -> torch.Tensor:
         parameter.copy_(value)
         sums.append(parameter.double().sum())
     return torch.stack(sums)
+
+
+# torchvision's vgg16 `features` stack: the index and (in, out) channels of each 3x3 convolution
+VGG16_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256))
+VGG16_CONVS += ((17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512))
+
+
+def seeded_vgg16_features(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ImageNet-free stand-in for torchvision's `vgg16-397923af.pth` (only the `features.*` keys LPIPS
+    reads), by a fixed rule a recording and a test share: one `torch.Generator` seeded `seed` draws, conv by
+    conv in index order, a standard normal weight scaled by sqrt(2 / fan-in) (He, so activations keep their
+    size through 13 ReLU layers) and then a bias of 0.01 draw. float32, as torchvision's file."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, cin, cout in VGG16_CONVS:
+        weight = torch.randn(cout, cin, 3, 3, generator=generator) * math.sqrt(2.0 / (cin * 9))
+        state[f"features.{index}.weight"] = weight
+        state[f"features.{index}.bias"] = 0.01 * torch.randn(cout, generator=generator)
+    return state
