@@ -10,6 +10,27 @@ import numpy as np
 import torch
 
 
+def count_cpu_attention_flops() -> None:
+    """Teach torch's FlopCounterMode the CPU flash-attention kernels: it knows the CUDA ones only, so on a CPU
+    `scaled_dot_product_attention` counted zero FLOPs (the same formulas as the CUDA kernels)."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if forward in flop_registry:  # a torch that counts them itself
+        return
+
+    @register_flop_formula(forward)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+count_cpu_attention_flops()
+
+
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo, else whatever `platform` knows."""
     try:

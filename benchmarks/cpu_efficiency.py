@@ -11,6 +11,13 @@ shared machine the CPU time leaves out other jobs' turns; with one thread the tw
 Then torch.profiler records one step and the table of its top ops by self CPU time shows where the rest
 goes; "matmul share" is the self time of matmul, convolution and attention kernels over all ops.
 
+The GEMM rate of a 1024^3 product is not what torch's kernels reach at a model's own (smaller, thinner)
+shapes. So the script also records every matmul, convolution and attention call of one forward + backward
+(op, shapes, strides, arguments) and replays each distinct call alone on random tensors of the same layout
+(best of `--replays`, times its count): "kernels alone" is the time the step's FLOPs take with nothing
+else running, and its rate against the GEMM is the ceiling at these shapes. The gap between the step and
+that ceiling is the other work (element-wise ops, copies, norms, the optimiser, Python).
+
 Workloads (configs/, batches of synthetic latents as `vpt train` sees after `vpt save-latents`):
   river   RIVER medium (inner_dim 512, depth 4, mid_depth 4: 40.6M) on BAIR64's 4 x 8 x 8 latents, batch 4
   latte   Latte-S/2 on the UCF-101 config's 16 x 4 x 32 x 32 latents, batch 1
@@ -27,6 +34,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,6 +62,69 @@ MATMUL_OPS = (
     "scaled_dot_product",
     "_flash",
 )
+
+
+class KernelRecorder(TorchDispatchMode):
+    """Records each matmul / convolution / attention aten call: {signature: [op, args, kwargs, count]}, with
+    tensors kept as (shape, stride, dtype) so that a replay can rebuild them."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name.lstrip("_").startswith(("mm", "addmm", "bmm", "baddbmm", "convolution", "scaled_dot_product")):
+            layout = tree_map(lambda a: ("T", tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a,
+                              (args, kwargs))  # fmt: skip
+            key = f"{func}{layout}"
+            self.calls.setdefault(key, [func, *layout, 0])[3] += 1
+        return func(*args, **kwargs)
+
+
+def kernel_class(func) -> str:
+    name = func.overloadpacket.__name__
+    return "attention" if "scaled_dot_product" in name else "convolution" if "convolution" in name else "matmul"
+
+
+def kernels_alone(work: Workload, settings: Settings, replays: int) -> dict[str, tuple[float, float]]:
+    """{matmul | convolution | attention: (FLOPs, seconds)} of the calls of one forward + backward, each distinct
+    call replayed alone (best of `replays`, times its count) and its FLOPs counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    recorder = KernelRecorder()
+    with recorder:
+        with settings.autocast:
+            loss = work.model.loss(work.batch)["loss"]
+        loss.backward()
+    work.model.zero_grad(set_to_none=True)
+
+    def is_layout(a) -> bool:
+        return isinstance(a, tuple) and a[:1] == ("T",)
+
+    def rebuild(a):
+        if not is_layout(a):
+            return a
+        _, shape, stride, dtype = a
+        storage = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if all(shape) else 0
+        return torch.randn(storage, dtype=dtype).as_strided(shape, stride)
+
+    totals: dict[str, list[float]] = {}
+    for func, args, kwargs, count in recorder.calls.values():
+        args, kwargs = tree_map(rebuild, (args, kwargs), is_leaf=is_layout)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            func(*args, **kwargs)  # also the warm-up
+        best = float("inf")
+        for _ in range(replays):
+            started = time.perf_counter()
+            func(*args, **kwargs)
+            best = min(best, time.perf_counter() - started)
+        flops_and_seconds = totals.setdefault(kernel_class(func), [0.0, 0.0])
+        flops_and_seconds[0] += counter.get_total_flops() * count
+        flops_and_seconds[1] += best * count
+    return {name: (flops, seconds) for name, (flops, seconds) in totals.items()}
 
 
 def measure(work: Workload, settings: Settings, steps: int) -> dict:
@@ -90,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed optimiser steps per workload (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--gemm-size", type=int, default=1024, help="side of the square fp32 GEMM")
+    parser.add_argument("--replays", type=int, default=3, help="timed replays of each distinct kernel call (best)")
     parser.add_argument("--top", type=int, default=8, help="ops shown per profile")
     args = parser.parse_args(argv)
     if args.threads:
@@ -106,18 +179,27 @@ def main(argv: list[str] | None = None) -> None:
         )
         result = measure(work, settings, args.steps)
         profiles[name] = profile(result["step"], args.top)
+        result["kernels"] = kernels_alone(work, settings, args.replays)
+        result["kernels_s"] = sum(seconds for _, seconds in result["kernels"].values())
         rows.append((name, work.batch_size, result))
         del work
 
     print(f"\nCPU efficiency: fp32 training step against a {args.gemm_size}^3 fp32 GEMM - {machine(settings.device)}")
     print(f"GEMM: {gemm['wall'] / 1e9:.1f} GFLOP/s wall, {gemm['cpu'] / 1e9:.1f} GFLOP/s CPU time")
     print(f"{'workload':<8} {'batch':>5} {'GFLOP/step':>11} {'s/step':>8} {'GFLOP/s':>8} {'of GEMM':>8} "
-          f"{'CPU s/step':>10} {'of GEMM':>8} {'matmul share':>12}")  # fmt: skip
+          f"{'CPU s/step':>10} {'of GEMM':>8} {'matmul share':>12} {'kernels alone s':>15} {'their rate':>10} "
+          f"{'step of ceiling':>15}")  # fmt: skip
     for name, batch, r in rows:
         wall_rate, cpu_rate = r["flops"] / r["wall_s"], r["flops"] / r["cpu_s"]
         print(f"{name:<8} {batch:>5} {r['flops'] / 1e9:>11.2f} {r['wall_s']:>8.3f} {wall_rate / 1e9:>8.1f} "
               f"{100 * wall_rate / gemm['wall']:>7.1f}% {r['cpu_s']:>10.3f} {100 * cpu_rate / gemm['cpu']:>7.1f}% "
-              f"{100 * profiles[name][1]:>11.1f}%")  # fmt: skip
+              f"{100 * profiles[name][1]:>11.1f}% {r['kernels_s']:>15.3f} "
+              f"{100 * r['flops'] / r['kernels_s'] / gemm['wall']:>9.1f}% {100 * r['kernels_s'] / r['wall_s']:>14.1f}%")  # fmt: skip
+    print("\nKernels alone, by class: share of the step's counted FLOPs, seconds per step, rate against the GEMM")
+    for name, _, r in rows:
+        parts = [f"{kind} {100 * flops / r['flops']:.0f}% {seconds:.3f} s {100 * flops / seconds / gemm['wall']:.0f}%"
+                 for kind, (flops, seconds) in sorted(r["kernels"].items())]  # fmt: skip
+        print(f"  {name:<8} " + "; ".join(parts))
     for name, (ops, share, total) in profiles.items():
         print(
             f"\n{name}: top ops by self CPU time (one profiled step, {total:.2f} s; matmul/conv/attention {100 * share:.1f}%)"

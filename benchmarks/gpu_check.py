@@ -322,9 +322,9 @@ def counted_flops(work: Workload, settings: Settings) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, settings.autocast:
-        loss = work.model.loss(work.batch)["loss"]
-    with counter:
+    with counter:  # one block: entering the counter again would reset its counts
+        with settings.autocast:
+            loss = work.model.loss(work.batch)["loss"]
         loss.backward()
     work.model.zero_grad(set_to_none=True)
     return counter.get_total_flops()

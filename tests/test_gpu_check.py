@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("river", "neuralsde", "seer", "latte", "pvdm", "rsvp")
@@ -65,3 +66,30 @@ def test_dry_run_reports_every_section_with_numbers(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {name} |" in table for name in BACKENDS)
     assert report["peak_flops"] > 0
+
+
+class _LinearAttention(torch.nn.Module):
+    """A loss of one linear layer and one self-attention, whose FLOPs have a closed form."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width, bias=False)
+
+    def loss(self, batch: dict) -> dict:
+        tokens = self.proj(batch["x"])  # (B, heads, L, width)
+        return {"loss": torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens).square().mean()}
+
+
+def test_counted_flops_are_the_forward_and_the_backward_with_cpu_attention():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import Settings, Workload, counted_flops
+
+    batch, heads, length, width = 2, 3, 16, 8
+    work = Workload("toy", _LinearAttention(width), {"x": torch.randn(batch, heads, length, width)}, None, 0, "")
+    settings = Settings(torch.device("cpu"), dry_run=True, train_steps=1, budget_s=0, total_s=0,
+                        compile_backend="eager", precision="fp32")  # fmt: skip
+    rows = batch * heads * length
+    linear = 2 * rows * width * width  # forward; the backward takes only the weight's gradient (x needs none)
+    attention = 2 * 2 * batch * heads * length * length * width  # QK^T and PV
+    # backward of attention: torch's formula counts 2.5x its forward (dQ, dK, dV and the recomputed scores)
+    assert counted_flops(work, settings) == linear + linear + attention + 5 * attention // 2
