@@ -84,7 +84,7 @@ class LatteConfig:
     # an extra input channel (0 to condition_frames of them per training clip, their loss left out);
     # `predict` then conditions on the context this way instead of by replacement.
     condition_frames: int = 0
-    num_images: int = 0  # image-video joint training: extra single frames appended to each clip
+    num_images: int = 0  # image-video joint training: single frames after each clip (see `loss`; data.joint_images)
     # Training latents of a KL autoencoder: a fresh draw z = mean + exp(logvar / 2) eps from its
     # posterior every step ("sample", as both upstreams do; from frames, or from latents cached with
     # their posterior by `vpt save-latents`), or the posterior mean ("mean", one fixed target per frame).
