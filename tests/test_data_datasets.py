@@ -9,6 +9,7 @@ import pytest
 import torch
 from data_helpers import frame_folder, numbered_video, write_clip
 
+from vpt.config import validate
 from vpt.data.datasets import ClipDataset, DataConfig, VideoDataset, clip_start, open_source, trilinear_resample
 from vpt.data.h5 import ShardWriter
 from vpt.data.sources import bridge_caption, natural_key, ssv2_label
@@ -208,6 +209,88 @@ def test_config_errors_are_clear(tmp_path):
         ClipDataset(DataConfig(path=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="frames"):
         DataConfig(frames=0)
+
+
+LABELLED_LENGTHS = (8, 9, 3, 7)
+
+
+@pytest.fixture()
+def labelled_h5(tmp_path):
+    """Videos whose every pixel says where it comes from: channel 0 holds the video's number, channel 1 the frame's."""
+    with ShardWriter(tmp_path / "h5" / "train" / "shard_0001.hdf5") as shard:
+        for number, length in enumerate(LABELLED_LENGTHS):
+            video = np.zeros((length, 4, 4, 3), dtype=np.uint8)
+            video[..., 0], video[..., 1] = number, np.arange(length)[:, None, None]
+            shard.add(video)
+    return tmp_path / "h5"
+
+
+def _labels(frames: torch.Tensor) -> list[tuple[int, int]]:
+    """(video, frame) of each of (T, 3, H, W) frames in [-1, 1] of `labelled_h5`."""
+    values = ((frames[:, :2, 0, 0] + 1) * 127.5).round().int()  # (T, 2)
+    return [tuple(pair) for pair in values.tolist()]
+
+
+def test_joint_images_are_single_frames_of_random_videos_of_the_whole_dataset(labelled_h5):
+    plain = ClipDataset(DataConfig(path=str(labelled_h5), frames=4))
+    longer = ClipDataset(DataConfig(path=str(labelled_h5), frames=7))  # next_clip's data: the clip's next 3 frames
+    joint = ClipDataset(DataConfig(path=str(labelled_h5), frames=4, joint_images=3))
+    assert len(joint) == len(plain) == 3  # the 3-frame video gives no clip, but its frames can be images
+    drawn, continuations = set(), 0
+    for seed in range(200):
+        key = SampleKey(seed % 3, seed)
+        item, clip = joint[key], plain[key]
+        assert item["joint_images"] == 3 and "joint_images" not in clip
+        assert torch.equal(item["video"][:4], clip["video"])  # the clip itself is what it is without the option
+        assert torch.equal(item["video"], joint[key]["video"])  # the same key draws the same images
+        images = _labels(item["video"][4:])
+        assert all(0 <= frame < LABELLED_LENGTHS[video] for video, frame in images)
+        drawn.update(images)
+        continuations += images == _labels(longer[SampleKey(seed % 3, seed)]["video"][4:])
+    # every frame of every video, the short one's included, is drawn; the next frames of the clip almost never
+    assert drawn == {(video, frame) for video, length in enumerate(LABELLED_LENGTHS) for frame in range(length)}
+    assert continuations <= 2
+    assert not torch.equal(joint[SampleKey(0, 1)]["video"][4:], joint[SampleKey(0, 2)]["video"][4:])  # by seed
+    assert torch.equal(joint[1]["video"], joint[1]["video"])  # an evaluation key draws the same images each time
+
+
+def test_short_videos_are_padded_in_front_with_black_frames(tmp_path):
+    with ShardWriter(tmp_path / "h5" / "train" / "shard_0001.hdf5") as shard:
+        for length in (12, 5, 3):  # a whole clip, a short video, one shorter than half a clip
+            shard.add(numbered_video(length))
+    path = str(tmp_path / "h5")
+    assert len(ClipDataset(DataConfig(path=path, frames=8))) == 1  # the short videos are left out
+    padded = ClipDataset(DataConfig(path=path, frames=8, pad_short=True))
+    assert len(padded) == 2
+    assert padded[SampleKey(0, 0)]["padded_frames"] == 0
+    starts = set()
+    for seed in range(40):
+        item = padded[SampleKey(1, seed)]
+        assert item["padded_frames"] == 4 and torch.equal(item["video"][:4], torch.full((4, 3, 8, 8), -1.0))
+        values = _frame_values(item)[4:]
+        assert values == list(range(values[0], values[0] + 4))  # the video's own frames, last
+        starts.add(values[0])
+    assert starts == {0, 1}
+    raw = ClipDataset(DataConfig(path=path, frames=8, pad_short=True), uint8_frames=True)
+    assert torch.equal(
+        raw.on_device({"video": raw[SampleKey(1, 3)]["video"]})["video"], padded[SampleKey(1, 3)]["video"]
+    )
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"joint_images": -1}, "data.joint_images must be >= 0"),
+        ({"joint_images": "random_videos"}, "'data.joint_images' expects int"),
+        ({"pad_short": "front"}, "'data.pad_short' expects bool"),
+        ({"pad_short": True, "frames": 5}, "data.pad_short needs an even data.frames"),
+        ({"pad_short": True, "clip_sampling": "uniform"}, "data.pad_short pads random clips"),
+    ],
+)
+def test_joint_images_and_padding_mistakes_are_one_line(section, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(DataConfig, section, source="cfg.yaml", prefix="data.")
+    assert "\n" not in str(info.value)
 
 
 def test_uint8_frames_then_on_device_equal_the_float_items(numbered_h5):

@@ -229,6 +229,23 @@ def test_loss_trains_on_latents_with_joint_image_frames():
     assert torch.isfinite(loss) and model.denoiser.patch_embed.weight.grad.abs().sum() > 0
 
 
+def test_loss_keeps_the_joint_images_the_loader_drew():
+    """With data.joint_images the batch's image frames are used where they are; without it they move to the next clip."""
+    model = _tiny_backend(num_images=2).train()
+    latents = torch.randn(3, 6, 12, 8, 8)  # 4 video frames + 2 single images per clip
+    handed_back = torch.cat([latents[:, :4], latents[:, 4:].roll(-1, dims=0)], dim=1)  # undone by the hand-over
+
+    def loss(batch: dict) -> torch.Tensor:
+        torch.manual_seed(1)
+        return model.loss(batch)["loss"]
+
+    drawn = loss({"latents": latents, "joint_images": torch.full((3,), 2)})
+    torch.testing.assert_close(drawn, loss({"latents": handed_back}), rtol=0, atol=0)
+    assert not torch.allclose(drawn, loss({"latents": latents}))
+    with pytest.raises(ConfigError, match="data.joint_images=3 must equal model.num_images=2"):
+        model.loss({"latents": torch.randn(3, 7, 12, 8, 8), "joint_images": torch.full((3,), 3)})
+
+
 # --- the label path, end to end: caption word -> class id -> embedding row -> guided sampling --------
 
 SHAPES_CLASS_WORDS = yaml.safe_load((CONFIGS / "shapes.yaml").read_text())["model"]["class_words"]

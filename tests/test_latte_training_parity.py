@@ -115,9 +115,8 @@ def test_twenty_training_steps_match_videogeneration_pytorch_train_vae_ditv(tmp_
     )
     assert (train_cfg.lr, train_cfg.ema_decay) == (lr, 0.0)
     videos = record["batches"]  # (steps, B, F + images, c, h, w)
-    video_frames = videos.shape[2] - num_images
-    # vpt's loss hands each clip's image frames to the next clip of the batch; upstream drew them per clip
-    batches = torch.cat([videos[:, :, :video_frames], videos[:, :, video_frames:].roll(-1, dims=1)], dim=2)
+    # upstream's loader drew each clip's images from random videos: what vpt's data.joint_images hands the loss
+    batches = {"latents": videos, "joint_images": torch.full(videos.shape[:2], num_images)}
 
     losses, _, calls = replay(model, model.denoiser, batches, train_cfg, tmp_path / "run")
 

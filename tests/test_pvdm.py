@@ -285,6 +285,50 @@ def test_short_context_is_padded_in_front_with_black_frames(tiny_ae_release, cap
     assert short.shape == (1, 4, 3, 32, 32)
 
 
+def test_short_video_is_padded_and_trains_with_a_zero_condition(tmp_path, tiny_ae_release, monkeypatch):
+    """data.pad_short as upstream's SkyTimelapse loader: a 20-frame video gives 16 black frames, then 16 of its
+    own; the conditional loss zeroes its condition and, when no condition is drawn, targets its real clip."""
+    from data_helpers import numbered_video
+    from torch.utils.data import default_collate
+
+    from vpt.data.datasets import ClipDataset, DataConfig
+    from vpt.data.h5 import ShardWriter
+    from vpt.training.sampler import SampleKey
+
+    with ShardWriter(tmp_path / "h5" / "train" / "shard_0001.hdf5") as shard:
+        shard.add(numbered_video(40, 32))
+        shard.add(numbered_video(20, 32))
+    path = str(tmp_path / "h5")
+    assert len(ClipDataset(DataConfig(path=path, frames=32))) == 1  # without the option the short video is left out
+    dataset = ClipDataset(DataConfig(path=path, frames=32, pad_short=True))
+    batch = default_collate([dataset[SampleKey(index, 7)] for index in range(2)])
+    video = batch["video"]  # (2, 32, 3, 32, 32)
+    assert batch["padded_frames"].tolist() == [0, 16] and torch.equal(video[1, :16], torch.full((16, 3, 32, 32), -1.0))
+    own = ((video[1, 16:, 0, 0, 0] + 1) * 127.5).round().int().tolist()  # numbered frames carry their index
+    assert own == list(range(own[0], own[0] + 16)) and 0 <= own[0] <= 20 - 16
+
+    model = model_on_tiny_ae(tiny_ae_release, cond_prob=1.0)
+    clips = model.encode(video).float()  # (2, 2, 4, 144): each sample's first and second 16-frame clip
+    received = []
+    model.unet.register_forward_pre_hook(lambda module, args: received.append(args[1]))  # the condition
+    model.loss(batch)
+    model.loss({"video": video})  # without the loader's mark the black frames would be the condition
+    torch.testing.assert_close(received[0][0], clips[0, 0], **TOL)
+    assert torch.equal(received[0][1], torch.zeros_like(clips[1, 0]))
+    torch.testing.assert_close(received[1][1], clips[1, 0], **TOL)
+    assert clips[1, 0].abs().sum() > 0
+
+    targets = []
+    compute = model.diffusion_loss
+    monkeypatch.setattr(model, "diffusion_loss", lambda x0, *rest: targets.append(x0) or compute(x0, *rest))
+    model.cfg.cond_prob = 0.0
+    for seed in range(4):  # random windows for the whole clip, the video's own frames for the padded one
+        torch.manual_seed(seed)
+        model.loss(batch)
+        torch.testing.assert_close(targets[-1][1], clips[1, 1], **TOL)
+    assert any(not torch.allclose(target[0], clips[0, 1], **TOL) for target in targets)
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

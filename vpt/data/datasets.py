@@ -8,7 +8,9 @@ Sources are opened lazily inside each worker (see `VideoH5`), so datasets pickle
 Item: {"video": float32 (T, C, H, W) - frames in [-1, 1], latents as stored -, "index": int,
        "text": str (only when the data has captions; "" for a video without one),
        "latent_logvar": float32 (T, c, h, w) (only for latents stored with their KL posterior: "video"
-       is then the posterior mean; backends that sample from the posterior use both)}
+       is then the posterior mean; backends that sample from the posterior use both),
+       "padded_frames": int (only with data.pad_short: black frames in front of a short video's),
+       "joint_images": int (only with data.joint_images: single frames of random videos after the clip's)}
 
 With `uint8_frames=True` (what the training commands use) frames stay uint8 (T, C, H, W) through
 the DataLoader and `on_device(batch)` turns them into [-1, 1] floats on the training device: a
@@ -50,6 +52,13 @@ class DataConfig:
     image_size: Optional[int] = None  # resize frames to S x S; None keeps the stored size (ignored for latents)
     resize: Literal["squash", "crop"] = "squash"  # squash to S x S (RIVER) or short side + centre crop (Seer)
     hflip: bool = False  # flip each training clip horizontally with probability 1/2
+    # Image-video joint training (Latte's model.num_images, which must equal it): single frames appended to
+    # each clip, each from a video drawn from the whole dataset at a frame drawn from all of its frames, as
+    # VideoGeneration-PyTorch's loader draws them. 0: the model takes the extra frames of the next clip instead.
+    joint_images: int = 0
+    # Keep videos shorter than a clip span (at least half a clip long): half a clip of their frames, padded in
+    # front with black frames, as PVDM's SkyTimelapse loader does; items say so, and PVDM zeroes their condition.
+    pad_short: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -58,11 +67,30 @@ class DataConfig:
             raise ValueError(f"data.frame_skip must be >= 0, got {self.frame_skip}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"data.image_size must be >= 1, got {self.image_size}")
+        if self.joint_images < 0:
+            raise ValueError(f"data.joint_images must be >= 0, got {self.joint_images}")
+        if self.pad_short and self.clip_sampling != "random":
+            raise ValueError(
+                f"data.pad_short pads random clips; clip_sampling {self.clip_sampling!r} already reads whole videos"
+            )
+        if self.pad_short and self.frames % 2:
+            raise ValueError(
+                f"data.pad_short needs an even data.frames (half black, half the video's), got {self.frames}"
+            )
 
     @property
     def span(self) -> int:
         """Source frames one random clip covers: (skip + 1)(T - 1) + 1."""
-        return (self.frame_skip + 1) * (self.frames - 1) + 1
+        return self.span_of(self.frames)
+
+    def span_of(self, frames: int) -> int:
+        """Source frames a random window of `frames` frames covers."""
+        return (self.frame_skip + 1) * (frames - 1) + 1
+
+    @property
+    def shortest(self) -> int:
+        """The fewest frames a training video may have: a clip span, or half of one's frames with pad_short."""
+        return self.span_of(self.frames // 2) if self.pad_short else self.span
 
 
 def detect_format(path: str | Path) -> str:
@@ -159,6 +187,10 @@ class _SourceDataset(Dataset):
             raise ConfigError(
                 "data.hflip cannot be used with latent HDF5 (a flipped latent is not the latent of the flipped frames)"
             )
+        if self.is_latent and config.pad_short:
+            raise ConfigError(
+                "data.pad_short pads frames with black frames, which latent HDF5 cannot hold: train on the frames (--ae)"
+            )
 
     def _tensors(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         """The item's tensors: {"video"}, or {"video": mean, "latent_logvar"} for posterior latents."""
@@ -196,19 +228,24 @@ class _SourceDataset(Dataset):
 class ClipDataset(_SourceDataset):
     """Fixed-length clips for training: T frames every `frame_skip + 1` from a random start.
 
-    HDF5 videos shorter than one clip are left out (with a warning); for folders and video files,
-    whose lengths are only known when read, a short video is an error naming it.
+    HDF5 videos shorter than one clip (with `pad_short`: than half of one) are left out (with a
+    warning); for folders and video files, whose lengths are only known when read, a short video is an
+    error naming it.
+
+    With `pad_short`, a video shorter than the clip span gives half a clip of its frames at the end of
+    the clip, after as many black frames; the item's "padded_frames" counts them (0 for a whole clip).
+    With `joint_images`, single frames of random videos follow the clip's frames (`_joint_images`).
     """
 
     def __init__(self, config: DataConfig, source=None, *, uint8_frames: bool = False):
         super().__init__(config, source, uint8_frames=uint8_frames)
         self._usable = np.arange(len(self.source))
         if config.clip_sampling == "random" and isinstance(self.source, VideoH5):
-            long_enough = self.source.lengths >= config.span
+            long_enough = self.source.lengths >= config.shortest
             if not long_enough.all():
                 warn(
                     f"{self.source.path}: {int((~long_enough).sum())} of {len(long_enough)} videos are shorter than "
-                    f"the clip span ({config.span} frames) and are left out"
+                    f"{config.shortest} frames ({'half ' if config.pad_short else ''}the clip span) and are left out"
                 )
             self._usable = np.flatnonzero(long_enough)
         if len(self._usable) == 0:
@@ -228,22 +265,42 @@ class ClipDataset(_SourceDataset):
         source_index = self._source_index(index)
         length = self.source.num_frames(source_index)
         cfg = self.config
+        padding = 0
         if cfg.clip_sampling == "random":
+            padding = cfg.frames // 2 if cfg.pad_short and length < cfg.span else 0
             try:
-                start = clip_start(length, cfg.span, generator)
+                start = clip_start(length, cfg.span_of(cfg.frames - padding), generator)
             except VptError as exc:
                 raise VptError(f"{self.source.name(source_index) or source_index}: {exc}") from None
-            tensors = self._tensors(
-                self.source.read(source_index, clip_indices(length, cfg.frames, cfg.frame_skip, start))
-            )
+            raw = self.source.read(source_index, clip_indices(length, cfg.frames - padding, cfg.frame_skip, start))
+            black = np.zeros((padding, *raw.shape[1:]), dtype=raw.dtype)  # pixel 0, i.e. -1 in [-1, 1]
+            tensors = self._tensors(np.concatenate([black, raw]))
         elif cfg.clip_sampling == "uniform":
             tensors = self._tensors(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
         else:
             whole = self._tensors(self.source.read(source_index))
             tensors = {name: trilinear_resample(value, cfg.frames) for name, value in whole.items()}
+        if cfg.joint_images:  # an evaluation key (no seed) draws the same images for the same index every time
+            images = self._joint_images(generator or np.random.default_rng(index))
+            tensors = {name: torch.cat([value, images[name]]) for name, value in tensors.items()}
         if cfg.hflip and generator is not None and generator.random() < 0.5:
             tensors["video"] = tensors["video"].flip(-1)  # frames only: latents refuse hflip
-        return self._item(index, tensors)
+        item = self._item(index, tensors)
+        if cfg.pad_short:
+            item["padded_frames"] = padding
+        if cfg.joint_images:
+            item["joint_images"] = cfg.joint_images
+        return item
+
+    def _joint_images(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        """`data.joint_images` single frames as the item's tensors ((N, C, H, W) each): for each, a video
+        uniform over the whole dataset (short ones included), then a frame uniform over all of its frames."""
+        images = []
+        for _ in range(self.config.joint_images):
+            video = int(generator.integers(0, len(self.source)))
+            frame = int(generator.integers(0, self.source.num_frames(video)))
+            images.append(self._tensors(self.source.read(video, np.array([frame]))))
+        return {name: torch.cat([image[name] for image in images]) for name in images[0]}
 
 
 class VideoDataset(_SourceDataset):

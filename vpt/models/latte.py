@@ -84,7 +84,7 @@ class LatteConfig:
     # an extra input channel (0 to condition_frames of them per training clip, their loss left out);
     # `predict` then conditions on the context this way instead of by replacement.
     condition_frames: int = 0
-    num_images: int = 0  # image-video joint training: extra single frames appended to each clip
+    num_images: int = 0  # image-video joint training: single frames after each clip (see `loss`; data.joint_images)
     # Training latents of a KL autoencoder: a fresh draw z = mean + exp(logvar / 2) eps from its
     # posterior every step ("sample", as both upstreams do; from frames, or from latents cached with
     # their posterior by `vpt save-latents`), or the posterior mean ("mean", one fixed target per frame).
@@ -579,16 +579,23 @@ class Latte(LatentBackend):
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         """MSE between the noise and its prediction, one step t ~ U{0..T-1} per clip (image frames included).
 
-        Joint training (`num_images > 0`, data.frames = num_frames + num_images): the last `num_images`
-        frames of every clip are handed to the next clip of the batch, so its "single images" come
-        from another video (upstream draws them from random videos of the whole dataset)."""
+        Joint training (`num_images > 0`): the last `num_images` frames of every clip are single images.
+        With data.joint_images = num_images the loader drew them from random videos of the whole dataset
+        (upstream's draw; the batch's "joint_images" says so); otherwise (data.frames = num_frames +
+        num_images) the extra frames of every clip are handed to the next clip of the batch, so its
+        images come from another video."""
         latents = self._training_latents(batch)  # (B, F, c, h, w)
         video_frames = latents.shape[1] - self.cfg.num_images
         if video_frames < 1:
             raise ConfigError(
                 f"clips of {latents.shape[1]} frames leave no video next to model.num_images={self.cfg.num_images}"
             )
-        if self.cfg.num_images:
+        drawn_images = batch.get("joint_images") if isinstance(batch, dict) else None  # (B,) or None
+        if drawn_images is not None and bool((drawn_images != self.cfg.num_images).any()):
+            raise ConfigError(
+                f"data.joint_images={int(drawn_images[0])} must equal model.num_images={self.cfg.num_images}"
+            )
+        if self.cfg.num_images and drawn_images is None:
             latents = torch.cat([latents[:, :video_frames], latents[:, video_frames:].roll(1, dims=0)], dim=1)
         batch_size = latents.shape[0]
         scheduler = self._scheduler()

@@ -257,7 +257,9 @@ class PVDM(DiffusionTables, LatentBackend):
         target is a clip and the condition the clip right before it; otherwise the target is a clip
         window at a random start (any frame; latents: any clip) and the condition is zero. Batches of
         frames (T >= 2 clips for the conditional model) are encoded here; cached latents are
-        (B, n, c, L) clips."""
+        (B, n, c, L) clips. A clip the loader padded in front with black frames (data.pad_short: the
+        batch's "padded_frames" > 0) gets a zero condition and, without one drawn, its last clip as
+        the target, as upstream's trainer treats clips whose condition half is black."""
         clip, is_latent = clip_from_batch(batch)
         span = 1 if is_latent else self.clip_frames  # positions per latent clip along axis 1
         positions = clip.shape[1]
@@ -279,12 +281,18 @@ class PVDM(DiffusionTables, LatentBackend):
         def random_start(choices: int) -> int:  # one choice takes no draw, as upstream's fixed condition split
             return int(torch.randint(0, choices, ())) if choices > 1 else 0
 
+        padded_frames = batch.get("padded_frames") if isinstance(batch, dict) else None  # (B,) or None
+        padded = None if padded_frames is None else (padded_frames > 0).to(clip.device)[:, None, None]  # (B, 1, 1)
         if conditioned:
             start = random_start(positions - 2 * span + 1)
             cond, target = latent_at(start), latent_at(start + span)
+            if padded is not None:
+                cond = cond.masked_fill(padded, 0.0)
         else:
             start = random_start(positions - span + 1)
             target = latent_at(start)
+            if padded is not None and bool(padded.any()):
+                target = torch.where(padded, latent_at(positions - span), target)  # the real frames are last
             cond = torch.zeros_like(target) if self.cfg.cond_model else None
         t = torch.randint(0, self.cfg.num_timesteps, (len(target),), device=target.device)
         return {"loss": self.diffusion_loss(target, cond, t, torch.randn_like(target))}
