@@ -69,11 +69,12 @@ def seeded_vgg16_features(seed: int = 0) -> dict[str, torch.Tensor]:
     """A random ImageNet-free stand-in for torchvision's `vgg16-397923af.pth` (only the `features.*` keys LPIPS
     reads), by a fixed rule a recording and a test share: one `torch.Generator` seeded `seed` draws, conv by
     conv in index order, a standard normal weight scaled by sqrt(2 / fan-in) (He, so activations keep their
-    size through 13 ReLU layers) and then a bias of 0.01 draw. float32, as torchvision's file."""
+    size through 13 ReLU layers) and then a bias of 0.01 draw. float32, as torchvision's file, whatever the default
+    dtype (a float64 default would draw other numbers)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for index, cin, cout in VGG16_CONVS:
-        weight = torch.randn(cout, cin, 3, 3, generator=generator) * math.sqrt(2.0 / (cin * 9))
+        weight = torch.randn(cout, cin, 3, 3, generator=generator, dtype=torch.float32) * math.sqrt(2.0 / (cin * 9))
         state[f"features.{index}.weight"] = weight
-        state[f"features.{index}.bias"] = 0.01 * torch.randn(cout, generator=generator)
+        state[f"features.{index}.bias"] = 0.01 * torch.randn(cout, generator=generator, dtype=torch.float32)
     return state
