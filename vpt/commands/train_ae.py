@@ -2,7 +2,8 @@
 
 The run's config.yaml has four sections:
     autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm | moso), arch (the type's settings, or
-                  `preset: <name>` plus overrides), init_from (weights to start from)
+                  `preset: <name>` plus overrides), init_from (weights to start from), init_optimizer
+                  (also the autoencoder optimizer's state of that train-ae run)
     data:         vpt.data.datasets.DataConfig (frames in [-1, 1]; data.frames = 1 trains on single frames)
     loss:         vpt.models.autoencoders.objective.LossConfig
     train:        vpt.training.TrainConfig
@@ -44,6 +45,10 @@ class AutoencoderSection:
     type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae | pvdm
     arch: dict[str, Any] = field(default_factory=dict)  # the type's architecture; `preset: f8_small` etc. fills it
     init_from: str = ""  # start from these weights: a train-ae run, a checkpoint file, a diffusers folder
+    # With init_from a train-ae run: also start the autoencoder's AdamW state (moments, step count) from the
+    # checkpoint its weights come from, the raw weights rather than an EMA; the discriminators' state starts fresh,
+    # and this run's step count and lr schedule from 0 (upstream PVDM's GAN stage after its first stage).
+    init_optimizer: bool = False
 
 
 def train_ae_schema() -> type:
@@ -80,6 +85,13 @@ def train_ae(
             help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.",
         ),
     ] = None,
+    init_optimizer: Annotated[
+        bool,
+        typer.Option(
+            "--init-optimizer",
+            help="With --init-from a train-ae run: also its autoencoder optimizer's state (sets autoencoder.init_optimizer).",
+        ),
+    ] = False,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -96,6 +108,8 @@ def train_ae(
         overrides.append(path_setting("data.path", data))
     if init_from is not None:
         overrides.append(path_setting("autoencoder.init_from", init_from))
+    if init_optimizer:
+        overrides.append("autoencoder.init_optimizer=true")
     run_dir, cfg = start_run(
         train_ae_schema(),
         run_dir=run,
@@ -119,6 +133,7 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
     from vpt.training import train as train_loop
 
     seed_everything(cfg.train.seed)  # the model's (and discriminator's) initialisation follows the config's seed
+    optimizer_source = _optimizer_source(cfg.autoencoder, run)
     autoencoder = _autoencoder(cfg, run)
     check_loss_config(cfg.loss, autoencoder)
     dataset = ClipDataset(cfg.data)
@@ -142,7 +157,7 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "
         f"from {cfg.data.path} -> {run.root}"
     )
-    step = train_loop(objective, dataset, cfg.train, run, hooks)
+    step = train_loop(objective, dataset, cfg.train, run, hooks, init_optimizer_from=optimizer_source)
     info(f"{run.root}: step {step}")
     data = Path(cfg.data.path)
     next_step(f"vpt save-latents --ae {run.root} --data {data} --out {data.parent / (data.name + '-latents')}")
@@ -165,7 +180,7 @@ def _autoencoder(cfg: Any, run: Any):
     source = (
         load_autoencoder(section.init_from, arch=section.arch or None)
         if Path(section.init_from).is_file()
-        else load_autoencoder(section.init_from)
+        else load_autoencoder(section.init_from, ema=not section.init_optimizer)  # the weights the moments belong to
     )
     if autoencoder_class(section.type).type != source.type:
         raise ConfigError(f"autoencoder.init_from is a {source.type} but autoencoder.type is {section.type}")
@@ -176,6 +191,30 @@ def _autoencoder(cfg: Any, run: Any):
         run.write_config(config_to_dict(cfg))
     info(f"Starting from {source.provenance['source']}")
     return source.train().requires_grad_(True)
+
+
+def _optimizer_source(section: AutoencoderSection, run: Any) -> Path | None:
+    """With `init_optimizer`, the checkpoint of the `init_from` run whose optimizer state a fresh run starts
+    from (the one `load_autoencoder` takes the weights from: the latest); None otherwise and on a resume."""
+    from vpt.errors import ConfigError, UsageError
+    from vpt.runs import Run
+
+    if not section.init_optimizer:
+        return None
+    if not section.init_from:
+        raise ConfigError("autoencoder.init_optimizer needs autoencoder.init_from (--init-from a train-ae run)")
+    if run.latest_checkpoint() is not None:
+        return None
+    source = Run(section.init_from)
+    if not source.config_path.is_file():
+        raise ConfigError(
+            f"autoencoder.init_optimizer: {section.init_from} is not a `vpt train-ae` run; only a run's "
+            "checkpoints hold the optimizer state"
+        )
+    checkpoint = source.latest_checkpoint()
+    if checkpoint is None:
+        raise UsageError(f"{source.root} has no finished checkpoint yet")
+    return checkpoint
 
 
 def _record_event(run: Any, record: dict) -> None:
