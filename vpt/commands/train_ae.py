@@ -139,10 +139,11 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
     dataset = ClipDataset(cfg.data)
     if dataset.is_latent:
         raise UsageError(f"{cfg.data.path} holds latents; an autoencoder trains on frames (HDF5 from `vpt convert-h5`)")
-    if cfg.data.frames % autoencoder.frames_per_latent:
+    k, context = autoencoder.frames_per_latent, autoencoder.context_frames
+    if (cfg.data.frames - 2 * context) % k or cfg.data.frames < k + 2 * context:
+        plus = f", plus the {context} frame(s) it reads on each side" if context else ""
         raise UsageError(
-            f"data.frames={cfg.data.frames} is not a multiple of the {autoencoder.frames_per_latent} "
-            f"frames {autoencoder.type} encodes at once"
+            f"data.frames={cfg.data.frames} is not a multiple of the {k} frames {autoencoder.type} encodes at once{plus}"
         )
     perceptual, reason = load_perceptual(cfg.loss)
     if perceptual is None and cfg.loss.perceptual_weight > 0:
@@ -261,13 +262,14 @@ def _hooks(cfg: Any, validation: Any):
             yield default_collate([validation[i] for i in indices[start : start + cfg.train.batch_size]])["video"]
 
     def frames_and_reconstructions(autoencoder, video):
-        """(B, T, C, H, W) -> originals and reconstructions as (N, C, H, W) in [-1, 1]."""
+        """(B, T, C, H, W) -> the encoded frames (without context frames) and their reconstructions as
+        (N, C, H, W) in [-1, 1]."""
         device = next(autoencoder.parameters()).device
         video = video.to(device)
         with inference_autocast(device):
-            reconstruction = autoencoder.reconstruct(video).float().clamp(-1.0, 1.0)
-        flat = lambda v: rearrange(autoencoder.to_clips(v), "n k c h w -> (n k) c h w")  # noqa: E731
-        return flat(video), flat(reconstruction)
+            reconstruction = autoencoder.reconstruct(video).float().clamp(-1.0, 1.0)  # (B, n k, C, H, W)
+        target = autoencoder.without_context(autoencoder.to_clips(video))  # (B n, k, C, H, W)
+        return rearrange(target, "n k c h w -> (n k) c h w"), rearrange(reconstruction, "b t c h w -> (b t) c h w")
 
     def validate(objective) -> dict[str, float]:
         l1, psnrs, ssims = [], [], []
