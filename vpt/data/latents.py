@@ -3,7 +3,8 @@ HDF5 shards that mirror the frame shards, resumably.
 
 The output mirrors the input shard by shard and video by video, so video i of a split is video i of
 its latents (names and captions are copied). Each latent video is `autoencoder.encode(frames)`:
-(T // k, *latent_dims), continuous and already scaled. For a KL autoencoder (kl-vae, latte-vae) the
+(T // k, *latent_dims), continuous and already scaled (((T - 2) // k, ...) of frames 1 ... for MOSO with
+`motion_context: neighbours`, which reads a frame on each side of its clips). For a KL autoencoder (kl-vae, latte-vae) the
 whole Gaussian posterior is kept: mean and log-variance concatenated on the channel axis,
 (T, 2c, h, w), root attribute `latent_posterior` true. Clip datasets then hand out the mean as the
 clip and the log-variance beside it, so a backend can draw z = mean + exp(logvar / 2) * eps each
