@@ -30,6 +30,7 @@ from vpt.commands.options import (
     SetOption,
     ThreadsOption,
     apply_threads,
+    flag,
     next_step,
     path_setting,
 )
@@ -86,12 +87,13 @@ def train_ae(
         ),
     ] = None,
     init_optimizer: Annotated[
-        bool,
-        typer.Option(
-            "--init-optimizer",
-            help="With --init-from a train-ae run: also its autoencoder optimizer's state (sets autoencoder.init_optimizer).",
+        Optional[bool],
+        flag(
+            "--init-optimizer/--no-init-optimizer",
+            "With --init-from a train-ae run: also start from its autoencoder optimizer's state "
+            "(sets autoencoder.init_optimizer).",
         ),
-    ] = False,
+    ] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -108,8 +110,8 @@ def train_ae(
         overrides.append(path_setting("data.path", data))
     if init_from is not None:
         overrides.append(path_setting("autoencoder.init_from", init_from))
-    if init_optimizer:
-        overrides.append("autoencoder.init_optimizer=true")
+    if init_optimizer is not None:
+        overrides.append(f"autoencoder.init_optimizer={str(init_optimizer).lower()}")
     run_dir, cfg = start_run(
         train_ae_schema(),
         run_dir=run,
