@@ -14,7 +14,7 @@ import torch
 import yaml
 from fixture_paths import fixture, key_shapes
 
-from vpt.errors import ConfigError
+from vpt.errors import ConfigError, VptError
 from vpt.models.autoencoders import autoencoder_from_upstream_state, build_autoencoder, load_autoencoder
 from vpt.models.autoencoders.moso import MosoAutoencoder, MosoConfig, second_difference
 from vpt.models.autoencoders.objective import LossConfig
@@ -270,6 +270,52 @@ def test_motion_input_is_the_second_difference_with_repeated_ends():
     assert diff.tolist() == [-1.0, -2.0, -2.0, -2.0, 7.0]  # ends: 2 x0 - x0 - x1 and 2 x4 - x3 - x4
 
 
+def test_motion_context_neighbours_reads_the_real_frames_around_the_clip(upstream):
+    _, io = upstream
+    recorded = io["inputs"]  # upstream's motion input; its inner frames have both real neighbours
+    torch.testing.assert_close(
+        second_difference(recorded["frames"], outer_frames=True), recorded["motion_input"][:, 1:-1]
+    )
+    windows = _clips(frames=10)  # 8 encoded frames and one on each side, in [-1, 1]
+    frames = (windows + 1) / 2
+    by_hand = torch.stack([2 * frames[:, t] - frames[:, t - 1] - frames[:, t + 1] for t in range(1, 9)], dim=1)
+    model = _tiny(motion_context="neighbours")
+    scene, obj, motion = model._stream_inputs(windows)
+    torch.testing.assert_close(motion, by_hand, atol=1e-6, rtol=0)
+    assert torch.equal(scene, frames[:, 1:9]) and torch.equal(obj, frames[:, 1:9])
+    # the default repeats the clip's own end frames instead: the same inside, a first difference at the ends
+    _, _, repeated = _tiny()._stream_inputs(windows[:, 1:9])
+    torch.testing.assert_close(repeated[:, 1:-1], by_hand[:, 1:-1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(repeated[:, 0], frames[:, 1] - frames[:, 2], atol=1e-6, rtol=0)
+    assert not torch.allclose(repeated[:, 0], by_hand[:, 0])
+    # the outer frames reach the motion tokens only
+    moved = windows.clone()
+    moved[:, [0, -1]] = -moved[:, [0, -1]]
+    with torch.no_grad():
+        before, after = model._features(windows), model._features(moved)
+    assert torch.equal(before["scene"], after["scene"]) and torch.equal(before["object"], after["object"])
+    assert not torch.allclose(before["motion"], after["motion"])
+
+
+def test_neighbour_clips_overlap_in_encode_and_save_latents():
+    from vpt.data.latents import _encode_videos
+
+    model = _tiny(motion_context="neighbours")
+    video = _clips(n=1, frames=2 * 8 + 2 + 3)[0]  # two clips, their outer frames and 3 frames too few for a third
+    with torch.no_grad():
+        latents = model.encode(video[None, :18])  # (1, 2, 1, L)
+        windows = torch.cat([model.encode_clips(video[None, start : start + 10]) for start in (0, 8)])
+    assert latents.shape[1] == 2 and torch.equal(latents[0], windows)
+    for batch_frames in (8, 64):  # one clip per encoder call, or the whole video at once
+        ((index, stored),) = list(_encode_videos(model, iter([(0, video)]), batch_frames, torch.device("cpu")))
+        assert torch.equal(torch.from_numpy(stored), latents[0])
+    assert model.decode(latents).shape[1] == 16  # frames 1 ... 16: the encoded ones
+    with pytest.raises(VptError, match=r"clips of 8 frames and 1 more on each side \(n x 8 \+ 2\); got 16"):
+        model.encode(video[None, :16])
+    with pytest.raises(VptError, match="and the frame before and after it"):
+        model.tokens(video[None, :8].transpose(1, 2))
+
+
 def test_split_inputs_partition_the_frames_only_in_training():
     model = _tiny().train()
     clips = _clips()
@@ -477,6 +523,36 @@ def test_float16_latents_are_refused_for_token_ids(shapes_16, tmp_path, invoke):
     )
     error = [line for line in output.splitlines() if line.startswith("error:")]
     assert code != 0 and len(error) == 1 and "float16 cannot hold" in error[0], output
+
+
+def test_train_ae_and_save_latents_with_neighbour_frames(shapes_16, tmp_path, invoke):
+    """motion_context: neighbours trains on 8 + 2 frames and encodes frames 1 ... 8 of each 16-frame video."""
+    from vpt.commands.save_latents import encode_dataset
+    from vpt.data.datasets import frames_to_tensor
+    from vpt.data.h5 import VideoH5
+
+    run, neighbours = tmp_path / "run", ["--set", "autoencoder.arch.motion_context=neighbours"]
+    arguments = ["--config", CONFIGS / "moso_shapes.yaml", "--data", shapes_16, *TINY_SETTINGS, "--max-steps", "2"]
+    code, output = invoke(
+        "train-ae", *arguments, "--run", run, *neighbours, "--set", "autoencoder.arch.frames=8",
+        "--set", "data.frames=10", "--set", "train.val_every=2",
+    )  # fmt: skip
+    assert code == 0, output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_psnr" in r for r in records)
+    encode_dataset(run, shapes_16, tmp_path / "latents")
+    stored = torch.from_numpy(VideoH5(tmp_path / "latents" / "val").read(0))[None]  # (1, 1 clip, 1, L)
+    ae = load_autoencoder(run)
+    video = frames_to_tensor(VideoH5(shapes_16 / "val").read(0))[None]  # (1, 16, 3, 32, 32)
+    with torch.no_grad():
+        assert stored.shape[1] == 1 and torch.equal(stored, ae.encode(video[:, :10]))
+    for setting, needle in (
+        ("data.frames=16", "data.frames=16 is not a multiple of the 16 frames moso encodes at once, plus the 1"),
+        ("autoencoder.arch.motion_context=sideways", "motion_context"),
+    ):
+        code, output = invoke("train-ae", *arguments, "--run", tmp_path / "bad", *neighbours, "--set", setting)
+        error = [line for line in output.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(error) == 1 and needle in error[0], output
 
 
 def test_train_ae_size_mistake_is_one_line(shapes_16, tmp_path, invoke):

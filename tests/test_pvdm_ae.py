@@ -3,6 +3,7 @@ its loss recipe, and the train-ae -> save-latents -> decode path on the built-in
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -497,3 +498,138 @@ def test_init_from_model_last_pth_keeps_the_configs_checkpointing(shapes_32, tmp
     assert yaml.safe_load((run / "config.yaml").read_text())["autoencoder"]["arch"]["checkpointing"] is True
     trained = load_autoencoder(run)
     torch.testing.assert_close(trained.xy_token, source.xy_token)
+
+
+# --- upstream's two stages: the GAN stage starts from the first stage's weights and autoencoder optimizer ------
+
+STAGE = [
+    "--config",
+    CONFIGS / "pvdm_shapes.yaml",
+    *TINY,
+    "--set",
+    "train.batch_size=1",
+    "--set",
+    "train.val_every=0",
+    "--set",
+    "train.precision=no",
+    "--set",
+    "train.grad_clip=0",
+]
+
+
+@pytest.fixture(scope="module")
+def first_stage(shapes_32, tmp_path_factory):
+    """Two steps of the first stage (no discriminators): the run, its checkpoint and optimizer state."""
+    from vpt.cli import main
+
+    run = tmp_path_factory.mktemp("stage1") / "run"
+    with pytest.raises(SystemExit) as finished:
+        main([str(a) for a in ("train-ae", *STAGE, "--data", shapes_32, "--run", run, "--max-steps", "2")])
+    assert finished.value.code == 0
+    checkpoint = run / "checkpoints" / "step_000002"
+    return run, checkpoint, read_weights(checkpoint / "training_state" / "optimizer.bin")
+
+
+def _gan_stage(invoke, shapes_32, run: Path, source: Path, *options: str):
+    return invoke(
+        "train-ae",
+        *STAGE,
+        "--data",
+        shapes_32,
+        "--run",
+        run,
+        "--init-from",
+        source,
+        *options,
+        "--set",
+        "loss.discriminator=pvdm",
+        "--max-steps",
+        "1",
+    )
+
+
+def test_gan_stage_continues_the_first_stages_autoencoder_optimizer(first_stage, shapes_32, tmp_path, invoke):
+    """With --init-optimizer the first GAN-stage update is AdamW continued from the first stage's moments and
+    step count; without it the moments start at zero. Both runs see the same batch, so the fresh run gives the
+    gradient g of that update: its first moment is (1 - beta1) g."""
+    source, checkpoint, first = first_stage
+    for name, options in (("carried", ["--init-optimizer"]), ("fresh", [])):
+        code, output = _gan_stage(invoke, shapes_32, tmp_path / name, source, *options)
+        assert code == 0, output
+    carried, fresh = (
+        read_weights(tmp_path / n / "checkpoints" / "step_000001" / "training_state" / "optimizer.bin")
+        for n in ("carried", "fresh")
+    )
+    start = read_weights(checkpoint / "model.safetensors")  # the first stage's raw weights
+    ends = {
+        n: read_weights(tmp_path / n / "checkpoints" / "step_000001" / "model.safetensors")
+        for n in ("carried", "fresh")
+    }
+    group = carried["param_groups"][0]
+    lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    # the autoencoder's parameter group, in its order
+    names = [f"autoencoder.{n}" for n, _ in load_autoencoder(source, ema=False).named_parameters()]
+    assert len(group["params"]) == len(names) == len(first["param_groups"][0]["params"])
+    checked = 0
+    for position, name in enumerate(names):
+        before = first["state"].get(position)
+        if before is None:
+            continue
+        gradient = fresh["state"][position]["exp_avg"] / (1 - beta1)
+        assert float(fresh["state"][position]["step"]) == 1  # fresh: bias correction from the first step
+        after = carried["state"][position]
+        count = float(before["step"]) + 1
+        assert count == 3 and float(after["step"]) == count
+        exp_avg = beta1 * before["exp_avg"] + (1 - beta1) * gradient
+        exp_avg_sq = beta2 * before["exp_avg_sq"] + (1 - beta2) * gradient**2
+        torch.testing.assert_close(after["exp_avg"], exp_avg, rtol=1e-4, atol=1e-10)
+        torch.testing.assert_close(after["exp_avg_sq"], exp_avg_sq, rtol=1e-4, atol=1e-14)
+        update = (exp_avg / (1 - beta1**count)) / ((exp_avg_sq / (1 - beta2**count)).sqrt() + eps)
+        expected = start[name] * (1 - lr * decay) - lr * update
+        torch.testing.assert_close(ends["carried"][name], expected, rtol=1e-5, atol=1e-7)
+        fresh_update = gradient / (gradient.abs() + eps)  # AdamW's first step from zero moments
+        torch.testing.assert_close(
+            ends["fresh"][name], start[name] * (1 - lr * decay) - lr * fresh_update, rtol=1e-5, atol=1e-7
+        )
+        checked += 1
+    assert checked == len(names)
+    discriminator_steps = {float(s["step"]) for i, s in carried["state"].items() if i >= len(names)}
+    assert discriminator_steps == {1.0}  # the discriminators' optimizer starts fresh, as upstream's d_opt
+
+
+def test_init_optimizer_mistakes_are_one_line(first_stage, shapes_32, tmp_path, invoke):
+    source, checkpoint, first = first_stage
+    weights_file = tmp_path / "model_last.pth"
+    torch.save(
+        {k.removeprefix("autoencoder."): v for k, v in read_weights(checkpoint / "model.safetensors").items()},
+        weights_file,
+    )
+    no_state = tmp_path / "no_state"
+    shutil.copytree(source, no_state)
+    (no_state / "checkpoints" / "step_000002" / "training_state" / "optimizer.bin").unlink()
+    short = tmp_path / "short"
+    shutil.copytree(source, short)
+    first["param_groups"][0]["params"].pop()
+    torch.save(first, short / "checkpoints" / "step_000002" / "training_state" / "optimizer.bin")
+    cases = [
+        (["--set", "autoencoder.init_optimizer=true"], None, "needs autoencoder.init_from"),
+        (["--init-optimizer"], weights_file, "is not a `vpt train-ae` run"),
+        (["--init-optimizer"], no_state, "holds no optimizer state"),
+        (["--init-optimizer"], short, f"holds {len(first['param_groups'][0]['params'])} parameters, this model's"),
+    ]
+    for index, (options, init_from, needle) in enumerate(cases):
+        arguments = ["--init-from", init_from] if init_from else []
+        code, output = invoke(
+            "train-ae",
+            *STAGE,
+            "--data",
+            shapes_32,
+            "--run",
+            tmp_path / f"run{index}",
+            *arguments,
+            *options,
+            "--max-steps",
+            "1",
+        )
+        error = [line for line in output.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(error) == 1 and needle in error[0], output

@@ -2,7 +2,8 @@
 
 The run's config.yaml has four sections:
     autoencoder:  type (vqgan | river-vqvae | kl-vae | latte-vae | pvdm | moso), arch (the type's settings, or
-                  `preset: <name>` plus overrides), init_from (weights to start from)
+                  `preset: <name>` plus overrides), init_from (weights to start from), init_optimizer
+                  (also the autoencoder optimizer's state of that train-ae run)
     data:         vpt.data.datasets.DataConfig (frames in [-1, 1]; data.frames = 1 trains on single frames)
     loss:         vpt.models.autoencoders.objective.LossConfig
     train:        vpt.training.TrainConfig
@@ -29,6 +30,7 @@ from vpt.commands.options import (
     SetOption,
     ThreadsOption,
     apply_threads,
+    flag,
     next_step,
     path_setting,
 )
@@ -44,6 +46,10 @@ class AutoencoderSection:
     type: str = "vqgan"  # vqgan (taming ldm-vq) | river-vqvae | kl-vae | latte-vae | pvdm
     arch: dict[str, Any] = field(default_factory=dict)  # the type's architecture; `preset: f8_small` etc. fills it
     init_from: str = ""  # start from these weights: a train-ae run, a checkpoint file, a diffusers folder
+    # With init_from a train-ae run: also start the autoencoder's AdamW state (moments, step count) from the
+    # checkpoint its weights come from, the raw weights rather than an EMA; the discriminators' state starts fresh,
+    # and this run's step count and lr schedule from 0 (upstream PVDM's GAN stage after its first stage).
+    init_optimizer: bool = False
 
 
 def train_ae_schema() -> type:
@@ -80,6 +86,14 @@ def train_ae(
             help="Start from these weights (sets autoencoder.init_from): a train-ae run, vqvae.ckpt/.pth, PVDM's model_last.pth, or a diffusers AutoencoderKL folder.",
         ),
     ] = None,
+    init_optimizer: Annotated[
+        Optional[bool],
+        flag(
+            "--init-optimizer/--no-init-optimizer",
+            "With --init-from a train-ae run: also start from its autoencoder optimizer's state "
+            "(sets autoencoder.init_optimizer).",
+        ),
+    ] = None,
     set_: SetOption = None,
     max_steps: MaxStepsOption = None,
     log_every: LogEveryOption = None,
@@ -96,6 +110,8 @@ def train_ae(
         overrides.append(path_setting("data.path", data))
     if init_from is not None:
         overrides.append(path_setting("autoencoder.init_from", init_from))
+    if init_optimizer is not None:
+        overrides.append(f"autoencoder.init_optimizer={str(init_optimizer).lower()}")
     run_dir, cfg = start_run(
         train_ae_schema(),
         run_dir=run,
@@ -119,15 +135,17 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
     from vpt.training import train as train_loop
 
     seed_everything(cfg.train.seed)  # the model's (and discriminator's) initialisation follows the config's seed
+    optimizer_source = _optimizer_source(cfg.autoencoder, run)
     autoencoder = _autoencoder(cfg, run)
     check_loss_config(cfg.loss, autoencoder)
     dataset = ClipDataset(cfg.data)
     if dataset.is_latent:
         raise UsageError(f"{cfg.data.path} holds latents; an autoencoder trains on frames (HDF5 from `vpt convert-h5`)")
-    if cfg.data.frames % autoencoder.frames_per_latent:
+    k, context = autoencoder.frames_per_latent, autoencoder.context_frames
+    if (cfg.data.frames - 2 * context) % k or cfg.data.frames < k + 2 * context:
+        plus = f", plus the {context} frame(s) it reads on each side" if context else ""
         raise UsageError(
-            f"data.frames={cfg.data.frames} is not a multiple of the {autoencoder.frames_per_latent} "
-            f"frames {autoencoder.type} encodes at once"
+            f"data.frames={cfg.data.frames} is not a multiple of the {k} frames {autoencoder.type} encodes at once{plus}"
         )
     perceptual, reason = load_perceptual(cfg.loss)
     if perceptual is None and cfg.loss.perceptual_weight > 0:
@@ -142,7 +160,7 @@ def train_autoencoder(cfg: Any, run: Any) -> int:
         f"Training {autoencoder.type} ({_millions(autoencoder)}M parameters) on {len(dataset)} videos "
         f"from {cfg.data.path} -> {run.root}"
     )
-    step = train_loop(objective, dataset, cfg.train, run, hooks)
+    step = train_loop(objective, dataset, cfg.train, run, hooks, init_optimizer_from=optimizer_source)
     info(f"{run.root}: step {step}")
     data = Path(cfg.data.path)
     next_step(f"vpt save-latents --ae {run.root} --data {data} --out {data.parent / (data.name + '-latents')}")
@@ -165,7 +183,7 @@ def _autoencoder(cfg: Any, run: Any):
     source = (
         load_autoencoder(section.init_from, arch=section.arch or None)
         if Path(section.init_from).is_file()
-        else load_autoencoder(section.init_from)
+        else load_autoencoder(section.init_from, ema=not section.init_optimizer)  # the weights the moments belong to
     )
     if autoencoder_class(section.type).type != source.type:
         raise ConfigError(f"autoencoder.init_from is a {source.type} but autoencoder.type is {section.type}")
@@ -176,6 +194,30 @@ def _autoencoder(cfg: Any, run: Any):
         run.write_config(config_to_dict(cfg))
     info(f"Starting from {source.provenance['source']}")
     return source.train().requires_grad_(True)
+
+
+def _optimizer_source(section: AutoencoderSection, run: Any) -> Path | None:
+    """With `init_optimizer`, the checkpoint of the `init_from` run whose optimizer state a fresh run starts
+    from (the one `load_autoencoder` takes the weights from: the latest); None otherwise and on a resume."""
+    from vpt.errors import ConfigError, UsageError
+    from vpt.runs import Run
+
+    if not section.init_optimizer:
+        return None
+    if not section.init_from:
+        raise ConfigError("autoencoder.init_optimizer needs autoencoder.init_from (--init-from a train-ae run)")
+    if run.latest_checkpoint() is not None:
+        return None
+    source = Run(section.init_from)
+    if not source.config_path.is_file():
+        raise ConfigError(
+            f"autoencoder.init_optimizer: {section.init_from} is not a `vpt train-ae` run; only a run's "
+            "checkpoints hold the optimizer state"
+        )
+    checkpoint = source.latest_checkpoint()
+    if checkpoint is None:
+        raise UsageError(f"{source.root} has no finished checkpoint yet")
+    return checkpoint
 
 
 def _record_event(run: Any, record: dict) -> None:
@@ -222,13 +264,14 @@ def _hooks(cfg: Any, validation: Any):
             yield default_collate([validation[i] for i in indices[start : start + cfg.train.batch_size]])["video"]
 
     def frames_and_reconstructions(autoencoder, video):
-        """(B, T, C, H, W) -> originals and reconstructions as (N, C, H, W) in [-1, 1]."""
+        """(B, T, C, H, W) -> the encoded frames (without context frames) and their reconstructions as
+        (N, C, H, W) in [-1, 1]."""
         device = next(autoencoder.parameters()).device
         video = video.to(device)
         with inference_autocast(device):
-            reconstruction = autoencoder.reconstruct(video).float().clamp(-1.0, 1.0)
-        flat = lambda v: rearrange(autoencoder.to_clips(v), "n k c h w -> (n k) c h w")  # noqa: E731
-        return flat(video), flat(reconstruction)
+            reconstruction = autoencoder.reconstruct(video).float().clamp(-1.0, 1.0)  # (B, n k, C, H, W)
+        target = autoencoder.without_context(autoencoder.to_clips(video))  # (B n, k, C, H, W)
+        return rearrange(target, "n k c h w -> (n k) c h w"), rearrange(reconstruction, "b t c h w -> (b t) c h w")
 
     def validate(objective) -> dict[str, float]:
         l1, psnrs, ssims = [], [], []

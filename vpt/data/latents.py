@@ -3,7 +3,8 @@ HDF5 shards that mirror the frame shards, resumably.
 
 The output mirrors the input shard by shard and video by video, so video i of a split is video i of
 its latents (names and captions are copied). Each latent video is `autoencoder.encode(frames)`:
-(T // k, *latent_dims), continuous and already scaled. For a KL autoencoder (kl-vae, latte-vae) the
+(T // k, *latent_dims), continuous and already scaled (((T - 2) // k, ...) of frames 1 ... for MOSO with
+`motion_context: neighbours`, which reads a frame on each side of its clips). For a KL autoencoder (kl-vae, latte-vae) the
 whole Gaussian posterior is kept: mean and log-variance concatenated on the channel axis,
 (T, 2c, h, w), root attribute `latent_posterior` true. Clip datasets then hand out the mean as the
 clip and the log-variance beside it, so a backend can draw z = mean + exp(logvar / 2) * eps each
@@ -323,20 +324,30 @@ def _read_videos(source, indices: list[int], image_size: int | None, workers: in
 def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, device) -> Iterator[tuple[int, Any]]:
     """Pack frames of consecutive videos into encoder batches of about `batch_frames` frames (whole
     clips of k frames), encode, and hand back each video's latents (T // k, *dims) as float32 numpy
-    (KL models: mean and log-variance on the channel axis, (T // k, 2c, h, w))."""
-    k = model.frames_per_latent
+    (KL models: mean and log-variance on the channel axis, (T // k, 2c, h, w)).
+
+    An autoencoder that reads `context_frames` on each side of its clips (MOSO's `motion_context:
+    neighbours`) gets each piece with those frames around it and encodes it on its own (joined pieces
+    would lose them); its latents cover frames context ... T - context - 1, ((T - 2 context) // k, *dims)."""
+    k, context = model.frames_per_latent, model.context_frames
     per_batch = max(k, batch_frames // k * k)
-    pending: list[tuple[int, Any]] = []  # (video index, frames piece (n*k, C, H, W))
+    pending: list[tuple[int, Any]] = []  # (video index, frames piece (n*k + 2 context, C, H, W))
     pieces: dict[int, list[Any]] = {}
     expected: dict[int, int] = {}  # video index -> number of pieces still to come back
 
-    def flush():
-        frames = torch.cat([piece for _, piece in pending]).to(device, non_blocking=True)
+    def encode(frames):
+        """(T, C, H, W) -> ((T - 2 context) / k, *dims) on the CPU."""
         with torch.inference_mode(), inference_autocast(device):
-            latents = _stored_latents(model, frames[None])[0].float().cpu()  # (n_total / k, *dims)
+            return _stored_latents(model, frames.to(device, non_blocking=True)[None])[0].float().cpu()
+
+    def flush():
+        if context:
+            latents = torch.cat([encode(piece) for _, piece in pending])
+        else:
+            latents = encode(torch.cat([piece for _, piece in pending]))  # (n_total / k, *dims)
         offset = 0
         for index, piece in pending:
-            steps = len(piece) // k
+            steps = (len(piece) - 2 * context) // k
             pieces[index].append(latents[offset : offset + steps])
             offset += steps
         pending.clear()
@@ -347,8 +358,8 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
             yield index, torch.cat(pieces.pop(index)).numpy()
 
     for index, video in videos:
-        usable = len(video) // k * k
-        chunks = [video[start : start + per_batch] for start in range(0, usable, per_batch)]
+        usable = (len(video) - 2 * context) // k * k  # frames that get latents
+        chunks = [video[start : min(start + per_batch, usable) + 2 * context] for start in range(0, usable, per_batch)]
         if not chunks:  # shorter than one clip: no latent steps
             channels, *grid = model.latent_dims(*video.shape[-2:])
             yield index, torch.zeros((0, channels * (1 + model.has_posterior), *grid)).numpy()
@@ -356,7 +367,7 @@ def _encode_videos(model, videos: Iterator[tuple[int, Any]], batch_frames: int, 
         pieces[index], expected[index] = [], len(chunks)
         for chunk in chunks:
             pending.append((index, chunk))
-            if sum(len(p) for _, p in pending) >= per_batch:
+            if sum(len(p) - 2 * context for _, p in pending) >= per_batch:
                 flush()
                 yield from ready()
     if pending:

@@ -158,6 +158,46 @@ def _load_flat_layout(path: Path, state: TrainingState) -> None:
         state.accelerator.scaler.load_state_dict(read_weights(path / "scaler.pt"))
 
 
+def carry_optimizer_state(checkpoint: Path, state: TrainingState) -> None:
+    """Start this run's optimizer from the AdamW state that `checkpoint` (of another run) holds for its first
+    parameter group: each parameter's moments and step count, matched by position (the bias correction goes on
+    from that count). The group's settings (lr, betas, weight decay) stay this run's config, and every other
+    group (a discriminator the earlier run may not have had) starts fresh. This is upstream PVDM's GAN stage,
+    which loads the autoencoder's optimizer (`opt.pth`) but not the discriminators' (`d_opt.pth`).
+    """
+    record = Run.read_trainer_state(checkpoint)
+    if record.get("sharded", False) or is_sharded(state.accelerator):
+        raise VptError(f"{checkpoint}: optimizer states are carried between runs without FSDP only")
+    file = checkpoint / TRAINING_STATE / "optimizer.bin"
+    if not file.is_file():
+        file = checkpoint / "optimizer.pt"  # the flat layout of older checkpoints
+    if not file.is_file():
+        raise VptError(f"{checkpoint} holds no optimizer state (no {TRAINING_STATE}/optimizer.bin)")
+    saved = read_weights(file)
+    try:
+        saved_ids, saved_moments = saved["param_groups"][0]["params"], saved["state"]
+    except (KeyError, IndexError, TypeError):
+        raise VptError(f"{file}: not an optimizer state") from None
+    current = state.optimizer.state_dict()
+    ids, params = current["param_groups"][0]["params"], state.optimizer.param_groups[0]["params"]
+    if len(saved_ids) != len(ids):
+        raise VptError(
+            f"{checkpoint}: its optimizer's first group holds {len(saved_ids)} parameters, this model's {len(ids)}"
+        )
+    for position, (saved_id, new_id, param) in enumerate(zip(saved_ids, ids, params)):
+        moments = saved_moments.get(saved_id)
+        if moments is None:  # a parameter the earlier run never updated starts fresh
+            continue
+        wrong = [tuple(value.shape) for key, value in moments.items() if key != "step" and value.shape != param.shape]
+        if wrong:
+            raise VptError(
+                f"{checkpoint}: the optimizer state of parameter {position} has shape {wrong[0]}, "
+                f"this model's parameter {tuple(param.shape)}"
+            )
+        current["state"][new_id] = moments
+    state.optimizer.load_state_dict(current)
+
+
 def read_best(run: Run) -> float | None:
     best = run.best_checkpoint()
     if best is None:

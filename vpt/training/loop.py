@@ -36,7 +36,15 @@ from vpt.errors import Interrupted
 from vpt.precision import training_precision
 from vpt.progress import ProgressBar
 from vpt.runs import Run
-from vpt.training.checkpoint import TrainingState, diverged, load_checkpoint, read_best, restore_rng, save_checkpoint
+from vpt.training.checkpoint import (
+    TrainingState,
+    carry_optimizer_state,
+    diverged,
+    load_checkpoint,
+    read_best,
+    restore_rng,
+    save_checkpoint,
+)
 from vpt.training.config import TrainConfig, lr_factor
 from vpt.training.ema import EMA
 from vpt.training.sampler import ResumableSampler
@@ -64,12 +72,17 @@ def train(
     hooks: Hooks | None = None,
     *,
     checkpoint_on_ctrl_c: bool | None = None,
+    init_optimizer_from: Path | None = None,
 ) -> int:
     """Train `model` on `dataset` until `cfg.max_steps`, resuming from the run's latest checkpoint.
 
     `checkpoint_on_ctrl_c` (default: only when the `vpt` command owns the process) installs the Ctrl-C
     handler below for the loop's duration and restores the previous one after; a host program that
     calls this keeps its own Ctrl-C.
+
+    `init_optimizer_from` (a checkpoint of an earlier run): on a fresh start, the optimizer's first
+    parameter group (the model's own; a GAN objective's autoencoder) takes that checkpoint's AdamW state,
+    while the step count and the learning-rate schedule start from 0 (see `carry_optimizer_state`).
 
     Returns the final step. Raises TrainingDiverged (after keeping the last good checkpoint) when the
     loss or the gradient becomes NaN or infinite, and Interrupted after writing a checkpoint when the
@@ -97,6 +110,9 @@ def train(
     if latest is not None:
         state.step = load_checkpoint(latest, state)
         info(f"Resuming {run.root} from step {state.step} ({latest.name})")  # Run.open trimmed metrics.jsonl to it
+    elif init_optimizer_from is not None:
+        carry_optimizer_state(init_optimizer_from, state)
+        info(f"Optimizer state of the first parameter group from {init_optimizer_from}")
     # The EMA starts from the loaded weights (or the checkpoint's own EMA), never from the random init.
     if cfg.ema_decay > 0:
         state.ema = EMA(model, cfg.ema_decay, cfg.ema_start, cfg.ema_warmup)

@@ -5,12 +5,15 @@ branch on which autoencoder they hold.
     decode(latents)  (B, T', *latent_dims)       ->  (B, T' * k, C, H, W), roughly [-1, 1] (unclamped)
     k = frames_per_latent: 1 for frame autoencoders (VQGAN, KL-VAE, Latte's VAE), the clip length for
         autoencoders that encode whole clips (PVDM's projected autoencoder: k = 16, latent_dims = (4, 2048)).
+    c = context_frames: frames read on each side of the encoded ones, 0 but for MOSO with
+        `motion_context: neighbours` (1); `encode` then takes T = n k + 2c frames and `decode` gives the n k inside.
 
 Latents are *continuous* and *model-ready*: pre-quantisation for VQ models (RIVER integrates its flow
 in that space; quantisation happens inside `decode`), the posterior mean for KL models, and already
 mapped by `(z - latent_shift) * latent_scale` (Stable Diffusion's 0.18215), which `decode` undoes.
 
-A subclass implements four things on clips of k frames, with unscaled latents:
+A subclass implements four things on clips of k frames (k + 2c where the clip reads context frames), with
+unscaled latents:
     encode_clips(clips (N, k, C, H, W)) -> (N, *latent_dims)
     decode_clips(latents (N, *latent_dims)) -> (N, k, C, H, W)
     forward_train(clips) -> TrainOutput(reconstruction, regularizers)   (codebook or KL terms)
@@ -78,6 +81,11 @@ class Autoencoder(nn.Module, abc.ABC):
         return 1
 
     @property
+    def context_frames(self) -> int:
+        """c: frames read on each side of a clip that only inform its encoding (0 for most autoencoders)."""
+        return 0
+
+    @property
     def image_channels(self) -> int:
         return self.config.in_channels
 
@@ -119,20 +127,28 @@ class Autoencoder(nn.Module, abc.ABC):
 
     # --- the shared surface --------------------------------------------------------------------
     def to_clips(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B * T / k, k, C, H, W); T must be a multiple of k.
+        """(B, T, C, H, W) -> (B * n, k, C, H, W); T must be n k. With c context frames, T = n k + 2c and
+        the clips overlap: (B * n, k + 2c, C, H, W), clip i being frames i k ... i k + k + 2c - 1.
 
         RGB frames given to a 1-channel autoencoder keep their first channel (as VideoGeneration-PyTorch
         does for its grayscale data), so RGB datasets feed grayscale models directly."""
-        k = self.frames_per_latent
+        k, context = self.frames_per_latent, self.context_frames
         if video.ndim != 5:
             raise VptError(f"autoencoder input must be (B, T, C, H, W), got shape {tuple(video.shape)}")
-        if video.shape[1] % k:
-            raise VptError(f"{self.type} encodes clips of {k} frames; got {video.shape[1]} frames")
+        encoded = video.shape[1] - 2 * context
+        if encoded % k or encoded < (k if context else 0):
+            plus = f" and {context} more on each side (n x {k} + {2 * context})" if context else ""
+            raise VptError(f"{self.type} encodes clips of {k} frames{plus}; got {video.shape[1]} frames")
         if self.image_channels == 1 and video.shape[2] == 3:
             video = video[:, :, :1]
         if video.shape[2] != self.image_channels:
             raise VptError(f"{self.type} expects {self.image_channels}-channel frames, got {video.shape[2]}")
-        return rearrange(video, "b (n k) c h w -> (b n) k c h w", k=k)
+        windows = video.unfold(1, k + 2 * context, k)  # (B, n, C, H, W, k + 2c)
+        return rearrange(windows, "b n c h w k -> (b n) k c h w")
+
+    def without_context(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips from `to_clips` (N, k + 2c, C, H, W) -> the k frames each encodes and reconstructs (N, k, C, H, W)."""
+        return clips[:, self.context_frames : clips.shape[1] - self.context_frames]
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) in [-1, 1] -> model-ready latents (B, T // k, *latent_dims)."""
@@ -169,7 +185,7 @@ class Autoencoder(nn.Module, abc.ABC):
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """Shape of `encode`'s output for one video of `num_frames` frames (without the batch axis)."""
-        return (num_frames // self.frames_per_latent, *self.latent_dims(height, width))
+        return ((num_frames - 2 * self.context_frames) // self.frames_per_latent, *self.latent_dims(height, width))
 
     def identity(self) -> dict:
         """What names this autoencoder in latent files and run configs."""

@@ -27,9 +27,11 @@ input and context with `split_latent`, `diffusion_input` and `context`, and samp
 with `decode_diffusion`.
 
 What differs from upstream, and what could not be established:
-- Motion input at the clip's ends: upstream reads one frame before and one after the clip; an
-  autoencoder here sees exactly k frames, so the first and last frame are repeated outward (the
-  motion input of the end frames is a first, not a second, difference).
+- Motion input at the clip's ends: upstream reads one frame before and one after the clip. By default
+  (`motion_context: repeat`) an autoencoder here sees exactly k frames, so the first and last frame
+  are repeated outward (the motion input of the end frames is a first, not a second, difference).
+  `motion_context: neighbours` reads upstream's way: a clip is k + 2 frames whose outer two only enter
+  the motion input, so training takes `data.frames` = k + 2 and `encode` n k + 2 frames (see `to_clips`).
 - Upstream restarts never-chosen codes (`if_augcb: 2`): every 10th update one of them gets the mean
   vector and moving-average sum of the used codes, but its moving-average count stays near zero, so
   the next update divides that sum by the tiny count and throws the code far from every feature.
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +91,9 @@ class MosoConfig:
     commitment_cost: float = 0.25
     epsilon: float = 1e-5  # Laplace smoothing of the code counts
     split_input_steps: int = 0  # train on split scene/object inputs for this many steps (upstream: 100000)
+    # The motion input 2 x_t - x_{t-1} - x_{t+1} at a clip's first and last frame: `repeat` the end frames outward
+    # (clips of k frames), or read the real `neighbours` before and after the clip, as upstream (k + 2 frames).
+    motion_context: Literal["repeat", "neighbours"] = "repeat"
 
     def __post_init__(self) -> None:
         for name in (
@@ -333,10 +339,12 @@ class Decoder(nn.Module):
 # --- the autoencoder -------------------------------------------------------------------------------
 
 
-def second_difference(frames: torch.Tensor) -> torch.Tensor:
-    """(N, k, C, H, W) -> 2 x_t - x_{t-1} - x_{t+1}, the end frames repeated outward."""
-    padded = torch.cat([frames[:, :1], frames, frames[:, -1:]], dim=1)
-    return 2 * frames - padded[:, :-2] - padded[:, 2:]
+def second_difference(frames: torch.Tensor, *, outer_frames: bool = False) -> torch.Tensor:
+    """2 x_t - x_{t-1} - x_{t+1}: (N, k, C, H, W) -> (N, k, C, H, W), the end frames repeated outward; with
+    `outer_frames`, (N, k + 2, C, H, W) -> (N, k, C, H, W) for the k inner frames, their neighbours all given."""
+    if not outer_frames:
+        frames = torch.cat([frames[:, :1], frames, frames[:, -1:]], dim=1)  # (N, k + 2, C, H, W)
+    return 2 * frames[:, 1:-1] - frames[:, :-2] - frames[:, 2:]
 
 
 class MosoAutoencoder(Autoencoder):
@@ -398,6 +406,10 @@ class MosoAutoencoder(Autoencoder):
     def frames_per_latent(self) -> int:
         return self.config.frames
 
+    @property
+    def context_frames(self) -> int:
+        return int(self.config.motion_context == "neighbours")
+
     def token_grids(self) -> dict[str, tuple[int, ...]]:
         """Token grid of each stream, in latent order: scene (Hs, Ws), object (Ho, Wo), motion (k, Hm, Wm)."""
         c = self.config
@@ -419,13 +431,16 @@ class MosoAutoencoder(Autoencoder):
     def _check_clips(self, clips: torch.Tensor) -> None:
         n, k, _, height, width = clips.shape
         self.latent_dims(height, width)
-        if k != self.config.frames:
-            raise VptError(f"moso autoencoder encodes clips of {self.config.frames} frames, got {k}")
+        if k != self.config.frames + 2 * self.context_frames:
+            outer = " and the frame before and after it (motion_context: neighbours)" if self.context_frames else ""
+            raise VptError(f"moso autoencoder encodes clips of {self.config.frames} frames{outer}, got {k} frames")
 
     def _stream_inputs(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[-1, 1] clips -> (scene, object, motion) encoder inputs on upstream's [0, 1] scale."""
+        """[-1, 1] clips (N, k + 2c, C, H, W) -> (scene, object, motion) encoder inputs (N, k, C, H, W) each, on
+        upstream's [0, 1] scale; context frames (c = 1) enter the motion input only."""
         frames = (clips + 1) / 2
-        motion = second_difference(frames)
+        motion = second_difference(frames, outer_frames=bool(self.context_frames))
+        frames = self.without_context(frames)
         if not (self.split_inputs and self.training):
             return frames, frames, motion
         change = motion.abs().amax(dim=2, keepdim=True)  # (N, k, 1, H, W)
@@ -443,14 +458,14 @@ class MosoAutoencoder(Autoencoder):
         }
 
     def _clip_tokens(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N, k, C, H, W) -> scene (N, Hs, Ws), object (N, Ho, Wo), motion (N, k, Hm, Wm) int64."""
+        """(N, k + 2c, C, H, W) -> scene (N, Hs, Ws), object (N, Ho, Wo), motion (N, k, Hm, Wm) int64."""
         features = self._features(clips)
         found = {name: self._vq_ema.nearest(value) for name, value in features.items()}
         found["motion"] = found["motion"].unflatten(0, (len(clips), -1))
         return found
 
     def tokens(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, C, T, H, W) in [-1, 1], T = arch.frames -> {scene (B, Hs, Ws), object (B, Ho, Wo),
+        """(B, C, T, H, W) in [-1, 1], T = arch.frames (+ 2 with motion_context: neighbours) -> {scene (B, Hs, Ws), object (B, Ho, Wo),
         motion (B, T, Hm, Wm)}, int64 code indices."""
         return self._clip_tokens(rearrange(video, "b c t h w -> b t c h w"))
 

@@ -98,9 +98,10 @@ class MosoObjective(AutoencoderObjective):
 
     def _discriminator_step(self, batch: Any) -> dict[str, torch.Tensor]:
         video = batch["video"] if isinstance(batch, dict) else batch  # (B, T, C, H, W) in [-1, 1]
-        clips = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
+        clips = self.autoencoder.to_clips(video)  # (N, k + 2c, C, H, W)
         with torch.no_grad():
             fake = self.autoencoder.forward_train(clips, move_codes=False).reconstruction  # (N, k, C, H, W)
-        real, fake = (rearrange(v, "n k c h w -> (n k) c h w") for v in (clips, fake))
+        real = self.autoencoder.without_context(clips)  # (N, k, C, H, W)
+        real, fake = (rearrange(v, "n k c h w -> (n k) c h w") for v in (real, fake))
         d_loss = discriminator_loss(self.cfg.gan_loss, self.discriminator(real), self.discriminator(fake))
         return {"loss": self.cfg.disc_factor * d_loss, "d_loss": d_loss.detach()}

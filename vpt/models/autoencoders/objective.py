@@ -198,9 +198,9 @@ class AutoencoderObjective(nn.Module):
         """The autoencoder's own objective on a batch: frames `target` and `fake` ((N k), C, H, W), the
         reconstruction + LPIPS term `nll`, `ae_loss` = nll + weighted codebook / KL terms, and their logs."""
         video = batch["video"] if isinstance(batch, dict) else batch  # (B, T, C, H, W) in [-1, 1]
-        clips = self.autoencoder.to_clips(video)  # (N, k, C, H, W)
+        clips = self.autoencoder.to_clips(video)  # (N, k + 2c, C, H, W): c context frames, usually 0
         out = self.autoencoder.forward_train(clips)
-        target = rearrange(clips, "n k c h w -> (n k) c h w")
+        target = rearrange(self.autoencoder.without_context(clips), "n k c h w -> (n k) c h w")
         fake = rearrange(out.reconstruction, "n k c h w -> (n k) c h w")
         cfg = self.cfg
 
