@@ -1,7 +1,8 @@
 """20 steps of `vpt train-ae`'s loop on RSVP-M's first stage, MOSO's three-stream VQ-VAE, against MOSO's own
 training step (`train_dist.py` around `MoCoVQVAE_wCD_shareCB`): its EMA codebook updates, its single Adam and
 cosine schedule, its alternating generator / discriminator iterations from `disc_start_step` on and LPIPS (weight 1
-on every frame) on a seeded random VGG-16 with the `lpips` wheel's heads on both sides
+on every frame, dropout before its heads as upstream's training-mode network) on a seeded random VGG-16 with the
+`lpips` wheel's heads on both sides
 (tests/recorded_training.py says how a recording is replayed; tests/fixtures/rsvp/README.md how it was made)."""
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ PHASE_NO_GAN, PHASE_AUTOENCODER, PHASE_DISCRIMINATOR = -1, 0, 1  # upstream's op
 
 def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
     record = load_file(fixture("rsvp", "moso_training.safetensors"))
-    seed, batch_size, lr, disc_start, disc_channels, disc_layers, schedule_steps, perceptual_weight = record[
-        "settings"
-    ].tolist()
+    settings = record["settings"].tolist()
+    seed, batch_size, lr, disc_start, disc_channels, disc_layers, schedule_steps, perceptual_weight, dropout = settings
     seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps = (
         int(v) for v in (seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps)
     )
@@ -57,7 +57,7 @@ def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
             "disc_start": disc_start,
         }
     )
-    assert loss.perceptual_weight == perceptual_weight
+    assert (loss.perceptual_weight, loss.lpips_head_dropout) == (perceptual_weight, dropout)
     perceptual, reason = load_perceptual(loss)  # the heads: the installed lpips wheel's, as upstream's in the recording
     assert perceptual is not None, reason
     objective = autoencoder.build_objective(loss, perceptual=perceptual.double())  # what train_autoencoder builds
