@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,25 @@ def seeded_vgg16_features(seed: int = 0) -> dict[str, torch.Tensor]:
         state[f"features.{index}.weight"] = weight
         state[f"features.{index}.bias"] = 0.01 * torch.randn(cout, generator=generator, dtype=torch.float32)
     return state
+
+
+def torchvision_stand_in(seed: int = 0) -> types.ModuleType:
+    """A module to register as `torchvision` for an upstream LPIPS in a recording: its `models.vgg16(...)` (whatever
+    the arguments, `pretrained=True` included) returns a module whose `features` is torchvision's VGG-16 stack
+    (3x3 convolutions, in-place ReLUs, 2x2 max pools at 4, 9, 16, 23, 30) holding `seeded_vgg16_features(seed)`."""
+    convs = {index: (cin, cout) for index, cin, cout in VGG16_CONVS}
+    pools = (4, 9, 16, 23, 30)
+
+    def vgg16(*args, **kwargs) -> nn.Module:
+        layers = [
+            nn.Conv2d(*convs[i], 3, padding=1) if i in convs else nn.MaxPool2d(2, 2) if i in pools else nn.ReLU(True)
+            for i in range(31)
+        ]
+        network = nn.Module()
+        network.features = nn.Sequential(*layers)
+        network.load_state_dict(seeded_vgg16_features(seed))
+        return network
+
+    torchvision = types.ModuleType("torchvision")
+    torchvision.models = types.SimpleNamespace(vgg16=vgg16)
+    return torchvision

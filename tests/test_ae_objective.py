@@ -216,6 +216,32 @@ def test_perceptual_term_is_added_and_grayscale_frames_are_shown_as_rgb():
     assert logs["lpips"] > 0
 
 
+class _DropoutSeen(_SquaredDistance):
+    """Records the head dropout each call asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def forward(self, a, b, *, head_dropout=0.0):
+        self.asked.append(head_dropout)
+        return super().forward(a, b)
+
+
+def test_lpips_head_dropout_applies_only_while_training():
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder("vqgan", TINY_VQGAN)
+    perceptual = _DropoutSeen()
+    objective = autoencoder.build_objective(
+        LossConfig(perceptual_weight=1.0, lpips_head_dropout=0.5, discriminator="none"), perceptual=perceptual
+    )
+    objective.train().loss(_batch())
+    objective.eval().loss(_batch())
+    assert perceptual.asked == [0.5, 0.0]
+    with pytest.raises(ValueError, match="lpips_head_dropout"):
+        LossConfig(lpips_head_dropout=1.0)
+
+
 def test_missing_lpips_backbone_disables_the_term_with_a_reason(tmp_path):
     network, reason = load_perceptual(LossConfig(lpips_backbone=str(tmp_path / "vgg16.pth")))
     assert network is None and "vgg16.pth" in reason

@@ -24,8 +24,9 @@ def vgg_files(tmp_path_factory):
     return model, backbone, heads
 
 
-def _hand_lpips(a, b, backbone, heads):
-    """LPIPS written out layer by layer: VGG-16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3."""
+def _hand_lpips(a, b, backbone, heads, head_dropout=0.0):
+    """LPIPS written out layer by layer: VGG-16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3; `head_dropout` as the
+    `lpips` package's heads in training mode (an nn.Dropout in front of each, layer by layer)."""
     shift, scale = torch.tensor(SHIFT).view(1, 3, 1, 1), torch.tensor(SCALE).view(1, 3, 1, 1)
 
     def taps(x):
@@ -45,7 +46,7 @@ def _hand_lpips(a, b, backbone, heads):
     for fa, fb, weight in zip(taps(a), taps(b), heads):
         na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        total += ((na - nb) ** 2 * weight).sum(1).mean(dim=(1, 2))
+        total += (torch.nn.Dropout(head_dropout)((na - nb) ** 2) * weight).sum(1).mean(dim=(1, 2))
     return total
 
 
@@ -60,6 +61,18 @@ def test_lpips_matches_a_hand_computation(vgg_files):
         assert torch.all(got > 0)
         torch.testing.assert_close(model(b, a), got, rtol=1e-6, atol=1e-7)  # symmetric
         assert torch.all(model(a, a) == 0)  # identical inputs
+
+
+def test_head_dropout_is_the_lpips_packages_training_mode(vgg_files):
+    model, backbone, heads = vgg_files
+    generator = torch.Generator().manual_seed(4)
+    a, b = torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1, torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(11)
+        got = model(a, b, head_dropout=0.5)
+        torch.manual_seed(11)  # the same masks, drawn from the global generator in the same order
+        torch.testing.assert_close(got, _hand_lpips(a, b, backbone, heads, head_dropout=0.5), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, model(a, b))  # the masks change the distance
 
 
 def test_lpips_is_frozen_but_passes_gradients_to_inputs(vgg_files):

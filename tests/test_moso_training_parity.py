@@ -1,6 +1,8 @@
 """20 steps of `vpt train-ae`'s loop on RSVP-M's first stage, MOSO's three-stream VQ-VAE, against MOSO's own
 training step (`train_dist.py` around `MoCoVQVAE_wCD_shareCB`): its EMA codebook updates, its single Adam and
-cosine schedule, and its alternating generator / discriminator iterations from `disc_start_step` on
+cosine schedule, its alternating generator / discriminator iterations from `disc_start_step` on and LPIPS (weight 1
+on every frame, dropout before its heads as upstream's training-mode network) on a seeded random VGG-16 with the
+`lpips` wheel's heads on both sides
 (tests/recorded_training.py says how a recording is replayed; tests/fixtures/rsvp/README.md how it was made)."""
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from fixture_paths import fixture
+from fixture_paths import fixture, seeded_vgg16_features
 from recorded_training import (
     LOSS_RTOL,
     WEIGHT_RTOL,
@@ -19,10 +21,10 @@ from recorded_training import (
     published_train_config,
     replay,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vpt.models.autoencoders import autoencoder_from_upstream_state
-from vpt.models.autoencoders.objective import LossConfig
+from vpt.models.autoencoders.objective import LossConfig, load_perceptual
 from vpt.runs import Run
 from vpt.weights import read_weights
 
@@ -32,7 +34,8 @@ PHASE_NO_GAN, PHASE_AUTOENCODER, PHASE_DISCRIMINATOR = -1, 0, 1  # upstream's op
 
 def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
     record = load_file(fixture("rsvp", "moso_training.safetensors"))
-    seed, batch_size, lr, disc_start, disc_channels, disc_layers, schedule_steps = record["settings"].tolist()
+    settings = record["settings"].tolist()
+    seed, batch_size, lr, disc_start, disc_channels, disc_layers, schedule_steps, perceptual_weight, dropout = settings
     seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps = (
         int(v) for v in (seed, batch_size, disc_start, disc_channels, disc_layers, schedule_steps)
     )
@@ -44,16 +47,20 @@ def test_twenty_training_steps_match_upstream_moso_train_dist(tmp_path):
         .requires_grad_(True)
     )  # as train-ae's --init-from makes a loaded autoencoder trainable; split inputs off (arch default), as recorded
     published = yaml.safe_load(CONFIG.read_text())
-    loss = LossConfig(  # the published loss section; LPIPS off and the recording's discriminator and disc_start
+    save_file(seeded_vgg16_features(), tmp_path / "vgg16.safetensors")  # the recording's VGG-16 stand-in
+    loss = LossConfig(  # the published loss section with the recording's VGG-16, discriminator and disc_start
         **{
             **published["loss"],
-            "perceptual_weight": 0.0,
+            "lpips_backbone": str(tmp_path / "vgg16.safetensors"),
             "disc_channels": disc_channels,
             "disc_layers": disc_layers,
             "disc_start": disc_start,
         }
     )
-    objective = autoencoder.build_objective(loss)  # what train_autoencoder builds
+    assert (loss.perceptual_weight, loss.lpips_head_dropout) == (perceptual_weight, dropout)
+    perceptual, reason = load_perceptual(loss)  # the heads: the installed lpips wheel's, as upstream's in the recording
+    assert perceptual is not None, reason
+    objective = autoencoder.build_objective(loss, perceptual=perceptual.double())  # what train_autoencoder builds
     objective.discriminator.load_state_dict(prefixed(record, "initial._discriminator."))
     objective.double()  # the recording's precision (its docstring says why float64)
     iterations = len(record["losses"])

@@ -1,5 +1,6 @@
 """8 optimizer steps (24 micro-batches) of `vpt train-ae`'s loop against upstream PVDM's own autoencoder-training
-step, `first_stage_train`, with its alternating autoencoder / discriminator phases and `disc_start`
+step, `first_stage_train`, with its alternating autoencoder / discriminator phases, `disc_start` and LPIPS (weight
+4 on the drawn frame of each clip) on a seeded random VGG-16 with the `lpips` wheel's heads on both sides
 (tests/recorded_training.py says how a recording is replayed; tests/fixtures/pvdm/README.md how it was made)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from fixture_paths import fixture
+from fixture_paths import fixture, seeded_vgg16_features
 from recorded_training import (
     LOSS_RTOL,
     WEIGHT_RTOL,
@@ -18,10 +19,10 @@ from recorded_training import (
     published_train_config,
     replay,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vpt.models.autoencoders import autoencoder_from_upstream_state
-from vpt.models.autoencoders.objective import LossConfig
+from vpt.models.autoencoders.objective import LossConfig, load_perceptual
 from vpt.runs import Run
 from vpt.weights import read_weights
 
@@ -31,7 +32,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ae" / "pvdm_ucf101.y
 
 def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
     record = load_file(fixture("pvdm", "ae_training.safetensors"))
-    seed, batch_size, lr, disc_start, disc_channels, disc_layers, accum_iter = record["settings"].tolist()
+    seed, batch_size, lr, disc_start, disc_channels, disc_layers, accum_iter, perceptual_weight = record[
+        "settings"
+    ].tolist()
     seed, batch_size, disc_start, disc_channels, disc_layers, accum_iter = (
         int(v) for v in (seed, batch_size, disc_start, disc_channels, disc_layers, accum_iter)
     )
@@ -47,16 +50,22 @@ def test_autoencoder_training_matches_upstream_first_stage_train(tmp_path):
         .requires_grad_(True)
     )  # as train-ae's --init-from makes a loaded autoencoder trainable
     published = yaml.safe_load(CONFIG.read_text())
-    loss = LossConfig(  # the published loss section; LPIPS off and the recording's discriminators and disc_start
+    save_file(seeded_vgg16_features(), tmp_path / "vgg16.safetensors")  # the recording's VGG-16 stand-in
+    loss = LossConfig(  # the published loss section with the recording's VGG-16, discriminators and disc_start
         **{
             **published["loss"],
-            "perceptual_weight": 0.0,
+            "lpips_backbone": str(tmp_path / "vgg16.safetensors"),
             "disc_layers": disc_layers,
             "disc_channels": disc_channels,
             "disc_start": disc_start,
         }
     )
-    objective = autoencoder.build_objective(loss, grad_accum=accum_iter)  # what train_autoencoder builds
+    assert loss.perceptual_weight == perceptual_weight
+    perceptual, reason = load_perceptual(loss)  # the heads: the installed lpips wheel's, as upstream's in the recording
+    assert perceptual is not None, reason
+    objective = autoencoder.build_objective(  # what train_autoencoder builds
+        loss, grad_accum=accum_iter, perceptual=perceptual.double()
+    )
     objective.load_upstream_discriminators(prefixed(record, "initial."))
     objective.double()  # the recording's precision (its docstring says why float64)
     iterations = len(record["losses"])

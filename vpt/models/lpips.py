@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vpt.errors import VptError
@@ -136,7 +137,9 @@ class LPIPS(nn.Module):
                 found.append(x)
         return found
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, *, head_dropout: float = 0.0) -> torch.Tensor:
+        """`head_dropout`: dropout in front of each linear head, drawn from the global generator (the `lpips`
+        package's heads carry it, active when an upstream trainer leaves the network in training mode)."""
         if min(a.shape[-2:]) < BACKBONES[self.net].min_size:
             raise VptError(
                 f"LPIPS-{self.net} needs frames of at least {BACKBONES[self.net].min_size} px, got "
@@ -146,7 +149,10 @@ class LPIPS(nn.Module):
         for feat_a, feat_b, lin in zip(self.activations(a), self.activations(b), self.lins):
             unit_a = feat_a / (feat_a.square().sum(dim=1, keepdim=True).sqrt() + NORM_EPS)
             unit_b = feat_b / (feat_b.square().sum(dim=1, keepdim=True).sqrt() + NORM_EPS)
-            distance = distance + lin((unit_a - unit_b).square()).mean(dim=(1, 2, 3))  # (N,)
+            difference = (unit_a - unit_b).square()  # (N, C_l, H_l, W_l)
+            if head_dropout:
+                difference = F.dropout(difference, head_dropout, training=True)
+            distance = distance + lin(difference).mean(dim=(1, 2, 3))  # (N,)
         return distance
 
 

@@ -20,6 +20,10 @@ discriminator (L_discriminator, the reconstructions made without gradients and w
 codebook) and even steps the autoencoder on L_autoencoder, whose GAN term there also reaches the
 discriminator's weights (upstream does not zero them for this model), pushing D(x_hat) up. In the
 discriminator's steps the autoencoder gets no gradient, so AdamW leaves it and its moments alone.
+
+`loss.lpips_head_dropout: 0.5` is upstream's LPIPS in training mode: dropout in front of its linear heads, whose
+masks upstream's discriminator iterations draw as well (they compute the whole autoencoder loss without using
+it), so the global generator's stream, which the motion encoder's dropout reads, stays upstream's.
 """
 
 from __future__ import annotations
@@ -103,5 +107,8 @@ class MosoObjective(AutoencoderObjective):
             fake = self.autoencoder.forward_train(clips, move_codes=False).reconstruction  # (N, k, C, H, W)
         real = self.autoencoder.without_context(clips)  # (N, k, C, H, W)
         real, fake = (rearrange(v, "n k c h w -> (n k) c h w") for v in (real, fake))
+        if self._perceptual is not None and self.cfg.lpips_head_dropout:
+            with torch.no_grad():  # unused: upstream's discriminator iterations draw its head-dropout masks too
+                self._perceptual_distance(fake, real)
         d_loss = discriminator_loss(self.cfg.gan_loss, self.discriminator(real), self.discriminator(fake))
         return {"loss": self.cfg.disc_factor * d_loss, "d_loss": d_loss.detach()}

@@ -52,6 +52,9 @@ class LossConfig:
     reconstruction_weight: float = 1.0
     perceptual_weight: float = 1.0  # LPIPS (VGG16 + linear heads); 0 turns it off
     lpips_backbone: str = ""  # path to the ImageNet VGG16 weights; "" = where vpt.models.lpips looks by default
+    # dropout in front of LPIPS's linear heads while training (MOSO's train_dist.py: 0.5, its model.train() reaching
+    # the lpips package's network); 0 = vpt's eval-mode LPIPS, the same expected loss without the noise
+    lpips_head_dropout: float = 0.0
     codebook_weight: float = 1.0  # VQ models: codebook + commitment loss weight
     kl_weight: float = 1e-6  # KL models (taming's KL recipe: 1e-6; Latte's VG: 5e-6)
     # taming NLayerDiscriminator / VG's PatchGAN / PVDM's 2-D + 3-D pair with feature matching (pvdm autoencoder only)
@@ -87,6 +90,8 @@ class LossConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.lpips_head_dropout < 1:
+            raise ValueError(f"loss.lpips_head_dropout must be in [0, 1), got {self.lpips_head_dropout}")
         if self.disc_layers < 1 or self.disc_channels < 1:
             raise ValueError("loss.disc_layers and loss.disc_channels must be >= 1")
 
@@ -226,6 +231,8 @@ class AutoencoderObjective(nn.Module):
             network.to(fake.device)
         if fake.shape[1] == 1:  # grayscale: LPIPS sees the channel three times (VG's scaling layer does the same)
             fake, target = fake.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+        if self.training and self.cfg.lpips_head_dropout:
+            return network(fake, target, head_dropout=self.cfg.lpips_head_dropout)  # (N,)
         return network(fake, target)  # (N,)
 
     def _frozen_discriminator(self, images: torch.Tensor) -> torch.Tensor:
