@@ -81,6 +81,8 @@ def _kill_mid_run(args: list, started, delay: float) -> tuple[list[int], bool]:
     proc = _vpt(*args)
     _wait_for(started, proc)
     time.sleep(delay)
+    proc.send_signal(signal.SIGSTOP)  # stopped, it cannot start a worker between the listing and the kill
+    _wait_for(lambda: (_stat_fields(proc.pid) or ["gone"])[0] == "T", proc)
     children = _children(proc.pid)
     proc.kill()
     proc.wait()
