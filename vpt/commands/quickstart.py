@@ -234,9 +234,18 @@ def _quiet_overrides(seed: int) -> list[str]:
 
 
 def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) -> dict[str, Any]:
-    """Predict every whole test video from its first frames (a rollout longer than the training clips)
-    and score it next to copying the last context frame: PSNR/SSIM, and where the object is (its
-    colour's centroid against the generator's true centre) and whether it is still there."""
+    """The quickstart's scores (`_score_rollout` under sampling seed 0) and its HTML report."""
+    num_context = cfg.eval.context_frames or cfg.model.context_frames
+    scores, video, predicted = _score_rollout(river_run, data, num_context, seed=0)
+    _write_report(out, video, predicted, num_context, scores, truncated)
+    return scores
+
+
+def _score_rollout(river_run: Path, data: Path, num_context: int, seed: int):
+    """Predict every whole test video from its first `num_context` frames (a rollout longer than the
+    training clips), sampling under `seed`, and score it next to copying the last context frame: PSNR/SSIM,
+    and where the object is (its colour's centroid against the generator's true centre) and whether it is
+    still there. Returns (scores, test videos (N, T, 3, H, W), predicted frames (N, T - num_context, 3, H, W))."""
     import numpy as np
     import torch
 
@@ -250,9 +259,8 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) 
     count = min(EVAL_CLIPS, len(source))
     video = torch.stack([frames_to_tensor(source.read(i)[:VIDEO_FRAMES]) for i in range(count)])  # (N, T, 3, H, W)
     truth_positions = _true_positions(data, [source.name(i) for i in range(count)])
-    num_context = cfg.eval.context_frames or cfg.model.context_frames
     truth = video[:, num_context:]
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         predicted = torch.cat(
             [model.predict(chunk, truth.shape[1], generator=generator) for chunk in video[:, :num_context].split(25)]
@@ -316,8 +324,7 @@ def _evaluate(river_run: Path, data: Path, cfg: Any, out: Path, truncated: str) 
             "object_kept of the test clips of each motion",
         }
     )
-    _write_report(out, video, predicted, num_context, scores, truncated)
-    return scores
+    return scores, video, predicted
 
 
 def _true_positions(data: Path, names: list[str | None]) -> list[dict]:
