@@ -4,6 +4,7 @@ budget and is scored with its task's metric next to its task's baseline.
     python benchmarks/learning.py --work runs/learning                     # every backend, full budgets
     python benchmarks/learning.py --work runs/learning --only seer pvdm    # a subset
     OMP_NUM_THREADS=1 python benchmarks/learning.py --smoke --work /tmp/l  # every code path at toy budgets
+    python benchmarks/learning.py --work runs/learning --repeats 5         # scores over sampling seeds 0-4
 
 Rows (full budgets in FULL below; each backend's training also stops at its share of --budget-minutes):
 
@@ -26,6 +27,16 @@ Rows (full budgets in FULL below; each backend's training also stops at its shar
 Writes WORK/learning.json (every score, the budget planned and used, the machine) and WORK/learning.md
 (the table). A backend that fails is recorded with its error and the next runs; the exit code is then 1.
 Runs in WORK are reused: a second call only scores what is trained (or continues what was cut short).
+
+--repeats K (default 1) samples the rollout rows (river, neuralsde-*, pvdm, rsvp) and latte-uncond K times,
+repeat r under sampling seed r, and scores each repeat; training runs once, so only sampling and scoring
+cost K times as much. K = 1 is the single sampling under seed 0. Each score of such a row is then the mean
+over the repeats (a `<metric>_clip_std` the mean of the repeats' spreads over clips), `<metric>_repeat_std`
+its sample standard deviation over the repeats (ddof=1; absent when K = 1, as there is no spread to
+estimate), and the row's `per_repeat` lists every repeat's seed and scores (K > 1 only). learning.json and
+each sampled row record `repeats`; the direction rows (seer, latte-class) already count pairs over their
+own sampling seeds (16 at full budgets), ignore --repeats and record `repeats: null`. Baselines are not
+sampled: scored once.
 """
 
 from __future__ import annotations
@@ -110,10 +121,42 @@ def row(backend: str, budget: str, used: dict, metric: str, model: dict, baselin
     } | fields
 
 
-def rollout_row(backend, budget, used, predicted, baseline_frames, truth, records, num_context, baseline_name):
-    """A row of position error / object kept / PSNR / shape IoU, mean ± std over clips, against a baseline."""
-    model, baseline = (rollout_scores(frames, truth, records, num_context) for frames in (predicted, baseline_frames))
-    beats = model["position_error"] < baseline["position_error"] and model["psnr"] > baseline["psnr"]
+def sampling_generators(repeats: int) -> list[torch.Generator]:
+    """One generator per repeat: repeat r samples under seed r, so repeat 0 is the sampling of --repeats 1."""
+    return [torch.Generator().manual_seed(seed) for seed in range(repeats)]
+
+
+def over_repeats(per_repeat: list[dict[str, float]]) -> dict[str, float]:
+    """Each score's mean over the repeats (a `<metric>_clip_std` too: the mean of the repeats' spreads over
+    clips) and, with more than one repeat, `<metric>_repeat_std` beside each metric: the sample standard
+    deviation (ddof=1) of its repeats' values. One repeat gives its scores unchanged and no `_repeat_std`."""
+    means = {name: float(np.mean([scores[name] for scores in per_repeat])) for name in per_repeat[0]}
+    if len(per_repeat) > 1:
+        metrics = [name for name in per_repeat[0] if not name.endswith("_clip_std")]
+        means |= {
+            f"{name}_repeat_std": float(np.std([scores[name] for scores in per_repeat], ddof=1)) for name in metrics
+        }
+    return means
+
+
+def repeat_fields(per_repeat: list[dict[str, float]]) -> dict:
+    """A sampled row's `repeats` and, with more than one, `per_repeat`: each repeat's seed and scores."""
+    fields: dict = {"repeats": len(per_repeat)}
+    if len(per_repeat) > 1:
+        fields["per_repeat"] = [{"seed": seed, **scores} for seed, scores in enumerate(per_repeat)]
+    return fields
+
+
+def beats_rollout_baseline(model: dict[str, float], baseline: dict[str, float]) -> bool:
+    """ROLLOUT_CRITERION, on the scores' means over the repeats."""
+    return bool(model["position_error"] < baseline["position_error"] and model["psnr"] > baseline["psnr"])
+
+
+def rollout_row(backend, budget, used, predictions, baseline_frames, truth, records, num_context, baseline_name):
+    """A row of position error / object kept / PSNR / shape IoU, mean ± std over clips, against a baseline;
+    `predictions` holds one prediction of the test clips per repeat (repeat r sampled under seed r)."""
+    per_repeat = [rollout_scores(predicted, truth, records, num_context) for predicted in predictions]
+    model, baseline = over_repeats(per_repeat), rollout_scores(baseline_frames, truth, records, num_context)
     return row(
         backend,
         budget,
@@ -123,7 +166,8 @@ def rollout_row(backend, budget, used, predicted, baseline_frames, truth, record
         baseline,
         baseline_name=baseline_name,
         criterion=ROLLOUT_CRITERION,
-        beats_baseline=bool(beats),
+        beats_baseline=beats_rollout_baseline(model, baseline),
+        **repeat_fields(per_repeat),
     )
 
 
@@ -143,17 +187,28 @@ def quickstart_autoencoder(work: Path, budget: dict, cap: float) -> tuple[Path, 
     return h5, ae_run, latents
 
 
-def run_river(work: Path, budgets: dict, cap: float) -> list[dict]:
+def run_river(work: Path, budgets: dict, cap: float, repeats: int) -> list[dict]:
+    """The quickstart's own evaluation (its metrics.json, sampling seed 0) is repeat 0; repeat r > 0 samples
+    its RIVER run again under seed r and scores it the same way."""
+    from vpt.commands import quickstart
+
     budget, out = budgets["quickstart"], work / "quickstart"
     steps = [("--ae-steps", budget["ae_steps"]), ("--river-steps", budget["river_steps"])]
     args = ["quickstart", "--out", str(out), "--num-videos", str(budget["videos"]), "--minutes", str(cap / TRAIN_SHARE)]
     run_vpt(args + [str(item) for option, value in steps if value for item in (option, value)])
     metrics = json.loads((out / "metrics.json").read_text())
     names = ("position_error", "psnr", "ssim")
-    model = {name: metrics[name] for name in names} | {
-        f"{name}_clip_std": metrics[f"{name}_clip_std"] for name in names
-    }
-    model["object_kept"] = metrics["object_kept"]
+
+    def row_scores(scores: dict) -> dict[str, float]:  # the row's part of one quickstart evaluation
+        spreads = {f"{name}_clip_std": scores[f"{name}_clip_std"] for name in names}
+        return {name: scores[name] for name in names} | spreads | {"object_kept": scores["object_kept"]}
+
+    h5, river_run = quickstart._make_data(out / "data", budget["videos"]), Path(metrics["river_run"])
+    resampled = [
+        quickstart._score_rollout(river_run, h5, metrics["context_frames"], seed)[0] for seed in range(1, repeats)
+    ]
+    per_repeat = [row_scores(scores) for scores in [metrics, *resampled]]
+    model, baseline = over_repeats(per_repeat), {name: metrics[f"baseline_{name}"] for name in names}
     return [
         row(
             "river",
@@ -162,11 +217,12 @@ def run_river(work: Path, budgets: dict, cap: float) -> list[dict]:
             {"ae": stage_record(out / "runs" / "ae"), "river": stage_record(out / "runs" / "river")},
             f"{metrics['context_frames']} -> {metrics['predicted_frames']} frames of {metrics['test_clips']} test clips",
             model,
-            {name: metrics[f"baseline_{name}"] for name in names},
+            baseline,
             baseline_name="copy the last context frame",
             criterion=ROLLOUT_CRITERION,
-            beats_baseline=bool(metrics["beats_baseline"]),
+            beats_baseline=beats_rollout_baseline(model, baseline),
             cut_short=metrics["truncated_by_minutes"],
+            **repeat_fields(per_repeat),
         )
     ]
 
@@ -174,7 +230,7 @@ def run_river(work: Path, budgets: dict, cap: float) -> list[dict]:
 # --- NeuralSDE ------------------------------------------------------------------------------------------
 
 
-def run_neuralsde(work: Path, budgets: dict, cap: float, samplers: list[str]) -> list[dict]:
+def run_neuralsde(work: Path, budgets: dict, cap: float, samplers: list[str], repeats: int) -> list[dict]:
     from vpt.commands.options import path_setting
     from vpt.models.backend import Backend
 
@@ -206,16 +262,19 @@ def run_neuralsde(work: Path, budgets: dict, cap: float, samplers: list[str]) ->
     options = {"em2": {"sampler": "euler", "steps": 2}, "adaptive": {"sampler": "adaptive"}}
     rows = []
     for sampler in samplers:
-        predicted = model.predict(
-            video[:, :context], truth.shape[1], generator=torch.Generator().manual_seed(0), **options[sampler]
-        )
+        predictions, evaluations = [], []  # per repeat: (N, 14, 3, 64, 64), drift evaluations per frame
+        for generator in sampling_generators(repeats):
+            predictions.append(
+                model.predict(video[:, :context], truth.shape[1], generator=generator, **options[sampler])
+            )
+            evaluations.append(model.sampling_stats["drift_evaluations_per_frame"])
         rows.append(
             rollout_row(
                 f"neuralsde-{sampler}",
                 f"configs/neuralsde/shapes_*.yaml on the quickstart autoencoder's latents, 2 context frames, "
                 f"{budget['steps']} steps per network f, d, g",
-                used | {"drift_evaluations_per_frame": model.sampling_stats["drift_evaluations_per_frame"]},
-                predicted,
+                used | {"drift_evaluations_per_frame": float(np.mean(evaluations))},  # mean over the repeats
+                predictions,
                 video[:, context - 1 : context].expand_as(truth),
                 truth,
                 records,
@@ -241,6 +300,7 @@ def direction_row(backend: str, budget: str, used: dict, hits: dict[str, int], s
         baseline_name="chance",
         criterion=f">= {target}/{seeds} in each pair",
         beats_baseline=all(value >= target for value in hits.values()),
+        repeats=None,  # not applicable: the count is over `seeds` sampling seeds already, whatever --repeats says
     )
 
 
@@ -288,7 +348,7 @@ def run_latte_class(work: Path, budgets: dict, cap: float) -> list[dict]:
 # --- unconditional Latte: FVD ------------------------------------------------------------------------------
 
 
-def run_latte_uncond(work: Path, budgets: dict, cap: float) -> list[dict]:
+def run_latte_uncond(work: Path, budgets: dict, cap: float, repeats: int) -> list[dict]:
     import fvd
     from einops import rearrange
 
@@ -312,13 +372,15 @@ def run_latte_uncond(work: Path, budgets: dict, cap: float) -> list[dict]:
     test, _ = shapes_test_clips(h5, frames=frames, count=count)  # (N, 16, 3, 64, 64)
     training, _ = shapes_test_clips(h5, frames=frames, count=len(test), split="train")
     model = Backend.from_run(run)
-    generator = torch.Generator().manual_seed(0)
-    generated = torch.cat(
-        [
-            model.predict(test[:0].new_zeros(len(chunk), 0, *test.shape[2:]), frames, generator=generator)
-            for chunk in test.split(16)
-        ]
-    )
+    generated = [  # per repeat, as many clips as test clips: (N, 16, 3, 64, 64)
+        torch.cat(
+            [
+                model.predict(test[:0].new_zeros(len(chunk), 0, *test.shape[2:]), frames, generator=generator)
+                for chunk in test.split(16)
+            ]
+        )
+        for generator in sampling_generators(repeats)
+    ]
     noise = torch.rand(test.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     preset = get_preset("stylegan-v")
     detector, detector_name = fvd.detector_for(torch.device("cpu"), preset, None)
@@ -328,10 +390,13 @@ def run_latte_uncond(work: Path, budgets: dict, cap: float) -> list[dict]:
         return np.concatenate([detector_features(detector, part, preset) for part in uint8.split(8)])
 
     real = stats_of(features(test))
-    scores = {
-        name: fvd_from_stats(real, stats_of(features(clips)), preset)
-        for name, clips in (("generated", generated), ("training clips", training), ("noise", noise))
-    }
+
+    def fvd_to_test(clips: torch.Tensor) -> float:
+        return fvd_from_stats(real, stats_of(features(clips)), preset)
+
+    per_repeat = [{"fvd": fvd_to_test(clips)} for clips in generated]
+    model_scores = over_repeats(per_repeat)
+    baseline = {"fvd_training_clips": fvd_to_test(training), "fvd_noise": fvd_to_test(noise)}
     notes = [f"detector: {detector_name}; preset stylegan-v; every set {len(test)} clips of {frames} frames at 64 px"]
     warning = few_clips_warning(len(test), len(test), 400)
     notes += [warning] if warning else []
@@ -341,12 +406,13 @@ def run_latte_uncond(work: Path, budgets: dict, cap: float) -> list[dict]:
             f"configs/latte/shapes.yaml without classes, {frames}-frame clips, on the quickstart autoencoder's latents",
             {"latte": stage_record(run)},
             "FVD to the test clips (lower: closer)",
-            {"fvd": scores["generated"]},
-            {"fvd_training_clips": scores["training clips"], "fvd_noise": scores["noise"]},
+            model_scores,
+            baseline,
             baseline_name="training clips (the data's own distance) and uniform noise",
             criterion="FVD below noise's",
-            beats_baseline=bool(scores["generated"] < scores["noise"]),
+            beats_baseline=bool(model_scores["fvd"] < baseline["fvd_noise"]),
             notes=notes,
+            **repeat_fields(per_repeat),
         )
     ]
 
@@ -354,7 +420,7 @@ def run_latte_uncond(work: Path, budgets: dict, cap: float) -> list[dict]:
 # --- next clip from the previous one: PVDM and RSVP-M --------------------------------------------------------
 
 
-def run_pvdm(work: Path, budgets: dict, cap: float) -> list[dict]:
+def run_pvdm(work: Path, budgets: dict, cap: float, repeats: int) -> list[dict]:
     from vpt.commands.options import path_setting
     from vpt.commands.save_latents import encode_dataset
     from vpt.models.backend import Backend
@@ -381,12 +447,12 @@ def run_pvdm(work: Path, budgets: dict, cap: float) -> list[dict]:
     video, records = shapes_test_clips(h5, frames=2 * clip)  # (N, 32, 3, 32, 32)
     model = Backend.from_run(run)
     context, truth = video[:, :clip], video[:, clip:]
-    predicted = model.predict(context, clip, generator=torch.Generator().manual_seed(0))
+    predictions = [model.predict(context, clip, generator=g) for g in sampling_generators(repeats)]  # (N, 16, ...)
     result = rollout_row(
         "pvdm",
         f"{budget['videos']} videos of 32 frames at 32 px; autoencoder configs/ae/pvdm_shapes.yaml, {budget['steps']} PVDM steps",
         {"ae": stage_record(ae_run), "pvdm": stage_record(run)},
-        predicted,
+        predictions,
         context,
         truth,
         records,
@@ -401,7 +467,7 @@ def run_pvdm(work: Path, budgets: dict, cap: float) -> list[dict]:
     return [result]
 
 
-def run_rsvp(work: Path, budgets: dict, cap: float) -> list[dict]:
+def run_rsvp(work: Path, budgets: dict, cap: float, repeats: int) -> list[dict]:
     from vpt.models.backend import Backend
 
     budget, root, given = budgets["rsvp"], work / "rsvp", 8
@@ -413,14 +479,14 @@ def run_rsvp(work: Path, budgets: dict, cap: float) -> list[dict]:
     video, records = shapes_test_clips(h5, frames=shapes_compare.FRAMES)  # (N, 16, 3, 32, 32)
     model = Backend.from_run(run)
     context, truth = video[:, :given], video[:, given:]
-    predicted = model.predict(context, truth.shape[1], generator=torch.Generator().manual_seed(0))
+    predictions = [model.predict(context, truth.shape[1], generator=g) for g in sampling_generators(repeats)]
     return [
         rollout_row(
             "rsvp",
             f"{budget['videos']} videos of 16 frames at 32 px, {minutes:g} min wall clock: MOSO autoencoder "
             f"{budget['ae_share']:.0%}, token caching and RSVP-M the rest",
             {"ae": stage_record(root / "run" / "moso"), "rsvp": stage_record(run)},
-            predicted,
+            predictions,
             context,
             truth,
             records,
@@ -433,15 +499,21 @@ def run_rsvp(work: Path, budgets: dict, cap: float) -> list[dict]:
 # --- the table ----------------------------------------------------------------------------------------------
 
 
-def _cell(values: dict) -> str:
-    """'position_error 10.70 ± 5.10; psnr ...': every score, with its spread over clips where there is one."""
+SPREADS = {"_clip_std": "clips", "_repeat_std": "repeats"}  # the spreads a score may have, and their labels
+
+
+def _cell(values: dict, labelled: bool) -> str:
+    """'position_error 10.70 ± 5.10; psnr ...': every score, with its spread over clips and over repeats where
+    there is one; `labelled` names each spread ('10.70 ± 5.10 (clips) ± 0.31 (repeats)')."""
     parts = []
     for name, value in values.items():
-        if name.endswith("_clip_std"):
+        if name.endswith(tuple(SPREADS)):
             continue
-        spread = values.get(f"{name}_clip_std")
         shown = str(value) if isinstance(value, int) else f"{value:.2f}"  # counts as counts
-        parts.append(f"{name} {shown}" + (f" ± {spread:.2f}" if spread is not None else ""))
+        for suffix, label in SPREADS.items():
+            if f"{name}{suffix}" in values:
+                shown += f" ± {values[name + suffix]:.2f}" + (f" ({label})" if labelled else "")
+        parts.append(f"{name} {shown}")
     return "; ".join(parts)
 
 
@@ -454,9 +526,12 @@ def _used(used: dict) -> str:
     return "; ".join(stages)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], repeats: int) -> str:
+    model = "model (± std over clips)"
+    if repeats > 1:
+        model = f"model (mean over {repeats} sampling seeds; ± std over clips (clips); ± std over the seeds (repeats))"
     lines = [
-        "| backend | budget | used | metric | model (± std over clips) | baseline | criterion | beats baseline |",
+        f"| backend | budget | used | metric | {model} | baseline | criterion | beats baseline |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -464,11 +539,23 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['backend']} | | | | error: {r['error']} | | | no |")
             continue
         lines.append(
-            f"| {r['backend']} | {r['budget']} | {_used(r['used'])} | {r['metric']} | {_cell(r['model'])} | "
-            f"{r['baseline_name']}: {_cell(r['baseline'])} | {r['criterion']} | {'yes' if r['beats_baseline'] else 'no'} |"
+            f"| {r['backend']} | {r['budget']} | {_used(r['used'])} | {r['metric']} | {_cell(r['model'], repeats > 1)} | "
+            f"{r['baseline_name']}: {_cell(r['baseline'], repeats > 1)} | {r['criterion']} | "
+            f"{'yes' if r['beats_baseline'] else 'no'} |"
         )
     notes = [f"- {r['backend']}: {note}" for r in rows for note in r.get("notes", [])]
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def positive_int(text: str) -> int:
+    """argparse's type of a count: a whole number >= 1, else argparse's one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,6 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="per backend; training stops at 80%% of it")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the budgets are for 2 cores)")
     parser.add_argument("--smoke", action="store_true", help="every code path at a toy budget (a few steps and videos)")
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="sample the rollout rows and latte-uncond K times, repeat r under sampling seed r (1: seed 0 alone), and "
+        "report each score's mean with its sample std over the repeats; training runs once, sampling and scoring "
+        "cost K times as much. The direction rows (seer, latte-class) count over their own seeds and ignore it",
+    )
     args = parser.parse_args(argv)
 
     from vpt.fsutil import atomic_write_text
@@ -494,15 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     budgets, cap = (SMOKE if args.smoke else FULL), TRAIN_SHARE * args.budget_minutes
     jobs = {
-        "river": lambda: run_river(args.work, budgets, cap),
+        "river": lambda: run_river(args.work, budgets, cap, args.repeats),
         "neuralsde": lambda: run_neuralsde(
-            args.work, budgets, cap, [b.split("-")[1] for b in args.only if b.startswith("neuralsde")]
+            args.work, budgets, cap, [b.split("-")[1] for b in args.only if b.startswith("neuralsde")], args.repeats
         ),
         "seer": lambda: run_seer(args.work, budgets, cap),
         "latte-class": lambda: run_latte_class(args.work, budgets, cap),
-        "latte-uncond": lambda: run_latte_uncond(args.work, budgets, cap),
-        "pvdm": lambda: run_pvdm(args.work, budgets, cap),
-        "rsvp": lambda: run_rsvp(args.work, budgets, cap),
+        "latte-uncond": lambda: run_latte_uncond(args.work, budgets, cap, args.repeats),
+        "pvdm": lambda: run_pvdm(args.work, budgets, cap, args.repeats),
+        "rsvp": lambda: run_rsvp(args.work, budgets, cap, args.repeats),
     }
     wanted = list(dict.fromkeys("neuralsde" if b.startswith("neuralsde") else b for b in args.only))
     rows = []
@@ -523,11 +619,13 @@ def main(argv: list[str] | None = None) -> int:
             "smoke": args.smoke,
             "budget_minutes": args.budget_minutes,
             "budgets": budgets,
+            "repeats": args.repeats,
             "rows": rows,
         }
         atomic_write_text(args.work / "learning.json", json.dumps(record, indent=2) + "\n")
         atomic_write_text(
-            args.work / "learning.md", f"{machine()}{' (smoke budgets)' if args.smoke else ''}\n\n{table(rows)}\n"
+            args.work / "learning.md",
+            f"{machine()}{' (smoke budgets)' if args.smoke else ''}\n\n{table(rows, args.repeats)}\n",
         )
     print((args.work / "learning.md").read_text())
     return 1 if any("error" in r for r in rows) else 0
