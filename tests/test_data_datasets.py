@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import frame_folder, numbered_video, write_clip
+from PIL import Image
 
 from vpt.config import validate
 from vpt.data.datasets import ClipDataset, DataConfig, VideoDataset, clip_start, open_source, trilinear_resample
@@ -99,6 +100,22 @@ def test_whole_video_uniform_and_trilinear(numbered_h5):
 def test_resize_on_read(numbered_h5):
     dataset = ClipDataset(DataConfig(path=str(numbered_h5), frames=2, image_size=4))
     assert dataset[0]["video"].shape == (2, 3, 4, 4)
+
+
+def test_frames_stored_at_the_training_size_are_read_unchanged(tmp_path):
+    """Frames resized beforehand, by any filter (BAIR's OpenCV bilinear 64 px, say), reach training byte for byte
+    when data.image_size is their size or unset; only a downscale resizes, with Pillow bicubic."""
+    frames = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)  # (T, H, W, 3)
+    with ShardWriter(tmp_path / "h5" / "train" / "shard_0001.hdf5") as shard:
+        shard.add(frames)
+
+    def read(image_size: int | None) -> np.ndarray:  # (T, H, W, 3)
+        config = DataConfig(path=str(tmp_path / "h5"), frames=4, image_size=image_size)
+        return ClipDataset(config, uint8_frames=True)[0]["video"].permute(0, 2, 3, 1).numpy()
+
+    assert np.array_equal(read(None), frames) and np.array_equal(read(8), frames)
+    bicubic = [np.asarray(Image.fromarray(frame).resize((4, 4), Image.Resampling.BICUBIC)) for frame in frames]
+    assert np.array_equal(read(4), np.stack(bicubic))
 
 
 def test_latent_h5_items_are_the_stored_latents(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vpt.cli import app
+from vpt.data.convert import STATE_FILE
 from vpt.data.h5 import ShardWriter, VideoH5, compress_chunks, find_split_dir, list_shards
 from vpt.errors import UsageError
 
@@ -88,6 +90,8 @@ def test_convert_river_layout_matches_fixture_exactly(river_h5, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    settings = json.loads((out / STATE_FILE).read_text())["settings"]
+    assert settings["videos_per_shard"] == 100_000  # upstream's shard size, the river layout's default
     for split in SPLITS:
         assert [p.name for p in list_shards(out / split)] == ["shard_0001.hdf5"]
         written, expected = out / split / "shard_0001.hdf5", river_h5 / "h5" / split / "shard_0001.hdf5"

@@ -100,10 +100,15 @@ def test_kvd_in_blocks_equals_the_whole_kernel_matrix():
 
 
 def test_presets_carry_each_implementations_settings():
-    assert (PRESETS["tf"].resize, PRESETS["tf"].bn_eps, PRESETS["tf"].covariance) == ("tf-bilinear", 1e-3, "unbiased")
-    assert (PRESETS["stylegan-v"].covariance, PRESETS["stylegan-v"].sqrt) == ("population", "sqrtm")
-    assert (PRESETS["videogpt"].resize, PRESETS["videogpt"].bn_eps) == ("short-side-crop", 1e-5)
-    assert (PRESETS["cd-fvd"].resize, PRESETS["cd-fvd"].covariance) == ("bilinear", "population")
+    """The resize to 224, BatchNorm eps and covariance normaliser of each implementation (docs/upstream-differences.md)."""
+    settings = {name: (preset.resize, preset.bn_eps, preset.covariance) for name, preset in PRESETS.items()}
+    assert settings == {
+        "tf": ("tf-bilinear", 1e-3, "unbiased"),  # google-research FVD, tf-gan
+        "stylegan-v": ("bilinear", 1e-3, "population"),
+        "videogpt": ("short-side-crop", 1e-5, "unbiased"),  # VideoGPT, TATS, PVDM
+        "cd-fvd": ("bilinear", 1e-5, "population"),
+    }
+    assert PRESETS["stylegan-v"].sqrt == "sqrtm"
     assert get_preset("tf", covariance="population").covariance == "population"
     with pytest.raises(UsageError, match="unknown FVD preset"):
         get_preset("fvd2048")

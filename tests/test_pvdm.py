@@ -172,7 +172,8 @@ def test_configs_validate_as_whole_training_configs(name):
     cfg = load_config(train_schema(PVDM), CONFIGS / name)
     assert cfg.backend == "pvdm" and cfg.eval.context_frames == cfg.eval.predicted_frames == 16
     assert cfg.eval.context_in_fvd is False
-    if name != "shapes.yaml":  # the published recipe: constant lr, no clipping, EMA every 25 steps
+    if name != "shapes.yaml":  # the published recipe: l2 loss, constant lr, no clipping, EMA every 25 steps
+        assert cfg.model.loss_type == "l2"
         assert (cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.ema_every, cfg.train.ema_decay) == (
             0,
             0.0,
@@ -273,6 +274,27 @@ def test_training_on_frames_equals_training_on_their_latents(tiny_ae_release):
     torch.testing.assert_close(from_frames, from_latents, **TOL)
     with pytest.raises(ConfigError, match="32 frames"):
         model.loss({"video": video[:, :16]})
+
+
+def test_unconditioned_windows_of_frames_start_at_any_frame_as_upstream(tiny_ae_release, monkeypatch):
+    """Training on 32 frames, a batch drawn without a condition targets the 16 frames from a start drawn after the
+    condition coin, uniform over 0 ... 16 (upstream's random.randint(0, 16)): any frame, where cached latents can
+    only start at a clip boundary."""
+    model = model_on_tiny_ae(tiny_ae_release, cond_prob=0.0)
+    video = torch.rand(1, 32, 3, 32, 32) * 2 - 1  # (B, T, 3, H, W)
+    targets = []
+    compute = model.diffusion_loss
+    monkeypatch.setattr(model, "diffusion_loss", lambda x0, *rest: targets.append(x0) or compute(x0, *rest))
+    starts = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.rand(())  # the condition coin
+        starts.append(int(torch.randint(0, 17, ())))
+        torch.manual_seed(seed)
+        model.loss({"video": video})
+        window = video[:, starts[-1] : starts[-1] + 16]  # (1, 16, 3, H, W)
+        torch.testing.assert_close(targets[-1], model.encode(window)[:, 0].float(), **TOL)
+    assert any(start % 16 for start in starts)  # the seeds draw starts inside a clip
 
 
 def test_short_context_is_padded_in_front_with_black_frames(tiny_ae_release, capsys):

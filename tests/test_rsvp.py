@@ -251,6 +251,18 @@ def test_given_frames_is_a_count_or_indices(value, indices):
     assert validate(RSVPMConfig, {"given_frames": value}, source="x", prefix="model.").given_indices() == indices
 
 
+@pytest.mark.parametrize(
+    ("given_frames", "upstream_given"), [pytest.param(8, slice(None, 8), id="main"), pytest.param([8], 8, id="MEA_new")]
+)
+def test_given_frames_build_the_masks_of_upstreams_branches(given_frames, upstream_given):
+    """Upstream's `random_mask` on 16 frames, by hand: `main` gives the first half (mask[:, :L // 2] = 1),
+    `MEA_new` the middle frame only (mask[:, L // 2] = 1); its trainer repeats the (B, T) mask over the grid."""
+    model = RSVPM(RSVPMConfig(**{**FIXTURE_CONFIG, "clip_frames": 16, "given_frames": given_frames}))
+    upstream = torch.zeros(2, 16, dtype=torch.long)  # (B, T)
+    upstream[:, upstream_given] = 1
+    assert torch.equal(model.given_mask(2, "cpu"), upstream[:, :, None, None].repeat(1, 1, 8, 8))
+
+
 @pytest.mark.parametrize("value", [0, 16, [15], [2, 2], [-1]])
 def test_given_frames_must_leave_a_frame_to_predict(value):
     with pytest.raises(ConfigError, match="given_frames"):
