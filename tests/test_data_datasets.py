@@ -95,6 +95,10 @@ def test_whole_video_uniform_and_trilinear(numbered_h5):
     # Seer upstream: 4 frames from 8 by trilinear resampling = 50/50 blends of frames (0,1), (2,3), ...
     video = torch.arange(8, dtype=torch.float32)[:, None, None, None].expand(8, 3, 2, 2)
     assert trilinear_resample(video, 4)[:, 0, 0, 0].tolist() == [0.5, 2.5, 4.5, 6.5]
+    # data.clip_sampling: trilinear blends the whole 10-frame video to 4 frames at (i + 1/2) * 10/4 - 1/2
+    trilinear = ClipDataset(DataConfig(path=str(numbered_h5), frames=4, clip_sampling="trilinear"))
+    blended = [(v + 1) * 127.5 for v in trilinear[1]["video"][:, 0, 0, 0].tolist()]  # frame numbers, blended
+    assert blended == pytest.approx([0.75, 3.25, 5.75, 8.25], abs=1e-4)
 
 
 def test_resize_on_read(numbered_h5):

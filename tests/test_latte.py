@@ -92,6 +92,8 @@ def test_released_vg_keys_convert_onto_the_shipped_configs(dataset):
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     assert sum(torch.Size(s).numel() for s in expected.values()) == 129_534_736
     assert (cfg.eval.fvd_preset, cfg.eval.clips, cfg.eval.predicted_frames) == ("stylegan-v", 2048, 16)
+    # VG's sampler: all 1000 ancestral steps with the posterior variance (test_latte_respacing.py runs it)
+    assert (cfg.model.sampler, cfg.model.steps, cfg.model.variance_type) == ("ddpm", 1000, "fixed_small")
 
 
 def test_shapes_config_is_a_small_class_conditional_model():

@@ -222,10 +222,14 @@ def test_sawt_windows_and_causality():
 
 
 def test_upstream_fp16_angle_switch():
-    """Upstream rounded p * freq to fp16 before cos/sin under fp16 autocast; the switch reproduces that."""
-    exact, upstream = RotaryEmbedding(32), RotaryEmbedding(32)
-    upstream.fp16_angles = True
-    x = torch.randn(1, 3000, 32)
+    """Upstream rounded p * freq to fp16 before cos/sin under fp16 autocast; `model.rotary_fp16_angles: true`
+    makes every rotary embedding of the model do that (checked on one against the rounded angles)."""
+    rotaries = [m for m in guided_ddim_model(rotary_fp16_angles=True).modules() if isinstance(m, RotaryEmbedding)]
+    assert rotaries and all(rotary.fp16_angles for rotary in rotaries)
+    upstream = rotaries[0]
+    dim = 2 * upstream.freqs.numel()
+    exact = RotaryEmbedding(dim)
+    x = torch.randn(1, 3000, dim)
     assert torch.equal(exact(x), upstream(x))  # float32 activations: no rounding either way
     half = x.half()
     angles = (torch.arange(3000.0)[:, None] * exact.freqs[None]).repeat_interleave(2, -1)
@@ -238,11 +242,12 @@ def test_upstream_fp16_angle_switch():
     assert (exact(half).float() - expected).abs().max() > 0.5  # at late positions the rounding moves angles by ~1 rad
 
 
-def guided_ddim_model() -> Seer:
+def guided_ddim_model(**overrides) -> Seer:
     """The backend around upstream's `SeerUNet` of tests/fixtures/seer/record_guided_ddim.py (pixel space,
     3 channels, block widths 32, 32, 32, 64, one layer per block, 4 heads, text width 64), sampling as
     upstream does: its schedule, the feed-forward skip off, η = 0."""
     config = SeerConfig(
+        **overrides,
         vae="none",
         frames=6,
         context_frames=2,

@@ -3,6 +3,7 @@ checkpoint folders; every wrong path or key set is a VptError, never a random mo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,43 @@ def test_fstext_init_loads_strictly(tmp_path, sd_dir):
     assert torch.equal(target.pos_embed, source.pos_embed)
     with pytest.raises(VptError, match="weights file not found"):
         load_fstext_init(target, tmp_path / "nope.bin")
+
+
+def test_fstext_init_allow_partial_loads_as_upstreams_non_strict_load(tmp_path, sd_dir, seer):
+    """model.fstext_init_allow_partial: the file loads as upstream's train.py loads it (load_state_dict with
+    strict=False): a weight the file lacks keeps its initial value, a key FSText lacks is ignored."""
+    absent = "trf_blocks.0.transformer_blocks.0.attn1.to_q.weight"  # randomly initialised, so "kept" shows
+    state = {k: v for k, v in _tiny_fstext().state_dict().items() if k != absent} | {"unused.weight": torch.ones(2)}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path)
+    with pytest.raises(VptError, match="1 missing .*to_q.weight.*1 unexpected .*unused.weight"):
+        Seer(_config(sd_dir, fstext_init=str(path)))  # strict by default
+
+    model = Seer(_config(sd_dir, fstext_init=str(path), fstext_init_allow_partial=True))
+    upstream = copy.deepcopy(seer.fstext)  # the same initial weights: no fstext_init, same init_seed
+    upstream.load_state_dict(state, strict=False)
+    assert not torch.equal(upstream.state_dict()[absent], _tiny_fstext().state_dict()[absent])
+    for key, value in upstream.state_dict().items():
+        assert torch.equal(model.fstext.state_dict()[key], value), key
+
+
+def test_training_latents_are_posterior_samples_drawn_in_upstreams_order(seer):
+    """vae_latent: sample (the default) encodes as upstream's train.py: latents = (mean + std * eps) times the
+    VAE's scaling factor, the predicted frames' eps drawn before the reference frames' (two encode calls)."""
+    frames = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (B, F, 3, H, W)
+    with torch.no_grad():
+        posterior = seer.vae.encode(frames.flatten(0, 1)).latent_dist
+    mean, std = posterior.mean.unflatten(0, (2, 3)), posterior.std.unflatten(0, (2, 3))  # (B, F, 4, 16, 16)
+    torch.manual_seed(7)
+    target_eps = torch.randn(2 * 2, 4, 16, 16).unflatten(0, (2, 2))  # upstream's first draw: the frames to predict
+    reference_eps = torch.randn(2 * 1, 4, 16, 16).unflatten(0, (2, 1))
+
+    torch.manual_seed(7)
+    reference, target = seer._training_latents(frames)
+
+    scale = seer.vae.config.scaling_factor
+    torch.testing.assert_close(target, (mean[:, 1:] + std[:, 1:] * target_eps) * scale)
+    torch.testing.assert_close(reference, (mean[:, :1] + std[:, :1] * reference_eps) * scale)
 
 
 def _write_release(folder: Path, unet: SeerUNet, fstext: FSText) -> Path:

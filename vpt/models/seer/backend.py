@@ -84,7 +84,7 @@ class SeerConfig:
     pretrained: str = ""  # local SD v1.5 folder (diffusers layout: unet, vae, text_encoder, tokenizer)
     seer_checkpoint: str = ""  # released Seer step folder (pytorch_model.bin + pytorch_model_1.bin)
     fstext_init: str = ""  # FSText initial weights (upstream fstext_init/pytorch_model.bin)
-    fstext_init_allow_partial: bool = False  # accept an fstext_init file that lacks some keys
+    fstext_init_allow_partial: bool = False  # load fstext_init as upstream did (strict=False)
     vae: str = "pretrained"  # "pretrained" (<pretrained>/vae), "none" (diffuse pixels), or an AutoencoderKL folder
     vae_latent: Literal["sample", "mode"] = "sample"  # how frames encoded on the fly become latents
     latent_scale: Optional[float] = (
@@ -371,6 +371,17 @@ class Seer(Backend):
         """The unconditional branch: CLIP("") repeated over frames, not passed through FSText."""
         return self.clip_text([""] * batch)[:, None].expand(-1, frames, -1, -1)  # (B, F, L, D)
 
+    def _training_latents(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, C, H, W) clip -> reference (B, R, c, h, w) and target (B, F - R, c, h, w) latents.
+
+        Upstream's train.py encodes the predicted frames before the reference frames, so with `vae_latent:
+        sample` the target's posterior noise is drawn first, as there.
+        """
+        reference = self.cfg.context_frames
+        target = self.encode(video[:, reference:])
+        reference_latents = self.encode(video[:, :reference])
+        return reference_latents, target
+
     # --- the Backend surface ----------------------------------------------------------------------------
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -383,10 +394,9 @@ class Seer(Backend):
             raise ConfigError(
                 f"seer: clips have {video.shape[1]} frames, model.frames is {frames} (set data.frames >= {frames})"
             )
-        latents = self.encode(video[:, :frames])  # (B, F, c, h, w)
-        self.check_latent_size(*latents.shape[-2:])
-        reference_latents, target = latents[:, :reference], latents[:, reference:]
-        batch_size = latents.shape[0]
+        reference_latents, target = self._training_latents(video[:, :frames])
+        self.check_latent_size(*target.shape[-2:])
+        batch_size = target.shape[0]
 
         clip = self.clip_text(list(prompts))
         context = self.fstext(clip, frames)  # (B, F, L, D)
@@ -394,7 +404,7 @@ class Seer(Backend):
         if cfg.text_loss:  # FSText's initialisation objective: its frames average back to the CLIP embedding
             losses["text_loss"] = F.mse_loss(context.float().mean(1), clip.float())
         if cfg.cond_drop_prob > 0:
-            dropped = torch.rand(batch_size, device=latents.device) < cfg.cond_drop_prob
+            dropped = torch.rand(batch_size, device=target.device) < cfg.cond_drop_prob
             context = torch.where(
                 dropped[:, None, None, None], self.null_context(batch_size, frames).to(context.dtype), context
             )
@@ -404,7 +414,7 @@ class Seer(Backend):
             torch.randn(target.transpose(1, 2).shape, device=target.device, dtype=target.dtype),
             "b c f h w -> b f c h w",
         )  # (B, F - R, c, h, w)
-        timesteps = torch.randint(0, TRAIN_TIMESTEPS, (batch_size,), device=latents.device)
+        timesteps = torch.randint(0, TRAIN_TIMESTEPS, (batch_size,), device=target.device)
         noisy = self.train_noise.add_noise(target, noise, timesteps)
         prediction = self.unet(
             torch.cat([reference_latents, noisy], dim=1), timesteps, context, reference_frames=reference

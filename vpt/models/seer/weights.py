@@ -82,13 +82,17 @@ def load_sd_unet(unet: nn.Module, folder: Path) -> None:
 
 
 def load_fstext_init(fstext: nn.Module, path: str | Path, *, allow_partial: bool = False) -> None:
-    """Upstream's `fstext_init/pytorch_model.bin` (or any FSText state dict); strict unless `allow_partial`."""
+    """Upstream's `fstext_init/pytorch_model.bin` (or any FSText state dict); strict unless `allow_partial`,
+    which loads as upstream's train.py does (`strict=False`): keys the file lacks keep their initial values,
+    keys FSText lacks are dropped, and a shape that disagrees is still an error."""
     state = read_state_dict(Path(path).expanduser())
     state = {k: v for k, v in state.items() if not k.endswith(ROTARY_BUFFER)}  # recomputed, never trained
-    rotary = {k for k in fstext.state_dict() if k.endswith(ROTARY_BUFFER)}
+    expected = fstext.state_dict()
+    may_miss = {k for k in expected if k.endswith(ROTARY_BUFFER)}
     if allow_partial:
-        rotary |= set(fstext.state_dict()) - set(state)
-    load_checked(fstext, state, f"fstext_init {path}", may_miss=rotary)
+        state = {k: v for k, v in state.items() if k in expected}
+        may_miss |= set(expected) - set(state)
+    load_checked(fstext, state, f"fstext_init {path}", may_miss=may_miss)
 
 
 def load_released(unet: nn.Module, fstext: nn.Module, folder: str | Path) -> None:
