@@ -1,10 +1,11 @@
-"""`vpt quickstart` at its defaults: every stage runs, and its model predicts the motion.
+"""`vpt quickstart`: every stage runs, and its model predicts the motion.
 
-The default budget (autoencoder 1,000 steps, RIVER 5,000) is what the README's figures come from. Measured
-(benchmarks/README.md, "The quickstart"): seeds 0 / 1 / 2 on 1 thread 3.62 / 3.50 / 3.48 px, object kept
-94.7 / 94.3 / 96.4 %, PSNR +8.2 / +9.3 / +7.4 dB; seed 0 on 2 threads (this test in CI) 4.65 px, 91.4 %,
-+7.7 dB. Thread count changes float rounding and so the training's path; the thresholds below are the
-goal's for position and PSNR and leave room under the worst measured object-kept rate."""
+The quickstart's own budget (autoencoder 1,000 steps, RIVER 5,000, about 9 minutes on 2 cores) is what the
+README's figures come from; benchmarks/README.md ("The quickstart") has them for three seeds. This test
+trains at about half of it (600 and 2,500 steps, about 6 minutes), the reduced learning check of the test
+suite: it must still beat copying the last frame clearly. Measured at this budget (seed 0, fp32, 2 threads):
+position error 7.80 px against copy-last's 14.65, object kept 81 %, PSNR +6.1 dB, ahead at every predicted
+frame. The thresholds leave room for another CPU's rounding, which changes the trained path."""
 
 from __future__ import annotations
 
@@ -18,25 +19,26 @@ from vpt.cli import app
 
 
 @pytest.mark.slow
-def test_quickstart_places_the_moving_shape_far_better_than_copying_the_last_frame(tmp_path):
+def test_quickstart_at_half_budget_places_the_moving_shape_far_better_than_copying_the_last_frame(tmp_path):
     out = tmp_path / "qs"
     # 2 threads, as the figures above, whatever the load of the tests before (--threads 0 would take a share)
-    result = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--threads", "2"])
+    args = ["quickstart", "--out", str(out), "--threads", "2", "--ae-steps", "600", "--river-steps", "2500"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["context_frames"] == 2 and metrics["predicted_frames"] == 14 and metrics["test_clips"] == 50
-    assert metrics["river_step"] == 5000 and metrics["truncated_by_minutes"] is None  # fixed step counts
+    assert metrics["river_step"] == 2500 and metrics["truncated_by_minutes"] is None  # fixed step counts
     assert metrics["threads"] == 2 and metrics["training_precision"] == "fp32"  # conftest: VPT_BF16=0
-    # the motion-aware scores: the object stays and is placed far better than by copying the last frame
-    assert metrics["position_error"] < 0.5 * metrics["baseline_position_error"], metrics
-    assert metrics["object_kept"] > 0.85, metrics
-    assert metrics["psnr"] > metrics["baseline_psnr"] + 5.0 and metrics["beats_baseline"], metrics
+    # the motion-aware scores: the object stays and is placed clearly better than by copying the last frame
+    assert metrics["position_error"] < 0.75 * metrics["baseline_position_error"], metrics
+    assert metrics["object_kept"] > 0.6, metrics
+    assert metrics["psnr"] > metrics["baseline_psnr"] + 3.0 and metrics["beats_baseline"], metrics
     per_frame = metrics["per_frame"]
     assert len(per_frame["position_error"]) == 14
     assert metrics["ahead_at_every_frame"], per_frame
     assert all(p < b for p, b in zip(per_frame["position_error"], per_frame["baseline_position_error"]))
-    assert 0 < metrics["position_error_clip_std"] < metrics["baseline_position_error_clip_std"] + 10
+    assert metrics["position_error_clip_std"] > 0
 
     for run in ("ae", "river"):
         assert (out / "runs" / run / "checkpoints" / "latest").is_file()
