@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,6 +100,35 @@ def test_whole_video_uniform_and_trilinear(numbered_h5):
     trilinear = ClipDataset(DataConfig(path=str(numbered_h5), frames=4, clip_sampling="trilinear"))
     blended = [(v + 1) * 127.5 for v in trilinear[1]["video"][:, 0, 0, 0].tolist()]  # frame numbers, blended
     assert blended == pytest.approx([0.75, 3.25, 5.75, 8.25], abs=1e-4)
+
+
+def test_short_videos_pad_end_follows_seers_upstream_loader(tmp_path):
+    """Upstream Seer reads a whole video into [-1, 1] (ToTensor, then 2x - 1) and casts it to F frames: a longer
+    one blended by trilinear interpolation, one of F frames as it is, a shorter one followed by frames of zeros."""
+    lengths, frames = (3, 8, 11), 8
+    videos = [np.random.default_rng(length).integers(0, 256, (length, 4, 4, 3), dtype=np.uint8) for length in lengths]
+    with ShardWriter(tmp_path / "h5" / "train" / "shard_0001.hdf5") as shard:
+        for video in videos:
+            shard.add(video)
+
+    def upstream_clip(video: np.ndarray) -> torch.Tensor:  # (F, 3, H, W), by upstream's rule
+        scaled = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (N, 3, H, W)
+        if len(video) > frames:
+            return trilinear_resample(scaled, frames)
+        return torch.cat([scaled, torch.zeros(frames - len(video), *scaled.shape[1:])])
+
+    config = DataConfig(path=str(tmp_path / "h5"), frames=frames, clip_sampling="trilinear")
+    padded = ClipDataset(dataclasses.replace(config, short_videos="pad_end"), uint8_frames=True)
+    stretched = ClipDataset(config)
+    for index, video in enumerate(videos):
+        torch.testing.assert_close(padded[SampleKey(index, 0)]["video"], upstream_clip(video), atol=1e-6, rtol=0)
+    assert torch.equal(padded[0]["video"][3:], torch.zeros(5, 3, 4, 4))  # zero in [-1, 1]: mid-grey, not black
+    assert torch.equal(padded[2]["video"], stretched[2]["video"])  # longer videos blend either way
+    assert not torch.allclose(stretched[0]["video"][3:], torch.zeros(5, 3, 4, 4))  # the default stretches instead
+    with ShardWriter(tmp_path / "latents" / "train" / "shard_0001.hdf5", kind="latents") as shard:
+        shard.add(np.zeros((3, 4, 2, 2), dtype=np.float16))
+    with pytest.raises(ConfigError, match="short_videos: pad_end .* train on the frames"):
+        ClipDataset(DataConfig(path=str(tmp_path / "latents"), clip_sampling="trilinear", short_videos="pad_end"))
 
 
 def test_resize_on_read(numbered_h5):
@@ -306,6 +336,8 @@ def test_short_videos_are_padded_in_front_with_black_frames(tmp_path):
         ({"pad_short": "front"}, "'data.pad_short' expects bool"),
         ({"pad_short": True, "frames": 5}, "data.pad_short needs an even data.frames"),
         ({"pad_short": True, "clip_sampling": "uniform"}, "data.pad_short pads random clips"),
+        ({"short_videos": "pad"}, "'data.short_videos' expects one of"),
+        ({"short_videos": "pad_end", "clip_sampling": "uniform"}, "data.short_videos: pad_end pads trilinear clips"),
     ],
 )
 def test_joint_images_and_padding_mistakes_are_one_line(section, message):

@@ -59,6 +59,9 @@ class DataConfig:
     # Keep videos shorter than a clip span (at least half a clip long): half a clip of their frames, padded in
     # front with black frames, as PVDM's SkyTimelapse loader does; items say so, and PVDM zeroes their condition.
     pad_short: bool = False
+    # With clip_sampling trilinear, a video shorter than `frames`: blended up to them ("stretch"), or kept frame for
+    # frame and followed by frames of zeros in [-1, 1] (mid-grey), as Seer upstream's loader pads it ("pad_end").
+    short_videos: Literal["stretch", "pad_end"] = "stretch"
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -76,6 +79,10 @@ class DataConfig:
         if self.pad_short and self.frames % 2:
             raise ValueError(
                 f"data.pad_short needs an even data.frames (half black, half the video's), got {self.frames}"
+            )
+        if self.short_videos == "pad_end" and self.clip_sampling != "trilinear":
+            raise ValueError(
+                f"data.short_videos: pad_end pads trilinear clips; clip_sampling {self.clip_sampling!r} does not blend"
             )
 
     @property
@@ -162,6 +169,11 @@ def trilinear_resample(video: torch.Tensor, frames: int) -> torch.Tensor:
     return rearrange(resampled, "1 c t h w -> t c h w")
 
 
+def pad_end(video: torch.Tensor, frames: int) -> torch.Tensor:
+    """Seer upstream's short videos: zero frames after the video's own. (N, C, H, W) -> (frames, C, H, W), N <= frames."""
+    return torch.cat([video, video.new_zeros(frames - len(video), *video.shape[1:])])
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1], i.e. x / 127.5 - 1 (one pass; ~2x torch's float().div().sub())."""
     out = np.empty(
@@ -190,6 +202,11 @@ class _SourceDataset(Dataset):
         if self.is_latent and config.pad_short:
             raise ConfigError(
                 "data.pad_short pads frames with black frames, which latent HDF5 cannot hold: train on the frames (--ae)"
+            )
+        if self.is_latent and config.short_videos == "pad_end":
+            raise ConfigError(
+                "data.short_videos: pad_end pads frames with grey frames, which latent HDF5 cannot hold: "
+                "train on the frames (--ae)"
             )
 
     def _tensors(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
@@ -234,6 +251,8 @@ class ClipDataset(_SourceDataset):
 
     With `pad_short`, a video shorter than the clip span gives half a clip of its frames at the end of
     the clip, after as many black frames; the item's "padded_frames" counts them (0 for a whole clip).
+    With `clip_sampling: trilinear` and `short_videos: pad_end`, a video shorter than the clip is followed
+    by frames of zeros (`pad_end`).
     With `joint_images`, single frames of random videos follow the clip's frames (`_joint_images`).
     """
 
@@ -279,7 +298,8 @@ class ClipDataset(_SourceDataset):
             tensors = self._tensors(self.source.read(source_index, whole_video_indices(length, cfg.frames)))
         else:
             whole = self._tensors(self.source.read(source_index))
-            tensors = {name: trilinear_resample(value, cfg.frames) for name, value in whole.items()}
+            fit = pad_end if cfg.short_videos == "pad_end" and length < cfg.frames else trilinear_resample
+            tensors = {name: fit(value, cfg.frames) for name, value in whole.items()}
         if cfg.joint_images:  # an evaluation key (no seed) draws the same images for the same index every time
             images = self._joint_images(generator or np.random.default_rng(index))
             tensors = {name: torch.cat([value, images[name]]) for name, value in tensors.items()}
@@ -330,5 +350,6 @@ __all__ = [
     "clip_indices",
     "whole_video_indices",
     "trilinear_resample",
+    "pad_end",
     "frames_to_tensor",
 ]
