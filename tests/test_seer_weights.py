@@ -6,9 +6,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
+from vpt.commands.save_latents import encode_dataset
+from vpt.commands.train import TrainingData
+from vpt.data.datasets import ClipDataset, DataConfig, frames_to_tensor
+from vpt.data.h5 import ShardWriter
 from vpt.errors import VptError
 from vpt.models.seer import Seer, SeerConfig
 from vpt.models.seer.backend import FSTextSection, SamplerSection
@@ -235,6 +241,36 @@ def test_training_latents_are_posterior_samples_drawn_in_upstreams_order(seer):
     scale = seer.vae.config.scaling_factor
     torch.testing.assert_close(target, (mean[:, 1:] + std[:, 1:] * target_eps) * scale)
     torch.testing.assert_close(reference, (mean[:, :1] + std[:, :1] * reference_eps) * scale)
+
+
+def test_cached_latents_train_on_the_posterior_samples_the_frames_give(tmp_path, sd_dir, seer):
+    """`vpt save-latents` of Seer's SD VAE keeps each frame's posterior; training on those latents with vae_latent:
+    sample draws mean + std * eps with the same eps, in the same order, as training on the frames; `mode` takes the
+    mean."""
+    video = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # (F, H, W, 3)
+    with ShardWriter(tmp_path / "frames" / "train" / "shard_0001.hdf5") as shard:
+        shard.add(video, text="close book")
+    encode_dataset(sd_dir, tmp_path / "frames", tmp_path / "latents")
+    cached = TrainingData(ClipDataset(DataConfig(path=str(tmp_path / "latents"), frames=3)))
+    batch = default_collate([cached[0]])  # {"latents": mean, "latent_logvar", "text", "index"}
+    from_frames = {"video": frames_to_tensor(video)[None], "text": ["close book"]}  # (1, F, 3, H, W)
+
+    for seed in (7, 8):
+        torch.manual_seed(seed)
+        reference, target = seer._training_latents(from_frames["video"])
+        torch.manual_seed(seed)
+        cached_reference, cached_target = seer._training_latents(batch["latents"], batch["latent_logvar"])
+        torch.testing.assert_close(cached_target, target, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cached_reference, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cached_target, batch["latents"][:, 1:], atol=1e-3)  # a sample, not the mean
+    torch.manual_seed(0)
+    loss_from_frames = seer.loss(from_frames)["loss"]
+    torch.manual_seed(0)
+    assert seer.loss(batch)["loss"].item() == pytest.approx(loss_from_frames.item(), rel=1e-4)
+
+    mode = Seer(_config(sd_dir, vae_latent="mode"))
+    reference, target = mode._training_latents(batch["latents"], batch["latent_logvar"])
+    assert torch.equal(torch.cat([reference, target], dim=1), batch["latents"])
 
 
 def _write_release(folder: Path, unet: SeerUNet, fstext: FSText) -> Path:

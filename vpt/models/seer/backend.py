@@ -10,7 +10,8 @@ Differences from upstream that change results are switches (docs/upstream-differ
   sampler.schedule          "upstream" = the released sampler's betas, "train" = training betas
   sampler.reference_ff_skip false = upstream sampling (FF skip off), true = as in training
   cond_drop_prob            text dropout for CFG training (upstream 0)
-  vae_latent                "sample" = upstream's VAE sample, "mode" = posterior mode
+  vae_latent                "sample" = upstream's VAE sample (also drawn from the posterior `vpt save-latents` keeps),
+                            "mode" = posterior mode
   rotary_fp16_angles        upstream's fp16-rounded rotary angles under fp16 autocast
   clip_fstext               false = upstream's clipping of the UNet's gradient alone
 """
@@ -319,13 +320,20 @@ class Seer(Backend):
     def device(self) -> torch.device:
         return self.unet.conv_in.weight.device
 
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, T, 3, H, W) frames in [-1, 1] -> (B, T, c, h, w) model latents; latents from save-latents pass through."""
+    def encode(
+        self, video: torch.Tensor, generator: torch.Generator | None = None, logvar: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, 3, H, W) frames in [-1, 1] -> (B, T, c, h, w) model latents; latents from save-latents pass through,
+        or with their stored log-variance `logvar` (B, T, c, h, w) and `vae_latent: sample` become a posterior sample,
+        mean + std * eps, as encoding the frames draws it."""
         channels = video.shape[2]
         if self.vae is None and channels == 3:
             return (video - self.latent_shift) * self.latent_scale  # pixel space
         if self.vae is not None and channels == self.latent_channels:
-            return video  # already model-ready (save-latents: posterior mean x scaling factor)
+            if logvar is None or self.cfg.vae_latent == "mode":
+                return video  # already model-ready (save-latents: posterior mean x scaling factor)
+            eps = torch.randn(video.shape, generator=generator, device=video.device, dtype=video.dtype)
+            return video + torch.exp(0.5 * logvar.to(video.dtype)) * eps  # the scaled std: exp(logvar / 2)
         if self.vae is None or channels != 3:
             raise VptError(
                 f"seer: clips have {channels} channels; this model takes 3-channel frames"
@@ -371,16 +379,22 @@ class Seer(Backend):
         """The unconditional branch: CLIP("") repeated over frames, not passed through FSText."""
         return self.clip_text([""] * batch)[:, None].expand(-1, frames, -1, -1)  # (B, F, L, D)
 
-    def _training_latents(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, F, C, H, W) clip -> reference (B, R, c, h, w) and target (B, F - R, c, h, w) latents.
+    def _training_latents(
+        self, video: torch.Tensor, logvar: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T >= F, C, H, W) clip (frames, or cached posterior means with their log-variance `logvar`) -> reference
+        (B, R, c, h, w) and target (B, F - R, c, h, w) latents of its first F frames.
 
         Upstream's train.py encodes the predicted frames before the reference frames, so with `vae_latent:
         sample` the target's posterior noise is drawn first, as there.
         """
-        reference = self.cfg.context_frames
-        target = self.encode(video[:, reference:])
-        reference_latents = self.encode(video[:, :reference])
-        return reference_latents, target
+        reference, frames = self.cfg.context_frames, self.cfg.frames
+
+        def latents(part: slice) -> torch.Tensor:
+            return self.encode(video[:, part], logvar=None if logvar is None else logvar[:, part])
+
+        target = latents(slice(reference, frames))
+        return latents(slice(0, reference)), target
 
     # --- the Backend surface ----------------------------------------------------------------------------
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -394,7 +408,8 @@ class Seer(Backend):
             raise ConfigError(
                 f"seer: clips have {video.shape[1]} frames, model.frames is {frames} (set data.frames >= {frames})"
             )
-        reference_latents, target = self._training_latents(video[:, :frames])
+        # cached latents of a KL VAE come with their posterior's log-variance
+        reference_latents, target = self._training_latents(video, batch.get("latent_logvar"))
         self.check_latent_size(*target.shape[-2:])
         batch_size = target.shape[0]
 
