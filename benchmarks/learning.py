@@ -89,7 +89,7 @@ SMOKE = {
     "pvdm": {"videos": 20, "ae_steps": 2, "steps": 2},
     "rsvp": {"videos": 20, "minutes": 0.1, "ae_share": 0.3},
 }
-TRAIN_SHARE = 0.8  # of --budget-minutes: the training stages' wall-clock cap, the rest for evaluation
+TRAIN_SHARE = 0.9  # of --budget-minutes: the training stages' wall-clock cap, the rest for evaluation
 SEED = 123  # first sampling seed of the direction tests
 GUIDANCE = 3.0  # Latte's classifier-free guidance (latte_classes.py's default)
 ROLLOUT_CRITERION = "lower position error and higher PSNR than the baseline"
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BACKEND",
         help=f"of {', '.join(BACKENDS)}",
     )
-    parser.add_argument("--budget-minutes", type=float, default=20.0, help="per backend; training stops at 80%% of it")
+    parser.add_argument("--budget-minutes", type=float, default=20.0, help="per backend; training stops at 90%% of it")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the budgets are for 2 cores)")
     parser.add_argument("--smoke", action="store_true", help="every code path at a toy budget (a few steps and videos)")
     parser.add_argument(
