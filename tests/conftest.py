@@ -30,6 +30,16 @@ def _torch_threads_restored():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch):
+    """Commands run in-process read the machine's load for `--threads 0` and, when it is busy, say so in one
+    extra line (`vpt.commands.options.apply_threads`). Tests see a quiet machine, so that what a command
+    prints does not depend on other jobs (`test_cli_conventions.py` tests the busy case itself)."""
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
 @pytest.fixture()
 def invoke(capsys):
     """Run `vpt ARGS` through the real entry point (one-line errors, exit codes) and capture what it printed."""

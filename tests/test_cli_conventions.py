@@ -63,6 +63,21 @@ def test_busy_machine_gets_a_fair_share_of_threads():
     assert fair_share_threads(load=128.0, cores=64) == 32
 
 
+def test_busy_machine_takes_its_share_and_says_so_in_one_line(monkeypatch, capsys, restore_threads):
+    import os
+
+    from vpt.commands.options import apply_threads
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 6.0, 6.0))  # conftest's quiet machine, made busy
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    apply_threads(0)
+    assert torch.get_num_threads() == 1
+    printed = capsys.readouterr()
+    lines = [line for line in (printed.out + printed.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and "busy machine (load 6.0 on 2 cores): torch uses 1 thread" in lines[0], lines
+
+
 @pytest.fixture()
 def restore_threads():
     before = torch.get_num_threads()
