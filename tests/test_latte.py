@@ -738,7 +738,7 @@ def test_captions_generate_their_motion_through_the_label_path(guidance_scale):
     denoiser's label -> guidance against the null class -> DDIM -> decoded frames, scored as
     benchmarks/latte_classes.py scores a trained model (the shape's centroid, last frame minus first).
     With the exact denoiser of one "left" and one "right" clip, every one of 16 noise seeds must move the
-    shape as asked in both clips of its pair; swapped class ids or a guidance sign error score 0/16."""
+    shape as asked in both clips of its pair; swapped class ids or a guidance sign error fail it."""
     from vpt.data.shapes import BACKGROUND, shape_centroid
 
     model = _tiny_backend(class_words=["left", "right"], steps=20)
