@@ -232,12 +232,17 @@ def test_first_ctrl_c_finishes_the_step_and_keeps_a_checkpoint(shapes, tmp_path)
 def test_second_ctrl_c_aborts_at_once():
     from vpt.training.loop import _StopRequests
 
-    with _StopRequests() as requests:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert requests.requested  # the first only asks the loop to stop
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own handler, as in a terminal: a shell that starts pytest in the background ignores SIGINT
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopRequests() as requests:
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+            assert requests.requested  # the first only asks the loop to stop
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 # --- EMA, non-finite gradients, GAN clipping --------------------------------------------------------------
